@@ -1,0 +1,47 @@
+"""Domain errors: each carries a user-facing message and the exit code it maps to.
+
+The CLI turns these into one stderr line (what, why, what to do) at a single place
+(`cli.app.main`); everything else just raises.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class BrightrunError(Exception):
+    """Base class. `message` is shown to the user as is; `hint` says what to do."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}: {self.hint}" if self.hint else self.message
+
+
+class UsageError(BrightrunError):
+    """Bad input from the user (flags, files, names): exit 2, nothing changed."""
+
+    exit_code = EXIT_USAGE
+
+
+class NotFoundError(UsageError):
+    """An id, prefix or name that resolves to nothing (or to more than one thing)."""
+
+
+class ConflictError(UsageError):
+    """The request clashes with current state (duplicate name, object in use)."""
+
+
+class OperationError(BrightrunError):
+    """The operation was valid but failed while running: exit 1."""
+
+
+class RegistryError(OperationError):
+    """The registry cannot be opened or used (newer schema, corrupt file, no access)."""

@@ -1,0 +1,1 @@
+"""The SQLite registry: engine, tables, migrations, queries. The only place with SQL."""

@@ -1,0 +1,181 @@
+"""Opening the registry: private file modes, WAL, busy timeout, migrations.
+
+Two ways in, one file:
+- `Registry.connect()`: a plain sqlite3 connection, for hot read paths (`list`
+  commands, watch polling) that must not pay SQLAlchemy's ~0.4 s import;
+- `Registry.session()` / `Registry.write()`: SQLModel sessions for everything else.
+
+Writes go through `Registry.write()` (or `connect()` + BEGIN IMMEDIATE), so concurrent
+writers queue on the busy timeout instead of failing with "database is locked" when a
+deferred read transaction tries to upgrade to a write.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from brightrun_cli.errors import RegistryError
+from brightrun_cli.registry.migrations import LATEST_VERSION, MIGRATIONS
+from brightrun_cli.registry.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlmodel import Session
+
+DB_FILE = "registry.db"
+BUSY_TIMEOUT_MS = 30_000
+
+_immediate: contextvars.ContextVar[bool] = contextvars.ContextVar("brightrun_immediate", default=False)
+
+
+def _configure(conn: sqlite3.Connection) -> None:
+    # Transaction control is ours (BEGIN / BEGIN IMMEDIATE), not pysqlite's.
+    conn.isolation_level = None
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+
+
+class Registry:
+    """One user's registry file. Open it once per process with `open_registry`."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.path = home / DB_FILE
+
+    def connect(self) -> sqlite3.Connection:
+        """A configured sqlite3 connection (autocommit; rows as sqlite3.Row). Caller closes it."""
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        _configure(conn)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    @cached_property
+    def engine(self) -> "Engine":
+        from sqlalchemy import create_engine, event
+
+        engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):
+            _configure(dbapi_conn)
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if _immediate.get() else "BEGIN")
+
+        return engine
+
+    def session(self) -> "Session":
+        """A session for reading. Use `write()` for changes."""
+        from sqlmodel import Session
+
+        return Session(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def write(self) -> Iterator["Session"]:
+        """One write transaction (BEGIN IMMEDIATE): committed on success, rolled back on error."""
+        from sqlmodel import Session
+
+        with Session(self.engine, expire_on_commit=False) as session:
+            token = _immediate.set(True)
+            try:
+                session.connection()  # begin now, while the flag is set
+            finally:
+                _immediate.reset(token)
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def schema_version(self) -> int:
+        conn = self.connect()
+        try:
+            return _current_version(conn)
+        finally:
+            conn.close()
+
+    def dispose(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+
+def _current_version(conn: sqlite3.Connection) -> int:
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'").fetchone()
+    if not exists:
+        return 0
+    return int(conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0)
+
+
+def _backup(path: Path, version: int) -> Path:
+    stamp = utcnow().strftime("%Y%m%dT%H%M%S%f")
+    target = path.with_name(f"{path.name}.bak-v{version}-{stamp}")
+    os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
+    src = sqlite3.connect(path)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    return target
+
+
+def _migrate(registry: Registry) -> None:
+    conn = registry.connect()
+    try:
+        version = _current_version(conn)
+        if version > LATEST_VERSION:
+            raise RegistryError(
+                f"the registry at {registry.path} has schema version {version}, newer than this brightrun knows ({LATEST_VERSION})",
+                "upgrade brightrun or point --home at another registry",
+            )
+        if version == LATEST_VERSION:
+            return
+        if version > 0:
+            _backup(registry.path, version)
+        for number, name, apply in MIGRATIONS:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+                )
+                # Re-read under the write lock: another process may have migrated meanwhile.
+                if _current_version(conn) < number:
+                    apply(conn)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                        (number, name, utcnow().isoformat()),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+    finally:
+        conn.close()
+
+
+def open_registry(home: Path) -> Registry:
+    """Open (creating and migrating as needed) the registry in `home`, which must exist."""
+    path = home / DB_FILE
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise RegistryError(f"cannot open the registry {path} ({exc.strerror})", "check the permissions of the brightrun home") from exc
+    registry = Registry(home)
+    try:
+        _migrate(registry)
+    except sqlite3.DatabaseError as exc:
+        raise RegistryError(f"cannot use the registry {path}: {exc}", "is it a brightrun registry? move it away to start fresh") from exc
+    return registry

@@ -1,0 +1,224 @@
+"""Numbered, append-only schema migrations, recorded in `schema_migrations`.
+
+Opening a registry applies the pending ones in order, after a backup copy of the
+file; a registry whose schema is newer than this program knows is refused. Never edit
+a migration that has shipped: add the next number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite3
+
+from brightrun_cli.registry.ids import new_id
+from brightrun_cli.registry.timeutil import utcnow
+
+MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = []
+
+
+def migration(version: int, name: str):
+    def register(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+        assert not MIGRATIONS or MIGRATIONS[-1][0] == version - 1, "migrations must be numbered in order"
+        MIGRATIONS.append((version, name, fn))
+        return fn
+
+    return register
+
+
+
+
+_INITIAL_SCHEMA = """
+CREATE TABLE datasets (
+	id VARCHAR NOT NULL, 
+	name VARCHAR NOT NULL, 
+	description VARCHAR, 
+	format VARCHAR NOT NULL, 
+	status VARCHAR NOT NULL, 
+	storage_path VARCHAR NOT NULL, 
+	file_name VARCHAR NOT NULL, 
+	file_size INTEGER NOT NULL, 
+	source_uri VARCHAR, 
+	content_sha256 VARCHAR, 
+	total_conversations INTEGER, 
+	total_training_pairs INTEGER, 
+	total_validation_pairs INTEGER, 
+	total_tokens INTEGER, 
+	avg_turns_per_conversation FLOAT, 
+	avg_tokens_per_turn FLOAT, 
+	token_count_method VARCHAR, 
+	base_model VARCHAR, 
+	val_split FLOAT NOT NULL, 
+	stats JSON, 
+	training_ready BOOLEAN NOT NULL, 
+	validated_at DATETIME, 
+	validation_errors JSON, 
+	validation_error_count INTEGER NOT NULL, 
+	sample_data JSON, 
+	error_message VARCHAR, 
+	created_at DATETIME NOT NULL, 
+	updated_at DATETIME NOT NULL, 
+	deleted_at DATETIME, 
+	PRIMARY KEY (id), 
+	UNIQUE (storage_path)
+);
+CREATE INDEX ix_datasets_status ON datasets (status);
+CREATE UNIQUE INDEX ux_datasets_live_name ON datasets (name) WHERE deleted_at IS NULL;
+CREATE INDEX ix_datasets_created_at ON datasets (created_at);
+CREATE TABLE hosts (
+	id VARCHAR NOT NULL, 
+	name VARCHAR NOT NULL, 
+	kind VARCHAR NOT NULL, 
+	ssh_user VARCHAR, 
+	ssh_host VARCHAR, 
+	ssh_port INTEGER, 
+	identity_file VARCHAR, 
+	gpus INTEGER NOT NULL, 
+	gpu_type VARCHAR NOT NULL, 
+	python VARCHAR, 
+	workdir VARCHAR, 
+	options JSON, 
+	last_check JSON, 
+	last_checked_at DATETIME, 
+	created_at DATETIME NOT NULL, 
+	updated_at DATETIME NOT NULL, 
+	PRIMARY KEY (id), 
+	UNIQUE (name)
+);
+CREATE TABLE notifications (
+	id VARCHAR NOT NULL, 
+	type VARCHAR NOT NULL, 
+	title VARCHAR NOT NULL, 
+	message VARCHAR NOT NULL, 
+	priority VARCHAR NOT NULL, 
+	read BOOLEAN NOT NULL, 
+	action_command VARCHAR, 
+	job_id VARCHAR, 
+	dataset_id VARCHAR, 
+	artifact_id VARCHAR, 
+	metadata JSON, 
+	created_at DATETIME NOT NULL, 
+	PRIMARY KEY (id)
+);
+CREATE INDEX ix_notifications_read_created ON notifications (read, created_at);
+CREATE TABLE training_jobs (
+	id VARCHAR NOT NULL, 
+	dataset_id VARCHAR NOT NULL, 
+	preset_id VARCHAR NOT NULL, 
+	base_model VARCHAR NOT NULL, 
+	hyperparameters JSON NOT NULL, 
+	gpu_config JSON NOT NULL, 
+	host_id VARCHAR, 
+	hosts JSON, 
+	status VARCHAR NOT NULL, 
+	current_stage VARCHAR NOT NULL, 
+	progress FLOAT NOT NULL, 
+	current_epoch INTEGER NOT NULL, 
+	total_epochs INTEGER NOT NULL, 
+	current_step INTEGER NOT NULL, 
+	total_steps INTEGER, 
+	tokens_processed INTEGER NOT NULL, 
+	current_metrics JSON, 
+	queued_at DATETIME NOT NULL, 
+	started_at DATETIME, 
+	completed_at DATETIME, 
+	estimated_completion_at DATETIME, 
+	estimated_duration_hours FLOAT, 
+	current_cost FLOAT NOT NULL, 
+	estimated_total_cost FLOAT NOT NULL, 
+	max_cost FLOAT, 
+	final_cost FLOAT, 
+	error_message VARCHAR, 
+	error_stack VARCHAR, 
+	retry_count INTEGER NOT NULL, 
+	resume_count INTEGER NOT NULL, 
+	external_job_id VARCHAR, 
+	artifact_id VARCHAR, 
+	spec JSON, 
+	run_dir VARCHAR, 
+	supervisor_pid INTEGER, 
+	supervisor_marker VARCHAR, 
+	heartbeat_at DATETIME, 
+	created_at DATETIME NOT NULL, 
+	updated_at DATETIME NOT NULL, 
+	deleted_at DATETIME, 
+	PRIMARY KEY (id), 
+	FOREIGN KEY(dataset_id) REFERENCES datasets (id), 
+	FOREIGN KEY(host_id) REFERENCES hosts (id), 
+	UNIQUE (external_job_id)
+);
+CREATE INDEX ix_training_jobs_dataset_id ON training_jobs (dataset_id);
+CREATE INDEX ix_training_jobs_host_queue ON training_jobs (host_id, status, queued_at);
+CREATE INDEX ix_training_jobs_status ON training_jobs (status);
+CREATE TABLE cost_records (
+	id VARCHAR NOT NULL, 
+	job_id VARCHAR, 
+	cost_type VARCHAR NOT NULL, 
+	amount FLOAT NOT NULL, 
+	gpu_type VARCHAR, 
+	details JSON, 
+	billing_period VARCHAR NOT NULL, 
+	recorded_at DATETIME NOT NULL, 
+	PRIMARY KEY (id), 
+	FOREIGN KEY(job_id) REFERENCES training_jobs (id)
+);
+CREATE INDEX ix_cost_records_billing_period ON cost_records (billing_period);
+CREATE TABLE metrics_points (
+	id INTEGER NOT NULL, 
+	job_id VARCHAR NOT NULL, 
+	timestamp DATETIME NOT NULL, 
+	epoch FLOAT NOT NULL, 
+	step INTEGER NOT NULL, 
+	split VARCHAR NOT NULL, 
+	training_loss FLOAT, 
+	validation_loss FLOAT, 
+	learning_rate FLOAT, 
+	gradient_norm FLOAT, 
+	throughput FLOAT, 
+	gpu_utilization FLOAT, 
+	gpu_memory FLOAT, 
+	PRIMARY KEY (id), 
+	CONSTRAINT ux_metrics_points_job_step_split UNIQUE (job_id, step, split), 
+	FOREIGN KEY(job_id) REFERENCES training_jobs (id)
+);
+CREATE TABLE model_artifacts (
+	id VARCHAR NOT NULL, 
+	job_id VARCHAR NOT NULL, 
+	dataset_id VARCHAR NOT NULL, 
+	name VARCHAR NOT NULL, 
+	version VARCHAR NOT NULL, 
+	description VARCHAR, 
+	status VARCHAR NOT NULL, 
+	base_model VARCHAR, 
+	storage_path VARCHAR, 
+	deployed_at DATETIME, 
+	quality_metrics JSON NOT NULL, 
+	training_summary JSON NOT NULL, 
+	configuration JSON NOT NULL, 
+	artifacts JSON NOT NULL, 
+	parent_model_id VARCHAR, 
+	created_at DATETIME NOT NULL, 
+	updated_at DATETIME NOT NULL, 
+	deleted_at DATETIME, 
+	PRIMARY KEY (id), 
+	UNIQUE (job_id), 
+	FOREIGN KEY(job_id) REFERENCES training_jobs (id), 
+	FOREIGN KEY(dataset_id) REFERENCES datasets (id), 
+	FOREIGN KEY(parent_model_id) REFERENCES model_artifacts (id)
+);
+"""
+
+
+@migration(1, "initial schema")
+def _m0001_initial(conn: sqlite3.Connection) -> None:
+    for statement in _INITIAL_SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    now = utcnow().replace(tzinfo=None).isoformat(sep=" ")
+    conn.execute(
+        "INSERT INTO hosts (id, name, kind, gpus, gpu_type, created_at, updated_at) VALUES (?, 'local', 'local', 1, 'cpu', ?, ?)",
+        (new_id(), now, now),
+    )
+
+
+LATEST_VERSION = MIGRATIONS[-1][0]

@@ -1,0 +1,1 @@
+"""Launching the trainer: local subprocess or over SSH, behind one interface."""

@@ -1,0 +1,50 @@
+"""The runner interface: how a supervisor starts, follows and stops one trainer attempt.
+
+A runner hides *where* the trainer runs. The supervisor only ever sees the local run
+directory (`<home>/runs/<job_id>/`): a local runner's trainer writes there directly; a
+remote runner mirrors the remote run directory into it on `sync()`. Everything is
+built as argument lists (never a shell string) and every argv is loggable with
+`shlex.join` and shown by `train --dry-run`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class LaunchRequest:
+    job_id: str
+    run_dir: Path  # local run dir; holds spec.json, and receives metrics.jsonl etc.
+    spec_path: Path  # run_dir / "spec.json"
+    num_processes: int = 1  # processes per machine (GPUs on a GPU host, 1 on CPU)
+    resume: bool = False  # continue from the newest checkpoint in the run dir
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the trainer
+
+
+class Runner(ABC):
+    """One implementation per kind of host (local, ssh)."""
+
+    @abstractmethod
+    def launch_argv(self, request: LaunchRequest) -> list[str]:
+        """The exact command that starts the trainer (for logs and --dry-run)."""
+
+    @abstractmethod
+    def start(self, request: LaunchRequest) -> str:
+        """Start the trainer detached from the caller; return a handle (stored as external_job_id)."""
+
+    @abstractmethod
+    def poll(self, handle: str) -> int | None:
+        """The trainer's exit status if it has ended, else None. Never blocks long."""
+
+    def sync(self, handle: str) -> None:
+        """Bring new remote output (metrics.jsonl, logs) into the local run dir. Local: nothing to do."""
+
+    @abstractmethod
+    def stop(self, handle: str, grace_s: float = 30.0) -> None:
+        """TERM the whole trainer process tree, wait up to grace_s, then KILL what is left."""
+
+    def collect(self, handle: str) -> None:
+        """After the end: bring the final adapter/result home into the local run dir. Local: nothing."""

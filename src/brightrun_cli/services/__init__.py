@@ -1,0 +1,1 @@
+"""Operations. Services take a Workspace, return objects, raise BrightrunError; never print."""

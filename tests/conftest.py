@@ -1,0 +1,48 @@
+"""Every test gets its own brightrun home: no test touches a real ~/.brightrun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def brightrun_home(tmp_path_factory, monkeypatch) -> Path:
+    home = tmp_path_factory.mktemp("brightrun-home")
+    monkeypatch.setenv("BRIGHTRUN_HOME", str(home))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.delenv("BRIGHTRUN_DEBUG", raising=False)
+    return home
+
+
+@pytest.fixture
+def cli():
+    """Invoke the CLI in-process: cli("dataset", "list", "--json") -> Result (exit_code, stdout, stderr)."""
+    from brightrun_cli.cli.app import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None):
+        return runner.invoke(app, list(args), input=input, catch_exceptions=False)
+
+    return invoke
+
+
+def run_brightrun(*args: str, env: dict[str, str] | None = None, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """Run `python -m brightrun_cli ARGS` as a real subprocess (what a shell user gets)."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), full_env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "brightrun_cli", *args],
+        env=full_env, capture_output=True, text=True, timeout=timeout, **kwargs,
+    )

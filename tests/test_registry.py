@@ -1,0 +1,99 @@
+import os
+import sqlite3
+import stat
+
+import pytest
+from sqlalchemy import inspect
+from sqlmodel import SQLModel, select
+
+from brightrun_cli.errors import NotFoundError, RegistryError
+from brightrun_cli.registry import tables
+from brightrun_cli.registry.engine import DB_FILE, open_registry
+from brightrun_cli.registry.migrations import LATEST_VERSION
+from brightrun_cli.registry.queries import resolve
+from brightrun_cli.services.workspace import Workspace
+
+
+def test_home_and_registry_are_private(brightrun_home):
+    ws = Workspace.open()
+    ws.registry
+    assert stat.S_IMODE(os.stat(brightrun_home).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(brightrun_home / DB_FILE).st_mode) == 0o600
+
+
+def test_fresh_registry_is_migrated_wal_and_has_local_host(tmp_path):
+    reg = open_registry(tmp_path)
+    assert reg.schema_version() == LATEST_VERSION
+    conn = reg.connect()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    with reg.session() as s:
+        assert [h.name for h in s.exec(select(tables.Host))] == ["local"]
+
+
+def test_migrated_schema_matches_the_table_classes(tmp_path):
+    reg = open_registry(tmp_path)
+    insp = inspect(reg.engine)
+    for table in SQLModel.metadata.sorted_tables:
+        db_cols = {c["name"]: c for c in insp.get_columns(table.name)}
+        assert set(db_cols) == {c.name for c in table.columns}, table.name
+        for column in table.columns:
+            assert db_cols[column.name]["nullable"] == column.nullable, f"{table.name}.{column.name}"
+    assert insp.get_unique_constraints("metrics_points")[0]["column_names"] == ["job_id", "step", "split"]
+
+
+def test_newer_registry_is_refused_with_a_clear_message(tmp_path):
+    open_registry(tmp_path)
+    with sqlite3.connect(tmp_path / DB_FILE) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (?, 'future', 'x')", (LATEST_VERSION + 1,))
+    with pytest.raises(RegistryError, match="newer than this brightrun"):
+        open_registry(tmp_path)
+
+
+def test_older_registry_is_backed_up_then_migrated(tmp_path, monkeypatch):
+    from brightrun_cli.registry import migrations
+
+    open_registry(tmp_path)
+    applied = []
+    monkeypatch.setattr(
+        migrations, "MIGRATIONS", migrations.MIGRATIONS + [(LATEST_VERSION + 1, "probe", lambda c: applied.append(1))]
+    )
+    monkeypatch.setattr("brightrun_cli.registry.engine.MIGRATIONS", migrations.MIGRATIONS)
+    monkeypatch.setattr("brightrun_cli.registry.engine.LATEST_VERSION", LATEST_VERSION + 1)
+    reg = open_registry(tmp_path)
+    assert applied == [1] and reg.schema_version() == LATEST_VERSION + 1
+    backups = list(tmp_path.glob(f"{DB_FILE}.bak-v{LATEST_VERSION}-*"))
+    assert len(backups) == 1 and stat.S_IMODE(os.stat(backups[0]).st_mode) == 0o600
+    open_registry(tmp_path)  # nothing pending: no second backup
+    assert len(list(tmp_path.glob(f"{DB_FILE}.bak-*"))) == 1
+
+
+def test_resolve_by_id_prefix_and_name(tmp_path):
+    reg = open_registry(tmp_path)
+    with reg.write() as s:
+        a = tables.Dataset(id="01aaaa0000000000000000000a", name="alpha", storage_path="d/a", file_name="a", file_size=1)
+        b = tables.Dataset(id="01aaaa0000000000000000000b", name="beta", storage_path="d/b", file_name="b", file_size=1)
+        s.add(a)
+        s.add(b)
+    with reg.session() as s:
+        assert resolve(s, tables.Dataset, "beta", "dataset", by_name=True).id == b.id
+        assert resolve(s, tables.Dataset, b.id.upper(), "dataset").id == b.id  # ids are case-insensitive
+        assert resolve(s, tables.Dataset, "01aaaa0000000000000000000a"[:-1] + "a", "dataset").id == a.id
+        with pytest.raises(NotFoundError, match="ambiguous"):
+            resolve(s, tables.Dataset, "01aaaa", "dataset")
+        with pytest.raises(NotFoundError, match="no dataset matches 'gamma'"):
+            resolve(s, tables.Dataset, "gamma", "dataset", by_name=True)
+
+
+def test_live_dataset_names_are_unique_but_deleted_ones_free_the_name(tmp_path):
+    from sqlalchemy.exc import IntegrityError
+
+    from brightrun_cli.registry.timeutil import utcnow
+
+    reg = open_registry(tmp_path)
+    with reg.write() as s:
+        s.add(tables.Dataset(name="x", storage_path="d/1", file_name="a", file_size=1, deleted_at=utcnow()))
+        s.add(tables.Dataset(name="x", storage_path="d/2", file_name="a", file_size=1))
+    with pytest.raises(IntegrityError):
+        with reg.write() as s:
+            s.add(tables.Dataset(name="x", storage_path="d/3", file_name="a", file_size=1))
