@@ -37,8 +37,8 @@ class Config(BaseModel):
         default_factory=dict, description="Extra fsspec options for the storage URL (e.g. endpoint_url). No secrets: use the provider's own credential chain."
     )
     default_host: str = Field("local", description="Host used by `train` when --host is not given")
-    default_base_model: str = Field(
-        "builtin:tiny", description="Base model used when neither the preset nor --base-model names one"
+    default_base_model: str | None = Field(
+        None, description="Base model (HF id, local dir or builtin:tiny) used when --base-model is not given: for dataset token counts, and for train when the preset names none"
     )
     max_dataset_bytes: int = Field(DEFAULT_MAX_DATASET_BYTES, gt=0, description="Datasets larger than this are refused before copying")
     max_stored_validation_errors: int = Field(100, ge=1, description="How many validation errors are kept on a dataset (all are counted)")
