@@ -1,0 +1,166 @@
+"""Measured quality of an adapter: losses, perplexity, improvement over the base model,
+the convergence class read from the curves, and a 1-5 score whose rule is stated.
+
+The reference scored a model from its final loss alone. Here the base model's
+validation loss on the *same* held-out split (the trainer's step-0 validation point)
+is the yardstick: the score says how much the adapter beat the model it started from.
+Pure functions over numbers, no heavy imports: `models show` and tests use them as is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+CONVERGENCE_CLASSES = ("excellent", "good", "fair", "poor", "diverged", "overfitting")
+
+# Relative fall of the (smoothed) training loss from its start to its end.
+EXCELLENT_DROP = 0.40
+GOOD_DROP = 0.20
+FAIR_DROP = 0.05
+# An end of the training curve noisier than this (std / mean of its last fifth) is not "excellent".
+STABLE_NOISE = 0.10
+# Training loss ending this much above where it started: the run went the wrong way.
+DIVERGED_RISE = 0.05
+# Validation loss this far above its best, at the end, while training loss kept falling.
+OVERFIT_RISE = 0.02
+
+# Relative validation improvement over the base model -> score (first threshold met wins).
+SCORE_STEPS = ((0.30, 5), (0.15, 4), (0.05, 3))
+SCORE_RULE = (
+    "score from the relative validation-loss improvement over the base model on the same split: "
+    ">=30% -> 5, >=15% -> 4, >=5% -> 3, >0% -> 2, no improvement -> 1; "
+    "diverged -> 1; overfitting caps the score at 3 and poor convergence at 2; "
+    "without a base measurement the convergence class decides (excellent 4, good 3, fair 2, otherwise 1)"
+)
+_SCORE_WITHOUT_BASE = {"excellent": 4, "good": 3, "fair": 2}
+
+Curve = Sequence[tuple[int, float]]  # (step, loss), in step order
+
+
+def _window(values: list[float]) -> int:
+    return max(1, len(values) // 5)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def classify_convergence(train: Curve, validation: Curve) -> str:
+    """One of CONVERGENCE_CLASSES from the training curve and the validation points.
+
+    `validation` includes the step-0 (base model) point when there is one. Order of
+    checks: a non-finite loss or a training loss that ends above its start is
+    `diverged`; validation rising from its best to the end while training loss still
+    fell is `overfitting`; otherwise the relative fall of the smoothed training loss
+    (mean of the first and last fifth of the points) gives excellent/good/fair/poor.
+    """
+    losses = [loss for _, loss in train]
+    if not losses:
+        return "poor"
+    if any(not math.isfinite(v) for v in losses) or any(not math.isfinite(v) for _, v in validation):
+        return "diverged"
+    k = _window(losses)
+    start, end = _mean(losses[:k]), _mean(losses[-k:])
+    if end > start * (1 + DIVERGED_RISE):
+        return "diverged"
+    if _overfitting(train, validation):
+        return "overfitting"
+    drop = (start - end) / start if start > 0 else 0.0
+    tail = losses[-k:] if k > 1 else losses[-min(len(losses), 3):]
+    noise = _std(tail) / _mean(tail) if _mean(tail) > 0 else 0.0
+    if drop >= EXCELLENT_DROP and noise <= STABLE_NOISE:
+        return "excellent"
+    if drop >= GOOD_DROP:
+        return "good"
+    if drop >= FAIR_DROP:
+        return "fair"
+    return "poor"
+
+
+def _std(values: list[float]) -> float:
+    mean = _mean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def _overfitting(train: Curve, validation: Curve) -> bool:
+    points = list(validation)
+    if len(points) < 3:  # base point, then at least two measurements of the adapter
+        return False
+    best_index = min(range(len(points)), key=lambda i: points[i][1])
+    best_step, best = points[best_index]
+    last_step, last = points[-1]
+    if best_index == len(points) - 1 or last <= best * (1 + OVERFIT_RISE):
+        return False
+    at_best = _train_loss_near(train, best_step)
+    at_end = _train_loss_near(train, last_step)
+    return at_best is not None and at_end is not None and at_end < at_best
+
+
+def _train_loss_near(train: Curve, step: int) -> float | None:
+    """Mean training loss over the few points up to `step` (smooths single-batch noise)."""
+    before = [loss for s, loss in train if s <= step]
+    if not before:
+        return None
+    return _mean(before[-3:])
+
+
+def score(improvement: float | None, convergence: str) -> tuple[int, str]:
+    """(overall score 1-5, why) following SCORE_RULE."""
+    if convergence == "diverged":
+        return 1, "training diverged"
+    if improvement is None:
+        value = _SCORE_WITHOUT_BASE.get(convergence, 1)
+        return value, f"no base-model measurement; convergence {convergence}"
+    value = next((s for threshold, s in SCORE_STEPS if improvement >= threshold), 2 if improvement > 0 else 1)
+    reason = f"validation loss {improvement:+.1%} vs the base model"
+    caps = {"overfitting": 3, "poor": 2}
+    if convergence in caps and value > caps[convergence]:
+        value = caps[convergence]
+        reason += f", capped at {value} ({convergence} convergence)"
+    return value, reason
+
+
+def _perplexity(loss: float | None) -> float | None:
+    if loss is None or not math.isfinite(loss):
+        return None
+    return math.exp(min(loss, 700.0))  # exp overflows a float above ~709
+
+
+def quality_metrics(
+    train: Curve,
+    validation: Curve,
+    *,
+    base_validation_loss: float | None = None,
+    final_validation_loss: float | None = None,
+    final_training_loss: float | None = None,
+) -> dict:
+    """The `quality_metrics` JSON of a model (reference names plus brightrun's measurements).
+
+    `validation` is the validation curve including the step-0 base point; explicit
+    `base_validation_loss` / `final_*` values (the trainer's result.json) win over
+    the curve ends when given.
+    """
+    tuned = [(s, v) for s, v in validation if s > 0]
+    base_points = [v for s, v in validation if s == 0]
+    base = base_validation_loss if base_validation_loss is not None else (base_points[0] if base_points else None)
+    final_val = final_validation_loss if final_validation_loss is not None else (tuned[-1][1] if tuned else None)
+    final_train = final_training_loss if final_training_loss is not None else (train[-1][1] if train else None)
+    improvement = None
+    if base is not None and final_val is not None and math.isfinite(base) and math.isfinite(final_val) and base > 0:
+        improvement = (base - final_val) / base
+    convergence = classify_convergence(train, validation)
+    overall, reason = score(improvement, convergence)
+    return {
+        "overall_score": overall,
+        "convergence_quality": convergence,
+        "final_training_loss": final_train,
+        "final_validation_loss": final_val,
+        "perplexity": _perplexity(final_val),
+        "best_validation_loss": min((v for _, v in tuned), default=None),
+        "base_validation_loss": base,
+        "base_perplexity": _perplexity(base),
+        "validation_loss_improvement": improvement,
+        "score_reason": reason,
+        "score_rule": SCORE_RULE,
+    }
