@@ -13,6 +13,26 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from brightrun_cli.errors import OperationError
+
+
+class RunnerUnreachable(OperationError):
+    """The machine running the trainer cannot be reached right now (network, sshd down).
+
+    Raised by `poll`/`sync`/`collect` of remote runners. The trainer may well still be
+    running there: keep the job, call again later (the runner reconnects with backoff
+    and resumes tailing where it stopped). `down_for_s` says how long it has been gone.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, *, down_for_s: float = 0.0):
+        super().__init__(message, hint)
+        self.down_for_s = down_for_s
+
+
+class RunnerLost(RunnerUnreachable):
+    """Unreachable for longer than the runner's reconnect limit: mark the job failed with
+    str(exc). `jobs resume` can still re-attach later if the remote trainer survived."""
+
 
 @dataclass
 class LaunchRequest:
