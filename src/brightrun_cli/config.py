@@ -37,6 +37,9 @@ class Config(BaseModel):
         default_factory=dict, description="Extra fsspec options for the storage URL (e.g. endpoint_url). No secrets: use the provider's own credential chain."
     )
     default_host: str = Field("local", description="Host used by `train` when --host is not given")
+    ssh_config: str | None = Field(
+        None, description="ssh client config file for SSH hosts (passed as `ssh -F`; default: the system's ~/.ssh/config)"
+    )
     default_base_model: str | None = Field(
         None, description="Base model (HF id, local dir or builtin:tiny) used when --base-model is not given: for dataset token counts, and for train when the preset names none"
     )
