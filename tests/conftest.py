@@ -46,3 +46,39 @@ def run_brightrun(*args: str, env: dict[str, str] | None = None, timeout: float 
         [sys.executable, "-m", "brightrun_cli", *args],
         env=full_env, capture_output=True, text=True, timeout=timeout, **kwargs,
     )
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto in server mode) on a free loopback port, for the whole session.
+
+    Yields its endpoint URL; fake credentials are put in the environment so s3fs/boto
+    (in this process and in subprocesses) sign requests without touching real ones.
+    Tests create their own uniquely named buckets.
+    """
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    fake = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {key: os.environ.get(key) for key in fake}
+    os.environ.update(fake)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
