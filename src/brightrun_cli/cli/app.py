@@ -11,6 +11,7 @@ from typing import Annotated
 import click
 import typer
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from brightrun_cli import __version__
 from brightrun_cli.cli import common
@@ -28,21 +29,22 @@ class BrightrunGroup(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        # typer >= 0.2x raises its own Exit/Abort/ClickException classes, not click's.
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, typer.Exit, typer.Abort, TyperException):
             raise
         except BrightrunError as exc:
             if common.debug_enabled():
                 traceback.print_exc()
             _report(str(exc))
-            raise click.exceptions.Exit(exc.exit_code) from None
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             sys.stderr.write("interrupted\n")
-            raise click.exceptions.Exit(130) from None
+            raise typer.Exit(130) from None
         except Exception as exc:
             if common.debug_enabled():
                 raise
             _report(f"internal error: {type(exc).__name__}: {exc}; rerun with BRIGHTRUN_DEBUG=1 for the traceback and report it")
-            raise click.exceptions.Exit(EXIT_FAILED) from None
+            raise typer.Exit(EXIT_FAILED) from None
 
 
 app = typer.Typer(
