@@ -1,9 +1,348 @@
-"""Placeholder: commands of this group land with their issue."""
+"""`brightrun watch [JOB] [--json]`: follow a job (or all jobs) live until it ends.
+
+Three outputs from one polling loop: a Rich Live dashboard on a terminal, one plain
+line per change when stdout is not a terminal, NDJSON with `--json`. watch only reads:
+Ctrl-C leaves watch and never touches the job.
+
+Exit codes (following one job), for CI scripts:
+  0 completed · 3 failed · 4 cancelled · 5 job not found · 130 left with Ctrl-C
+  (1 and 2 keep their usual meaning: watch itself failed / bad usage)
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+from brightrun_cli.cli import common
+
+if TYPE_CHECKING:
+    from brightrun_cli.services.watch import BoardRow, Change, JobView, Point, WatchState
+    from brightrun_cli.services.workspace import Workspace
+
+EXIT_COMPLETED = 0
+EXIT_JOB_FAILED = 3
+EXIT_JOB_CANCELLED = 4
+EXIT_JOB_NOT_FOUND = 5
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a reader that left
+EXIT_CODES = {"completed": EXIT_COMPLETED, "failed": EXIT_JOB_FAILED, "cancelled": EXIT_JOB_CANCELLED}
+
+POLL_SECONDS = 0.25  # 4 looks a second: a new point shows within ~0.3 s
+BOARD_POLL_SECONDS = 0.5
+CLOCK_SECONDS = 1.0  # redraw at least this often on a terminal, for elapsed time and ETA
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _stderr(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def _interactive() -> bool:
+    return sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+
+
+class _Sink:
+    """Where follow_job's changes go. The live one holds the terminal while entered."""
+
+    def __enter__(self) -> "_Sink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, state: WatchState, change: Change) -> None:
+        raise NotImplementedError
+
+    def tick(self, state: WatchState) -> None:
+        """Called between polls: time passes even when nothing changed."""
+
+
+class _StreamSink(_Sink):
+    """Writes one record per status change and per metric point, in the order they
+    happened: a terminal status after the points that led to it, others before."""
+
+    def __init__(self) -> None:
+        self._status: str | None = None
+
+    def update(self, state: WatchState, change: Change) -> None:
+        job = state.job
+        records = [self.point_record(p, job) for p in change.new_points]
+        if job.status != self._status:
+            self._status = job.status
+            status = self.status_record(job)
+            records = records + [status] if job.terminal else [status] + records
+        if records:
+            sys.stdout.write("".join(r + "\n" for r in records))
+            sys.stdout.flush()
+
+    def point_record(self, point: Point, job: JobView) -> str:
+        raise NotImplementedError
+
+    def status_record(self, job: JobView) -> str:
+        raise NotImplementedError
+
+
+class _JsonSink(_StreamSink):
+    """NDJSON on stdout (every metric point once, in order; every status change);
+    the status as text on stderr, for a person watching a script's log."""
+
+    def point_record(self, point: Point, job: JobView) -> str:
+        return _json({"type": "metric", **_point_fields(point)})
+
+    def status_record(self, job: JobView) -> str:
+        _stderr(_status_line(job))
+        return _json({"type": "status", **_status_fields(job)})
+
+
+class _PlainSink(_StreamSink):
+    """Not a terminal: one plain line per status change and per metric point, no animation."""
+
+    def point_record(self, point: Point, job: JobView) -> str:
+        from brightrun_cli.cli.watch_view import point_line
+
+        return point_line(point, job)
+
+    def status_record(self, job: JobView) -> str:
+        return _status_line(job)
+
+
+class _LiveSink(_Sink):
+    """The Rich Live dashboard, redrawn on every change and once a second for the clock."""
+
+    def __init__(self) -> None:
+        from rich.live import Live
+
+        self.console = common.console()
+        self._live = Live(console=self.console, auto_refresh=False, redirect_stderr=False)
+        self._drawn_at = 0.0
+
+    def __enter__(self) -> "_LiveSink":
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._live.stop()
+
+    def _draw(self, state: WatchState) -> None:
+        from brightrun_cli.cli.watch_view import render_job
+
+        self._live.update(render_job(state, _now(), height=self.console.size.height), refresh=True)
+        self._drawn_at = time.monotonic()
+
+    def update(self, state: WatchState, change: Change) -> None:
+        if change.any or not self._drawn_at:
+            self._draw(state)
+
+    def tick(self, state: WatchState) -> None:
+        if time.monotonic() - self._drawn_at >= CLOCK_SECONDS:
+            self._draw(state)
+
+
+def _status_line(job: JobView) -> str:
+    from brightrun_cli.cli.watch_view import status_line
+
+    return status_line(job, _now())
+
+
+def _json(obj: dict) -> str:
+    return json.dumps(obj, default=common._default, ensure_ascii=False)
+
+
+def _status_fields(job: JobView) -> dict:
+    names = (
+        "status current_stage progress current_epoch total_epochs current_step total_steps tokens_processed "
+        "started_at completed_at estimated_completion_at current_cost estimated_total_cost max_cost final_cost error_message"
+    ).split()
+    return {"job_id": job.id, **{name: getattr(job, name) for name in names}}
+
+
+def _point_fields(point: Point) -> dict:
+    from dataclasses import asdict
+
+    fields = asdict(point)
+    fields.pop("id")
+    return fields
+
+
+def _reader_left() -> int:
+    """The reader of our stdout went away (`watch | head`): stop quietly, as killed by SIGPIPE would."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush must not fail again
+    return EXIT_BROKEN_PIPE
+
+
+def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False) -> int:
+    """Follow one job until it ends; return its exit code (see the module doc).
+
+    A terminal gets the live dashboard, other outputs plain lines, `json_output` NDJSON.
+    """
+    from brightrun_cli.errors import NotFoundError
+    from brightrun_cli.services.watch import JobFollower, resolve_job_id
+
+    try:
+        job_id = resolve_job_id(ws, job_ref)
+    except NotFoundError as exc:
+        _stderr(f"error: {exc}")
+        return EXIT_JOB_NOT_FOUND
+    if json_output:
+        sink = _JsonSink()
+    elif _interactive():
+        sink = _LiveSink()
+    else:
+        sink = _PlainSink()
+    try:
+        with JobFollower(ws, job_id) as follower, sink:
+            while True:
+                change = follower.poll()
+                sink.update(follower.state, change)
+                if follower.state.job.terminal:
+                    break
+                time.sleep(POLL_SECONDS)
+                sink.tick(follower.state)
+    except BrokenPipeError:
+        return _reader_left()
+    except KeyboardInterrupt:
+        _stderr(f"left watch; job {job_id} keeps running (brightrun watch {job_id} to follow it again, brightrun jobs cancel {job_id} to stop it)")
+        return EXIT_INTERRUPTED
+    return EXIT_CODES[follower.state.job.status]
+
+
+
+class _Keys:
+    """Single key presses from a terminal (cbreak mode while entered); none elsewhere."""
+
+    def __init__(self) -> None:
+        self._saved = None
+
+    def __enter__(self) -> "_Keys":
+        if sys.stdin is not None and sys.stdin.isatty():
+            import termios
+            import tty
+
+            self._saved = termios.tcgetattr(sys.stdin)
+            tty.setcbreak(sys.stdin)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._saved is not None:
+            import termios
+
+            termios.tcsetattr(sys.stdin, termios.TCSADRAIN, self._saved)
+
+    def wait(self, seconds: float) -> str | None:
+        """Sleep up to `seconds`; return the key pressed meanwhile, if any."""
+        if self._saved is None:
+            time.sleep(seconds)
+            return None
+        import select
+
+        ready, _, _ = select.select([sys.stdin], [], [], seconds)
+        return sys.stdin.read(1) if ready else None
+
+
+def _board_changes(rows: list[BoardRow], seen: dict[str, tuple]) -> list[BoardRow]:
+    """Rows whose status or step moved since last reported (updates `seen`)."""
+    moved = []
+    for row in rows:
+        key = (row.job.status, row.job.current_step)
+        if seen.get(row.job.id) != key:
+            seen[row.job.id] = key
+            moved.append(row)
+    return moved
+
+
+def watch_all(ws: "Workspace", *, json_output: bool = False) -> int:
+    """The all-jobs view. On a terminal: a live table until q or Ctrl-C (1-9 follows a
+    job). Otherwise: a line (or JSON object) per job change until no job is active."""
+    from brightrun_cli.services.watch import JobsBoard
+
+    try:
+        with JobsBoard(ws) as board:
+            if json_output or not _interactive():
+                return _stream_board(board, json_output)
+            selected = _live_board(board)
+    except BrokenPipeError:
+        return _reader_left()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return EXIT_COMPLETED if selected is None else follow_job(ws, selected)
+
+
+def _stream_board(board, json_output: bool) -> int:
+    from brightrun_cli.cli.watch_view import board_line
+
+    seen: dict[str, tuple] = {}
+    while True:
+        if board.poll():
+            for row in _board_changes(board.rows, seen):
+                if json_output:
+                    sys.stdout.write(_json({"type": "status", **_status_fields(row.job), "training_loss": row.training_loss, "throughput": row.throughput}) + "\n")
+                else:
+                    sys.stdout.write(board_line(row) + "\n")
+            sys.stdout.flush()
+        if not board.active:
+            if not board.rows:
+                _stderr("no jobs yet: start one with 'brightrun train --dataset NAME'")
+            return EXIT_COMPLETED
+        time.sleep(BOARD_POLL_SECONDS)
+
+
+def _live_board(board) -> str | None:
+    """Run the live table; the id of the job picked with 1-9, or None when left with q."""
+    from rich.live import Live
+
+    from brightrun_cli.cli.watch_view import render_board
+
+    console = common.console()
+    with _Keys() as keys, Live(console=console, auto_refresh=False) as live:
+        drawn_at = 0.0
+        while True:
+            changed = board.poll()
+            if changed or time.monotonic() - drawn_at >= CLOCK_SECONDS:
+                live.update(render_board(board.rows, _now(), selectable=keys._saved is not None), refresh=True)
+                drawn_at = time.monotonic()
+            key = keys.wait(BOARD_POLL_SECONDS)
+            if key in ("q", "Q"):
+                return None
+            if key and key.isdigit() and 1 <= int(key) <= min(9, len(board.rows)):
+                return board.rows[int(key) - 1].job.id
+
+
+JobOpt = Annotated[
+    str | None,
+    typer.Argument(help="Job id or unique id prefix. Without it: a live table of all queued and running jobs.", show_default=False),
+]
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
+    """Add `watch` to the root app."""
+
+    @app.command("watch")
+    def watch(ctx: typer.Context, job: JobOpt = None, json_output: common.JsonOpt = False) -> None:
+        """Follow a training job live until it ends (or all jobs, without JOB).
+
+        On a terminal: a dashboard (progress, ETA, losses, learning rate, tokens/s, GPU,
+        cost vs estimate and budget, loss curve, log tail). Piped: one plain line per
+        change. --json: NDJSON on stdout, one object per metric point and status change.
+
+        Exit codes: 0 completed, 3 failed, 4 cancelled, 5 job not found, 130 Ctrl-C
+        (the job keeps running).
+
+        Examples:
+          brightrun watch
+          brightrun watch 01jd3k
+          brightrun train --dataset support-v1 --detach && brightrun watch $JOB --json
+        """
+        ws = common.workspace(ctx)
+        code = follow_job(ws, job, json_output=json_output) if job else watch_all(ws, json_output=json_output)
+        raise typer.Exit(code)
