@@ -1,0 +1,234 @@
+"""Turning a completed job's run directory into a stored model artifact.
+
+`create_artifact(ws, job_id)` is called by the supervisor when a job completes, and
+may be called again after a crash. The artifact is assembled in a local staging
+directory (`cache/artifacts/<job_id>/`), uploaded to `models/<artifact_id>/`, and
+only then becomes visible: the `model_artifacts` row, the job's `artifact_id` and the
+`artifact_ready` notification commit in one transaction. The artifact id is chosen
+once and remembered in the staging directory, so a re-run after a crash midway
+replaces the partial upload under the same key instead of leaving a second one:
+exactly one complete artifact per job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from brightrun_cli.errors import NotFoundError, OperationError
+from brightrun_cli.registry.ids import new_id
+from brightrun_cli.registry.tables import Dataset, MetricPoint, ModelArtifact, TrainingJob
+from brightrun_cli.registry.timeutil import utcnow
+from brightrun_cli.services.model_card import render_model_card
+from brightrun_cli.services.notifications import notify
+from brightrun_cli.services.quality import quality_metrics
+from brightrun_cli.services.workspace import Workspace
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+METRICS_FILE = "metrics.jsonl"
+RESULT_FILE = "result.json"
+CARD_FILE = "README.md"
+
+
+def storage_prefix(artifact_id: str) -> str:
+    return f"models/{artifact_id}"
+
+
+def run_dir(ws: Workspace, job: TrainingJob) -> Path:
+    return ws.home / job.run_dir if job.run_dir else ws.runs_dir / job.id
+
+
+def create_artifact(ws: Workspace, job_id: str) -> ModelArtifact:
+    """Store the adapter of completed job `job_id` and register it; idempotent.
+
+    Returns the job's artifact (the existing one when it was already created).
+    Raises NotFoundError for an unknown job and OperationError when the run
+    directory has no final adapter.
+    """
+    with ws.registry.session() as session:
+        job = session.get(TrainingJob, job_id)
+        if job is None:
+            raise NotFoundError(f"no job '{job_id}'", "run 'brightrun jobs list' to see them")
+        existing = _artifact_of(session, job_id)
+        dataset = session.get(Dataset, job.dataset_id)
+        points = session.exec(
+            select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(col(MetricPoint.step), col(MetricPoint.split))
+        ).all()
+    staging = ws.cache_dir / "artifacts" / job_id
+    if existing is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+        return existing
+
+    final = run_dir(ws, job) / "final"
+    missing = [name for name in ADAPTER_FILES if not (final / name).is_file()]
+    if missing:
+        raise OperationError(
+            f"job {job_id} has no final adapter ({', '.join(missing)} missing in {final})",
+            "only a completed job yields a model; see 'brightrun jobs show'",
+        )
+    artifact_id = _claim_id(staging)
+    files = staging / "files"
+    shutil.rmtree(files, ignore_errors=True)
+    shutil.copytree(final, files)
+    result = _read_json(run_dir(ws, job) / RESULT_FILE)
+    if result:
+        (files / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    _write_metrics(files / METRICS_FILE, points)
+    train = [(p.step, p.training_loss) for p in points if p.split == "train" and p.training_loss is not None]
+    validation = [(p.step, p.validation_loss) for p in points if p.split == "validation" and p.validation_loss is not None]
+
+    artifact = ModelArtifact(
+        id=artifact_id,
+        job_id=job.id,
+        dataset_id=job.dataset_id,
+        name=_name(dataset, job),
+        version="1.0.0",
+        status="stored",
+        base_model=job.base_model,
+        storage_path=storage_prefix(artifact_id),
+        quality_metrics=quality_metrics(
+            train,
+            validation,
+            base_validation_loss=result.get("base_validation_loss"),
+            final_validation_loss=result.get("final_validation_loss"),
+            final_training_loss=result.get("final_training_loss"),
+        ),
+        training_summary=_training_summary(job, result),
+        configuration={"preset_id": job.preset_id, "hyperparameters": job.hyperparameters, "gpu_config": job.gpu_config},
+        artifacts={},
+    )
+    with ws.registry.session() as session:
+        artifact.version = _next_version(session, artifact.name)
+    versions = _read_json(files / "versions.json")
+    (files / CARD_FILE).write_text(render_model_card(artifact, dataset, train, validation, versions))
+    artifact.artifacts = {"files": _describe(files)}
+
+    # A previous attempt may have uploaded part of this artifact: start its key afresh.
+    ws.storage.delete(artifact.storage_path)
+    ws.storage.put_dir(files, artifact.storage_path)
+    stored = _register(ws, artifact)
+    shutil.rmtree(staging, ignore_errors=True)
+    return stored
+
+
+def _artifact_of(session, job_id: str) -> ModelArtifact | None:
+    return session.exec(select(ModelArtifact).where(ModelArtifact.job_id == job_id)).first()
+
+
+def _register(ws: Workspace, artifact: ModelArtifact) -> ModelArtifact:
+    """Row, job link and notification in one transaction: the artifact exists only once all three do."""
+    try:
+        with ws.registry.write() as session:
+            session.add(artifact)
+            job = session.get(TrainingJob, artifact.job_id)
+            job.artifact_id = artifact.id
+            job.updated_at = utcnow()
+            session.add(job)
+            score = artifact.quality_metrics["overall_score"]
+            notify(
+                session,
+                "artifact_ready",
+                "Model ready",
+                f"{artifact.name} v{artifact.version} is stored. Quality score: {score}/5",
+                priority="high",
+                action_command=f"brightrun models show {artifact.id}",
+                job_id=artifact.job_id,
+                dataset_id=artifact.dataset_id,
+                artifact_id=artifact.id,
+                metadata={"artifact_id": artifact.id, "job_id": artifact.job_id, "overall_score": score},
+            )
+    except IntegrityError:
+        # Another process registered this job's artifact first (same staging id, same key).
+        with ws.registry.session() as session:
+            existing = _artifact_of(session, artifact.job_id)
+        if existing is None:
+            raise
+        return existing
+    return artifact
+
+
+def _claim_id(staging: Path) -> str:
+    """The artifact id of this job's attempts: chosen once, reused by every re-run."""
+    staging.mkdir(parents=True, exist_ok=True)
+    marker = staging / "artifact_id"
+    if marker.is_file():
+        return marker.read_text().strip()
+    tmp = staging / f".artifact_id.{os.getpid()}"
+    tmp.write_text(new_id())
+    os.replace(tmp, marker)
+    return marker.read_text().strip()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise OperationError(f"cannot read {path}: {exc}", "the run directory is damaged; rerun the job") from exc
+
+
+def _write_metrics(path: Path, points) -> None:
+    """The metrics history in the trainer's metrics.jsonl format (docs/ARCHITECTURE.md)."""
+    with path.open("w") as handle:
+        for p in points:
+            line = {
+                "time": p.timestamp.timestamp(),
+                "split": p.split,
+                "epoch": p.epoch,
+                "step": p.step,
+                "training_loss": p.training_loss,
+                "validation_loss": p.validation_loss,
+                "learning_rate": p.learning_rate,
+                "grad_norm": p.gradient_norm,
+                "tokens_per_sec": p.throughput,
+                "gpu_utilization": p.gpu_utilization,
+                "gpu_memory": p.gpu_memory,
+            }
+            handle.write(json.dumps(line) + "\n")
+
+
+def _describe(files: Path) -> list[dict]:
+    described = []
+    for path in sorted(p for p in files.rglob("*") if p.is_file()):
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        described.append({"path": path.relative_to(files).as_posix(), "size": path.stat().st_size, "sha256": digest})
+    return described
+
+
+def _name(dataset: Dataset | None, job: TrainingJob) -> str:
+    when: datetime = job.completed_at or utcnow()
+    return f"{dataset.name if dataset else 'model'}-{when:%Y-%m-%d}"
+
+
+def _next_version(session, name: str) -> str:
+    """1.0.0 for the first model of a name, then 1.1.0, 1.2.0, ... (soft-deleted ones count)."""
+    taken = session.exec(select(ModelArtifact.id).where(ModelArtifact.name == name)).all()
+    return f"1.{len(taken)}.0"
+
+
+def _training_summary(job: TrainingJob, result: dict) -> dict:
+    duration = result.get("duration_s")
+    if duration is None and job.started_at and job.completed_at:
+        duration = (job.completed_at - job.started_at).total_seconds()
+    final_loss = result.get("final_training_loss")
+    if final_loss is None and job.current_metrics:
+        final_loss = job.current_metrics.get("training_loss")
+    return {
+        "epochs_completed": result.get("epochs", job.current_epoch),
+        "total_steps": result.get("steps", job.current_step),
+        "total_tokens": result.get("tokens", job.tokens_processed),
+        "final_loss": final_loss if final_loss is None or math.isfinite(final_loss) else None,
+        "duration_s": duration,
+        "training_duration_hours": None if duration is None else duration / 3600,
+        "total_cost": job.final_cost if job.final_cost is not None else job.current_cost,
+    }

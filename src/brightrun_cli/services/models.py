@@ -1,0 +1,197 @@
+"""Model artifacts after creation: list, show, export, merge, remove."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlmodel import col, select
+
+from brightrun_cli.errors import ConflictError, OperationError, UsageError
+from brightrun_cli.registry.queries import resolve
+from brightrun_cli.registry.tables import ModelArtifact
+from brightrun_cli.registry.timeutil import utcnow
+from brightrun_cli.services.workspace import Workspace
+
+SORTS = ("created", "score", "cost")
+
+
+@dataclass
+class Exported:
+    target: str  # the directory or URL written to
+    files: list[str]  # relative paths written
+    bytes: int
+
+
+def list_models(ws: Workspace, sort: str = "created") -> list[ModelArtifact]:
+    """Live models: newest first (`created`), best score first (`score`) or cheapest first (`cost`)."""
+    if sort not in SORTS:
+        raise UsageError(f"unknown sort '{sort}'", f"use one of: {', '.join(SORTS)}")
+    with ws.registry.session() as session:
+        rows = list(session.exec(select(ModelArtifact).where(col(ModelArtifact.deleted_at).is_(None))).all())
+    rows.sort(key=lambda m: m.created_at, reverse=True)
+    if sort == "score":
+        rows.sort(key=lambda m: m.quality_metrics.get("overall_score") or 0, reverse=True)
+    elif sort == "cost":
+        rows.sort(key=lambda m: m.training_summary.get("total_cost") or 0.0)
+    return rows
+
+
+def get_model(ws: Workspace, ref: str) -> ModelArtifact:
+    """A live model by id, unique id prefix or name (NotFoundError otherwise)."""
+    with ws.registry.session() as session:
+        return resolve(session, ModelArtifact, ref, "model", by_name=True)
+
+
+def _file_entries(model: ModelArtifact) -> list[dict]:
+    return model.artifacts.get("files", [])
+
+
+def _open_target(target: str):
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(target)
+    except (ImportError, ValueError) as exc:
+        raise UsageError(f"cannot write to '{target}': {exc}", "give a local directory or an fsspec URL such as s3://bucket/path") from exc
+
+
+def _check_empty(fs, root: str, target: str, force: bool) -> None:
+    if not fs.exists(root):
+        return
+    if not fs.isdir(root):
+        raise ConflictError(f"'{target}' exists and is not a directory", "choose a directory path")
+    if fs.ls(root, detail=False) and not force:
+        raise ConflictError(f"'{target}' is not empty", "choose an empty or new directory, or pass --force to overwrite files there")
+
+
+def export_model(ws: Workspace, ref: str, target: str, *, force: bool = False) -> Exported:
+    """Copy the model's files (adapter, tokenizer, config, metrics, card) to a directory or fsspec URL.
+
+    Every file is verified against its recorded sha256 while it is copied. Refuses a
+    non-empty target unless `force` (then files of the same names are overwritten).
+    """
+    model = get_model(ws, ref)
+    entries = _file_entries(model)
+    fs, root = _open_target(target)
+    root = root.rstrip("/") or "/"
+    _check_empty(fs, root, target, force)
+    missing = [e["path"] for e in entries if not ws.storage.exists(f"{model.storage_path}/{e['path']}")]
+    if missing:
+        raise OperationError(
+            f"model {model.id} is missing stored files ({', '.join(missing[:3])})",
+            "the storage was changed outside brightrun; retrain or restore the files",
+        )
+    written, total = [], 0
+    fs.makedirs(root, exist_ok=True)
+    for entry in entries:
+        dest = posixpath.join(root, entry["path"])
+        fs.makedirs(posixpath.dirname(dest), exist_ok=True)
+        digest = hashlib.sha256()
+        with ws.storage.open(f"{model.storage_path}/{entry['path']}") as src, fs.open(dest, "wb") as out:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != entry["sha256"]:
+            fs.rm(dest)
+            raise OperationError(
+                f"stored file {entry['path']} of model {model.id} does not match its checksum",
+                "the stored artifact is damaged; retrain the job to recreate it",
+            )
+        written.append(entry["path"])
+        total += entry["size"]
+    return Exported(target=target, files=written, bytes=total)
+
+
+def _local_artifact_dir(ws: Workspace, model: ModelArtifact, scratch: Path) -> Path:
+    local = ws.storage.local_path(model.storage_path)
+    if local is not None:
+        return local
+    return ws.storage.fetch_dir(model.storage_path, scratch / "adapter")
+
+
+def _resolve_base(base_model: str | None) -> str:
+    from brightrun_cli.builtin import resolve_base_model
+
+    if not base_model:
+        raise UsageError("the model does not record its base model", "merge it by hand with peft's merge_and_unload")
+    return resolve_base_model(base_model)
+
+
+def merge_model(ws: Workspace, ref: str, out_dir: Path, *, force: bool = False) -> Path:
+    """Merge base + adapter (peft merge_and_unload) into a standard HF model directory (safetensors).
+
+    Nothing is written unless the merge succeeds: the model is saved to a temporary
+    directory beside `out_dir` and moved into place at the end.
+    """
+    model = get_model(ws, ref)
+    out_dir = Path(out_dir).expanduser()
+    _check_empty(*_open_target(str(out_dir)), str(out_dir), force)
+    base = _resolve_base(model.base_model)
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory(dir=ws.cache_dir, prefix="merge-") as scratch_name:
+        scratch = Path(scratch_name)
+        try:
+            base_model = AutoModelForCausalLM.from_pretrained(base)
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"the base model '{model.base_model}' of model {model.id} is unavailable ({_first_line(exc)})",
+                "make it available locally (download it, or point HF_HOME at its cache) and merge again",
+            ) from exc
+        adapter_dir = _local_artifact_dir(ws, model, scratch)
+        with torch.no_grad():
+            merged = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.merge-"))
+        try:
+            merged.save_pretrained(staged)
+            AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(staged)
+            _move_into(staged, out_dir)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+    return out_dir
+
+
+def _move_into(staged: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.replace(staged, out_dir)
+        return
+    for item in staged.iterdir():
+        dest = out_dir / item.name
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        os.replace(item, dest)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def remove_model(ws: Workspace, ref: str) -> ModelArtifact:
+    """Soft-delete the row, then delete the stored files. Refuses while another model derives from it."""
+    with ws.registry.write() as session:
+        model = resolve(session, ModelArtifact, ref, "model", by_name=True)
+        children = session.exec(
+            select(ModelArtifact.id).where(ModelArtifact.parent_model_id == model.id, col(ModelArtifact.deleted_at).is_(None))
+        ).all()
+        if children:
+            raise ConflictError(
+                f"model {model.id} is the parent of {', '.join(children)}",
+                "remove those models first",
+            )
+        model.deleted_at = utcnow()
+        model.updated_at = model.deleted_at
+        model.status = "deleted"
+        session.add(model)
+    if model.storage_path:
+        ws.storage.delete(model.storage_path)
+    return model

@@ -1,0 +1,96 @@
+"""`models list|show|rm` behaviour that needs no training: registry rows and stored files made directly."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+
+def make_model(home, *, name, score, cost, age_h=0.0, parent=None):
+    """Register a job + model row and store two files under its key, as create_artifact would."""
+    from brightrun_cli.registry.tables import Dataset, ModelArtifact, TrainingJob
+    from brightrun_cli.registry.timeutil import utcnow
+    from brightrun_cli.services.workspace import Workspace
+
+    ws = Workspace.open(home)
+    with ws.registry.write() as session:
+        dataset = Dataset(name=f"data-{name}", storage_path=f"datasets/{name}/data.jsonl", file_name="data.jsonl", file_size=1)
+        session.add(dataset)
+        session.flush()
+        job = TrainingJob(dataset_id=dataset.id, preset_id="tiny", base_model="builtin:tiny", hyperparameters={},
+                          gpu_config={"type": "cpu", "count": 1}, total_epochs=1, estimated_total_cost=cost, status="completed")
+        session.add(job)
+        session.flush()
+        model = ModelArtifact(job_id=job.id, dataset_id=dataset.id, name=name, base_model="builtin:tiny",
+                              quality_metrics={"overall_score": score, "convergence_quality": "good"},
+                              training_summary={"total_cost": cost}, configuration={}, artifacts={"files": []},
+                              parent_model_id=parent, created_at=utcnow() - timedelta(hours=age_h))
+        model.storage_path = f"models/{model.id}"
+        session.add(model)
+    for file in ("adapter_config.json", "adapter_model.safetensors"):
+        with ws.storage.writer(f"{model.storage_path}/{file}") as out:
+            out.write(b"{}")
+    return model
+
+
+def test_unknown_model_is_one_line_exit_2(cli):
+    for command in (("show", "nope"), ("export", "nope", "somewhere"), ("merge", "nope", "out"), ("rm", "nope", "--yes")):
+        result = cli("models", *command)
+        assert result.exit_code == 2, command
+        assert result.stderr.startswith("error: no model matches 'nope'") and result.stderr.count("\n") == 1
+
+
+def test_list_empty_and_bad_sort(cli):
+    result = cli("models", "list", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
+    bad = cli("models", "list", "--sort", "size")
+    assert bad.exit_code == 2 and "created, score, cost" in bad.stderr
+
+
+def test_list_sorts_by_created_score_and_cost(cli, brightrun_home):
+    make_model(brightrun_home, name="old-good-cheap", score=5, cost=1.0, age_h=3)
+    make_model(brightrun_home, name="mid-bad-dear", score=2, cost=9.0, age_h=2)
+    make_model(brightrun_home, name="new-ok-mid", score=3, cost=4.0, age_h=1)
+
+    def names(*sort):
+        result = cli("models", "list", *sort, "--json")
+        assert result.exit_code == 0, result.stderr
+        return [m["name"] for m in json.loads(result.stdout)]
+
+    assert names() == ["new-ok-mid", "mid-bad-dear", "old-good-cheap"]
+    assert names("--sort", "score") == ["old-good-cheap", "new-ok-mid", "mid-bad-dear"]
+    assert names("--sort", "cost") == ["old-good-cheap", "new-ok-mid", "mid-bad-dear"]
+    human = cli("models", "list")
+    assert human.exit_code == 0 and "old-good-cheap" in human.stdout and "5/5" in human.stdout
+
+
+def test_rm_refuses_while_a_model_derives_from_it(cli, brightrun_home):
+    parent = make_model(brightrun_home, name="parent", score=4, cost=1.0)
+    child = make_model(brightrun_home, name="child", score=4, cost=1.0, parent=parent.id)
+    stored = brightrun_home / "storage" / parent.storage_path
+
+    refused = cli("models", "rm", parent.id, "--yes")
+    assert refused.exit_code == 2 and child.id in refused.stderr and refused.stderr.count("\n") == 1
+    assert (stored / "adapter_model.safetensors").is_file()
+
+    assert cli("models", "rm", "child", "--yes").exit_code == 0
+    removed = cli("models", "rm", parent.id, "--yes")
+    assert removed.exit_code == 0, removed.stderr
+    assert not stored.exists()
+    assert json.loads(cli("models", "list", "--json").stdout) == []
+    assert cli("models", "show", parent.id).exit_code == 2
+
+
+def test_rm_without_yes_and_no_terminal_refuses(cli, brightrun_home):
+    model = make_model(brightrun_home, name="keep", score=3, cost=1.0)
+    result = cli("models", "rm", model.id)
+    assert result.exit_code == 2 and "--yes" in result.stderr
+    assert (brightrun_home / "storage" / model.storage_path / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize("args", [("list",), ("show", "x"), ("export", "x", "y"), ("merge", "x", "y"), ("rm", "x")])
+def test_help_has_examples(cli, args):
+    result = cli("models", args[0], "--help")
+    assert result.exit_code == 0 and "Examples" in result.stdout
