@@ -1,0 +1,391 @@
+"""Compute hosts: `local` (always there) and SSH machines.
+
+Everything a user types about a host is validated here before it is stored, so the
+runner only ever sees names, users, addresses and paths made of safe characters
+(and still quotes every remote word). Only *paths* to keys are stored, never keys.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sqlmodel import col, select
+
+from brightrun_cli.errors import ConflictError, OperationError, UsageError
+from brightrun_cli.registry.queries import resolve
+from brightrun_cli.registry.tables import Host, TrainingJob
+from brightrun_cli.registry.timeutil import utcnow
+from brightrun_cli.runners.ssh import (
+    DEFAULT_PYTHON,
+    DEFAULT_WORKDIR,
+    SSHConnection,
+    SSHFailure,
+    remote_python,
+    remote_workdir,
+    ship_code,
+)
+from brightrun_cli.services.workspace import Workspace
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+SAFE_PATH_PART_RE = re.compile(r"^[A-Za-z0-9_.+@-]+$")
+COMMAND_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+ACTIVE_STATUSES = ("queued", "initializing", "running")
+# Packages the trainer imports on the remote side, and what to install for them.
+REQUIRED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors", "pydantic")
+MIN_PYTHON = (3, 10)
+LOCAL = "local"
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise UsageError(
+            f"invalid host name {name!r}",
+            "use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    if name == LOCAL:
+        raise ConflictError("the host name 'local' is reserved for this machine", "pick another name")
+    return name
+
+
+def _validate_address(host: str) -> str:
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if len(host) <= 253 and host and all(LABEL_RE.match(label) for label in host.split(".")):
+        return host
+    raise UsageError(f"invalid SSH host address {host!r}", "give a host name (or ssh config alias) or an IP address")
+
+
+def parse_ssh_target(target: str) -> tuple[str | None, str, int | None]:
+    """`user@host[:port]` (user optional, IPv6 in brackets) -> (user, host, port)."""
+    raw = (target or "").strip()
+    user: str | None = None
+    if "@" in raw:
+        user, raw = raw.rsplit("@", 1)
+        if not USER_RE.match(user):
+            raise UsageError(f"invalid SSH user name {user!r}", "use letters, digits, '.', '_' or '-'")
+    port: int | None = None
+    m = re.match(r"^(\[[^\]]+\]|[^:]+)(?::(\d{1,5}))?$", raw)
+    if not m:
+        raise UsageError(f"invalid --ssh target {target!r}", "use user@host or user@host:port")
+    host = _validate_address(m.group(1))
+    if m.group(2) is not None:
+        port = int(m.group(2))
+        if not 1 <= port <= 65535:
+            raise UsageError(f"invalid SSH port {port}", "use a port between 1 and 65535")
+    return user, host, port
+
+
+def _safe_parts(path: str, what: str) -> list[str]:
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    for part in parts:
+        if part == ".." or not SAFE_PATH_PART_RE.match(part) or part.startswith("-"):
+            raise UsageError(
+                f"invalid {what} {path!r}",
+                "use letters, digits and . _ + @ - in each path component (no '..', spaces or shell characters)",
+            )
+    return parts
+
+
+def normalize_workdir(workdir: str | None) -> str:
+    """Remote workdir: absolute, or relative to the remote home (`~/x` and `x` mean the same)."""
+    if workdir is None:
+        return DEFAULT_WORKDIR
+    raw = workdir.strip()
+    absolute = raw.startswith("/")
+    if raw == "~" or raw.startswith("~/"):
+        raw = raw[1:]
+        absolute = False
+    parts = _safe_parts(raw, "--workdir")
+    if not parts:
+        if absolute:
+            raise UsageError("--workdir cannot be the remote root '/'", "use a directory such as ~/brightrun")
+        return "."
+    return ("/" if absolute else "") + "/".join(parts)
+
+
+def normalize_python(python: str | None) -> str:
+    """Remote interpreter: absolute path, ~/path, or a command name on the remote PATH."""
+    if python is None:
+        return DEFAULT_PYTHON
+    raw = python.strip()
+    if raw.startswith("/"):
+        return "/" + "/".join(_safe_parts(raw, "--python"))
+    if raw.startswith("~/"):
+        return "~/" + "/".join(_safe_parts(raw[2:], "--python"))
+    if COMMAND_RE.match(raw) and not raw.startswith("-"):
+        return raw
+    raise UsageError(f"invalid --python {python!r}", "give an absolute path, ~/path, or a command name such as python3")
+
+
+def _identity_path(identity: str | None) -> str | None:
+    if identity is None:
+        return None
+    path = Path(identity).expanduser().absolute()
+    if not path.is_file():
+        raise UsageError(f"identity file {identity} does not exist", "give the path of a private key (it is not copied, only its path is stored)")
+    if any(c in str(path) for c in "\n\r'\""):
+        raise UsageError(f"identity path {str(path)!r} contains quotes or newlines", "move the key to a plain path")
+    return str(path)
+
+
+def list_hosts(ws: Workspace) -> list[Host]:
+    with ws.registry.session() as s:
+        rows = list(s.exec(select(Host)))
+    return sorted(rows, key=lambda h: (h.name != LOCAL, h.name))
+
+
+def get_host(ws: Workspace, ref: str) -> Host:
+    with ws.registry.session() as s:
+        return resolve(s, Host, ref, "host", by_name=True)
+
+
+def get_hosts(ws: Workspace, names: list[str]) -> list[Host]:
+    """Hosts by name, in the given order (for `train --hosts a,b`)."""
+    return [get_host(ws, n) for n in names]
+
+
+def add_host(
+    ws: Workspace,
+    name: str,
+    ssh: str,
+    *,
+    identity: str | None = None,
+    gpus: int | None = None,
+    gpu_type: str | None = None,
+    python: str | None = None,
+    workdir: str | None = None,
+    accept_new_host_key: bool = False,
+    connect: bool = True,
+) -> Host:
+    """Validate, (unless connect=False) log in once to prove the host is usable, store.
+
+    Nothing is stored when validation or the login fails.
+    """
+    validate_name(name)
+    user, address, port = parse_ssh_target(ssh)
+    if gpus is not None and not 1 <= gpus <= 1024:
+        raise UsageError(f"invalid --gpus {gpus}", "give the number of GPUs (at least 1; a CPU host has 1 slot)")
+    if gpu_type is not None and gpu_type.lower() != "cpu":
+        from brightrun_cli.services.gpus import get_gpu
+
+        gpu_type = get_gpu(ws, gpu_type).name
+    host = Host(
+        name=name, kind="ssh", ssh_user=user, ssh_host=address, ssh_port=port,
+        identity_file=_identity_path(identity), gpus=gpus or 1, gpu_type=gpu_type or "cpu",
+        python=normalize_python(python), workdir=normalize_workdir(workdir),
+        options={"accept_new_host_key": True} if accept_new_host_key else {},
+    )
+    with ws.registry.session() as s:
+        if s.exec(select(Host).where(col(Host.name) == name)).first() is not None:
+            raise ConflictError(f"a host named '{name}' already exists", f"remove it first with 'brightrun hosts rm {name}' or pick another name")
+    if connect:
+        conn = SSHConnection(ws, host)
+        try:
+            conn.ensure_master()
+            conn.run(conn.ssh_argv(["true"]))
+        except SSHFailure as exc:
+            raise OperationError(exc.message, (exc.hint or "") + "; or add it with --no-check to store it without connecting") from exc
+    with ws.registry.write() as s:
+        if s.exec(select(Host).where(col(Host.name) == name)).first() is not None:
+            raise ConflictError(f"a host named '{name}' already exists", "pick another name")
+        s.add(host)
+    return host
+
+
+def remove_host(ws: Workspace, ref: str) -> Host:
+    """Remove an SSH host. Refused for `local` and while jobs are queued or running on it;
+    finished jobs keep their history (their host_id is cleared, `hosts` names stay)."""
+    with ws.registry.write() as s:
+        host = resolve(s, Host, ref, "host", by_name=True)
+        if host.name == LOCAL:
+            raise UsageError("the 'local' host cannot be removed", "it is this machine")
+        active = s.exec(
+            select(TrainingJob).where(col(TrainingJob.host_id) == host.id, col(TrainingJob.status).in_(ACTIVE_STATUSES))
+        ).all()
+        if active:
+            raise ConflictError(
+                f"host '{host.name}' has {len(active)} queued or running job(s) ({active[0].id})",
+                "cancel them or wait for them to end ('brightrun jobs list')",
+            )
+        for job in s.exec(select(TrainingJob).where(col(TrainingJob.host_id) == host.id)).all():
+            job.host_id = None
+            if not job.hosts:
+                job.hosts = [host.name]
+            s.add(job)
+        s.delete(host)
+    SSHConnection(ws, host).close_master()
+    return host
+
+
+@dataclass
+class HostCheck:
+    """What `hosts check` found. `problems` has one actionable line per problem."""
+
+    name: str
+    ok: bool = False
+    reachable: bool = False
+    latency_ms: float | None = None
+    python: str | None = None
+    python_version: str | None = None
+    packages: dict[str, str | None] = field(default_factory=dict)
+    trainer_importable: bool = False
+    code_version: str | None = None
+    gpus: list[dict] = field(default_factory=list)
+    disk_free_gb: float | None = None
+    workdir: str | None = None
+    tools: dict[str, bool] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# $1 python, $2 workdir, $3 code dir ("" when not shipped), $4 packages (space separated).
+CHECK_SCRIPT = r"""
+py=$1; case $py in "~/"*) py="$HOME/${py#\~/}";; esac
+wd=$2; code=$3; pkgs=$4
+mkdir -p "$wd" 2>/dev/null
+echo "disk $(df -Pk "$wd" 2>/dev/null | awk 'NR==2 {print $4}')"
+for t in rsync setsid; do if command -v "$t" >/dev/null 2>&1; then echo "tool $t 1"; else echo "tool $t 0"; fi; done
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits 2>/dev/null | sed 's/^/gpu /'
+fi
+if ! command -v "$py" >/dev/null 2>&1; then echo "nopython"; exit 0; fi
+echo "python $(command -v "$py")"
+[ -n "$code" ] && PYTHONPATH="$(cd "$code" && pwd)"; export PYTHONPATH
+"$py" -c '
+import json, sys, importlib, importlib.metadata as md
+out = {"version": "%d.%d.%d" % sys.version_info[:3], "packages": {}, "trainer": None}
+for name in sys.argv[1].split():
+    try:
+        out["packages"][name] = md.version(name)
+    except Exception:
+        out["packages"][name] = None
+try:
+    importlib.import_module("brightrun_cli.trainer")
+    out["trainer"] = "ok"
+except BaseException as exc:
+    out["trainer"] = "%s: %s" % (type(exc).__name__, exc)
+print("json " + json.dumps(out))
+' "$pkgs"
+"""
+
+
+def check_host(ws: Workspace, ref: str) -> HostCheck:
+    """Connect and report what is there; the result is also kept on the host row."""
+    host = get_host(ws, ref)
+    result = HostCheck(name=host.name, workdir=host.workdir)
+    if host.kind == LOCAL:
+        _check_local(result)
+    else:
+        _check_ssh(ws, host, result)
+    result.ok = not result.problems
+    with ws.registry.write() as s:
+        row = s.get(Host, host.id)
+        if row is not None:
+            row.last_check = result.to_json()
+            row.last_checked_at = utcnow()
+            row.updated_at = utcnow()
+            s.add(row)
+    return result
+
+
+def _check_local(result: HostCheck) -> None:
+    import importlib.metadata as md
+    import importlib.util
+    import platform
+    import shutil
+    import sys
+
+    result.reachable = True
+    result.python = sys.executable
+    result.python_version = platform.python_version()
+    for name in REQUIRED_PACKAGES:
+        try:
+            result.packages[name] = md.version(name)
+        except md.PackageNotFoundError:
+            result.packages[name] = None
+    missing = [n for n, v in result.packages.items() if v is None]
+    if missing:
+        result.problems.append(f"missing Python packages: {', '.join(missing)}; install them with: {sys.executable} -m pip install {' '.join(missing)}")
+    result.trainer_importable = not missing and importlib.util.find_spec("brightrun_cli.trainer") is not None
+    result.disk_free_gb = round(shutil.disk_usage(Path.home()).free / 2**30, 1)
+
+
+def _check_ssh(ws: Workspace, host: Host, result: HostCheck) -> None:
+    conn = SSHConnection(ws, host)
+    python = remote_python(host)
+    result.python = python
+    try:
+        conn.ensure_master()
+        result.reachable = True
+        probe = time.monotonic()
+        conn.run(conn.ssh_argv(["true"]))
+        result.latency_ms = round((time.monotonic() - probe) * 1000, 1)
+    except SSHFailure as exc:
+        result.problems.append(f"{exc.message}; {exc.hint}")
+        return
+    code_dir = ""
+    try:
+        code_dir = ship_code(conn)
+        result.code_version = code_dir.rsplit("/", 1)[1]
+    except (SSHFailure, OperationError) as exc:
+        result.problems.append(f"cannot ship the trainer code to '{host.name}': {exc.message}; install rsync there")
+    try:
+        out = conn.run_script(CHECK_SCRIPT, python, remote_workdir(host), code_dir, " ".join(REQUIRED_PACKAGES))
+    except (SSHFailure, OperationError) as exc:
+        result.problems.append(f"{exc.message}; {exc.hint}")
+        return
+    info: dict = {}
+    for line in out.stdout.decode(errors="replace").splitlines():
+        key, _, value = line.partition(" ")
+        if key == "disk" and value.strip().isdigit():
+            result.disk_free_gb = round(int(value) / 2**20, 1)
+        elif key == "tool":
+            tool, _, present = value.partition(" ")
+            result.tools[tool] = present == "1"
+        elif key == "gpu":
+            gname, _, mem = value.rpartition(",")
+            result.gpus.append({"name": gname.strip(), "memory_gb": round(float(mem) / 1024, 1) if mem.strip().replace(".", "").isdigit() else None})
+        elif key == "python":
+            result.python = value
+        elif key == "nopython":
+            result.problems.append(
+                f"python '{python}' not found on '{host.name}'; install Python {MIN_PYTHON[0]}.{MIN_PYTHON[1]}+ there or re-add the host with --python PATH"
+            )
+        elif key == "json":
+            info = json.loads(value)
+    for tool, present in result.tools.items():
+        if not present:
+            result.problems.append(f"'{tool}' is missing on '{host.name}'; install it (e.g. apt-get install {'util-linux' if tool == 'setsid' else tool})")
+    if info:
+        result.python_version = info["version"]
+        result.packages = info["packages"]
+        if tuple(int(x) for x in info["version"].split(".")[:2]) < MIN_PYTHON:
+            result.problems.append(
+                f"python on '{host.name}' is {info['version']}; brightrun's trainer needs {MIN_PYTHON[0]}.{MIN_PYTHON[1]}+ (re-add the host with --python PATH)"
+            )
+        missing = [n for n, v in result.packages.items() if v is None]
+        if missing:
+            result.problems.append(
+                f"missing Python packages on '{host.name}': {', '.join(missing)}; install them with: {python} -m pip install {' '.join(missing)}"
+            )
+        result.trainer_importable = info.get("trainer") == "ok"
+        if not result.trainer_importable and not missing:
+            result.problems.append(f"brightrun's trainer does not import on '{host.name}': {info.get('trainer')}")
+    if host.gpu_type != "cpu":
+        if not result.gpus:
+            result.problems.append(f"no NVIDIA GPU found on '{host.name}' (nvidia-smi missing or failing) but the host is declared with {host.gpus} x {host.gpu_type}")
+        elif len(result.gpus) < host.gpus:
+            result.problems.append(f"'{host.name}' is declared with {host.gpus} GPUs but nvidia-smi shows {len(result.gpus)}; re-add it with --gpus {len(result.gpus)}")
