@@ -1,9 +1,269 @@
-"""Placeholder: commands of this group land with their issue."""
+"""`brightrun dataset add|list|show|validate|rm`: conversation data in, validated, described."""
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+from rich.table import Table
+
+from brightrun_cli.cli import common
+
+if TYPE_CHECKING:
+    from brightrun_cli.registry.tables import Dataset
+
+dataset_app = typer.Typer(help="Conversation datasets: add (copy + validate + stats), list, show, validate, rm.", no_args_is_help=True)
+
+DatasetArg = Annotated[str, typer.Argument(help="Dataset id, unique id prefix, or name.", show_default=False)]
+BaseModelOpt = Annotated[
+    str | None,
+    typer.Option("--base-model", help="HF model id, local model dir or builtin:tiny whose tokenizer counts tokens (default: config default_base_model, else an approximation).", show_default=False),
+]
+# Files below this size finish before a progress bar would be worth drawing.
+PROGRESS_MIN_BYTES = 8 * 1024 * 1024
+SAMPLE_TEXT_CHARS = 160
+
+
+@dataset_app.command("add")
+def add_command(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="JSONL file path or fsspec URL (s3://..., gs://..., https://...).", show_default=False)],
+    name: Annotated[str, typer.Option("--name", "-n", help="Name to refer to the dataset by (unique among live datasets).", show_default=False)],
+    format: Annotated[str, typer.Option("--format", "-f", help="auto, brightrun_lora_v4, openai, sharegpt or alpaca.")] = "auto",
+    val_split: Annotated[float, typer.Option("--val-split", help="Fraction of conversations held out for validation (by conversation id, deterministic).")] = 0.1,
+    base_model: BaseModelOpt = None,
+    json_output: common.JsonOpt = False,
+) -> None:
+    """Copy a dataset into storage, validate every line, convert it to brightrun_lora_v4 and record its stats.
+
+    Examples:
+      brightrun dataset add support.jsonl --name support-v1
+      brightrun dataset add chats.jsonl --name chats --format openai --val-split 0.05 --base-model builtin:tiny
+      brightrun dataset add s3://bucket/data/support.jsonl --name support-s3 --json
+    """
+    from brightrun_cli.services.datasets import add_dataset
+
+    ws = common.workspace(ctx)
+    with _progress(json_output) as progress:
+        row = add_dataset(ws, source, name=name, format=format, val_split=val_split, base_model=base_model, progress=progress)
+    _render_outcome(row, json_output)
+
+
+@dataset_app.command("list")
+def list_command(
+    ctx: typer.Context,
+    status: Annotated[str | None, typer.Option("--status", help="Only datasets in this status: uploading, validating, ready or error.", show_default=False)] = None,
+    search: Annotated[str | None, typer.Option("--search", help="Only datasets whose name, description or file name contains this text.", show_default=False)] = None,
+    json_output: common.JsonOpt = False,
+) -> None:
+    """List datasets, newest first.
+
+    Examples:
+      brightrun dataset list
+      brightrun dataset list --status error --json
+    """
+    from brightrun_cli.services.datasets import list_datasets
+
+    rows = list_datasets(common.workspace(ctx), status=status, search=search)
+    if json_output:
+        common.print_json(rows)
+        return
+    if not rows:
+        common.console().print("No datasets. Add one: brightrun dataset add FILE.jsonl --name NAME")
+        return
+    table = Table(box=None)
+    for header in ("ID", "NAME", "STATUS", "FORMAT", "CONVS", "PAIRS T/V", "TOKENS", "SIZE", "CREATED"):
+        table.add_column(header, no_wrap=header in ("ID", "CREATED"))
+    for r in rows:
+        pairs = "-" if r["total_training_pairs"] is None else f"{r['total_training_pairs']}/{r['total_validation_pairs']}"
+        table.add_row(
+            r["id"], r["name"], _status(r["status"]), r["format"], _num(r["total_conversations"]), pairs,
+            _tokens(r["total_tokens"], r["token_count_method"]), _size(r["file_size"]), f"{r['created_at']:%Y-%m-%d %H:%M}",
+        )
+    common.console().print(table)
+
+
+@dataset_app.command("show")
+def show_command(ctx: typer.Context, dataset: DatasetArg, json_output: common.JsonOpt = False) -> None:
+    """Status, stats, length distribution, sample conversations and every stored validation problem.
+
+    Examples:
+      brightrun dataset show support-v1
+      brightrun dataset show 01jd4 --json
+    """
+    from brightrun_cli.services.datasets import get_dataset
+
+    row = get_dataset(common.workspace(ctx), dataset)
+    if json_output:
+        common.print_json(row)
+        return
+    _render_dataset(row)
+
+
+@dataset_app.command("validate")
+def validate_command(ctx: typer.Context, dataset: DatasetArg, base_model: BaseModelOpt = None, json_output: common.JsonOpt = False) -> None:
+    """Re-run validation and stats on the stored data (e.g. with another base model's tokenizer and context).
+
+    Examples:
+      brightrun dataset validate support-v1
+      brightrun dataset validate support-v1 --base-model ./models/llama-3-8b
+    """
+    from brightrun_cli.services.datasets import validate_dataset
+
+    row = validate_dataset(common.workspace(ctx), dataset, base_model=base_model)
+    _render_outcome(row, json_output)
+
+
+@dataset_app.command("rm")
+def rm_command(ctx: typer.Context, dataset: DatasetArg, yes: common.YesOpt = False) -> None:
+    """Remove a dataset and its files (kept, marked deleted, when a job or model refers to it).
+
+    Examples:
+      brightrun dataset rm support-v1 --yes
+    """
+    from brightrun_cli.errors import UsageError
+    from brightrun_cli.services.datasets import get_dataset, remove_dataset
+
+    ws = common.workspace(ctx)
+    if not yes:
+        if not common.stdin_is_tty():
+            raise UsageError("dataset rm needs confirmation and stdin is not a terminal", "pass --yes")
+        row = get_dataset(ws, dataset)
+        if not typer.confirm(f"Remove dataset '{row.name}' ({row.id})?", default=False):
+            raise typer.Exit(1)
+    removal = remove_dataset(ws, dataset)
+    row = removal.dataset
+    if removal.soft:
+        common.console().print(f"Removed dataset '{row.name}' ({row.id}); its files are kept because {removal.references} job(s)/model(s) refer to it.")
+    else:
+        common.console().print(f"Removed dataset '{row.name}' ({row.id}) and its files.")
 
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the root app."""
+    app.add_typer(dataset_app, name="dataset")
+
+
+# ------------------------------------------------------------------------ rendering
+
+
+class _progress:
+    """A Rich progress bar on stderr while a big file streams in, only on a terminal."""
+
+    def __init__(self, json_output: bool):
+        self.enabled = sys.stderr.isatty() and not json_output
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __enter__(self):
+        return self.update if self.enabled else None
+
+    def update(self, done: int, total: int | None) -> None:
+        if self.bar is None:
+            if total is not None and total < PROGRESS_MIN_BYTES:
+                self.enabled = False
+                return
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+            self.bar = Progress("validating", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), console=common.err_console(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("add", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _render_outcome(row: "Dataset", json_output: bool) -> None:
+    """Show the dataset; a dataset that failed validation also exits 2 with one stderr line."""
+    from brightrun_cli.errors import UsageError
+
+    if json_output:
+        common.print_json(row)
+    else:
+        _render_dataset(row)
+    if row.status == "error":
+        raise UsageError(
+            f"dataset '{row.name}' ({row.id}) failed validation: {row.error_message}",
+            f"fix the file (every problem: 'brightrun dataset show {row.name}'), then 'brightrun dataset rm {row.name}' and add it again",
+        )
+
+
+def _render_dataset(row: "Dataset") -> None:
+    out = common.console()
+    out.print(f"[bold]{row.name}[/bold]  ({row.id})  {_status(row.status)}")
+    facts = [
+        ("source", f"{row.source_uri or row.file_name} ({_size(row.file_size)}, format {row.format})"),
+        ("stored as", row.storage_path),
+        ("validated", f"{row.validated_at:%Y-%m-%d %H:%M:%S} UTC" if row.validated_at else "-"),
+    ]
+    if row.status == "ready":
+        stats = row.stats or {}
+        facts += [
+            ("conversations", f"{row.total_conversations} ({stats.get('train_conversations')} train / {stats.get('validation_conversations')} validation, val split {row.val_split:g})"),
+            ("training pairs", f"{row.total_training_pairs} assistant turns (+{row.total_validation_pairs} held out)"),
+            ("tokens", _tokens(row.total_tokens, row.token_count_method) + f"  [{row.token_count_method}]"),
+            ("avg turns/conv", f"{row.avg_turns_per_conversation:g}"),
+            ("avg tokens/turn", f"{row.avg_tokens_per_turn:g}"),
+        ]
+        dist = stats.get("tokens_per_conversation")
+        if dist:
+            facts.append(("tokens/conv", "  ".join(f"{k} {v:g}" for k, v in dist.items())))
+    if row.error_message:
+        facts.append(("error", row.error_message))
+    grid = Table.grid(padding=(0, 2))
+    for key, value in facts:
+        grid.add_row(f"[dim]{key}[/dim]", str(value))
+    out.print(grid)
+    if row.status == "ready" and row.stats and row.stats.get("length_histogram"):
+        _render_histogram(row.stats["length_histogram"])
+    if row.sample_data:
+        out.print("\n[bold]Sample conversations[/bold]")
+        for sample in row.sample_data:
+            out.print(f"[dim]{sample.get('conversation_id')}[/dim]")
+            for turn in sample.get("turns", []):
+                text = " ".join(str(turn.get("content", "")).split())
+                text = text if len(text) <= SAMPLE_TEXT_CHARS else text[: SAMPLE_TEXT_CHARS - 3] + "..."
+                out.print(f"  {turn.get('role')}: {text}", markup=False)
+    if row.validation_errors:
+        shown = len(row.validation_errors)
+        more = f" (first {shown} of {row.validation_error_count})" if row.validation_error_count > shown else ""
+        out.print(f"\n[bold]Validation problems{more}[/bold]")
+        table = Table("LINE", "PROBLEM", "HOW TO FIX", box=None)
+        for problem in row.validation_errors:
+            table.add_row(str(problem["line"]), problem["error"], problem.get("suggestion") or "")
+        out.print(table)
+
+
+def _render_histogram(buckets: list[dict[str, int]]) -> None:
+    out = common.console()
+    out.print("\n[bold]Conversation length (tokens)[/bold]")
+    peak = max(b["conversations"] for b in buckets)
+    for bucket in buckets:
+        bar = "#" * max(1, round(30 * bucket["conversations"] / peak))
+        out.print(f"  <= {bucket['max_tokens']:>7}  {bar} {bucket['conversations']}", markup=False)
+
+
+def _status(status: str) -> str:
+    colour = {"ready": "green", "error": "red"}.get(status, "yellow")
+    return f"[{colour}]{status}[/{colour}]"
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _tokens(total: int | None, method: str | None) -> str:
+    if total is None:
+        return "-"
+    return f"~{total:,}" if method and method.startswith("approx") else f"{total:,}"
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size} B"

@@ -1,0 +1,190 @@
+"""The four input formats and their conversion to the native `brightrun_lora_v4` form.
+
+A record is checked and converted in one step: `to_v4` returns the v4 conversation
+(or None) and the problems found, each with the line, what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+V4 = "brightrun_lora_v4"
+FORMATS = (V4, "openai", "sharegpt", "alpaca")
+ROLES = ("system", "user", "assistant")
+
+# ShareGPT exports name the speakers in many ways; these are the ones seen in the wild.
+_SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+}
+# OpenAI's newer models call the system prompt "developer"; it plays the same part.
+_OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation finding, stored on the dataset as {line, error, suggestion}."""
+
+    line: int
+    error: str
+    suggestion: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"line": self.line, "error": self.error, "suggestion": self.suggestion}
+
+
+def detect_format(obj: dict[str, Any]) -> str | None:
+    """The format a JSON object is written in, judged by its keys; None when none fits."""
+    if "turns" in obj:
+        return V4
+    if "messages" in obj:
+        return "openai"
+    if "conversations" in obj:
+        return "sharegpt"
+    if "instruction" in obj and "output" in obj:
+        return "alpaca"
+    return None
+
+
+def to_v4(obj: dict[str, Any], fmt: str, line: int) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """Check one record written in `fmt` and convert it to v4. Returns (conversation or None, problems)."""
+    problems: list[Problem] = []
+    if fmt == "alpaca":
+        turns = _alpaca_turns(obj, line, problems)
+    else:
+        key = {V4: "turns", "openai": "messages", "sharegpt": "conversations"}[fmt]
+        turns = _chat_turns(obj, key, fmt, line, problems)
+    cid = _conversation_id(obj, fmt, line, problems)
+    if turns is not None and not problems and not any(t["role"] == "assistant" for t in turns):
+        problems.append(Problem(line, "no assistant turn", "add at least one assistant turn: it is what the model learns to write"))
+    if problems:
+        return None, problems
+    if fmt == V4:
+        record = dict(obj)
+        record["conversation_id"] = cid
+        record["turns"] = turns
+        return record, problems
+    return {"conversation_id": cid, "turns": turns}, problems
+
+
+def _conversation_id(obj: dict[str, Any], fmt: str, line: int, problems: list[Problem]) -> str:
+    if fmt != V4:
+        # Other formats have no id of their own; a stable one keeps the split deterministic.
+        given = obj.get("conversation_id", obj.get("id"))
+        return str(given) if isinstance(given, (str, int)) and not isinstance(given, bool) and str(given) else f"line-{line}"
+    if "conversation_id" not in obj:
+        problems.append(Problem(line, "missing field 'conversation_id'", 'give each line a unique "conversation_id" string'))
+        return ""
+    cid = obj["conversation_id"]
+    if isinstance(cid, bool) or not isinstance(cid, (str, int)) or str(cid).strip() == "":
+        problems.append(Problem(line, f"'conversation_id' must be a non-empty string (got {_json_type(cid)})", 'use a unique string such as "conv-0001"'))
+        return ""
+    return str(cid)
+
+
+def _chat_turns(obj: dict[str, Any], key: str, fmt: str, line: int, problems: list[Problem]) -> list[dict[str, str]] | None:
+    if key not in obj:
+        problems.append(Problem(line, f"missing field '{key}'", f"each line in {fmt} format needs a '{key}' list of messages" + _format_hint(obj, fmt)))
+        return None
+    items = obj[key]
+    if not isinstance(items, list):
+        problems.append(Problem(line, f"'{key}' must be a list (got {_json_type(items)})", f"write '{key}' as a JSON array of messages"))
+        return None
+    if not items:
+        problems.append(Problem(line, f"empty '{key}'", "add the conversation's messages, or remove the line"))
+        return None
+    turns: list[dict[str, str]] = []
+    for index, item in enumerate(items, start=1):
+        turn = _chat_turn(item, fmt, f"{key}[{index}]", line, problems)
+        if turn is not None:
+            turns.append(turn)
+    return turns if len(turns) == len(items) else None
+
+
+def _chat_turn(item: Any, fmt: str, where: str, line: int, problems: list[Problem]) -> dict[str, str] | None:
+    if not isinstance(item, dict):
+        problems.append(Problem(line, f"{where} is not an object (got {_json_type(item)})", 'write each message as {"role": ..., "content": ...}'))
+        return None
+    role_key, content_key, roles = {
+        V4: ("role", "content", {r: r for r in ROLES}),
+        "openai": ("role", "content", _OPENAI_ROLES),
+        "sharegpt": ("from", "value", _SHAREGPT_ROLES),
+    }[fmt]
+    ok = True
+    raw_role = item.get(role_key)
+    role = roles.get(raw_role.strip().lower()) if isinstance(raw_role, str) else None
+    if raw_role is None:
+        problems.append(Problem(line, f"{where} has no '{role_key}'", f"set '{role_key}' to one of {', '.join(sorted(set(roles)))}"))
+        ok = False
+    elif role is None:
+        problems.append(Problem(line, f"{where} has unknown role {_short(raw_role)}", f"use one of {', '.join(sorted(set(roles)))} (drop tool/function messages)"))
+        ok = False
+    content = item.get(content_key)
+    if fmt == "openai" and isinstance(content, list):
+        content = _openai_parts(content)
+    if content_key not in item:
+        problems.append(Problem(line, f"{where} has no '{content_key}'", f"add the message text as '{content_key}'"))
+        ok = False
+    elif not isinstance(content, str):
+        problems.append(Problem(line, f"{where} '{content_key}' is not a string (got {_json_type(item[content_key])})", "write the message text as a JSON string"))
+        ok = False
+    return {"role": role, "content": content} if ok else None
+
+
+def _openai_parts(parts: list[Any]) -> str | None:
+    """OpenAI content given as parts: text parts are joined; any other part makes it unusable."""
+    texts = []
+    for part in parts:
+        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+            return None
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _alpaca_turns(obj: dict[str, Any], line: int, problems: list[Problem]) -> list[dict[str, str]] | None:
+    fields = {}
+    for key, required in (("instruction", True), ("input", False), ("output", True), ("system", False)):
+        value = obj.get(key)
+        if value is None:
+            if required:
+                problems.append(Problem(line, f"missing field '{key}'", f"each alpaca line needs '{key}' as a string"))
+            continue
+        if not isinstance(value, str):
+            problems.append(Problem(line, f"'{key}' is not a string (got {_json_type(value)})", f"write '{key}' as a JSON string"))
+            continue
+        fields[key] = value
+    if problems:
+        return None
+    if not fields["instruction"].strip() or not fields["output"].strip():
+        problems.append(Problem(line, "empty 'instruction' or 'output'", "fill in both, or remove the line"))
+        return None
+    prompt = fields["instruction"] + (f"\n\n{fields['input']}" if fields.get("input", "").strip() else "")
+    turns = [{"role": "system", "content": fields["system"]}] if fields.get("system", "").strip() else []
+    turns += [{"role": "user", "content": prompt}, {"role": "assistant", "content": fields["output"]}]
+    return turns
+
+
+def _format_hint(obj: dict[str, Any], fmt: str) -> str:
+    other = detect_format(obj)
+    if other and other != fmt:
+        return f" (this line looks like {other}: the whole file must use one format)"
+    return ""
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
