@@ -1,9 +1,276 @@
-"""Placeholder: commands of this group land with their issue."""
+"""`brightrun train` and the `jobs` group: list, show, logs, cancel, retry, resume, rm, plot."""
 
 from __future__ import annotations
 
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
 import typer
+
+from brightrun_cli.cli import common
+
+if TYPE_CHECKING:
+    from brightrun_cli.registry.tables import TrainingJob
+
+jobs_app = typer.Typer(name="jobs", help="Training jobs: list, show, logs, cancel, retry, resume, rm, plot.", no_args_is_help=True)
+
+JobArg = Annotated[str, typer.Argument(help="Job id or unique id prefix.", show_default=False)]
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
+    """Add `train` and the `jobs` group to the root app."""
+    app.command("train")(train)
+    app.add_typer(jobs_app)
+
+
+def train(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset id, prefix or name (must be ready).", show_default=False)],
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset name (see 'brightrun presets list'; default: balanced).")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, key=value (repeatable).", show_default=False)] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings, applied over the preset.", show_default=False)] = None,
+    base_model: Annotated[Optional[str], typer.Option("--base-model", help="Hugging Face id, local directory or builtin:tiny.", show_default=False)] = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="Host to run on (default: config.toml default_host, else local).", show_default=False)] = None,
+    hosts: Annotated[Optional[str], typer.Option("--hosts", help="Comma-separated SSH hosts for a multi-node run (the first is the main node).", show_default=False)] = None,
+    gpus: Annotated[Optional[int], typer.Option("--gpus", help="GPUs per host (default: all of the host's).", show_default=False)] = None,
+    max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="Budget in USD: refuse a larger estimate, stop the job if it gets there.", show_default=False)] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Queue the job, print its id and return.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved spec and launch command; change nothing.")] = False,
+    json_output: common.JsonOpt = False,
+) -> None:
+    """Queue a LoRA training run (validated and estimated first) and follow it until it ends."""
+    from brightrun_cli.errors import UsageError
+    from brightrun_cli.services import jobs
+
+    if host and hosts:
+        raise UsageError("--host and --hosts were both given", "use --host NAME for one host, --hosts a,b for a multi-node run")
+    ws = common.workspace(ctx)
+    request = jobs.TrainRequest(
+        dataset=dataset, preset=preset, overrides=tuple(overrides or ()), config_file=config_file, base_model=base_model,
+        host=host, hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else (), gpus=gpus, max_cost=max_cost,
+    )
+    plan = jobs.plan_training(ws, request)
+    if dry_run:
+        if json_output:
+            common.print_json(plan.to_json())
+        else:
+            _print_plan(plan)
+        return
+    job = jobs.submit(ws, plan)
+    if json_output:
+        common.print_json({**common.jsonable(job), "estimate": plan.estimate.to_json()})
+    else:
+        _print_estimate(plan)
+        state = "started" if job.status != "queued" else "queued (waiting for a free slot)"
+        typer.echo(f"job {job.id} {state} on {', '.join(job.hosts or [])}")
+    if detach:
+        if not json_output:
+            typer.echo(f"follow it with: brightrun watch {job.id}")
+        return
+    from brightrun_cli.cli.watch import follow_job
+
+    raise typer.Exit(follow_job(ws, job.id, json_output=json_output))
+
+
+def _print_estimate(plan) -> None:
+    est = plan.estimate.to_json()
+    details = est.get("training_details") or {}
+    budget = f", budget ${plan.max_cost:,.2f}" if plan.max_cost is not None else ""
+    typer.echo(
+        f"estimate: ${est['estimated_cost']:,.2f} (compute ${est['cost_breakdown']['compute']:,.2f} + storage ${est['cost_breakdown']['storage']:,.2f}), "
+        f"{est['estimated_duration_hours']:g} h, {details.get('total_steps')} steps on {plan.gpu_config['count']}x {plan.gpu_config['type']}{budget}"
+    )
+
+
+def _print_plan(plan) -> None:
+    import json
+
+    con = common.console()
+    con.print(f"[bold]dry run[/bold]: nothing was created (job id would be {plan.job_id})")
+    con.print(f"dataset {plan.dataset.name} ({plan.dataset.id}), preset {plan.resolved.preset_id}, hosts {', '.join(h.name for h in plan.hosts)}")
+    _print_estimate(plan)
+    con.print("[bold]spec.json[/bold]")
+    typer.echo(json.dumps(plan.spec, indent=2))
+    con.print("[bold]launch command[/bold]")
+    typer.echo(shlex.join(plan.argv))
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.2f}"
+
+
+@jobs_app.command("list")
+def list_cmd(
+    ctx: typer.Context,
+    status: Annotated[Optional[str], typer.Option("--status", help="Only these statuses (comma-separated), or 'active'.", show_default=False)] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many (newest first).", show_default=False)] = None,
+    json_output: common.JsonOpt = False,
+) -> None:
+    """List jobs, newest first."""
+    from brightrun_cli.services import jobs
+
+    rows = jobs.list_jobs(common.workspace(ctx), status=status, limit=limit)
+    if json_output:
+        common.print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for name in ("ID", "STATUS", "PROGRESS", "STEP", "PRESET", "HOST", "COST", "ESTIMATE", "QUEUED"):
+        table.add_column(name)
+    for job in rows:
+        table.add_row(
+            job.id[:12], job.status, f"{job.progress:.0f}%", f"{job.current_step}/{job.total_steps or '?'}", job.preset_id,
+            ",".join(job.hosts or []), _money(job.final_cost if job.final_cost is not None else job.current_cost),
+            _money(job.estimated_total_cost), f"{job.queued_at:%Y-%m-%d %H:%M}",
+        )
+    con = common.console()
+    if rows:
+        con.print(table)
+    else:
+        con.print("no jobs yet: start one with 'brightrun train --dataset NAME'")
+
+
+@jobs_app.command("show")
+def show_cmd(ctx: typer.Context, job: JobArg, json_output: common.JsonOpt = False) -> None:
+    """Show one job: status, progress, metrics, cost, and what to run next."""
+    from brightrun_cli.services import jobs
+
+    row = jobs.get_job(common.workspace(ctx), job)
+    if json_output:
+        common.print_json(row)
+        return
+    _print_job(row)
+
+
+def _print_job(job: "TrainingJob") -> None:
+    con = common.console()
+    con.print(f"[bold]job {job.id}[/bold]  {job.status} ({job.current_stage})")
+    lines = [
+        ("dataset", job.dataset_id), ("preset", job.preset_id), ("base model", job.base_model),
+        ("hosts", ", ".join(job.hosts or [])), ("gpus", f"{job.gpu_config.get('count')}x {job.gpu_config.get('type')}"),
+        ("progress", f"{job.progress:.1f}%  epoch {job.current_epoch}/{job.total_epochs}  step {job.current_step}/{job.total_steps or '?'}"),
+        ("cost", f"{_money(job.final_cost if job.final_cost is not None else job.current_cost)} (estimate {_money(job.estimated_total_cost)}"
+                 + (f", budget {_money(job.max_cost)})" if job.max_cost is not None else ")")),
+        ("queued", f"{job.queued_at:%Y-%m-%d %H:%M:%S} UTC"),
+    ]
+    if job.started_at:
+        lines.append(("started", f"{job.started_at:%Y-%m-%d %H:%M:%S} UTC"))
+    if job.completed_at:
+        lines.append(("ended", f"{job.completed_at:%Y-%m-%d %H:%M:%S} UTC"))
+    elif job.estimated_completion_at:
+        lines.append(("eta", f"{job.estimated_completion_at:%Y-%m-%d %H:%M:%S} UTC"))
+    for key in ("training_loss", "validation_loss", "learning_rate", "throughput"):
+        value = (job.current_metrics or {}).get(key)
+        if value is not None:
+            lines.append((key.replace("_", " "), f"{value:.4g}"))
+    if job.retry_count or job.resume_count:
+        lines.append(("attempts", f"retry {job.retry_count}, resumed {job.resume_count}x"))
+    if job.artifact_id:
+        lines.append(("model", job.artifact_id))
+    if job.error_message:
+        lines.append(("error", job.error_message))
+    lines.append(("run dir", job.run_dir or "-"))
+    for key, value in lines:
+        con.print(f"  {key:<16}{value}", markup=False)
+    hint = {
+        "queued": f"brightrun watch {job.id}", "initializing": f"brightrun watch {job.id}", "running": f"brightrun watch {job.id}",
+        "completed": "brightrun models list", "failed": f"brightrun jobs logs {job.id}  /  brightrun jobs resume {job.id}",
+        "cancelled": f"brightrun jobs resume {job.id}",
+    }[job.status]
+    con.print(f"  {'next':<16}{hint}", markup=False)
+
+
+@jobs_app.command("logs")
+def logs_cmd(
+    ctx: typer.Context,
+    job: JobArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the job ends.")] = False,
+    which: Annotated[str, typer.Option("--log", help="Which log: trainer, launcher (accelerate's output) or supervisor.")] = "trainer",
+) -> None:
+    """Print a job's log (with -f, follow it until the job ends)."""
+    from brightrun_cli.services import jobs
+
+    try:
+        for chunk in jobs.follow_log(common.workspace(ctx), job, which=which, follow=follow):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        raise typer.Exit(0) from None
+
+
+@jobs_app.command("cancel")
+def cancel_cmd(ctx: typer.Context, job: JobArg, json_output: common.JsonOpt = False) -> None:
+    """Stop a job: TERM its whole process tree, wait for the checkpoint, KILL leftovers; cost so far is recorded."""
+    from brightrun_cli.services import jobs
+
+    row = jobs.cancel_job(common.workspace(ctx), job)
+    if json_output:
+        common.print_json(row)
+    else:
+        typer.echo(f"job {row.id} {row.status}; cost {_money(row.final_cost)}")
+        if row.status == "cancelled":
+            typer.echo(f"continue it with: brightrun jobs resume {row.id}")
+
+
+@jobs_app.command("retry")
+def retry_cmd(ctx: typer.Context, job: JobArg, json_output: common.JsonOpt = False) -> None:
+    """Run a failed or cancelled job again from scratch, as a new job."""
+    from brightrun_cli.services import jobs
+
+    row = jobs.retry_job(common.workspace(ctx), job)
+    if json_output:
+        common.print_json(row)
+    else:
+        typer.echo(f"job {row.id} {row.status} (retry {row.retry_count} of {job})")
+
+
+@jobs_app.command("resume")
+def resume_cmd(
+    ctx: typer.Context,
+    job: JobArg,
+    max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="A new budget in USD (after a budget stop).", show_default=False)] = None,
+    json_output: common.JsonOpt = False,
+) -> None:
+    """Continue a failed or cancelled job from its last checkpoint (same job id)."""
+    from brightrun_cli.services import jobs
+
+    row = jobs.resume_job(common.workspace(ctx), job, max_cost=max_cost)
+    if json_output:
+        common.print_json(row)
+    else:
+        typer.echo(f"job {row.id} {row.status} (resume {row.resume_count})")
+
+
+@jobs_app.command("rm")
+def rm_cmd(ctx: typer.Context, job: JobArg, yes: common.YesOpt = False, json_output: common.JsonOpt = False) -> None:
+    """Remove a finished job, its metric points and run directory (its model and cost records stay)."""
+    from brightrun_cli.errors import UsageError
+    from brightrun_cli.services import jobs
+
+    ws = common.workspace(ctx)
+    row = jobs.get_job(ws, job)
+    if not yes:
+        if not common.stdin_is_tty():
+            raise UsageError(f"removing job {row.id} needs confirmation", "pass --yes")
+        typer.confirm(f"remove job {row.id} ({row.status}) and its run directory?", abort=True)
+    removed = jobs.remove_job(ws, row.id)
+    if json_output:
+        common.print_json({"id": removed.id, "removed": True})
+    else:
+        typer.echo(f"removed job {removed.id}")
+
+
+@jobs_app.command("plot")
+def plot_cmd(
+    ctx: typer.Context,
+    job: JobArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", show_default=False)],
+) -> None:
+    """Write the job's loss and learning-rate curves as a picture."""
+    from brightrun_cli.services.plots import plot_job
+
+    path = plot_job(common.workspace(ctx), job, out)
+    typer.echo(f"wrote {path}")

@@ -1,9 +1,71 @@
-"""Placeholder: commands of this group land with their issue."""
+"""`brightrun notifications [--unread] [--limit N] [--json]` and `notifications read ID|--all`."""
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
 import typer
+
+from brightrun_cli.cli import common
+
+notifications_app = typer.Typer(
+    name="notifications", help="What happened while you were away: job and dataset events, newest first.",
+    invoke_without_command=True,
+)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
+    """Add the `notifications` group to the root app."""
+    app.add_typer(notifications_app)
+
+
+@notifications_app.callback()
+def list_cmd(
+    ctx: typer.Context,
+    unread: Annotated[bool, typer.Option("--unread", help="Only unread notifications.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many, newest first.")] = 20,
+    json_output: common.JsonOpt = False,
+) -> None:
+    """List notifications (newest first) with priority and the command to run next."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from brightrun_cli.services.notifications import list_notifications
+
+    rows, unread_count = list_notifications(common.workspace(ctx), unread=unread, limit=limit)
+    if json_output:
+        common.print_json({"notifications": rows, "unread_count": unread_count})
+        return
+    con = common.console()
+    if not rows:
+        con.print("no unread notifications" if unread else "no notifications yet")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for name in ("ID", "", "PRIORITY", "WHEN", "EVENT", "MESSAGE", "NEXT"):
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(row.id[:10], "" if row.read else "*", row.priority, f"{row.created_at:%m-%d %H:%M}", row.type,
+                      row.message, row.action_command or "")
+    con.print(table)
+    con.print(f"{unread_count} unread; mark them read with 'brightrun notifications read --all'")
+
+
+@notifications_app.command("read")
+def read_cmd(
+    ctx: typer.Context,
+    notification: Annotated[Optional[str], typer.Argument(help="Notification id or unique prefix.", show_default=False)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Mark every notification read.")] = False,
+    json_output: common.JsonOpt = False,
+) -> None:
+    """Mark one notification, or all of them, read."""
+    from brightrun_cli.errors import UsageError
+    from brightrun_cli.services.notifications import mark_read
+
+    if (notification is None) == (not all_):
+        raise UsageError("give one notification id or --all", "e.g. 'brightrun notifications read --all'")
+    changed = mark_read(common.workspace(ctx), notification, all=all_)
+    if json_output:
+        common.print_json({"marked_read": changed})
+    else:
+        typer.echo(f"marked {changed} notification{'s' if changed != 1 else ''} read")

@@ -1,0 +1,485 @@
+"""The per-job supervisor: a detached process that runs one attempt of one job.
+
+    python -m brightrun_cli.services.supervisor JOB_ID --marker TOKEN --home HOME
+
+Started by the queue (`services.queue.spawn_supervisor`) in its own session, so it
+outlives the terminal that submitted the job. It prepares the run directory (dataset
+split, spec.json), launches the trainer through the job's runner, and until the
+trainer ends: ingests new `metrics.jsonl` lines into `metrics_points` (Core INSERT OR
+IGNORE in batches, so re-read lines are harmless), keeps progress / epoch / step /
+ETA / current metrics / running cost / heartbeat on the job row, and enforces
+`max_cost`. At the end it records the final status, cost records and notification in
+one transaction, asks for the model artifact, and starts the next queued job.
+
+Every write is conditioned on `--marker`: once the job is cancelled, reaped or resumed
+by someone else, this process can no longer change it. SIGTERM (from `jobs cancel`)
+stops the trainer's process tree (TERM, grace, KILL) and records the job cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from brightrun_cli.registry.tables import TrainingJob
+    from brightrun_cli.services.workspace import Workspace
+
+log = logging.getLogger("brightrun.supervisor")
+
+POLL_S = 0.2  # how often new metrics are looked for: keeps submit -> first point short
+HEARTBEAT_S = 2.0
+STOP_GRACE_S = 30.0  # TERM -> KILL: time for the trainer to save its checkpoint
+BATCH_ROWS = 5000
+LOG_TAIL_LINES = 40
+
+
+# ---------------------------------------------------------------------------- metric ingestion
+
+
+class MetricsTail:
+    """Reads only the complete lines appended to `metrics.jsonl` since the last call."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.bad_lines = 0
+        self._partial = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        import json
+
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return []
+        if not chunk:
+            return []
+        self.offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()  # an unfinished last line waits for its newline
+        out = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError:
+                self.bad_lines += 1
+                continue
+            if isinstance(item, dict) and isinstance(item.get("step"), int):
+                out.append(item)
+            else:
+                self.bad_lines += 1
+        return out
+
+
+def point_rows(job_id: str, lines: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """metrics.jsonl lines (file contract names) -> metrics_points rows (registry names)."""
+    rows = []
+    for m in lines:
+        t = m.get("time")
+        rows.append({
+            "job_id": job_id,
+            "timestamp": datetime.fromtimestamp(t, timezone.utc) if isinstance(t, (int, float)) else datetime.now(timezone.utc),
+            "epoch": float(m.get("epoch") or 0.0),
+            "step": m["step"],
+            "split": m.get("split") or "train",
+            "training_loss": m.get("training_loss"),
+            "validation_loss": m.get("validation_loss"),
+            "learning_rate": m.get("learning_rate"),
+            "gradient_norm": m.get("grad_norm"),
+            "throughput": m.get("tokens_per_sec"),
+            "gpu_utilization": m.get("gpu_utilization"),
+            "gpu_memory": m.get("gpu_memory"),
+        })
+    return rows
+
+
+def insert_points(connection, rows: list[dict[str, Any]]) -> int:
+    """Bulk INSERT OR IGNORE (unique on job, step, split) on a Core connection; returns rows offered."""
+    from sqlalchemy import insert
+
+    from brightrun_cli.registry.tables import MetricPoint
+
+    statement = insert(MetricPoint.__table__).prefix_with("OR IGNORE")
+    for start in range(0, len(rows), BATCH_ROWS):
+        connection.execute(statement, rows[start:start + BATCH_ROWS])
+    return len(rows)
+
+
+# ---------------------------------------------------------------------------- the supervisor
+
+
+class Supervisor:
+    def __init__(self, ws: "Workspace", job_id: str, marker: str):
+        from brightrun_cli.services import jobs
+
+        self.ws = ws
+        self.job_id = job_id
+        self.marker = marker
+        self.jobs = jobs
+        self.stop_reason: str | None = None  # "cancelled" | "budget"
+        self.job: "TrainingJob | None" = None
+        self.attempt_start: datetime | None = None
+        self.previous_cost = 0.0
+        self.last_train: dict[str, Any] | None = None
+        self.last_validation: dict[str, Any] | None = None
+        self.first_point: tuple[float, int] | None = None  # (monotonic time, step) of this attempt's first new point
+        self.runner = None
+        self.handle: str | None = None
+
+    # -- plumbing
+
+    def _request_stop(self, signum, _frame) -> None:
+        log.info("received signal %d: stopping the job", signum)
+        self.stop_reason = self.stop_reason or "cancelled"
+
+    def _update(self, **values: Any) -> bool:
+        with self.ws.registry.write() as session:
+            return self.jobs.update_attempt(session, self.job_id, self.marker, **values)
+
+    def run(self) -> int:
+        from brightrun_cli.errors import BrightrunError
+        from brightrun_cli.registry.tables import TrainingJob
+        from brightrun_cli.registry.timeutil import utcnow
+
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if not self._update(supervisor_pid=os.getpid(), heartbeat_at=utcnow()):
+            log.info("job %s is no longer claimed by %s; nothing to do", self.job_id, self.marker)
+            return 0
+        with self.ws.registry.session() as session:
+            self.job = session.get(TrainingJob, self.job_id)
+            self.previous_cost = self.jobs.previous_compute_cost(session, self.job_id)
+        try:
+            request = self._prepare()
+            if self.stop_reason:
+                return self._finish(self.jobs.CANCELLED, "cancelled while initializing")
+            self.attempt_start = utcnow()
+            self._update(started_at=self.attempt_start, current_stage="launching", current_cost=self.previous_cost)
+            log.info("launching: %s", _shlex(self.runner.launch_argv(request)))
+            self.handle = self.runner.start(request)
+            self._update(external_job_id=self.handle, current_stage="loading")
+            return self._follow()
+        except BrightrunError as exc:
+            log.error("job failed: %s", exc)
+            self._stop_trainer()
+            return self._finish(self.jobs.FAILED, str(exc))
+        except Exception as exc:  # the supervisor's own bug must still end the job and its trainer
+            log.exception("supervisor error")
+            self._stop_trainer()
+            return self._finish(self.jobs.FAILED, f"supervisor error: {type(exc).__name__}: {exc}")
+
+    def _prepare(self):
+        """Run dir with the dataset split and spec.json; stop a previous attempt's trainer first."""
+        import json
+
+        from brightrun_cli.registry.tables import Dataset
+        from brightrun_cli.runners import get_runner
+        from brightrun_cli.services.datasets import split_paths
+
+        job = self.job
+        hosts = self.jobs.hosts_of(self.ws, job)
+        self.runner = get_runner(self.ws, hosts)
+        if job.external_job_id:  # resumed: the earlier trainer must be gone before a new one writes here
+            log.info("making sure the previous trainer %s has stopped", job.external_job_id)
+            self.runner.stop(job.external_job_id, grace_s=STOP_GRACE_S)
+        path = self.jobs.run_dir(self.ws, job)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self.ws.registry.session() as session:
+            dataset = session.get(Dataset, job.dataset_id)
+        train_src, val_src = split_paths(self.ws, dataset)
+        for src, name in ((train_src, "train.jsonl"), (val_src, "validation.jsonl")):
+            _place(Path(src), path / name)
+        is_local = all(h.kind == "local" for h in hosts)
+        resume = job.resume_count > 0 and (not is_local or self.jobs.latest_checkpoint(path) is not None)
+        spec = dict(job.spec or {}, job_id=job.id, resume=resume)
+        tmp = path / "spec.json.tmp"
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(spec, fh, indent=2)
+        os.replace(tmp, path / "spec.json")
+        gpu = job.gpu_config or {}
+        return self.jobs.launch_request(self.ws, job.id, gpus=int(gpu.get("count") or 1),
+                                        gpu_type=hosts[0].gpu_type, resume=resume)
+
+    def _follow(self) -> int:
+        from brightrun_cli.runners.base import RunnerLost, RunnerUnreachable
+
+        tail = MetricsTail(self.jobs.run_dir(self.ws, self.job) / "metrics.jsonl")
+        last_beat = 0.0
+        unreachable = False
+        while True:
+            code = None
+            try:
+                self.runner.sync(self.handle)
+                code = self.runner.poll(self.handle)
+                if unreachable:
+                    log.info("runner reachable again")
+                    unreachable = False
+            except RunnerLost as exc:
+                return self._end_after_stop(tail, self.jobs.FAILED, str(exc))
+            except RunnerUnreachable as exc:
+                if not unreachable:
+                    log.warning("runner unreachable: %s", exc)
+                unreachable = True
+            lines = tail.read()
+            now = time.monotonic()
+            if lines or now - last_beat >= HEARTBEAT_S:
+                if not self._ingest(lines, stage="reconnecting" if unreachable else None):
+                    log.info("job %s was ended by someone else; stopping the trainer", self.job_id)
+                    self._stop_trainer()
+                    return 0
+                last_beat = now
+            if self.stop_reason is None and self.job.max_cost is not None and self._running_cost() > self.job.max_cost:
+                log.warning("running cost %.4f is over max_cost %.4f", self._running_cost(), self.job.max_cost)
+                self.stop_reason = "budget"
+            if self.stop_reason:
+                self._stop_trainer()
+                return self._end(tail, None)
+            if code is not None:
+                return self._end(tail, code)
+            time.sleep(POLL_S)
+
+    def _running_cost(self) -> float:
+        from brightrun_cli.registry.timeutil import utcnow
+
+        hours = (utcnow() - self.attempt_start).total_seconds() / 3600 if self.attempt_start else 0.0
+        return self.previous_cost + hours * self.jobs.hourly_rate(self.job)
+
+    def _ingest(self, lines: list[dict[str, Any]], stage: str | None = None) -> bool:
+        """Insert new points and refresh the job row in one transaction; False once the job is not ours."""
+        from brightrun_cli.registry.timeutil import utcnow
+        from brightrun_cli.services.notifications import notify
+
+        for m in lines:
+            if (m.get("split") or "train") == "validation":
+                self.last_validation = m
+            else:
+                self.last_train = m
+        if lines and self.first_point is None:
+            self.first_point = (time.monotonic(), max(m["step"] for m in lines))
+        values: dict[str, Any] = {"heartbeat_at": utcnow(), "current_cost": round(self._running_cost(), 6)}
+        if stage:
+            values["current_stage"] = stage
+        latest = self.last_train or self.last_validation
+        if latest is not None:
+            values.update(self._progress(latest))
+        with self.ws.registry.write() as session:
+            if lines:
+                insert_points(session.connection(), point_rows(self.job_id, lines))
+            if lines and self.jobs.transition(session, self.job_id, self.jobs.RUNNING, marker=self.marker):
+                gpu = self.job.gpu_config or {}
+                notify(session, "job_started", "Training started",
+                       f"Job {self.job_id[:10]} is training on {gpu.get('count', 1)}x {gpu.get('type', 'cpu')} ({', '.join(self.job.hosts or [])})",
+                       priority="medium", action_command=f"brightrun watch {self.job_id}", job_id=self.job_id, dataset_id=self.job.dataset_id)
+            return self.jobs.update_attempt(session, self.job_id, self.marker, **values)
+
+    def _progress(self, latest: dict[str, Any]) -> dict[str, Any]:
+        from brightrun_cli.registry.timeutil import utcnow
+
+        step = int(latest["step"])
+        total = latest.get("total_steps") or self.job.total_steps
+        epoch = float(latest.get("epoch") or 0.0)
+        metrics = {
+            "epoch": epoch, "step": step,
+            "training_loss": (self.last_train or {}).get("training_loss"),
+            "validation_loss": (self.last_validation or {}).get("validation_loss"),
+            "learning_rate": (self.last_train or {}).get("learning_rate"),
+            "gradient_norm": (self.last_train or {}).get("grad_norm"),
+            "throughput": (self.last_train or {}).get("tokens_per_sec"),
+            "gpu_utilization": latest.get("gpu_utilization"),
+            "gpu_memory": latest.get("gpu_memory"),
+        }
+        values: dict[str, Any] = {
+            "current_step": step,
+            "current_epoch": min(self.job.total_epochs, math.ceil(epoch)) if epoch > 0 else 0,
+            "current_metrics": metrics,
+        }
+        if latest.get("tokens_seen") is not None:
+            values["tokens_processed"] = int(latest["tokens_seen"])
+        if total:
+            values["total_steps"] = int(total)
+            values["progress"] = round(min(100.0, 100.0 * step / int(total)), 2)
+            if self.first_point is not None and step > self.first_point[1]:
+                per_step = (time.monotonic() - self.first_point[0]) / (step - self.first_point[1])
+                values["estimated_completion_at"] = utcnow() + timedelta(seconds=per_step * max(0, int(total) - step))
+        return values
+
+    # -- the end
+
+    def _stop_trainer(self) -> None:
+        if self.runner is None or self.handle is None:
+            return
+        try:
+            self.runner.stop(self.handle, grace_s=STOP_GRACE_S)
+            self.runner.collect(self.handle)
+        except Exception as exc:  # already stopping; record the job's end regardless
+            log.warning("stopping the trainer: %s", exc)
+
+    def _end_after_stop(self, tail: MetricsTail, status: str, error: str) -> int:
+        self._stop_trainer()
+        self._ingest(tail.read())
+        return self._finish(status, error)
+
+    def _end(self, tail: MetricsTail, code: int | None) -> int:
+        from brightrun_cli.runners.base import RunnerUnreachable
+
+        if code is not None:
+            try:
+                self.runner.collect(self.handle)
+            except RunnerUnreachable as exc:
+                log.warning("collecting the results: %s", exc)
+        self._ingest(tail.read())
+        result = self.jobs.read_result(self.jobs.run_dir(self.ws, self.job)) or {}
+        if tail.bad_lines:
+            log.warning("%d unreadable metrics.jsonl lines were skipped", tail.bad_lines)
+        if code == 0 and result.get("status", "completed") == "completed":
+            return self._finish(self.jobs.COMPLETED, None)
+        if self.stop_reason == "budget":
+            return self._finish(self.jobs.CANCELLED, f"stopped: running cost went over --max-cost ${self.job.max_cost:,.2f}", budget=True)
+        if self.stop_reason == "cancelled":
+            return self._finish(self.jobs.CANCELLED, "cancelled by the user")
+        return self._finish(self.jobs.FAILED, *self._failure(code, result))
+
+    def _failure(self, code: int | None, result: dict[str, Any]) -> tuple[str, str]:
+        path = self.jobs.run_dir(self.ws, self.job)
+        tail = _log_tail(path / "trainer.log") + _log_tail(path / "launcher.log")
+        last = next((line for line in reversed(tail) if line.strip() and not line.startswith("$ ")), "")
+        if result.get("error"):
+            message = str(result["error"])
+        elif code == 75:
+            message = "the trainer was stopped by SIGTERM after saving a checkpoint"
+        else:
+            how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+            message = f"the trainer {how}" + (f": {last.strip()}" if last else "")
+        return message[:2000], "\n".join(tail[-LOG_TAIL_LINES:])
+
+    def _finish(self, status: str, error: str | None, stack: str | None = None, *, budget: bool = False) -> int:
+        from sqlmodel import col, update
+
+        from brightrun_cli.registry.tables import TrainingJob
+        from brightrun_cli.registry.timeutil import utcnow
+        from brightrun_cli.services.notifications import notify
+
+        path = self.jobs.run_dir(self.ws, self.job)
+        end = utcnow()
+        storage = _tree_bytes(path / "final") + _tree_bytes(path / "checkpoints") if status == self.jobs.COMPLETED else None
+        extra: dict[str, Any] = {"error_message": error, "error_stack": stack, "heartbeat_at": end}
+        if status == self.jobs.COMPLETED:
+            extra.update(progress=100.0, current_stage="completed", estimated_completion_at=end)
+        with self.ws.registry.write() as session:
+            if not self.jobs.transition(session, self.job_id, status, marker=self.marker, **extra):
+                log.info("job %s was already ended by someone else", self.job_id)
+                return 0
+            job = session.get(TrainingJob, self.job_id)
+            total = self.jobs.record_attempt_cost(session, job, attempt_start=self.attempt_start or end, attempt_end=end, storage_bytes=storage)
+            session.exec(update(TrainingJob).where(col(TrainingJob.id) == self.job_id).values(current_cost=total, final_cost=total))
+            notify(session, *self._event(job, status, error, total, budget), job_id=job.id, dataset_id=job.dataset_id)
+        log.info("job %s %s (cost $%.4f)%s", self.job_id, status, total, f": {error}" if error else "")
+        if status == self.jobs.COMPLETED:
+            self._artifact()
+        return 0 if status == self.jobs.COMPLETED else 1
+
+    def _event(self, job: "TrainingJob", status: str, error: str | None, total: float, budget: bool):
+        short = job.id[:10]
+        if budget:
+            return ("budget_exceeded", "Budget exceeded", f"Job {short} was stopped at ${total:,.2f}: over its --max-cost ${job.max_cost:,.2f}; its checkpoint is kept",
+                    {"priority": "high", "action_command": f"brightrun jobs resume {job.id} --max-cost {2 * (job.max_cost or 0):g}"})
+        if status == self.jobs.COMPLETED:
+            return ("job_completed", "Training completed", f"Job {short} completed {job.current_step} steps for ${total:,.2f}",
+                    {"priority": "medium", "action_command": "brightrun models list"})
+        if status == self.jobs.CANCELLED:
+            return ("job_cancelled", "Training cancelled", f"Job {short} was cancelled at step {job.current_step}; its checkpoint is kept (${total:,.2f} spent)",
+                    {"priority": "medium", "action_command": f"brightrun jobs resume {job.id}"})
+        return ("job_failed", "Training failed", f"Job {short} failed: {error}",
+                {"priority": "high", "action_command": f"brightrun jobs logs {job.id}"})
+
+    def _artifact(self) -> None:
+        try:
+            from brightrun_cli.services.artifacts import create_artifact
+        except ImportError:
+            log.info("no artifact step in this build; the adapter stays in %s", self.job.run_dir)
+            return
+        try:
+            artifact = create_artifact(self.ws, self.job_id)
+            log.info("artifact %s created", artifact.id)
+        except Exception as exc:  # the job itself completed; its run dir still holds the adapter
+            log.exception("artifact creation failed")
+            from sqlmodel import col, update
+
+            from brightrun_cli.registry.tables import TrainingJob
+
+            with self.ws.registry.write() as session:
+                session.exec(update(TrainingJob).where(col(TrainingJob.id) == self.job_id)
+                             .values(error_message=f"artifact creation failed: {exc}"[:2000]))
+
+
+def _place(src: Path, dst: Path) -> None:
+    """Hard link (or copy) a dataset split into the run dir, so the run dir is self-contained."""
+    if dst.exists():
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        tmp = dst.with_suffix(".tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+
+
+def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            return fh.read().decode("utf-8", errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def _shlex(argv: list[str]) -> str:
+    import shlex
+
+    return shlex.join(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="brightrun-supervisor", description="Supervise one attempt of one brightrun job.")
+    parser.add_argument("job_id")
+    parser.add_argument("--marker", required=True, help="the attempt's token (also how liveness checks recognise this process)")
+    parser.add_argument("--home", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    from brightrun_cli.services import queue
+    from brightrun_cli.services.workspace import Workspace
+
+    ws = Workspace.open(args.home)
+    code = Supervisor(ws, args.job_id, args.marker).run()
+    try:
+        queue.kick(ws)  # this slot is free now: start the next queued job
+    except Exception:
+        log.exception("starting the next queued job")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
