@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import subprocess
+import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from sqlmodel import select
 
 from brightrun_cli.registry.tables import Dataset, Host, MetricPoint, TrainingJob
 from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.services.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_job(ws: Workspace, *, dataset: str = "support-v1", **fields) -> str:
@@ -129,3 +135,13 @@ if __name__ == "__main__":
     parser.add_argument("--end", choices=("completed", "failed", "cancelled"), default="completed")
     args = parser.parse_args()
     advance(Workspace.open(), args.job_id, steps=args.steps, interval=args.interval, end=args.end)
+
+
+def popen_brightrun(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    """`python -m brightrun_cli ARGS` started in the background, text pipes for stdout/stderr."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), full_env.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, "-m", "brightrun_cli", *args], env=full_env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,
+    )
