@@ -1,9 +1,122 @@
-"""Placeholder: commands of this group land with their issue."""
+"""`brightrun estimate` (time, cost, memory of a run) and `brightrun gpus` (the catalog)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+from brightrun_cli.cli import common
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from brightrun_cli.services.estimates import Estimate
+
+PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="Preset name (default: balanced; 'presets list').")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override one field: key=value (repeatable).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML/JSON/YAML file of fields, applied over the preset.")]
+BaseModelOpt = Annotated[str | None, typer.Option("--base-model", help="HF id, local directory, or builtin:tiny.")]
+GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU type ('brightrun gpus'); default: the host's.")]
+GpusOpt = Annotated[int | None, typer.Option("--gpus", help="GPUs per host, 1-8; default: the host's.")]
+
+
+def _hours(hours: float) -> str:
+    seconds = hours * 3600
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{hours:.2f} h"
+
+
+def render_estimate(est: "Estimate") -> "RenderableType":
+    """The human view of an estimate (also printed by `train` before it queues)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    cfg = est.config
+    details = Table.grid(padding=(0, 2))
+    details.add_column(style="bold")
+    details.add_column()
+    rows = [
+        ("dataset", f"{est.dataset.name} ({est.plan.train_tokens:,} training tokens, {est.plan.sequences:,} sequences/epoch of {est.plan.sequence_length})"),
+        ("preset", f"{est.resolved.preset_id}" + (f" (from {est.resolved.base_preset})" if est.resolved.preset_id != est.resolved.base_preset else "")),
+        ("base model", f"{cfg.base_model} ({est.shape.total_params / 1e6:,.1f}M params, LoRA {est.shape.lora_params(cfg.target_modules, cfg.lora_rank) / 1e6:,.2f}M)"),
+        ("GPUs", f"{est.devices} x {est.gpu.name}"),
+        ("steps", f"{est.steps_per_epoch:,} per epoch x {cfg.num_epochs} epochs = {est.total_steps:,}"),
+        ("throughput", f"{est.tokens_per_sec:,.0f} tokens/s ({est.calibration.message})"),
+        ("duration", _hours(est.estimated_duration_hours)),
+        ("hourly rate", f"${est.hourly_rate:.2f}/h"),
+        ("cost", f"${est.compute_cost:.2f} compute + ${est.storage_cost:.2f} storage = ${est.estimated_cost:.2f}"),
+    ]
+    for label, value in rows:
+        details.add_row(label, value)
+    mem = est.memory
+    fit = Text(f"{mem.total / 2**30:.1f} GB of {est.memory_capacity / 2**30:.0f} GB: ")
+    fit.append("fits" if est.fits_in_memory else "does not fit", style="green" if est.fits_in_memory else "bold red")
+    details.add_row("memory", fit)
+    parts: list = [details]
+    if est.memory_advice:
+        parts.append(Text(f"memory: {est.memory_advice}", style="yellow"))
+    parts += [Text(f"warning: {w}", style="yellow") for w in est.warnings]
+    return Group(*parts)
+
+
+def estimate_cmd(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset id, id prefix or name.")],
+    preset: PresetOpt = None,
+    overrides: SetOpt = None,
+    config_file: ConfigOpt = None,
+    base_model: BaseModelOpt = None,
+    gpu: GpuOpt = None,
+    gpus: GpusOpt = None,
+    json_output: common.JsonOpt = False,
+) -> None:
+    """Estimate steps, duration, cost and GPU memory of a training run.
+
+    Examples:
+      brightrun estimate --dataset support-v1 --preset balanced --gpu A100-80GB --gpus 2
+      brightrun estimate -d support-v1 -p tiny
+      brightrun estimate -d support-v1 --base-model ./my-model --set lora_rank=32 --json
+    """
+    from brightrun_cli.services.estimates import estimate
+
+    est = estimate(common.workspace(ctx), dataset, preset=preset, overrides=tuple(overrides or ()),
+                   config_file=config_file, base_model=base_model, gpu_type=gpu, gpus=gpus)
+    if json_output:
+        common.print_json(est.to_json())
+    else:
+        common.console().print(render_estimate(est))
+
+
+def gpus_cmd(ctx: typer.Context, json_output: common.JsonOpt = False) -> None:
+    """List the GPU catalog: memory, dense bf16 peak, price per GPU-hour.
+
+    Prices can be overridden in <home>/config.toml, e.g. gpu_prices = {H100 = 2.99}.
+
+    Examples:
+      brightrun gpus
+      brightrun gpus --json
+    """
+    from rich.table import Table
+
+    from brightrun_cli.services.gpus import list_gpus
+
+    catalog = list_gpus(common.workspace(ctx))
+    if json_output:
+        common.print_json([g.to_json() for g in catalog])
+        return
+    table = Table("type", "memory GB", "bf16 TFLOP/s", "$/h", "assumed MFU", "price from")
+    for g in catalog:
+        table.add_row(g.name, f"{g.memory_gb:g}", f"{g.bf16_tflops:g}", f"{g.price_per_hour:.2f}", f"{g.utilization:.0%}", g.price_source)
+    common.console().print(table)
 
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the root app."""
+    app.command("estimate")(estimate_cmd)
+    app.command("gpus")(gpus_cmd)

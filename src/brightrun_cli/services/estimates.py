@@ -1,0 +1,483 @@
+"""Time, cost and memory estimates for a training run (SPEC 4).
+
+Time = start-up + (training + validation FLOPs) / sustained FLOP rate. The FLOPs come
+from the base model's shape (`services.flops`) and the dataset's token counts; the rate
+is the GPU's peak x an assumed utilisation, until the registry holds completed jobs on
+the same GPU type with a comparable model: then their measured throughput and start-up
+replace both assumptions ("calibrated from N runs"). The reference's fixed-throughput
+formula is kept beside it (`reference_estimate`) so the difference stays visible.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brightrun_cli.errors import UsageError
+from brightrun_cli.presets.schema import TrainingConfig
+from brightrun_cli.registry.tables import Dataset, Host, MetricPoint, TrainingJob
+from brightrun_cli.services.flops import (
+    GIB,
+    ModelShape,
+    MemoryNeed,
+    eval_flops_per_token,
+    memory_need,
+    train_flops_per_token,
+)
+from brightrun_cli.services.gpus import Gpu, get_gpu, list_gpus, normalize_gpu_name
+from brightrun_cli.services.presets import ResolvedConfig, require_base_model, resolve_config
+from brightrun_cli.services.workspace import Workspace
+
+# Data-parallel efficiency per extra device (gradient all-reduce is small for LoRA).
+MULTI_DEVICE_EFFICIENCY = 0.92
+# Start-up before the first step: process and CUDA init, imports, tokenising the
+# split; plus reading the weights at this rate.
+STARTUP_FIXED_S = 20.0
+WEIGHT_LOAD_BYTES_PER_S = 1e9
+# Object storage list price (USD per GB-month) for adapters kept on a remote store;
+# a local store costs nothing.
+REMOTE_STORAGE_PRICE_GB_MONTH = 0.023
+# The reference's fixed figures.
+REFERENCE_OVERHEAD_S = (10 * 60, 5 * 60, 5 * 60)  # init, per epoch, final save
+REFERENCE_STORAGE_COST = 0.50
+CALIBRATION_JOBS = 20  # most recent comparable jobs considered
+COMPARABLE_PARAMS_RATIO = 2.0
+
+
+@dataclass(frozen=True)
+class TokenPlan:
+    """What one epoch feeds the model."""
+
+    train_tokens: int  # real tokens of the training split
+    sequences: int  # sequences per epoch (packed blocks, or conversations)
+    sequence_length: int  # tokens per sequence as computed (block, or padded batch length)
+    validation_tokens: int
+
+    @property
+    def computed_tokens(self) -> int:
+        return self.sequences * self.sequence_length
+
+
+@dataclass(frozen=True)
+class Calibration:
+    runs: int
+    job_ids: list[str]
+    device_flops_per_s: float | None  # measured, per device
+    startup_s: float | None
+
+    @property
+    def message(self) -> str:
+        if self.runs:
+            return f"calibrated from {self.runs} run{'s' if self.runs != 1 else ''}"
+        return "not calibrated: no completed job on this GPU type with a comparable model; using the assumed utilisation"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"calibrated": self.runs > 0, "runs": self.runs, "job_ids": self.job_ids, "message": self.message,
+                "device_flops_per_s": self.device_flops_per_s, "startup_s": self.startup_s}
+
+
+@dataclass
+class Estimate:
+    dataset: Dataset
+    resolved: ResolvedConfig
+    gpu: Gpu
+    devices: int
+    plan: TokenPlan
+    shape: ModelShape
+    steps_per_epoch: int
+    total_steps: int
+    train_flops: float
+    eval_flops: float
+    flops_per_s: float
+    startup_s: float
+    duration_s: float
+    hourly_rate: float
+    compute_cost: float
+    storage_cost: float
+    memory: MemoryNeed
+    memory_capacity: float
+    memory_advice: str | None
+    calibration: Calibration
+    reference: dict[str, Any] | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def config(self) -> TrainingConfig:
+        return self.resolved.config
+
+    @property
+    def estimated_duration_hours(self) -> float:
+        return self.duration_s / 3600
+
+    @property
+    def estimated_cost(self) -> float:
+        return self.compute_cost + self.storage_cost
+
+    @property
+    def fits_in_memory(self) -> bool:
+        return self.memory.total <= self.memory_capacity
+
+    @property
+    def tokens_per_sec(self) -> float:
+        return self.flops_per_s / train_flops_per_token(self.shape, self.config, self.plan.sequence_length)
+
+    def to_json(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "estimated_cost": round(self.estimated_cost, 2),
+            "cost_breakdown": {"compute": round(self.compute_cost, 2), "storage": round(self.storage_cost, 2)},
+            "estimated_duration_hours": round(self.estimated_duration_hours, 4),
+            "hourly_rate": round(self.hourly_rate, 2),
+            "training_details": {
+                "total_steps": self.total_steps,
+                "steps_per_epoch": self.steps_per_epoch,
+                "estimated_throughput_tokens_per_sec": round(self.tokens_per_sec, 1),
+                "dataset_name": self.dataset.name,
+                "dataset_id": self.dataset.id,
+                "num_epochs": cfg.num_epochs,
+                "sequences_per_epoch": self.plan.sequences,
+                "sequence_length": self.plan.sequence_length,
+                "train_tokens_per_epoch": self.plan.train_tokens,
+                "tokens_processed": self.plan.computed_tokens * cfg.num_epochs,
+                "validation_tokens": self.plan.validation_tokens,
+                "model_parameters": self.shape.total_params,
+                "lora_parameters": self.shape.lora_params(cfg.target_modules, cfg.lora_rank),
+                "train_flops": self.train_flops,
+                "eval_flops": self.eval_flops,
+                "sustained_flops_per_sec": self.flops_per_s,
+                "startup_seconds": round(self.startup_s, 1),
+                "estimated_duration_seconds": round(self.duration_s, 1),
+            },
+            "preset_id": self.resolved.preset_id,
+            "base_model": cfg.base_model,
+            "gpu_config": {"type": self.gpu.name, "count": self.devices},
+            "hyperparameters": cfg.hyperparameters(),
+            "fits_in_memory": self.fits_in_memory,
+            "memory": {**self.memory.to_json(), "capacity_gb": round(self.memory_capacity / GIB, 2), "advice": self.memory_advice},
+            "calibration": self.calibration.to_json(),
+            "reference_estimate": self.reference,
+            "warnings": self.warnings,
+        }
+
+
+def estimate(
+    ws: Workspace,
+    dataset_ref: str,
+    *,
+    preset: str | None = None,
+    overrides: tuple[str, ...] = (),
+    config_file: Path | None = None,
+    base_model: str | None = None,
+    gpu_type: str | None = None,
+    gpus: int | None = None,
+) -> Estimate:
+    """`brightrun estimate`: resolve the config and the dataset, then `estimate_run`."""
+    from brightrun_cli.registry.queries import resolve
+
+    resolved = resolve_config(ws, preset, overrides, config_file, base_model=base_model, gpu_type=gpu_type, gpus=gpus)
+    with ws.registry.session() as session:
+        dataset = resolve(session, Dataset, dataset_ref, "dataset", by_name=True)
+    return estimate_run(ws, dataset, resolved)
+
+
+def estimate_run(ws: Workspace, dataset: Dataset, resolved: ResolvedConfig, *, nodes: int = 1) -> Estimate:
+    """Estimate a run of `resolved` on `dataset`. A config without gpu_type/gpus runs on
+    the default host's. Raises UsageError for a dataset that is not ready or a base
+    model whose config cannot be read."""
+    config = resolved.config
+    if dataset.status != "ready":
+        raise UsageError(
+            f"dataset '{dataset.name}' is not ready (status: {dataset.status})",
+            f"fix it and re-add it, or run 'brightrun dataset validate {dataset.name}'",
+        )
+    shape = read_model_shape(require_base_model(config))
+    gpu, per_host = _device(ws, config)
+    devices = per_host * nodes
+    plan = token_plan(dataset, config)
+    per_step = config.sequences_per_step * devices
+    steps_per_epoch = max(1, math.ceil(plan.sequences / per_step))
+    train_flops = config.num_epochs * plan.computed_tokens * train_flops_per_token(shape, config, plan.sequence_length)
+    # Validation runs before training (the base model's loss) and after every epoch.
+    eval_flops = (config.num_epochs + 1) * plan.validation_tokens * eval_flops_per_token(shape, config, plan.sequence_length)
+    weight_bytes = _weight_bytes(config, gpu.name)
+    calibration = calibrate(ws, gpu, shape, config.base_model)
+    scale = devices * (MULTI_DEVICE_EFFICIENCY ** (devices - 1))
+    if calibration.device_flops_per_s:
+        flops_per_s = calibration.device_flops_per_s * scale
+        startup_s = calibration.startup_s or 0.0
+    else:
+        flops_per_s = gpu.bf16_tflops * 1e12 * gpu.utilization * scale
+        startup_s = _assumed_startup(shape, weight_bytes)
+    duration_s = startup_s + (train_flops + eval_flops) / flops_per_s
+    hourly_rate = gpu.price_per_hour * devices
+    need = memory_need(shape, config, plan.sequence_length, weight_bytes=weight_bytes, on_gpu=gpu.name != "cpu")
+    capacity = gpu.memory_gb * GIB
+    est = Estimate(
+        dataset=dataset, resolved=resolved, gpu=gpu, devices=devices, plan=plan, shape=shape,
+        steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * config.num_epochs,
+        train_flops=train_flops, eval_flops=eval_flops, flops_per_s=flops_per_s, startup_s=startup_s,
+        duration_s=duration_s, hourly_rate=hourly_rate, compute_cost=hourly_rate * duration_s / 3600,
+        storage_cost=_storage_cost(ws, shape, config), memory=need, memory_capacity=capacity,
+        memory_advice=None, calibration=calibration,
+        reference=reference_estimate(dataset, config, gpu, devices),
+    )
+    if not est.fits_in_memory:
+        est.memory_advice = memory_advice(ws, shape, config, plan, gpu, weight_bytes)
+    if config.warmup_steps >= est.total_steps:
+        est.warnings.append(
+            f"warmup_steps ({config.warmup_steps}) >= total steps ({est.total_steps}): the learning rate never reaches its peak; lower it with --set warmup_steps=N"
+        )
+    return est
+
+
+def read_model_shape(base_model: str) -> ModelShape:
+    """The architecture from the base model's config.json: builtin:<name>, a local
+    directory, or a Hugging Face id (from the local cache, or downloaded when online)."""
+    from brightrun_cli.builtin import resolve_base_model
+
+    try:
+        location = resolve_base_model(base_model)
+    except ValueError as exc:
+        raise UsageError(str(exc), "pick one of those names") from exc
+    path = Path(location).expanduser()
+    how = "pass a local model directory with --base-model, or download the model first"
+    if path.is_dir():
+        config_path: Path | str | None = path / "config.json"
+    elif "/" in location and not location.startswith((".", "/", "~")):
+        config_path = _hub_config(location)
+        if config_path is None:
+            raise UsageError(f"cannot read the config of base model '{base_model}': not in the local Hugging Face cache and the hub is unreachable", how)
+    else:
+        raise UsageError(f"cannot read the config of base model '{base_model}': no such directory", how)
+    try:
+        data = json.loads(Path(config_path).read_text(encoding="utf-8"))
+        return ModelShape.from_config(data)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the config of base model '{base_model}' ({config_path}): {exc}", how) from exc
+    except (KeyError, TypeError, ZeroDivisionError) as exc:
+        raise UsageError(f"base model '{base_model}': config.json lacks the architecture key {exc}", "use a decoder-only transformer with a standard config") from exc
+
+
+def _hub_config(repo_id: str) -> str | None:
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        return cached
+    try:
+        return hf_hub_download(repo_id, "config.json")
+    except Exception:  # offline, unknown repo, gated, no network: all mean "cannot read it"
+        return None
+
+
+def token_plan(dataset: Dataset, config: TrainingConfig) -> TokenPlan:
+    """Packing-aware sequences per epoch from the dataset's stats.
+
+    Packed: conversations are placed whole into blocks of max_seq_length, so each block
+    wastes about half a conversation on average. Unpacked: one conversation per
+    sequence, padded to the longest in its batch (the length at quantile b/(b+1) of the
+    distribution when the stats carry one, else 1.5x the mean), truncated at
+    max_seq_length.
+    """
+    counts = _split_counts(dataset)
+    conversations = max(1, counts["train_conversations"])
+    train_tokens = counts["train_tokens"]
+    mean_len = max(1.0, train_tokens / conversations)
+    limit = config.max_seq_length
+    if config.packing:
+        usable = max(1.0, limit - min(mean_len, limit) / 2)
+        sequences = max(1, math.ceil(min(train_tokens, conversations * limit) / usable))
+        length = limit if sequences > 1 else min(limit, train_tokens)
+    else:
+        sequences = conversations
+        longest = _length_quantile(dataset, config.batch_size / (config.batch_size + 1)) or 1.5 * mean_len
+        length = int(min(limit, max(mean_len, longest)))
+    return TokenPlan(train_tokens=train_tokens, sequences=sequences, sequence_length=max(1, int(length)),
+                     validation_tokens=counts["validation_tokens"])
+
+
+def _split_counts(dataset: Dataset) -> dict[str, int]:
+    stats = dataset.stats or {}
+    total_tokens = dataset.total_tokens or 0
+    conversations = dataset.total_conversations or 0
+    val_share = dataset.val_split
+    if "train_tokens" in stats and "validation_tokens" in stats:
+        train_tokens, validation_tokens = int(stats["train_tokens"]), int(stats["validation_tokens"])
+    else:
+        validation_tokens = int(total_tokens * val_share)
+        train_tokens = total_tokens - validation_tokens
+    train_conversations = int(stats.get("train_conversations", round(conversations * (1 - val_share))))
+    return {"train_tokens": train_tokens, "validation_tokens": validation_tokens, "train_conversations": train_conversations}
+
+
+def _length_quantile(dataset: Dataset, q: float) -> float | None:
+    """Conversation length at quantile q from the stats' percentiles ({"p50": n, ...}), if any."""
+    dist = (dataset.stats or {}).get("token_length_percentiles")
+    if not isinstance(dist, dict) or not dist:
+        return None
+    points = sorted((float(k.lstrip("p")) / 100, float(v)) for k, v in dist.items())
+    for p, value in points:
+        if p >= q:
+            return value
+    return points[-1][1]
+
+
+def _device(ws: Workspace, config: TrainingConfig) -> tuple[Gpu, int]:
+    if config.gpu_type is not None and config.gpus is not None:
+        return get_gpu(ws, config.gpu_type), config.gpus
+    from sqlmodel import select
+
+    with ws.registry.session() as session:
+        host = session.exec(select(Host).where(Host.name == ws.config.default_host)).first()
+    gpu_type = config.gpu_type or (host.gpu_type if host else "cpu")
+    gpus = config.gpus or (host.gpus if host else 1)
+    return get_gpu(ws, gpu_type), gpus
+
+
+def _weight_bytes(config: TrainingConfig, gpu_name: str) -> int:
+    if config.precision == "fp32" or (config.precision == "auto" and normalize_gpu_name(gpu_name) == "cpu"):
+        return 4
+    return 2
+
+
+def _assumed_startup(shape: ModelShape, weight_bytes: int) -> float:
+    return STARTUP_FIXED_S + shape.total_params * weight_bytes / WEIGHT_LOAD_BYTES_PER_S
+
+
+def _storage_cost(ws: Workspace, shape: ModelShape, config: TrainingConfig) -> float:
+    """One month of the adapter (fp32 safetensors) on the blob store."""
+    url = ws.config.storage_url or ""
+    if "://" not in url or url.startswith("file://"):
+        return 0.0
+    adapter_gb = shape.lora_params(config.target_modules, config.lora_rank) * 4 / 1e9
+    return adapter_gb * REMOTE_STORAGE_PRICE_GB_MONTH
+
+
+def memory_advice(ws: Workspace, shape: ModelShape, config: TrainingConfig, plan: TokenPlan, gpu: Gpu, weight_bytes: int) -> str:
+    """What would fit: a smaller batch here, gradient checkpointing, or a bigger GPU."""
+    on_gpu = gpu.name != "cpu"
+    capacity = gpu.memory_gb * GIB
+
+    def fits(cfg: TrainingConfig, device: Gpu = gpu) -> bool:
+        need = memory_need(shape, cfg, plan.sequence_length, weight_bytes=weight_bytes, on_gpu=device.name != "cpu")
+        return need.total <= device.memory_gb * GIB
+
+    options = []
+    for batch in range(config.batch_size - 1, 0, -1):
+        if fits(config.model_copy(update={"batch_size": batch})):
+            accumulate = math.ceil(config.batch_size / batch) * config.gradient_accumulation_steps
+            options.append(f"--set batch_size={batch} --set gradient_accumulation_steps={accumulate}")
+            break
+    if not config.gradient_checkpointing and fits(config.model_copy(update={"gradient_checkpointing": True})):
+        options.append("--set gradient_checkpointing=true")
+    bigger = [g for g in list_gpus(ws) if g.name != "cpu" and g.memory_gb * GIB > capacity and fits(config, g)]
+    if on_gpu and bigger:
+        options.append(f"a GPU with more memory ({min(bigger, key=lambda g: g.price_per_hour).name})")
+    need = memory_need(shape, config, plan.sequence_length, weight_bytes=weight_bytes, on_gpu=on_gpu).total
+    head = f"needs {need / GIB:.1f} GB, {gpu.name} has {gpu.memory_gb:g} GB"
+    return f"{head}; fits with " + ", or ".join(options) if options else f"{head}; nothing in the catalog fits this model at this sequence length"
+
+
+def reference_estimate(dataset: Dataset, config: TrainingConfig, gpu: Gpu, devices: int) -> dict[str, Any] | None:
+    """The reference's formula (fixed tokens/s per GPU type, fixed overheads), for the
+    GPU types it priced; None for the others."""
+    if gpu.reference_tokens_per_sec is None:
+        return None
+    pairs = dataset.total_training_pairs or 1000
+    tokens = dataset.total_tokens or pairs * 200
+    throughput = gpu.reference_tokens_per_sec * devices
+    steps_per_epoch = math.ceil(pairs / config.batch_size)
+    total_steps = steps_per_epoch * config.num_epochs
+    seconds = total_steps * (tokens / pairs) * config.batch_size / throughput
+    init, per_epoch, final = REFERENCE_OVERHEAD_S
+    hours = (seconds + init + per_epoch * config.num_epochs + final) / 3600
+    rate = gpu.price_per_hour * devices
+    compute = rate * hours
+    return {
+        "estimated_cost": round(compute + REFERENCE_STORAGE_COST, 2),
+        "cost_breakdown": {"compute": round(compute, 2), "storage": REFERENCE_STORAGE_COST},
+        "estimated_duration_hours": round(hours, 2),
+        "hourly_rate": round(rate, 2),
+        "training_details": {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                             "estimated_throughput_tokens_per_sec": throughput},
+    }
+
+
+def calibrate(ws: Workspace, gpu: Gpu, shape: ModelShape, base_model: str | None) -> Calibration:
+    """Measured per-device FLOP rate and start-up from completed jobs on `gpu`.
+
+    Same base model first; failing that, models within 2x the parameter count. Each
+    job's rate = its median training tokens/s (metrics) x its FLOPs per token; its
+    start-up = wall time - (its training + validation FLOPs) / that rate.
+    """
+    from sqlmodel import col, select
+
+    with ws.registry.session() as session:
+        jobs = session.exec(
+            select(TrainingJob)
+            .where(TrainingJob.status == "completed", col(TrainingJob.started_at).is_not(None),
+                   col(TrainingJob.completed_at).is_not(None), TrainingJob.tokens_processed > 0)
+            .order_by(col(TrainingJob.completed_at).desc())
+        ).all()
+        jobs = [j for j in jobs if normalize_gpu_name(str((j.gpu_config or {}).get("type", ""))) == normalize_gpu_name(gpu.name)]
+        same = [j for j in jobs if j.base_model == base_model]
+        candidates = (same or [j for j in jobs if _comparable(j.base_model, shape)])[:CALIBRATION_JOBS]
+        measured = [m for m in (_measure(session, j) for j in candidates) if m is not None]
+    if not measured:
+        return Calibration(runs=0, job_ids=[], device_flops_per_s=None, startup_s=None)
+    return Calibration(
+        runs=len(measured),
+        job_ids=[m[0] for m in measured],
+        device_flops_per_s=statistics.median(m[1] for m in measured),
+        startup_s=max(0.0, statistics.median(m[2] for m in measured)),
+    )
+
+
+def _comparable(base_model: str, shape: ModelShape) -> bool:
+    try:
+        other = read_model_shape(base_model)
+    except UsageError:
+        return False
+    ratio = other.total_params / shape.total_params
+    return 1 / COMPARABLE_PARAMS_RATIO <= ratio <= COMPARABLE_PARAMS_RATIO
+
+
+def _measure(session: Any, job: TrainingJob) -> tuple[str, float, float] | None:
+    """(job id, per-device FLOP/s, start-up seconds) of one completed job, or None when unusable."""
+    from sqlmodel import col, select
+
+    try:
+        config = TrainingConfig.model_validate({k: v for k, v in job.hyperparameters.items() if k in TrainingConfig.model_fields})
+        shape = read_model_shape(job.base_model)
+        dataset = session.get(Dataset, job.dataset_id)
+    except (UsageError, ValueError):
+        return None
+    if dataset is None:
+        return None
+    plan = token_plan(dataset, config)
+    wall = (job.completed_at - job.started_at).total_seconds()
+    devices = max(1, int((job.gpu_config or {}).get("count", 1))) * max(1, len(job.hosts or []) or 1)
+    fpt = train_flops_per_token(shape, config, plan.sequence_length)
+    # FLOPs as this model plans them (padding included); the trainer's tokens/s counts
+    # its own tokens, so its rate is scaled by planned/counted to stay in one unit.
+    planned_tokens = config.num_epochs * plan.computed_tokens
+    train_flops = planned_tokens * fpt
+    eval_flops = (config.num_epochs + 1) * plan.validation_tokens * eval_flops_per_token(shape, config, plan.sequence_length)
+    rates = session.exec(
+        select(MetricPoint.throughput).where(MetricPoint.job_id == job.id, MetricPoint.split == "train",
+                                             col(MetricPoint.throughput).is_not(None), MetricPoint.step > 1)
+    ).all()
+    if rates:
+        flops_per_s = statistics.median(rates) * fpt * planned_tokens / job.tokens_processed
+    else:  # no per-step throughput: charge the whole wall time, minus the assumed start-up, to compute
+        busy = wall - _assumed_startup(shape, _weight_bytes(config, str(job.gpu_config.get("type", ""))))
+        if busy <= 0:
+            return None
+        flops_per_s = (train_flops + eval_flops) / busy
+    startup = wall - (train_flops + eval_flops) / flops_per_s
+    scale = devices * (MULTI_DEVICE_EFFICIENCY ** (devices - 1))
+    return job.id, flops_per_s / scale, startup

@@ -1,0 +1,209 @@
+"""The arithmetic behind `estimate`: model shape from a config.json, training FLOPs per
+token with frozen base weights plus LoRA, and the GPU memory a run needs.
+
+Pure functions of plain numbers, so the tests can pin them against hand-computed cases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from brightrun_cli.presets.schema import TrainingConfig
+
+GIB = 2**30
+# Families whose MLP is gated (gate_proj * act(up_proj) -> down_proj: three matrices).
+GATED_FAMILIES = {
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
+    "gemma3_text", "phi3", "olmo", "olmo2", "granite", "cohere", "smollm3", "deepseek_v2", "internlm2",
+}
+# CUDA context, allocator fragmentation and workspace buffers: what a real run loses
+# beyond its tensors on a GPU.
+GPU_RESERVE_BYTES = 2 * GIB
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    model_type: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied_embeddings: bool
+    gated_mlp: bool
+    experts: int = 1  # MoE: experts per layer (all held in memory) ...
+    experts_active: int = 1  # ... of which this many run per token
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "ModelShape":
+        """Read a Hugging Face config.json (Llama-style or GPT-2-style key names)."""
+        if "text_config" in config and "hidden_size" not in config:
+            config = {**config["text_config"], "model_type": config["text_config"].get("model_type", config.get("model_type"))}
+
+        def pick(*keys: str, default: Any = None) -> Any:
+            for key in keys:
+                if config.get(key) is not None:
+                    return config[key]
+            if default is None:
+                raise KeyError(keys[0])
+            return default
+
+        hidden = int(pick("hidden_size", "n_embd", "d_model"))
+        heads = int(pick("num_attention_heads", "n_head", "num_heads"))
+        model_type = str(config.get("model_type", "unknown"))
+        return cls(
+            model_type=model_type,
+            hidden=hidden,
+            intermediate=int(pick("intermediate_size", "n_inner", "ffn_dim", default=4 * hidden)),
+            layers=int(pick("num_hidden_layers", "n_layer", "num_layers")),
+            heads=heads,
+            kv_heads=int(pick("num_key_value_heads", default=heads)),
+            head_dim=int(pick("head_dim", default=hidden // heads)),
+            vocab=int(pick("vocab_size")),
+            tied_embeddings=bool(config.get("tie_word_embeddings", model_type in ("gpt2",))),
+            gated_mlp=model_type in GATED_FAMILIES or config.get("hidden_act") == "silu",
+            experts=int(pick("num_local_experts", "num_experts", default=1)),
+            experts_active=int(pick("num_experts_per_tok", default=1)),
+        )
+
+    @property
+    def attn_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def attn_params(self) -> int:
+        return self.hidden * (2 * self.attn_dim + 2 * self.kv_dim)
+
+    @property
+    def mlp_params(self) -> int:
+        """One expert's MLP."""
+        return (3 if self.gated_mlp else 2) * self.hidden * self.intermediate
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def total_params(self) -> int:
+        """Parameters held in memory (norms and biases are below 0.1% and left out)."""
+        head = 0 if self.tied_embeddings else self.embedding_params
+        return self.layers * (self.attn_params + self.experts * self.mlp_params) + self.embedding_params + head
+
+    @property
+    def matmul_params_per_token(self) -> int:
+        """Weights each token is multiplied by: every layer's attention and active MLP
+        experts, plus the LM head (the embedding lookup is not a matmul)."""
+        return self.layers * (self.attn_params + self.experts_active * self.mlp_params) + self.embedding_params
+
+    def module_dims(self, name: str) -> tuple[int, int] | None:
+        """(in, out) features of a LoRA target module, by its usual names."""
+        h, i = self.hidden, self.intermediate
+        return {
+            "q_proj": (h, self.attn_dim), "k_proj": (h, self.kv_dim), "v_proj": (h, self.kv_dim),
+            "o_proj": (self.attn_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
+            "c_attn": (h, self.attn_dim + 2 * self.kv_dim), "query_key_value": (h, self.attn_dim + 2 * self.kv_dim),
+            "c_fc": (h, i), "fc1": (h, i), "fc2": (i, h), "dense_h_to_4h": (h, i), "dense_4h_to_h": (i, h),
+            "out_proj": (self.attn_dim, h), "dense": (self.attn_dim, h),
+        }.get(name)
+
+    def targeted_modules(self, targets: list[str]) -> list[str]:
+        if targets == ["all-linear"]:
+            names = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+            return names + (["gate_proj"] if self.gated_mlp else [])
+        return targets
+
+    def lora_params(self, targets: list[str], rank: int) -> int:
+        """Trainable parameters: r * (in + out) per targeted module per layer (MLP modules once per expert)."""
+        total = 0
+        for name in self.targeted_modules(targets):
+            dims = self.module_dims(name)
+            if dims is None:
+                dims = (self.hidden, self.hidden)  # unknown name: a square projection is the typical case
+            copies = self.experts if name in ("gate_proj", "up_proj", "down_proj") else 1
+            total += copies * rank * (dims[0] + dims[1])
+        return self.layers * total
+
+
+def train_flops_per_token(shape: ModelShape, config: TrainingConfig, seq_len: int) -> float:
+    """FLOPs to train on one token.
+
+    Frozen weights: forward 2 FLOPs per weight, backward 2 more for the activation
+    gradient only (no weight gradient) -> 4N, where full fine-tuning costs 6N.
+    LoRA weights: the usual 6 per parameter. Attention scores and mixing: 4*L*d*s
+    forward and twice that backward (the PaLM MFU convention, full s: masked kernels
+    still compute the whole block). Gradient checkpointing re-runs the forward once.
+    """
+    n_frozen = shape.matmul_params_per_token
+    n_lora = _active_lora(shape, config)
+    attn_forward = 4 * shape.layers * shape.attn_dim * seq_len
+    total = 4 * n_frozen + 6 * n_lora + 3 * attn_forward
+    if config.gradient_checkpointing:
+        total += 2 * n_frozen + 2 * n_lora + attn_forward
+    return float(total)
+
+
+def eval_flops_per_token(shape: ModelShape, config: TrainingConfig, seq_len: int) -> float:
+    """Forward only (validation loss)."""
+    return float(2 * shape.matmul_params_per_token + 2 * _active_lora(shape, config) + 4 * shape.layers * shape.attn_dim * seq_len)
+
+
+def _active_lora(shape: ModelShape, config: TrainingConfig) -> int:
+    lora = shape.lora_params(config.target_modules, config.lora_rank)
+    return lora * shape.experts_active // shape.experts if shape.experts > 1 else lora
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    weights: float
+    lora_and_optimizer: float
+    activations: float
+    logits: float
+    reserve: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.lora_and_optimizer + self.activations + self.logits + self.reserve
+
+    def to_json(self) -> dict[str, float]:
+        gb = lambda b: round(b / GIB, 2)  # noqa: E731
+        return {
+            "weights_gb": gb(self.weights), "lora_and_optimizer_gb": gb(self.lora_and_optimizer),
+            "activations_gb": gb(self.activations), "logits_gb": gb(self.logits),
+            "reserve_gb": gb(self.reserve), "total_gb": gb(self.total),
+        }
+
+
+def memory_need(shape: ModelShape, config: TrainingConfig, seq_len: int, *, weight_bytes: int, on_gpu: bool) -> MemoryNeed:
+    """Peak memory of one device holding the whole model (DDP) for a micro-batch.
+
+    Weights in the compute dtype; LoRA params in fp32 with their gradient and two
+    AdamW moments (16 bytes each). Activations saved for backward, per token and layer
+    (frozen linears need not keep their inputs, autograd saves only what a gradient
+    needs): the two norm inputs (2h), q, k, v and the attention output (2a + 2kv), the
+    LoRA inputs (h for the shared q/k/v input; o_proj's is the attention output), and
+    the gated MLP's gate, up and activation outputs (3i, 2i ungated). With gradient
+    checkpointing only each layer's input (h) is kept, plus one layer recomputed.
+    Logits: the LM head output in the compute dtype plus its fp32 copy for the loss.
+    """
+    tokens = config.batch_size * seq_len
+    act_bytes = weight_bytes
+    mlp_saved = (3 if shape.gated_mlp else 2) * shape.intermediate * shape.experts_active
+    per_layer = 3 * shape.hidden + 2 * shape.attn_dim + 2 * shape.kv_dim + mlp_saved
+    if config.gradient_checkpointing:
+        activations = tokens * act_bytes * (shape.layers * shape.hidden + per_layer)
+    else:
+        activations = tokens * act_bytes * shape.layers * per_layer
+    return MemoryNeed(
+        weights=float(shape.total_params * weight_bytes),
+        lora_and_optimizer=float(shape.lora_params(config.target_modules, config.lora_rank) * 16),
+        activations=float(activations),
+        logits=float(tokens * shape.vocab * (act_bytes + 4)),
+        reserve=float(GPU_RESERVE_BYTES if on_gpu else 0),
+    )
