@@ -41,18 +41,18 @@ def list_command(
     if json_output:
         common.print_json(rows)
         return
-    table = Table("ID", "NAME", "VERSION", "SCORE", "CONVERGENCE", "VAL LOSS (BASE -> TUNED)", "COST", "CREATED", box=None)
+    table = Table("ID", "NAME", "SCORE", "CONVERGENCE", "VAL LOSS", "COST", "CREATED", box=None)
+    table.columns[0].no_wrap = True
     for m in rows:
         q = m.quality_metrics
         table.add_row(
             m.id,
-            m.name,
-            m.version,
+            f"{m.name} v{m.version}",
             f"{q.get('overall_score')}/5",
             q.get("convergence_quality") or "-",
-            f"{_fmt(q.get('base_validation_loss'))} -> {_fmt(q.get('final_validation_loss'))}",
+            f"{_fmt(q.get('base_validation_loss'), '.3g')}→{_fmt(q.get('final_validation_loss'), '.3g')}",
             f"${_fmt(m.training_summary.get('total_cost'), '.2f')}",
-            f"{m.created_at:%Y-%m-%d %H:%M}",
+            f"{m.created_at:%m-%d %H:%M}",
         )
     if not rows:
         common.console().print("No models yet: a completed 'brightrun train' job stores one.")
