@@ -60,7 +60,7 @@ def test_queued_job_shows_waiting_time_and_what_it_will_run(ws):
     out = screen(render_job(state_of(ws, job_id), utcnow()))
     assert "◌ queued" in out and "waiting 1m15s" in out
     assert job_id in out and "support-v1" in out and "preset balanced" in out and "builtin:tiny" in out
-    assert "local · 1× cpu" in out
+    assert "workstation · 1× cpu" in out
     assert "waiting for the first metric point" in out
     assert "ETA" not in out
     assert fits(out, 80)

@@ -29,15 +29,26 @@ from brightrun_cli.services.workspace import Workspace
 REPO = Path(__file__).resolve().parents[1]
 
 
+SIM_HOST = "workstation"
+
+
 def make_job(ws: Workspace, *, dataset: str = "support-v1", **fields) -> str:
-    """Insert a dataset and a queued job on the local host; return the job id."""
+    """Insert a dataset and a queued job; return the job id.
+
+    The job sits on a host with no free slots, so the queue (kicked by every brightrun
+    command) never claims it for a real supervisor; this module moves it instead, keeping
+    its heartbeat fresh as a supervisor would, so it is not reaped as dead either."""
     with ws.registry.write() as s:
         ds = s.exec(select(Dataset).where(Dataset.name == dataset)).first()
         if ds is None:
             ds = Dataset(name=dataset, storage_path=f"datasets/{dataset}/data.jsonl", file_name="data.jsonl", file_size=1, status="ready")
             s.add(ds)
             s.flush()
-        host = s.exec(select(Host).where(Host.name == "local")).one()
+        host = s.exec(select(Host).where(Host.name == SIM_HOST)).first()
+        if host is None:
+            host = Host(name=SIM_HOST, kind="ssh", ssh_host="127.0.0.1", gpus=0, gpu_type="cpu")
+            s.add(host)
+            s.flush()
         values = dict(
             dataset_id=ds.id, preset_id="balanced", base_model="builtin:tiny", hyperparameters={"learning_rate": 2e-4},
             gpu_config={"type": "cpu", "count": 1}, host_id=host.id, total_epochs=2, total_steps=40,
@@ -55,7 +66,7 @@ def update_job(ws: Workspace, job_id: str, **fields) -> None:
         job = s.get(TrainingJob, job_id)
         for key, value in fields.items():
             setattr(job, key, value)
-        job.updated_at = utcnow()
+        job.updated_at = job.heartbeat_at = utcnow()
 
 
 def train_loss(step: int) -> float:
@@ -79,7 +90,7 @@ def add_point(ws: Workspace, job_id: str, step: int, total: int, *, split: str =
         job.current_epoch = min(epochs - 1, int(epoch))
         job.progress = step / total * 100
         job.current_cost = 1.2 * step / total
-        job.updated_at = utcnow()
+        job.updated_at = job.heartbeat_at = utcnow()
 
 
 def log(ws: Workspace, job_id: str, line: str) -> None:
