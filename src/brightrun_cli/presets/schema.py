@@ -84,11 +84,6 @@ class TrainingConfig(BaseModel):
         data = self.model_dump()
         return {key: data[key] for key in HYPERPARAMETER_KEYS}
 
-    @property
-    def sequences_per_step(self) -> int:
-        """Sequences in one optimizer step on one device."""
-        return self.batch_size * self.gradient_accumulation_steps
-
 
 def field_range(name: str) -> str | None:
     """The allowed range of a numeric field as text ("4..128"), from its declared bounds."""

@@ -52,14 +52,11 @@ COMPARABLE_PARAMS_RATIO = 2.0
 class TokenPlan:
     """What one epoch feeds the model."""
 
-    train_tokens: int  # real tokens of the training split
-    sequences: int  # sequences per epoch (packed blocks, or conversations)
-    sequence_length: int  # tokens per sequence as computed (block, or padded batch length)
+    train_tokens: int  # real tokens of the training split, after truncation at max_seq_length
+    sequences: int  # conversations per epoch (the trainer's unit of batching)
+    sequence_length: int  # attention length per token: a conversation (packed) or the padded batch width
+    computed_tokens: int  # tokens the model runs per epoch (padding included)
     validation_tokens: int
-
-    @property
-    def computed_tokens(self) -> int:
-        return self.sequences * self.sequence_length
 
 
 @dataclass(frozen=True)
@@ -198,8 +195,7 @@ def estimate_run(ws: Workspace, dataset: Dataset, resolved: ResolvedConfig, *, n
     gpu, per_host = _device(ws, config)
     devices = per_host * nodes
     plan = token_plan(dataset, config)
-    per_step = config.sequences_per_step * devices
-    steps_per_epoch = max(1, math.ceil(plan.sequences / per_step))
+    steps_per_epoch = trainer_steps_per_epoch(plan.sequences, config, devices)
     train_flops = config.num_epochs * plan.computed_tokens * train_flops_per_token(shape, config, plan.sequence_length)
     # Validation runs before training (the base model's loss) and after every epoch.
     eval_flops = (config.num_epochs + 1) * plan.validation_tokens * eval_flops_per_token(shape, config, plan.sequence_length)
@@ -275,55 +271,60 @@ def _hub_config(repo_id: str) -> str | None:
 
 
 def token_plan(dataset: Dataset, config: TrainingConfig) -> TokenPlan:
-    """Packing-aware sequences per epoch from the dataset's stats.
-
-    Packed: conversations are placed whole into blocks of max_seq_length, so each block
-    wastes about half a conversation on average. Unpacked: one conversation per
-    sequence, padded to the longest in its batch (the length at quantile b/(b+1) of the
-    distribution when the stats carry one, else 1.5x the mean), truncated at
-    max_seq_length.
+    """Per-epoch token counts as the trainer batches them (trainer/data.py): each
+    conversation is one example truncated at max_seq_length. Packed, a micro-batch is its
+    conversations end to end in one row with attention kept inside each (varlen), so no
+    padding and attention over a conversation's length. Unpacked, rows are padded to
+    the batch's longest: the length at quantile b/(b+1) of the length distribution.
     """
-    counts = _split_counts(dataset)
-    conversations = max(1, counts["train_conversations"])
-    train_tokens = counts["train_tokens"]
-    mean_len = max(1.0, train_tokens / conversations)
-    limit = config.max_seq_length
-    if config.packing:
-        usable = max(1.0, limit - min(mean_len, limit) / 2)
-        sequences = max(1, math.ceil(min(train_tokens, conversations * limit) / usable))
-        length = limit if sequences > 1 else min(limit, train_tokens)
-    else:
-        sequences = conversations
-        longest = _length_quantile(dataset, config.batch_size / (config.batch_size + 1)) or 1.5 * mean_len
-        length = int(min(limit, max(mean_len, longest)))
-    return TokenPlan(train_tokens=train_tokens, sequences=sequences, sequence_length=max(1, int(length)),
-                     validation_tokens=counts["validation_tokens"])
-
-
-def _split_counts(dataset: Dataset) -> dict[str, int]:
     stats = dataset.stats or {}
-    total_tokens = dataset.total_tokens or 0
-    conversations = dataset.total_conversations or 0
-    val_share = dataset.val_split
-    if "train_tokens" in stats and "validation_tokens" in stats:
-        train_tokens, validation_tokens = int(stats["train_tokens"]), int(stats["validation_tokens"])
+    dist = stats.get("tokens_per_conversation") or {}
+    limit = config.max_seq_length
+    conversations = max(1, int(stats.get("train_conversations") or round((dataset.total_conversations or 1) * (1 - dataset.val_split))))
+    raw_train = int(stats.get("train_tokens") or (dataset.total_tokens or 0) * (1 - dataset.val_split))
+    raw_validation = int(stats.get("validation_tokens") or (dataset.total_tokens or 0) * dataset.val_split)
+    raw_mean = max(1.0, raw_train / conversations)
+    kept = _truncated_mean(dist, limit) / float(dist["mean"]) if dist.get("mean") else min(1.0, limit / raw_mean)
+    train_tokens = int(raw_train * kept)
+    mean_len = max(1.0, train_tokens / conversations)
+    if config.packing:
+        length, computed = mean_len, train_tokens
     else:
-        validation_tokens = int(total_tokens * val_share)
-        train_tokens = total_tokens - validation_tokens
-    train_conversations = int(stats.get("train_conversations", round(conversations * (1 - val_share))))
-    return {"train_tokens": train_tokens, "validation_tokens": validation_tokens, "train_conversations": train_conversations}
+        longest = _quantile(dist, config.batch_size / (config.batch_size + 1)) if dist else 1.5 * raw_mean
+        length = min(limit, max(mean_len, longest))
+        computed = int(conversations * length)
+    return TokenPlan(train_tokens=train_tokens, sequences=conversations, sequence_length=max(1, round(length)),
+                     computed_tokens=max(1, computed), validation_tokens=int(raw_validation * kept))
 
 
-def _length_quantile(dataset: Dataset, q: float) -> float | None:
-    """Conversation length at quantile q from the stats' percentiles ({"p50": n, ...}), if any."""
-    dist = (dataset.stats or {}).get("token_length_percentiles")
-    if not isinstance(dist, dict) or not dist:
-        return None
-    points = sorted((float(k.lstrip("p")) / 100, float(v)) for k, v in dist.items())
-    for p, value in points:
-        if p >= q:
-            return value
+def trainer_steps_per_epoch(conversations: int, config: TrainingConfig, devices: int) -> int:
+    """The trainer's own count (trainer.loop.epoch_plan): micro-batches of batch_size, grouped
+    by accumulation x devices; a last group with fewer micro-batches than devices is dropped."""
+    micro = math.ceil(conversations / config.batch_size)
+    full, rest = divmod(micro, config.gradient_accumulation_steps * devices)
+    return max(1, full + (1 if rest >= devices else 0))
+
+
+_QUANTILES = (("min", 0.0), ("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+
+
+def _quantile(dist: dict[str, float], q: float) -> float:
+    """Length at quantile q, linear between the stored points (min, p50, p90, p99, max)."""
+    points = [(at, float(dist[key])) for key, at in _QUANTILES if key in dist]
+    if not points:
+        return float(dist.get("mean", 1.0))
+    for (q0, v0), (q1, v1) in zip(points, points[1:]):
+        if q <= q1:
+            return v0 + (v1 - v0) * (q - q0) / (q1 - q0 or 1)
     return points[-1][1]
+
+
+def _truncated_mean(dist: dict[str, float], limit: int) -> float:
+    """Mean of min(length, limit) over the distribution: its lengths at 200 quantiles,
+    rescaled so the untruncated mean matches the stored one."""
+    samples = [_quantile(dist, (i + 0.5) / 200) for i in range(200)]
+    scale = float(dist["mean"]) / (sum(samples) / len(samples) or 1.0)
+    return sum(min(v * scale, limit) for v in samples) / len(samples)
 
 
 def _device(ws: Workspace, config: TrainingConfig) -> tuple[Gpu, int]:
