@@ -44,7 +44,7 @@ def test_nan_loss_is_diverged():
     assert classify_convergence(train, [(0, 2.0)]) == "diverged"
     metrics = quality_metrics(train, [(0, 2.0), (4, float("nan"))])
     assert metrics["overall_score"] == 1
-    assert metrics["perplexity"] is None
+    assert metrics["perplexity"] is None and metrics["final_validation_loss"] is None
 
 
 def test_noisy_end_is_not_excellent():

@@ -121,6 +121,11 @@ def score(improvement: float | None, convergence: str) -> tuple[int, str]:
     return value, reason
 
 
+def _finite(value: float | None) -> float | None:
+    """NaN/inf become null: they are not JSON, and "diverged" already says what happened."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def _perplexity(loss: float | None) -> float | None:
     if loss is None or not math.isfinite(loss):
         return None
@@ -154,11 +159,11 @@ def quality_metrics(
     return {
         "overall_score": overall,
         "convergence_quality": convergence,
-        "final_training_loss": final_train,
-        "final_validation_loss": final_val,
+        "final_training_loss": _finite(final_train),
+        "final_validation_loss": _finite(final_val),
         "perplexity": _perplexity(final_val),
-        "best_validation_loss": min((v for _, v in tuned), default=None),
-        "base_validation_loss": base,
+        "best_validation_loss": _finite(min((v for _, v in tuned), default=None)),
+        "base_validation_loss": _finite(base),
         "base_perplexity": _perplexity(base),
         "validation_loss_improvement": improvement,
         "score_reason": reason,
