@@ -1,0 +1,241 @@
+"""Jobs without training: the lifecycle's compare-and-set, the FIFO queue, dead-job detection,
+metric ingestion, and the job commands' refusals. (Real training: tests/test_jobs_slow.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from sqlmodel import select
+
+from brightrun_cli.registry.tables import CostRecord, Host, MetricPoint, Notification, TrainingJob
+from brightrun_cli.registry.timeutil import utcnow
+from brightrun_cli.services import jobs, queue
+from brightrun_cli.services.supervisor import MetricsTail, insert_points, point_rows
+from brightrun_cli.services.workspace import Workspace
+from jobs_helpers import dataset_row, job_row
+
+
+@pytest.fixture
+def ws() -> Workspace:
+    return Workspace.open()
+
+
+@pytest.fixture
+def spawned(monkeypatch):
+    """Record supervisor spawns instead of starting processes."""
+    calls: list[str] = []
+    monkeypatch.setattr(queue, "spawn_supervisor", lambda ws, job_id, marker: calls.append(job_id) or 0)
+    return calls
+
+
+def _get(ws, job_id) -> TrainingJob:
+    with ws.registry.session() as session:
+        return session.get(TrainingJob, job_id)
+
+
+def test_transitions_only_move_forward_and_terminal_is_final(ws):
+    job = job_row(ws, dataset_row(ws))
+    with ws.registry.write() as s:
+        assert not jobs.transition(s, job.id, jobs.RUNNING)  # queued cannot skip initializing
+        assert jobs.transition(s, job.id, jobs.INITIALIZING, supervisor_marker="m1")
+        assert not jobs.transition(s, job.id, jobs.INITIALIZING)
+        assert not jobs.transition(s, job.id, jobs.RUNNING, marker="other")  # another attempt's writer
+        assert jobs.transition(s, job.id, jobs.RUNNING, marker="m1")
+        assert jobs.transition(s, job.id, jobs.COMPLETED, marker="m1")
+        for to in (jobs.FAILED, jobs.CANCELLED, jobs.COMPLETED, jobs.RUNNING):
+            assert not jobs.transition(s, job.id, to)
+        assert not jobs.update_attempt(s, job.id, "m1", current_step=5)
+    row = _get(ws, job.id)
+    assert row.status == "completed" and row.completed_at is not None and row.current_step == 0
+    with pytest.raises(ValueError):
+        with ws.registry.write() as s:
+            jobs.transition(s, job.id, jobs.QUEUED)
+
+
+def test_queue_is_fifo_per_host_and_respects_slots(ws, spawned):
+    data = dataset_row(ws)
+    with ws.registry.write() as s:
+        s.add(Host(name="gpu2", kind="ssh", ssh_host="example.invalid", gpus=2, gpu_type="A100-80GB"))
+    first, second, third = (job_row(ws, data) for _ in range(3))
+    wide = job_row(ws, data, hosts=["gpu2"], gpu_config={"type": "A100-80GB", "count": 2, "hourly_rate": 1})
+    narrow = job_row(ws, data, hosts=["gpu2"], gpu_config={"type": "A100-80GB", "count": 1, "hourly_rate": 1})
+    assert queue.kick(ws) == [first.id, wide.id]  # one slot on local, both of gpu2's for the wide job
+    assert spawned == [first.id, wide.id]
+    assert _get(ws, second.id).status == "queued" and _get(ws, narrow.id).status == "queued"
+    assert queue.kick(ws) == []
+    with ws.registry.write() as s:  # the first job ends: its slot goes to the oldest waiting job
+        jobs.transition(s, first.id, jobs.FAILED)
+    assert queue.kick(ws) == [second.id]
+    assert _get(ws, third.id).status == "queued"
+
+
+def test_head_of_queue_blocks_later_jobs_on_its_host(ws, spawned):
+    data = dataset_row(ws)
+    with ws.registry.write() as s:
+        s.add(Host(name="gpu2", kind="ssh", ssh_host="example.invalid", gpus=2, gpu_type="A100-80GB"))
+    one = job_row(ws, data, hosts=["gpu2"], gpu_config={"type": "A100-80GB", "count": 1, "hourly_rate": 1})
+    two = job_row(ws, data, hosts=["gpu2"], gpu_config={"type": "A100-80GB", "count": 2, "hourly_rate": 1})
+    three = job_row(ws, data, hosts=["gpu2"], gpu_config={"type": "A100-80GB", "count": 1, "hourly_rate": 1})
+    assert queue.kick(ws) == [one.id]  # `two` does not fit, and `three` may not overtake it
+    assert _get(ws, three.id).status == "queued"
+
+
+def test_dead_supervisor_is_failed_with_reason_cost_and_notification(ws, spawned):
+    job = job_row(ws, dataset_row(ws))
+    queue.kick(ws)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    started = utcnow() - timedelta(hours=1)
+    with ws.registry.write() as s:
+        jobs.update_attempt(s, job.id, _get(ws, job.id).supervisor_marker, supervisor_pid=gone.pid, started_at=started, heartbeat_at=utcnow())
+    assert queue.reap_dead(ws) == [job.id]
+    row = _get(ws, job.id)
+    assert row.status == "failed" and row.error_message.startswith("supervisor lost")
+    assert row.final_cost == pytest.approx(3.6, rel=0.01)  # one hour at $3.60 until the last heartbeat
+    with ws.registry.session() as s:
+        assert [c.cost_type for c in s.exec(select(CostRecord).where(CostRecord.job_id == job.id))] == ["compute"]
+        note = s.exec(select(Notification).where(Notification.type == "job_failed")).one()
+    assert note.priority == "high" and note.action_command == f"brightrun jobs resume {job.id}"
+    assert queue.reap_dead(ws) == []
+
+
+def test_liveness_needs_the_marker_on_the_command_line(ws, spawned):
+    job = job_row(ws, dataset_row(ws))
+    queue.kick(ws)
+    marker = _get(ws, job.id).supervisor_marker
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
+    try:
+        with ws.registry.write() as s:
+            jobs.update_attempt(s, job.id, marker, supervisor_pid=alive.pid)
+        assert queue.reap_dead(ws) == []
+        with ws.registry.write() as s:  # the same pid without our marker: a reused pid, so the job is dead
+            jobs.update_attempt(s, job.id, marker, supervisor_pid=os.getpid())
+        assert queue.reap_dead(ws) == [job.id]
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_claim_without_pid_is_dead_only_after_the_grace(ws, spawned):
+    job = job_row(ws, dataset_row(ws))
+    queue.kick(ws)
+    assert queue.reap_dead(ws) == []
+    with ws.registry.write() as s:
+        jobs.update_attempt(s, job.id, _get(ws, job.id).supervisor_marker,
+                            heartbeat_at=utcnow() - timedelta(seconds=queue.CLAIM_GRACE_S + 5))
+    assert queue.reap_dead(ws) == [job.id]
+    assert _get(ws, job.id).error_message == "supervisor lost (it never started)"
+
+
+def test_metrics_tail_reads_only_complete_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(path)
+    assert tail.read() == []
+    path.write_text('{"step": 1, "split": "train", "epoch": 0.1}\n{"step": 2, "spl')
+    assert [m["step"] for m in tail.read()] == [1]
+    with path.open("a") as fh:
+        fh.write('it": "train", "epoch": 0.2}\nnot json\n{"step": 3}\n')
+    assert [m["step"] for m in tail.read()] == [2, 3]
+    assert tail.bad_lines == 1
+
+
+def test_ingestion_is_idempotent_on_job_step_split(ws):
+    job = job_row(ws, dataset_row(ws))
+    lines = [{"time": 1764100000.0 + i, "split": "train", "epoch": i / 10, "step": i, "training_loss": 2.0 - i / 10,
+              "grad_norm": 0.5, "tokens_per_sec": 100.0} for i in range(1, 11)]
+    lines.append({"time": 1764100011.0, "split": "validation", "epoch": 1.0, "step": 10, "validation_loss": 1.5})
+    for _ in range(2):  # a resumed trainer re-writes lines that were already ingested
+        with ws.registry.write() as s:
+            insert_points(s.connection(), point_rows(job.id, lines))
+    with ws.registry.session() as s:
+        points = s.exec(select(MetricPoint).where(MetricPoint.job_id == job.id).order_by(MetricPoint.step, MetricPoint.split)).all()
+    assert [(p.step, p.split) for p in points] == [(i, "train") for i in range(1, 10)] + [(10, "train"), (10, "validation")]
+    assert points[0].gradient_norm == 0.5 and points[0].throughput == 100.0 and points[-1].validation_loss == 1.5
+    assert points[0].timestamp.tzinfo is not None
+
+
+def test_cancel_queued_job_and_refusals(cli, ws, monkeypatch):
+    monkeypatch.setattr(queue, "kick", lambda ws: [])
+    monkeypatch.setattr(queue, "kick_if_needed", lambda home: None)
+    job = job_row(ws, dataset_row(ws))
+    result = cli("jobs", "cancel", job.id, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["status"] == "cancelled"
+    result = cli("jobs", "cancel", job.id)
+    assert result.exit_code == 2 and "already cancelled" in result.stderr
+    result = cli("jobs", "resume", job.id)  # never started: no checkpoint
+    assert result.exit_code == 2 and "no checkpoint" in result.stderr and "jobs retry" in result.stderr
+    retried = json.loads(cli("jobs", "retry", job.id, "--json").stdout)
+    assert retried["id"] != job.id and retried["retry_count"] == 1 and retried["status"] == "queued"
+    assert retried["spec"] is None or retried["spec"]["job_id"] == retried["id"]
+    result = cli("jobs", "rm", retried["id"], "--yes")
+    assert result.exit_code == 2 and "cancel it first" in result.stderr
+
+
+def test_resume_reopens_same_job_as_a_new_attempt(ws, spawned):
+    job = job_row(ws, dataset_row(ws), spec={"job_id": "x"})
+    queue.kick(ws)
+    old_marker = _get(ws, job.id).supervisor_marker
+    with ws.registry.write() as s:
+        jobs.transition(s, job.id, jobs.FAILED, error_message="supervisor lost")
+    (ws.home / job.run_dir / "checkpoints" / "step-7").mkdir(parents=True)
+    row = jobs.resume_job(ws, job.id, max_cost=5.0)
+    assert row.id == job.id and row.resume_count == 1 and row.max_cost == 5.0
+    assert row.status == "initializing" and row.error_message is None and row.supervisor_marker != old_marker
+    with ws.registry.write() as s:  # the old attempt's writers are locked out
+        assert not jobs.update_attempt(s, job.id, old_marker, current_step=99)
+    with pytest.raises(jobs.ConflictError):
+        jobs.resume_job(ws, job.id)
+
+
+def test_rm_hides_job_drops_points_and_run_dir_keeps_costs(cli, ws):
+    job = job_row(ws, dataset_row(ws))
+    run_dir = ws.home / job.run_dir
+    run_dir.mkdir(parents=True)
+    with ws.registry.write() as s:
+        jobs.transition(s, job.id, jobs.CANCELLED)
+        insert_points(s.connection(), point_rows(job.id, [{"step": 1, "epoch": 0.1}]))
+        jobs.record_attempt_cost(s, _get(ws, job.id), attempt_start=utcnow() - timedelta(minutes=1), attempt_end=utcnow())
+    result = cli("jobs", "rm", job.id)  # stdin is not a terminal: needs --yes
+    assert result.exit_code == 2 and "--yes" in result.stderr
+    assert cli("jobs", "rm", job.id, "--yes").exit_code == 0
+    assert not run_dir.exists()
+    assert json.loads(cli("jobs", "list", "--json").stdout) == []
+    with ws.registry.session() as s:
+        assert s.exec(select(MetricPoint).where(MetricPoint.job_id == job.id)).all() == []
+        assert len(s.exec(select(CostRecord).where(CostRecord.job_id == job.id)).all()) == 1
+    assert cli("jobs", "show", job.id).exit_code == 2
+
+
+def test_list_filters_and_show(cli, ws, spawned):
+    data = dataset_row(ws)
+    a, b = job_row(ws, data), job_row(ws, data)
+    queue.kick(ws)
+    rows = json.loads(cli("jobs", "list", "--status", "queued", "--json").stdout)
+    assert [r["id"] for r in rows] == [b.id]
+    assert {r["id"] for r in json.loads(cli("jobs", "list", "--status", "active", "--json").stdout)} == {a.id, b.id}
+    result = cli("jobs", "list", "--status", "bogus")
+    assert result.exit_code == 2 and "unknown job status 'bogus'" in result.stderr
+    shown = json.loads(cli("jobs", "show", a.id[:12], "--json").stdout)
+    assert shown["status"] == "initializing" and shown["gpu_config"]["count"] == 1
+    assert "brightrun watch" in cli("jobs", "show", a.id).stdout
+
+
+def test_train_refuses_bad_input_without_creating_a_job(cli, ws):
+    dataset_row(ws, "broken", status="error")
+    cases = [
+        (["--dataset", "nope"], "no dataset matches 'nope'"),
+        (["--dataset", "broken"], "dataset 'broken' is error"),
+        (["--dataset", "broken", "--host", "a", "--hosts", "b"], "--host and --hosts"),
+        (["--dataset", "broken", "--max-cost", "-1"], "--max-cost must be positive"),
+    ]
+    for args, message in cases:
+        result = cli("train", *args, "--detach")
+        assert result.exit_code == 2, (args, result.stdout, result.stderr)
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    with ws.registry.session() as s:
+        assert s.exec(select(TrainingJob)).all() == []

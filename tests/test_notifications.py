@@ -1,0 +1,83 @@
+"""Notifications: rows with priority and next command, list/read, and the config.toml hook."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from brightrun_cli.services.notifications import list_notifications, mark_read, notify
+from brightrun_cli.services.workspace import Workspace
+
+
+def _hook(home, script: str, timeout: float = 10.0) -> None:
+    hook = [sys.executable, "-c", script]
+    (home / "config.toml").write_text(f"notification_hook = {json.dumps(hook)}\nnotification_hook_timeout = {timeout}\n")
+
+
+def test_hook_gets_each_event_as_json_after_commit(brightrun_home):
+    out = brightrun_home / "events.ndjson"
+    _hook(brightrun_home, f"import sys; open({str(out)!r}, 'a').write(sys.stdin.read() + '\\n')")
+    ws = Workspace.open()
+    with ws.registry.write() as session:
+        notify(session, "job_failed", "Training failed", "boom", priority="high", action_command="brightrun jobs logs x", job_id="j1")
+        notify(session, "job_queued", "Training queued", "queued", priority="low")
+        assert not out.exists()  # nothing announced before the commit
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["type"] for e in events] == ["job_failed", "job_queued"]
+    assert events[0]["priority"] == "high" and events[0]["action_command"] == "brightrun jobs logs x"
+    assert events[0]["job_id"] == "j1" and events[0]["created_at"].endswith("Z") and "metadata" in events[0]
+
+
+def test_rolled_back_change_announces_nothing(brightrun_home):
+    out = brightrun_home / "events.ndjson"
+    _hook(brightrun_home, f"import sys; open({str(out)!r}, 'a').write(sys.stdin.read())")
+    ws = Workspace.open()
+    with pytest.raises(RuntimeError):
+        with ws.registry.write() as session:
+            notify(session, "job_failed", "t", "m")
+            raise RuntimeError("the change fails")
+    assert not out.exists()
+    assert list_notifications(ws)[0] == []
+
+
+def test_failing_and_hanging_hooks_are_logged_and_never_raise(brightrun_home):
+    _hook(brightrun_home, "import sys; sys.stderr.write('hook broke\\n'); sys.exit(3)")
+    ws = Workspace.open()
+    with ws.registry.write() as session:
+        notify(session, "job_completed", "done", "m")
+    log = (brightrun_home / "hook.log").read_text()
+    assert "exited 3 on job_completed" in log and "hook broke" in log
+    _hook(brightrun_home, "import time; time.sleep(30)", timeout=0.5)
+    with Workspace.open().registry.write() as session:
+        notify(session, "job_completed", "done", "m")
+    assert "timed out after 0.5s" in (brightrun_home / "hook.log").read_text()
+    assert list_notifications(ws)[1] == 2  # both rows committed regardless
+
+
+def test_list_newest_first_unread_and_read(cli, brightrun_home):
+    ws = Workspace.open()
+    for i in range(3):
+        with ws.registry.write() as session:
+            notify(session, "job_queued", f"t{i}", f"message {i}", action_command=f"brightrun watch j{i}")
+    result = cli("notifications", "--json")
+    data = json.loads(result.stdout)
+    assert result.exit_code == 0 and data["unread_count"] == 3
+    assert [n["message"] for n in data["notifications"]] == ["message 2", "message 1", "message 0"]
+    newest = data["notifications"][0]["id"]
+    assert cli("notifications", "read", newest).exit_code == 0
+    data = json.loads(cli("notifications", "--unread", "--json").stdout)
+    assert data["unread_count"] == 2 and newest not in [n["id"] for n in data["notifications"]]
+    assert len(json.loads(cli("notifications", "--limit", "1", "--json").stdout)["notifications"]) == 1
+    human = cli("notifications").stdout
+    assert "brightrun watch j2" in human and "2 unread" in human
+    assert cli("notifications", "read", "--all").stdout.strip() == "marked 2 notifications read"
+    assert mark_read(ws, all=True) == 0
+
+
+def test_read_needs_exactly_one_target(cli):
+    result = cli("notifications", "read")
+    assert result.exit_code == 2 and "give one notification id or --all" in result.stderr
+    result = cli("notifications", "read", "zzzzzzzz")
+    assert result.exit_code == 2 and "no notification matches" in result.stderr
