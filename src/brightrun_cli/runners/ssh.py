@@ -49,6 +49,7 @@ DEFAULT_WORKDIR = "brightrun"  # relative: below the remote home, i.e. ~/brightr
 CONNECT_TIMEOUT_S = 10
 COMMAND_TIMEOUT_S = 60.0
 CONTROL_PERSIST_S = 300  # idle master lifetime after its last client
+MASTER_RECHECK_S = 30.0  # how long a verified master is trusted without `ssh -O check`
 SOCKET_PATH_MAX = 100  # sun_path is 104-108 bytes; ssh appends a temp suffix while binding
 REMOTE_ENV_MARKER = "BRIGHTRUN_REMOTE_JOB"
 # Files the trainer appends to and `sync` tails home, in this order.
@@ -131,6 +132,7 @@ class SSHConnection:
         self.host = host
         identity = f"{host.ssh_user}@{host.ssh_host}:{host.ssh_port}:{host.identity_file}:{ws.config.ssh_config}"
         self.control_path = _control_dir(ws.home) / f"cm-{hashlib.sha256(identity.encode()).hexdigest()[:20]}"
+        self._master_seen = 0.0  # monotonic time the master was last known to answer
 
     # -- argv ---------------------------------------------------------------------
     def ssh_options(self, *, master: bool = False) -> list[str]:
@@ -173,12 +175,16 @@ class SSHConnection:
     # -- running ------------------------------------------------------------------
     def ensure_master(self, timeout: float = COMMAND_TIMEOUT_S) -> None:
         """Start the multiplexing master if none is listening. Raises SSHFailure."""
+        now = time.monotonic()
+        if now - self._master_seen < MASTER_RECHECK_S and self.control_path.exists():
+            return  # checked moments ago; a failure in between resets this (forget_master)
         if self.control_path.exists():
             check = subprocess.run(
                 ["ssh", *self.ssh_options(), "-O", "check", "--", self.host.ssh_host],
                 capture_output=True, timeout=timeout,
             )
             if check.returncode == 0:
+                self._master_seen = now
                 return
             self.control_path.unlink(missing_ok=True)  # stale socket of a dead master
         # -f forks once authenticated; the forked master keeps stderr open, so it goes
@@ -197,6 +203,11 @@ class SSHConnection:
             if proc.returncode != 0:
                 err.seek(0)
                 raise classify_ssh_error(self.host, err.read().decode(errors="replace"))
+        self._master_seen = time.monotonic()
+
+    def forget_master(self) -> None:
+        """After a failed command: check (and if need be restart) the master next time."""
+        self._master_seen = 0.0
 
     def close_master(self) -> None:
         if self.control_path.exists():
@@ -209,12 +220,14 @@ class SSHConnection:
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
+            self.forget_master()
             raise SSHFailure(
                 f"host '{self.host.name}' did not answer within {timeout:.0f} s", "check the connection", kind="unreachable"
             ) from None
         stderr = proc.stderr.decode(errors="replace")
         # rsync reports a broken ssh as 255 or as its own protocol/IO errors (12, 35).
         if proc.returncode == 255 or (argv[0] == "rsync" and proc.returncode in (12, 35) and "ssh" in stderr.lower()):
+            self.forget_master()
             raise classify_ssh_error(self.host, stderr)
         if check and proc.returncode != 0:
             first = next((line for line in stderr.splitlines() if line.strip()), f"exit status {proc.returncode}")
@@ -513,8 +526,8 @@ class SSHRunner(Runner):
                 self._down_since = now
             self._failures += 1
             self._next_try = now + min(self.backoff_max_s, 2 ** (self._failures - 1))
-            for conn in self.conns.values():  # a dead master would otherwise be reused
-                conn.control_path.unlink(missing_ok=True)
+            for conn in self.conns.values():
+                conn.forget_master()
             raise self._unreachable(exc.message) from exc
         self._down_since = None
         self._failures = 0
