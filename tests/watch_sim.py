@@ -87,7 +87,7 @@ def add_point(ws: Workspace, job_id: str, step: int, total: int, *, split: str =
         s.add(MetricPoint(**values))
         job = s.get(TrainingJob, job_id)
         job.current_step = max(job.current_step, step)
-        job.current_epoch = min(epochs - 1, int(epoch))
+        job.current_epoch = math.ceil(epoch)  # the epoch under way, from 1 (as the supervisor records it)
         job.progress = step / total * 100
         job.current_cost = 1.2 * step / total
         job.updated_at = job.heartbeat_at = utcnow()

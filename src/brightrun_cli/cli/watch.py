@@ -187,10 +187,11 @@ def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False) -> i
     A terminal gets the live dashboard, other outputs plain lines, `json_output` NDJSON.
     """
     from brightrun_cli.errors import NotFoundError
-    from brightrun_cli.services.watch import JobFollower, resolve_job_id
+    from brightrun_cli.services.jobs import get_job
+    from brightrun_cli.services.watch import JobFollower
 
     try:
-        job_id = resolve_job_id(ws, job_ref)
+        job_id = get_job(ws, job_ref).id
     except NotFoundError as exc:
         _stderr(f"error: {exc}")
         return EXIT_JOB_NOT_FOUND

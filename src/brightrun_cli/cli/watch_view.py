@@ -99,7 +99,7 @@ def header(job: JobView, now: datetime) -> RenderableType:
 def progress(job: JobView, now: datetime) -> RenderableType:
     fraction = job.fraction
     bar = ProgressBar(total=1.0, completed=fraction)
-    epochs = f"epoch {min(job.current_epoch + (0 if job.terminal else 1), job.total_epochs)}/{job.total_epochs}"
+    epochs = f"epoch {job.current_epoch}/{job.total_epochs}"  # current_epoch counts the epoch under way from 1
     eta = job.eta(now)
     line = Text(f"{epochs}  step {_steps(job)}  {fraction * 100:.0f}%")
     if eta is not None:

@@ -18,9 +18,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from brightrun_cli.registry.timeutil import parse_db_time
+from brightrun_cli.services.jobs import run_dir
 
 ACTIVE_STATUSES = ("queued", "initializing", "running")
 TERMINAL_STATUSES = ("completed", "failed", "cancelled")
+# launcher.log is left out: it repeats trainer.log (the trainer logs to stderr as well).
 LOG_FILES = ("trainer.log", "supervisor.log")
 KEPT_LOG_LINES = 200
 # On a first look at a big log only its end matters (the dashboard shows the last lines).
@@ -178,15 +180,6 @@ class BoardRow:
     throughput: float | None
 
 
-def resolve_job_id(ws, ref: str) -> str:
-    """The id of the live job that `ref` (id or unique prefix) names; NotFoundError otherwise."""
-    from brightrun_cli.registry.queries import resolve
-    from brightrun_cli.registry.tables import TrainingJob
-
-    with ws.registry.session() as session:
-        return resolve(session, TrainingJob, ref, "job").id
-
-
 def _loads(text: str | None, default):
     value = json.loads(text) if text else None  # SQLAlchemy stores a JSON None as 'null'
     return default if value is None else value
@@ -266,8 +259,7 @@ class JobFollower:
         self._last_point_id = 0
         self._data_version: int | None = None
         row = self._read_job()
-        run_dir = ws.home / (row.run_dir or f"runs/{job_id}")
-        self._logs = [LogTail(run_dir / name) for name in LOG_FILES]
+        self._logs = [LogTail(run_dir(ws, row) / name) for name in LOG_FILES]
         self.state = WatchState(job=row)
 
     def _read_job(self) -> JobView:
