@@ -207,3 +207,11 @@ def test_gpus_catalog_and_price_override(cli, brightrun_home):
     (brightrun_home / "config.toml").write_text("gpu_prices = {T4 = 1.0}\n")
     result = cli("gpus")
     assert result.exit_code == 2 and "unknown GPU type 'T4'" in result.stderr
+
+
+def test_all_linear_targets_every_projection():
+    shape = ModelShape.from_config(LLAMA_7B)
+    config = TrainingConfig(target_modules="all-linear", lora_rank=8)
+    assert config.hyperparameters()["target_modules"] == "all-linear"  # what PEFT takes
+    per_layer = 8 * (4 * (4096 + 4096) + 3 * (4096 + 11008))
+    assert shape.lora_params(config.target_modules, 8) == 32 * per_layer

@@ -44,7 +44,7 @@ def list_cmd(ctx: typer.Context, json_output: common.JsonOpt = False) -> None:
 def _show(preset, json_output: bool) -> None:
     from rich.table import Table
 
-    from brightrun_cli.presets.schema import TrainingConfig, field_range
+    from brightrun_cli.presets.schema import TrainingConfig, field_allowed
 
     if json_output:
         common.print_json(_preset_json(preset))
@@ -58,7 +58,7 @@ def _show(preset, json_output: bool) -> None:
     for name, info in TrainingConfig.model_fields.items():
         value = values[name]
         shown = ",".join(value) if isinstance(value, list) else ("-" if value is None else str(value))
-        table.add_row(name, shown, "yes" if name in preset.values else "", field_range(name) or "", info.description or "")
+        table.add_row(name, shown, "yes" if name in preset.values else "", field_allowed(name), info.description or "")
     out.print(table)
 
 

@@ -7,7 +7,7 @@ the keys of the trainer spec's `hyperparameters` object (docs/ARCHITECTURE.md).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -52,13 +52,13 @@ class TrainingConfig(BaseModel):
     warmup_steps: int = Field(100, ge=0, le=100_000, description="Optimizer steps of linear learning-rate warm-up (capped by the trainer at the run's length)")
     weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay on the LoRA parameters")
     max_seq_length: int = Field(2048, ge=32, le=131_072, description="Tokens per training sequence (packed block, or truncation length without packing)")
-    target_modules: list[str] = Field(
+    target_modules: Literal["all-linear"] | list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1,
-        description="Names of the linear modules that get LoRA adapters (comma-separated with --set)",
+        description="Linear modules that get LoRA adapters: names (comma-separated with --set), or all-linear",
     )
     gradient_accumulation_steps: int = Field(1, ge=1, le=256, description="Micro-steps accumulated per optimizer step")
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
-        "cosine", description="Learning-rate schedule after warm-up"
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate schedule after the linear warm-up"
     )
     max_grad_norm: float = Field(1.0, gt=0, le=100, description="Gradient clipping norm")
     packing: bool = Field(True, description="Pack several conversations into one sequence (attention never crosses conversations)")
@@ -75,8 +75,10 @@ class TrainingConfig(BaseModel):
     @field_validator("target_modules", mode="before")
     @classmethod
     def _split_modules(cls, value: Any) -> Any:
-        if isinstance(value, str):
+        if isinstance(value, str) and value.strip() != "all-linear":
             return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, str):
+            return value.strip()
         return value
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -103,6 +105,16 @@ def field_range(name: str) -> str | None:
     left = "" if low is None else f"{'>' if low[1] == 'gt' else ''}{_num(low[0])}"
     right = "" if high is None else f"{'<' if high[1] == 'lt' else ''}{_num(high[0])}"
     return f"{left}..{right}"
+
+
+def field_allowed(name: str) -> str:
+    """What a field accepts, for help tables: its range, or its choices."""
+    info = TrainingConfig.model_fields[name]
+    if get_origin(info.annotation) is Literal:
+        return "|".join(get_args(info.annotation))
+    if info.annotation is bool:
+        return "true|false"
+    return field_range(name) or ""
 
 
 def _num(value: float) -> str:

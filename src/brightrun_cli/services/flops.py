@@ -113,13 +113,13 @@ class ModelShape:
             "out_proj": (self.attn_dim, h), "dense": (self.attn_dim, h),
         }.get(name)
 
-    def targeted_modules(self, targets: list[str]) -> list[str]:
-        if targets == ["all-linear"]:
+    def targeted_modules(self, targets: list[str] | str) -> list[str]:
+        if targets == "all-linear":
             names = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
             return names + (["gate_proj"] if self.gated_mlp else [])
         return targets
 
-    def lora_params(self, targets: list[str], rank: int) -> int:
+    def lora_params(self, targets: list[str] | str, rank: int) -> int:
         """Trainable parameters: r * (in + out) per targeted module per layer (MLP modules once per expert)."""
         total = 0
         for name in self.targeted_modules(targets):
