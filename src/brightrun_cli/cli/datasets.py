@@ -73,12 +73,12 @@ def list_command(
         common.console().print("No datasets. Add one: brightrun dataset add FILE.jsonl --name NAME")
         return
     table = Table(box=None)
-    for header in ("ID", "NAME", "STATUS", "FORMAT", "CONVS", "PAIRS T/V", "TOKENS", "SIZE", "CREATED"):
-        table.add_column(header, no_wrap=header in ("ID", "CREATED"))
+    for header in ("ID", "NAME", "STATUS", "CONVS", "PAIRS T/V", "TOKENS", "SIZE", "CREATED"):
+        table.add_column(header, no_wrap=header in ("ID", "NAME", "STATUS", "CREATED"))
     for r in rows:
         pairs = "-" if r["total_training_pairs"] is None else f"{r['total_training_pairs']}/{r['total_validation_pairs']}"
         table.add_row(
-            r["id"], r["name"], _status(r["status"]), r["format"], _num(r["total_conversations"]), pairs,
+            r["id"], r["name"], _status(r["status"]), _num(r["total_conversations"]), pairs,
             _tokens(r["total_tokens"], r["token_count_method"]), _size(r["file_size"]), f"{r['created_at']:%Y-%m-%d %H:%M}",
         )
     common.console().print(table)
