@@ -170,3 +170,50 @@ def sshd(tmp_path_factory, brightrun_home):
     write_brightrun_config(brightrun_home, server)
     yield server
     server.stop()
+
+
+# -- a self-contained trainer run dir (what the supervisor hands a runner) -------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "support_conversations.jsonl"
+
+
+def make_run_dir(ws, job_id: str, *, epochs: int = 1, n_train: int = 48, n_val: int = 8, batch_size: int = 8) -> Path:
+    """runs/<job_id>/ with train/validation splits from the shipped example and a spec
+    for builtin:tiny on the CPU (the tiny preset's values)."""
+    import json
+
+    lines = EXAMPLES.read_text(encoding="utf-8").splitlines()
+    run_dir = ws.runs_dir / job_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "train.jsonl").write_text("\n".join(lines[:n_train]) + "\n")
+    (run_dir / "validation.jsonl").write_text("\n".join(lines[n_train:n_train + n_val]) + "\n")
+    spec = {
+        "version": 1, "job_id": job_id, "base_model": "builtin:tiny",
+        "train_file": "train.jsonl", "validation_file": "validation.jsonl", "output_dir": ".", "seed": 42,
+        "hyperparameters": {
+            "learning_rate": 1e-3, "batch_size": batch_size, "num_epochs": epochs, "lora_rank": 8, "lora_alpha": 16,
+            "lora_dropout": 0.0, "warmup_steps": 2, "weight_decay": 0.0, "max_seq_length": 256,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "gradient_accumulation_steps": 1,
+            "lr_scheduler": "cosine", "max_grad_norm": 1.0, "packing": True, "gradient_checkpointing": False,
+            "assistant_only_loss": True, "precision": "fp32",
+        },
+        "logging_steps": 1, "save_steps": 0, "max_steps": None, "resume": False,
+    }
+    (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
+    return run_dir
+
+
+def seed_job(ws) -> str:
+    """A dataset + job row, so metric points can be ingested into the registry."""
+    from brightrun_cli.registry.tables import Dataset, TrainingJob
+
+    with ws.registry.write() as session:
+        dataset = Dataset(name=f"ssh-bench-{time.time_ns()}", storage_path=f"datasets/{time.time_ns()}/data.jsonl",
+                          file_name="data.jsonl", file_size=0, status="ready", training_ready=True)
+        session.add(dataset)
+        session.flush()
+        job = TrainingJob(dataset_id=dataset.id, preset_id="tiny", base_model="builtin:tiny", hyperparameters={},
+                          gpu_config={"type": "cpu", "count": 1}, total_epochs=1, estimated_total_cost=0.0)
+        session.add(job)
+        session.flush()
+        return job.id

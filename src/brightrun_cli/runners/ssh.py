@@ -49,6 +49,7 @@ DEFAULT_WORKDIR = "brightrun"  # relative: below the remote home, i.e. ~/brightr
 CONNECT_TIMEOUT_S = 10
 COMMAND_TIMEOUT_S = 60.0
 CONTROL_PERSIST_S = 300  # idle master lifetime after its last client
+STATUS_FRESH_S = 1.0  # how old a status seen by sync may be for poll to reuse it
 MASTER_RECHECK_S = 30.0  # how long a verified master is trusted without `ssh -O check`
 SOCKET_PATH_MAX = 100  # sun_path is 104-108 bytes; ssh appends a temp suffix while binding
 REMOTE_ENV_MARKER = "BRIGHTRUN_REMOTE_JOB"
@@ -277,7 +278,10 @@ except OSError:
 print(s.getsockname()[1])' "$2"
 """
 
-# $1 python, $2 run dir, $3 code dir, $4 marker, then the trainer argv.
+# $1 python, $2 run dir, $3 code dir, $4 marker, then the trainer argv. The setsid'd
+# wrapper is the session and process-group leader; its TERM trap lets it outlive a
+# TERM long enough to record the trainer's exit status, and a KILL takes it down too.
+# (dash's kill takes no "--": negative pids are process groups as they stand.)
 START = _PY + r"""
 run=$2; code=$3; marker=$4; shift 4
 code=$(cd "$code" && pwd) || exit 3
@@ -285,8 +289,6 @@ cd "$run" || exit 3
 rm -f exit_code exit_code.tmp trainer.pid
 PYTHONPATH="$code${PYTHONPATH:+:$PYTHONPATH}"; export PYTHONPATH
 BRIGHTRUN_REMOTE_JOB=$marker; export BRIGHTRUN_REMOTE_JOB
-# The wrapper is the session and process-group leader; it outlives a TERM (trap) long
-# enough to record the trainer's exit status, and a KILL takes it down with the rest.
 setsid sh -c 'echo $$ > trainer.pid; trap ":" TERM INT; "$@" </dev/null >>launcher.log 2>&1; echo $? > exit_code.tmp; mv exit_code.tmp exit_code' sh "$@" </dev/null >/dev/null 2>&1 &
 i=0
 while [ ! -s trainer.pid ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
@@ -300,7 +302,7 @@ run=$1; shift
 cd "$run" 2>/dev/null || { echo missing; exit 0; }
 pg=$(cat trainer.pid 2>/dev/null)
 if [ -f exit_code ]; then echo "exit $(cat exit_code)"
-elif [ -n "$pg" ] && kill -0 -- "-$pg" 2>/dev/null; then echo running
+elif [ -n "$pg" ] && kill -0 "-$pg" 2>/dev/null; then echo running
 else echo gone; fi
 while [ $# -ge 2 ]; do
   f=$1; off=$2; shift 2
@@ -320,9 +322,9 @@ strays() {
     tr '\0' '\n' < "$d/environ" 2>/dev/null | grep -qxF "BRIGHTRUN_REMOTE_JOB=$marker" && echo "${d#/proc/}"
   done
 }
-alive() { { [ -n "$pg" ] && kill -0 -- "-$pg" 2>/dev/null; } || [ -n "$(strays)" ]; }
+alive() { { [ -n "$pg" ] && kill -0 "-$pg" 2>/dev/null; } || [ -n "$(strays)" ]; }
 signal_all() {
-  [ -n "$pg" ] && kill "-$1" -- "-$pg" 2>/dev/null
+  [ -n "$pg" ] && kill "-$1" "-$pg" 2>/dev/null
   for p in $(strays); do kill "-$1" "$p" 2>/dev/null; done
 }
 signal_all TERM
@@ -408,8 +410,12 @@ class SSHRunner(Runner):
         self.reconnect_limit_s = reconnect_limit_s
         self.backoff_max_s = backoff_max_s
         self._down_since: float | None = None
+        # Rank 0's status as seen by the last sync (same round trip as the new lines), so
+        # the supervisor's sync-then-poll costs one SSH round trip, not two.
+        self._rank0_status: dict[str, tuple[float, str]] = {}
         self._failures = 0
         self._next_try = 0.0
+        self._last_error = ""
 
     # -- paths ------------------------------------------------------------------------
     def _remote_run_dir(self, host: "Host", job_id: str) -> str:
@@ -518,7 +524,7 @@ class SSHRunner(Runner):
         past reconnect_limit_s raise RunnerLost."""
         now = time.monotonic()
         if self._down_since is not None and now < self._next_try:
-            raise self._unreachable(f"waiting {self._next_try - now:.0f} s before reconnecting")
+            raise self._unreachable(self._last_error)
         try:
             result = call()
         except SSHFailure as exc:
@@ -526,6 +532,7 @@ class SSHRunner(Runner):
                 self._down_since = now
             self._failures += 1
             self._next_try = now + min(self.backoff_max_s, 2 ** (self._failures - 1))
+            self._last_error = exc.message
             for conn in self.conns.values():
                 conn.forget_master()
             raise self._unreachable(exc.message) from exc
@@ -592,8 +599,14 @@ class SSHRunner(Runner):
     def poll(self, handle: str) -> int | None:
         h = _Handle.parse(handle)
 
+        def status(rank: int) -> str:
+            seen = self._rank0_status.pop(handle, None) if rank == 0 else None
+            if seen is not None and time.monotonic() - seen[0] < STATUS_FRESH_S:
+                return seen[1]
+            return self._probe(h, rank, ())[0]
+
         def call() -> int | None:
-            codes = [self._status_code(self._probe(h, rank, ())[0]) for rank in range(len(h.pgids))]
+            codes = [self._status_code(status(rank)) for rank in range(len(h.pgids))]
             if codes[0] is not None:
                 return codes[0]  # rank 0's outputs are the job's
             failed = [c for c in codes[1:] if c not in (None, 0)]
@@ -605,8 +618,9 @@ class SSHRunner(Runner):
         h = _Handle.parse(handle)
 
         def call() -> None:
-            _, chunks = self._probe(h, 0, TAILED_FILES)
+            status, chunks = self._probe(h, 0, TAILED_FILES)
             self._append(h.job_id, chunks, final=False)
+            self._rank0_status[handle] = (time.monotonic(), status)
 
         self._guarded(call)
 
