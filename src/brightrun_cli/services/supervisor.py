@@ -19,6 +19,8 @@ stops the trainer's process tree (TERM, grace, KILL) and records the job cancell
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import logging
 import math
 import os
@@ -57,8 +59,6 @@ class MetricsTail:
         self._partial = b""
 
     def read(self) -> list[dict[str, Any]]:
-        import json
-
         try:
             with self.path.open("rb") as fh:
                 fh.seek(self.offset)
@@ -69,55 +69,73 @@ class MetricsTail:
             return []
         self.offset += len(chunk)
         data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()  # an unfinished last line waits for its newline
-        out = []
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except ValueError:
-                self.bad_lines += 1
-                continue
-            if isinstance(item, dict) and isinstance(item.get("step"), int):
-                out.append(item)
-            else:
-                self.bad_lines += 1
+        cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]  # an unfinished last line waits for its newline
+        lines = [line for line in data[:cut].split(b"\n") if line.strip()]
+        if not lines:
+            return []
+        try:  # one parse for the whole batch: the fast path
+            items = json.loads(b"[" + b",".join(lines) + b"]")
+        except ValueError:  # a torn or foreign line somewhere: parse one by one, skip the bad ones
+            items = []
+            for line in lines:
+                try:
+                    items.append(json.loads(line))
+                except ValueError:
+                    items.append(None)
+        out = [item for item in items if isinstance(item, dict) and isinstance(item.get("step"), int)]
+        self.bad_lines += len(items) - len(out)
         return out
 
 
-def point_rows(job_id: str, lines: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """metrics.jsonl lines (file contract names) -> metrics_points rows (registry names)."""
-    rows = []
-    for m in lines:
-        t = m.get("time")
-        rows.append({
-            "job_id": job_id,
-            "timestamp": datetime.fromtimestamp(t, timezone.utc) if isinstance(t, (int, float)) else datetime.now(timezone.utc),
-            "epoch": float(m.get("epoch") or 0.0),
-            "step": m["step"],
-            "split": m.get("split") or "train",
-            "training_loss": m.get("training_loss"),
-            "validation_loss": m.get("validation_loss"),
-            "learning_rate": m.get("learning_rate"),
-            "gradient_norm": m.get("grad_norm"),
-            "throughput": m.get("tokens_per_sec"),
-            "gpu_utilization": m.get("gpu_utilization"),
-            "gpu_memory": m.get("gpu_memory"),
-        })
-    return rows
+POINT_COLUMNS = ("job_id", "timestamp", "epoch", "step", "split", "training_loss", "validation_loss", "learning_rate",
+                 "gradient_norm", "throughput", "gpu_utilization", "gpu_memory")
 
 
-def insert_points(connection, rows: list[dict[str, Any]]) -> int:
-    """Bulk INSERT OR IGNORE (unique on job, step, split) on a Core connection; returns rows offered."""
+@functools.lru_cache(maxsize=256)
+def _db_second(second: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+
+
+def _db_time(seconds: float | None) -> str:
+    """Epoch seconds -> the naive-UTC text registry.tables.UTCDateTime stores on SQLite."""
+    if not isinstance(seconds, (int, float)):
+        seconds = time.time()
+    whole = int(seconds)
+    return f"{_db_second(whole)}.{int((seconds - whole) * 1e6):06d}"
+
+
+def point_rows(job_id: str, lines: Iterable[dict[str, Any]]) -> list[tuple]:
+    """metrics.jsonl lines (file contract names) -> metrics_points rows (registry names, POINT_COLUMNS order).
+
+    Values are already in their stored form: this is the hot path, and SQLAlchemy's
+    per-row bind processing would cost several times the insert itself."""
+    return [
+        (job_id, _db_time(m.get("time")), float(m.get("epoch") or 0.0), m["step"], m.get("split") or "train",
+         m.get("training_loss"), m.get("validation_loss"), m.get("learning_rate"), m.get("grad_norm"),
+         m.get("tokens_per_sec"), m.get("gpu_utilization"), m.get("gpu_memory"))
+        for m in lines
+    ]
+
+
+@functools.lru_cache(maxsize=1)
+def _insert_sql() -> str:
     from sqlalchemy import insert
+    from sqlalchemy.dialects import sqlite
 
     from brightrun_cli.registry.tables import MetricPoint
 
-    statement = insert(MetricPoint.__table__).prefix_with("OR IGNORE")
+    statement = insert(MetricPoint.__table__).prefix_with("OR IGNORE").values({c: None for c in POINT_COLUMNS})
+    compiled = statement.compile(dialect=sqlite.dialect(paramstyle="qmark"))
+    return str(compiled)
+
+
+def insert_points(connection, rows: list[tuple]) -> int:
+    """Bulk INSERT OR IGNORE (unique on job, step, split) on a Core connection, in batches of
+    positional rows (executemany straight to the driver); returns the rows offered."""
+    sql = _insert_sql()
     for start in range(0, len(rows), BATCH_ROWS):
-        connection.execute(statement, rows[start:start + BATCH_ROWS])
+        connection.exec_driver_sql(sql, rows[start:start + BATCH_ROWS])
     return len(rows)
 
 

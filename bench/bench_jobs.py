@@ -1,0 +1,170 @@
+"""Jobs benchmarks (issue 5).
+
+1. Metric ingestion: points/s that the supervisor's path (MetricsTail -> point_rows ->
+   Core INSERT OR IGNORE in batches, one transaction per read) puts into the registry
+   while another process polls it like `watch` does. Baseline in the same run: the
+   same points through the ORM (session.add per row). Goal >= 100,000 points/s.
+2. Submit -> first metric point: `brightrun train --detach` on builtin:tiny (CPU) until
+   the first row is in metrics_points. Baseline in the same run: the bare trainer
+   launch (the same accelerate argv, no brightrun around it) until its first
+   metrics.jsonl line. Goal <= 8 s.
+
+    PYTHONPATH=src .venv/bin/python bench/bench_jobs.py [--points 200000] [--skip-submit]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def _reader(db: str, stop, counts) -> None:
+    """Poll like watch: the newest points above the last seen id, every 50 ms."""
+    conn = sqlite3.connect(db, timeout=30)
+    last, polls = 0, 0
+    while not stop.is_set():
+        rows = conn.execute("SELECT id, step, training_loss FROM metrics_points WHERE id > ? ORDER BY id", (last,)).fetchall()
+        if rows:
+            last = rows[-1][0]
+        polls += 1
+        time.sleep(0.05)
+    counts.put((polls, last))
+    conn.close()
+
+
+def _lines(n: int, job_id: str) -> list[str]:
+    return [json.dumps({"time": 1764100000.0 + i * 0.01, "split": "train", "epoch": i / n, "step": i, "total_steps": n,
+                        "training_loss": 2.0 - i / n, "validation_loss": None, "learning_rate": 2e-4, "grad_norm": 0.8,
+                        "tokens_per_sec": 5000.0, "tokens_seen": i * 512, "gpu_utilization": None, "gpu_memory": None})
+            for i in range(1, n + 1)]
+
+
+def bench_ingest(points: int) -> tuple[float, float]:
+    from brightrun_cli.services.supervisor import MetricsTail, insert_points, point_rows
+    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.registry.tables import MetricPoint
+    from jobs_helpers import dataset_row, job_row
+
+    with tempfile.TemporaryDirectory() as home:
+        ws = Workspace.open(home)
+        data = dataset_row(ws)
+        job, orm_job = job_row(ws, data), job_row(ws, data)
+        path = Path(home) / "metrics.jsonl"
+        path.write_text("\n".join(_lines(points, job.id)) + "\n")
+
+        stop, counts = multiprocessing.Event(), multiprocessing.Queue()
+        reader = multiprocessing.Process(target=_reader, args=(str(ws.registry.path), stop, counts))
+        reader.start()
+        time.sleep(0.3)
+        start = time.perf_counter()
+        tail = MetricsTail(path)
+        rows = point_rows(job.id, tail.read())
+        with ws.registry.write() as session:
+            insert_points(session.connection(), rows)
+        core_s = time.perf_counter() - start
+        stop.set()
+        polls, last = counts.get(timeout=30)
+        reader.join()
+
+        orm_n = min(points, 20_000)  # the baseline is slow; a sample gives its rate
+        orm_lines = [json.loads(line) for line in _lines(orm_n, orm_job.id)]
+        start = time.perf_counter()
+        with ws.registry.write() as session:
+            for m in orm_lines:
+                session.add(MetricPoint(job_id=orm_job.id, timestamp=datetime.fromtimestamp(m["time"], timezone.utc), epoch=m["epoch"],
+                                        step=m["step"], split=m["split"], training_loss=m["training_loss"], learning_rate=m["learning_rate"],
+                                        gradient_norm=m["grad_norm"], throughput=m["tokens_per_sec"]))
+        orm_s = time.perf_counter() - start
+        conn = ws.registry.connect()
+        stored = conn.execute("SELECT COUNT(*) FROM metrics_points WHERE job_id = ?", (job.id,)).fetchone()[0]
+        conn.close()
+        assert stored == points, (stored, points)
+        print(f"ingest: {points} points in {core_s:.3f} s = {points / core_s:,.0f} points/s (reader polled {polls}x meanwhile)")
+        print(f"baseline ORM add-per-row: {orm_n / orm_s:,.0f} points/s -> ratio {(points / core_s) / (orm_n / orm_s):.1f}x")
+        return points / core_s, orm_n / orm_s
+
+
+def _first_line(path: Path, timeout: float) -> float | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size > 0:
+            return time.monotonic()
+        time.sleep(0.02)
+    return None
+
+
+def bench_submit(repeats: int) -> None:
+    from jobs_helpers import conversations
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    first_points, bare = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as home:
+            env["BRIGHTRUN_HOME"] = home
+            data = conversations(Path(home) / "chat.jsonl", 200)
+            subprocess.run([sys.executable, "-m", "brightrun_cli", "dataset", "add", str(data), "--name", "d", "--base-model", "builtin:tiny"],
+                           env=env, check=True, capture_output=True)
+            start = time.monotonic()
+            out = subprocess.run([sys.executable, "-m", "brightrun_cli", "train", "--dataset", "d", "--preset", "tiny", "--detach", "--json"],
+                                 env=env, check=True, capture_output=True, text=True)
+            job_id = json.loads(out.stdout)["id"]
+            db = sqlite3.connect(Path(home) / "registry.db", timeout=30)
+            first = None
+            while time.monotonic() - start < 120:
+                if db.execute("SELECT 1 FROM metrics_points WHERE job_id = ? LIMIT 1", (job_id,)).fetchone():
+                    first = time.monotonic() - start
+                    break
+                time.sleep(0.02)
+            db.close()
+            subprocess.run([sys.executable, "-m", "brightrun_cli", "jobs", "cancel", job_id], env=env, capture_output=True)
+            first_points.append(first if first is not None else float("inf"))
+            # Baseline: the same launch argv straight from here, into a copy of the run dir.
+            run_dir = Path(home) / "runs" / job_id
+            bare_dir = Path(home) / "bare"
+            bare_dir.mkdir()
+            for name in ("train.jsonl", "validation.jsonl"):
+                (bare_dir / name).write_bytes((run_dir / name).read_bytes())
+            spec = json.loads((run_dir / "spec.json").read_text())
+            (bare_dir / "spec.json").write_text(json.dumps(dict(spec, resume=False)))
+            from brightrun_cli.runners.accelerate import accelerate_argv
+
+            start = time.monotonic()
+            proc = subprocess.Popen(accelerate_argv(bare_dir / "spec.json"), cwd=bare_dir, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            seen = _first_line(bare_dir / "metrics.jsonl", 120)
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            bare.append(seen - start if seen else float("inf"))
+    med, base = statistics.median(first_points), statistics.median(bare)
+    print(f"submit -> first metric point: median {med:.2f} s over {repeats} (runs: {', '.join(f'{x:.2f}' for x in first_points)}); goal <= 8 s")
+    print(f"baseline bare trainer launch -> first metrics line: median {base:.2f} s -> brightrun overhead {med - base:+.2f} s, ratio {med / base:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--points", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-submit", action="store_true")
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    bench_ingest(args.points)
+    if not args.skip_submit:
+        bench_submit(args.repeats)
+
+
+if __name__ == "__main__":
+    main()
