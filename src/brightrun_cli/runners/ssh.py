@@ -267,8 +267,12 @@ SHIP_DONE = r"""
 : > "$1/.complete"
 """
 
-FREE_PORT = _PY + r"""
-"$py" -c 'import socket, sys
+# $1 python, $2 preferred port. Prints the address this host was reached on (from
+# SSH_CONNECTION: the other nodes are told to rendezvous there), then a free port.
+RENDEZVOUS = _PY + r"""
+set -- "$py" "$2" $SSH_CONNECTION
+echo "${5:-}"
+"$1" -c 'import socket, sys
 p = int(sys.argv[1])
 s = socket.socket()
 try:
@@ -426,7 +430,7 @@ class SSHRunner(Runner):
     def _main_port(self, job_id: str) -> int:
         return DEFAULT_MAIN_PORT_BASE + int(hashlib.sha256(job_id.encode()).hexdigest(), 16) % 2000
 
-    def _trainer_argv(self, request: LaunchRequest, rank: int, port: int) -> list[str]:
+    def _trainer_argv(self, request: LaunchRequest, rank: int, rendezvous: tuple[str, int]) -> list[str]:
         from brightrun_cli.runners.accelerate import accelerate_argv
 
         host = self.hosts[rank]
@@ -436,10 +440,11 @@ class SSHRunner(Runner):
             num_processes=request.num_processes,
             num_machines=len(self.hosts),
             machine_rank=rank,
-            main_process_ip=self.hosts[0].ssh_host if multi else None,
-            main_process_port=port if multi else None,
+            main_process_ip=rendezvous[0] if multi else None,
+            main_process_port=rendezvous[1] if multi else None,
             python=remote_python(host),
-            cpu=True if host.gpu_type == "cpu" else None,
+            # CPU DDP (several processes or machines) must leave cpu unset: gloo workers.
+            cpu=True if host.gpu_type == "cpu" and not multi and request.num_processes == 1 else None,
         )
         env = dict(request.env)
         bad = [k for k in env if not ENV_NAME_RE.match(k)]
@@ -447,19 +452,20 @@ class SSHRunner(Runner):
             raise UsageError(f"invalid environment variable name {bad[0]!r}", "use letters, digits and _")
         return (["env", *(f"{k}={v}" for k, v in sorted(env.items()))] if env else []) + argv
 
-    def _start_argv(self, request: LaunchRequest, rank: int, port: int, code_dir: str, marker: str) -> list[str]:
+    def _start_argv(self, request: LaunchRequest, rank: int, rendezvous: tuple[str, int], code_dir: str, marker: str) -> list[str]:
         host = self.hosts[rank]
         conn = self.conns[host.name]
         return conn.script_argv(
             START, remote_python(host), self._remote_run_dir(host, request.job_id), code_dir, marker,
-            *self._trainer_argv(request, rank, port),
+            *self._trainer_argv(request, rank, rendezvous),
         )
 
     # -- Runner -------------------------------------------------------------------------
     def launch_argv(self, request: LaunchRequest) -> list[str]:
         """The ssh command that starts rank 0 (other ranks differ only in host and rank)."""
         code_dir = f"{remote_workdir(self.hosts[0])}/code/{code_version()}"
-        return self._start_argv(request, 0, self._main_port(request.job_id), code_dir, f"{request.job_id}:<token>")
+        rendezvous = (self.hosts[0].ssh_host, self._main_port(request.job_id))
+        return self._start_argv(request, 0, rendezvous, code_dir, f"{request.job_id}:<token>")
 
     def _inputs(self, request: LaunchRequest) -> list[str]:
         """spec.json and the split files it names, as paths relative to the run dir."""
@@ -497,15 +503,15 @@ class SSHRunner(Runner):
                            extra=("--relative",))
             except SSHFailure as exc:
                 raise OperationError(f"cannot start the trainer on '{host.name}': {exc.message}", exc.hint) from exc
-        port = self._main_port(request.job_id)
+        rendezvous = (self.hosts[0].ssh_host, self._main_port(request.job_id))
         if len(self.hosts) > 1:
             host0 = self.hosts[0]
-            out = self.conns[host0.name].run_script(FREE_PORT, remote_python(host0), str(port))
-            port = int(out.stdout.decode().strip())
+            out = self.conns[host0.name].run_script(RENDEZVOUS, remote_python(host0), str(rendezvous[1])).stdout.decode().split()
+            rendezvous = (out[0], int(out[1])) if len(out) == 2 else (host0.ssh_host, int(out[-1]))
         pgids: list[tuple[str, int]] = []
         for rank, host in enumerate(self.hosts):
             conn = self.conns[host.name]
-            proc = conn.run(self._start_argv(request, rank, port, code_dirs[host.name], marker))
+            proc = conn.run(self._start_argv(request, rank, rendezvous, code_dirs[host.name], marker))
             text = proc.stdout.decode().strip()
             if not text.isdigit():
                 if pgids:
