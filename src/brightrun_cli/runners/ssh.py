@@ -480,47 +480,46 @@ class SSHRunner(Runner):
                         "an SSH run needs a self-contained run dir (split files inside it)",
                     )
                 names.append(value)
-        base = str(spec.get("base_model") or "")
-        if base.startswith("/") and Path(base).exists():
-            raise UsageError(
-                f"base model '{base}' is a local directory, which the SSH host does not have",
-                "use a Hugging Face model id or builtin:tiny, or copy the model to the host and give its path there",
-            )
+        # A base model given as a directory is the remote host's path (shared storage or
+        # a copy there); the trainer reports a missing one in result.json.
         return names
 
     def start(self, request: LaunchRequest) -> str:
         inputs = self._inputs(request)
         marker = f"{request.job_id}:{secrets.token_hex(4)}"
         code_dirs: dict[str, str] = {}
-        for host in self.hosts:
-            conn = self.conns[host.name]
-            try:
+        pgids: list[tuple[str, int]] = []
+        host = self.hosts[0]
+        try:
+            for host in self.hosts:
+                conn = self.conns[host.name]
                 code_dirs[host.name] = ship_code(conn)
                 remote_run = self._remote_run_dir(host, request.job_id)
                 conn.run_script('mkdir -p "$1"', remote_run)
                 # "/./" anchors --relative, so a split file in a subdirectory keeps its place.
                 conn.rsync([f"{request.run_dir}/./{name}" for name in inputs], remote_run + "/", to_remote=True,
                            extra=("--relative",))
-            except SSHFailure as exc:
-                raise OperationError(f"cannot start the trainer on '{host.name}': {exc.message}", exc.hint) from exc
-        rendezvous = (self.hosts[0].ssh_host, self._main_port(request.job_id))
-        if len(self.hosts) > 1:
-            host0 = self.hosts[0]
-            out = self.conns[host0.name].run_script(RENDEZVOUS, remote_python(host0), str(rendezvous[1])).stdout.decode().split()
-            rendezvous = (out[0], int(out[1])) if len(out) == 2 else (host0.ssh_host, int(out[-1]))
-        pgids: list[tuple[str, int]] = []
-        for rank, host in enumerate(self.hosts):
-            conn = self.conns[host.name]
-            proc = conn.run(self._start_argv(request, rank, rendezvous, code_dirs[host.name], marker))
-            text = proc.stdout.decode().strip()
-            if not text.isdigit():
-                if pgids:
+            host = self.hosts[0]
+            rendezvous = (host.ssh_host, self._main_port(request.job_id))
+            if len(self.hosts) > 1:
+                out = self.conns[host.name].run_script(RENDEZVOUS, remote_python(host), str(rendezvous[1])).stdout.decode().split()
+                rendezvous = (out[0], int(out[1])) if len(out) == 2 else (host.ssh_host, int(out[-1]))
+            for rank, host in enumerate(self.hosts):
+                proc = self.conns[host.name].run(self._start_argv(request, rank, rendezvous, code_dirs[host.name], marker))
+                text = proc.stdout.decode().strip()
+                if not text.isdigit():
+                    raise OperationError(f"the trainer did not start on '{host.name}'",
+                                         f"check the host with 'brightrun hosts check {host.name}'")
+                pgids.append((host.name, int(text)))
+        except BaseException as exc:
+            if pgids:  # no half-started multi-node job: stop the ranks already running
+                try:
                     self.stop(str(_Handle(request.job_id, marker, pgids)), grace_s=5)
-                raise OperationError(
-                    f"the trainer did not start on '{host.name}'",
-                    f"check the host with 'brightrun hosts check {host.name}'",
-                )
-            pgids.append((host.name, int(text)))
+                except OperationError:
+                    pass
+            if isinstance(exc, SSHFailure):
+                raise OperationError(f"cannot start the trainer on '{host.name}': {exc.message}", exc.hint) from exc
+            raise
         return str(_Handle(request.job_id, marker, pgids))
 
     # -- reconnect bookkeeping -------------------------------------------------------------
@@ -557,9 +556,15 @@ class SSHRunner(Runner):
         return RunnerUnreachable(f"SSH host unreachable for {down:.0f} s ({why})", "reconnecting with backoff", down_for_s=down)
 
     # -- following ----------------------------------------------------------------------------
+    def _host(self, name: str) -> "Host":
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise UsageError(f"the run was started on host '{name}', which this job no longer lists", "add the host back with 'brightrun hosts add'")
+
     def _probe(self, handle: _Handle, rank: int, files: tuple[str, ...]) -> tuple[str, dict[str, bytes]]:
         name = handle.pgids[rank][0]
-        host = next(h for h in self.hosts if h.name == name)
+        host = self._host(name)
         conn = self.conns[name]
         run_dir = self.local_run_dir(handle.job_id)
         args: list[str] = []
@@ -633,7 +638,7 @@ class SSHRunner(Runner):
     def collect(self, handle: str) -> None:
         h = _Handle.parse(handle)
         name = h.pgids[0][0]
-        host = next(x for x in self.hosts if x.name == name)
+        host = self._host(name)
         conn = self.conns[name]
 
         def call() -> None:
@@ -655,7 +660,7 @@ class SSHRunner(Runner):
         def call() -> list[str]:
             left = []
             for name, _pg in h.pgids:
-                host = next(x for x in self.hosts if x.name == name)
+                host = self._host(name)
                 out = self.conns[name].run_script(
                     STOP, self._remote_run_dir(host, h.job_id), str(int(grace_s)), h.marker, timeout=grace_s + 60
                 ).stdout.decode().strip()
