@@ -28,11 +28,17 @@ class LocalRunner(Runner):
     def __init__(self, ws: "Workspace | None" = None):
         self.ws = ws
         self._procs: dict[str, subprocess.Popen] = {}
+        self._argv: dict[tuple[str, int], list[str]] = {}
 
     def launch_argv(self, request: LaunchRequest) -> list[str]:
         from brightrun_cli.runners.accelerate import accelerate_argv
 
-        return accelerate_argv(request.spec_path, num_processes=request.num_processes)
+        key = (request.job_id, request.num_processes)
+        if key not in self._argv:  # one argv per request: what is logged is what runs
+            # Several local processes rendezvous on a port; a fixed default would collide between jobs.
+            port = _free_port() if request.num_processes > 1 else None
+            self._argv[key] = accelerate_argv(str(request.spec_path), num_processes=request.num_processes, main_process_port=port)
+        return list(self._argv[key])
 
     def start(self, request: LaunchRequest) -> str:
         argv = self.launch_argv(request)
@@ -76,6 +82,14 @@ class LocalRunner(Runner):
             if not _group_exists(pid):
                 return
             time.sleep(0.1)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _parse(handle: str) -> tuple[int, float]:

@@ -415,30 +415,30 @@ def cancel_job(ws: "Workspace", ref: str, *, wait_s: float = CANCEL_WAIT_S) -> T
         raise ConflictError(f"job {job.id} is already {job.status}", "nothing to cancel")
     with ws.registry.write() as session:
         if transition(session, job.id, CANCELLED, error_message="cancelled while queued"):
-            _notify_cancelled(session, job, "while queued")
+            notify_cancelled(session, job, "while queued")
     deadline = time.monotonic() + wait_s
     signalled = None
     while time.monotonic() < deadline:
         job = get_job(ws, job.id)
         if job.status in TERMINAL:
             return job
-        if job.status == QUEUED:  # claimed and released between reads: cancel the queued row again
+        if job.status == QUEUED:  # resumed or released between reads: cancel the queued row again
             with ws.registry.write() as session:
                 if transition(session, job.id, CANCELLED, error_message="cancelled while queued"):
-                    _notify_cancelled(session, job, "while queued")
+                    notify_cancelled(session, job, "while queued")
             continue
-        if job.supervisor_pid is not None and job.supervisor_marker and signalled != job.supervisor_marker:
-            if queue.signal_supervisor(job.supervisor_pid, job.supervisor_marker):
-                signalled = job.supervisor_marker
-            else:
-                queue.reap_dead(ws)
-        elif job.supervisor_pid is None and queue.claim_is_stale(job):
-            queue.reap_dead(ws)
+        if job.supervisor_pid is not None:
+            if signalled != job.supervisor_marker and queue.signal_supervisor(job.supervisor_pid, job.supervisor_marker):
+                signalled = job.supervisor_marker  # it stops the trainer and records the end itself
+            elif not queue.supervisor_alive(job.supervisor_pid, job.supervisor_marker):
+                queue.end_without_supervisor(ws, job, CANCELLED, "cancelled by the user (its supervisor was already gone)")
+        elif queue.claim_is_stale(job):
+            queue.end_without_supervisor(ws, job, CANCELLED, "cancelled by the user (its supervisor never started)")
         time.sleep(0.2)
     raise OperationError(f"job {job.id} is still stopping after {wait_s:.0f}s", f"check 'brightrun jobs show {job.id}' in a moment")
 
 
-def _notify_cancelled(session: Session, job: TrainingJob, how: str) -> None:
+def notify_cancelled(session: Session, job: TrainingJob, how: str) -> None:
     notify(session, "job_cancelled", "Training cancelled", f"Job {job.id[:10]} was cancelled {how}",
            priority="medium", action_command=f"brightrun jobs retry {job.id}", job_id=job.id, dataset_id=job.dataset_id)
 

@@ -190,7 +190,7 @@ def claim_is_stale(job: "TrainingJob") -> bool:
 def reap_dead(ws: "Workspace") -> list[str]:
     """Mark started jobs whose supervisor is gone as failed ("supervisor lost"), record their cost
     so far, and stop their orphaned trainer (TERM: it checkpoints, so `jobs resume` can continue)."""
-    from sqlmodel import col, select, update
+    from sqlmodel import col, select
 
     from brightrun_cli.registry.tables import TrainingJob
     from brightrun_cli.registry.timeutil import utcnow
@@ -205,16 +205,33 @@ def reap_dead(ws: "Workspace") -> list[str]:
         last_seen = job.heartbeat_at or utcnow()
         reason = (f"supervisor lost (pid {job.supervisor_pid} ended without recording an end; last heartbeat {last_seen:%Y-%m-%d %H:%M:%S} UTC)"
                   if job.supervisor_pid else "supervisor lost (it never started)")
-        with ws.registry.write() as session:
-            if not jobs.transition(session, job.id, jobs.FAILED, marker=job.supervisor_marker, error_message=reason):
-                continue
-            total = jobs.record_attempt_cost(session, job, attempt_start=job.started_at, attempt_end=last_seen)
-            session.exec(update(TrainingJob).where(col(TrainingJob.id) == job.id).values(current_cost=total, final_cost=total))
-            _notify_failed(session, job, reason)
-        reaped.append(job.id)
-        if job.external_job_id:
-            _stop_orphan(ws, job)
+        if end_without_supervisor(ws, job, jobs.FAILED, reason):
+            reaped.append(job.id)
     return reaped
+
+
+def end_without_supervisor(ws: "Workspace", job: "TrainingJob", status: str, reason: str) -> bool:
+    """End a started job whose supervisor is gone: status, cost up to its last heartbeat and the
+    notification in one transaction (CAS on its attempt), then stop its orphaned trainer."""
+    from sqlmodel import col, update
+
+    from brightrun_cli.registry.tables import TrainingJob
+    from brightrun_cli.registry.timeutil import utcnow
+    from brightrun_cli.services import jobs
+
+    last_seen = job.heartbeat_at or utcnow()
+    with ws.registry.write() as session:
+        if not jobs.transition(session, job.id, status, marker=job.supervisor_marker, error_message=reason):
+            return False
+        total = jobs.record_attempt_cost(session, job, attempt_start=job.started_at, attempt_end=last_seen)
+        session.exec(update(TrainingJob).where(col(TrainingJob.id) == job.id).values(current_cost=total, final_cost=total))
+        if status == jobs.CANCELLED:
+            jobs.notify_cancelled(session, job, "(its supervisor was already gone)")
+        else:
+            _notify_failed(session, job, reason)
+    if job.external_job_id:
+        _stop_orphan(ws, job)
+    return True
 
 
 def _stop_orphan(ws: "Workspace", job: "TrainingJob") -> None:

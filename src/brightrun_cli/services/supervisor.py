@@ -150,7 +150,6 @@ class Supervisor:
         self.job_id = job_id
         self.marker = marker
         self.jobs = jobs
-        self.stop_reason: str | None = None  # "cancelled" | "budget"
         self.job: "TrainingJob | None" = None
         self.attempt_start: datetime | None = None
         self.previous_cost = 0.0
@@ -162,9 +161,13 @@ class Supervisor:
 
     # -- plumbing
 
-    def _request_stop(self, signum, _frame) -> None:
-        log.info("received signal %d: stopping the job", signum)
-        self.stop_reason = self.stop_reason or "cancelled"
+    @property
+    def stop_reason(self) -> str | None:
+        return _stop["reason"]
+
+    @stop_reason.setter
+    def stop_reason(self, value: str | None) -> None:
+        _stop["reason"] = value
 
     def _update(self, **values: Any) -> bool:
         with self.ws.registry.write() as session:
@@ -175,9 +178,6 @@ class Supervisor:
         from brightrun_cli.registry.tables import TrainingJob
         from brightrun_cli.registry.timeutil import utcnow
 
-        signal.signal(signal.SIGTERM, self._request_stop)
-        signal.signal(signal.SIGINT, self._request_stop)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         if not self._update(supervisor_pid=os.getpid(), heartbeat_at=utcnow()):
             log.info("job %s is no longer claimed by %s; nothing to do", self.job_id, self.marker)
             return 0
@@ -189,7 +189,9 @@ class Supervisor:
             if self.stop_reason:
                 return self._finish(self.jobs.CANCELLED, "cancelled while initializing")
             self.attempt_start = utcnow()
-            self._update(started_at=self.attempt_start, current_stage="launching", current_cost=self.previous_cost)
+            if not self._update(started_at=self.attempt_start, current_stage="launching", current_cost=self.previous_cost):
+                log.info("job %s was ended by someone else before launch", self.job_id)
+                return 0
             log.info("launching: %s", _shlex(self.runner.launch_argv(request)))
             self.handle = self.runner.start(request)
             self._update(external_job_id=self.handle, current_stage="loading")
@@ -232,6 +234,7 @@ class Supervisor:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(spec, fh, indent=2)
         os.replace(tmp, path / "spec.json")
+        (path / "result.json").unlink(missing_ok=True)  # an earlier attempt's outcome must not pass for this one's
         gpu = job.gpu_config or {}
         return self.jobs.launch_request(self.ws, job.id, gpus=int(gpu.get("count") or 1),
                                         gpu_type=hosts[0].gpu_type, resume=resume)
@@ -301,12 +304,17 @@ class Supervisor:
         with self.ws.registry.write() as session:
             if lines:
                 insert_points(session.connection(), point_rows(self.job_id, lines))
-            if lines and self.jobs.transition(session, self.job_id, self.jobs.RUNNING, marker=self.marker):
+            if self._trainer_wrote(lines) and self.jobs.transition(session, self.job_id, self.jobs.RUNNING, marker=self.marker):
                 gpu = self.job.gpu_config or {}
                 notify(session, "job_started", "Training started",
                        f"Job {self.job_id[:10]} is training on {gpu.get('count', 1)}x {gpu.get('type', 'cpu')} ({', '.join(self.job.hosts or [])})",
                        priority="medium", action_command=f"brightrun watch {self.job_id}", job_id=self.job_id, dataset_id=self.job.dataset_id)
             return self.jobs.update_attempt(session, self.job_id, self.marker, **values)
+
+    def _trainer_wrote(self, lines: list[dict[str, Any]]) -> bool:
+        """Whether this attempt's trainer wrote any of `lines` (a resumed run dir holds older ones)."""
+        since = self.attempt_start.timestamp() if self.attempt_start else 0.0
+        return any(not isinstance(m.get("time"), (int, float)) or m["time"] >= since for m in lines)
 
     def _progress(self, latest: dict[str, Any]) -> dict[str, Any]:
         from brightrun_cli.registry.timeutil import utcnow
@@ -364,7 +372,10 @@ class Supervisor:
             except RunnerUnreachable as exc:
                 log.warning("collecting the results: %s", exc)
         self._ingest(tail.read())
+        # accelerate turns every failure into exit 1: the trainer's own status is in result.json.
         result = self.jobs.read_result(self.jobs.run_dir(self.ws, self.job)) or {}
+        if result.get("exit_code") is not None and code is not None:
+            code = int(result["exit_code"])
         if tail.bad_lines:
             log.warning("%d unreadable metrics.jsonl lines were skipped", tail.bad_lines)
         if code == 0 and result.get("status", "completed") == "completed":
@@ -377,8 +388,10 @@ class Supervisor:
 
     def _failure(self, code: int | None, result: dict[str, Any]) -> tuple[str, str]:
         path = self.jobs.run_dir(self.ws, self.job)
-        tail = _log_tail(path / "trainer.log") + _log_tail(path / "launcher.log")
-        last = next((line for line in reversed(tail) if line.strip() and not line.startswith("$ ")), "")
+        # launcher.log (local) holds everything the processes printed, tracebacks included;
+        # remote runners bring trainer.log home.
+        tail = [line for line in _log_tail(path / "launcher.log") if not line.startswith("$ ")] or _log_tail(path / "trainer.log")
+        last = next((line for line in reversed(tail) if line.strip()), "")
         if result.get("error"):
             message = str(result["error"])
         elif code == 75:
@@ -480,7 +493,19 @@ def _shlex(argv: list[str]) -> str:
     return shlex.join(argv)
 
 
+_stop: dict[str, str | None] = {"reason": None}  # "cancelled" (SIGTERM from `jobs cancel`) | "budget"
+
+
+def _on_signal(signum, _frame) -> None:
+    log.info("received signal %d: stopping the job", signum)
+    _stop["reason"] = _stop["reason"] or "cancelled"
+
+
 def main(argv: list[str] | None = None) -> int:
+    # First thing: a cancel that arrives while we are still importing must not kill us unrecorded.
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     parser = argparse.ArgumentParser(prog="brightrun-supervisor", description="Supervise one attempt of one brightrun job.")
     parser.add_argument("job_id")
     parser.add_argument("--marker", required=True, help="the attempt's token (also how liveness checks recognise this process)")

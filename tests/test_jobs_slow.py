@@ -1,0 +1,207 @@
+"""Jobs with the real trainer on builtin:tiny (CPU): the reliability tests of issue 5.
+
+Each test trains for a few seconds; the machine may be shared, so every wait polls
+with a generous deadline instead of sleeping a fixed time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+from sqlmodel import select
+
+from brightrun_cli.registry.tables import CostRecord, MetricPoint, Notification, TrainingJob
+from brightrun_cli.services import jobs
+from brightrun_cli.services.workspace import Workspace
+from conftest import run_brightrun
+from jobs_helpers import conversations
+
+pytestmark = pytest.mark.slow
+
+# Small and quick, but several optimizer steps per epoch so a run can be interrupted mid-way.
+FAST = ("--preset", "tiny", "--set", "batch_size=1", "--set", "num_epochs=1", "--set", "max_seq_length=64", "--set", "packing=false")
+
+
+@pytest.fixture
+def ws(brightrun_home) -> Workspace:
+    from brightrun_cli.services.datasets import add_dataset
+
+    ws = Workspace.open()
+    add_dataset(ws, str(conversations(brightrun_home / "chat.jsonl", 24)), name="chat", base_model="builtin:tiny")
+    return ws
+
+
+def _job(ws, job_id) -> TrainingJob:
+    return jobs.get_job(ws, job_id)
+
+
+def _wait(what, predicate, timeout=180.0, every=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _submit(*extra: str) -> str:
+    result = run_brightrun("train", "--dataset", "chat", *FAST, *extra, "--detach", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["id"]
+
+
+def _points(ws, job_id) -> list[tuple[int, str]]:
+    with ws.registry.session() as s:
+        return [(p.step, p.split) for p in s.exec(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.step, MetricPoint.split))]
+
+
+def _procs_of(job_id: str) -> list[psutil.Process]:
+    """Live processes of the job: its supervisor and every launcher/trainer (their argv names the run dir)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and any(job_id in part for part in proc.info["cmdline"] or ()):
+            found.append(proc)
+    return found
+
+
+def _types(ws, job_id) -> list[str]:
+    with ws.registry.session() as s:
+        return [n.type for n in s.exec(select(Notification).where(Notification.job_id == job_id).order_by(Notification.created_at))]
+
+
+def _train_steps(points) -> list[int]:
+    return [step for step, split in points if split == "train"]
+
+
+def test_train_follows_to_completion_with_metrics_cost_and_notifications(ws):
+    result = run_brightrun("train", "--dataset", "chat", *FAST, timeout=300)
+    assert result.returncode == 0, result.stderr
+    job = jobs.list_jobs(ws)[0]
+    assert job.status == "completed" and job.progress == 100.0 and job.current_step == job.total_steps
+    steps = _train_steps(_points(ws, job.id))
+    assert steps == list(range(1, job.total_steps + 1))
+    assert (0, "validation") in _points(ws, job.id)  # the base model's held-out loss
+    with ws.registry.session() as s:
+        costs = {c.cost_type for c in s.exec(select(CostRecord).where(CostRecord.job_id == job.id))}
+    assert costs == {"compute", "storage"} and job.final_cost is not None
+    assert _types(ws, job.id)[:3] == ["job_queued", "job_started", "job_completed"]
+    assert job.artifact_id is not None  # the models step picked the adapter up
+    log = (ws.home / job.run_dir / "supervisor.log").read_text()
+    assert "accelerate.commands.launch" in log and job.supervisor_marker in log
+
+
+def test_dry_run_prints_spec_and_argv_and_writes_nothing(ws):
+    result = run_brightrun("train", "--dataset", "chat", *FAST, "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["spec"]["hyperparameters"]["batch_size"] == 1 and plan["spec"]["train_file"] == "train.jsonl"
+    assert plan["argv"][1:3] == ["-m", "accelerate.commands.launch"] and plan["argv"][-1].endswith(f"runs/{plan['job_id']}/spec.json")
+    assert jobs.list_jobs(ws) == [] and not (ws.home / "runs" / plan["job_id"]).exists()
+
+
+def test_bad_input_exits_2_with_one_line_and_no_job(ws):
+    cases = [
+        (["--set", "lora_rank=1000"], "lora_rank"),
+        (["--host", "nowhere"], "unknown host 'nowhere'"),
+        (["--max-cost", "0.000001", "--set", "num_epochs=20"], None),
+        (["--base-model", "/no/such/model"], "/no/such/model"),
+    ]
+    (ws.home / "config.toml").write_text("[gpu_prices]\ncpu = 50.0\n")  # so the estimate costs something
+    for args, message in cases:
+        result = run_brightrun("train", "--dataset", "chat", *FAST, *args, "--detach")
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        assert message is None or message in lines[0]
+    assert "over --max-cost" in run_brightrun("train", "--dataset", "chat", *FAST, "--max-cost", "0.000001").stderr
+    assert jobs.list_jobs(ws) == []
+
+
+def test_sigkill_supervisor_then_resume_completes_without_gaps_or_duplicates(ws):
+    job_id = _submit("--set", "num_epochs=3")
+    _wait("a few training steps", lambda: len(_train_steps(_points(ws, job_id))) >= 3)
+    os.kill(_job(ws, job_id).supervisor_pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    run_brightrun("jobs", "list")  # any command notices
+    job = _wait("the job marked failed", lambda: (j := _job(ws, job_id)).status == "failed" and j)
+    assert time.monotonic() - killed_at < 30
+    assert job.error_message.startswith("supervisor lost")
+    assert jobs.latest_checkpoint(ws.home / job.run_dir) is not None  # the orphaned trainer checkpointed on TERM
+    result = run_brightrun("jobs", "resume", job_id)
+    assert result.returncode == 0, result.stderr
+    job = _wait("the resumed job to end", lambda: (j := _job(ws, job_id)).status in jobs.TERMINAL and j, timeout=300)
+    assert job.status == "completed", job.error_message
+    assert job.resume_count == 1
+    steps = _train_steps(_points(ws, job_id))
+    assert steps == list(range(1, job.total_steps + 1))  # no gaps, no duplicates
+    with ws.registry.session() as s:
+        assert len(s.exec(select(CostRecord).where(CostRecord.job_id == job_id, CostRecord.cost_type == "compute")).all()) == 2
+
+
+def test_sigkill_trainer_fails_the_job_with_the_log_tail(ws):
+    job_id = _submit("--set", "num_epochs=3")
+    _wait("training steps", lambda: _train_steps(_points(ws, job_id)))
+    trainers = [p for p in _procs_of(job_id) if "brightrun_cli.trainer" in p.info["cmdline"] and "accelerate.commands.launch" not in p.info["cmdline"]]
+    assert trainers
+    trainers[0].send_signal(signal.SIGKILL)
+    job = _wait("the job to fail", lambda: (j := _job(ws, job_id)).status in jobs.TERMINAL and j, timeout=60)
+    assert job.status == "failed" and job.error_message.startswith("the trainer")
+    assert job.error_stack and len(job.error_stack.splitlines()) > 1
+    assert "job_failed" in _types(ws, job_id)
+
+
+@pytest.mark.parametrize("stage", ["initializing", "running"])
+def test_cancel_stops_the_whole_tree_and_records_cost(ws, stage):
+    job_id = _submit("--set", "num_epochs=5")
+    if stage == "running":
+        _wait("training steps", lambda: _train_steps(_points(ws, job_id)))
+    else:
+        assert _job(ws, job_id).status == "initializing"
+    _wait("the supervisor pid", lambda: _job(ws, job_id).supervisor_pid, timeout=30)
+    result = run_brightrun("jobs", "cancel", job_id, "--json")
+    assert result.returncode == 0, result.stderr
+    job = _job(ws, job_id)
+    assert job.status == "cancelled" and json.loads(result.stdout)["status"] == "cancelled"
+    _wait("no process left", lambda: not _procs_of(job_id), timeout=20)
+    with ws.registry.session() as s:
+        assert s.exec(select(CostRecord).where(CostRecord.job_id == job_id, CostRecord.cost_type == "compute")).all()
+    assert job.final_cost is not None and "job_cancelled" in _types(ws, job_id)
+    if stage == "running":
+        assert jobs.latest_checkpoint(ws.home / job.run_dir) is not None
+
+
+def test_running_job_over_budget_is_stopped_with_budget_exceeded(ws):
+    plan = jobs.plan_training(ws, jobs.TrainRequest(dataset="chat", preset="tiny", overrides=FAST[3::2] + ("num_epochs=5",)))
+    plan.gpu_config["hourly_rate"] = 3600.0  # a dollar a second
+    plan.max_cost = 2.0
+    job = jobs.submit(ws, plan)
+    job = _wait("the budget stop", lambda: (j := _job(ws, job.id)).status in jobs.TERMINAL and j, timeout=120)
+    assert job.status == "cancelled" and "max-cost" in job.error_message
+    assert job.final_cost >= 2.0
+    assert "budget_exceeded" in _types(ws, job.id)
+
+
+def test_ten_concurrent_submissions_run_one_at_a_time_and_all_complete(ws):
+    fast = ("--set", "max_seq_length=64", "--set", "num_epochs=1")
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(lambda _: run_brightrun("train", "--dataset", "chat", "--preset", "tiny", *fast, "--detach", "--json"), range(10)))
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results if r.returncode]
+    ids = {json.loads(r.stdout)["id"] for r in results}
+    assert len(ids) == 10
+
+    def all_done():
+        run_brightrun("jobs", "list")  # as a user would: also kicks a stalled queue
+        return all(_job(ws, i).status in jobs.TERMINAL for i in ids)
+
+    _wait("all ten jobs", all_done, timeout=600, every=2)
+    done = [_job(ws, i) for i in ids]
+    assert {j.status for j in done} == {"completed"}, [j.error_message for j in done]
+    spans = sorted((j.started_at, j.completed_at) for j in done)
+    assert all(prev_end <= start for (_, prev_end), (start, _) in zip(spans, spans[1:]))  # never two at once
