@@ -27,6 +27,7 @@ from brightrun_cli.errors import NotFoundError, OperationError
 from brightrun_cli.registry.ids import new_id
 from brightrun_cli.registry.tables import Dataset, MetricPoint, ModelArtifact, TrainingJob
 from brightrun_cli.registry.timeutil import utcnow
+from brightrun_cli.services.jobs import run_dir
 from brightrun_cli.services.model_card import render_model_card
 from brightrun_cli.services.notifications import notify
 from brightrun_cli.services.quality import quality_metrics
@@ -40,10 +41,6 @@ CARD_FILE = "README.md"
 
 def storage_prefix(artifact_id: str) -> str:
     return f"models/{artifact_id}"
-
-
-def run_dir(ws: Workspace, job: TrainingJob) -> Path:
-    return ws.home / job.run_dir if job.run_dir else ws.runs_dir / job.id
 
 
 def create_artifact(ws: Workspace, job_id: str) -> ModelArtifact:
