@@ -305,7 +305,8 @@ def _live_board(board) -> str | None:
     from brightrun_cli.cli.watch_view import render_board
 
     console = common.console()
-    with _Keys() as keys, Live(console=console, auto_refresh=False) as live:
+    # Transient: a job picked from the table replaces it on the screen.
+    with _Keys() as keys, Live(console=console, auto_refresh=False, transient=True) as live:
         drawn_at = 0.0
         while True:
             changed = board.poll()
