@@ -444,3 +444,47 @@ def test_to_v4_returns_a_conversation_xor_problems(obj, fmt):
     if record is not None:
         assert record["turns"] and all(t["role"] in ("system", "user", "assistant") and isinstance(t["content"], str) for t in record["turns"])
         assert any(t["role"] == "assistant" for t in record["turns"])
+
+
+# ------------------------------------------------------------------- real tokenizer
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_tokenizer_dir(path: Path, words: list[str], *, context: int) -> Path:
+    """A small word-level HF tokenizer directory with a ChatML template and a known context."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[UNK]", "<|im_start|>", "<|im_end|>", *sorted(set(words))])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", additional_special_tokens=["<|im_start|>", "<|im_end|>"], model_max_length=context)
+    fast.chat_template = CHATML
+    fast.save_pretrained(path)
+    return path
+
+
+def test_token_counts_are_exact_with_the_base_models_tokenizer(cli, tmp_path):
+    from transformers import AutoTokenizer
+
+    rows = good_lines(12) + [conv("long", ("user", "question " * 300), ("assistant", "answer"))]
+    words = " ".join(t["content"] for r in rows for t in r["turns"]).split() + ["user", "assistant", "system"]
+    model_dir = make_tokenizer_dir(tmp_path / "tok", words, context=256)
+    path = write_jsonl(tmp_path / "d.jsonl", rows[:12])
+    ds = json.loads(add(cli, path, "--name", "exact", "--base-model", str(model_dir), "--json").stdout)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    expected = [len(tokenizer.apply_chat_template(r["turns"], tokenize=True, return_dict=False)) for r in rows[:12]]
+    assert ds["total_tokens"] == sum(expected)
+    assert ds["token_count_method"] == f"tokenizer:{model_dir}"
+    assert ds["stats"]["tokens_per_conversation"]["max"] == max(expected)
+    assert ds["avg_tokens_per_turn"] == round(sum(expected) / 24, 3)
+    long = write_jsonl(tmp_path / "long.jsonl", rows)
+    result = add(cli, long, "--name", "long", "--base-model", str(model_dir), "--json")
+    assert result.exit_code == 2
+    errors = json.loads(result.stdout)["validation_errors"]
+    assert [e["line"] for e in errors] == [13] and "context of 256" in errors[0]["error"]

@@ -70,7 +70,10 @@ def resolve_model_path(base_model: str) -> str:
             from brightrun_cli.builtin import resolve_base_model
         except ImportError as exc:
             raise UsageError(f"built-in base model '{base_model}' is not available in this install", "pass --base-model an HF id or a local directory") from exc
-        return resolve_base_model(base_model)
+        try:
+            return resolve_base_model(base_model)
+        except ValueError as exc:
+            raise UsageError(f"--base-model {base_model}: {exc}", "pass a known builtin name, an HF id or a local directory") from exc
     return os.path.expanduser(base_model) if base_model.startswith(("~", ".", "/")) else base_model
 
 
