@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from brightrun_cli.errors import UsageError
+from brightrun_cli.home import ensure_private_dir, resolve_home  # noqa: F401  (re-exported: their home used to be here)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,24 +58,6 @@ class Config(BaseModel):
         if isinstance(value, str):
             return shlex.split(value)
         return value
-
-
-def resolve_home(override: str | os.PathLike[str] | None = None) -> Path:
-    raw = override or os.environ.get("BRIGHTRUN_HOME") or "~/.brightrun"
-    return Path(raw).expanduser().absolute()
-
-
-def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) if needed; the leaf gets mode 0700."""
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path, 0o700)
-    except OSError as exc:
-        raise UsageError(
-            f"cannot use {path} as the brightrun home ({exc.strerror})",
-            "pass a writable directory with --home or BRIGHTRUN_HOME",
-        ) from exc
-    return path
 
 
 def load_config(home: Path) -> Config:

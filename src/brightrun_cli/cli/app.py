@@ -84,7 +84,7 @@ def root(
 def _kick_queue(home: Path | None) -> None:
     """Any command notices dead jobs and starts queued ones (there is no daemon); never fails the command."""
     try:
-        from brightrun_cli.config import resolve_home
+        from brightrun_cli.home import resolve_home
         from brightrun_cli.services.queue import kick_if_needed
 
         kick_if_needed(resolve_home(home))

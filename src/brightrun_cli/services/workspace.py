@@ -8,28 +8,42 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from brightrun_cli.config import Config, ensure_private_dir, load_config, resolve_home
+from brightrun_cli.home import ensure_private_dir, resolve_home
 from brightrun_cli.registry.engine import Registry, open_registry
-from brightrun_cli.storage import BlobStore
+
+if TYPE_CHECKING:
+    from brightrun_cli.config import Config
+    from brightrun_cli.storage import BlobStore
 
 
 class Workspace:
-    def __init__(self, home: Path, config: Config):
+    def __init__(self, home: Path, config: "Config | None" = None):
         self.home = home
-        self.config = config
+        if config is not None:
+            self.__dict__["config"] = config
 
     @classmethod
     def open(cls, home: str | Path | None = None) -> "Workspace":
-        path = ensure_private_dir(resolve_home(home))
-        return cls(path, load_config(path))
+        return cls(ensure_private_dir(resolve_home(home)))
+
+    @cached_property
+    def config(self) -> "Config":
+        """config.toml, read on first use: pydantic and fsspec cost start-up time that
+        registry-only commands (`dataset list`) need not pay."""
+        from brightrun_cli.config import load_config
+
+        return load_config(self.home)
 
     @cached_property
     def registry(self) -> Registry:
         return open_registry(self.home)
 
     @cached_property
-    def storage(self) -> BlobStore:
+    def storage(self) -> "BlobStore":
+        from brightrun_cli.storage import BlobStore
+
         url = self.config.storage_url or str(self.home / "storage")
         return BlobStore(url, self.config.storage_options)
 
