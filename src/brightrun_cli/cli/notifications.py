@@ -39,15 +39,12 @@ def list_cmd(
     if not rows:
         con.print("no unread notifications" if unread else "no notifications yet")
         return
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold")
-    for name in ("ID", "", "PRIORITY", "WHEN", "EVENT", "MESSAGE", "NEXT"):
-        table.add_column(name, overflow="fold")
     for row in rows:
-        table.add_row(row.id[:10], "" if row.read else "*", row.priority, f"{row.created_at:%m-%d %H:%M}", row.type,
-                      row.message, row.action_command or "")
-    con.print(table)
+        mark = " " if row.read else "*"
+        con.print(f"{mark} {row.id[:12]}  {row.created_at:%Y-%m-%d %H:%M}  {row.priority:<6}  {row.type:<16} {row.message}",
+                  markup=False, soft_wrap=True)
+        if row.action_command:
+            con.print(f"{'':>16}next: {row.action_command}", markup=False, soft_wrap=True)
     con.print(f"{unread_count} unread; mark them read with 'brightrun notifications read --all'")
 
 

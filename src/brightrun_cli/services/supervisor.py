@@ -421,7 +421,8 @@ class Supervisor:
             job = session.get(TrainingJob, self.job_id)
             total = self.jobs.record_attempt_cost(session, job, attempt_start=self.attempt_start or end, attempt_end=end, storage_bytes=storage)
             session.exec(update(TrainingJob).where(col(TrainingJob.id) == self.job_id).values(current_cost=total, final_cost=total))
-            notify(session, *self._event(job, status, error, total, budget), job_id=job.id, dataset_id=job.dataset_id)
+            kind, title, message, options = self._event(job, status, error, total, budget)
+            notify(session, kind, title, message, job_id=job.id, dataset_id=job.dataset_id, **options)
         log.info("job %s %s (cost $%.4f)%s", self.job_id, status, total, f": {error}" if error else "")
         if status == self.jobs.COMPLETED:
             self._artifact()
