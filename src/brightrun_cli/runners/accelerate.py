@@ -1,0 +1,66 @@
+"""The exact, non-interactive `accelerate launch` command line for the trainer.
+
+Every value accelerate would otherwise take from a config file or default with a
+warning is passed explicitly, so a machine with no `accelerate config` neither prompts
+nor warns. Notes on the forms chosen:
+
+- Several processes use `--multi_gpu`: on a host without CUDA that form starts
+  `num_processes` workers with the gloo backend (real CPU DDP). `--cpu --num_processes N`
+  does not: it silently runs a single process.
+- `--num_cpu_threads_per_process 1` only sets OMP_NUM_THREADS for the launch; the
+  trainer sizes its own CPU thread pool from the cores it may use and its local world
+  size, which the launching machine (possibly a remote one) cannot know.
+- `--quiet` keeps a failing trainer from adding accelerate's traceback. accelerate
+  turns any non-zero exit into 1, so a supervisor reads the trainer's own status and
+  exit code from `result.json` (0 / 2 / 75 / 1).
+"""
+
+from __future__ import annotations
+
+import sys
+
+TRAINER_MODULE = "brightrun_cli.trainer"
+
+
+def accelerate_argv(
+    spec_path: str,
+    *,
+    num_processes: int = 1,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    main_process_ip: str | None = None,
+    main_process_port: int | None = None,
+    python: str = sys.executable,
+    cpu: bool | None = None,
+) -> list[str]:
+    """argv for `python -m accelerate.commands.launch ... -m brightrun_cli.trainer spec_path`.
+
+    num_processes is the number of processes on each machine (GPUs per host; 1 on a
+    CPU host unless CPU DDP is wanted). cpu=True forces CPU for a single process;
+    None lets the trainer use a GPU when there is one.
+    """
+    if num_processes < 1 or num_machines < 1 or not 0 <= machine_rank < num_machines:
+        raise ValueError("num_processes and num_machines must be >= 1 and 0 <= machine_rank < num_machines")
+    world = num_processes * num_machines
+    if cpu and world > 1:
+        raise ValueError("cpu=True runs one process; for CPU DDP leave cpu unset on a host without GPUs")
+    if num_machines > 1 and (not main_process_ip or not main_process_port):
+        raise ValueError("multi-machine launches need main_process_ip and main_process_port")
+    argv = [python, "-m", "accelerate.commands.launch", "--quiet"]
+    if world > 1:
+        argv.append("--multi_gpu")
+    elif cpu:
+        argv.append("--cpu")
+    argv += [
+        "--num_processes", str(world),
+        "--num_machines", str(num_machines),
+        "--mixed_precision", "no",  # the trainer picks its precision from the spec
+        "--dynamo_backend", "no",
+        "--num_cpu_threads_per_process", "1",
+    ]
+    if num_machines > 1:
+        argv += ["--machine_rank", str(machine_rank), "--main_process_ip", main_process_ip,
+                 "--main_process_port", str(main_process_port)]
+    elif world > 1 and main_process_port:
+        argv += ["--main_process_port", str(main_process_port)]
+    return argv + ["-m", TRAINER_MODULE, str(spec_path)]

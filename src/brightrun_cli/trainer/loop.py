@@ -1,0 +1,457 @@
+"""setup -> fit: the LoRA training loop.
+
+Data order is a pure function of (seed, epoch), so every process computes the same plan
+of micro-batches and a resumed run knows where it is from the step number alone. Loss
+is the mean over the step's assistant tokens across all micro-batches and processes
+(not a mean of per-batch means), which makes packed, padded, accumulated and
+distributed runs compute the same quantity.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import attention
+from .data import IGNORE, Batch, Example, collate, ensure_chat_template, tokenize_file
+from .files import MetricsWriter, library_versions, write_json_atomic
+from .spec import Spec, SpecError
+
+
+class Stopped(Exception):
+    """SIGTERM arrived; a checkpoint has been saved (exit 75)."""
+
+
+@dataclass
+class State:
+    step: int = 0
+    tokens_seen: int = 0
+    base_validation_loss: float | None = None
+    validation_loss: float | None = None
+    training_loss: float | None = None
+    epochs_validated: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    spec: Spec
+    accelerator: object
+    log: object
+    tokenizer: object
+    model: object
+    optimizer: object
+    scheduler: object
+    train: list[Example]
+    validation: list[Example]
+    steps_per_epoch: int
+    total_steps: int
+    metrics: MetricsWriter
+    state: State = field(default_factory=State)
+    stop_requested: bool = False
+
+
+# ---------------------------------------------------------------- model loading
+
+def check_base_model(name: str) -> str:
+    """Resolve builtin names and make sure the model exists and is a causal LM, before loading weights."""
+    from brightrun_cli.builtin import resolve_base_model
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        path = resolve_base_model(name)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:  # OSError / ValueError / hub errors all mean "cannot find it"
+        raise SpecError(
+            f"cannot load base model {name!r}: not a model directory, a built-in name (builtin:tiny) "
+            f"or a Hugging Face id reachable from this machine ({str(exc).splitlines()[0][:200]})"
+        ) from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise SpecError(f"base model {name!r} ({config.model_type}) is not a causal language model")
+    return path
+
+
+def _precision(spec: Spec) -> str:
+    wanted = spec.hyperparameters.precision
+    if wanted == "auto":
+        if torch.cuda.is_available():
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if wanted == "fp16" and not torch.cuda.is_available():
+        raise SpecError("hyperparameters.precision = fp16 needs a CUDA GPU; use auto, bf16 or fp32")
+    return wanted
+
+
+def _attn_implementation(packing: bool) -> str:
+    if packing and torch.cuda.is_available():
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+    return attention.register() if packing else "sdpa"
+
+
+def load_model(spec: Spec, path: str, precision: str, log):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    hp = spec.hyperparameters
+    # Frozen base weights may live in bf16 on a GPU; the trainable LoRA weights stay fp32.
+    dtype = torch.bfloat16 if precision == "bf16" and torch.cuda.is_available() else torch.float32
+    impl = _attn_implementation(hp.packing)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=impl)
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions and hp.max_seq_length > max_positions:
+        raise SpecError(
+            f"hyperparameters.max_seq_length = {hp.max_seq_length} exceeds the base model's context "
+            f"({max_positions}); lower it"
+        )
+    _apply_liger(model, log)
+    model.config.use_cache = False
+    if hp.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = LoraConfig(
+        r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
+        target_modules=hp.target_modules, bias="none", task_type="CAUSAL_LM",
+    )
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as exc:
+        raise SpecError(f"hyperparameters.target_modules: {str(exc).splitlines()[0]}") from None
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("model %s: %d parameters, %d trainable (LoRA r=%d), attention=%s, dtype=%s",
+             spec.base_model, total, trainable, hp.lora_rank, impl, dtype)
+    return model
+
+
+def _apply_liger(model, log) -> None:
+    """Fused Triton kernels (RMSNorm, RoPE, SwiGLU) on CUDA when liger-kernel is installed."""
+    if not torch.cuda.is_available():
+        return
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        return
+    _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
+    log.info("liger kernels applied")
+
+
+# ---------------------------------------------------------------- data plan
+
+def epoch_plan(n_examples: int, batch_size: int, accumulation: int, world: int, seed: int, epoch: int) -> list[list[list[int]]]:
+    """Steps of this epoch; each step is `world` groups (one per process) of micro-batches of indices.
+
+    A final partial step keeps as many micro-batches as every process can get the same
+    number of (a process without a micro-batch would stall the others).
+    """
+    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    micro = [order[i : i + batch_size] for i in range(0, n_examples, batch_size)]
+    per_step = accumulation * world
+    steps = []
+    for i in range(0, len(micro), per_step):
+        group = micro[i : i + per_step]
+        per_rank = len(group) // world
+        if per_rank:
+            steps.append([group[r * per_rank : (r + 1) * per_rank] for r in range(world)])
+    return steps
+
+
+def lr_lambda(warmup: int, total: int, kind: str):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+
+    return factor
+
+
+# ---------------------------------------------------------------- setup
+
+def setup(spec: Spec, log) -> Run:
+    from accelerate import Accelerator
+
+    hp = spec.hyperparameters
+    precision = _precision(spec)
+    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision))
+    if accelerator.device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+    log.info("%d process(es), device %s, precision %s", accelerator.num_processes, accelerator.device, precision)
+    path = check_base_model(spec.base_model)
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not tokenizer.is_fast:
+        raise SpecError(f"base model {spec.base_model!r} has no fast tokenizer (needed for assistant-token masks)")
+    ensure_chat_template(tokenizer)
+    train, truncated = tokenize_file(tokenizer, spec.train_file, hp.max_seq_length, hp.assistant_only_loss)
+    validation = []
+    if spec.validation_file is not None:
+        validation, _ = tokenize_file(tokenizer, spec.validation_file, hp.max_seq_length, hp.assistant_only_loss)
+    log.info("data: %d training conversations (%d truncated to %d tokens), %d held-out",
+             len(train), truncated, hp.max_seq_length, len(validation))
+
+    random.seed(spec.seed)
+    torch.manual_seed(spec.seed)
+    model = load_model(spec, path, precision, log)
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=hp.learning_rate, betas=(0.9, 0.999), eps=1e-8,
+    )
+    steps_per_epoch = len(epoch_plan(len(train), hp.batch_size, hp.gradient_accumulation_steps,
+                                     accelerator.num_processes, spec.seed, 0))
+    if steps_per_epoch == 0:
+        raise SpecError(f"{len(train)} training conversations are too few for {accelerator.num_processes} processes")
+    total_steps = steps_per_epoch * hp.num_epochs
+    if spec.max_steps is not None:
+        total_steps = min(total_steps, spec.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(hp.warmup_steps, total_steps, hp.lr_scheduler))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    metrics = MetricsWriter(spec.output_dir / "metrics.jsonl", accelerator.is_main_process)
+    return Run(spec, accelerator, log, tokenizer, model, optimizer, scheduler, train, validation,
+               steps_per_epoch, total_steps, metrics)
+
+
+# ---------------------------------------------------------------- forward
+
+def batch_loss_sum(run: Run, batch: Batch) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the batch's target tokens (logits only where there is a target)."""
+    device = run.accelerator.device
+    inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.model_inputs().items()}
+    targets = batch.targets.to(device)
+    with run.accelerator.autocast():
+        logits = run.model(**inputs).logits
+    keep = targets[targets != IGNORE]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), keep, reduction="sum")
+    return loss, int(keep.numel())
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> float | None:
+    if not run.validation:
+        return None
+    run.model.eval()
+    acc = run.accelerator
+    order = sorted(range(len(run.validation)), key=lambda i: len(run.validation[i].input_ids))
+    size = run.spec.hyperparameters.batch_size * 4
+    chunks = [order[i : i + size] for i in range(0, len(order), size)][acc.process_index :: acc.num_processes]
+    total = torch.zeros(2, dtype=torch.float64, device=acc.device)
+    for chunk in chunks:
+        loss, count = batch_loss_sum(run, collate([run.validation[i] for i in chunk], True, run.tokenizer.pad_token_id))
+        total += torch.tensor([loss.item(), count], dtype=torch.float64, device=acc.device)
+    total = acc.reduce(total, reduction="sum")
+    run.model.train()
+    return float(total[0] / total[1])
+
+
+def _gpu_stats() -> tuple[float | None, float | None]:
+    if not torch.cuda.is_available():
+        return None, None
+    try:
+        utilization = float(torch.cuda.utilization())
+    except Exception:  # needs pynvml / NVML; absent on some hosts
+        utilization = None
+    return utilization, round(torch.cuda.max_memory_allocated() / 2**30, 3)
+
+
+def train_step(run: Run, micro_batches: list[list[int]], step_tokens: int) -> tuple[float, float, int, bool]:
+    """One optimizer step over this process's micro-batches.
+
+    Returns the mean loss over all processes' target tokens, the grad norm, the real tokens
+    processed by all processes, and whether any process has been asked to stop (so all
+    processes agree on when to checkpoint).
+    """
+    acc, hp = run.accelerator, run.spec.hyperparameters
+    loss_sum, real = 0.0, 0
+    for i, indices in enumerate(micro_batches):
+        batch = collate([run.train[j] for j in indices], hp.packing, run.tokenizer.pad_token_id)
+        real += batch.real_tokens
+        sync = acc.no_sync(run.model) if i < len(micro_batches) - 1 else _nullcontext()
+        with sync:
+            loss, _ = batch_loss_sum(run, batch)
+            # DDP averages gradients over processes; scaling by world size makes the result the
+            # gradient of the mean over every target token of the step, on every process.
+            acc.backward(loss * acc.num_processes / step_tokens)
+        loss_sum += loss.item()
+    if hp.max_grad_norm > 0:
+        grad_norm = float(acc.clip_grad_norm_(run.model.parameters(), hp.max_grad_norm))
+    else:
+        grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in run.model.parameters() if p.grad is not None])))
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    shared = torch.tensor([loss_sum, real, float(run.stop_requested)], dtype=torch.float64, device=acc.device)
+    shared = acc.reduce(shared, reduction="sum")
+    return float(shared[0]) / step_tokens, grad_norm, int(shared[1]), bool(shared[2] > 0)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    found = [p for p in (run_dir / "checkpoints").glob("step-*") if p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def save_checkpoint(run: Run) -> Path:
+    acc = run.accelerator
+    root = run.spec.output_dir / "checkpoints"
+    final = root / f"step-{run.state.step}"
+    tmp = root / f".tmp-step-{run.state.step}"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        acc.unwrap_model(run.model).save_pretrained(tmp, safe_serialization=True)
+        torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(run.scheduler.state_dict(), tmp / "scheduler.pt")
+        write_json_atomic(tmp / "state.json", run.state.__dict__)
+    acc.wait_for_everyone()
+    rng = {"torch": torch.get_rng_state(), "python": json.dumps(random.getstate())}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    torch.save(rng, tmp / f"rng-{acc.process_index}.pt")
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    acc.wait_for_everyone()
+    run.log.info("checkpoint saved: %s", final)
+    return final
+
+
+def _restore_python_rng(serialized: str) -> None:
+    version, internal, gauss = json.loads(serialized)
+    random.setstate((version, tuple(internal), gauss))
+
+
+def load_checkpoint(run: Run) -> bool:
+    """Restore the newest complete checkpoint; False when there is none."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    found = _checkpoints(run.spec.output_dir)
+    if not found:
+        return False
+    path, acc = found[-1], run.accelerator
+    set_peft_model_state_dict(acc.unwrap_model(run.model), load_file(str(path / "adapter_model.safetensors")))
+    run.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=acc.device))
+    run.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    run.state = State(**json.loads((path / "state.json").read_text()))
+    rng_file = path / f"rng-{acc.process_index}.pt"
+    if rng_file.exists():
+        rng = torch.load(rng_file, weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        _restore_python_rng(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+    run.log.info("resumed from %s (step %d of %d)", path, run.state.step, run.total_steps)
+    return True
+
+
+# ---------------------------------------------------------------- fit
+
+def _validate(run: Run, epoch: float) -> None:
+    loss = evaluate(run)
+    if loss is None:
+        return
+    run.state.validation_loss = loss
+    if run.state.step == 0:
+        run.state.base_validation_loss = loss
+    run.log.info("step %d: validation loss %.4f", run.state.step, loss)
+    run.metrics.write(split="validation", epoch=epoch, step=run.state.step, total_steps=run.total_steps,
+                      validation_loss=round(loss, 6), tokens_seen=run.state.tokens_seen)
+
+
+def _stop_agreed(run: Run) -> bool:
+    flag = torch.tensor([float(run.stop_requested)], device=run.accelerator.device)
+    return bool(run.accelerator.reduce(flag, reduction="sum")[0] > 0)
+
+
+def fit(run: Run) -> None:
+    spec, hp, acc = run.spec, run.spec.hyperparameters, run.accelerator
+    previous = signal.signal(signal.SIGTERM, lambda *_: setattr(run, "stop_requested", True))
+    try:
+        if not (spec.resume and load_checkpoint(run)):
+            _validate(run, 0.0)
+        if _stop_agreed(run):
+            save_checkpoint(run)
+            raise Stopped()
+        run.model.train()
+        window_tokens, window_start = 0, time.perf_counter()
+        while run.state.step < run.total_steps:
+            epoch, index = divmod(run.state.step, run.steps_per_epoch)
+            plan = epoch_plan(len(run.train), hp.batch_size, hp.gradient_accumulation_steps,
+                              acc.num_processes, spec.seed, epoch)
+            step_groups = plan[index]
+            step_tokens = sum(run.train[j].loss_tokens for group in step_groups for mb in group for j in mb)
+            loss, grad_norm, real, stop = train_step(run, step_groups[acc.process_index], step_tokens)
+            run.state.step += 1
+            run.state.tokens_seen += real
+            run.state.training_loss = loss
+            window_tokens += real
+            last = run.state.step == run.total_steps
+            if run.state.step % spec.logging_steps == 0 or last:
+                elapsed = time.perf_counter() - window_start
+                utilization, memory = _gpu_stats()
+                run.metrics.write(
+                    split="train", epoch=round(run.state.step / run.steps_per_epoch, 4), step=run.state.step,
+                    total_steps=run.total_steps, training_loss=round(loss, 6),
+                    learning_rate=run.scheduler.get_last_lr()[0], grad_norm=round(grad_norm, 6),
+                    tokens_per_sec=round(window_tokens / max(elapsed, 1e-9), 1), tokens_seen=run.state.tokens_seen,
+                    gpu_utilization=utilization, gpu_memory=memory,
+                )
+                window_tokens, window_start = 0, time.perf_counter()
+            if run.state.step % run.steps_per_epoch == 0 or last:
+                _validate(run, round(run.state.step / run.steps_per_epoch, 4))
+            if stop and not last:
+                save_checkpoint(run)
+                raise Stopped()
+            if spec.save_steps and run.state.step % spec.save_steps == 0 and not last:
+                save_checkpoint(run)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def save_final(run: Run) -> None:
+    acc = run.accelerator
+    if not acc.is_main_process:
+        return
+    out = run.spec.output_dir / "final"
+    tmp = run.spec.output_dir / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    acc.unwrap_model(run.model).save_pretrained(tmp, safe_serialization=True)
+    run.tokenizer.save_pretrained(tmp)
+    write_json_atomic(tmp / "spec.json", run.spec.raw)
+    write_json_atomic(tmp / "versions.json", library_versions())
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    run.log.info("adapter saved: %s", out)

@@ -1,0 +1,76 @@
+"""Entry point: run one spec, write result.json, exit 0 / 2 / 75 / 1 (docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from .files import setup_logging, write_json_atomic
+from .spec import SpecError, load_spec
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_STOPPED = 0, 1, 2, 75
+USAGE = "usage: accelerate launch -m brightrun_cli.trainer SPEC.json  (or: python -m brightrun_cli.trainer SPEC.json)"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr)
+        return EXIT_INVALID if argv[:1] not in (["-h"], ["--help"]) else EXIT_OK
+    started = time.time()
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        spec = load_spec(argv[0])
+    except SpecError as exc:
+        # No trustworthy run dir yet: report next to the spec file when it exists.
+        print(f"error: {exc}", file=sys.stderr)
+        spec_dir = Path(argv[0]).resolve().parent
+        if rank == 0 and spec_dir.is_dir():
+            _write_result(spec_dir, started, "failed", EXIT_INVALID, None, str(exc))
+        return EXIT_INVALID
+    log = setup_logging(spec.output_dir, rank, rank == 0)
+    log.info("brightrun trainer: spec %s (job %s)", spec.path, spec.job_id or "-")
+    run = None
+    try:
+        from . import loop
+
+        run = loop.setup(spec, log)
+        loop.fit(run)
+        loop.save_final(run)
+        status, code, error = "completed", EXIT_OK, None
+    except SpecError as exc:
+        log.error("invalid spec or inputs: %s", exc)
+        status, code, error = "failed", EXIT_INVALID, str(exc)
+    except Exception as exc:
+        from .loop import Stopped
+
+        if isinstance(exc, Stopped):
+            log.info("stopped by SIGTERM at step %d; resume with \"resume\": true", run.state.step)
+            status, code, error = "stopped", EXIT_STOPPED, None
+        else:
+            log.error("training failed: %s\n%s", exc, traceback.format_exc())
+            status, code, error = "failed", EXIT_FAILED, f"{type(exc).__name__}: {exc}"
+    if rank == 0:
+        _write_result(spec.output_dir, started, status, code, run, error)
+    if run is not None:
+        run.metrics.close()
+    log.info("%s (exit %d)", status, code)
+    return code
+
+
+def _write_result(run_dir: Path, started: float, status: str, code: int, run, error: str | None) -> None:
+    state = run.state if run is not None else None
+    write_json_atomic(run_dir / "result.json", {
+        "status": status,
+        "exit_code": code,
+        "steps": state.step if state else 0,
+        "epochs": round(state.step / run.steps_per_epoch, 4) if state else 0,
+        "tokens": state.tokens_seen if state else 0,
+        "base_validation_loss": state.base_validation_loss if state else None,
+        "final_validation_loss": state.validation_loss if state and status == "completed" else None,
+        "final_training_loss": state.training_loss if state else None,
+        "duration_s": round(time.time() - started, 3),
+        "error": error,
+    })

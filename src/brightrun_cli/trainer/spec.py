@@ -1,0 +1,187 @@
+"""The job spec (version 1, docs/ARCHITECTURE.md): loading and validation, no heavy imports.
+
+Everything a user can get wrong in a spec is checked here, before a model is loaded,
+so a bad spec costs a second and exits 2 with one line naming the field to change.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class SpecError(Exception):
+    """The spec or its inputs are invalid: nothing was trained (exit 2)."""
+
+
+SCHEDULERS = ("cosine", "linear", "constant")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class Hyperparameters:
+    learning_rate: float = 2e-4
+    batch_size: int = 4  # conversations per micro-batch per process
+    num_epochs: int = 3
+    lora_rank: int = 16
+    lora_alpha: float = 32
+    lora_dropout: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    max_seq_length: int = 2048  # longer conversations are truncated
+    target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    gradient_accumulation_steps: int = 1
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    packing: bool = True
+    gradient_checkpointing: bool = False
+    assistant_only_loss: bool = True
+    precision: str = "auto"
+
+
+@dataclass
+class Spec:
+    path: Path
+    base_model: str
+    train_file: Path
+    validation_file: Path | None
+    output_dir: Path
+    hyperparameters: Hyperparameters
+    job_id: str = ""
+    seed: int = 42
+    logging_steps: int = 1
+    save_steps: int = 0  # 0: checkpoint only on SIGTERM
+    max_steps: int | None = None
+    resume: bool = False
+    raw: dict[str, Any] = field(default_factory=dict)  # the file as read, copied into final/
+
+
+# (key, type, check, human rule) for every numeric hyperparameter.
+_RANGES = {
+    "learning_rate": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "batch_size": (int, lambda v: 1 <= v <= 4096, "an integer in [1, 4096]"),
+    "num_epochs": (int, lambda v: 1 <= v <= 1000, "an integer in [1, 1000]"),
+    "lora_rank": (int, lambda v: 1 <= v <= 1024, "an integer in [1, 1024]"),
+    "lora_alpha": (float, lambda v: 0 < v <= 4096, "in (0, 4096]"),
+    "lora_dropout": (float, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "warmup_steps": (int, lambda v: 0 <= v, "an integer >= 0"),
+    "weight_decay": (float, lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "max_seq_length": (int, lambda v: 8 <= v <= 1_048_576, "an integer in [8, 1048576]"),
+    "gradient_accumulation_steps": (int, lambda v: 1 <= v <= 4096, "an integer in [1, 4096]"),
+    "max_grad_norm": (float, lambda v: 0 <= v, ">= 0 (0 disables clipping)"),
+}
+
+
+_TOP_LEVEL_KEYS = {
+    "version", "job_id", "base_model", "train_file", "validation_file", "output_dir", "seed",
+    "hyperparameters", "logging_steps", "save_steps", "max_steps", "resume",
+}
+
+
+def _number(where: str, value: Any, kind: type) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{where} must be a number, got {value!r}")
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise SpecError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _hyperparameters(raw: Any) -> Hyperparameters:
+    if not isinstance(raw, dict):
+        raise SpecError("hyperparameters must be an object")
+    known = Hyperparameters.__dataclass_fields__
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise SpecError(f"unknown hyperparameter(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    hp = Hyperparameters()
+    for key, value in raw.items():
+        if key in _RANGES:
+            kind, ok, rule = _RANGES[key]
+            value = _number(f"hyperparameters.{key}", value, kind)
+            if not ok(value):
+                raise SpecError(f"hyperparameters.{key} = {value} is out of range: must be {rule}")
+        elif key in ("packing", "gradient_checkpointing", "assistant_only_loss"):
+            if not isinstance(value, bool):
+                raise SpecError(f"hyperparameters.{key} must be true or false, got {value!r}")
+        elif key == "lr_scheduler" and value not in SCHEDULERS:
+            raise SpecError(f"hyperparameters.lr_scheduler must be one of {', '.join(SCHEDULERS)}, got {value!r}")
+        elif key == "precision" and value not in PRECISIONS:
+            raise SpecError(f"hyperparameters.precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+        elif key == "target_modules" and not (
+            value == "all-linear" or (isinstance(value, list) and value and all(isinstance(m, str) and m for m in value))
+        ):
+            raise SpecError("hyperparameters.target_modules must be a non-empty list of module names or \"all-linear\"")
+        setattr(hp, key, value)
+    return hp
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # json and yaml raise different types; both mean "not parseable"
+        raise SpecError(f"spec {path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"spec {path} must hold an object")
+    return data
+
+
+def _file(base: Path, value: Any, key: str, required: bool) -> Path | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise SpecError(f"{key} must be a file path")
+    path = (base / value).resolve()
+    if not path.is_file():
+        raise SpecError(f"{key} {value!r} does not exist (looked for {path})")
+    return path
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file; relative paths resolve against the spec's directory."""
+    path = Path(path).resolve()
+    raw = _read(path)
+    if raw.get("version") != 1:
+        raise SpecError(f"unsupported spec version {raw.get('version')!r} (this trainer reads version 1)")
+    unknown = sorted(set(raw) - _TOP_LEVEL_KEYS)
+    if unknown:
+        raise SpecError(f"unknown spec key(s) {', '.join(unknown)} (known: {', '.join(sorted(_TOP_LEVEL_KEYS))})")
+    base = path.parent
+    if not isinstance(raw.get("base_model"), str) or not raw["base_model"]:
+        raise SpecError("base_model must be a model name, a directory or builtin:tiny")
+    spec = Spec(
+        path=path,
+        base_model=raw["base_model"],
+        train_file=_file(base, raw.get("train_file"), "train_file", required=True),
+        validation_file=_file(base, raw.get("validation_file"), "validation_file", required=False),
+        output_dir=(base / str(raw.get("output_dir") or ".")).resolve(),
+        hyperparameters=_hyperparameters(raw.get("hyperparameters", {})),
+        job_id=str(raw.get("job_id") or ""),
+        raw=raw,
+    )
+    for key, minimum in (("seed", 0), ("logging_steps", 1), ("save_steps", 0)):
+        if key in raw:
+            value = _number(key, raw[key], int)
+            if value < minimum:
+                raise SpecError(f"{key} = {value} is out of range: must be >= {minimum}")
+            setattr(spec, key, value)
+    if raw.get("max_steps") is not None:
+        spec.max_steps = _number("max_steps", raw["max_steps"], int)
+        if spec.max_steps < 1:
+            raise SpecError(f"max_steps = {spec.max_steps} is out of range: must be >= 1 or null")
+    if not isinstance(raw.get("resume", False), bool):
+        raise SpecError("resume must be true or false")
+    spec.resume = raw.get("resume", False)
+    return spec
