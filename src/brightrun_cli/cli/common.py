@@ -62,7 +62,8 @@ def _default(value: Any) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        # Fixed-width (always microseconds), the same text `dataset list` gets from SQLite.
+        return value.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Path):
@@ -87,7 +88,8 @@ def jsonable(value: Any) -> Any:
 
 
 def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(jsonable(value), default=_default, ensure_ascii=False) + "\n")
+    # Plain lists/dicts go straight to the C encoder; rows and datetimes reach _default.
+    sys.stdout.write(json.dumps(value, default=_default, ensure_ascii=False) + "\n")
     sys.stdout.flush()
 
 

@@ -63,12 +63,12 @@ def list_command(
       brightrun dataset list
       brightrun dataset list --status error --json
     """
-    from brightrun_cli.services.datasets import list_datasets
+    from brightrun_cli.services.datasets import list_datasets, list_datasets_json
 
-    rows = list_datasets(common.workspace(ctx), status=status, search=search)
-    if json_output:
-        common.print_json(rows)
+    if json_output:  # the hot path for scripts: JSON text straight from SQLite
+        sys.stdout.write(list_datasets_json(common.workspace(ctx), status=status, search=search) + "\n")
         return
+    rows = list_datasets(common.workspace(ctx), status=status, search=search)
     if not rows:
         common.console().print("No datasets. Add one: brightrun dataset add FILE.jsonl --name NAME")
         return
@@ -79,7 +79,7 @@ def list_command(
         pairs = "-" if r["total_training_pairs"] is None else f"{r['total_training_pairs']}/{r['total_validation_pairs']}"
         table.add_row(
             r["id"], r["name"], _status(r["status"]), _num(r["total_conversations"]), pairs,
-            _tokens(r["total_tokens"], r["token_count_method"]), _size(r["file_size"]), f"{r['created_at']:%Y-%m-%d %H:%M}",
+            _tokens(r["total_tokens"], r["token_count_method"]), _size(r["file_size"]), r["created_at"][:16].replace("T", " "),
         )
     common.console().print(table)
 
