@@ -46,6 +46,7 @@ def test_transitions_only_move_forward_and_terminal_is_final(ws):
         assert not jobs.transition(s, job.id, jobs.INITIALIZING)
         assert not jobs.transition(s, job.id, jobs.RUNNING, marker="other")  # another attempt's writer
         assert jobs.transition(s, job.id, jobs.RUNNING, marker="m1")
+        assert not jobs.transition(s, job.id, jobs.CANCELLED, only_from=(jobs.QUEUED,))  # a started job is its supervisor's to end
         assert jobs.transition(s, job.id, jobs.COMPLETED, marker="m1")
         for to in (jobs.FAILED, jobs.CANCELLED, jobs.COMPLETED, jobs.RUNNING):
             assert not jobs.transition(s, job.id, to)

@@ -33,7 +33,7 @@ def ws(brightrun_home) -> Workspace:
     from brightrun_cli.services.datasets import add_dataset
 
     ws = Workspace.open()
-    add_dataset(ws, str(conversations(brightrun_home / "chat.jsonl", 24)), name="chat", base_model="builtin:tiny")
+    add_dataset(ws, str(conversations(brightrun_home / "chat.jsonl", 12)), name="chat", base_model="builtin:tiny")
     return ws
 
 
@@ -125,7 +125,7 @@ def test_bad_input_exits_2_with_one_line_and_no_job(ws):
 
 
 def test_sigkill_supervisor_then_resume_completes_without_gaps_or_duplicates(ws):
-    job_id = _submit("--set", "num_epochs=3")
+    job_id = _submit("--set", "num_epochs=2")
     _wait("a few training steps", lambda: len(_train_steps(_points(ws, job_id))) >= 3)
     os.kill(_job(ws, job_id).supervisor_pid, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -146,7 +146,7 @@ def test_sigkill_supervisor_then_resume_completes_without_gaps_or_duplicates(ws)
 
 
 def test_sigkill_trainer_fails_the_job_with_the_log_tail(ws):
-    job_id = _submit("--set", "num_epochs=3")
+    job_id = _submit("--set", "num_epochs=2")
     _wait("training steps", lambda: _train_steps(_points(ws, job_id)))
     trainers = [p for p in _procs_of(job_id) if "brightrun_cli.trainer" in p.info["cmdline"] and "accelerate.commands.launch" not in p.info["cmdline"]]
     assert trainers
@@ -189,7 +189,7 @@ def test_running_job_over_budget_is_stopped_with_budget_exceeded(ws):
 
 
 def test_ten_concurrent_submissions_run_one_at_a_time_and_all_complete(ws):
-    fast = ("--set", "max_seq_length=64", "--set", "num_epochs=1")
+    fast = ("--set", "max_seq_length=32", "--set", "num_epochs=1", "--set", "batch_size=16")
     with ThreadPoolExecutor(10) as pool:
         results = list(pool.map(lambda _: run_brightrun("train", "--dataset", "chat", "--preset", "tiny", *fast, "--detach", "--json"), range(10)))
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results if r.returncode]

@@ -57,15 +57,18 @@ STORAGE_USD_PER_GB_MONTH = 0.021  # the reference's storage price
 SEED = 42
 
 
-def transition(session: Session, job_id: str, to: str, *, marker: str | None = None, **values: Any) -> bool:
+def transition(session: Session, job_id: str, to: str, *, marker: str | None = None,
+               only_from: tuple[str, ...] | None = None, **values: Any) -> bool:
     """Compare-and-set the job's status to `to` (plus `values`) in the caller's transaction.
 
-    Applies only when the job is in a status `to` may follow and, when `marker` is
-    given, still belongs to that supervisor attempt. Returns whether it applied.
+    Applies only when the job is in a status `to` may follow (narrowed by `only_from`)
+    and, when `marker` is given, still belongs to that supervisor attempt. Returns
+    whether it applied.
     """
     if to not in ALLOWED_FROM or not ALLOWED_FROM[to]:
         raise ValueError(f"no transition leads to {to!r}")
-    query = update(TrainingJob).where(col(TrainingJob.id) == job_id, col(TrainingJob.status).in_(ALLOWED_FROM[to]))
+    sources = [s for s in ALLOWED_FROM[to] if only_from is None or s in only_from]
+    query = update(TrainingJob).where(col(TrainingJob.id) == job_id, col(TrainingJob.status).in_(sources))
     if marker is not None:
         query = query.where(col(TrainingJob.supervisor_marker) == marker)
     if to in TERMINAL:
@@ -414,7 +417,7 @@ def cancel_job(ws: "Workspace", ref: str, *, wait_s: float = CANCEL_WAIT_S) -> T
     if job.status in TERMINAL:
         raise ConflictError(f"job {job.id} is already {job.status}", "nothing to cancel")
     with ws.registry.write() as session:
-        if transition(session, job.id, CANCELLED, error_message="cancelled while queued"):
+        if transition(session, job.id, CANCELLED, only_from=(QUEUED,), error_message="cancelled while queued"):
             notify_cancelled(session, job, "while queued")
     deadline = time.monotonic() + wait_s
     signalled = None
@@ -424,7 +427,7 @@ def cancel_job(ws: "Workspace", ref: str, *, wait_s: float = CANCEL_WAIT_S) -> T
             return job
         if job.status == QUEUED:  # resumed or released between reads: cancel the queued row again
             with ws.registry.write() as session:
-                if transition(session, job.id, CANCELLED, error_message="cancelled while queued"):
+                if transition(session, job.id, CANCELLED, only_from=(QUEUED,), error_message="cancelled while queued"):
                     notify_cancelled(session, job, "while queued")
             continue
         if job.supervisor_pid is not None:

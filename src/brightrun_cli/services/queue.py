@@ -89,7 +89,7 @@ def _claim(ws: "Workspace") -> list[tuple[str, str]]:
             names = _job_hosts(job, session)
             missing = [n for n in names if n not in slots]
             if missing:
-                if jobs.transition(session, job.id, jobs.FAILED, error_message=f"host '{missing[0]}' no longer exists"):
+                if jobs.transition(session, job.id, jobs.FAILED, only_from=(jobs.QUEUED,), error_message=f"host '{missing[0]}' no longer exists"):
                     _notify_failed(session, job, f"host '{missing[0]}' no longer exists")
                 continue
             if any(n in blocked for n in names) or any(slots[n] < _need(job) for n in names):
