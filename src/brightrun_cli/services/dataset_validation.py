@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -27,7 +29,7 @@ from brightrun_cli.services.dataset_tokens import TokenCounter
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # one conversation; anything longer is not a chat transcript
 SAMPLE_CONVERSATIONS = 3
-TOKEN_BATCH = 512
+TOKEN_BATCH = 1024
 _BOM = b"\xef\xbb\xbf"
 
 Progress = Callable[[int], None]  # bytes read so far
@@ -74,51 +76,57 @@ def scan(
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'", f"use --format auto or one of {', '.join(FORMATS)}")
     result = ScanResult(format=fmt)
-    seen: dict[str, int] = {}
+    counting = _Counting(counter, result, keep_problems)
     fractions: list[float] = []
-    batch: list[tuple[int, list[dict[str, str]]]] = []
-    read = 0
-    last_progress = 0
-    number = 0
-    for number, raw in enumerate(lines, start=1):
-        read += len(raw)
-        if progress is not None and read - last_progress >= 1 << 20:
-            progress(read)
-            last_progress = read
-        obj = _parse_line(raw, number, file_name, result, keep_problems)
-        if obj is None:
-            continue
-        if result.format == "auto":
-            result.format = _detect(obj, number, file_name)
-        record, problems = to_v4(obj, result.format, number)
-        for problem in problems:
-            result.add_problem(problem, keep_problems)
-        if record is None:
-            continue
-        cid = record["conversation_id"]
-        if cid in seen:
-            result.add_problem(
-                Problem(number, f"duplicate conversation_id {cid!r} (first on line {seen[cid]})", "give every conversation its own id"),
-                keep_problems,
-            )
-            continue
-        seen[cid] = number
-        _account(result, record, val_split, fractions)
-        if len(result.samples) < SAMPLE_CONVERSATIONS:
-            result.samples.append(record)
-        out.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
-        batch.append((number, record["turns"]))
-        if len(batch) >= TOKEN_BATCH:
-            _count(batch, counter, result, keep_problems)
-    _count(batch, counter, result, keep_problems)
+    try:
+        number, read = _scan_lines(lines, out, file_name, val_split, keep_problems, progress, result, fractions, counting)
+        counting.finish()
+    finally:
+        counting.close()
     if progress is not None:
         progress(read)
     if number == 0 or (result.conversations == 0 and result.problem_count == 0):
         raise UsageError(f"{file_name} contains no data lines", "pass a JSONL file with one conversation per line")
     if result.format == "auto":
         result.format = "brightrun_lora_v4"
+    result.problems.sort(key=lambda p: p.line)  # token problems arrive a batch or two late
     _ensure_both_splits(result, fractions, val_split)
     return result
+
+
+def _scan_lines(
+    lines: Iterable[bytes], out: IO[bytes], file_name: str, val_split: float, keep: int, progress: Progress | None,
+    result: ScanResult, fractions: list[float], counting: "_Counting",
+) -> tuple[int, int]:
+    """The per-line loop of `scan`. Returns (lines read, bytes read)."""
+    seen: dict[str, int] = {}
+    read = last_progress = number = 0
+    for number, raw in enumerate(lines, start=1):
+        read += len(raw)
+        if progress is not None and read - last_progress >= 1 << 20:
+            progress(read)
+            last_progress = read
+        obj = _parse_line(raw, number, file_name, result, keep)
+        if obj is None:
+            continue
+        if result.format == "auto":
+            result.format = _detect(obj, number, file_name)
+        record, problems = to_v4(obj, result.format, number)
+        for problem in problems:
+            result.add_problem(problem, keep)
+        if record is None:
+            continue
+        cid = record["conversation_id"]
+        if cid in seen:
+            result.add_problem(Problem(number, f"duplicate conversation_id {cid!r} (first on line {seen[cid]})", "give every conversation its own id"), keep)
+            continue
+        seen[cid] = number
+        _account(result, record, val_split, fractions)
+        if len(result.samples) < SAMPLE_CONVERSATIONS:
+            result.samples.append(record)
+        out.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+        counting.add(number, record["turns"])
+    return number, read
 
 
 def _parse_line(raw: bytes, number: int, file_name: str, result: ScanResult, keep: int) -> dict[str, Any] | None:
@@ -182,20 +190,52 @@ def _account(result: ScanResult, record: dict[str, Any], val_split: float, fract
     result.conversations += 1
 
 
-def _count(batch: list[tuple[int, list[dict[str, str]]]], counter: TokenCounter, result: ScanResult, keep: int) -> None:
-    if not batch:
-        return
-    counts = counter.count([turns for _, turns in batch])
-    result.tokens.extend(counts)
-    limit = counter.context_length
-    if limit:
-        for (number, _), tokens in zip(batch, counts):
-            if tokens > limit:
-                result.add_problem(
-                    Problem(number, f"conversation is {tokens} tokens, longer than the model's context of {limit}", "split it into shorter conversations or drop early turns"),
-                    keep,
-                )
-    batch.clear()
+class _Counting:
+    """Counts tokens of batches on a worker thread while the caller parses the next lines: the
+    Rust tokenizer releases the GIL, so parsing and tokenizing overlap. Results are applied
+    in submission order, at most two batches behind."""
+
+    def __init__(self, counter: TokenCounter, result: ScanResult, keep: int):
+        self.counter = counter
+        self.result = result
+        self.keep = keep
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brightrun-tokens")
+        self.pending: deque[tuple[list[tuple[int, list[dict[str, str]]]], Future[list[int]]]] = deque()
+
+        self.batch: list[tuple[int, list[dict[str, str]]]] = []
+
+    def add(self, line: int, turns: list[dict[str, str]]) -> None:
+        self.batch.append((line, turns))
+        if len(self.batch) >= TOKEN_BATCH:
+            self._submit()
+
+    def _submit(self) -> None:
+        if self.batch:
+            self.pending.append((self.batch, self.pool.submit(self.counter.count, [turns for _, turns in self.batch])))
+            self.batch = []
+        while len(self.pending) > 2:
+            self._apply()
+
+    def finish(self) -> None:
+        self._submit()
+        while self.pending:
+            self._apply()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _apply(self) -> None:
+        batch, future = self.pending.popleft()
+        counts = future.result()
+        self.result.tokens.extend(counts)
+        limit = self.counter.context_length
+        if limit:
+            for (number, _), tokens in zip(batch, counts):
+                if tokens > limit:
+                    self.result.add_problem(
+                        Problem(number, f"conversation is {tokens} tokens, longer than the model's context of {limit}", "split it into shorter conversations or drop early turns"),
+                        self.keep,
+                    )
 
 
 def _ensure_both_splits(result: ScanResult, fractions: list[float], val_split: float) -> None:
