@@ -474,7 +474,10 @@ def repair_interrupted(ws: "Workspace") -> list[str]:
                    priority="high", action_command=todo, dataset_id=row.id)
             repaired.append((dataset_id, revalidation))
     for dataset_id, keep_files in repaired:
-        if not keep_files:  # an interrupted add may have stored some blobs: they are not a dataset
+        # What the dead process left: its local v4 file, its lock file, and (an add) partial blobs.
+        for leftover in [*ws.cache_dir.glob(f"dataset-{dataset_id}-*"), _lock_path(ws, dataset_id)]:
+            leftover.unlink(missing_ok=True)
+        if not keep_files:
             with contextlib.suppress(Exception):
                 ws.storage.delete(f"datasets/{dataset_id}")
     return [i for i, _ in repaired]
