@@ -6,6 +6,7 @@ person would see it. Needs the tmux binary (scripts/system-deps.sh installs it).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -162,3 +163,30 @@ def test_no_color_is_respected(pane_factory, no_color, coloured):
     screen = pane._tmux("capture-pane", "-p", "-e", "-t", "w")
     assert bool(re.search(r"\x1b\[[0-9;]*(3[0-7]|38;[0-9;]+)m", screen)) == coloured
     pane.keys("C-c")
+
+
+def test_watch_follows_a_real_cpu_training_job(pane_factory, brightrun_home):
+    """`train --detach` on the built-in base, then watch: what a person sees of a real run."""
+    from brightrun_cli.services.datasets import add_dataset
+    from conftest import run_brightrun
+    from jobs_helpers import conversations
+
+    ws = Workspace.open()
+    add_dataset(ws, str(conversations(brightrun_home / "chat.jsonl", 12)), name="chat", base_model="builtin:tiny")
+    fast = ("--preset", "tiny", "--set", "batch_size=1", "--set", "num_epochs=1", "--set", "max_seq_length=64", "--set", "packing=false")
+    submitted = run_brightrun("train", "--dataset", "chat", *fast, "--detach", "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+    pane = pane_factory(brightrun("watch", job_id))
+    seen: set[int] = set()
+
+    def ended(screen: str) -> bool:
+        seen.update(int(s) for s in re.findall(r"step (\d+)/\d+", screen))
+        return pane.exit_status() is not None
+
+    final = pane.wait_for(ended, timeout=400, what="the job to end")
+    assert pane.exit_status() == 0, final
+    assert len(seen) >= 2, f"progress never seen moving (steps {seen})"
+    assert "✔ completed" in final and "100%" in final
+    assert re.search(r"train loss +\d\.\d{4}", final) and re.search(r"val loss +\d\.\d{4}", final)
+    assert re.search(r"[\u2801-\u28ff]", final), "loss curve drawn"
