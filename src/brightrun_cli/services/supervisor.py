@@ -184,6 +184,7 @@ class Supervisor:
         with self.ws.registry.session() as session:
             self.job = session.get(TrainingJob, self.job_id)
             self.previous_cost = self.jobs.previous_compute_cost(session, self.job_id)
+        log.info("supervising job %s, attempt %d (pid %d, marker %s)", self.job_id, self.job.resume_count + 1, os.getpid(), self.marker)
         try:
             request = self._prepare()
             if self.stop_reason:
