@@ -114,6 +114,8 @@ def export_command(
     """Copy a model's PEFT adapter directory (with tokenizer, config, metrics and card) somewhere.
 
     Loads with PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), TARGET).
+    Credentials come from the target filesystem's usual sources; for an S3-compatible
+    server set AWS_ENDPOINT_URL.
 
     Examples:
       brightrun models export 01jd4 ./my-adapter
