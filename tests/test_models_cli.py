@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 
-def make_model(home, *, name, score, cost, age_h=0.0, parent=None):
+def make_model(home, *, name, score, cost, age_h=0.0, parent=None, base_model="builtin:tiny"):
     """Register a job + model row and store two files under its key, as create_artifact would."""
     from brightrun_cli.registry.tables import Dataset, ModelArtifact, TrainingJob
     from brightrun_cli.registry.timeutil import utcnow
@@ -23,7 +23,7 @@ def make_model(home, *, name, score, cost, age_h=0.0, parent=None):
                           gpu_config={"type": "cpu", "count": 1}, total_epochs=1, estimated_total_cost=cost, status="completed")
         session.add(job)
         session.flush()
-        model = ModelArtifact(job_id=job.id, dataset_id=dataset.id, name=name, base_model="builtin:tiny",
+        model = ModelArtifact(job_id=job.id, dataset_id=dataset.id, name=name, base_model=base_model,
                               quality_metrics={"overall_score": score, "convergence_quality": "good"},
                               training_summary={"total_cost": cost}, configuration={}, artifacts={"files": []},
                               parent_model_id=parent, created_at=utcnow() - timedelta(hours=age_h))
@@ -88,6 +88,13 @@ def test_rm_without_yes_and_no_terminal_refuses(cli, brightrun_home):
     result = cli("models", "rm", model.id)
     assert result.exit_code == 2 and "--yes" in result.stderr
     assert (brightrun_home / "storage" / model.storage_path / "adapter_config.json").is_file()
+
+
+def test_merge_with_an_unknown_builtin_base_writes_nothing(cli, brightrun_home, tmp_path):
+    model = make_model(brightrun_home, name="orphan", score=3, cost=1.0, base_model="builtin:retired")
+    result = cli("models", "merge", model.id, str(tmp_path / "merged"))
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "unavailable" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("args", [("list",), ("show", "x"), ("export", "x", "y"), ("merge", "x", "y"), ("rm", "x")])

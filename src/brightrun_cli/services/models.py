@@ -120,7 +120,10 @@ def _resolve_base(base_model: str | None) -> str:
 
     if not base_model:
         raise UsageError("the model does not record its base model", "merge it by hand with peft's merge_and_unload")
-    return resolve_base_model(base_model)
+    try:
+        return resolve_base_model(base_model)
+    except ValueError as exc:  # a builtin this installation does not ship
+        raise UsageError(f"the base model is unavailable: {exc}", "install the brightrun version that trained it") from exc
 
 
 def merge_model(ws: Workspace, ref: str, out_dir: Path, *, force: bool = False) -> Path:
