@@ -101,6 +101,16 @@ def test_dashboard_uses_the_width_it_has(ws):
     assert len(wide.splitlines()) < len(narrow.splitlines())
 
 
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (80, 30), (120, 24), (160, 50)])
+def test_dashboard_fits_the_terminal_height(ws, width, height):
+    job_id = finished(ws, "failed", error_message="trainer exited with code 1: CUDA out of memory")
+    for i in range(20):
+        log(ws, job_id, f"log line {i}")
+    out = screen(render_job(state_of(ws, job_id), utcnow(), height=height), width=width, height=height)
+    assert len(out.splitlines()) < height  # one row left for the cursor: nothing scrolls away
+    assert "CUDA out of memory" in out and re.search(r"train loss\s+2\.2758", out)
+
+
 def test_gpu_utilisation_and_memory_are_shown_when_known(ws):
     job_id = running_job(ws, done=2)
     add_point(ws, job_id, 3, 40, gpu_utilization=87.0, gpu_memory=31.25)

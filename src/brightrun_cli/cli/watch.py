@@ -240,9 +240,13 @@ class _Keys:
 
             termios.tcsetattr(sys.stdin, termios.TCSADRAIN, self._saved)
 
+    @property
+    def active(self) -> bool:
+        return self._saved is not None
+
     def wait(self, seconds: float) -> str | None:
         """Sleep up to `seconds`; return the key pressed meanwhile, if any."""
-        if self._saved is None:
+        if not self.active:
             time.sleep(seconds)
             return None
         import select
@@ -311,7 +315,7 @@ def _live_board(board) -> str | None:
         while True:
             changed = board.poll()
             if changed or time.monotonic() - drawn_at >= CLOCK_SECONDS:
-                live.update(render_board(board.rows, _now(), selectable=keys._saved is not None), refresh=True)
+                live.update(render_board(board.rows, _now(), selectable=keys.active), refresh=True)
                 drawn_at = time.monotonic()
             key = keys.wait(BOARD_POLL_SECONDS)
             if key in ("q", "Q"):

@@ -236,6 +236,23 @@ def logs(lines: list[str], count: int) -> RenderableType:
     return text
 
 
+SUMMARY_ROWS = 12  # header 4, blank, progress 2, blank, metrics 3, cost 1
+
+
+def layout(height: int, *, wide: bool, has_logs: bool, failed: bool) -> tuple[int, int]:
+    """Curve rows and log lines that fit `height` terminal rows (one kept for the cursor).
+
+    Narrow: summary, curve and logs stacked; wide: the curve beside the summary, so it
+    can be as tall as the summary for free. Logs go first when rows run short."""
+    room = height - 1 - 2 - (3 if failed else 0)  # outer panel borders, error panel
+    room -= 0 if wide else SUMMARY_ROWS + 1
+    logs = min(6, (room - (14 if wide else 6)) // 2) if has_logs else 0
+    log_rows = logs + 2 if logs >= 2 else 0
+    if wide:
+        return max(SUMMARY_ROWS - 2, min(14, room - log_rows - 2)), logs if log_rows else 0
+    return max(3, min(12, room - log_rows - 2)), logs if log_rows else 0
+
+
 class Dashboard:
     """The one-job view. Lays itself out for the width and height it is given."""
 
@@ -248,10 +265,8 @@ class Dashboard:
         state, job = self.state, self.state.job
         height = self.height or options.height or console.height or 40
         wide = options.max_width >= WIDE
-        # Rows spent outside the curve and the logs (panels, header, progress, metrics, cost).
-        fixed = 19 if not wide else 13
-        log_count = 0 if not state.log_lines else max(2, min(8, (height - fixed) // 3))
-        curve_height = max(4, min(12, height - fixed - log_count - (2 if job.error_message else 0)))
+        failed = job.status == "failed" and bool(job.error_message)
+        curve_height, log_count = layout(height, wide=wide, has_logs=bool(state.log_lines), failed=failed)
         summary = Group(header(job, self.now), Text(""), progress(job, self.now), Text(""), metrics(state), cost(job))
         curve = LossCurve(state.points, job.total_steps, height=curve_height)
         title = Text("brightrun watch", style="bold")
@@ -263,7 +278,7 @@ class Dashboard:
             body: list[RenderableType] = [top]
         else:
             body = [summary, Text(""), curve]
-        if job.status == "failed" and job.error_message:
+        if failed:
             body.append(Panel(Text(job.error_message, style="red"), title="error", border_style="red", title_align="left"))
         yield Panel(Group(*body), title=title, title_align="left", border_style=STATUS_STYLES.get(job.status, ""))
         if log_count:
