@@ -317,3 +317,30 @@ def test_killed_midway_then_rerun_leaves_exactly_one_complete_artifact(where, br
     for entry in artifact.artifacts["files"]:
         assert hashlib.sha256(files[entry["path"]].read_bytes()).hexdigest() == entry["sha256"]
     assert not (brightrun_home / "cache" / "artifacts" / job_id).exists()
+
+
+@pytest.mark.slow
+def test_artifact_in_s3_storage_exports_and_removes(cli, brightrun_home, trained_run, s3_server, tmp_path):
+    import s3fs
+
+    from brightrun_cli.services.artifacts import create_artifact
+    from brightrun_cli.services.workspace import Workspace
+
+    bucket = f"store-{os.urandom(4).hex()}"
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    fs.mkdir(bucket)
+    (brightrun_home / "config.toml").write_text(
+        f'storage_url = "s3://{bucket}/root"\n[storage_options.client_kwargs]\nendpoint_url = "{s3_server}"\n'
+    )
+    artifact = create_artifact(Workspace.open(brightrun_home), completed_job(brightrun_home, trained_run))
+    prefix = f"{bucket}/root/models/{artifact.id}/"
+    assert sorted(p[len(prefix):] for p in fs.find(prefix)) == sorted(e["path"] for e in artifact.artifacts["files"])
+
+    exported = cli("models", "export", artifact.id, str(tmp_path / "out"))
+    assert exported.exit_code == 0, exported.stderr
+    assert (tmp_path / "out" / "adapter_model.safetensors").stat().st_size == next(
+        e["size"] for e in artifact.artifacts["files"] if e["path"] == "adapter_model.safetensors")
+
+    assert cli("models", "rm", artifact.id, "--yes").exit_code == 0
+    fs.invalidate_cache()
+    assert fs.find(prefix) == []
