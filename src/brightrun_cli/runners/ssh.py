@@ -323,7 +323,7 @@ run=$1; grace=$2; marker=$3
 pg=$(cat "$run/trainer.pid" 2>/dev/null)
 strays() {
   for d in /proc/[0-9]*; do
-    tr '\0' '\n' < "$d/environ" 2>/dev/null | grep -qxF "BRIGHTRUN_REMOTE_JOB=$marker" && echo "${d#/proc/}"
+    tr '\0' '\n' 2>/dev/null < "$d/environ" | grep -qxF "BRIGHTRUN_REMOTE_JOB=$marker" && echo "${d#/proc/}"
   done
 }
 alive() { { [ -n "$pg" ] && kill -0 "-$pg" 2>/dev/null; } || [ -n "$(strays)" ]; }
@@ -447,6 +447,10 @@ class SSHRunner(Runner):
             cpu=True if host.gpu_type == "cpu" and not multi and request.num_processes == 1 else None,
         )
         env = dict(request.env)
+        if host.gpu_type == "cpu":
+            # Without it accelerate's state falls back to a non-distributed CPU run in each
+            # process that torchrun starts (DistributedType.NO), instead of gloo DDP.
+            env.setdefault("ACCELERATE_USE_CPU", "true")
         bad = [k for k in env if not ENV_NAME_RE.match(k)]
         if bad:
             raise UsageError(f"invalid environment variable name {bad[0]!r}", "use letters, digits and _")
