@@ -190,18 +190,15 @@ def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False) -> i
     from brightrun_cli.services.jobs import get_job
     from brightrun_cli.services.watch import JobFollower
 
-    try:
-        job_id = get_job(ws, job_ref).id
-    except NotFoundError as exc:
-        _stderr(f"error: {exc}")
-        return EXIT_JOB_NOT_FOUND
     if json_output:
-        sink = _JsonSink()
+        sink: _Sink = _JsonSink()
     elif _interactive():
         sink = _LiveSink()
     else:
         sink = _PlainSink()
+    job_id = job_ref
     try:
+        job_id = get_job(ws, job_ref).id
         with JobFollower(ws, job_id) as follower, sink:
             while True:
                 change = follower.poll()
@@ -210,6 +207,9 @@ def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False) -> i
                     break
                 time.sleep(POLL_SECONDS)
                 sink.tick(follower.state)
+    except NotFoundError as exc:  # never there, or removed (`jobs rm`) while watched
+        _stderr(f"error: {exc}")
+        return EXIT_JOB_NOT_FOUND
     except BrokenPipeError:
         return _reader_left()
     except KeyboardInterrupt:
