@@ -215,3 +215,14 @@ def test_all_linear_targets_every_projection():
     assert config.hyperparameters()["target_modules"] == "all-linear"  # what PEFT takes
     per_layer = 8 * (4 * (4096 + 4096) + 3 * (4096 + 11008))
     assert shape.lora_params(config.target_modules, 8) == 32 * per_layer
+
+
+def test_tiny_preset_estimates_offline_on_the_builtin_model(cli, ws):
+    _dataset(ws, conversations=500, train_tokens=90_000, validation_tokens=10_000)
+    result = cli("estimate", "-d", "support-v1", "-p", "tiny", "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["base_model"] == "builtin:tiny" and data["gpu_config"] == {"type": "cpu", "count": 1}
+    assert data["estimated_cost"] == 0.0 and data["fits_in_memory"] is True
+    assert 0.5e6 < data["training_details"]["model_parameters"] < 2e6
+    assert data["training_details"]["total_steps"] == 3 * 63  # ceil(500 / 8) per epoch
