@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
+
+from conftest import REPO
 
 
 def make_model(home, *, name, score, cost, age_h=0.0, parent=None, base_model="builtin:tiny"):
@@ -64,6 +69,25 @@ def test_list_sorts_by_created_score_and_cost(cli, brightrun_home):
     assert names("--sort", "cost") == ["old-good-cheap", "new-ok-mid", "mid-bad-dear"]
     human = cli("models", "list")
     assert human.exit_code == 0 and "old-good-cheap" in human.stdout and "5/5" in human.stdout
+    # list --json and show --json describe a model identically
+    for listed in json.loads(cli("models", "list", "--json").stdout):
+        assert json.loads(cli("models", "show", listed["id"], "--json").stdout) == listed
+
+
+def test_models_list_does_not_import_sqlalchemy(brightrun_home):
+    make_model(brightrun_home, name="one", score=3, cost=1.0)
+    code = (
+        "import sys\n"
+        "from brightrun_cli.cli.app import app\n"
+        "try:\n    app(['models', 'list', '--json'], prog_name='brightrun')\n"
+        "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print('SQLALCHEMY' if 'sqlalchemy' in sys.modules else 'PLAIN')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[0])[0]["name"] == "one"
+    assert proc.stdout.splitlines()[-1] == "PLAIN"
 
 
 def test_rm_refuses_while_a_model_derives_from_it(cli, brightrun_home):

@@ -44,15 +44,15 @@ def list_command(
     table = Table("ID", "NAME", "SCORE", "CONVERGENCE", "VAL LOSS", "COST", "CREATED", box=None)
     table.columns[0].no_wrap = True
     for m in rows:
-        q = m.quality_metrics
+        q = m["quality_metrics"]
         table.add_row(
-            m.id,
-            f"{m.name} v{m.version}",
+            m["id"],
+            f"{m['name']} v{m['version']}",
             f"{q.get('overall_score')}/5",
             q.get("convergence_quality") or "-",
             f"{_fmt(q.get('base_validation_loss'), '.3g')}→{_fmt(q.get('final_validation_loss'), '.3g')}",
-            f"${_fmt(m.training_summary.get('total_cost'), '.2f')}",
-            f"{m.created_at:%m-%d %H:%M}",
+            f"${_fmt(m['training_summary'].get('total_cost'), '.2f')}",
+            f"{m['created_at']:%m-%d %H:%M}",
         )
     if not rows:
         common.console().print("No models yet: a completed 'brightrun train' job stores one.")

@@ -75,19 +75,33 @@ def create_artifact(ws: Workspace, job_id: str) -> ModelArtifact:
     files = staging / "files"
     shutil.rmtree(files, ignore_errors=True)
     shutil.copytree(final, files)
+    artifact = _assemble(ws, artifact_id, job, dataset, points, files)
+
+    # A previous attempt may have uploaded part of this artifact: start its key afresh.
+    ws.storage.delete(artifact.storage_path)
+    ws.storage.put_dir(files, artifact.storage_path)
+    stored = _register(ws, artifact)
+    shutil.rmtree(staging, ignore_errors=True)
+    return stored
+
+
+def _assemble(ws: Workspace, artifact_id: str, job: TrainingJob, dataset: Dataset | None, points, files: Path) -> ModelArtifact:
+    """Add result.json, the metrics history and the model card to `files` (a copy of final/); return the unsaved row."""
     result = _read_json(run_dir(ws, job) / RESULT_FILE)
     if result:
         (files / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     _write_metrics(files / METRICS_FILE, points)
     train = [(p.step, p.training_loss) for p in points if p.split == "train" and p.training_loss is not None]
     validation = [(p.step, p.validation_loss) for p in points if p.split == "validation" and p.validation_loss is not None]
-
+    name = _name(dataset, job)
+    with ws.registry.session() as session:
+        version = _next_version(session, name)
     artifact = ModelArtifact(
         id=artifact_id,
         job_id=job.id,
         dataset_id=job.dataset_id,
-        name=_name(dataset, job),
-        version="1.0.0",
+        name=name,
+        version=version,
         status="stored",
         base_model=job.base_model,
         storage_path=storage_prefix(artifact_id),
@@ -102,18 +116,10 @@ def create_artifact(ws: Workspace, job_id: str) -> ModelArtifact:
         configuration={"preset_id": job.preset_id, "hyperparameters": job.hyperparameters, "gpu_config": job.gpu_config},
         artifacts={},
     )
-    with ws.registry.session() as session:
-        artifact.version = _next_version(session, artifact.name)
     versions = _read_json(files / "versions.json")
     (files / CARD_FILE).write_text(render_model_card(artifact, dataset, train, validation, versions))
     artifact.artifacts = {"files": _describe(files)}
-
-    # A previous attempt may have uploaded part of this artifact: start its key afresh.
-    ws.storage.delete(artifact.storage_path)
-    ws.storage.put_dir(files, artifact.storage_path)
-    stored = _register(ws, artifact)
-    shutil.rmtree(staging, ignore_errors=True)
-    return stored
+    return artifact
 
 
 def _artifact_of(session, job_id: str) -> ModelArtifact | None:

@@ -1,22 +1,27 @@
-"""Model artifacts after creation: list, show, export, merge, remove."""
+"""Model artifacts after creation: list, show, export, merge, remove.
+
+`list_models` reads with plain sqlite3 (no SQLAlchemy import on the `models list` path);
+the rest use the SQLModel tables, imported where needed.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-from sqlmodel import col, select
+from typing import TYPE_CHECKING, Any
 
 from brightrun_cli.errors import ConflictError, OperationError, UsageError
-from brightrun_cli.registry.queries import resolve
-from brightrun_cli.registry.tables import ModelArtifact
-from brightrun_cli.registry.timeutil import utcnow
+from brightrun_cli.registry.timeutil import parse_db_time, utcnow
 from brightrun_cli.services.workspace import Workspace
+
+if TYPE_CHECKING:
+    from brightrun_cli.registry.tables import ModelArtifact
 
 SORTS = ("created", "score", "cost")
 
@@ -28,27 +33,41 @@ class Exported:
     bytes: int
 
 
-def list_models(ws: Workspace, sort: str = "created") -> list[ModelArtifact]:
-    """Live models: newest first (`created`), best score first (`score`) or cheapest first (`cost`)."""
+_JSON_COLUMNS = ("quality_metrics", "training_summary", "configuration", "artifacts")
+_TIME_COLUMNS = ("deployed_at", "created_at", "updated_at", "deleted_at")
+
+
+def list_models(ws: Workspace, sort: str = "created") -> list[dict[str, Any]]:
+    """Live models as dicts with the registry's field names: newest first (`created`),
+    best score first (`score`) or cheapest first (`cost`)."""
     if sort not in SORTS:
         raise UsageError(f"unknown sort '{sort}'", f"use one of: {', '.join(SORTS)}")
-    with ws.registry.session() as session:
-        rows = list(session.exec(select(ModelArtifact).where(col(ModelArtifact.deleted_at).is_(None))).all())
-    rows.sort(key=lambda m: m.created_at, reverse=True)
+    conn = ws.registry.connect()
+    try:
+        rows = [dict(r) for r in conn.execute("SELECT * FROM model_artifacts WHERE deleted_at IS NULL")]
+    finally:
+        conn.close()
+    for row in rows:
+        row.update({c: json.loads(row[c]) for c in _JSON_COLUMNS if row[c] is not None})
+        row.update({c: parse_db_time(row[c]) for c in _TIME_COLUMNS})
+    rows.sort(key=lambda m: (m["created_at"], m["id"]), reverse=True)
     if sort == "score":
-        rows.sort(key=lambda m: m.quality_metrics.get("overall_score") or 0, reverse=True)
+        rows.sort(key=lambda m: m["quality_metrics"].get("overall_score") or 0, reverse=True)
     elif sort == "cost":
-        rows.sort(key=lambda m: m.training_summary.get("total_cost") or 0.0)
+        rows.sort(key=lambda m: m["training_summary"].get("total_cost") or 0.0)
     return rows
 
 
-def get_model(ws: Workspace, ref: str) -> ModelArtifact:
+def get_model(ws: Workspace, ref: str) -> "ModelArtifact":
     """A live model by id, unique id prefix or name (NotFoundError otherwise)."""
+    from brightrun_cli.registry.queries import resolve
+    from brightrun_cli.registry.tables import ModelArtifact
+
     with ws.registry.session() as session:
         return resolve(session, ModelArtifact, ref, "model", by_name=True)
 
 
-def _file_entries(model: ModelArtifact) -> list[dict]:
+def _file_entries(model: "ModelArtifact") -> list[dict]:
     return model.artifacts.get("files", [])
 
 
@@ -108,7 +127,7 @@ def export_model(ws: Workspace, ref: str, target: str, *, force: bool = False) -
     return Exported(target=target, files=written, bytes=total)
 
 
-def _local_artifact_dir(ws: Workspace, model: ModelArtifact, scratch: Path) -> Path:
+def _local_artifact_dir(ws: Workspace, model: "ModelArtifact", scratch: Path) -> Path:
     local = ws.storage.local_path(model.storage_path)
     if local is not None:
         return local
@@ -186,8 +205,13 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def remove_model(ws: Workspace, ref: str) -> ModelArtifact:
+def remove_model(ws: Workspace, ref: str) -> "ModelArtifact":
     """Soft-delete the row, then delete the stored files. Refuses while another model derives from it."""
+    from sqlmodel import col, select
+
+    from brightrun_cli.registry.queries import resolve
+    from brightrun_cli.registry.tables import ModelArtifact
+
     with ws.registry.write() as session:
         model = resolve(session, ModelArtifact, ref, "model", by_name=True)
         children = session.exec(
