@@ -96,7 +96,7 @@ def test_remote_run_completes_and_its_results_come_home(sshd, tmp_path, start): 
     ws = Workspace.open()
     host = _host(ws, sshd, "box", tmp_path / "remote")
     job_id = new_id()
-    run_dir = make_run_dir(ws, job_id, epochs=1)
+    run_dir = make_run_dir(ws, job_id, epochs=1, n_train=16)
     runner = SSHRunner(ws, [host])
     handle = start(runner, _request(run_dir, job_id))
     assert _follow(runner, handle) == 0
@@ -119,7 +119,7 @@ def test_connection_loss_then_reattach_loses_and_duplicates_nothing(sshd, tmp_pa
     ws = Workspace.open()
     host = _host(ws, sshd, "box", tmp_path / "remote")
     job_id = new_id()
-    run_dir = make_run_dir(ws, job_id, epochs=3)
+    run_dir = make_run_dir(ws, job_id, epochs=2, n_train=32, batch_size=4)
     runner = SSHRunner(ws, [host], backoff_max_s=1.0)
     handle = start(runner, _request(run_dir, job_id))
     metrics = run_dir / "metrics.jsonl"
@@ -178,7 +178,7 @@ def test_two_nodes_run_one_gloo_job(sshd, tmp_path, start):  # noqa: F811
     nodes = [_host(ws, sshd, "node0", tmp_path / "remote0"), _host(ws, sshd, "node1", tmp_path / "remote1")]
     job_id = new_id()
     # Every rank gets the same number of validation chunks (16 held out, chunks of 4 x 2).
-    run_dir = make_run_dir(ws, job_id, epochs=1, n_train=32, n_val=16, batch_size=2)
+    run_dir = make_run_dir(ws, job_id, epochs=1, n_train=16, n_val=16, batch_size=2)
     runner = SSHRunner(ws, nodes)
     handle = start(runner, _request(run_dir, job_id))
     assert [name for name, _ in _Handle.parse(handle).pgids] == ["node0", "node1"]

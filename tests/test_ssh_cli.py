@@ -1,0 +1,51 @@
+"""`brightrun train --host` on an SSH host, end to end through real processes: the CLI,
+the detached supervisor, ssh/rsync to a real sshd, the trainer there, the artifact here."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from sqlmodel import select
+
+from brightrun_cli.registry.tables import MetricPoint
+from brightrun_cli.services import jobs
+from brightrun_cli.services.workspace import Workspace
+from conftest import run_brightrun
+from sshd import EXAMPLES, requires_sshd, sshd  # noqa: F401  (fixture)
+
+pytestmark = [pytest.mark.slow, requires_sshd]
+
+FAST = ("--preset", "tiny", "--set", "num_epochs=1", "--set", "batch_size=4", "--set", "max_seq_length=128")
+
+
+def test_train_on_an_ssh_host_completes_with_metrics_and_a_local_artifact(sshd, tmp_path, brightrun_home):  # noqa: F811
+    from brightrun_cli.services.datasets import add_dataset
+
+    data = tmp_path / "support.jsonl"
+    data.write_text("\n".join(EXAMPLES.read_text().splitlines()[:40]) + "\n")
+    ws = Workspace.open()
+    add_dataset(ws, str(data), name="support", base_model="builtin:tiny")
+    added = run_brightrun("hosts", "add", "box", "--ssh", sshd.target, "--python", sys.executable,
+                          "--workdir", str(tmp_path / "remote"))
+    assert added.returncode == 0, added.stderr
+
+    result = run_brightrun("train", "--dataset", "support", *FAST, "--host", "box", timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+    job = jobs.list_jobs(ws)[0]
+    assert job.status == "completed" and job.hosts == ["box"], job.error_message
+    assert job.external_job_id.startswith("ssh:")
+    with ws.registry.session() as s:
+        points = [(p.step, p.split) for p in s.exec(select(MetricPoint).where(MetricPoint.job_id == job.id))]
+    local_lines = (ws.home / job.run_dir / "metrics.jsonl").read_text().splitlines()
+    remote_lines = (tmp_path / "remote" / "runs" / job.id / "metrics.jsonl").read_text().splitlines()
+    assert local_lines == remote_lines
+    assert sorted(points) == sorted((m["step"], m["split"]) for m in map(json.loads, remote_lines))
+    train_steps = sorted(step for step, split in points if split == "train")
+    assert train_steps == list(range(1, job.total_steps + 1))
+    # The artifact was built here, from the adapter the trainer wrote there.
+    assert job.artifact_id is not None
+    models = json.loads(run_brightrun("models", "list", "--json").stdout)
+    assert [m["job_id"] for m in models] == [job.id]
