@@ -240,3 +240,20 @@ def test_train_refuses_bad_input_without_creating_a_job(cli, ws):
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     with ws.registry.session() as s:
         assert s.exec(select(TrainingJob)).all() == []
+
+
+def test_logs_prints_and_follow_ends_with_the_job(cli, ws, spawned):
+    job = job_row(ws, dataset_row(ws))
+    result = cli("jobs", "logs", job.id)
+    assert result.exit_code == 2 and "no trainer log yet" in result.stderr
+    run_dir = ws.home / job.run_dir
+    run_dir.mkdir(parents=True)
+    (run_dir / "trainer.log").write_text("step 1\nstep 2\n")
+    (run_dir / "supervisor.log").write_text("launching: python -m accelerate.commands.launch\n")
+    assert cli("jobs", "logs", job.id).stdout == "step 1\nstep 2\n"
+    assert "accelerate.commands.launch" in cli("jobs", "logs", job.id, "--log", "supervisor").stdout
+    with ws.registry.write() as s:
+        jobs.transition(s, job.id, jobs.CANCELLED)
+    result = cli("jobs", "logs", job.id, "-f")  # an ended job: prints everything and returns
+    assert result.exit_code == 0 and result.stdout == "step 1\nstep 2\n"
+    assert cli("jobs", "logs", job.id, "--log", "bogus").exit_code == 2
