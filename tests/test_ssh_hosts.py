@@ -212,3 +212,15 @@ def test_shell_metacharacters_never_run_remotely(cli, sshd, tmp_path):  # noqa: 
     out = conn.run_script('for a in "$@"; do printf "%s\\n" "$a"; done', *evil)
     assert out.stdout.decode().splitlines() == evil  # arrived as data, verbatim
     assert not canary.exists()
+
+
+def test_control_sockets_live_in_a_short_private_dir(tmp_path):
+    import os
+    import stat
+
+    from brightrun_cli.runners.ssh import SOCKET_PATH_MAX, _control_dir
+
+    for home in (tmp_path / "h", tmp_path / ("long" * 30)):
+        directory = _control_dir(home)
+        assert len(str(directory)) + 1 + 23 + 17 <= SOCKET_PATH_MAX + 4  # cm-<20 hex> plus ssh's temp suffix
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700

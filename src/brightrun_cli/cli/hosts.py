@@ -93,7 +93,10 @@ def check_command(ctx: typer.Context, host: HostArg, json_output: common.JsonOpt
         out = common.console()
         out.print(f"host {result.name}: {'ok' if result.ok else 'NOT READY'}")
         if result.reachable:
-            out.print(f"  ssh          reachable" + (f", {result.latency_ms:.0f} ms per command" if result.latency_ms is not None else ""))
+            if result.kind == "local":
+                out.print("  connection   this machine")
+            else:
+                out.print("  ssh          reachable" + (f", {result.latency_ms:.0f} ms per command" if result.latency_ms is not None else ""))
             out.print(f"  python       {result.python or '-'} {result.python_version or ''}".rstrip())
             for name, version in result.packages.items():
                 out.print(f"  {name:<12} {version or 'MISSING'}")

@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import shlex
+import stat
 import subprocess
 import tempfile
 import time
@@ -76,7 +77,7 @@ def classify_ssh_error(host: "Host", stderr: str) -> SSHFailure:
     text = stderr.strip()
     detail = next((line.strip() for line in text.splitlines() if line.strip()), "ssh failed without a message")
     where = f"{host.ssh_host}:{host.ssh_port or 22}"
-    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text or "Host key for" in text and "has changed" in text:
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text or ("Host key for" in text and "has changed" in text):
         return SSHFailure(
             f"host '{host.name}' ({where}) presented a DIFFERENT host key than the one recorded in known_hosts",
             "this can be a man-in-the-middle; if the machine was really reinstalled, remove the old key with ssh-keygen -R and connect once with ssh",
@@ -113,6 +114,10 @@ def _control_dir(home: Path) -> Path:
         digest = hashlib.sha256(str(home).encode()).hexdigest()[:10]
         candidate = Path(tempfile.gettempdir()) / f"brightrun-{os.getuid()}-{digest}"
     candidate.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(candidate)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        # A shared temp dir: someone else's directory or link must never hold our sockets.
+        raise OperationError(f"{candidate} is not a directory owned by you", "remove it, or use a shorter --home path")
     os.chmod(candidate, 0o700)
     return candidate
 

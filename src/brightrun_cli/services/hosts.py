@@ -233,6 +233,7 @@ class HostCheck:
     """What `hosts check` found. `problems` has one actionable line per problem."""
 
     name: str
+    kind: str = "ssh"
     ok: bool = False
     reachable: bool = False
     latency_ms: float | None = None
@@ -285,7 +286,7 @@ print("json " + json.dumps(out))
 def check_host(ws: Workspace, ref: str) -> HostCheck:
     """Connect and report what is there; the result is also kept on the host row."""
     host = get_host(ws, ref)
-    result = HostCheck(name=host.name, workdir=host.workdir)
+    result = HostCheck(name=host.name, kind=host.kind, workdir=host.workdir)
     if host.kind == LOCAL:
         _check_local(result)
     else:
@@ -321,6 +322,13 @@ def _check_local(result: HostCheck) -> None:
         result.problems.append(f"missing Python packages: {', '.join(missing)}; install them with: {sys.executable} -m pip install {' '.join(missing)}")
     result.trainer_importable = not missing and importlib.util.find_spec("brightrun_cli.trainer") is not None
     result.disk_free_gb = round(shutil.disk_usage(Path.home()).free / 2**30, 1)
+    if shutil.which("nvidia-smi"):
+        import subprocess
+
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30)
+        for line in out.stdout.splitlines() if out.returncode == 0 else []:
+            _add_gpu(result, line)
 
 
 def _check_ssh(ws: Workspace, host: Host, result: HostCheck) -> None:
@@ -356,8 +364,7 @@ def _check_ssh(ws: Workspace, host: Host, result: HostCheck) -> None:
             tool, _, present = value.partition(" ")
             result.tools[tool] = present == "1"
         elif key == "gpu":
-            gname, _, mem = value.rpartition(",")
-            result.gpus.append({"name": gname.strip(), "memory_gb": round(float(mem) / 1024, 1) if mem.strip().replace(".", "").isdigit() else None})
+            _add_gpu(result, value)
         elif key == "python":
             result.python = value
         elif key == "nopython":
@@ -389,3 +396,13 @@ def _check_ssh(ws: Workspace, host: Host, result: HostCheck) -> None:
             result.problems.append(f"no NVIDIA GPU found on '{host.name}' (nvidia-smi missing or failing) but the host is declared with {host.gpus} x {host.gpu_type}")
         elif len(result.gpus) < host.gpus:
             result.problems.append(f"'{host.name}' is declared with {host.gpus} GPUs but nvidia-smi shows {len(result.gpus)}; re-add it with --gpus {len(result.gpus)}")
+
+
+def _add_gpu(result: HostCheck, line: str) -> None:
+    """One `nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits` line."""
+    name, _, mem = line.rpartition(",")
+    try:
+        memory = round(float(mem) / 1024, 1)
+    except ValueError:
+        memory = None
+    result.gpus.append({"name": name.strip(), "memory_gb": memory})
