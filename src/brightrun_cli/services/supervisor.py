@@ -71,17 +71,21 @@ class MetricsTail:
         data = self._partial + chunk
         cut = data.rfind(b"\n") + 1
         self._partial = data[cut:]  # an unfinished last line waits for its newline
-        lines = [line for line in data[:cut].split(b"\n") if line.strip()]
-        if not lines:
+        body = data[:cut].strip()
+        if not body:
             return []
-        try:  # one parse for the whole batch: the fast path
-            items = json.loads(b"[" + b",".join(lines) + b"]")
-        except ValueError:  # a torn or foreign line somewhere: parse one by one, skip the bad ones
+        import orjson  # parsing is most of ingestion's CPU; orjson does it several times faster than json
+
+        try:  # the whole batch as one JSON array, one parse: the fast path
+            items = orjson.loads(b"[" + body.replace(b"\n", b",") + b"]")
+        except orjson.JSONDecodeError:  # a torn, blank or foreign line somewhere: line by line, skipping the bad ones
             items = []
-            for line in lines:
+            for line in body.split(b"\n"):
+                if not line.strip():
+                    continue
                 try:
-                    items.append(json.loads(line))
-                except ValueError:
+                    items.append(orjson.loads(line))
+                except orjson.JSONDecodeError:
                     items.append(None)
         out = [item for item in items if isinstance(item, dict) and isinstance(item.get("step"), int)]
         self.bad_lines += len(items) - len(out)
