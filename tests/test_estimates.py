@@ -8,7 +8,6 @@ from datetime import timedelta
 
 import pytest
 
-from brightrun_cli.errors import UsageError
 from brightrun_cli.presets.schema import TrainingConfig
 from brightrun_cli.registry.tables import Dataset, MetricPoint, TrainingJob
 from brightrun_cli.registry.timeutil import utcnow
