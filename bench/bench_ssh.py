@@ -83,7 +83,7 @@ def metric_latency(ws, host, root: Path, epochs: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commands", type=int, default=30, help="ssh commands timed per mode")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of the latency run")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of the latency run")
     parser.add_argument("--no-latency", action="store_true", help="only the per-command overhead")
     args = parser.parse_args()
 
