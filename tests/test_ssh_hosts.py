@@ -224,3 +224,14 @@ def test_control_sockets_live_in_a_short_private_dir(tmp_path):
         directory = _control_dir(home)
         assert len(str(directory)) + 1 + 23 + 17 <= SOCKET_PATH_MAX + 4  # cm-<20 hex> plus ssh's temp suffix
         assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+
+
+def test_gpu_slots_and_type_are_validated(cli):
+    ok = cli("hosts", "add", "g8", "--ssh", "a@g8", "--gpus", "8", "--gpu-type", "h100", "--no-check")
+    assert ok.exit_code == 0, ok.stderr
+    row = [h for h in _hosts_json(cli) if h["name"] == "g8"][0]
+    assert (row["gpus"], row["gpu_type"]) == (8, "H100")  # the catalog's name, for estimates and costs
+    for args in (("--gpu-type", "nonsense"), ("--gpus", "0")):
+        bad = cli("hosts", "add", "bad", "--ssh", "a@bad", *args, "--no-check")
+        assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert [h["name"] for h in _hosts_json(cli)] == ["local", "g8"]
