@@ -137,9 +137,9 @@ def test_unknown_keys_are_rejected(tmp_path):
 
 
 def test_non_causal_base_model_is_rejected(tmp_path):
-    model_dir = tmp_path / "bert"
+    model_dir = tmp_path / "t5"
     model_dir.mkdir()
-    (model_dir / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]}))
     spec = write_run_dir(tmp_path / "run", base_model=str(model_dir))
     assert trainer_main([str(spec)]) == 2
     assert "not a causal language model" in result(tmp_path / "run")["error"]

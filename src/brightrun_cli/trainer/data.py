@@ -64,6 +64,8 @@ def read_conversations(path: Path) -> list[list[dict[str, str]]]:
 
 
 def ensure_chat_template(tokenizer) -> None:
+    if tokenizer.eos_token is None:
+        raise SpecError("the base model's tokenizer has no EOS token, so a tuned model could not learn to stop")
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
     if tokenizer.pad_token_id is None:

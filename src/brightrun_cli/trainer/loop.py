@@ -200,7 +200,10 @@ def setup(spec: Spec, log) -> Run:
 
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # missing/corrupt tokenizer files raise assorted types
+        raise SpecError(f"cannot load the tokenizer of {spec.base_model!r}: {str(exc).splitlines()[0][:200]}") from None
     if not tokenizer.is_fast:
         raise SpecError(f"base model {spec.base_model!r} has no fast tokenizer (needed for assistant-token masks)")
     ensure_chat_template(tokenizer)
