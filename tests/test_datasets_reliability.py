@@ -108,7 +108,6 @@ def test_sigkill_at_many_points_never_leaves_a_stuck_row_or_a_row_without_files(
     again = run_brightrun("dataset", "add", str(path), "--name", victim["name"], "--json", timeout=300)
     assert again.returncode == 0 and json.loads(again.stdout)["status"] == "ready"
     assert list((brightrun_home / "cache").glob("dataset-*")) == [], "repair removes the local files of killed adds"
-    assert list((brightrun_home / "cache" / "locks").iterdir()) == []
     notes = sqlite3.connect(brightrun_home / "registry.db").execute("SELECT COUNT(*) FROM notifications WHERE type = 'dataset_error'").fetchone()[0]
     assert notes == interrupted, "each repaired row tells the user once"
 
