@@ -28,7 +28,7 @@ from sqlmodel import Session, col, select, update
 from brightrun_cli.errors import ConflictError, NotFoundError, OperationError, UsageError
 from brightrun_cli.registry.ids import new_id
 from brightrun_cli.registry.queries import resolve
-from brightrun_cli.registry.tables import CostRecord, Host, MetricPoint, ModelArtifact, TrainingJob
+from brightrun_cli.registry.tables import CostRecord, Host, MetricPoint, TrainingJob
 from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.services.notifications import notify
 
@@ -542,11 +542,6 @@ def remove_job(ws: "Workspace", ref: str) -> TrainingJob:
         session.exec(MetricPoint.__table__.delete().where(MetricPoint.__table__.c.job_id == job.id))
     shutil.rmtree(run_dir(ws, job), ignore_errors=True)
     return job
-
-
-def artifact_of(ws: "Workspace", job: TrainingJob) -> ModelArtifact | None:
-    with ws.registry.session() as session:
-        return session.exec(select(ModelArtifact).where(col(ModelArtifact.job_id) == job.id, col(ModelArtifact.deleted_at).is_(None))).first()
 
 
 def read_result(path: Path) -> dict[str, Any] | None:
