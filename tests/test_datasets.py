@@ -175,7 +175,9 @@ def test_every_content_problem_is_reported_with_line_and_suggestion(cli, tmp_pat
     notes = sqlite3.connect(brightrun_home / "registry.db").execute("SELECT type FROM notifications").fetchall()
     assert notes == [("dataset_error",)]
     human = cli("dataset", "show", "bad")
-    assert "Validation problems" in human.stdout and "unknown role" in human.stdout
+    assert "Validation problems" in human.stdout and "unknown role" in human.stdout and "nothing stored" in human.stdout
+    revalidate = cli("dataset", "validate", "bad")
+    assert revalidate.exit_code == 2 and "no stored data" in revalidate.stderr
     # Fixed file: remove the failed one and add again under the same name.
     taken = add(cli, write_jsonl(tmp_path / "fixed.jsonl", good_lines(4)), "--name", "bad")
     assert taken.exit_code == 2 and "dataset rm bad" in taken.stderr

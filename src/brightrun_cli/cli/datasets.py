@@ -196,7 +196,7 @@ def _render_dataset(row: "Dataset") -> None:
     out.print(f"[bold]{row.name}[/bold]  ({row.id})  {_status(row.status)}")
     facts = [
         ("source", f"{row.source_uri or row.file_name} ({_size(row.file_size)}, format {row.format})"),
-        ("stored as", row.storage_path),
+        ("stored as", row.storage_path if row.content_sha256 else "nothing stored (the file failed validation)"),
         ("validated", f"{row.validated_at:%Y-%m-%d %H:%M:%S} UTC" if row.validated_at else "-"),
     ]
     if row.status == "ready":
