@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from sqlmodel import Session
 
     from brightrun_cli.registry.tables import Dataset
+    from brightrun_cli.services.dataset_tokens import TokenCounter
     from brightrun_cli.services.dataset_validation import ScanResult
     from brightrun_cli.services.workspace import Workspace
 
@@ -243,7 +244,7 @@ def _discard(ws: "Workspace", dataset_id: str) -> None:
 
 
 def _ingest(
-    ws: "Workspace", row: "Dataset", lines: Iterator[bytes], *, fmt: str, counter: Any, progress: Progress | None, total: int | None
+    ws: "Workspace", row: "Dataset", lines: Iterator[bytes], *, fmt: str, counter: "TokenCounter", progress: Progress | None, total: int | None
 ) -> "Dataset":
     """Validate `lines` into a local v4 file; store it and its split if valid; record the outcome."""
     from brightrun_cli.services.dataset_validation import scan
