@@ -92,7 +92,7 @@ def check_command(ctx: typer.Context, host: HostArg, json_output: common.JsonOpt
     else:
         out = common.console()
         out.print(f"host {result.name}: {'ok' if result.ok else 'NOT READY'}")
-        if result.reachable:
+        if result.kind == "local" or result.latency_ms is not None:  # logged in and looked around
             if result.kind == "local":
                 out.print("  connection   this machine")
             else:

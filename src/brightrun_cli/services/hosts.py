@@ -342,6 +342,7 @@ def _check_ssh(ws: Workspace, host: Host, result: HostCheck) -> None:
         conn.run(conn.ssh_argv(["true"]))
         result.latency_ms = round((time.monotonic() - probe) * 1000, 1)
     except SSHFailure as exc:
+        result.reachable = exc.kind != "unreachable"  # it answered, but refused us (auth, host key)
         result.problems.append(f"{exc.message}; {exc.hint}")
         return
     code_dir = ""
