@@ -92,34 +92,11 @@ def _steps(path: Path) -> list[tuple[int, str]]:
     return [(m["step"], m["split"]) for m in map(json.loads, path.read_text().splitlines())]
 
 
-def test_remote_run_completes_and_its_results_come_home(sshd, tmp_path, start):  # noqa: F811
-    ws = Workspace.open()
-    host = _host(ws, sshd, "box", tmp_path / "remote")
-    job_id = new_id()
-    run_dir = make_run_dir(ws, job_id, epochs=1, n_train=16)
-    runner = SSHRunner(ws, [host])
-    handle = start(runner, _request(run_dir, job_id))
-    assert _follow(runner, handle) == 0
-    runner.collect(handle)
-
-    remote_run = tmp_path / "remote" / "runs" / job_id
-    result = json.loads((run_dir / "result.json").read_text())
-    assert result["status"] == "completed" and result["exit_code"] == 0
-    assert (run_dir / "final" / "adapter_model.safetensors").stat().st_size > 0
-    assert (run_dir / "metrics.jsonl").read_bytes() == (remote_run / "metrics.jsonl").read_bytes()
-    steps = _steps(run_dir / "metrics.jsonl")
-    assert len(steps) == len(set(steps)) and any(split == "train" for _, split in steps)
-    # The remote copy of the code is exactly the local package.
-    code_dirs = list((tmp_path / "remote" / "code").iterdir())
-    assert len(code_dirs) == 1 and (code_dirs[0] / "brightrun_cli" / "trainer" / "main.py").read_bytes() == (
-        Path(__file__).resolve().parents[1] / "src" / "brightrun_cli" / "trainer" / "main.py").read_bytes()
-
-
 def test_connection_loss_then_reattach_loses_and_duplicates_nothing(sshd, tmp_path, start):  # noqa: F811
     ws = Workspace.open()
     host = _host(ws, sshd, "box", tmp_path / "remote")
     job_id = new_id()
-    run_dir = make_run_dir(ws, job_id, epochs=2, n_train=32, batch_size=4)
+    run_dir = make_run_dir(ws, job_id, epochs=1, n_train=24, batch_size=2)
     runner = SSHRunner(ws, [host], backoff_max_s=1.0)
     handle = start(runner, _request(run_dir, job_id))
     metrics = run_dir / "metrics.jsonl"
