@@ -10,6 +10,7 @@ import pytest
 from sqlmodel import select
 
 from brightrun_cli.registry.tables import MetricPoint
+from brightrun_cli.runners.ssh import code_version
 from brightrun_cli.services import jobs
 from brightrun_cli.services.workspace import Workspace
 from conftest import run_brightrun
@@ -45,6 +46,10 @@ def test_train_on_an_ssh_host_completes_with_metrics_and_a_local_artifact(sshd, 
     assert sorted(points) == sorted((m["step"], m["split"]) for m in map(json.loads, remote_lines))
     train_steps = sorted(step for step, split in points if split == "train")
     assert train_steps == list(range(1, job.total_steps + 1))
+    # The trainer that ran there is this checkout's package, copied whole: the remote copy's
+    # content hash is the version it was shipped under.
+    code_dirs = list((tmp_path / "remote" / "code").iterdir())
+    assert len(code_dirs) == 1 and code_version(code_dirs[0] / "brightrun_cli") == code_dirs[0].name
     # The artifact was built here, from the adapter the trainer wrote there.
     assert job.artifact_id is not None
     models = json.loads(run_brightrun("models", "list", "--json").stdout)
