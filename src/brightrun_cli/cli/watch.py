@@ -35,6 +35,7 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a reader that 
 EXIT_CODES = {"completed": EXIT_COMPLETED, "failed": EXIT_JOB_FAILED, "cancelled": EXIT_JOB_CANCELLED}
 
 POLL_SECONDS = 0.25  # 4 looks a second: a new point shows within ~0.3 s
+KICK_SECONDS = 10.0  # how often follow_job reaps dead supervisors / starts queued jobs
 BOARD_POLL_SECONDS = 0.5
 CLOCK_SECONDS = 1.0  # redraw at least this often on a terminal, for elapsed time and ETA
 
@@ -181,6 +182,15 @@ def _reader_left() -> int:
     return EXIT_BROKEN_PIPE
 
 
+def _kick_queue(ws: "Workspace") -> None:
+    from brightrun_cli.services.queue import kick_if_needed
+
+    try:
+        kick_if_needed(ws.home)
+    except Exception:  # watching must never fail because housekeeping did
+        pass
+
+
 def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False) -> int:
     """Follow one job until it ends; return its exit code (see the module doc).
 
@@ -200,6 +210,7 @@ def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False) -> i
     try:
         job_id = get_job(ws, job_ref).id
         with JobFollower(ws, job_id) as follower, sink:
+            last_kick = time.monotonic()
             while True:
                 change = follower.poll()
                 sink.update(follower.state, change)
@@ -207,6 +218,11 @@ def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False) -> i
                     break
                 time.sleep(POLL_SECONDS)
                 sink.tick(follower.state)
+                if time.monotonic() - last_kick >= KICK_SECONDS:
+                    # A supervisor that died leaves its job "running" forever unless someone
+                    # reaps it: watch is often the only brightrun command a user has open.
+                    last_kick = time.monotonic()
+                    _kick_queue(ws)
     except NotFoundError as exc:  # never there, or removed (`jobs rm`) while watched
         _stderr(f"error: {exc}")
         return EXIT_JOB_NOT_FOUND
