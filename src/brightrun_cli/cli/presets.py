@@ -33,7 +33,12 @@ def list_cmd(ctx: typer.Context, json_output: common.JsonOpt = False) -> None:
     if json_output:
         common.print_json([_preset_json(p) for p in presets])
         return
-    table = Table("name", "source", "lr", "batch", "epochs", "rank", "alpha", "seq len", "base model")
+    from rich import box
+    from rich.table import Column
+
+    # Names are what a user types next: never truncated (the base model column folds instead).
+    fixed = [Column(h, no_wrap=True) for h in ("name", "source", "lr", "batch", "epochs", "rank", "alpha", "seq len")]
+    table = Table(*fixed, Column("base model", overflow="fold"), box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     for p in presets:
         c = p.config
         table.add_row(p.name, p.source, f"{c.learning_rate:g}", str(c.batch_size), str(c.num_epochs),
