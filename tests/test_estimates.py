@@ -225,3 +225,16 @@ def test_tiny_preset_estimates_offline_on_the_builtin_model(cli, ws):
     assert data["estimated_cost"] == 0.0 and data["fits_in_memory"] is True
     assert 0.5e6 < data["training_details"]["model_parameters"] < 2e6
     assert data["training_details"]["total_steps"] == 3 * 63  # ceil(500 / 8) per epoch
+
+
+def test_a_dataset_counted_with_a_base_model_trains_that_model_unless_told_otherwise(cli, ws, tmp_path):
+    row = _dataset(ws)
+    model = _model_dir(tmp_path, SMALL)
+    with ws.registry.write() as session:
+        session.get(Dataset, row.id).base_model = model
+    data = json.loads(cli("estimate", "-d", "support-v1", "-p", "balanced", "--json").stdout)
+    assert data["base_model"] == model  # the preset names none: the dataset's model, not an error
+    tiny = json.loads(cli("estimate", "-d", "support-v1", "-p", "tiny", "--json").stdout)
+    assert tiny["base_model"] == "builtin:tiny"  # a preset that names one wins
+    flag = json.loads(cli("estimate", "-d", "support-v1", "-p", "tiny", "--base-model", model, "--json").stdout)
+    assert flag["base_model"] == model

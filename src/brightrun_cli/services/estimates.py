@@ -175,9 +175,10 @@ def estimate(
     """`brightrun estimate`: resolve the config and the dataset, then `estimate_run`."""
     from brightrun_cli.registry.queries import resolve
 
-    resolved = resolve_config(ws, preset, overrides, config_file, base_model=base_model, gpu_type=gpu_type, gpus=gpus)
     with ws.registry.session() as session:
         dataset = resolve(session, Dataset, dataset_ref, "dataset", by_name=True)
+    resolved = resolve_config(ws, preset, overrides, config_file, base_model=base_model, gpu_type=gpu_type, gpus=gpus,
+                              dataset_base_model=dataset.base_model)
     return estimate_run(ws, dataset, resolved)
 
 

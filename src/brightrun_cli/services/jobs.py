@@ -198,7 +198,7 @@ def plan_training(ws: "Workspace", req: TrainRequest) -> TrainPlan:
             raise UsageError(f"--gpus {gpus} is more than host '{h.name}' has ({h.gpus})", f"pass --gpus {h.gpus} or less, or another --host")
     resolved = resolve_config(
         ws, preset=req.preset, overrides=tuple(req.overrides), config_file=req.config_file,
-        base_model=req.base_model, gpu_type=host.gpu_type, gpus=gpus,
+        base_model=req.base_model, gpu_type=host.gpu_type, gpus=gpus, dataset_base_model=dataset.base_model,
     )
     config = resolved.config
     _check_base_model(config.base_model, local=host.kind == "local")

@@ -79,13 +79,19 @@ def resolve_config(
     base_model: str | None = None,
     gpu_type: str | None = None,
     gpus: int | None = None,
+    dataset_base_model: str | None = None,
 ) -> ResolvedConfig:
-    """The validated config for a run; errors name the flag, file or field at fault."""
+    """The validated config for a run; errors name the flag, file or field at fault.
+
+    `dataset_base_model` is the model a dataset was validated and counted with: a run on
+    that dataset trains it unless the preset, a config file or a flag names another."""
     name = preset or DEFAULT_PRESET
     base = get_preset(ws, name)
     layers: list[tuple[dict[str, Any], Any]] = []
     if ws.config.default_base_model:
         layers.append(({"base_model": ws.config.default_base_model}, lambda k: "config.toml default_base_model"))
+    if dataset_base_model:
+        layers.append(({"base_model": dataset_base_model}, lambda k: "the dataset's base model (dataset add --base-model)"))
     layers.append((base.values, lambda k, p=base.path: f"preset {base.name} ({p}): field '{k}'"))
     if config_file is not None:
         data = read_config_file(config_file)
