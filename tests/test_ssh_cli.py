@@ -54,3 +54,49 @@ def test_train_on_an_ssh_host_completes_with_metrics_and_a_local_artifact(sshd, 
     assert job.artifact_id is not None
     models = json.loads(run_brightrun("models", "list", "--json").stdout)
     assert [m["job_id"] for m in models] == [job.id]
+
+
+def test_resume_reattaches_to_a_remote_trainer_that_kept_running(sshd, tmp_path, brightrun_home):  # noqa: F811
+    """A job failed while its remote trainer survived (what a long connection loss leaves):
+    `jobs resume` follows that same trainer again instead of restarting it."""
+    import os
+    import signal
+    import time
+
+    from brightrun_cli.services.datasets import add_dataset
+
+    data = tmp_path / "support.jsonl"
+    data.write_text("\n".join(EXAMPLES.read_text().splitlines()[:60]) + "\n")
+    ws = Workspace.open()
+    add_dataset(ws, str(data), name="support", base_model="builtin:tiny")
+    assert run_brightrun("hosts", "add", "box", "--ssh", sshd.target, "--python", sys.executable,
+                         "--workdir", str(tmp_path / "remote")).returncode == 0
+    submitted = run_brightrun("train", "--dataset", "support", *FAST, "--set", "num_epochs=2", "--host", "box",
+                              "--detach", "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+
+    deadline = time.monotonic() + 300
+    while True:  # wait until the remote trainer is training
+        job = jobs.get_job(ws, job_id)
+        if job.status == "running" and job.current_step >= 2:
+            break
+        assert job.status in ("queued", "initializing", "running") and time.monotonic() < deadline, job.error_message
+        time.sleep(0.5)
+    handle = job.external_job_id
+    os.kill(job.supervisor_pid, signal.SIGKILL)  # the local side goes away; the remote run does not
+    with ws.registry.write() as session:
+        assert jobs.transition(session, job_id, jobs.FAILED, marker=job.supervisor_marker,
+                               error_message="lost contact with host box")
+
+    assert run_brightrun("jobs", "resume", job_id).returncode == 0
+    watched = run_brightrun("watch", job_id, timeout=600)
+    assert watched.returncode == 0, watched.stdout[-2000:] + watched.stderr[-2000:]
+
+    job = jobs.get_job(ws, job_id)
+    assert job.status == "completed" and job.resume_count == 1
+    assert job.external_job_id == handle  # the same remote trainer, not a restart
+    assert "re-attaching" in (ws.home / job.run_dir / "supervisor.log").read_text()
+    with ws.registry.session() as s:
+        steps = [p.step for p in s.exec(select(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.split == "train"))]
+    assert sorted(steps) == list(range(1, job.total_steps + 1))  # nothing lost, nothing twice

@@ -197,6 +197,10 @@ class Supervisor:
             if not self._update(started_at=self.attempt_start, current_stage="launching", current_cost=self.previous_cost):
                 log.info("job %s was ended by someone else before launch", self.job_id)
                 return 0
+            if request is None:
+                self.handle = self.job.external_job_id
+                self._update(current_stage="reattached")
+                return self._follow()
             log.info("launching: %s", _shlex(self.runner.launch_argv(request)))
             self.handle = self.runner.start(request)
             self._update(external_job_id=self.handle, current_stage="loading")
@@ -210,8 +214,21 @@ class Supervisor:
             self._stop_trainer()
             return self._finish(self.jobs.FAILED, f"supervisor error: {type(exc).__name__}: {exc}")
 
+    def _reattachable(self, handle: str) -> bool:
+        """A remote trainer of an earlier attempt that is still running, or that finished
+        cleanly while nobody watched (its outputs are still to be collected)."""
+        from brightrun_cli.runners.base import RunnerUnreachable
+
+        try:
+            return self.runner.poll(handle) in (None, 0)
+        except RunnerUnreachable:
+            return False
+
     def _prepare(self):
-        """Run dir with the dataset split and spec.json; stop a previous attempt's trainer first."""
+        """Run dir with the dataset split and spec.json; stop a previous attempt's trainer first.
+
+        Returns the LaunchRequest, or None when a remote trainer of an earlier attempt is
+        still running and this attempt re-attaches to it."""
         import json
 
         from brightrun_cli.registry.tables import Dataset
@@ -221,7 +238,13 @@ class Supervisor:
         job = self.job
         hosts = self.jobs.hosts_of(self.ws, job)
         self.runner = get_runner(self.ws, hosts)
-        if job.external_job_id:  # resumed: the earlier trainer must be gone before a new one writes here
+        if job.external_job_id:
+            if any(h.kind != "local" for h in hosts) and self._reattachable(job.external_job_id):
+                # The job was failed for a lost connection but its remote trainer kept going:
+                # follow it again instead of stopping it and restarting from a checkpoint.
+                log.info("re-attaching to trainer %s, still running on the remote host", job.external_job_id)
+                return None
+            # Resumed: the earlier trainer must be gone before a new one writes here.
             log.info("making sure the previous trainer %s has stopped", job.external_job_id)
             self.runner.stop(job.external_job_id, grace_s=STOP_GRACE_S)
         path = self.jobs.run_dir(self.ws, job)
