@@ -191,7 +191,9 @@ def setup(spec: Spec, log) -> Run:
 
     hp = spec.hyperparameters
     precision = _precision(spec)
-    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(precision, precision))
+    # Without CUDA, accelerate only sets up gloo DDP across launched processes when told it is on CPU.
+    cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(cpu=cpu_ddp, mixed_precision={"fp32": "no"}.get(precision, precision))
     if accelerator.device.type == "cpu":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
@@ -239,13 +241,14 @@ def setup(spec: Spec, log) -> Run:
 
 # ---------------------------------------------------------------- forward
 
-def batch_loss_sum(run: Run, batch: Batch) -> tuple[torch.Tensor, int]:
+def batch_loss_sum(run: Run, batch: Batch, model=None) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the batch's target tokens (logits only where there is a target)."""
+    model = model or run.model
     device = run.accelerator.device
     inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.model_inputs().items()}
     targets = batch.targets.to(device)
     with run.accelerator.autocast():
-        logits = run.model(**inputs).logits
+        logits = model(**inputs).logits
     keep = targets[targets != IGNORE]
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), keep, reduction="sum")
     return loss, int(keep.numel())
@@ -262,7 +265,9 @@ def evaluate(run: Run) -> float | None:
     chunks = [order[i : i + size] for i in range(0, len(order), size)][acc.process_index :: acc.num_processes]
     total = torch.zeros(2, dtype=torch.float64, device=acc.device)
     for chunk in chunks:
-        loss, count = batch_loss_sum(run, collate([run.validation[i] for i in chunk], True, run.tokenizer.pad_token_id))
+        # The unwrapped model: a DDP forward would wait for processes that have no chunk left.
+        batch = collate([run.validation[i] for i in chunk], True, run.tokenizer.pad_token_id)
+        loss, count = batch_loss_sum(run, batch, acc.unwrap_model(run.model))
         total += torch.tensor([loss.item(), count], dtype=torch.float64, device=acc.device)
     total = acc.reduce(total, reduction="sum")
     run.model.train()
