@@ -95,3 +95,22 @@ def print_json(value: Any) -> None:
 
 def debug_enabled() -> bool:
     return os.environ.get("BRIGHTRUN_DEBUG", "") not in ("", "0")
+
+
+SHORT_ID = 12  # 10 characters of creation time + 2 random: unique in practice, and any unique prefix resolves
+
+
+def short_id(value: str) -> str:
+    """The id as list tables show it (`show` and --json give the whole id)."""
+    return value[:SHORT_ID]
+
+
+def list_table(*headers: str, wrap: tuple[str, ...] = (), right: tuple[str, ...] = ()):
+    """A list table that reads at 80 columns: no box, one space between columns, no cell
+    cut short; columns named in `wrap` fold onto more lines when space runs out."""
+    from rich.table import Table
+
+    table = Table(box=None, padding=(0, 1, 0, 0), header_style="bold")
+    for header in headers:
+        table.add_column(header, no_wrap=header not in wrap, overflow="fold", justify="right" if header in right else "left")
+    return table

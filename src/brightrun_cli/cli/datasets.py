@@ -72,14 +72,13 @@ def list_command(
     if not rows:
         common.console().print("No datasets. Add one: brightrun dataset add FILE.jsonl --name NAME")
         return
-    table = Table(box=None)
-    for header in ("ID", "NAME", "STATUS", "CONVS", "PAIRS T/V", "TOKENS", "SIZE", "CREATED"):
-        table.add_column(header, no_wrap=header in ("ID", "NAME", "STATUS", "CREATED"))
+    table = common.list_table("ID", "NAME", "STATUS", "CONVS", "PAIRS T/V", "TOKENS", "SIZE", "CREATED",
+                              wrap=("NAME",), right=("CONVS", "PAIRS T/V", "TOKENS", "SIZE"))
     for r in rows:
         pairs = "-" if r["total_training_pairs"] is None else f"{r['total_training_pairs']}/{r['total_validation_pairs']}"
         table.add_row(
-            r["id"], r["name"], _status(r["status"]), _num(r["total_conversations"]), pairs,
-            _tokens(r["total_tokens"], r["token_count_method"]), _size(r["file_size"]), r["created_at"][:16].replace("T", " "),
+            common.short_id(r["id"]), r["name"], _status(r["status"]), _num(r["total_conversations"]), pairs,
+            _tokens(r["total_tokens"], r["token_count_method"]), _size(r["file_size"]), r["created_at"][5:16].replace("T", " "),
         )
     common.console().print(table)
 

@@ -115,15 +115,11 @@ def list_cmd(
     if json_output:
         common.print_json(rows)
         return
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold")
-    table.add_column("ID", no_wrap=True, min_width=12)
-    for name in ("STATUS", "PROG", "STEP", "PRESET", "HOST", "COST", "EST", "QUEUED"):
-        table.add_column(name, no_wrap=name in ("STATUS", "QUEUED"), justify="right" if name in ("PROG", "COST", "EST") else "left")
+    table = common.list_table("ID", "STATUS", "PROG", "STEP", "PRESET", "HOST", "COST", "EST", "QUEUED",
+                              wrap=("HOST",), right=("PROG", "COST", "EST"))
     for job in rows:
         table.add_row(
-            job.id[:12], job.status, f"{job.progress:.0f}%", f"{job.current_step}/{job.total_steps or '?'}", job.preset_id,
+            common.short_id(job.id), job.status, f"{job.progress:.0f}%", f"{job.current_step}/{job.total_steps or '?'}", job.preset_id,
             ",".join(job.hosts or []), _money(job.final_cost if job.final_cost is not None else job.current_cost),
             _money(job.estimated_total_cost), f"{job.queued_at:%m-%d %H:%M}",
         )

@@ -41,12 +41,11 @@ def list_command(
     if json_output:
         common.print_json(rows)
         return
-    table = Table("ID", "NAME", "SCORE", "CONVERGENCE", "VAL LOSS", "COST", "CREATED", box=None)
-    table.columns[0].no_wrap = True
+    table = common.list_table("ID", "NAME", "SCORE", "CONVERGENCE", "VAL LOSS", "COST", "CREATED", wrap=("NAME",), right=("COST",))
     for m in rows:
         q = m["quality_metrics"]
         table.add_row(
-            m["id"],
+            common.short_id(m["id"]),
             f"{m['name']} v{m['version']}",
             f"{q.get('overall_score')}/5",
             q.get("convergence_quality") or "-",
@@ -89,10 +88,14 @@ def show_command(ctx: typer.Context, model: ModelArg, json_output: common.JsonOp
     out.print(quality)
     out.print(f"[dim]rule: {q.get('score_rule')}[/dim]")
     training = Table("training", "", box=None)
-    training.add_row("epochs / steps / tokens", f"{s.get('epochs_completed')} / {s.get('total_steps')} / {s.get('total_tokens')}")
+    tokens = s.get("total_tokens")
+    training.add_row("epochs / steps / tokens",
+                     f"{s.get('epochs_completed')} / {s.get('total_steps')} / {tokens:,}" if isinstance(tokens, int) else f"{s.get('epochs_completed')} / {s.get('total_steps')} / -")
     training.add_row("duration", f"{_fmt(s.get('duration_s'), '.1f')} s")
     training.add_row("cost", f"${_fmt(s.get('total_cost'), '.2f')}")
-    training.add_row("preset / GPUs", f"{c.get('preset_id')} / {c.get('gpu_config')}")
+    gpu = c.get("gpu_config") or {}
+    rate = f" at ${gpu['hourly_rate']:.2f}/h" if isinstance(gpu.get("hourly_rate"), (int, float)) else ""
+    training.add_row("preset / GPUs", f"{c.get('preset_id')} / {gpu.get('count', 1)} x {gpu.get('type', '?')}{rate}")
     for key, value in sorted((c.get("hyperparameters") or {}).items()):
         training.add_row(f"  {key}", str(value))
     out.print(training)
