@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job end to end on the built-in defaults, offline, on the CPU:
-#   dataset add -> estimate -> train -> watch -> models show/export -> costs -> notifications
+#   dataset add (prints its stats) -> estimate -> train -> watch -> models show/export -> costs -> notifications
 # It uses a throwaway registry home (.demo-home, recreated each run) unless BRIGHTRUN_HOME is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,6 @@ export HF_HUB_OFFLINE=1
 br() { printf '\n\033[1m$ brightrun %s\033[0m\n' "$*" >&2; .venv/bin/brightrun "$@"; }
 
 br dataset add examples/support_conversations.jsonl --name support-demo --base-model builtin:tiny
-br dataset show support-demo
 br estimate --dataset support-demo --preset tiny
 job=$(br train --dataset support-demo --preset tiny --detach --json | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["id"])')
 echo "queued job $job" >&2
