@@ -125,7 +125,7 @@ def test_bad_input_exits_2_with_one_line_and_no_job(ws):
 
 
 def test_sigkill_supervisor_then_resume_completes_without_gaps_or_duplicates(ws):
-    job_id = _submit()
+    job_id = _submit("--set", "num_epochs=20")  # 200 steps: still training when the supervisor dies, even on an idle CPU
     _wait("a few training steps", lambda: len(_train_steps(_points(ws, job_id))) >= 2)
     os.kill(_job(ws, job_id).supervisor_pid, signal.SIGKILL)
     killed_at = time.monotonic()
