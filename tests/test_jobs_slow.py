@@ -146,7 +146,7 @@ def test_sigkill_supervisor_then_resume_completes_without_gaps_or_duplicates(ws)
 
 
 def test_sigkill_trainer_fails_the_job_with_the_log_tail(ws):
-    job_id = _submit()
+    job_id = _submit("--set", "num_epochs=20")  # long enough to still be training when the kill lands
     _wait("training steps", lambda: _train_steps(_points(ws, job_id)))
     trainers = [p for p in _procs_of(job_id) if "brightrun_cli.trainer" in p.info["cmdline"] and "accelerate.commands.launch" not in p.info["cmdline"]]
     assert trainers
@@ -159,7 +159,7 @@ def test_sigkill_trainer_fails_the_job_with_the_log_tail(ws):
 
 @pytest.mark.parametrize("stage", ["initializing", "running"])
 def test_cancel_stops_the_whole_tree_and_records_cost(ws, stage):
-    job_id = _submit("--set", "num_epochs=5")
+    job_id = _submit("--set", "num_epochs=20")
     if stage == "running":
         _wait("training steps", lambda: _train_steps(_points(ws, job_id)))
     else:
@@ -178,7 +178,7 @@ def test_cancel_stops_the_whole_tree_and_records_cost(ws, stage):
 
 
 def test_running_job_over_budget_is_stopped_with_budget_exceeded(ws):
-    plan = jobs.plan_training(ws, jobs.TrainRequest(dataset="chat", preset="tiny", overrides=FAST[3::2] + ("num_epochs=5",)))
+    plan = jobs.plan_training(ws, jobs.TrainRequest(dataset="chat", preset="tiny", overrides=FAST[3::2] + ("num_epochs=20",)))
     plan.gpu_config["hourly_rate"] = 3600.0  # a dollar a second
     plan.max_cost = 2.0
     job = jobs.submit(ws, plan)
