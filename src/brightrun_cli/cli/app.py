@@ -78,19 +78,7 @@ def root(
     """brightrun: bring data in, estimate, train, watch, and keep the adapter."""
     ctx.obj = common.AppState(home=home)
     if ctx.invoked_subcommand and not ctx.resilient_parsing:
-        _kick_queue(home)
-
-
-def _kick_queue(home: Path | None) -> None:
-    """Any command notices dead jobs and starts queued ones (there is no daemon); never fails the command."""
-    try:
-        from brightrun_cli.home import resolve_home
-        from brightrun_cli.services.queue import kick_if_needed
-
-        kick_if_needed(resolve_home(home))
-    except Exception:
-        if common.debug_enabled():
-            traceback.print_exc()
+        common.kick_queue(home)
 
 
 def _register_commands() -> None:

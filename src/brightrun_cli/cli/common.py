@@ -114,3 +114,18 @@ def list_table(*headers: str, wrap: tuple[str, ...] = (), right: tuple[str, ...]
     for header in headers:
         table.add_column(header, no_wrap=header not in wrap, overflow="fold", justify="right" if header in right else "left")
     return table
+
+
+def kick_queue(home: "Path | None") -> None:
+    """Notice dead jobs and start queued ones (there is no daemon). Every command does it on
+    start and `watch` while it follows; housekeeping never fails the command that runs it."""
+    try:
+        from brightrun_cli.home import resolve_home
+        from brightrun_cli.services.queue import kick_if_needed
+
+        kick_if_needed(resolve_home(home))
+    except Exception:
+        if debug_enabled():
+            import traceback
+
+            traceback.print_exc()

@@ -182,15 +182,6 @@ def _reader_left() -> int:
     return EXIT_BROKEN_PIPE
 
 
-def _kick_queue(ws: "Workspace") -> None:
-    from brightrun_cli.services.queue import kick_if_needed
-
-    try:
-        kick_if_needed(ws.home)
-    except Exception:  # watching must never fail because housekeeping did
-        pass
-
-
 def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False) -> int:
     """Follow one job until it ends; return its exit code (see the module doc).
 
@@ -222,7 +213,7 @@ def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False) -> i
                     # A supervisor that died leaves its job "running" forever unless someone
                     # reaps it: watch is often the only brightrun command a user has open.
                     last_kick = time.monotonic()
-                    _kick_queue(ws)
+                    common.kick_queue(ws.home)
     except NotFoundError as exc:  # never there, or removed (`jobs rm`) while watched
         _stderr(f"error: {exc}")
         return EXIT_JOB_NOT_FOUND
