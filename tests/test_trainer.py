@@ -210,8 +210,8 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients(tiny):
     for packed in (True, False):
         model.zero_grad()
         batch = collate(examples, packed, tiny.pad_token_id)
-        logits = model(**batch.model_inputs()).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.targets[batch.targets != IGNORE])
+        logits = batch.target_logits(model(**batch.model_inputs()).logits)
+        loss = torch.nn.functional.cross_entropy(logits, batch.targets[batch.targets != IGNORE])
         loss.backward()
         results.append((loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.clone(), batch))
     (packed_loss, packed_grad, packed_batch), (padded_loss, padded_grad, padded_batch) = results
@@ -221,7 +221,8 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients(tiny):
     assert torch.allclose(packed_grad, padded_grad, atol=1e-6, rtol=1e-4)
     # Control: the same row without conversation boundaries attends across conversations.
     with torch.no_grad():
-        leaked = model(input_ids=packed_batch.input_ids, logits_to_keep=packed_batch.targets != IGNORE).logits
+        columns = packed_batch.model_inputs()["logits_to_keep"]
+        leaked = packed_batch.target_logits(model(input_ids=packed_batch.input_ids, logits_to_keep=columns).logits)
     targets = packed_batch.targets[packed_batch.targets != IGNORE]
     leaked_loss = torch.nn.functional.cross_entropy(leaked.reshape(-1, leaked.shape[-1]), targets).item()
     assert abs(leaked_loss - packed_loss) > 1e-3

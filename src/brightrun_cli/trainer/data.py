@@ -144,13 +144,22 @@ class Batch:
     padded_tokens: int
 
     def model_inputs(self) -> dict:
-        inputs = {"input_ids": self.input_ids, "logits_to_keep": self.targets != IGNORE}
+        # Logits only at the columns where some row has a target. A 1-D index tensor is the
+        # form every supported transformers release takes (a 2-D boolean mask needs >= 5.2x).
+        columns = (self.targets != IGNORE).any(0).nonzero().squeeze(1)
+        inputs = {"input_ids": self.input_ids, "logits_to_keep": columns}
         if self.cu_seq_lens is not None:
             inputs.update(position_ids=self.position_ids, cu_seq_lens_q=self.cu_seq_lens, cu_seq_lens_k=self.cu_seq_lens,
                           max_length_q=self.max_length, max_length_k=self.max_length)
         else:
             inputs["attention_mask"] = self.attention_mask
         return inputs
+
+    def target_logits(self, logits):
+        """(target tokens, vocab) from the logits of `model_inputs()`, in the order of
+        `targets[targets != IGNORE]`."""
+        keep = self.targets != IGNORE
+        return logits[keep[:, keep.any(0)].to(logits.device)]
 
 
 def collate(examples: list[Example], packed: bool, pad_id: int) -> Batch:

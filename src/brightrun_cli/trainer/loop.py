@@ -250,7 +250,7 @@ def batch_loss_sum(run: Run, batch: Batch, model=None) -> tuple[torch.Tensor, in
     with run.accelerator.autocast():
         logits = model(**inputs).logits
     keep = targets[targets != IGNORE]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), keep, reduction="sum")
+    loss = torch.nn.functional.cross_entropy(batch.target_logits(logits).float(), keep, reduction="sum")
     return loss, int(keep.numel())
 
 
