@@ -1,0 +1,111 @@
+"""The trainer on a CUDA GPU: bf16, fused varlen attention, gradient checkpointing, Liger,
+GPU metrics and the real `accelerate launch` argv. Skipped where no GPU exists (CI);
+run on a GPU machine with `pytest -m gpu tests/test_trainer_gpu.py`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from brightrun_cli.builtin import resolve_base_model
+from brightrun_cli.runners.accelerate import accelerate_argv
+from brightrun_cli.trainer.main import main as trainer_main
+
+from test_trainer import EXAMPLES, result, write_run_dir
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def split_examples() -> tuple[list[str], list[str]]:
+    lines = EXAMPLES.read_text().splitlines()
+    return [l for i, l in enumerate(lines) if i % 10], [l for i, l in enumerate(lines) if i % 10 == 0]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fused_varlen_attention_matches_per_conversation_sdpa():
+    """One flash varlen call over a packed row == causal SDPA on each conversation alone."""
+    from brightrun_cli.trainer import attention
+
+    assert attention._cuda_varlen() is not None, "torch has no usable torch.nn.attention.varlen"
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    lengths = [37, 5, 120, 64, 1, 90]
+    total, heads, dim = sum(lengths), 4, 64
+    cu = torch.tensor([0] + lengths, device="cuda").cumsum(0).to(torch.int32)
+    q, k, v = (torch.randn(1, heads, total, dim, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+               for _ in range(3))
+
+    class Module:
+        num_key_value_groups = 1
+
+    out, _ = attention.varlen_sdpa_forward(Module(), q, k, v, None, scaling=dim ** -0.5, cu_seq_lens_q=cu,
+                                           max_length_q=max(lengths))
+    out.float().square().sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    ref_parts = []
+    qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
+    for s, e in zip(cu.tolist()[:-1], cu.tolist()[1:]):
+        ref_parts.append(torch.nn.functional.scaled_dot_product_attention(qf[:, :, s:e], kf[:, :, s:e], vf[:, :, s:e], is_causal=True))
+    ref = torch.cat(ref_parts, dim=2).transpose(1, 2)
+    ref.square().sum().backward()
+    assert out.shape == ref.shape
+    assert torch.allclose(out.float(), ref, atol=2e-2, rtol=2e-2)
+    for got, want in zip(grads, (qf.grad, kf.grad, vf.grad)):
+        assert torch.allclose(got.float(), want, atol=5e-2, rtol=5e-2)
+
+
+def test_bf16_lora_on_gpu_learns_and_reports_gpu_metrics(tmp_path):
+    train, held_out = split_examples()
+    spec = write_run_dir(tmp_path, conversations=train, validation=held_out, logging_steps=5, precision="bf16",
+                         learning_rate=1e-3, num_epochs=3, max_seq_length=256)
+    assert trainer_main([str(spec)]) == 0
+    res = result(tmp_path)
+    assert res["status"] == "completed"
+    reduction = 1 - res["final_validation_loss"] / res["base_validation_loss"]
+    print(f"GPU bf16: held-out loss {res['base_validation_loss']:.3f} -> {res['final_validation_loss']:.3f} "
+          f"(-{reduction:.0%}) in {res['duration_s']:.1f} s")
+    assert reduction >= 0.5
+    train_points = [m for m in metrics(tmp_path) if m["split"] == "train"]
+    assert train_points and all(m["gpu_memory"] > 0 for m in train_points)
+    if importlib.util.find_spec("pynvml") is not None:
+        assert all(m["gpu_utilization"] is not None for m in train_points)
+    log = (tmp_path / "trainer.log").read_text()
+    assert "precision bf16" in log and "attention=brightrun_varlen" in log and "torch.bfloat16" in log
+    if importlib.util.find_spec("liger_kernel") is not None:
+        assert "liger kernels applied" in log
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "final" / "adapter_model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+
+
+def test_gradient_checkpointing_on_gpu_gives_the_same_first_step(tmp_path):
+    losses = []
+    for checkpointing in (False, True):
+        run = tmp_path / str(checkpointing)
+        spec = write_run_dir(run, precision="bf16", gradient_checkpointing=checkpointing, max_steps=3)
+        assert trainer_main([str(spec)]) == 0
+        losses.append([m["training_loss"] for m in metrics(run) if m["split"] == "train"])
+    assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-2)
+
+
+def test_accelerate_launch_argv_trains_on_the_gpu(tmp_path):
+    spec = write_run_dir(tmp_path, precision="auto", max_steps=4)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(accelerate_argv(str(spec), num_processes=1),
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert result(tmp_path)["status"] == "completed"
+    assert "device cuda" in (tmp_path / "trainer.log").read_text()
+    assert "accelerate config" not in proc.stderr.lower()
