@@ -333,6 +333,10 @@ def _device(ws: Workspace, config: TrainingConfig) -> tuple[Gpu, int]:
         return get_gpu(ws, config.gpu_type), config.gpus
     from sqlmodel import select
 
+    from brightrun_cli.services.hosts import LOCAL, refresh_local_host
+
+    if ws.config.default_host == LOCAL:
+        refresh_local_host(ws)
     with ws.registry.session() as session:
         host = session.exec(select(Host).where(Host.name == ws.config.default_host)).first()
     gpu_type = config.gpu_type or (host.gpu_type if host else "cpu")

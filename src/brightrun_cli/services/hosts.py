@@ -140,6 +140,7 @@ def _identity_path(identity: str | None) -> str | None:
 
 
 def list_hosts(ws: Workspace) -> list[Host]:
+    refresh_local_host(ws)
     with ws.registry.session() as s:
         rows = list(s.exec(select(Host)))
     return sorted(rows, key=lambda h: (h.name != LOCAL, h.name))
@@ -289,6 +290,7 @@ def check_host(ws: Workspace, ref: str) -> HostCheck:
     result = HostCheck(name=host.name, kind=host.kind, workdir=host.workdir)
     if host.kind == LOCAL:
         _check_local(result)
+        _sync_local(ws, host, result.gpus, result.problems)
     else:
         _check_ssh(ws, host, result)
     result.ok = not result.problems
@@ -322,13 +324,7 @@ def _check_local(result: HostCheck) -> None:
         result.problems.append(f"missing Python packages: {', '.join(missing)}; install them with: {sys.executable} -m pip install {' '.join(missing)}")
     result.trainer_importable = not missing and importlib.util.find_spec("brightrun_cli.trainer") is not None
     result.disk_free_gb = round(shutil.disk_usage(Path.home()).free / 2**30, 1)
-    if shutil.which("nvidia-smi"):
-        import subprocess
-
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30)
-        for line in out.stdout.splitlines() if out.returncode == 0 else []:
-            _add_gpu(result, line)
+    result.gpus = local_gpus()
 
 
 def _check_ssh(ws: Workspace, host: Host, result: HostCheck) -> None:
@@ -400,10 +396,75 @@ def _check_ssh(ws: Workspace, host: Host, result: HostCheck) -> None:
 
 
 def _add_gpu(result: HostCheck, line: str) -> None:
+    result.gpus.append(_parse_gpu_line(line))
+
+
+def _parse_gpu_line(line: str) -> dict:
     """One `nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits` line."""
     name, _, mem = line.rpartition(",")
     try:
         memory = round(float(mem) / 1024, 1)
     except ValueError:
         memory = None
-    result.gpus.append({"name": name.strip(), "memory_gb": memory})
+    return {"name": name.strip(), "memory_gb": memory}
+
+
+def local_gpus() -> list[dict]:
+    """This machine's NVIDIA GPUs as nvidia-smi reports them ([] without nvidia-smi or a driver)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [_parse_gpu_line(l) for l in out.stdout.splitlines() if l.strip()] if out.returncode == 0 else []
+
+
+def catalog_gpu_for(ws: Workspace, name: str, memory_gb: float | None) -> str | None:
+    """The GPU catalog type of an nvidia-smi name ('NVIDIA A100-SXM4-40GB' -> A100-40GB), or None.
+
+    A catalog type matches when its model ('A100' of 'A100-80GB') appears in the name; the
+    longest model wins ('L40S' over 'L4') and memory decides between sizes of one model.
+    """
+    from brightrun_cli.services.gpus import list_gpus, normalize_gpu_name
+
+    key = normalize_gpu_name(name.replace("NVIDIA", "").replace("GeForce", ""))
+    candidates = []
+    for gpu in list_gpus(ws):
+        model = re.sub(r"-\d+GB$", "", gpu.name)
+        if gpu.name != "cpu" and normalize_gpu_name(model) in key:
+            candidates.append((-len(model), abs((memory_gb or gpu.memory_gb) - gpu.memory_gb), gpu.name))
+    return min(candidates)[2] if candidates else None
+
+
+def refresh_local_host(ws: Workspace) -> None:
+    """Bring the 'local' host row in line with this machine's GPUs, so `train` on a GPU box
+    launches one process per GPU and bills GPU-hours without a `hosts` command first."""
+    with ws.registry.session() as s:
+        host = s.exec(select(Host).where(col(Host.name) == LOCAL)).first()
+    if host is not None:
+        _sync_local(ws, host, local_gpus(), [])
+
+
+def _sync_local(ws: Workspace, host: Host, gpus: list[dict], problems: list[str]) -> None:
+    gpu_type, count = "cpu", 1
+    if gpus:
+        types = {catalog_gpu_for(ws, g["name"], g["memory_gb"]) for g in gpus}
+        if None in types or len(types) > 1:
+            names = ", ".join(sorted({g["name"] for g in gpus}))
+            problems.append(f"this machine's GPUs ({names}) are not one type of the GPU catalog ('brightrun gpus'); "
+                            f"local jobs run as 1 x {host.gpu_type} (one process, billed at that rate)")
+            return
+        gpu_type, count = types.pop(), len(gpus)
+    if (host.gpu_type, host.gpus) == (gpu_type, count):
+        return
+    with ws.registry.write() as s:
+        row = s.get(Host, host.id)
+        if row is not None:
+            row.gpu_type, row.gpus, row.updated_at = gpu_type, count, utcnow()
+            s.add(row)
+    host.gpu_type, host.gpus = gpu_type, count
