@@ -2,6 +2,7 @@
 
     PYTHONPATH=src .venv/bin/python bench/bench_trainer.py            # CPU, ~5 min on 2 cores
     PYTHONPATH=src .venv/bin/python bench/bench_trainer.py --steps 40 # longer, steadier
+    python bench/bench_trainer.py --base-model DIR --batch 32            # a bigger model on a GPU
 
 Same model (builtin:tiny + LoRA r=16 on q/k/v/o), same conversations (log-normal answer
 lengths), same number of optimizer steps, same ~tokens per step. The figure is real
@@ -29,7 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-BATCH = 8
+BATCH = 8  # conversations per optimizer step (--batch)
+WARMUP = 0  # --warmup-steps: steps left out of every method's timing (CUDA/Triton start-up)
+BASE = "builtin:tiny"  # --base-model: a built-in name or a local model directory
 LORA = dict(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj"])
 LR = 1e-3
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
@@ -56,7 +59,7 @@ def bench_brightrun(data, steps: int, work: Path) -> dict:
 
     (work / "train.jsonl").write_text("".join(json.dumps({"conversation_id": str(i), "turns": c}) + "\n" for i, c in enumerate(data)))
     spec = {
-        "version": 1, "base_model": "builtin:tiny", "train_file": "train.jsonl", "validation_file": None, "seed": 1,
+        "version": 1, "base_model": BASE, "train_file": "train.jsonl", "validation_file": None, "seed": 1,
         "hyperparameters": {"learning_rate": LR, "batch_size": BATCH, "num_epochs": 100, "lora_rank": LORA["r"],
                             "lora_alpha": LORA["alpha"], "lora_dropout": 0.0, "warmup_steps": 0, "max_seq_length": 2048,
                             "target_modules": LORA["targets"], "packing": True},
@@ -64,9 +67,9 @@ def bench_brightrun(data, steps: int, work: Path) -> dict:
     }
     (work / "spec.json").write_text(json.dumps(spec))
     assert trainer_main([str(work / "spec.json")]) == 0
-    lines = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
-    tokens = lines[-1]["tokens_seen"]
-    seconds = sum((b["tokens_seen"] - a["tokens_seen"]) / b["tokens_per_sec"] for a, b in zip([{"tokens_seen": 0}] + lines, lines))
+    lines = [{"tokens_seen": 0}] + [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    tokens = lines[-1]["tokens_seen"] - lines[WARMUP]["tokens_seen"]
+    seconds = sum((b["tokens_seen"] - a["tokens_seen"]) / b["tokens_per_sec"] for a, b in zip(lines[WARMUP:], lines[WARMUP + 1:]))
     return {"real_tokens": tokens, "processed_tokens": tokens, "seconds": seconds}
 
 
@@ -84,30 +87,46 @@ class _Counter:
         return batch
 
 
-def _timed(trainer) -> float:
+def _timed(trainer, counter: _Counter) -> dict:
+    """Train; time and count tokens from the end of step WARMUP (or the start, if 0) to the end."""
+    import torch
     from transformers import TrainerCallback
 
     marks = {}
 
+    def mark(key):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        marks[key] = (time.perf_counter(), counter.real, counter.processed)
+
     class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            marks["begin"] = time.perf_counter()
+        def on_train_begin(self, args, state, control, **k):
+            if WARMUP == 0:
+                mark("begin")
+
+        def on_step_end(self, args, state, control, **k):
+            if state.global_step == WARMUP:
+                mark("begin")
 
         def on_train_end(self, *a, **k):
-            marks["end"] = time.perf_counter()
+            mark("end")
 
     trainer.add_callback(Clock())
     trainer.train()
-    return marks["end"] - marks["begin"]
+    (t0, r0, p0), (t1, r1, p1) = marks["begin"], marks["end"]
+    return {"real_tokens": r1 - r0, "processed_tokens": p1 - p0, "seconds": t1 - t0}
 
 
 def _lora_model():
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from brightrun_cli.builtin import resolve_base_model
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_base_model("builtin:tiny"), attn_implementation="sdpa")
+    # On a GPU the frozen base is loaded in bf16, as brightrun's trainer does, so only the loops differ.
+    dtype = torch.bfloat16 if _cuda() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(resolve_base_model(BASE), attn_implementation="sdpa", dtype=dtype)
     return get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0,
                                             target_modules=LORA["targets"], task_type="CAUSAL_LM"))
 
@@ -133,8 +152,7 @@ def bench_hf_trainer(data, steps: int, work: Path, tokenizer) -> dict:
     collator = _Counter(DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE))
     args = TrainingArguments(per_device_train_batch_size=BATCH, **_common_args(steps, work))
     trainer = Trainer(model=_lora_model(), args=args, train_dataset=Dataset.from_list(rows), data_collator=collator)
-    seconds = _timed(trainer)
-    return {"real_tokens": collator.real, "processed_tokens": collator.processed, "seconds": seconds}
+    return _timed(trainer, collator)
 
 
 def bench_trl(data, steps: int, work: Path, tokenizer, row_tokens: int) -> dict:
@@ -145,9 +163,7 @@ def bench_trl(data, steps: int, work: Path, tokenizer, row_tokens: int) -> dict:
     trainer = SFTTrainer(model=_lora_model(), args=args, processing_class=tokenizer,
                          train_dataset=Dataset.from_list([{"messages": c} for c in data]))
     trainer.data_collator = _Counter(trainer.data_collator)
-    seconds = _timed(trainer)
-    c = trainer.data_collator
-    return {"real_tokens": c.real, "processed_tokens": c.processed, "seconds": seconds}
+    return _timed(trainer, trainer.data_collator)
 
 
 def _cuda() -> bool:
@@ -169,16 +185,25 @@ def _mfu(tokens_per_sec: float) -> str:
 
     from brightrun_cli.builtin import resolve_base_model
 
-    params = AutoModelForCausalLM.from_pretrained(resolve_base_model("builtin:tiny")).num_parameters()
+    params = AutoModelForCausalLM.from_pretrained(resolve_base_model(BASE)).num_parameters()
     # 6N FLOPs per token (forward 2N, backward 4N) is the usual MFU convention; attention FLOPs are left out.
     return f"  MFU {6 * params * tokens_per_sec / (peak * 1e12):.2%} of {name} bf16 peak"
 
 
 def main() -> None:
+    global BATCH, BASE, WARMUP
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--conversations", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=BATCH, help="conversations per optimizer step")
+    parser.add_argument("--base-model", default=BASE, help="built-in name or local model directory")
+    parser.add_argument("--warmup-steps", type=int, default=WARMUP,
+                        help="steps left out of every method's timing (use 3+ on a GPU: CUDA and Triton start-up)")
     args = parser.parse_args()
+    parser_warmup = args.warmup_steps
+    if not 0 <= parser_warmup < args.steps:
+        parser.error("--warmup-steps must be >= 0 and below --steps")
+    BATCH, BASE, WARMUP = args.batch, args.base_model, parser_warmup
 
     import torch
     from transformers import AutoTokenizer
@@ -186,7 +211,7 @@ def main() -> None:
     from brightrun_cli.builtin import resolve_base_model
     from brightrun_cli.trainer.data import ensure_chat_template, tokenize
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("builtin:tiny"))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(BASE))
     ensure_chat_template(tokenizer)
     data = conversations(args.conversations, seed=0)
     mean_len = sum(len(tokenize(tokenizer, c, 2048, True).input_ids) for c in data) / len(data)
