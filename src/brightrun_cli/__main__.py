@@ -1,4 +1,4 @@
-from brightrun_cli.cli.app import main
+from brightrun_cli.cli.entry import main
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,25 @@
+"""The `brightrun` executable. Standard library only until it knows what to run: a help
+page already rendered for this terminal is printed from the cache (cli/help_cache.py)
+without importing typer, click or Rich."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv and argv[-1] in ("--help", "-h"):
+        from brightrun_cli.cli import help_cache
+
+        if help_cache.is_help_request(argv):
+            if not help_cache.serve(argv):
+                help_cache.render_and_store(argv, _run)
+            return
+    _run()
+
+
+def _run() -> None:
+    from brightrun_cli.cli.app import command_of, make_app
+
+    make_app(command_of(sys.argv[1:]))(prog_name="brightrun")
