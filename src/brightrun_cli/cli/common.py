@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from brightrun_cli.services.workspace import Workspace
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
@@ -45,12 +46,17 @@ def workspace(ctx: typer.Context) -> "Workspace":
     return root.obj.workspace()
 
 
-def console() -> Console:
-    """Console for human output on stdout. Rich honours NO_COLOR and non-terminals itself."""
+def console() -> "Console":
+    """Console for human output on stdout. Rich honours NO_COLOR and non-terminals itself.
+    (Rich is imported here, not at module level: --json output never needs it.)"""
+    from rich.console import Console
+
     return Console(highlight=False, soft_wrap=False)
 
 
-def err_console() -> Console:
+def err_console() -> "Console":
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False)
 
 

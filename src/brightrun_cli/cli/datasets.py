@@ -6,7 +6,6 @@ import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from brightrun_cli.cli import common
 
@@ -212,6 +211,8 @@ def _render_dataset(row: "Dataset") -> None:
             facts.append(("tokens/conv", "  ".join(f"{k} {v:g}" for k, v in dist.items())))
     if row.error_message:
         facts.append(("error", row.error_message))
+    from rich.table import Table
+
     grid = Table.grid(padding=(0, 2))
     for key, value in facts:
         grid.add_row(f"[dim]{key}[/dim]", str(value))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from brightrun_cli.cli import common
 
@@ -66,6 +65,8 @@ def list_command(ctx: typer.Context, json_output: common.JsonOpt = False) -> Non
     if json_output:
         common.print_json(rows)
         return
+    from rich.table import Table
+
     table = Table("NAME", "SSH", "GPUS", "GPU TYPE", "PYTHON", "WORKDIR", "LAST CHECK", box=None)
     for h in rows:
         last = "-"

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from brightrun_cli.cli import common
 
@@ -73,6 +72,8 @@ def show_command(ctx: typer.Context, model: ModelArg, json_output: common.JsonOp
     if json_output:
         common.print_json(row)
         return
+    from rich.table import Table
+
     out = common.console()
     q, s, c = row.quality_metrics, row.training_summary, row.configuration
     out.print(f"[bold]{row.name}[/bold] v{row.version}  ({row.id})")

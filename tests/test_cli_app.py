@@ -1,0 +1,64 @@
+"""The root app: a command builds only the group that provides it, and the name ->
+module table cannot drift from what the modules register."""
+
+from __future__ import annotations
+
+import pytest
+import typer.main
+
+from brightrun_cli.cli.app import COMMAND_MODULES, command_of, make_app
+
+
+
+def commands(app) -> set[str]:
+    return set(typer.main.get_command(app).commands)
+
+
+def test_the_command_table_is_exactly_what_the_modules_register():
+    assert commands(make_app()) == set(COMMAND_MODULES)
+    for name, module in COMMAND_MODULES.items():
+        only = commands(make_app(name))
+        assert name in only
+        assert only == {n for n, m in COMMAND_MODULES.items() if m == module}
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["dataset", "list"], "dataset"),
+    (["--home", "/tmp/x", "jobs", "show", "a"], "jobs"),
+    (["--home=/tmp/x", "train", "--dataset", "d"], "train"),
+    (["--version"], None),
+    ([], None),
+])
+def test_command_of_skips_root_options(argv, command):
+    assert command_of(argv) == command
+
+
+def test_a_typo_gets_the_full_app_and_its_suggestion(cli):
+    from conftest import run_brightrun
+
+    result = run_brightrun("datasets", "list")
+    assert result.returncode == 2 and "No such command 'datasets'" in result.stderr
+
+
+def modules_after(*argv: str) -> set[str]:
+    """sys.modules after a real `brightrun ARGV` run (importlib.import_module bypasses -X importtime)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    program = ("import json, sys\nsys.argv = ['brightrun', *sys.argv[1:]]\nfrom brightrun_cli.cli.entry import main\n"
+               "try:\n    main()\nfinally:\n    sys.stderr.write('\\nMODULES ' + json.dumps(sorted(sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", program, *argv], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return set(json.loads(proc.stderr.rsplit("MODULES ", 1)[1]))
+
+
+def test_a_json_listing_imports_neither_other_groups_nor_rich(brightrun_home):
+    modules = modules_after("dataset", "list", "--json")
+    assert "brightrun_cli.cli.datasets" in modules
+    assert not {"brightrun_cli.cli.watch", "brightrun_cli.cli.jobs", "brightrun_cli.cli.models"} & modules
+    assert not {m for m in modules if m.split(".")[0] in ("rich", "click", "pydantic", "sqlalchemy", "torch")}
