@@ -39,6 +39,8 @@ def test_migrated_schema_matches_the_table_classes(tmp_path):
         assert set(db_cols) == {c.name for c in table.columns}, table.name
         for column in table.columns:
             assert db_cols[column.name]["nullable"] == column.nullable, f"{table.name}.{column.name}"
+        db_indexes = {i["name"]: i["column_names"] for i in insp.get_indexes(table.name)}
+        assert db_indexes == {i.name: [c.name for c in i.columns] for i in table.indexes}, table.name
     assert insp.get_unique_constraints("metrics_points")[0]["column_names"] == ["job_id", "step", "split"]
 
 

@@ -54,7 +54,7 @@ class Dataset(SQLModel, table=True):
         # Names are unique among live (not soft-deleted) datasets.
         Index("ux_datasets_live_name", "name", unique=True, sqlite_where=text("deleted_at IS NULL")),
         Index("ix_datasets_status", "status"),
-        Index("ix_datasets_created_at", "created_at"),
+        Index("ix_datasets_created_id", "created_at", "id"),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True)
