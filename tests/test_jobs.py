@@ -15,7 +15,7 @@ from sqlmodel import select
 from brightrun_cli.registry.tables import CostRecord, Host, MetricPoint, Notification, TrainingJob
 from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.services import jobs, queue
-from brightrun_cli.services.supervisor import MetricsTail, insert_points, point_rows
+from brightrun_cli.services.supervisor import MetricsTail, insert_points, metric_lines, point_rows
 from brightrun_cli.services.workspace import Workspace
 from jobs_helpers import dataset_row, job_row
 
@@ -138,11 +138,11 @@ def test_metrics_tail_reads_only_complete_lines(tmp_path):
     tail = MetricsTail(path)
     assert tail.read() == []
     path.write_text('{"step": 1, "split": "train", "epoch": 0.1}\n{"step": 2, "spl')
-    assert [m["step"] for m in tail.read()] == [1]
+    assert [m.step for m in tail.read()] == [1]
     with path.open("a") as fh:
-        fh.write('it": "train", "epoch": 0.2}\nnot json\n{"step": 3}\n')
-    assert [m["step"] for m in tail.read()] == [2, 3]
-    assert tail.bad_lines == 1
+        fh.write('it": "train", "epoch": 0.2}\nnot json\n{"step": 3}\n{"step": "4"}\n[5]\n{"step": 6, "loss": NaN}\n')
+    assert [m.step for m in tail.read()] == [2, 3]
+    assert tail.bad_lines == 4
 
 
 def test_ingestion_is_idempotent_on_job_step_split(ws):
@@ -152,7 +152,7 @@ def test_ingestion_is_idempotent_on_job_step_split(ws):
     lines.append({"time": 1764100011.0, "split": "validation", "epoch": 1.0, "step": 10, "validation_loss": 1.5})
     for _ in range(2):  # a resumed trainer re-writes lines that were already ingested
         with ws.registry.write() as s:
-            insert_points(s.connection(), point_rows(job.id, lines))
+            insert_points(s.connection(), point_rows(job.id, metric_lines(lines)))
     with ws.registry.session() as s:
         points = s.exec(select(MetricPoint).where(MetricPoint.job_id == job.id).order_by(MetricPoint.step, MetricPoint.split)).all()
     assert [(p.step, p.split) for p in points] == [(i, "train") for i in range(1, 10)] + [(10, "train"), (10, "validation")]
@@ -199,7 +199,7 @@ def test_rm_hides_job_drops_points_and_run_dir_keeps_costs(cli, ws):
     run_dir.mkdir(parents=True)
     with ws.registry.write() as s:
         jobs.transition(s, job.id, jobs.CANCELLED)
-        insert_points(s.connection(), point_rows(job.id, [{"step": 1, "epoch": 0.1}]))
+        insert_points(s.connection(), point_rows(job.id, metric_lines([{"step": 1, "epoch": 0.1}])))
         jobs.record_attempt_cost(s, _get(ws, job.id), attempt_start=utcnow() - timedelta(minutes=1), attempt_end=utcnow())
     result = cli("jobs", "rm", job.id)  # stdin is not a terminal: needs --yes
     assert result.exit_code == 2 and "--yes" in result.stderr

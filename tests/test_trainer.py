@@ -260,3 +260,16 @@ def test_python_module_usage_line():
     proc = subprocess.run([sys.executable, "-m", "brightrun_cli.trainer"], capture_output=True, text=True,
                           env={"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
     assert proc.returncode == 2 and "usage: accelerate launch -m brightrun_cli.trainer" in proc.stderr
+
+
+def test_a_diverged_loss_is_written_as_null_and_the_line_is_still_ingested(tmp_path):
+    from brightrun_cli.services.supervisor import MetricsTail
+    from brightrun_cli.trainer.files import MetricsWriter
+
+    writer = MetricsWriter(tmp_path / "metrics.jsonl", enabled=True)
+    writer.write(split="train", epoch=0.5, step=7, training_loss=float("nan"), grad_norm=float("inf"), learning_rate=1e-4)
+    writer.close()
+    line = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert line["training_loss"] is None and line["grad_norm"] is None and line["learning_rate"] == 1e-4
+    tail = MetricsTail(tmp_path / "metrics.jsonl")
+    assert [m.step for m in tail.read()] == [7] and tail.bad_lines == 0

@@ -49,6 +49,48 @@ LOG_TAIL_LINES = 40
 # ---------------------------------------------------------------------------- metric ingestion
 
 
+def _metric_line_type():
+    """The trainer's metrics.jsonl line (its file contract names) as a msgspec Struct.
+
+    Decoding straight into a Struct is ingestion's fast path: about 3x less CPU than
+    json/orjson building a dict per line and reading it back key by key. Unknown keys are
+    ignored; a line without an integer step, or with a wrongly typed value, is bad."""
+    import msgspec
+
+    class MetricLine(msgspec.Struct):
+        step: int
+        time: float | None = None
+        epoch: float | None = None
+        split: str | None = None
+        total_steps: int | None = None
+        training_loss: float | None = None
+        validation_loss: float | None = None
+        learning_rate: float | None = None
+        grad_norm: float | None = None
+        tokens_per_sec: float | None = None
+        tokens_seen: int | None = None
+        gpu_utilization: float | None = None
+        gpu_memory: float | None = None
+
+    return MetricLine
+
+
+@functools.lru_cache(maxsize=1)
+def _decoders():
+    import msgspec
+
+    line_type = _metric_line_type()
+    return line_type, msgspec.json.Decoder(list[line_type]), msgspec.json.Decoder(line_type)
+
+
+def metric_lines(items: Iterable[dict[str, Any]]) -> list[Any]:
+    """Dicts in the metrics.jsonl format -> the line objects MetricsTail.read() returns."""
+    import msgspec
+
+    line_type = _decoders()[0]
+    return [msgspec.convert(item, line_type) for item in items]
+
+
 class MetricsTail:
     """Reads only the complete lines appended to `metrics.jsonl` since the last call."""
 
@@ -58,7 +100,8 @@ class MetricsTail:
         self.bad_lines = 0
         self._partial = b""
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self) -> list[Any]:
+        """New complete lines as MetricLine objects (attributes named as in the file)."""
         try:
             with self.path.open("rb") as fh:
                 fh.seek(self.offset)
@@ -74,22 +117,21 @@ class MetricsTail:
         body = data[:cut].strip()
         if not body:
             return []
-        import orjson  # parsing is most of ingestion's CPU; orjson does it several times faster than json
+        import msgspec
 
-        try:  # the whole batch as one JSON array, one parse: the fast path
-            items = orjson.loads(b"[" + body.replace(b"\n", b",") + b"]")
-        except orjson.JSONDecodeError:  # a torn, blank or foreign line somewhere: line by line, skipping the bad ones
-            items = []
+        _, many, one = _decoders()
+        try:  # the whole batch as one JSON array, one decode: the fast path
+            return many.decode(b"[" + body.replace(b"\n", b",") + b"]")
+        except msgspec.DecodeError:  # a torn, blank, foreign or mistyped line: line by line, skipping the bad ones
+            out = []
             for line in body.split(b"\n"):
                 if not line.strip():
                     continue
                 try:
-                    items.append(orjson.loads(line))
-                except orjson.JSONDecodeError:
-                    items.append(None)
-        out = [item for item in items if isinstance(item, dict) and isinstance(item.get("step"), int)]
-        self.bad_lines += len(items) - len(out)
-        return out
+                    out.append(one.decode(line))
+                except msgspec.DecodeError:
+                    self.bad_lines += 1
+            return out
 
 
 POINT_COLUMNS = ("job_id", "timestamp", "epoch", "step", "split", "training_loss", "validation_loss", "learning_rate",
@@ -109,15 +151,14 @@ def _db_time(seconds: float | None) -> str:
     return f"{_db_second(whole)}.{int((seconds - whole) * 1e6):06d}"
 
 
-def point_rows(job_id: str, lines: Iterable[dict[str, Any]]) -> list[tuple]:
-    """metrics.jsonl lines (file contract names) -> metrics_points rows (registry names, POINT_COLUMNS order).
+def point_rows(job_id: str, lines: Iterable[Any]) -> list[tuple]:
+    """MetricLines -> metrics_points rows (registry names, POINT_COLUMNS order).
 
     Values are already in their stored form: this is the hot path, and SQLAlchemy's
     per-row bind processing would cost several times the insert itself."""
     return [
-        (job_id, _db_time(m.get("time")), float(m.get("epoch") or 0.0), m["step"], m.get("split") or "train",
-         m.get("training_loss"), m.get("validation_loss"), m.get("learning_rate"), m.get("grad_norm"),
-         m.get("tokens_per_sec"), m.get("gpu_utilization"), m.get("gpu_memory"))
+        (job_id, _db_time(m.time), m.epoch or 0.0, m.step, m.split or "train", m.training_loss, m.validation_loss,
+         m.learning_rate, m.grad_norm, m.tokens_per_sec, m.gpu_utilization, m.gpu_memory)
         for m in lines
     ]
 
@@ -157,8 +198,8 @@ class Supervisor:
         self.job: "TrainingJob | None" = None
         self.attempt_start: datetime | None = None
         self.previous_cost = 0.0
-        self.last_train: dict[str, Any] | None = None
-        self.last_validation: dict[str, Any] | None = None
+        self.last_train: Any = None  # the newest MetricLine of each split
+        self.last_validation: Any = None
         self.first_point: tuple[float, int] | None = None  # (monotonic time, step) of this attempt's first new point
         self.runner = None
         self.handle: str | None = None
@@ -311,18 +352,18 @@ class Supervisor:
         hours = (utcnow() - self.attempt_start).total_seconds() / 3600 if self.attempt_start else 0.0
         return self.previous_cost + hours * self.jobs.hourly_rate(self.job)
 
-    def _ingest(self, lines: list[dict[str, Any]], stage: str | None = None) -> bool:
+    def _ingest(self, lines: list[Any], stage: str | None = None) -> bool:
         """Insert new points and refresh the job row in one transaction; False once the job is not ours."""
         from brightrun_cli.registry.timeutil import utcnow
         from brightrun_cli.services.notifications import notify
 
         for m in lines:
-            if (m.get("split") or "train") == "validation":
+            if m.split == "validation":
                 self.last_validation = m
             else:
                 self.last_train = m
         if lines and self.first_point is None:
-            self.first_point = (time.monotonic(), max(m["step"] for m in lines))
+            self.first_point = (time.monotonic(), max(m.step for m in lines))
         values: dict[str, Any] = {"heartbeat_at": utcnow(), "current_cost": round(self._running_cost(), 6)}
         if stage:
             values["current_stage"] = stage
@@ -339,34 +380,35 @@ class Supervisor:
                        priority="medium", action_command=f"brightrun watch {self.job_id}", job_id=self.job_id, dataset_id=self.job.dataset_id)
             return self.jobs.update_attempt(session, self.job_id, self.marker, **values)
 
-    def _trainer_wrote(self, lines: list[dict[str, Any]]) -> bool:
+    def _trainer_wrote(self, lines: list[Any]) -> bool:
         """Whether this attempt's trainer wrote any of `lines` (a resumed run dir holds older ones)."""
         since = self.attempt_start.timestamp() if self.attempt_start else 0.0
-        return any(not isinstance(m.get("time"), (int, float)) or m["time"] >= since for m in lines)
+        return any(m.time is None or m.time >= since for m in lines)
 
-    def _progress(self, latest: dict[str, Any]) -> dict[str, Any]:
+    def _progress(self, latest: Any) -> dict[str, Any]:
         from brightrun_cli.registry.timeutil import utcnow
 
-        step = int(latest["step"])
-        total = latest.get("total_steps") or self.job.total_steps
-        epoch = float(latest.get("epoch") or 0.0)
+        step = latest.step
+        total = latest.total_steps or self.job.total_steps
+        epoch = latest.epoch or 0.0
+        train, validation = self.last_train, self.last_validation
         metrics = {
             "epoch": epoch, "step": step,
-            "training_loss": (self.last_train or {}).get("training_loss"),
-            "validation_loss": (self.last_validation or {}).get("validation_loss"),
-            "learning_rate": (self.last_train or {}).get("learning_rate"),
-            "gradient_norm": (self.last_train or {}).get("grad_norm"),
-            "throughput": (self.last_train or {}).get("tokens_per_sec"),
-            "gpu_utilization": latest.get("gpu_utilization"),
-            "gpu_memory": latest.get("gpu_memory"),
+            "training_loss": train and train.training_loss,
+            "validation_loss": validation and validation.validation_loss,
+            "learning_rate": train and train.learning_rate,
+            "gradient_norm": train and train.grad_norm,
+            "throughput": train and train.tokens_per_sec,
+            "gpu_utilization": latest.gpu_utilization,
+            "gpu_memory": latest.gpu_memory,
         }
         values: dict[str, Any] = {
             "current_step": step,
             "current_epoch": min(self.job.total_epochs, math.ceil(epoch)) if epoch > 0 else 0,
             "current_metrics": metrics,
         }
-        if latest.get("tokens_seen") is not None:
-            values["tokens_processed"] = int(latest["tokens_seen"])
+        if latest.tokens_seen is not None:
+            values["tokens_processed"] = latest.tokens_seen
         if total:
             values["total_steps"] = int(total)
             values["progress"] = round(min(100.0, 100.0 * step / int(total)), 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -25,7 +26,9 @@ class MetricsWriter:
     def write(self, **point: Any) -> None:
         if self._fh is None:
             return
-        line = {key: point.get(key) for key in METRIC_FIELDS}
+        # A diverged run's NaN/inf loss is written as null: NaN is not JSON, and a reader
+        # would have to drop the whole line (its step, learning rate, ...) to skip it.
+        line = {key: None if isinstance(v := point.get(key), float) and not math.isfinite(v) else v for key in METRIC_FIELDS}
         line["time"] = round(time.time(), 3)
         self._fh.write(json.dumps(line) + "\n")
         self._fh.flush()
