@@ -111,7 +111,13 @@ def _first_line(path: Path, timeout: float) -> float | None:
 def bench_submit(repeats: int) -> None:
     from jobs_helpers import conversations
 
+    import compileall
+
+    # Bytecode compiled and cacheable, as in any pip install (some sandboxes set
+    # PYTHONDONTWRITEBYTECODE, which would make every process recompile brightrun).
+    compileall.compile_dir(str(REPO / "src" / "brightrun_cli"), quiet=1)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     first_points, bare = [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as home:

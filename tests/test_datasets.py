@@ -304,6 +304,11 @@ def test_list_filters_and_json_fields_match_show(cli, tmp_path):
     shown = show_json(cli, "sales")
     listed = next(r for r in rows if r["name"] == "sales")
     assert {k: shown[k] for k in listed} == listed, "list uses the same field names and values as show"
+    # The listed JSON is kept by registry triggers: it follows every later change of the row.
+    assert cli("dataset", "validate", "sales").exit_code == 0
+    relisted = next(r for r in json.loads(cli("dataset", "list", "--json").stdout) if r["name"] == "sales")
+    shown = show_json(cli, "sales")
+    assert {k: shown[k] for k in relisted} == relisted and relisted["validated_at"] >= listed["validated_at"]
     bad_status = cli("dataset", "list", "--status", "done")
     assert bad_status.exit_code == 2 and "--status done" in bad_status.stderr
     human = cli("dataset", "list")
@@ -490,3 +495,27 @@ def test_token_counts_are_exact_with_the_base_models_tokenizer(cli, tmp_path):
     assert result.exit_code == 2
     errors = json.loads(result.stdout)["validation_errors"]
     assert [e["line"] for e in errors] == [13] and "context of 256" in errors[0]["error"]
+
+
+def test_the_listed_columns_are_the_ones_the_registry_triggers_keep():
+    from brightrun_cli.registry.migrations import _DATASET_LIST_COLUMNS_V3
+    from brightrun_cli.services.datasets import LIST_COLUMNS
+
+    assert LIST_COLUMNS == _DATASET_LIST_COLUMNS_V3, "changing the listed fields needs a migration that recreates the triggers"
+
+
+def test_list_json_follows_inserts_updates_and_deletes_made_in_sql(cli, tmp_path):
+    from brightrun_cli.services.workspace import Workspace
+
+    write_jsonl(tmp_path / "good.jsonl", good_lines(3))
+    add(cli, tmp_path / "good.jsonl", "--name", "a")
+    ws = Workspace.open()
+    conn = ws.registry.connect()
+    conn.execute("UPDATE datasets SET description = 'edited', training_ready = 0 WHERE name = 'a'")
+    conn.commit()
+    [row] = json.loads(cli("dataset", "list", "--json").stdout)
+    assert row["description"] == "edited" and row["training_ready"] is False
+    conn.execute("DELETE FROM datasets WHERE name = 'a'")
+    conn.commit()
+    assert conn.execute("SELECT COUNT(*) FROM dataset_list_json").fetchone()[0] == 0
+    conn.close()

@@ -65,7 +65,8 @@ def list_command(
     from brightrun_cli.services.datasets import list_datasets, list_datasets_json
 
     if json_output:  # the hot path for scripts: JSON text straight from SQLite
-        sys.stdout.write(list_datasets_json(common.workspace(ctx), status=status, search=search) + "\n")
+        sys.stdout.write(list_datasets_json(common.workspace(ctx), status=status, search=search))
+        sys.stdout.write("\n")
         return
     rows = list_datasets(common.workspace(ctx), status=status, search=search)
     if not rows:

@@ -46,14 +46,14 @@ if TYPE_CHECKING:
 STATUSES = ("uploading", "validating", "ready", "error")
 MAX_NAME_LENGTH = 100
 MAX_VAL_SPLIT = 0.5
-# Columns `dataset list` shows; the large JSON ones (errors, samples, stats) are for `show`.
+# Columns `dataset list --json` shows (the large JSON ones, errors, samples and stats, are for
+# `show`); registry triggers keep each row's JSON (migrations._DATASET_LIST_COLUMNS_V3).
 LIST_COLUMNS = (
     "id", "name", "description", "format", "status", "storage_path", "file_name", "file_size", "source_uri",
     "content_sha256", "total_conversations", "total_training_pairs", "total_validation_pairs", "total_tokens",
     "avg_turns_per_conversation", "avg_tokens_per_turn", "token_count_method", "base_model", "val_split",
     "training_ready", "validated_at", "validation_error_count", "error_message", "created_at", "updated_at",
 )
-_TIME_COLUMNS = ("validated_at", "created_at", "updated_at")
 
 Progress = Callable[[int, int | None], None]  # (bytes read, total bytes or None)
 
@@ -493,45 +493,29 @@ def list_datasets(ws: "Workspace", status: str | None = None, search: str | None
 
 
 def list_datasets_json(ws: "Workspace", status: str | None = None, search: str | None = None) -> str:
-    """`list_datasets` as a JSON array text. SQLite builds each row's JSON itself (timestamps
-    as ISO 8601 UTC, like `show --json`), so `list --json` over 10,000 datasets needs neither
-    SQLAlchemy nor a Python round trip through dicts."""
+    """`list_datasets` as a JSON array text, from the JSON that triggers keep for each row
+    (registry migration 3; timestamps as ISO 8601 UTC, like `show --json`), so `list
+    --json` over 10,000 datasets needs neither SQLAlchemy nor a Python round trip through
+    dicts, nor SQLite building every row's JSON again."""
     if status is not None and status not in STATUSES:
         raise UsageError(f"--status {status}: unknown status", f"use one of {', '.join(STATUSES)}")
     repair_interrupted(ws)
-    sql = f"SELECT {_LIST_JSON} FROM datasets WHERE deleted_at IS NULL"
+    sql = "SELECT j.json FROM datasets d JOIN dataset_list_json j ON j.id = d.id WHERE d.deleted_at IS NULL"
     params: list[Any] = []
     if status:
-        sql += " AND status = ?"
+        sql += " AND d.status = ?"
         params.append(status)
     if search:
         pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        sql += " AND (name LIKE ? ESCAPE '\\' OR description LIKE ? ESCAPE '\\' OR file_name LIKE ? ESCAPE '\\')"
+        sql += " AND (d.name LIKE ? ESCAPE '\\' OR d.description LIKE ? ESCAPE '\\' OR d.file_name LIKE ? ESCAPE '\\')"
         params += [pattern, pattern, pattern]
-    sql += " ORDER BY created_at DESC, id DESC"
+    sql += " ORDER BY d.created_at DESC, d.id DESC"
     conn = ws.registry.connect()
     conn.row_factory = None
     try:
         return "[" + ",".join(r[0] for r in conn.execute(sql, params)) + "]"
     finally:
         conn.close()
-
-
-def _list_json_expression() -> str:
-    """json_object(...) over LIST_COLUMNS: booleans as true/false, naive-UTC timestamps as ISO with Z."""
-    parts = []
-    for column in LIST_COLUMNS:
-        if column == "training_ready":
-            expr = "json(CASE WHEN training_ready THEN 'true' ELSE 'false' END)"
-        elif column in _TIME_COLUMNS:
-            expr = f"replace({column}, ' ', 'T') || 'Z'"  # NULL stays NULL
-        else:
-            expr = column
-        parts.append(f"'{column}', {expr}")
-    return f"json_object({', '.join(parts)})"
-
-
-_LIST_JSON = _list_json_expression()
 
 
 def get_dataset(ws: "Workspace", ref: str) -> "Dataset":
