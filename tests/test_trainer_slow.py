@@ -63,7 +63,8 @@ def greedy_answers(run_dir: Path, conversations: list[str]) -> list[tuple[str, s
 
 def test_lora_on_builtin_tiny_learns_the_example_task(tmp_path):
     """The issue's acceptance run: the shipped tiny preset as it is must halve held-out loss
-    within a minute of idle 2-core CPU, and the tuned model must answer and stop."""
+    within a minute of idle 2-core CPU, and the tuned model must answer, stop, and get most
+    held-out replies exactly right."""
     train, held_out = split_examples()
     hyperparameters = tiny_preset()
     spec = write_run_dir(tmp_path, conversations=train, validation=held_out, logging_steps=5, **hyperparameters)
@@ -82,8 +83,10 @@ def test_lora_on_builtin_tiny_learns_the_example_task(tmp_path):
     assert reduction >= 0.5
     assert res["duration_s"] <= budget
     # EOS is learned: answers end near the expected length instead of running to max_new_tokens.
-    # (Exact-match rate is reported, not asserted: see bench/RESULTS.md, trainer section.)
     assert stopped >= 0.9, pairs[:5]
+    # Most held-out prompts get exactly the expected reply, slot copied from the question
+    # included (measured 35/60 on the shipped base and preset).
+    assert exact > 0.5, [p for p in pairs if p[0] != p[1]][:5]
 
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     validation = [l for l in lines if l["split"] == "validation"]
