@@ -143,24 +143,26 @@ def _db_second(second: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
 
 
-def _db_time(seconds: float | None) -> str:
-    """Epoch seconds -> the naive-UTC text registry.tables.UTCDateTime stores on SQLite."""
-    if not isinstance(seconds, (int, float)):
-        seconds = time.time()
-    whole = int(seconds)
-    return f"{_db_second(whole)}.{int((seconds - whole) * 1e6):06d}"
-
-
 def point_rows(job_id: str, lines: Iterable[Any]) -> list[tuple]:
     """MetricLines -> metrics_points rows (registry names, POINT_COLUMNS order).
 
     Values are already in their stored form: this is the hot path, and SQLAlchemy's
-    per-row bind processing would cost several times the insert itself."""
-    return [
-        (job_id, _db_time(m.time), m.epoch or 0.0, m.step, m.split or "train", m.training_loss, m.validation_loss,
-         m.learning_rate, m.grad_norm, m.tokens_per_sec, m.gpu_utilization, m.gpu_memory)
-        for m in lines
-    ]
+    per-row bind processing would cost several times the insert itself. Timestamps are
+    formatted inline (one strftime per distinct second): a helper call per row was a
+    sixth of ingestion's CPU."""
+    seconds: dict[int, str] = {}
+    now = time.time()
+    rows = []
+    for m in lines:
+        t = m.time if m.time is not None else now
+        whole = int(t)
+        day = seconds.get(whole)
+        if day is None:
+            day = seconds[whole] = _db_second(whole)
+        rows.append((job_id, f"{day}.{int((t - whole) * 1e6):06d}", m.epoch or 0.0, m.step, m.split or "train",
+                     m.training_loss, m.validation_loss, m.learning_rate, m.grad_norm, m.tokens_per_sec,
+                     m.gpu_utilization, m.gpu_memory))
+    return rows
 
 
 @functools.lru_cache(maxsize=1)
