@@ -361,7 +361,7 @@ def _check_ssh(ws: Workspace, host: Host, result: HostCheck) -> None:
             tool, _, present = value.partition(" ")
             result.tools[tool] = present == "1"
         elif key == "gpu":
-            _add_gpu(result, value)
+            result.gpus.append(_parse_gpu_line(value))
         elif key == "python":
             result.python = value
         elif key == "nopython":
@@ -393,10 +393,6 @@ def _check_ssh(ws: Workspace, host: Host, result: HostCheck) -> None:
             result.problems.append(f"no NVIDIA GPU found on '{host.name}' (nvidia-smi missing or failing) but the host is declared with {host.gpus} x {host.gpu_type}")
         elif len(result.gpus) < host.gpus:
             result.problems.append(f"'{host.name}' is declared with {host.gpus} GPUs but nvidia-smi shows {len(result.gpus)}; re-add it with --gpus {len(result.gpus)}")
-
-
-def _add_gpu(result: HostCheck, line: str) -> None:
-    result.gpus.append(_parse_gpu_line(line))
 
 
 def _parse_gpu_line(line: str) -> dict:
@@ -441,13 +437,16 @@ def catalog_gpu_for(ws: Workspace, name: str, memory_gb: float | None) -> str | 
     return min(candidates)[2] if candidates else None
 
 
-def refresh_local_host(ws: Workspace) -> None:
-    """Bring the 'local' host row in line with this machine's GPUs, so `train` on a GPU box
-    launches one process per GPU and bills GPU-hours without a `hosts` command first."""
-    with ws.registry.session() as s:
-        host = s.exec(select(Host).where(col(Host.name) == LOCAL)).first()
+def refresh_local_host(ws: Workspace, host: Host | None = None) -> Host | None:
+    """The 'local' host row (read unless given) brought in line with this machine's GPUs,
+    so `train` on a GPU box launches one process per GPU and bills GPU-hours without a
+    `hosts` command first."""
+    if host is None:
+        with ws.registry.session() as s:
+            host = s.exec(select(Host).where(col(Host.name) == LOCAL)).first()
     if host is not None:
         _sync_local(ws, host, local_gpus(), [])
+    return host
 
 
 def _sync_local(ws: Workspace, host: Host, gpus: list[dict], problems: list[str]) -> None:

@@ -282,14 +282,12 @@ def _resolve_hosts(ws: "Workspace", names: tuple[str, ...]) -> list[Host]:
             if row is None:
                 raise UsageError(f"unknown host '{name}'", "run 'brightrun hosts list', or add it with 'brightrun hosts add'")
             hosts.append(row)
-    if any(h.kind == "local" for h in hosts):
-        from brightrun_cli.services.hosts import refresh_local_host
-
-        refresh_local_host(ws)
-        with ws.registry.session() as session:
-            hosts = [session.get(Host, h.id) for h in hosts]
     if len(hosts) > 1 and any(h.kind == "local" for h in hosts):
         raise UsageError("a multi-node job cannot include the local host", "list only SSH hosts in --hosts")
+    if hosts[0].kind == "local":
+        from brightrun_cli.services.hosts import refresh_local_host
+
+        refresh_local_host(ws, hosts[0])
     return hosts
 
 

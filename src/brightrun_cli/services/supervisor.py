@@ -33,6 +33,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 if TYPE_CHECKING:
     from brightrun_cli.registry.tables import TrainingJob
     from brightrun_cli.services.workspace import Workspace
@@ -49,46 +51,35 @@ LOG_TAIL_LINES = 40
 # ---------------------------------------------------------------------------- metric ingestion
 
 
-def _metric_line_type():
-    """The trainer's metrics.jsonl line (its file contract names) as a msgspec Struct.
+class MetricLine(msgspec.Struct):
+    """The trainer's metrics.jsonl line (its file contract names).
 
     Decoding straight into a Struct is ingestion's fast path: about 3x less CPU than
     json/orjson building a dict per line and reading it back key by key. Unknown keys are
     ignored; a line without an integer step, or with a wrongly typed value, is bad."""
-    import msgspec
 
-    class MetricLine(msgspec.Struct):
-        step: int
-        time: float | None = None
-        epoch: float | None = None
-        split: str | None = None
-        total_steps: int | None = None
-        training_loss: float | None = None
-        validation_loss: float | None = None
-        learning_rate: float | None = None
-        grad_norm: float | None = None
-        tokens_per_sec: float | None = None
-        tokens_seen: int | None = None
-        gpu_utilization: float | None = None
-        gpu_memory: float | None = None
-
-    return MetricLine
+    step: int
+    time: float | None = None
+    epoch: float | None = None
+    split: str | None = None
+    total_steps: int | None = None
+    training_loss: float | None = None
+    validation_loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_per_sec: float | None = None
+    tokens_seen: int | None = None
+    gpu_utilization: float | None = None
+    gpu_memory: float | None = None
 
 
-@functools.lru_cache(maxsize=1)
-def _decoders():
-    import msgspec
-
-    line_type = _metric_line_type()
-    return line_type, msgspec.json.Decoder(list[line_type]), msgspec.json.Decoder(line_type)
+_decode_lines = msgspec.json.Decoder(list[MetricLine]).decode
+_decode_line = msgspec.json.Decoder(MetricLine).decode
 
 
-def metric_lines(items: Iterable[dict[str, Any]]) -> list[Any]:
+def metric_lines(items: Iterable[dict[str, Any]]) -> list[MetricLine]:
     """Dicts in the metrics.jsonl format -> the line objects MetricsTail.read() returns."""
-    import msgspec
-
-    line_type = _decoders()[0]
-    return [msgspec.convert(item, line_type) for item in items]
+    return [msgspec.convert(item, MetricLine) for item in items]
 
 
 class MetricsTail:
@@ -100,8 +91,8 @@ class MetricsTail:
         self.bad_lines = 0
         self._partial = b""
 
-    def read(self) -> list[Any]:
-        """New complete lines as MetricLine objects (attributes named as in the file)."""
+    def read(self) -> list[MetricLine]:
+        """New complete lines, in file order."""
         try:
             with self.path.open("rb") as fh:
                 fh.seek(self.offset)
@@ -117,18 +108,15 @@ class MetricsTail:
         body = data[:cut].strip()
         if not body:
             return []
-        import msgspec
-
-        _, many, one = _decoders()
         try:  # the whole batch as one JSON array, one decode: the fast path
-            return many.decode(b"[" + body.replace(b"\n", b",") + b"]")
+            return _decode_lines(b"[" + body.replace(b"\n", b",") + b"]")
         except msgspec.DecodeError:  # a torn, blank, foreign or mistyped line: line by line, skipping the bad ones
             out = []
             for line in body.split(b"\n"):
                 if not line.strip():
                     continue
                 try:
-                    out.append(one.decode(line))
+                    out.append(_decode_line(line))
                 except msgspec.DecodeError:
                     self.bad_lines += 1
             return out
@@ -143,7 +131,7 @@ def _db_second(second: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
 
 
-def point_rows(job_id: str, lines: Iterable[Any]) -> list[tuple]:
+def point_rows(job_id: str, lines: Iterable[MetricLine]) -> list[tuple]:
     """MetricLines -> metrics_points rows (registry names, POINT_COLUMNS order).
 
     Values are already in their stored form: this is the hot path, and SQLAlchemy's
@@ -200,8 +188,8 @@ class Supervisor:
         self.job: "TrainingJob | None" = None
         self.attempt_start: datetime | None = None
         self.previous_cost = 0.0
-        self.last_train: Any = None  # the newest MetricLine of each split
-        self.last_validation: Any = None
+        self.last_train: MetricLine | None = None  # the newest line of each split
+        self.last_validation: MetricLine | None = None
         self.first_point: tuple[float, int] | None = None  # (monotonic time, step) of this attempt's first new point
         self.runner = None
         self.handle: str | None = None
@@ -354,7 +342,7 @@ class Supervisor:
         hours = (utcnow() - self.attempt_start).total_seconds() / 3600 if self.attempt_start else 0.0
         return self.previous_cost + hours * self.jobs.hourly_rate(self.job)
 
-    def _ingest(self, lines: list[Any], stage: str | None = None) -> bool:
+    def _ingest(self, lines: list[MetricLine], stage: str | None = None) -> bool:
         """Insert new points and refresh the job row in one transaction; False once the job is not ours."""
         from brightrun_cli.registry.timeutil import utcnow
         from brightrun_cli.services.notifications import notify
@@ -382,12 +370,12 @@ class Supervisor:
                        priority="medium", action_command=f"brightrun watch {self.job_id}", job_id=self.job_id, dataset_id=self.job.dataset_id)
             return self.jobs.update_attempt(session, self.job_id, self.marker, **values)
 
-    def _trainer_wrote(self, lines: list[Any]) -> bool:
+    def _trainer_wrote(self, lines: list[MetricLine]) -> bool:
         """Whether this attempt's trainer wrote any of `lines` (a resumed run dir holds older ones)."""
         since = self.attempt_start.timestamp() if self.attempt_start else 0.0
         return any(m.time is None or m.time >= since for m in lines)
 
-    def _progress(self, latest: Any) -> dict[str, Any]:
+    def _progress(self, latest: MetricLine) -> dict[str, Any]:
         from brightrun_cli.registry.timeutil import utcnow
 
         step = latest.step
