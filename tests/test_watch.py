@@ -56,8 +56,9 @@ def finished(ws, status: str, **fields) -> str:
 
 
 def test_queued_job_shows_waiting_time_and_what_it_will_run(ws):
-    job_id = make_job(ws, queued_at=utcnow() - timedelta(seconds=75))
-    out = screen(render_job(state_of(ws, job_id), utcnow()))
+    now = utcnow()  # one clock reading for the row and the render: a slow machine never reads 1m16s
+    job_id = make_job(ws, queued_at=now - timedelta(seconds=75))
+    out = screen(render_job(state_of(ws, job_id), now))
     assert "◌ queued" in out and "waiting 1m15s" in out
     assert job_id in out and "support-v1" in out and "preset balanced" in out and "builtin:tiny" in out
     assert "workstation · 1× cpu" in out
@@ -68,9 +69,10 @@ def test_queued_job_shows_waiting_time_and_what_it_will_run(ws):
 
 def test_initializing_job_shows_stage_and_log_tail(ws):
     job_id = make_job(ws)
-    update_job(ws, job_id, status="initializing", current_stage="loading model", started_at=utcnow() - timedelta(seconds=5))
+    now = utcnow()
+    update_job(ws, job_id, status="initializing", current_stage="loading model", started_at=now - timedelta(seconds=5))
     log(ws, job_id, "loading base model builtin:tiny")
-    out = screen(render_job(state_of(ws, job_id), utcnow()))
+    out = screen(render_job(state_of(ws, job_id), now))
     assert "◐ initializing" in out and "(loading model)" in out and "elapsed 5s" in out
     assert "loading base model builtin:tiny" in out
     assert fits(out, 80)
@@ -78,7 +80,7 @@ def test_initializing_job_shows_stage_and_log_tail(ws):
 
 def test_running_job_shows_progress_losses_rates_cost_and_curve(ws):
     job_id = running_job(ws, steps=40, done=10)
-    now = utcnow()
+    now = state_of(ws, job_id).job.started_at + timedelta(minutes=2)  # the clock two minutes after start, exactly
     update_job(ws, job_id, estimated_completion_at=now + timedelta(minutes=6))
     out = screen(render_job(state_of(ws, job_id), now))
     assert "● running" in out and "elapsed 2m00s" in out
