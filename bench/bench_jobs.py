@@ -1,6 +1,6 @@
 """Jobs benchmarks (issue 5).
 
-1. Metric ingestion: points/s that the supervisor's path (MetricsTail -> point_rows ->
+1. Metric ingestion: points/s that the supervisor's path (MetricsTail -> point_values ->
    Core INSERT OR IGNORE in batches, one transaction per read) puts into the registry
    while another process polls it like `watch` does. Baseline in the same run: the
    same points through the ORM (session.add per row). Goal >= 100,000 points/s.
@@ -54,7 +54,7 @@ def _lines(n: int, job_id: str) -> list[str]:
 
 
 def bench_ingest(points: int) -> tuple[float, float]:
-    from brightrun_cli.services.supervisor import MetricsTail, insert_points, point_rows
+    from brightrun_cli.services.supervisor import MetricsTail, insert_points, point_values
     from brightrun_cli.services.workspace import Workspace
     from brightrun_cli.registry.tables import MetricPoint
     from jobs_helpers import dataset_row, job_row
@@ -72,9 +72,9 @@ def bench_ingest(points: int) -> tuple[float, float]:
         time.sleep(0.3)
         start, cpu_start = time.perf_counter(), time.process_time()
         tail = MetricsTail(path)
-        rows = point_rows(job.id, tail.read())
+        values = point_values(job.id, tail.read())
         with ws.registry.write() as session:
-            insert_points(session.connection(), rows)
+            insert_points(session.connection(), values)
         core_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         stop.set()
         polls, last = counts.get(timeout=30)

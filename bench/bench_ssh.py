@@ -54,7 +54,7 @@ def metric_latency(ws, host, root: Path, epochs: int) -> dict:
 
     from brightrun_cli.runners.base import LaunchRequest
     from brightrun_cli.runners.ssh import SSHRunner
-    from brightrun_cli.services.supervisor import POLL_S, MetricsTail, insert_points, point_rows
+    from brightrun_cli.services.supervisor import POLL_S, MetricsTail, insert_points, point_values
     from sshd import make_run_dir, seed_job
 
     job_id = seed_job(ws)
@@ -70,9 +70,9 @@ def metric_latency(ws, host, root: Path, epochs: int) -> dict:
         lines = tail.read()
         if lines:
             with ws.registry.write() as session:
-                insert_points(session.connection(), point_rows(job_id, lines))
+                insert_points(session.connection(), point_values(job_id, lines))
             now = time.time()
-            latencies += [now - m["time"] for m in lines if isinstance(m.get("time"), (int, float))]
+            latencies += [now - m.time for m in lines if m.time is not None]
         time.sleep(POLL_S)
     runner.collect(handle)
     result = json.loads((run_dir / "result.json").read_text())

@@ -15,7 +15,7 @@ from sqlmodel import select
 from brightrun_cli.registry.tables import CostRecord, Host, MetricPoint, Notification, TrainingJob
 from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.services import jobs, queue
-from brightrun_cli.services.supervisor import MetricsTail, insert_points, metric_lines, point_rows
+from brightrun_cli.services.supervisor import MetricsTail, insert_points, metric_lines, point_values
 from brightrun_cli.services.workspace import Workspace
 from jobs_helpers import dataset_row, job_row
 
@@ -152,12 +152,31 @@ def test_ingestion_is_idempotent_on_job_step_split(ws):
     lines.append({"time": 1764100011.0, "split": "validation", "epoch": 1.0, "step": 10, "validation_loss": 1.5})
     for _ in range(2):  # a resumed trainer re-writes lines that were already ingested
         with ws.registry.write() as s:
-            insert_points(s.connection(), point_rows(job.id, metric_lines(lines)))
+            insert_points(s.connection(), point_values(job.id, metric_lines(lines)))
     with ws.registry.session() as s:
         points = s.exec(select(MetricPoint).where(MetricPoint.job_id == job.id).order_by(MetricPoint.step, MetricPoint.split)).all()
     assert [(p.step, p.split) for p in points] == [(i, "train") for i in range(1, 10)] + [(10, "train"), (10, "validation")]
     assert points[0].gradient_norm == 0.5 and points[0].throughput == 100.0 and points[-1].validation_loss == 1.5
     assert points[0].timestamp.tzinfo is not None
+
+
+def test_bulk_ingestion_spans_full_and_partial_statements_and_skips_resent_points(ws):
+    from brightrun_cli.services.supervisor import MULTI_ROWS
+
+    job = job_row(ws, dataset_row(ws))
+    n = 2 * MULTI_ROWS + 57  # two full multi-row statements and a partial one
+    lines = metric_lines([{"time": 1764100000.5 + i, "split": "train", "epoch": i / n, "step": i, "training_loss": 1.0 / i,
+                           "gpu_memory": None} for i in range(1, n + 1)])
+    with ws.registry.write() as s:
+        assert insert_points(s.connection(), point_values(job.id, lines[:MULTI_ROWS + 3])) == MULTI_ROWS + 3
+    with ws.registry.write() as s:  # a re-read from an earlier offset overlaps what is stored
+        insert_points(s.connection(), point_values(job.id, lines))
+    conn = ws.registry.connect()
+    rows = conn.execute("SELECT step, training_loss, timestamp FROM metrics_points WHERE job_id = ? ORDER BY id", (job.id,)).fetchall()
+    conn.close()
+    assert [r[0] for r in rows] == list(range(1, n + 1))
+    assert all(abs(loss - 1.0 / step) < 1e-12 for step, loss, _ in rows)
+    assert rows[0][2] == "2025-11-25 19:46:41.500000" and rows[-1][2].endswith(".500000")
 
 
 def test_cancel_queued_job_and_refusals(cli, ws, monkeypatch):
@@ -199,7 +218,7 @@ def test_rm_hides_job_drops_points_and_run_dir_keeps_costs(cli, ws):
     run_dir.mkdir(parents=True)
     with ws.registry.write() as s:
         jobs.transition(s, job.id, jobs.CANCELLED)
-        insert_points(s.connection(), point_rows(job.id, metric_lines([{"step": 1, "epoch": 0.1}])))
+        insert_points(s.connection(), point_values(job.id, metric_lines([{"step": 1, "epoch": 0.1}])))
         jobs.record_attempt_cost(s, _get(ws, job.id), attempt_start=utcnow() - timedelta(minutes=1), attempt_end=utcnow())
     result = cli("jobs", "rm", job.id)  # stdin is not a terminal: needs --yes
     assert result.exit_code == 2 and "--yes" in result.stderr

@@ -94,7 +94,9 @@ def test_train_follows_to_completion_with_metrics_cost_and_notifications(ws):
     assert _types(ws, job.id)[:3] == ["job_queued", "job_started", "job_completed"]
     assert job.artifact_id is not None  # the models step picked the adapter up
     log = (ws.home / job.run_dir / "supervisor.log").read_text()
-    assert "accelerate.commands.launch" in log and job.supervisor_marker in log
+    # One process: the trainer starts without the accelerate launcher (runners/accelerate.py).
+    assert "launching: " in log and "-m brightrun_cli.trainer" in log and "accelerate.commands.launch" not in log
+    assert job.supervisor_marker in log
 
 
 def test_dry_run_prints_spec_and_argv_and_writes_nothing(ws):
@@ -102,7 +104,7 @@ def test_dry_run_prints_spec_and_argv_and_writes_nothing(ws):
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["spec"]["hyperparameters"]["batch_size"] == 1 and plan["spec"]["train_file"] == "train.jsonl"
-    assert plan["argv"][1:3] == ["-m", "accelerate.commands.launch"] and plan["argv"][-1].endswith(f"runs/{plan['job_id']}/spec.json")
+    assert plan["argv"][1:3] == ["-m", "brightrun_cli.trainer"] and plan["argv"][-1].endswith(f"runs/{plan['job_id']}/spec.json")
     assert jobs.list_jobs(ws) == [] and not (ws.home / "runs" / plan["job_id"]).exists()
 
 

@@ -64,7 +64,7 @@ def completed_job(home: Path, trained_run: Path) -> str:
     """Register a dataset and a completed job whose run dir is a copy of `trained_run`; ingest its metrics."""
     from brightrun_cli.registry.tables import Dataset, TrainingJob
     from brightrun_cli.registry.timeutil import utcnow
-    from brightrun_cli.services.supervisor import insert_points, metric_lines, point_rows
+    from brightrun_cli.services.supervisor import insert_points, metric_lines, point_values
     from brightrun_cli.services.workspace import Workspace
 
     ws = Workspace.open(home)
@@ -85,7 +85,7 @@ def completed_job(home: Path, trained_run: Path) -> str:
         session.flush()
         job.run_dir = f"runs/{job.id}"
         lines = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
-        insert_points(session.connection(), point_rows(job.id, metric_lines(lines)))
+        insert_points(session.connection(), point_values(job.id, metric_lines(lines)))
         job_id = job.id
     shutil.copytree(trained_run, home / "runs" / job_id)
     return job_id

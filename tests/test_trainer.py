@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from brightrun_cli.builtin import builtin_names, resolve_base_model
-from brightrun_cli.runners.accelerate import accelerate_argv
+from brightrun_cli.runners.accelerate import accelerate_argv, trainer_command
 from brightrun_cli.trainer.main import main as trainer_main
 from brightrun_cli.trainer.spec import Hyperparameters
 
@@ -94,6 +94,17 @@ def test_accelerate_argv_is_explicit_and_really_starts_several_processes():
         accelerate_argv("s.json", num_processes=2, cpu=True)
     with pytest.raises(ValueError):
         accelerate_argv("s.json", num_machines=2)
+
+
+def test_one_process_starts_the_trainer_without_the_launcher_and_more_use_accelerate():
+    argv, env = trainer_command("/r/spec.json", python="py")
+    assert argv == ["py", "-m", "brightrun_cli.trainer", "/r/spec.json"] and env == {}
+    # A CPU-only single process keeps accelerate's --cpu meaning through its environment flag.
+    assert trainer_command("s.json", python="py", cpu=True)[1] == {"ACCELERATE_USE_CPU": "true"}
+    two, env = trainer_command("s.json", num_processes=2, main_process_port=29512, python="py")
+    assert two == accelerate_argv("s.json", num_processes=2, main_process_port=29512, python="py") and env == {}
+    nodes, _ = trainer_command("s.json", num_machines=2, main_process_ip="10.0.0.1", main_process_port=29500)
+    assert "accelerate.commands.launch" in nodes and nodes[nodes.index("--num_machines") + 1] == "2"
 
 
 # ---------------------------------------------------------------- fail fast, exit 2, nothing trained

@@ -1,4 +1,4 @@
-"""The local runner: `accelerate launch` as a child process group on this machine.
+"""The local runner: the trainer (or `accelerate launch` of it) as a child process group on this machine.
 
 The trainer writes straight into the run directory, so `sync`/`collect` have nothing
 to do. The launcher gets its own session (and so its own process group, pgid = pid):
@@ -28,25 +28,28 @@ class LocalRunner(Runner):
     def __init__(self, ws: "Workspace | None" = None):
         self.ws = ws
         self._procs: dict[str, subprocess.Popen] = {}
-        self._argv: dict[tuple[str, int], list[str]] = {}
+        self._commands: dict[tuple[str, int], tuple[list[str], dict[str, str]]] = {}
 
-    def launch_argv(self, request: LaunchRequest) -> list[str]:
-        from brightrun_cli.runners.accelerate import accelerate_argv
+    def _command(self, request: LaunchRequest) -> tuple[list[str], dict[str, str]]:
+        from brightrun_cli.runners.accelerate import trainer_command
 
         key = (request.job_id, request.num_processes)
-        if key not in self._argv:  # one argv per request: what is logged is what runs
+        if key not in self._commands:  # one argv per request: what is logged is what runs
             # Several local processes rendezvous on a port; a fixed default would collide between jobs.
             port = _free_port() if request.num_processes > 1 else None
-            self._argv[key] = accelerate_argv(str(request.spec_path), num_processes=request.num_processes, main_process_port=port)
-        return list(self._argv[key])
+            self._commands[key] = trainer_command(str(request.spec_path), num_processes=request.num_processes, main_process_port=port)
+        return self._commands[key]
+
+    def launch_argv(self, request: LaunchRequest) -> list[str]:
+        return list(self._command(request)[0])
 
     def start(self, request: LaunchRequest) -> str:
-        argv = self.launch_argv(request)
+        argv, env = self._command(request)
         fd = os.open(request.run_dir / LAUNCHER_LOG, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
         try:
             os.write(fd, f"$ {shlex.join(argv)}\n".encode())
             proc = subprocess.Popen(argv, cwd=request.run_dir, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                    env={**os.environ, **request.env}, start_new_session=True, close_fds=True)
+                                    env={**os.environ, **env, **request.env}, start_new_session=True, close_fds=True)
         finally:
             os.close(fd)
         handle = f"local:{proc.pid}:{_start_time(proc.pid) or 0:.2f}"

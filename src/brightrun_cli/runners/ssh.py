@@ -436,11 +436,11 @@ class SSHRunner(Runner):
         return DEFAULT_MAIN_PORT_BASE + int(hashlib.sha256(job_id.encode()).hexdigest(), 16) % 2000
 
     def _trainer_argv(self, request: LaunchRequest, rank: int, rendezvous: tuple[str, int]) -> list[str]:
-        from brightrun_cli.runners.accelerate import accelerate_argv
+        from brightrun_cli.runners.accelerate import trainer_command
 
         host = self.hosts[rank]
         multi = len(self.hosts) > 1
-        argv = accelerate_argv(
+        argv, launch_env = trainer_command(
             "spec.json",
             num_processes=request.num_processes,
             num_machines=len(self.hosts),
@@ -451,7 +451,7 @@ class SSHRunner(Runner):
             # CPU DDP (several processes or machines) must leave cpu unset: gloo workers.
             cpu=True if host.gpu_type == "cpu" and not multi and request.num_processes == 1 else None,
         )
-        env = dict(request.env)
+        env = {**launch_env, **request.env}
         if host.gpu_type == "cpu":
             # Without it accelerate's state falls back to a non-distributed CPU run in each
             # process that torchrun starts (DistributedType.NO), instead of gloo DDP.

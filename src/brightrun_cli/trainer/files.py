@@ -51,7 +51,7 @@ def setup_logging(run_dir: Path, rank: int, main: bool) -> logging.Logger:
     log.handlers.clear()
     log.propagate = False
     prefix = f"[rank {rank}] " if rank else ""
-    fmt = logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(message)s", "%Y-%m-%dT%H:%M:%S")
+    fmt = logging.Formatter(f"%(asctime)s.%(msecs)03d %(levelname)s {prefix}%(message)s", "%Y-%m-%dT%H:%M:%S")
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(fmt)
     log.addHandler(stream)
