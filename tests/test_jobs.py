@@ -245,14 +245,19 @@ def test_list_filters_and_show(cli, ws, spawned):
     assert "brightrun watch" in cli("jobs", "show", a.id).stdout
 
 
-def test_train_refuses_bad_input_without_creating_a_job(cli, ws):
+def test_train_refuses_bad_input_without_creating_a_job(cli, ws, tmp_path):
     dataset_row(ws, "broken", status="error")
     cases = [
         (["--dataset", "nope"], "no dataset matches 'nope'"),
         (["--dataset", "broken"], "dataset 'broken' is error"),
         (["--dataset", "broken", "--host", "a", "--hosts", "b"], "--host and --hosts"),
         (["--dataset", "broken", "--max-cost", "-1"], "--max-cost must be positive"),
+        # The job runs on the host's GPUs: an explicit gpu_type the host lacks is refused, not replaced.
+        (["--dataset", "ok", "--preset", "tiny", "--set", "gpu_type=A100-80GB"], "--set gpu_type=A100-80GB: host 'local' has cpu"),
+        (["--dataset", "ok", "--preset", "tiny", "--config", str(tmp_path / "gpu.toml")], "gpu.toml: host 'local' has cpu"),
     ]
+    dataset_row(ws, "ok")
+    (tmp_path / "gpu.toml").write_text('gpu_type = "H100"\n')
     for args, message in cases:
         result = cli("train", *args, "--detach")
         assert result.exit_code == 2, (args, result.stdout, result.stderr)

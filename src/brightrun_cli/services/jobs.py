@@ -196,6 +196,7 @@ def plan_training(ws: "Workspace", req: TrainRequest) -> TrainPlan:
     for h in hosts:
         if gpus > h.gpus:
             raise UsageError(f"--gpus {gpus} is more than host '{h.name}' has ({h.gpus})", f"pass --gpus {h.gpus} or less, or another --host")
+    _check_gpu_type_matches(ws, req, host)
     resolved = resolve_config(
         ws, preset=req.preset, overrides=tuple(req.overrides), config_file=req.config_file,
         base_model=req.base_model, gpu_type=host.gpu_type, gpus=gpus, dataset_base_model=dataset.base_model,
@@ -216,6 +217,25 @@ def plan_training(ws: "Workspace", req: TrainRequest) -> TrainPlan:
     gpu_config = {"type": config.gpu_type or host.gpu_type, "count": gpus, "hourly_rate": float(estimate.hourly_rate)}
     return TrainPlan(job_id=job_id, dataset=dataset, hosts=hosts, resolved=resolved, estimate=estimate, spec=spec,
                      argv=argv, max_cost=req.max_cost, gpu_config=gpu_config)
+
+
+def _check_gpu_type_matches(ws: "Workspace", req: TrainRequest, host: Host) -> None:
+    """A job runs on its host's GPUs. A preset's gpu_type is only an estimate hint, but one
+    the user asks for (--set or --config) that the host does not have is refused rather
+    than silently replaced."""
+    from brightrun_cli.presets.files import parse_override, read_config_file
+    from brightrun_cli.services.gpus import get_gpu
+
+    asked: list[tuple[str, str]] = []
+    if req.config_file is not None and "gpu_type" in (data := read_config_file(req.config_file)):
+        asked.append((f"--config {req.config_file}", str(data["gpu_type"])))
+    asked += [(f"--set {text}", str(value)) for text in req.overrides for key, value in [parse_override(text)] if key == "gpu_type"]
+    for where, value in asked:
+        if get_gpu(ws, value).name != get_gpu(ws, host.gpu_type).name:
+            raise UsageError(
+                f"{where}: host '{host.name}' has {host.gpu_type}, and a job runs on its host's GPUs",
+                f"drop gpu_type, or pass --host with {value} GPUs (see 'brightrun hosts list'; 'brightrun estimate --gpu {value}' prices it)",
+            )
 
 
 def launch_request(ws: "Workspace", job_id: str, *, gpus: int, gpu_type: str | None, resume: bool = False) -> "LaunchRequest":
