@@ -147,6 +147,28 @@ def test_sigkill_supervisor_then_resume_completes_without_gaps_or_duplicates(ws)
         assert len(s.exec(select(CostRecord).where(CostRecord.job_id == job_id, CostRecord.cost_type == "compute")).all()) == 2
 
 
+def test_supervisor_lost_after_the_trainer_completed_resume_collects_without_retraining(ws):
+    job_id = _submit()
+    _wait("training to start", lambda: _job(ws, job_id).status == "running")
+    supervisor = psutil.Process(_job(ws, job_id).supervisor_pid)
+    supervisor.suspend()  # the trainer finishes while nobody records it
+    run_dir = ws.home / _job(ws, job_id).run_dir
+    _wait("the trainer to complete", lambda: jobs.finished_uncollected(run_dir))
+    supervisor.kill()
+    run_brightrun("jobs", "list")  # any command notices
+    job = _wait("the job marked failed", lambda: (j := _job(ws, job_id)).status == "failed" and j)
+    assert job.error_message.startswith("supervisor lost")
+    result = run_brightrun("jobs", "resume", job_id)
+    assert result.returncode == 0, result.stderr
+    job = _wait("the job to end", lambda: (j := _job(ws, job_id)).status in jobs.TERMINAL and j)
+    assert job.status == "completed", job.error_message
+    assert _train_steps(_points(ws, job_id)) == list(range(1, job.total_steps + 1))
+    launches = [line for line in (run_dir / "launcher.log").read_text().splitlines() if line.startswith("$ ")]
+    assert len(launches) == 1  # collected, not trained again
+    assert job.progress == 100.0
+    _wait("the adapter registered as a model", lambda: _job(ws, job_id).artifact_id)
+
+
 def test_sigkill_trainer_fails_the_job_with_the_log_tail(ws):
     job_id = _submit("--set", "num_epochs=20")  # long enough to still be training when the kill lands
     _wait("training steps", lambda: _train_steps(_points(ws, job_id)))

@@ -505,7 +505,7 @@ def resume_job(ws: "Workspace", ref: str, *, max_cost: float | None = None) -> T
         raise ConflictError(f"job {job.id} is {job.status}; only failed or cancelled jobs can be resumed",
                             "wait for it to end" if job.status in ACTIVE else "completed jobs are done")
     is_local = _is_local(ws, job)
-    if is_local and latest_checkpoint(run_dir(ws, job)) is None:
+    if is_local and latest_checkpoint(run_dir(ws, job)) is None and not finished_uncollected(run_dir(ws, job)):
         raise ConflictError(f"job {job.id} has no checkpoint to resume from", f"run 'brightrun jobs retry {job.id}' to start it again")
     if max_cost is not None and max_cost <= job.current_cost:
         raise UsageError(f"--max-cost ${max_cost:,.2f} is not above what the job has already cost (${job.current_cost:,.2f})", "pass a higher --max-cost")
@@ -566,6 +566,13 @@ def remove_job(ws: "Workspace", ref: str) -> TrainingJob:
         session.exec(MetricPoint.__table__.delete().where(MetricPoint.__table__.c.job_id == job.id))
     shutil.rmtree(run_dir(ws, job), ignore_errors=True)
     return job
+
+
+def finished_uncollected(path: Path) -> bool:
+    """The trainer in this run dir completed and saved its adapter (a supervisor that died
+    before recording that leaves the job failed): a resume only has to collect it."""
+    result = read_result(path) or {}
+    return result.get("status") == "completed" and result.get("exit_code") == 0 and (path / "final" / "adapter_model.safetensors").is_file()
 
 
 def read_result(path: Path) -> dict[str, Any] | None:

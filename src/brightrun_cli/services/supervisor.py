@@ -285,8 +285,9 @@ class Supervisor:
     def _prepare(self):
         """Run dir with the dataset split and spec.json; stop a previous attempt's trainer first.
 
-        Returns the LaunchRequest, or None when a remote trainer of an earlier attempt is
-        still running and this attempt re-attaches to it."""
+        Returns the LaunchRequest, or None when this attempt re-attaches to the trainer of
+        an earlier one: a remote trainer still running (or finished uncollected), or a local
+        trainer that completed while its supervisor was gone."""
         import json
 
         from brightrun_cli.registry.tables import Dataset
@@ -301,6 +302,11 @@ class Supervisor:
                 # The job was failed for a lost connection but its remote trainer kept going:
                 # follow it again instead of stopping it and restarting from a checkpoint.
                 log.info("re-attaching to trainer %s, still running on the remote host", job.external_job_id)
+                return None
+            if (all(h.kind == "local" for h in hosts) and self.jobs.finished_uncollected(self.jobs.run_dir(self.ws, job))
+                    and self.runner.poll(job.external_job_id) is not None):
+                # The supervisor died after its trainer completed: collect, don't retrain.
+                log.info("trainer %s completed while unsupervised; collecting its outputs", job.external_job_id)
                 return None
             # Resumed: the earlier trainer must be gone before a new one writes here.
             log.info("making sure the previous trainer %s has stopped", job.external_job_id)
