@@ -72,6 +72,7 @@ def check_invariants(home: Path) -> list[dict]:
         else:
             assert "interrupted" in row["error_message"]
             assert not files.exists(), "an interrupted add keeps no files"
+            assert not list((home / "storage" / ".tmp").glob(f"datasets+{row['id']}+*")), "nor temporary blobs"
     return rows
 
 

@@ -42,6 +42,15 @@ def test_failed_write_leaves_nothing(store):
     assert store.list(".tmp") == [], "the temporary blob must be cleaned up"
 
 
+def test_delete_removes_what_a_killed_writer_left_for_that_prefix_only(store):
+    # What a process killed mid-copy leaves: temporary blobs named after their keys.
+    store.fs.makedirs(store.path(".tmp"), exist_ok=True)
+    for key in ("datasets/k/data.jsonl", "datasets/k/train.jsonl", "datasets/k2/data.jsonl"):
+        store.fs.pipe(store.path(store._tmp_key(key)), b"partial")
+    store.delete("datasets/k")
+    assert [k.split("/")[1].rsplit(".", 1)[0] for k in store.list(".tmp")] == ["datasets+k2+data.jsonl"]
+
+
 def test_list_fetch_delete(store, tmp_path):
     for name in ("train.jsonl", "validation.jsonl"):
         with store.writer(f"datasets/c/{name}") as out:

@@ -3,7 +3,8 @@
 Keys are relative POSIX paths (`datasets/<id>/data.jsonl`); the registry stores keys,
 never URLs or absolute paths, so the root can move. Writes are atomic: data goes to a
 temporary key first and is moved into place, so a reader (or a crash) never sees half
-a file under a real key.
+a file under a real key. A temporary key names the key it is for (`.tmp/datasets+<id>+
+data.jsonl.<uuid>`), so deleting a prefix also removes what a killed writer left for it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def check_key(key: str) -> str:
     if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
         raise UsageError(f"invalid storage key '{key}'", "keys are relative paths without '..'")
     return key
+
+
+def _tmp_stem(key: str) -> str:
+    """The flat name a key's temporary blobs start with: its path with '/' as '+'."""
+    return check_key(key).replace("/", "+")
 
 
 class BlobStore:
@@ -66,7 +72,7 @@ class BlobStore:
         return self.fs.open(self.path(key), mode)
 
     def _tmp_key(self, key: str) -> str:
-        return f"{TMP_PREFIX}/{uuid.uuid4().hex}-{posixpath.basename(key)}"
+        return f"{TMP_PREFIX}/{_tmp_stem(key)}.{uuid.uuid4().hex}"
 
     def _commit(self, tmp: str, key: str) -> None:
         target = self.path(key)
@@ -136,6 +142,10 @@ class BlobStore:
         return sorted(p[len(root):] if p.startswith(root) else p for p in found)
 
     def delete(self, key_or_prefix: str) -> None:
+        """Remove a key or everything under a prefix, with any temporary blobs left for them."""
         path = self.path(key_or_prefix)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+        stem = posixpath.join(self.root, TMP_PREFIX, _tmp_stem(key_or_prefix))
+        for leftover in [*self.fs.glob(f"{stem}.*"), *self.fs.glob(f"{stem}+*")]:
+            self.fs.rm(leftover)
