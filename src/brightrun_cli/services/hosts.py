@@ -38,7 +38,7 @@ SAFE_PATH_PART_RE = re.compile(r"^[A-Za-z0-9_.+@-]+$")
 COMMAND_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 ACTIVE_STATUSES = ("queued", "initializing", "running")
 # Packages the trainer imports on the remote side, and what to install for them.
-REQUIRED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors", "pydantic")
+REQUIRED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors")
 MIN_PYTHON = (3, 10)
 LOCAL = "local"
 
