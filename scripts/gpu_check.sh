@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a lent CUDA machine (the CI box has no GPU):
-#   GPU tests (bf16, fused varlen attention, checkpointing, Liger, accelerate launch),
+#   GPU tests (bf16, fused varlen attention, checkpointing, Liger, accelerate launch,
+#   FSDP1/FSDP2 accelerate configs; ZeRO-2/3 too where deepspeed is installed),
 #   the whole CLI loop on the GPU, and the trainer benchmark on builtin:tiny and on a
 #   ~200M-parameter random Llama (MFU). Logs go to $OUT (or ./gpu-check-out).
 # Python packages the machine lacks travel as wheels in .whl/ (see bench/RESULTS.md).
@@ -15,7 +16,7 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_
 nvidia-smi -L; python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
 
 echo "== GPU tests"
-timeout 120 python3 -m pytest -p no:cacheprovider -q -s -m gpu tests/test_trainer_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | grep -v -i warn
+timeout 420 python3 -m pytest -p no:cacheprovider -q -s -m gpu tests/test_trainer_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | grep -v -i warn
 
 echo "== the CLI loop on the GPU"
 (

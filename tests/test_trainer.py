@@ -103,6 +103,9 @@ def test_one_process_starts_the_trainer_without_the_launcher_and_more_use_accele
     assert trainer_command("s.json", python="py", cpu=True)[1] == {"ACCELERATE_USE_CPU": "true"}
     two, env = trainer_command("s.json", num_processes=2, main_process_port=29512, python="py")
     assert two == accelerate_argv("s.json", num_processes=2, main_process_port=29512, python="py") and env == {}
+    # A user's accelerate config is read by the launcher only: one process still goes through it.
+    fsdp, _ = trainer_command("s.json", python="py", config_file="a.yaml", distributed_type="FSDP")
+    assert fsdp[:3] == ["py", "-m", "accelerate.commands.launch"] and fsdp[fsdp.index("--config_file") + 1] == "a.yaml"
     nodes, _ = trainer_command("s.json", num_machines=2, main_process_ip="10.0.0.1", main_process_port=29500)
     assert "accelerate.commands.launch" in nodes and nodes[nodes.index("--num_machines") + 1] == "2"
 

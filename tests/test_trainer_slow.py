@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -186,3 +187,67 @@ def test_gradient_checkpointing_bf16_and_padded_batches_run_on_cpu(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert result(tmp_path)["steps"] == 2
+
+
+FSDP2_CONFIG = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_state_dict_type: FULL_STATE_DICT
+  fsdp_reshard_after_forward: true
+"""
+
+
+def _launch_two(spec: Path, *, fsdp: bool) -> None:
+    """2 gloo processes through the real argv; under FSDP, through tests/fsdp_cpu.py, which lets
+    accelerate set up FSDP on a CPU (accelerate itself would run DDP here, and the trainer refuses that)."""
+    config = spec.parent / "accelerate_config.yaml" if fsdp else None
+    argv = accelerate_argv(str(spec), num_processes=2, main_process_port=_free_port(),
+                           config_file=str(config) if fsdp else None, distributed_type="FSDP" if fsdp else None)
+    if fsdp:
+        at = argv.index("-m", 3)
+        argv[at:at + 2] = [str(Path(__file__).parent / "fsdp_cpu.py")]
+    proc = subprocess.run(argv, env={**trainer_env(), "MASTER_ADDR": "127.0.0.1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_fsdp2_on_two_cpu_processes_saves_the_ddp_adapter_and_resumes_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    train, held_out = split_examples()
+    runs = {}
+    for name in ("ddp", "fsdp"):
+        runs[name] = tmp_path / name
+        extra = {"accelerate_config": "accelerate_config.yaml", "save_steps": 4} if name == "fsdp" else {}
+        spec = write_run_dir(runs[name], conversations=train[:64], validation=held_out[:8], batch_size=4, num_epochs=1, **extra)
+        if name == "fsdp":
+            (runs[name] / "accelerate_config.yaml").write_text(FSDP2_CONFIG)
+        _launch_two(spec, fsdp=name == "fsdp")
+    fsdp = runs["fsdp"]
+    assert "2 process(es), device cpu:0, precision fp32, FSDP" in (fsdp / "trainer.log").read_text()
+    res = result(fsdp)
+    assert res["status"] == "completed" and res["steps"] == 8
+    assert res["final_validation_loss"] < res["base_validation_loss"]  # held-out loss went down
+    steps = [json.loads(l)["step"] for l in (fsdp / "metrics.jsonl").read_text().splitlines() if json.loads(l)["split"] == "train"]
+    assert steps == list(range(1, 9))  # one set of outputs: only the main process writes
+    assert sorted(p.name for p in (fsdp / "checkpoints").iterdir()) == ["step-4"]
+
+    # The gathered adapter is the DDP run's: same keys and shapes (and, same math, the same values).
+    ddp_adapter = load_file(str(runs["ddp"] / "final" / "adapter_model.safetensors"))
+    fsdp_adapter = load_file(str(fsdp / "final" / "adapter_model.safetensors"))
+    assert {k: v.shape for k, v in fsdp_adapter.items()} == {k: v.shape for k, v in ddp_adapter.items()}
+    assert max((fsdp_adapter[k] - ddp_adapter[k]).abs().max().item() for k in ddp_adapter) < 1e-5
+    assert res["final_validation_loss"] == pytest.approx(result(runs["ddp"])["final_validation_loss"], rel=1e-5)
+
+    # Resume from the step-4 checkpoint (accelerate's save_state of the shards): the same adapter.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(fsdp, resumed, ignore=shutil.ignore_patterns("final", "result.json", "metrics.jsonl", "*.log"))
+    spec = json.loads((resumed / "spec.json").read_text())
+    (resumed / "spec.json").write_text(json.dumps({**spec, "resume": True}))
+    _launch_two(resumed / "spec.json", fsdp=True)
+    assert "resumed from" in (resumed / "trainer.log").read_text() and result(resumed)["steps"] == 8
+    again = load_file(str(resumed / "final" / "adapter_model.safetensors"))
+    assert max((again[k] - fsdp_adapter[k]).abs().max().item() for k in again) < 1e-6

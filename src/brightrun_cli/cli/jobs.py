@@ -36,6 +36,7 @@ def train(
     hosts: Annotated[Optional[str], typer.Option("--hosts", help="Comma-separated SSH hosts for a multi-node run (the first is the main node).", show_default=False)] = None,
     gpus: Annotated[Optional[int], typer.Option("--gpus", help="GPUs per host (default: all of the host's).", show_default=False)] = None,
     max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="Budget in USD: refuse a larger estimate, stop the job if it gets there.", show_default=False)] = None,
+    accelerate_config: Annotated[Optional[Path], typer.Option("--accelerate-config", help="accelerate config file (FSDP, DeepSpeed) passed to 'accelerate launch --config_file'; brightrun's process counts, rendezvous and precision still apply.", show_default=False)] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Queue the job, print its id and return.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved spec and launch command; change nothing.")] = False,
     json_output: common.JsonOpt = False,
@@ -50,6 +51,7 @@ def train(
     request = jobs.TrainRequest(
         dataset=dataset, preset=preset, overrides=tuple(overrides or ()), config_file=config_file, base_model=base_model,
         host=host, hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else (), gpus=gpus, max_cost=max_cost,
+        accelerate_config=accelerate_config,
     )
     plan = jobs.plan_training(ws, request)
     if dry_run:
@@ -91,6 +93,9 @@ def _print_plan(plan) -> None:
     con.print(f"[bold]dry run[/bold]: nothing was created (job id would be {plan.job_id})")
     con.print(f"dataset {plan.dataset.name} ({plan.dataset.id}), preset {plan.resolved.preset_id}, hosts {', '.join(h.name for h in plan.hosts)}")
     _print_estimate(plan)
+    if plan.accelerate_config is not None:
+        typer.echo(f"accelerate config {plan.accelerate_config.path} ({plan.accelerate_config.distributed_type}), "
+                   f"copied into the run dir as {plan.spec['accelerate_config']}")
     con.print("[bold]spec.json[/bold]")
     typer.echo(json.dumps(plan.spec, indent=2))
     con.print("[bold]launch command[/bold]")

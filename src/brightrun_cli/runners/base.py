@@ -41,6 +41,8 @@ class LaunchRequest:
     spec_path: Path  # run_dir / "spec.json"
     num_processes: int = 1  # processes per machine (GPUs on a GPU host, 1 on CPU)
     resume: bool = False  # continue from the newest checkpoint in the run dir
+    accelerate_config: str | None = None  # an accelerate config file's name in run_dir (`--config_file`)
+    distributed_type: str | None = None  # that file's distributed_type
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the trainer
 
 

@@ -37,7 +37,9 @@ class LocalRunner(Runner):
         if key not in self._commands:  # one argv per request: what is logged is what runs
             # Several local processes rendezvous on a port; a fixed default would collide between jobs.
             port = _free_port() if request.num_processes > 1 else None
-            self._commands[key] = trainer_command(str(request.spec_path), num_processes=request.num_processes, main_process_port=port)
+            config = str(request.run_dir / request.accelerate_config) if request.accelerate_config else None
+            self._commands[key] = trainer_command(str(request.spec_path), num_processes=request.num_processes, main_process_port=port,
+                                                  config_file=config, distributed_type=request.distributed_type)
         return self._commands[key]
 
     def launch_argv(self, request: LaunchRequest) -> list[str]:

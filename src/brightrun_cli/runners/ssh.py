@@ -450,6 +450,8 @@ class SSHRunner(Runner):
             python=remote_python(host),
             # CPU DDP (several processes or machines) must leave cpu unset: gloo workers.
             cpu=True if host.gpu_type == "cpu" and not multi and request.num_processes == 1 else None,
+            config_file=request.accelerate_config,  # shipped next to spec.json; the trainer runs in that dir
+            distributed_type=request.distributed_type,
         )
         env = {**launch_env, **request.env}
         if host.gpu_type == "cpu":
@@ -477,10 +479,10 @@ class SSHRunner(Runner):
         return self._start_argv(request, 0, rendezvous, code_dir, f"{request.job_id}:<token>")
 
     def _inputs(self, request: LaunchRequest) -> list[str]:
-        """spec.json and the split files it names, as paths relative to the run dir."""
+        """spec.json and the files it names (splits, accelerate config), as paths relative to the run dir."""
         spec = json.loads(request.spec_path.read_text(encoding="utf-8"))
         names = [request.spec_path.name]
-        for key in ("train_file", "validation_file"):
+        for key in ("train_file", "validation_file", "accelerate_config"):
             value = spec.get(key)
             if value:
                 if Path(value).is_absolute() or ".." in Path(value).parts:

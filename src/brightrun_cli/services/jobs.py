@@ -12,6 +12,7 @@ can no longer touch it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -144,6 +145,7 @@ class TrainRequest:
     hosts: tuple[str, ...] = ()
     gpus: int | None = None
     max_cost: float | None = None
+    accelerate_config: Path | None = None  # passed to `accelerate launch --config_file` (FSDP, DeepSpeed)
 
 
 @dataclass
@@ -159,8 +161,13 @@ class TrainPlan:
     argv: list[str]
     max_cost: float | None
     gpu_config: dict[str, Any] = field(default_factory=dict)
+    accelerate_config: Any = None  # trainer.spec.AccelerateConfig of the user's file
 
     def to_json(self) -> dict[str, Any]:
+        accelerate = None
+        if self.accelerate_config is not None:
+            accelerate = {"source": str(self.accelerate_config.path), "file": self.spec["accelerate_config"],
+                          "distributed_type": self.accelerate_config.distributed_type}
         return {
             "job_id": self.job_id,
             "dataset_id": self.dataset.id,
@@ -170,6 +177,7 @@ class TrainPlan:
             "max_cost": self.max_cost,
             "estimate": self.estimate.to_json(),
             "spec": self.spec,
+            "accelerate_config": accelerate,
             "argv": self.argv,
         }
 
@@ -212,11 +220,17 @@ def plan_training(ws: "Workspace", req: TrainRequest) -> TrainPlan:
             "raise --max-cost, or pick a cheaper preset, fewer epochs or GPUs (see 'brightrun estimate')",
         )
     job_id = new_id()
-    spec = _spec(job_id, config)
-    argv = get_runner(ws, hosts).launch_argv(launch_request(ws, job_id, gpus=gpus, gpu_type=host.gpu_type))
+    request = launch_request(ws, job_id, gpus=gpus, gpu_type=host.gpu_type)
+    accelerate = None
+    if req.accelerate_config is not None:
+        accelerate = check_accelerate_config(req.accelerate_config, hosts, request.num_processes, config.hyperparameters())
+    spec = _spec(job_id, config, accelerate)
+    if accelerate is not None:
+        request.accelerate_config, request.distributed_type = spec["accelerate_config"], accelerate.distributed_type
+    argv = get_runner(ws, hosts).launch_argv(request)
     gpu_config = {"type": config.gpu_type or host.gpu_type, "count": gpus, "hourly_rate": float(estimate.hourly_rate)}
     return TrainPlan(job_id=job_id, dataset=dataset, hosts=hosts, resolved=resolved, estimate=estimate, spec=spec,
-                     argv=argv, max_cost=req.max_cost, gpu_config=gpu_config)
+                     argv=argv, max_cost=req.max_cost, gpu_config=gpu_config, accelerate_config=accelerate)
 
 
 def _check_gpu_type_matches(ws: "Workspace", req: TrainRequest, host: Host) -> None:
@@ -247,8 +261,67 @@ def launch_request(ws: "Workspace", job_id: str, *, gpus: int, gpu_type: str | N
                          num_processes=1 if (gpu_type or "cpu") == "cpu" else gpus, resume=resume)
 
 
-def _spec(job_id: str, config: Any) -> dict[str, Any]:
-    return {
+# Where brightrun's value for each accelerate launch key comes from (for the refusal's hint).
+_LAUNCH_KEY_OWNERS = {
+    "num_processes": "brightrun starts one process per GPU: --gpus, --hosts",
+    "num_machines": "one machine per --hosts entry",
+    "machine_rank": "brightrun numbers the hosts",
+    "main_process_ip": "brightrun picks the rendezvous",
+    "main_process_port": "brightrun picks the rendezvous",
+    "mixed_precision": "the trainer's precision comes from the spec: --set precision=bf16",
+}
+
+
+def check_accelerate_config(path: Path, hosts: list[Host], processes: int, hyperparameters: dict[str, Any]):
+    """Read `train --accelerate-config FILE` with the trainer's own parser and refuse what would
+    not run as written: launch values that differ from brightrun's (its explicit flags would
+    override them), and FSDP/DeepSpeed where accelerate cannot shard. Returns the AccelerateConfig."""
+    from brightrun_cli.runners.accelerate import LAUNCH_KEYS
+    from brightrun_cli.trainer.spec import SpecError, load_accelerate_config
+
+    hint = "fix the file (README: 'Using FSDP or DeepSpeed configs')"
+    if not path.is_file():
+        raise UsageError(f"--accelerate-config {path} is not a file", "pass an accelerate config file (YAML, or JSON ending in .json)")
+    try:
+        config = load_accelerate_config(path)
+    except SpecError as exc:
+        raise UsageError(str(exc), hint) from None
+    precision = hyperparameters.get("precision", "auto")
+    ours = {"num_processes": processes * len(hosts), "num_machines": len(hosts), "machine_rank": 0,
+            "main_process_ip": None, "main_process_port": None,
+            "mixed_precision": {"auto": "no", "fp32": "no"}.get(precision, precision)}
+    for key in LAUNCH_KEYS:
+        given = config.settings.get(key)
+        if given is not None and given != ours[key] and not (key == "mixed_precision" and given == "no"):
+            raise UsageError(
+                f"accelerate config {path}: {key} = {given} differs from this job's "
+                f"{ours[key] if ours[key] is not None else 'own choice'} (brightrun's launch flags would override it)",
+                f"remove {key} from the file ({_LAUNCH_KEY_OWNERS[key]})",
+            )
+    kind = config.distributed_type
+    if kind == "NO" and processes * len(hosts) > 1:
+        raise UsageError(f"accelerate config {path}: distributed_type NO runs one process, this job launches "
+                         f"{processes * len(hosts)}", "use MULTI_GPU, FSDP or DEEPSPEED, or --gpus 1")
+    if config.sharded:
+        cpu = [h.name for h in hosts if h.gpu_type == "cpu"]
+        if cpu:
+            raise UsageError(f"accelerate config {path} asks for {kind}, but host '{cpu[0]}' has no GPU and accelerate "
+                             "shards only on GPUs (on a CPU it silently runs DDP)", "run it on a GPU host, or leave out --accelerate-config")
+        if kind == "DEEPSPEED" and hosts[0].kind == "local" and importlib.util.find_spec("deepspeed") is None:
+            raise UsageError(f"accelerate config {path} asks for DeepSpeed, which is not installed here", "pip install deepspeed")
+    return config
+
+
+def place_accelerate_config(source: Path, run_dir: Path, name: str) -> None:
+    """Copy the job's accelerate config into its run dir (atomically), where runners ship it with the spec."""
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = run_dir / f".{name}.tmp"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, run_dir / name)
+
+
+def _spec(job_id: str, config: Any, accelerate: Any = None) -> dict[str, Any]:
+    spec = {
         "version": 1,
         "job_id": job_id,
         "base_model": config.base_model,
@@ -262,6 +335,9 @@ def _spec(job_id: str, config: Any) -> dict[str, Any]:
         "max_steps": None,
         "resume": False,
     }
+    if accelerate is not None:  # the copy in the run dir; accelerate reads .json as JSON, anything else as YAML
+        spec["accelerate_config"] = "accelerate_config" + (".json" if accelerate.path.suffix == ".json" else ".yaml")
+    return spec
 
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -318,6 +394,8 @@ def submit(ws: "Workspace", plan: TrainPlan) -> TrainingJob:
     config = plan.resolved.config
     est = plan.estimate.to_json()
     details = est.get("training_details") or {}
+    if plan.accelerate_config is not None:
+        place_accelerate_config(plan.accelerate_config.path, ws.home / "runs" / plan.job_id, plan.spec["accelerate_config"])
     job = TrainingJob(
         id=plan.job_id,
         dataset_id=plan.dataset.id,
@@ -480,6 +558,12 @@ def retry_job(ws: "Workspace", ref: str) -> TrainingJob:
                             "cancel it first" if old.status in ACTIVE else "start a new one with 'brightrun train'")
     new_job_id = new_id()
     spec = dict(old.spec or {}, job_id=new_job_id, resume=False)
+    if spec.get("accelerate_config"):
+        source = run_dir(ws, old) / spec["accelerate_config"]
+        if not source.is_file():
+            raise ConflictError(f"job {old.id}'s accelerate config ({source}) is gone",
+                                "start a new job with 'brightrun train --accelerate-config FILE'")
+        place_accelerate_config(source, ws.home / "runs" / new_job_id, spec["accelerate_config"])
     job = TrainingJob(
         id=new_job_id, dataset_id=old.dataset_id, preset_id=old.preset_id, base_model=old.base_model,
         hyperparameters=old.hyperparameters, gpu_config=old.gpu_config, host_id=old.host_id, hosts=old.hosts,

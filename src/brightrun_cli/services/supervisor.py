@@ -328,8 +328,12 @@ class Supervisor:
         os.replace(tmp, path / "spec.json")
         (path / "result.json").unlink(missing_ok=True)  # an earlier attempt's outcome must not pass for this one's
         gpu = job.gpu_config or {}
-        return self.jobs.launch_request(self.ws, job.id, gpus=int(gpu.get("count") or 1),
-                                        gpu_type=hosts[0].gpu_type, resume=resume)
+        request = self.jobs.launch_request(self.ws, job.id, gpus=int(gpu.get("count") or 1),
+                                           gpu_type=hosts[0].gpu_type, resume=resume)
+        if spec.get("accelerate_config"):
+            request.accelerate_config = spec["accelerate_config"]
+            request.distributed_type = _distributed_type(path / spec["accelerate_config"])
+        return request
 
     def _follow(self) -> int:
         from brightrun_cli.runners.base import RunnerLost, RunnerUnreachable
@@ -565,6 +569,17 @@ def _place(src: Path, dst: Path) -> None:
         tmp = dst.with_suffix(".tmp")
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
+
+
+def _distributed_type(config: Path) -> str:
+    """The distributed_type of the accelerate config copied into the run dir at submit."""
+    from brightrun_cli.errors import OperationError
+    from brightrun_cli.trainer.spec import SpecError, load_accelerate_config
+
+    try:
+        return load_accelerate_config(config).distributed_type
+    except SpecError as exc:
+        raise OperationError(f"the job's accelerate config is unusable: {exc}", "start it again with 'brightrun train --accelerate-config FILE'") from None
 
 
 def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:

@@ -5,10 +5,15 @@ of micro-batches and a resumed run knows where it is from the step number alone.
 is the mean over the step's assistant tokens across all micro-batches and processes
 (not a mean of per-batch means), which makes packed, padded, accumulated and
 distributed runs compute the same quantity.
+
+Under an FSDP or DeepSpeed accelerate config (`Run.sharded`) no process holds the whole
+model: every process takes part in evaluation forwards, in gathering the adapter's
+state dict for saving, and in checkpoints (accelerate's save_state/load_state).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -24,7 +29,7 @@ import torch
 from . import attention
 from .data import IGNORE, Batch, Example, collate, ensure_chat_template, tokenize_file
 from .files import MetricsWriter, library_versions, write_json_atomic
-from .spec import Spec, SpecError
+from .spec import SHARDED_TYPES, Spec, SpecError
 
 
 class Stopped(Exception):
@@ -55,6 +60,7 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     metrics: MetricsWriter
+    sharded: bool = False  # FSDP or DeepSpeed owns the parameters
     state: State = field(default_factory=State)
     stop_requested: bool = False
 
@@ -109,7 +115,11 @@ def load_model(spec: Spec, path: str, precision: str, log):
 
     hp = spec.hyperparameters
     # Frozen base weights may live in bf16 on a GPU; the trainable LoRA weights stay fp32.
-    dtype = torch.bfloat16 if precision == "bf16" and torch.cuda.is_available() else torch.float32
+    # FSDP flattens and all-gathers each unit's parameters in one dtype, so there the base
+    # stays fp32 and FSDP's mixed-precision policy (from `precision`) casts for compute.
+    sharded_fsdp = spec.accelerate_config is not None and spec.accelerate_config.distributed_type == "FSDP"
+    bf16_base = precision == "bf16" and torch.cuda.is_available() and not sharded_fsdp
+    dtype = torch.bfloat16 if bf16_base else torch.float32
     impl = _attn_implementation(hp.packing)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=impl)
     max_positions = getattr(model.config, "max_position_embeddings", None)
@@ -186,18 +196,65 @@ def lr_lambda(warmup: int, total: int, kind: str):
 
 # ---------------------------------------------------------------- setup
 
+def check_engine_installed(spec: Spec) -> None:
+    """A DeepSpeed config needs the deepspeed package on the host that trains; say so before anything loads."""
+    config = spec.accelerate_config
+    if config is not None and config.distributed_type == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        raise SpecError(f"accelerate config {config.path.name} asks for DeepSpeed, which is not installed on this host: "
+                        "run 'pip install deepspeed' there, or use an FSDP config")
+
+
+def check_distributed_type(spec: Spec, accelerator) -> None:
+    """The processes must run the way the accelerate config asks: a silent DDP fallback is refused."""
+    config = spec.accelerate_config
+    got = accelerator.distributed_type.value
+    if config is not None and config.sharded and got != config.distributed_type:
+        raise SpecError(
+            f"accelerate config {config.path.name} asks for {config.distributed_type}, but accelerate set up {got} here: "
+            "accelerate shards only on GPUs (on a CPU-only host it falls back to DDP) and only under "
+            "'accelerate launch --config_file'; run it on a GPU host or leave the config out"
+        )
+
+
+def _deepspeed_settings(accelerator, hp) -> None:
+    """Fill DeepSpeed's `auto` values from the spec (no dataloader is prepared, so accelerate cannot).
+
+    The loop marks gradient-accumulation boundaries itself (`sync_gradients`), so DeepSpeed
+    accumulates over one "step" of its own; an explicit value that disagrees with the spec is refused.
+    """
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    wanted = {"train_micro_batch_size_per_gpu": hp.batch_size, "gradient_accumulation_steps": 1,
+              "gradient_clipping": hp.max_grad_norm}
+    for key, value in wanted.items():
+        current = config.get(key, "auto")
+        if current == "auto":
+            config[key] = value
+        elif float(current) != float(value):
+            raise SpecError(f"the accelerate config's DeepSpeed settings set {key} = {current}, which brightrun sets "
+                            f"itself ({value}, from the spec's batch_size, gradient_accumulation_steps and "
+                            "max_grad_norm): remove it or set it to auto")
+
+
 def setup(spec: Spec, log) -> Run:
     from accelerate import Accelerator
 
     hp = spec.hyperparameters
     precision = _precision(spec)
-    # Without CUDA, accelerate only sets up gloo DDP across launched processes when told it is on CPU.
-    cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(cpu=cpu_ddp, mixed_precision={"fp32": "no"}.get(precision, precision))
+    check_engine_installed(spec)
+    # Without CUDA, accelerate only sets up gloo DDP across launched processes when told it is on CPU
+    # (and told so, it never sets up FSDP or DeepSpeed).
+    wants_sharding = spec.accelerate_config is not None and spec.accelerate_config.sharded
+    cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not wants_sharding
+    # The loop steps the scheduler once per optimizer step (a prepared one, under DeepSpeed, would
+    # otherwise step once per process).
+    accelerator = Accelerator(cpu=cpu_ddp, mixed_precision={"fp32": "no"}.get(precision, precision),
+                              step_scheduler_with_optimizer=False)
+    check_distributed_type(spec, accelerator)
     if accelerator.device.type == "cpu":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
-    log.info("%d process(es), device %s, precision %s", accelerator.num_processes, accelerator.device, precision)
+    log.info("%d process(es), device %s, precision %s, %s", accelerator.num_processes, accelerator.device, precision,
+             accelerator.distributed_type.value)
     path = check_base_model(spec.base_model)
 
     from transformers import AutoTokenizer
@@ -221,10 +278,9 @@ def setup(spec: Spec, log) -> Run:
     model = load_model(spec, path, precision, log)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=hp.learning_rate, betas=(0.9, 0.999), eps=1e-8,
-    )
+    groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # No empty group (LoRA has no 1-D weights): DeepSpeed drops them, and the scheduler must see the same groups.
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.learning_rate, betas=(0.9, 0.999), eps=1e-8)
     steps_per_epoch = len(epoch_plan(len(train), hp.batch_size, hp.gradient_accumulation_steps,
                                      accelerator.num_processes, spec.seed, 0))
     if steps_per_epoch == 0:
@@ -233,10 +289,17 @@ def setup(spec: Spec, log) -> Run:
     if spec.max_steps is not None:
         total_steps = min(total_steps, spec.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(hp.warmup_steps, total_steps, hp.lr_scheduler))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.distributed_type.value == "DEEPSPEED":
+        # accelerate builds DeepSpeed's engine from the model, optimizer and scheduler prepared
+        # together; a torch scheduler stays ours to step (only DeepSpeed's own are stepped by the engine).
+        _deepspeed_settings(accelerator, hp)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     metrics = MetricsWriter(spec.output_dir / "metrics.jsonl", accelerator.is_main_process)
+    sharded = accelerator.distributed_type.value in SHARDED_TYPES
     return Run(spec, accelerator, log, tokenizer, model, optimizer, scheduler, train, validation,
-               steps_per_epoch, total_steps, metrics)
+               steps_per_epoch, total_steps, metrics, sharded)
 
 
 # ---------------------------------------------------------------- forward
@@ -262,13 +325,21 @@ def evaluate(run: Run) -> float | None:
     acc = run.accelerator
     order = sorted(range(len(run.validation)), key=lambda i: len(run.validation[i].input_ids))
     size = run.spec.hyperparameters.batch_size * 4
-    chunks = [order[i : i + size] for i in range(0, len(order), size)][acc.process_index :: acc.num_processes]
-    total = torch.zeros(2, dtype=torch.float64, device=acc.device)
-    for chunk in chunks:
+    chunks = [order[i : i + size] for i in range(0, len(order), size)]
+    mine = chunks[acc.process_index :: acc.num_processes]
+    if run.sharded:
+        # Each forward of a sharded model gathers parameters from every process: all make the
+        # same number of calls, a process out of chunks repeating the first one with weight 0.
+        model, rounds = run.model, math.ceil(len(chunks) / acc.num_processes)
+        mine = [(chunk, 1.0) for chunk in mine] + [(chunks[0], 0.0)] * (rounds - len(mine))
+    else:
         # The unwrapped model: a DDP forward would wait for processes that have no chunk left.
+        model, mine = acc.unwrap_model(run.model), [(chunk, 1.0) for chunk in mine]
+    total = torch.zeros(2, dtype=torch.float64, device=acc.device)
+    for chunk, weight in mine:
         batch = collate([run.validation[i] for i in chunk], True, run.tokenizer.pad_token_id)
-        loss, count = batch_loss_sum(run, batch, acc.unwrap_model(run.model))
-        total += torch.tensor([loss.item(), count], dtype=torch.float64, device=acc.device)
+        loss, count = batch_loss_sum(run, batch, model)
+        total += torch.tensor([loss.item() * weight, count * weight], dtype=torch.float64, device=acc.device)
     total = acc.reduce(total, reduction="sum")
     run.model.train()
     return float(total[0] / total[1])
@@ -296,17 +367,21 @@ def train_step(run: Run, micro_batches: list[list[int]], step_tokens: int) -> tu
     for i, indices in enumerate(micro_batches):
         batch = collate([run.train[j] for j in indices], hp.packing, run.tokenizer.pad_token_id)
         real += batch.real_tokens
-        sync = acc.no_sync(run.model) if i < len(micro_batches) - 1 else _nullcontext()
+        last = i == len(micro_batches) - 1
+        # DeepSpeed's engine steps at the backward marked as the boundary; the optimizer wrapper
+        # of the other modes steps only when it is set, which it is after the last micro-batch.
+        acc.sync_gradients = last
+        sync = acc.no_sync(run.model) if not last else _nullcontext()
         with sync:
             loss, _ = batch_loss_sum(run, batch)
             # DDP averages gradients over processes; scaling by world size makes the result the
             # gradient of the mean over every target token of the step, on every process.
             acc.backward(loss * acc.num_processes / step_tokens)
         loss_sum += loss.item()
-    if hp.max_grad_norm > 0:
-        grad_norm = float(acc.clip_grad_norm_(run.model.parameters(), hp.max_grad_norm))
-    else:
-        grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in run.model.parameters() if p.grad is not None])))
+    # An infinite bound measures the norm without clipping; FSDP's shards and DeepSpeed's engine
+    # (which clipped at its boundary, from gradient_clipping) report the global norm.
+    norm = acc.clip_grad_norm_(run.model.parameters(), hp.max_grad_norm if hp.max_grad_norm > 0 else math.inf)
+    grad_norm = float(norm) if norm is not None else math.nan
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -338,11 +413,15 @@ def save_checkpoint(run: Run) -> Path:
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        acc.unwrap_model(run.model).save_pretrained(tmp, safe_serialization=True)
-        torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
+        if not run.sharded:
+            acc.unwrap_model(run.model).save_pretrained(tmp, safe_serialization=True)
+            torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(run.scheduler.state_dict(), tmp / "scheduler.pt")
         write_json_atomic(tmp / "state.json", run.state.__dict__)
     acc.wait_for_everyone()
+    if run.sharded:
+        # Model and optimizer state live in shards (or in DeepSpeed's engine): accelerate writes them.
+        acc.save_state(str(tmp))
     rng = {"torch": torch.get_rng_state(), "python": json.dumps(random.getstate())}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
@@ -370,8 +449,11 @@ def load_checkpoint(run: Run) -> bool:
     if not found:
         return False
     path, acc = found[-1], run.accelerator
-    set_peft_model_state_dict(acc.unwrap_model(run.model), load_file(str(path / "adapter_model.safetensors")))
-    run.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=acc.device))
+    if run.sharded:
+        acc.load_state(str(path))
+    else:
+        set_peft_model_state_dict(acc.unwrap_model(run.model), load_file(str(path / "adapter_model.safetensors")))
+        run.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=acc.device))
     run.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     run.state = State(**json.loads((path / "state.json").read_text()))
     rng_file = path / f"rng-{acc.process_index}.pt"
@@ -451,12 +533,15 @@ def fit(run: Run) -> None:
 
 def save_final(run: Run) -> None:
     acc = run.accelerator
+    # Sharded weights exist whole only once gathered, a collective every process joins;
+    # PEFT then keeps the adapter's keys of the full state dict.
+    state_dict = acc.get_state_dict(run.model) if run.sharded else None
     if not acc.is_main_process:
         return
     out = run.spec.output_dir / "final"
     tmp = run.spec.output_dir / ".tmp-final"
     shutil.rmtree(tmp, ignore_errors=True)
-    acc.unwrap_model(run.model).save_pretrained(tmp, safe_serialization=True)
+    acc.unwrap_model(run.model).save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     run.tokenizer.save_pretrained(tmp)
     write_json_atomic(tmp / "spec.json", run.spec.raw)
     write_json_atomic(tmp / "versions.json", library_versions())

@@ -18,6 +18,9 @@ class SpecError(Exception):
 
 SCHEDULERS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# The accelerate distributed types a passed-through config may ask for.
+DISTRIBUTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU", "FSDP", "DEEPSPEED")
+SHARDED_TYPES = ("FSDP", "DEEPSPEED")
 
 
 @dataclass
@@ -42,6 +45,65 @@ class Hyperparameters:
 
 
 @dataclass
+class AccelerateConfig:
+    """An accelerate config file (`accelerate launch --config_file`), read as accelerate reads it."""
+
+    path: Path
+    distributed_type: str
+    settings: dict[str, Any]
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP or DeepSpeed: the parameters (and saving them) belong to accelerate's engine."""
+        return self.distributed_type in SHARDED_TYPES
+
+
+def load_accelerate_config(path: Path) -> AccelerateConfig:
+    """Parse an accelerate config file (JSON when it ends in .json, else YAML, as accelerate
+    decides) and check that it is a mapping with a distributed_type brightrun can launch."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read accelerate config {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # json and yaml raise different types; both mean "not parseable"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpecError(f"accelerate config {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"accelerate config {path} must be a mapping of settings (as 'accelerate config' writes)")
+    kind = data.get("distributed_type")
+    if kind not in DISTRIBUTED_TYPES:
+        quote = " (quote it: 'NO'; YAML reads a bare NO as false)" if kind is False else ""
+        raise SpecError(f"accelerate config {path}: distributed_type must be one of {', '.join(DISTRIBUTED_TYPES)}, got {kind!r}{quote}")
+    _check_sharding(path, kind, data)
+    return AccelerateConfig(path=path, distributed_type=kind, settings=data)
+
+
+def _check_sharding(path: Path, kind: str, data: dict[str, Any]) -> None:
+    """Settings under which LoRA training cannot work or its adapter cannot be saved."""
+    fsdp = data.get("fsdp_config") or {}
+    deepspeed = data.get("deepspeed_config") or {}
+    if not isinstance(fsdp, dict) or not isinstance(deepspeed, dict):
+        raise SpecError(f"accelerate config {path}: fsdp_config and deepspeed_config must be mappings")
+    if kind == "FSDP" and str(fsdp.get("fsdp_version", 1)) == "1" and str(fsdp.get("fsdp_use_orig_params", True)).lower() == "false":
+        raise SpecError(f"accelerate config {path}: LoRA under FSDP1 needs fsdp_use_orig_params: true "
+                        "(frozen and trainable weights share FSDP units), or use fsdp_version: 2")
+    if kind == "DEEPSPEED":
+        if deepspeed.get("deepspeed_config_file"):
+            raise SpecError(f"accelerate config {path}: deepspeed_config_file names a file brightrun does not ship "
+                            "with the job; put the settings (zero_stage, offload_*) in deepspeed_config itself")
+        if str(deepspeed.get("zero_stage")) == "3" and str(deepspeed.get("zero3_save_16bit_model", False)).lower() != "true":
+            raise SpecError(f"accelerate config {path}: under ZeRO-3 the adapter is saved from gathered weights: "
+                            "set deepspeed_config.zero3_save_16bit_model: true")
+
+
+@dataclass
 class Spec:
     path: Path
     base_model: str
@@ -55,6 +117,7 @@ class Spec:
     save_steps: int = 0  # 0: checkpoint only on SIGTERM
     max_steps: int | None = None
     resume: bool = False
+    accelerate_config: AccelerateConfig | None = None  # the file given to `accelerate launch --config_file`
     raw: dict[str, Any] = field(default_factory=dict)  # the file as read, copied into final/
 
 
@@ -76,7 +139,7 @@ _RANGES = {
 
 _TOP_LEVEL_KEYS = {
     "version", "job_id", "base_model", "train_file", "validation_file", "output_dir", "seed",
-    "hyperparameters", "logging_steps", "save_steps", "max_steps", "resume",
+    "hyperparameters", "logging_steps", "save_steps", "max_steps", "resume", "accelerate_config",
 }
 
 
@@ -184,4 +247,6 @@ def load_spec(path: str | Path) -> Spec:
     if not isinstance(raw.get("resume", False), bool):
         raise SpecError("resume must be true or false")
     spec.resume = raw.get("resume", False)
+    if raw.get("accelerate_config") is not None:
+        spec.accelerate_config = load_accelerate_config(_file(base, raw["accelerate_config"], "accelerate_config", required=True))
     return spec
