@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import logging
 import math
@@ -75,8 +76,9 @@ class MetricLine(msgspec.Struct, gc=False):
     gpu_memory: float | None = None
 
 
-_decode_lines = msgspec.json.Decoder(list[MetricLine]).decode
-_decode_line = msgspec.json.Decoder(MetricLine).decode
+_line_decoder = msgspec.json.Decoder(MetricLine)
+_decode_line = _line_decoder.decode
+_decode_lines = _line_decoder.decode_lines  # newline-delimited, blank lines skipped, no copy of the batch
 
 
 def metric_lines(items: Iterable[dict[str, Any]]) -> list[MetricLine]:
@@ -104,17 +106,17 @@ class MetricsTail:
         if not chunk:
             return []
         self.offset += len(chunk)
-        data = self._partial + chunk
+        data = self._partial + chunk if self._partial else chunk
         cut = data.rfind(b"\n") + 1
         self._partial = data[cut:]  # an unfinished last line waits for its newline
-        body = data[:cut].strip()
-        if not body:
+        if not cut:
             return []
-        try:  # the whole batch as one JSON array, one decode: the fast path
-            return _decode_lines(b"[" + body.replace(b"\n", b",") + b"]")
-        except msgspec.DecodeError:  # a torn, blank, foreign or mistyped line: line by line, skipping the bad ones
+        body = memoryview(data)[:cut]
+        try:  # the whole batch in one decode, read in place: the fast path
+            return _decode_lines(body)
+        except msgspec.DecodeError:  # a torn, foreign or mistyped line: line by line, skipping the bad ones
             out = []
-            for line in body.split(b"\n"):
+            for line in bytes(body).split(b"\n"):
                 if not line.strip():
                     continue
                 try:
@@ -256,11 +258,13 @@ class Supervisor:
                 log.info("job %s was ended by someone else before launch", self.job_id)
                 return 0
             if request is None:
+                _collect_from_now_on()
                 self.handle = self.job.external_job_id
                 self._update(current_stage="reattached")
                 return self._follow()
             log.info("launching: %s", _shlex(self.runner.launch_argv(request)))
             self.handle = self.runner.start(request)
+            _collect_from_now_on()
             self._update(external_job_id=self.handle, current_stage="loading")
             return self._follow()
         except BrightrunError as exc:
@@ -605,6 +609,12 @@ def _shlex(argv: list[str]) -> str:
 _stop: dict[str, str | None] = {"reason": None}  # "cancelled" (SIGTERM from `jobs cancel`) | "budget"
 
 
+def _collect_from_now_on() -> None:
+    """Start-up's objects live as long as the supervisor: freeze them out of collections, then collect."""
+    gc.freeze()
+    gc.enable()
+
+
 def _on_signal(signum, _frame) -> None:
     log.info("received signal %d: stopping the job", signum)
     _stop["reason"] = _stop["reason"] or "cancelled"
@@ -613,6 +623,9 @@ def _on_signal(signum, _frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     # First thing: a cancel that arrives while we are still importing must not kill us unrecorded.
     signal.signal(signal.SIGTERM, _on_signal)
+    # No cyclic collections until the trainer is launched (Supervisor.run): start-up only
+    # builds long-lived objects, and every collection before the launch delays the job.
+    gc.disable()
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     parser = argparse.ArgumentParser(prog="brightrun-supervisor", description="Supervise one attempt of one brightrun job.")
