@@ -234,6 +234,15 @@ def test_fsdp2_on_two_cpu_processes_saves_the_ddp_adapter_and_resumes_exactly(tm
     steps = [json.loads(l)["step"] for l in (fsdp / "metrics.jsonl").read_text().splitlines() if json.loads(l)["split"] == "train"]
     assert steps == list(range(1, 9))  # one set of outputs: only the main process writes
     assert sorted(p.name for p in (fsdp / "checkpoints").iterdir()) == ["step-4"]
+    # The checkpoint holds the LoRA weights and their optimizer state, never the frozen base.
+    from torch.distributed.checkpoint import FileSystemReader
+
+    saved = FileSystemReader(str(fsdp / "checkpoints" / "step-4" / "sharded")).read_metadata().state_dict_metadata
+    weights = [k for k in saved if k.startswith("model.")]
+    frozen = [k for k in weights if "lora_" not in k]
+    # torch keeps the key of an output layer tied to the (frozen) embeddings; nothing else of the base.
+    assert len(weights) > 1 and frozen in ([], ["model.base_model.model.lm_head.weight"]), frozen
+    assert any(k.startswith("optimizer.state.") for k in saved)
 
     # The gathered adapter is the DDP run's: same keys and shapes (and, same math, the same values).
     ddp_adapter = load_file(str(runs["ddp"] / "final" / "adapter_model.safetensors"))

@@ -8,7 +8,8 @@ distributed runs compute the same quantity.
 
 Under an FSDP or DeepSpeed accelerate config (`Run.sharded`) no process holds the whole
 model: every process takes part in evaluation forwards, in gathering the adapter's
-state dict for saving, and in checkpoints (accelerate's save_state/load_state).
+state dict for saving, and in checkpoints (FSDP: torch.distributed.checkpoint of the
+LoRA weights and optimizer state; DeepSpeed: the engine's own, via accelerate).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import random
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -420,8 +421,7 @@ def save_checkpoint(run: Run) -> Path:
         write_json_atomic(tmp / "state.json", run.state.__dict__)
     acc.wait_for_everyone()
     if run.sharded:
-        # Model and optimizer state live in shards (or in DeepSpeed's engine): accelerate writes them.
-        acc.save_state(str(tmp))
+        _save_sharded(run, tmp)
     rng = {"torch": torch.get_rng_state(), "python": json.dumps(random.getstate())}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
@@ -433,6 +433,48 @@ def save_checkpoint(run: Run) -> Path:
     acc.wait_for_everyone()
     run.log.info("checkpoint saved: %s", final)
     return final
+
+
+SHARDED_DIR = "sharded"  # FSDP checkpoints: torch.distributed.checkpoint files of the LoRA weights + optimizer
+
+
+def _dcp_state(run: Run):
+    """The trainable (LoRA) weights and their optimizer state as torch.distributed.checkpoint
+    state dicts: each process holds its shards, the frozen base is left out."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(ignore_frozen_params=True)
+    model_state, optim_state = get_state_dict(run.model, run.optimizer.optimizer, options=options)
+    return {"model": model_state, "optimizer": optim_state}, options
+
+
+def _save_sharded(run: Run, path: Path) -> None:
+    """Under FSDP, a checkpoint holds the LoRA weights and their optimizer state only: the
+    frozen base is in the base model already, and writing it (accelerate's save_state)
+    would make a cancel of a 70B job write 140 GB inside the 30 s grace. DeepSpeed's
+    engine checkpoints through accelerate, as its state belongs to the engine."""
+    if run.accelerator.distributed_type.value != "FSDP":
+        run.accelerator.save_state(str(path))
+        return
+    import torch.distributed.checkpoint as dcp
+
+    state, _ = _dcp_state(run)
+    dcp.save(state, checkpoint_id=str(path / SHARDED_DIR))
+
+
+def _load_sharded(run: Run, path: Path) -> None:
+    if run.accelerator.distributed_type.value != "FSDP":
+        run.accelerator.load_state(str(path))
+        return
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    state, options = _dcp_state(run)
+    # dcp.load fails on any trainable tensor the checkpoint lacks; the frozen base is not in
+    # it by design, hence a non-strict model load.
+    dcp.load(state, checkpoint_id=str(path / SHARDED_DIR))
+    set_state_dict(run.model, run.optimizer.optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optimizer"], options=replace(options, strict=False))
 
 
 def _restore_python_rng(serialized: str) -> None:
@@ -450,7 +492,7 @@ def load_checkpoint(run: Run) -> bool:
         return False
     path, acc = found[-1], run.accelerator
     if run.sharded:
-        acc.load_state(str(path))
+        _load_sharded(run, path)
     else:
         set_peft_model_state_dict(acc.unwrap_model(run.model), load_file(str(path / "adapter_model.safetensors")))
         run.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=acc.device))
