@@ -34,36 +34,22 @@ nor warns. Notes on the forms chosen:
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 TRAINER_MODULE = "brightrun_cli.trainer"
 # Launch values brightrun passes itself; an accelerate config file may repeat them only unchanged.
 LAUNCH_KEYS = ("num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port", "mixed_precision")
 
 
-def trainer_command(
-    spec_path: str,
-    *,
-    num_processes: int = 1,
-    num_machines: int = 1,
-    machine_rank: int = 0,
-    main_process_ip: str | None = None,
-    main_process_port: int | None = None,
-    python: str = sys.executable,
-    cpu: bool | None = None,
-    config_file: str | None = None,
-    distributed_type: str | None = None,
-) -> tuple[list[str], dict[str, str]]:
+def trainer_command(spec_path: str, **options: Any) -> tuple[list[str], dict[str, str]]:
     """(argv, extra environment) that start the trainer: the trainer module directly for
-    one process, `accelerate launch` (see `accelerate_argv`) for more, or whenever the
-    job has an accelerate config file (only the launcher reads it: FSDP and DeepSpeed
-    are set up from the environment it derives from the file)."""
-    if num_processes == 1 and num_machines == 1 and config_file is None:
-        return [python, "-m", TRAINER_MODULE, str(spec_path)], ({"ACCELERATE_USE_CPU": "true"} if cpu else {})
-    return accelerate_argv(
-        spec_path, num_processes=num_processes, num_machines=num_machines, machine_rank=machine_rank,
-        main_process_ip=main_process_ip, main_process_port=main_process_port, python=python, cpu=cpu,
-        config_file=config_file, distributed_type=distributed_type,
-    ), {}
+    one process, `accelerate launch` (see `accelerate_argv`, whose keyword arguments
+    `options` are) for more, or whenever the job has an accelerate config file (only the
+    launcher reads it: FSDP and DeepSpeed are set up from the environment it derives)."""
+    if options.get("num_processes", 1) == 1 and options.get("num_machines", 1) == 1 and options.get("config_file") is None:
+        python = options.get("python", sys.executable)
+        return [python, "-m", TRAINER_MODULE, str(spec_path)], ({"ACCELERATE_USE_CPU": "true"} if options.get("cpu") else {})
+    return accelerate_argv(spec_path, **options), {}
 
 
 def accelerate_argv(

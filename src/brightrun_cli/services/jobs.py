@@ -314,7 +314,9 @@ def check_accelerate_config(path: Path, hosts: list[Host], processes: int, hyper
 
 def place_accelerate_config(source: Path, run_dir: Path, name: str) -> None:
     """Copy the job's accelerate config into its run dir (atomically), where runners ship it with the spec."""
-    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from brightrun_cli.config import ensure_private_dir
+
+    ensure_private_dir(run_dir)
     tmp = run_dir / f".{name}.tmp"
     shutil.copyfile(source, tmp)
     os.replace(tmp, run_dir / name)
@@ -395,7 +397,7 @@ def submit(ws: "Workspace", plan: TrainPlan) -> TrainingJob:
     est = plan.estimate.to_json()
     details = est.get("training_details") or {}
     if plan.accelerate_config is not None:
-        place_accelerate_config(plan.accelerate_config.path, ws.home / "runs" / plan.job_id, plan.spec["accelerate_config"])
+        place_accelerate_config(plan.accelerate_config.path, ws.runs_dir / plan.job_id, plan.spec["accelerate_config"])
     job = TrainingJob(
         id=plan.job_id,
         dataset_id=plan.dataset.id,
@@ -563,7 +565,7 @@ def retry_job(ws: "Workspace", ref: str) -> TrainingJob:
         if not source.is_file():
             raise ConflictError(f"job {old.id}'s accelerate config ({source}) is gone",
                                 "start a new job with 'brightrun train --accelerate-config FILE'")
-        place_accelerate_config(source, ws.home / "runs" / new_job_id, spec["accelerate_config"])
+        place_accelerate_config(source, ws.runs_dir / new_job_id, spec["accelerate_config"])
     job = TrainingJob(
         id=new_job_id, dataset_id=old.dataset_id, preset_id=old.preset_id, base_model=old.base_model,
         hyperparameters=old.hyperparameters, gpu_config=old.gpu_config, host_id=old.host_id, hosts=old.hosts,

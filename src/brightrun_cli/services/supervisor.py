@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Iterable
@@ -178,13 +179,6 @@ def _insert_sql(rows: int) -> str:
     return f"{head} VALUES {', '.join([row] * rows)}"
 
 
-def _rows_per_statement() -> int:
-    """MULTI_ROWS (2,400 variables) where SQLite allows that many (3.32 on), else under the old 999."""
-    import sqlite3
-
-    return MULTI_ROWS if sqlite3.sqlite_version_info >= (3, 32, 0) else 999 // len(POINT_COLUMNS)
-
-
 def insert_points(connection, values: list) -> int:
     """Bulk INSERT OR IGNORE (unique on job, step, split) of point_values() on a Core
     connection; returns the rows offered.
@@ -193,7 +187,8 @@ def insert_points(connection, values: list) -> int:
     bind/reset and GIL round trip) is about 1.4x the rows per CPU-second of executemany."""
     width = len(POINT_COLUMNS)
     count = len(values) // width
-    per = _rows_per_statement()
+    # MULTI_ROWS (2,400 variables) where SQLite allows that many (3.32 on), else under the old 999.
+    per = MULTI_ROWS if sqlite3.sqlite_version_info >= (3, 32, 0) else 999 // width
     full = count - count % per
     if full:
         sql, size = _insert_sql(per), per * width
