@@ -63,6 +63,7 @@ class Run:
     metrics: MetricsWriter
     sharded: bool = False  # FSDP or DeepSpeed owns the parameters
     state: State = field(default_factory=State)
+    base_evaluated: bool = False  # the step-0 held-out loss is measured and written (_evaluate_base_early)
     stop_requested: bool = False
 
 
@@ -110,8 +111,8 @@ def _attn_implementation(packing: bool) -> str:
     return attention.register() if packing else "sdpa"
 
 
-def load_model(spec: Spec, path: str, precision: str, log):
-    from peft import LoraConfig, get_peft_model
+def load_base(spec: Spec, path: str, precision: str, log):
+    """The base model as it trains: dtype, attention kernel, Liger kernels, checkpointing."""
     from transformers import AutoModelForCausalLM
 
     hp = spec.hyperparameters
@@ -133,6 +134,29 @@ def load_model(spec: Spec, path: str, precision: str, log):
     model.config.use_cache = False
     if hp.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    _check_targets(hp.target_modules, model)
+    log.info("base model %s loaded: attention=%s, dtype=%s", spec.base_model, impl, dtype)
+    return model
+
+
+def _check_targets(targets: list[str] | str, model) -> None:
+    """peft's rule for a list of names (a module is targeted when its name is one of them or
+    ends in "." + one), checked before anything is written: with none matching, peft refuses."""
+    if isinstance(targets, str):  # all-linear
+        return
+    names = [name for name, _ in model.named_modules()]
+    if not any(name == t or name.endswith("." + t) for name in names for t in targets):
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise SpecError(f"hyperparameters.target_modules: no module of the base model is named {', '.join(targets)} "
+                        f"(its linear layers: {', '.join(linear)}; or use all-linear)")
+
+
+def attach_lora(spec: Spec, model, log):
+    """Wrap the base in a fresh LoRA adapter (peft): only its fp32 weights train."""
+    from peft import LoraConfig, get_peft_model
+
+    hp = spec.hyperparameters
     lora = LoraConfig(
         r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
         target_modules=hp.target_modules, bias="none", task_type="CAUSAL_LM",
@@ -146,8 +170,7 @@ def load_model(spec: Spec, path: str, precision: str, log):
             p.data = p.data.float()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    log.info("model %s: %d parameters, %d trainable (LoRA r=%d), attention=%s, dtype=%s",
-             spec.base_model, total, trainable, hp.lora_rank, impl, dtype)
+    log.info("model %s: %d parameters, %d trainable (LoRA r=%d)", spec.base_model, total, trainable, hp.lora_rank)
     return model
 
 
@@ -274,14 +297,6 @@ def setup(spec: Spec, log) -> Run:
     log.info("data: %d training conversations (%d truncated to %d tokens), %d held-out",
              len(train), truncated, hp.max_seq_length, len(validation))
 
-    random.seed(spec.seed)
-    torch.manual_seed(spec.seed)
-    model = load_model(spec, path, precision, log)
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # No empty group (LoRA has no 1-D weights): DeepSpeed drops them, and the scheduler must see the same groups.
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.learning_rate, betas=(0.9, 0.999), eps=1e-8)
     steps_per_epoch = len(epoch_plan(len(train), hp.batch_size, hp.gradient_accumulation_steps,
                                      accelerator.num_processes, spec.seed, 0))
     if steps_per_epoch == 0:
@@ -289,6 +304,19 @@ def setup(spec: Spec, log) -> Run:
     total_steps = steps_per_epoch * hp.num_epochs
     if spec.max_steps is not None:
         total_steps = min(total_steps, spec.max_steps)
+
+    random.seed(spec.seed)
+    torch.manual_seed(spec.seed)
+    model = load_base(spec, path, precision, log)
+    metrics = MetricsWriter(spec.output_dir / "metrics.jsonl", accelerator.is_main_process)
+    state = State()
+    base_evaluated = _evaluate_base_early(spec, accelerator, model, validation, tokenizer, state, metrics, total_steps, log)
+    model = attach_lora(spec, model, log)
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # No empty group (LoRA has no 1-D weights): DeepSpeed drops them, and the scheduler must see the same groups.
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.learning_rate, betas=(0.9, 0.999), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(hp.warmup_steps, total_steps, hp.lr_scheduler))
     if accelerator.distributed_type.value == "DEEPSPEED":
         # accelerate builds DeepSpeed's engine from the model, optimizer and scheduler prepared
@@ -297,52 +325,74 @@ def setup(spec: Spec, log) -> Run:
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     else:
         model, optimizer = accelerator.prepare(model, optimizer)
-    metrics = MetricsWriter(spec.output_dir / "metrics.jsonl", accelerator.is_main_process)
     sharded = accelerator.distributed_type.value in SHARDED_TYPES
     return Run(spec, accelerator, log, tokenizer, model, optimizer, scheduler, train, validation,
-               steps_per_epoch, total_steps, metrics, sharded)
+               steps_per_epoch, total_steps, metrics, sharded, state, base_evaluated=base_evaluated)
+
+
+def _evaluate_base_early(spec: Spec, accelerator, model, validation, tokenizer, state: State, metrics,
+                         total_steps: int, log) -> bool:
+    """The step-0 held-out loss, measured on the base model before the adapter is attached.
+
+    A fresh LoRA adapter adds exactly zero (its B matrices start at zero), so this is the
+    loss training starts from; measured here, the job's first metric point does not wait
+    for peft's import and the wrapping. Not for a resumed run (its step 0 is long past)
+    nor under FSDP/DeepSpeed (only the sharded model fits). Returns whether it ran."""
+    if (not validation or accelerator.distributed_type.value in SHARDED_TYPES
+            or (spec.resume and _checkpoints(spec.output_dir))):
+        return False
+    model.to(accelerator.device)
+    loss = evaluate_model(accelerator, model, validation, spec.hyperparameters.batch_size, tokenizer.pad_token_id,
+                          sharded=False)
+    _record_validation(state, metrics, log, loss, 0.0, total_steps)
+    return True
 
 
 # ---------------------------------------------------------------- forward
 
-def batch_loss_sum(run: Run, batch: Batch, model=None) -> tuple[torch.Tensor, int]:
+def batch_loss_sum(acc, batch: Batch, model) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the batch's target tokens (logits only where there is a target)."""
-    model = model or run.model
-    device = run.accelerator.device
+    device = acc.device
     inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.model_inputs().items()}
     targets = batch.targets.to(device)
-    with run.accelerator.autocast():
+    with acc.autocast():
         logits = model(**inputs).logits
     keep = targets[targets != IGNORE]
     loss = torch.nn.functional.cross_entropy(batch.target_logits(logits).float(), keep, reduction="sum")
     return loss, int(keep.numel())
 
 
-@torch.no_grad()
 def evaluate(run: Run) -> float | None:
-    if not run.validation:
+    return evaluate_model(run.accelerator, run.model, run.validation, run.spec.hyperparameters.batch_size,
+                          run.tokenizer.pad_token_id, run.sharded)
+
+
+@torch.no_grad()
+def evaluate_model(acc, model, validation: list[Example], batch_size: int, pad_id: int, sharded: bool) -> float | None:
+    """Mean held-out loss per target token over all processes (None without held-out data)."""
+    if not validation:
         return None
-    run.model.eval()
-    acc = run.accelerator
-    order = sorted(range(len(run.validation)), key=lambda i: len(run.validation[i].input_ids))
-    size = run.spec.hyperparameters.batch_size * 4
+    wrapped = model
+    wrapped.eval()
+    order = sorted(range(len(validation)), key=lambda i: len(validation[i].input_ids))
+    size = batch_size * 4
     chunks = [order[i : i + size] for i in range(0, len(order), size)]
     mine = chunks[acc.process_index :: acc.num_processes]
-    if run.sharded:
+    if sharded:
         # Each forward of a sharded model gathers parameters from every process: all make the
         # same number of calls, a process out of chunks repeating the first one with weight 0.
-        model, rounds = run.model, math.ceil(len(chunks) / acc.num_processes)
+        rounds = math.ceil(len(chunks) / acc.num_processes)
         mine = [(chunk, 1.0) for chunk in mine] + [(chunks[0], 0.0)] * (rounds - len(mine))
     else:
         # The unwrapped model: a DDP forward would wait for processes that have no chunk left.
-        model, mine = acc.unwrap_model(run.model), [(chunk, 1.0) for chunk in mine]
+        model, mine = acc.unwrap_model(model), [(chunk, 1.0) for chunk in mine]
     total = torch.zeros(2, dtype=torch.float64, device=acc.device)
     for chunk, weight in mine:
-        batch = collate([run.validation[i] for i in chunk], True, run.tokenizer.pad_token_id)
-        loss, count = batch_loss_sum(run, batch, model)
+        batch = collate([validation[i] for i in chunk], True, pad_id)
+        loss, count = batch_loss_sum(acc, batch, model)
         total += torch.tensor([loss.item() * weight, count * weight], dtype=torch.float64, device=acc.device)
     total = acc.reduce(total, reduction="sum")
-    run.model.train()
+    wrapped.train()
     return float(total[0] / total[1])
 
 
@@ -374,7 +424,7 @@ def train_step(run: Run, micro_batches: list[list[int]], step_tokens: int) -> tu
         acc.sync_gradients = last
         sync = acc.no_sync(run.model) if not last else _nullcontext()
         with sync:
-            loss, _ = batch_loss_sum(run, batch)
+            loss, _ = batch_loss_sum(acc, batch, run.model)
             # DDP averages gradients over processes; scaling by world size makes the result the
             # gradient of the mean over every target token of the step, on every process.
             acc.backward(loss * acc.num_processes / step_tokens)
@@ -512,15 +562,18 @@ def load_checkpoint(run: Run) -> bool:
 # ---------------------------------------------------------------- fit
 
 def _validate(run: Run, epoch: float) -> None:
-    loss = evaluate(run)
+    _record_validation(run.state, run.metrics, run.log, evaluate(run), epoch, run.total_steps)
+
+
+def _record_validation(state: State, metrics, log, loss: float | None, epoch: float, total_steps: int) -> None:
     if loss is None:
         return
-    run.state.validation_loss = loss
-    if run.state.step == 0:
-        run.state.base_validation_loss = loss
-    run.log.info("step %d: validation loss %.4f", run.state.step, loss)
-    run.metrics.write(split="validation", epoch=epoch, step=run.state.step, total_steps=run.total_steps,
-                      validation_loss=round(loss, 6), tokens_seen=run.state.tokens_seen)
+    state.validation_loss = loss
+    if state.step == 0:
+        state.base_validation_loss = loss
+    log.info("step %d: validation loss %.4f", state.step, loss)
+    metrics.write(split="validation", epoch=epoch, step=state.step, total_steps=total_steps,
+                  validation_loss=round(loss, 6), tokens_seen=state.tokens_seen)
 
 
 def _stop_agreed(run: Run) -> bool:
@@ -532,7 +585,7 @@ def fit(run: Run) -> None:
     spec, hp, acc = run.spec, run.spec.hyperparameters, run.accelerator
     previous = signal.signal(signal.SIGTERM, lambda *_: setattr(run, "stop_requested", True))
     try:
-        if not (spec.resume and load_checkpoint(run)):
+        if not (spec.resume and load_checkpoint(run)) and not run.base_evaluated:
             _validate(run, 0.0)
         if _stop_agreed(run):
             save_checkpoint(run)
