@@ -157,7 +157,7 @@ def test_dry_run_shows_the_config_in_the_spec_and_the_argv(cli, chat, two_gpus, 
 def test_submit_copies_the_config_into_the_run_dir_and_retry_carries_it(chat, two_gpus, tmp_path, brightrun_home, monkeypatch):
     from brightrun_cli.services import queue
 
-    monkeypatch.setattr(queue, "kick", lambda ws: None)  # queue it only: nothing starts
+    monkeypatch.setattr(queue, "kick", lambda ws, **_: None)  # queue it only: nothing starts
     ws = Workspace.open()
     config = write(tmp_path / "ds.json", json.dumps({"distributed_type": "MULTI_GPU", "num_processes": 2}))
     plan = jobs.plan_training(ws, jobs.TrainRequest(dataset="chat", preset="tiny", accelerate_config=config))

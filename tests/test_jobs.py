@@ -180,7 +180,7 @@ def test_bulk_ingestion_spans_full_and_partial_statements_and_skips_resent_point
 
 
 def test_cancel_queued_job_and_refusals(cli, ws, monkeypatch):
-    monkeypatch.setattr(queue, "kick", lambda ws: [])
+    monkeypatch.setattr(queue, "kick", lambda ws, **_: [])
     monkeypatch.setattr(queue, "kick_if_needed", lambda home: None)
     job = job_row(ws, dataset_row(ws))
     result = cli("jobs", "cancel", job.id, "--json")
@@ -264,6 +264,71 @@ def test_train_refuses_bad_input_without_creating_a_job(cli, ws, tmp_path):
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     with ws.registry.session() as s:
         assert s.exec(select(TrainingJob)).all() == []
+    # Each refused `train` started a standby supervisor (no job was active): every one has gone.
+    assert _standbys_gone(ws, timeout=60) and list(ws.runs_dir.glob("*")) == []
+
+
+def _standbys(ws) -> list:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "--standby" in cmdline and str(ws.home) in cmdline and proc.status() != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+def _standbys_gone(ws, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while _standbys(ws):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_standby_supervisor_starts_only_when_a_job_would_start_and_exits_unused(ws):
+    assert queue.start_standby(ws.home) is None  # no registry yet: nothing could be submitted
+    ws.registry.connect().close()
+    standby = queue.start_standby(ws.home)
+    assert standby is not None and [p.pid for p in _standbys(ws)] == [standby.proc.pid]
+    assert standby.marker in " ".join(_standbys(ws)[0].cmdline())  # liveness checks recognise it
+    standby.release()
+    assert standby.proc.wait(timeout=60) == 0
+    assert list(ws.runs_dir.glob("*")) == []
+    job_row(ws, dataset_row(ws))  # a queued job: the next one would wait, so no standby
+    assert queue.start_standby(ws.home) is None
+
+
+def test_kick_hands_the_claimed_job_to_the_standby(ws, spawned):
+    ws.registry.connect().close()
+    standby = queue.start_standby(ws.home)
+    job = job_row(ws, dataset_row(ws))  # its dataset has no files: the supervisor fails it in _prepare
+    try:
+        assert queue.kick(ws, standby=standby) == [job.id]
+        assert spawned == []  # no second supervisor
+        row = _get(ws, job.id)
+        assert row.supervisor_marker == standby.marker and row.supervisor_pid == standby.proc.pid
+        assert standby.proc.wait(timeout=60) == 1  # the job it supervised failed
+    finally:
+        standby.proc.kill()
+    row = _get(ws, job.id)
+    assert row.status == "failed" and row.supervisor_pid == standby.proc.pid
+    log = (ws.runs_dir / job.id / "supervisor.log").read_text()
+    assert f"supervising job {job.id}" in log and f"marker {standby.marker}" in log and "job failed" in log
+
+
+def test_a_dead_standby_is_replaced_by_a_spawned_supervisor(ws, spawned):
+    ws.registry.connect().close()
+    standby = queue.start_standby(ws.home)
+    standby.proc.kill()
+    standby.proc.wait()
+    job = job_row(ws, dataset_row(ws))
+    assert queue.kick(ws, standby=standby) == [job.id]
+    assert spawned == [job.id]
 
 
 def test_logs_prints_and_follow_ends_with_the_job(cli, ws, spawned):

@@ -43,24 +43,33 @@ def train(
 ) -> None:
     """Queue a LoRA training run (validated and estimated first) and follow it until it ends."""
     from brightrun_cli.errors import UsageError
-    from brightrun_cli.services import jobs
+    from brightrun_cli.services import queue
 
     if host and hosts:
         raise UsageError("--host and --hosts were both given", "use --host NAME for one host, --hosts a,b for a multi-node run")
     ws = common.workspace(ctx)
-    request = jobs.TrainRequest(
-        dataset=dataset, preset=preset, overrides=tuple(overrides or ()), config_file=config_file, base_model=base_model,
-        host=host, hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else (), gpus=gpus, max_cost=max_cost,
-        accelerate_config=accelerate_config,
-    )
-    plan = jobs.plan_training(ws, request)
-    if dry_run:
-        if json_output:
-            common.print_json(plan.to_json())
-        else:
-            _print_plan(plan)
-        return
-    job = jobs.submit(ws, plan)
+    # The supervisor starts now and imports while this command validates: the job's first
+    # metric point comes ~0.5 s sooner. It exits by itself if no job is handed to it.
+    standby = None if dry_run else queue.start_standby(ws.home)
+    try:
+        from brightrun_cli.services import jobs
+
+        request = jobs.TrainRequest(
+            dataset=dataset, preset=preset, overrides=tuple(overrides or ()), config_file=config_file, base_model=base_model,
+            host=host, hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else (), gpus=gpus,
+            max_cost=max_cost, accelerate_config=accelerate_config,
+        )
+        plan = jobs.plan_training(ws, request)
+        if dry_run:
+            if json_output:
+                common.print_json(plan.to_json())
+            else:
+                _print_plan(plan)
+            return
+        job = jobs.submit(ws, plan, standby=standby)
+    finally:
+        if standby is not None:
+            standby.release()
     if json_output:
         common.print_json({**common.jsonable(job), "estimate": plan.estimate.to_json()})
     else:

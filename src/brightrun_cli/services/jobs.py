@@ -16,7 +16,6 @@ import importlib.util
 import json
 import os
 import re
-import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.services.notifications import notify
 
 if TYPE_CHECKING:
+    from brightrun_cli.services import queue
     from brightrun_cli.runners.base import LaunchRequest
     from brightrun_cli.services.workspace import Workspace
 
@@ -87,11 +87,6 @@ def update_attempt(session: Session, job_id: str, marker: str, **values: Any) ->
         .values(updated_at=utcnow(), **values)
     )
     return result.rowcount == 1
-
-
-def new_marker() -> str:
-    """The token a supervisor carries on its command line: pid reuse cannot fake it."""
-    return "brsup-" + secrets.token_hex(8)
 
 
 # ---------------------------------------------------------------------------- costs
@@ -389,8 +384,9 @@ def _resolve_hosts(ws: "Workspace", names: tuple[str, ...]) -> list[Host]:
     return hosts
 
 
-def submit(ws: "Workspace", plan: TrainPlan) -> TrainingJob:
-    """Create the job (queued) with its notification in one transaction, then start the queue."""
+def submit(ws: "Workspace", plan: TrainPlan, standby: "queue.Standby | None" = None) -> TrainingJob:
+    """Create the job (queued) with its notification in one transaction, then start the queue
+    (with `standby`, a supervisor already started for it: queue.start_standby)."""
     from brightrun_cli.services import queue
 
     config = plan.resolved.config
@@ -420,7 +416,7 @@ def submit(ws: "Workspace", plan: TrainPlan) -> TrainingJob:
         notify(session, "job_queued", "Training queued",
                f"Job {job.id[:10]} on '{plan.dataset.name}' ({job.preset_id}) is queued on {', '.join(job.hosts)}; estimate ${job.estimated_total_cost:,.2f}",
                priority="low", action_command=f"brightrun watch {job.id}", job_id=job.id, dataset_id=job.dataset_id)
-    queue.kick(ws)
+    queue.kick(ws, standby=standby)
     return get_job(ws, job.id)
 
 

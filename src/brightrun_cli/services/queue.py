@@ -19,6 +19,7 @@ Imports here stay light (stdlib at module level): `kick_if_needed` runs on every
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import sqlite3
 import subprocess
@@ -56,17 +57,106 @@ def kick_if_needed(home: Path) -> None:
         kick(Workspace.open(home))
 
 
-def kick(ws: "Workspace") -> list[str]:
-    """Mark dead jobs failed, then start every queued job that fits; return the started job ids."""
+def new_marker() -> str:
+    """The token a supervisor carries on its command line: pid reuse cannot fake it."""
+    return "brsup-" + secrets.token_hex(8)
+
+
+def kick(ws: "Workspace", standby: "Standby | None" = None) -> list[str]:
+    """Mark dead jobs failed, then start every queued job that fits; return the started job ids.
+    A standby supervisor (`train` starts one) takes the first job started, if it is still there."""
     reap_dead(ws)
     started = []
-    for job_id, marker in _claim(ws):
-        spawn_supervisor(ws, job_id, marker)
+    for job_id, marker in _claim(ws, [standby.marker] if standby is not None else []):
+        if standby is None or marker != standby.marker or not standby.assign(ws, job_id):
+            spawn_supervisor(ws, job_id, marker)
         started.append(job_id)
     return started
 
 
-def _claim(ws: "Workspace") -> list[tuple[str, str]]:
+class Standby:
+    """A supervisor started before its job exists, so that its imports (SQLAlchemy, pydantic,
+    the runners: ~0.5 s) overlap the `train` command's validation instead of following it.
+
+    It waits on a pipe for the id of the job it is to supervise; the end of the pipe
+    without an id (bad input, a dry run, a job that queues behind others, `train` killed)
+    makes it exit without a trace. Its marker is on its command line from the start, and
+    the queue claims the job with that marker, so liveness checks work as for any other."""
+
+    def __init__(self, proc: subprocess.Popen, marker: str):
+        self.proc = proc
+        self.marker = marker
+        self._open = True
+
+    def assign(self, ws: "Workspace", job_id: str) -> bool:
+        """Hand it the claimed job; False when it is gone (the caller then spawns a supervisor)."""
+        if not self._open:
+            return False
+        self._open = False
+        try:
+            self.proc.stdin.write(f"{job_id}\n".encode())
+            self.proc.stdin.close()
+        except OSError:  # it died (its own start-up failed): the queue starts a fresh one
+            _reap_later(self.proc, job_id)
+            return False
+        _reap_later(self.proc, job_id)
+        _record_pid(ws, job_id, self.marker, self.proc.pid)
+        return True
+
+    def release(self) -> None:
+        """Not needed after all: closing its pipe makes it exit."""
+        if self._open:
+            self._open = False
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            _reap_later(self.proc, "standby")
+
+
+def start_standby(home: Path) -> Standby | None:
+    """Start a standby supervisor for a job about to be submitted, when one would start at
+    once: only while the registry has no active job (else the new job most likely queues,
+    and a supervisor that starts later imports in its own time)."""
+    db = home / "registry.db"
+    if not db.exists():
+        return None
+    try:
+        conn = sqlite3.connect(db, timeout=5)
+        try:
+            busy = conn.execute("SELECT 1 FROM training_jobs WHERE status IN ('queued','initializing','running') LIMIT 1").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    if busy:
+        return None
+    marker = new_marker()
+    argv = [sys.executable, "-m", SUPERVISOR_MODULE, "--standby", "--marker", marker, "--home", str(home)]
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=home,
+                                env=supervisor_env(), start_new_session=True, close_fds=True)
+    except OSError:
+        return None
+    return Standby(proc, marker)
+
+
+def _reap_later(proc: subprocess.Popen, name: str) -> None:
+    """Reap it when it ends, so a long-lived caller (tests, `train` following) keeps no zombie."""
+    threading.Thread(target=proc.wait, name=f"reap-{name}", daemon=True).start()
+
+
+def _record_pid(ws: "Workspace", job_id: str, marker: str, pid: int) -> None:
+    from sqlmodel import col, update
+
+    from brightrun_cli.services import jobs
+
+    with ws.registry.write() as session:
+        session.exec(update(jobs.TrainingJob).where(col(jobs.TrainingJob.id) == job_id, col(jobs.TrainingJob.supervisor_marker) == marker,
+                                                    col(jobs.TrainingJob.supervisor_pid).is_(None)).values(supervisor_pid=pid))
+
+
+def _claim(ws: "Workspace", markers: list[str] = ()) -> list[tuple[str, str]]:
     from sqlmodel import col, select
 
     from brightrun_cli.registry.tables import Host, TrainingJob
@@ -95,7 +185,7 @@ def _claim(ws: "Workspace") -> list[tuple[str, str]]:
             if any(n in blocked for n in names) or any(slots[n] < _need(job) for n in names):
                 blocked.update(names)
                 continue
-            marker = jobs.new_marker()
+            marker = markers[len(claimed)] if len(claimed) < len(markers) else new_marker()
             if jobs.transition(session, job.id, jobs.INITIALIZING, supervisor_marker=marker, supervisor_pid=None,
                                heartbeat_at=utcnow(), current_stage="starting"):
                 for n in names:
@@ -146,13 +236,8 @@ def spawn_supervisor(ws: "Workspace", job_id: str, marker: str) -> int:
         return 0
     finally:
         os.close(fd)
-    # Reap it when it ends, so a long-lived caller (tests, `train` following) keeps no zombie.
-    threading.Thread(target=proc.wait, name=f"reap-{job_id}", daemon=True).start()
-    with ws.registry.write() as session:
-        from sqlmodel import col, update
-
-        session.exec(update(jobs.TrainingJob).where(col(jobs.TrainingJob.id) == job_id, col(jobs.TrainingJob.supervisor_marker) == marker,
-                                                    col(jobs.TrainingJob.supervisor_pid).is_(None)).values(supervisor_pid=proc.pid))
+    _reap_later(proc, job_id)
+    _record_pid(ws, job_id, marker, proc.pid)
     return proc.pid
 
 

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -610,6 +611,31 @@ def _collect_from_now_on() -> None:
     gc.enable()
 
 
+_JOB_ID = re.compile(r"[0-9a-z]{26}")
+
+
+def _import_for_run() -> None:
+    """What Supervisor.run imports on its way to the launch, loaded while a standby waits."""
+    import brightrun_cli.registry.tables  # noqa: F401  (SQLModel, SQLAlchemy, pydantic)
+    import brightrun_cli.runners.local  # noqa: F401
+    import brightrun_cli.services.datasets  # noqa: F401
+    import brightrun_cli.services.jobs  # noqa: F401
+    import brightrun_cli.services.notifications  # noqa: F401
+
+
+def _log_to(run_dir: Path) -> None:
+    """A standby started with no run dir to log to: from here on, stdout and stderr go to the
+    job's supervisor.log (as for a supervisor spawned for the job), and it works from there."""
+    from brightrun_cli.config import ensure_private_dir
+
+    ensure_private_dir(run_dir)
+    fd = os.open(run_dir / "supervisor.log", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+    for target in (1, 2):
+        os.dup2(fd, target)
+    os.close(fd)
+    os.chdir(run_dir)
+
+
 def _on_signal(signum, _frame) -> None:
     log.info("received signal %d: stopping the job", signum)
     _stop["reason"] = _stop["reason"] or "cancelled"
@@ -624,16 +650,27 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     parser = argparse.ArgumentParser(prog="brightrun-supervisor", description="Supervise one attempt of one brightrun job.")
-    parser.add_argument("job_id")
+    parser.add_argument("job_id", nargs="?", help="the job (claimed with --marker); with --standby, read from stdin")
     parser.add_argument("--marker", required=True, help="the attempt's token (also how liveness checks recognise this process)")
     parser.add_argument("--home", required=True)
+    parser.add_argument("--standby", action="store_true",
+                        help="started before the job exists (queue.Standby): import, then wait for its id on stdin")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    if args.standby == bool(args.job_id):
+        parser.error("give a job id or --standby, not both")
     from brightrun_cli.services import queue
     from brightrun_cli.services.workspace import Workspace
 
     ws = Workspace.open(args.home)
-    code = Supervisor(ws, args.job_id, args.marker).run()
+    job_id = args.job_id
+    if args.standby:
+        _import_for_run()
+        job_id = sys.stdin.readline().strip()
+        if not _JOB_ID.fullmatch(job_id):
+            return 0  # no job after all (bad input, or it queued behind others): leave no trace
+        _log_to(ws.runs_dir / job_id)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    code = Supervisor(ws, job_id, args.marker).run()
     try:
         queue.kick(ws)  # this slot is free now: start the next queued job
     except Exception:
