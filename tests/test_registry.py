@@ -99,3 +99,23 @@ def test_live_dataset_names_are_unique_but_deleted_ones_free_the_name(tmp_path):
     with pytest.raises(IntegrityError):
         with reg.write() as s:
             s.add(tables.Dataset(name="x", storage_path="d/3", file_name="a", file_size=1))
+
+
+def test_foreign_keys_are_enforced_except_in_a_write_that_opts_out_and_only_there(tmp_path):
+    """write(foreign_keys=False) is the supervisor's ingestion path; the pooled connection
+    it used must enforce foreign keys again in the next transaction."""
+    from sqlalchemy.exc import IntegrityError
+
+    registry = open_registry(tmp_path)
+    orphan = "INSERT INTO metrics_points (job_id, timestamp, epoch, step, split) VALUES (?, '2026-01-01 00:00:00', 0, ?, 'train')"
+    with pytest.raises(IntegrityError):
+        with registry.write() as session:
+            session.connection().exec_driver_sql(orphan, ("no-such-job", 1))
+    with registry.write(foreign_keys=False) as session:
+        session.connection().exec_driver_sql(orphan, ("no-such-job", 2))
+    for _ in range(3):  # whichever pooled connection the next writes get
+        with pytest.raises(IntegrityError):
+            with registry.write() as session:
+                session.connection().exec_driver_sql(orphan, ("no-such-job", 3))
+    with registry.session() as session:
+        assert session.connection().exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

@@ -33,6 +33,7 @@ DB_FILE = "registry.db"
 BUSY_TIMEOUT_MS = 30_000
 
 _immediate: contextvars.ContextVar[bool] = contextvars.ContextVar("brightrun_immediate", default=False)
+_foreign_keys: contextvars.ContextVar[bool] = contextvars.ContextVar("brightrun_foreign_keys", default=True)
 
 
 def _configure(conn: sqlite3.Connection) -> None:
@@ -70,6 +71,9 @@ class Registry:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn):
+            # Each transaction states its foreign-key mode (it cannot change inside one), so a
+            # pooled connection never carries write(foreign_keys=False) into the next.
+            conn.exec_driver_sql(f"PRAGMA foreign_keys = {'ON' if _foreign_keys.get() else 'OFF'}")
             conn.exec_driver_sql("BEGIN IMMEDIATE" if _immediate.get() else "BEGIN")
 
         return engine
@@ -81,16 +85,21 @@ class Registry:
         return Session(self.engine, expire_on_commit=False)
 
     @contextmanager
-    def write(self) -> Iterator["Session"]:
-        """One write transaction (BEGIN IMMEDIATE): committed on success, rolled back on error."""
+    def write(self, *, foreign_keys: bool = True) -> Iterator["Session"]:
+        """One write transaction (BEGIN IMMEDIATE): committed on success, rolled back on error.
+
+        foreign_keys=False skips SQLite's per-row foreign-key lookups, for the one hot path
+        whose rows provably have their parent: the supervisor's metric ingestion, which
+        checks its job row by compare-and-set in the same transaction."""
         from sqlmodel import Session
 
         with Session(self.engine, expire_on_commit=False) as session:
-            token = _immediate.set(True)
+            token, fk_token = _immediate.set(True), _foreign_keys.set(foreign_keys)
             try:
-                session.connection()  # begin now, while the flag is set
+                session.connection()  # begin now, while the flags are set
             finally:
                 _immediate.reset(token)
+                _foreign_keys.reset(fk_token)
             try:
                 yield session
                 session.commit()
