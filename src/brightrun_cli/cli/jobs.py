@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -50,8 +51,7 @@ def train(
     ws = common.workspace(ctx)
     # The supervisor starts now and imports while this command validates: the job's first
     # metric point comes ~0.5 s sooner. It exits by itself if no job is handed to it.
-    standby = None if dry_run else queue.start_standby(ws.home)
-    try:
+    with queue.standing_by(ws.home) if not dry_run else contextlib.nullcontext() as standby:
         from brightrun_cli.services import jobs
 
         request = jobs.TrainRequest(
@@ -67,9 +67,6 @@ def train(
                 _print_plan(plan)
             return
         job = jobs.submit(ws, plan, standby=standby)
-    finally:
-        if standby is not None:
-            standby.release()
     if json_output:
         common.print_json({**common.jsonable(job), "estimate": plan.estimate.to_json()})
     else:
@@ -229,9 +226,13 @@ def cancel_cmd(ctx: typer.Context, job: JobArg, json_output: common.JsonOpt = Fa
 @jobs_app.command("retry")
 def retry_cmd(ctx: typer.Context, job: JobArg, json_output: common.JsonOpt = False) -> None:
     """Run a failed or cancelled job again from scratch, as a new job."""
-    from brightrun_cli.services import jobs
+    from brightrun_cli.services import queue
 
-    row = jobs.retry_job(common.workspace(ctx), job)
+    ws = common.workspace(ctx)
+    with queue.standing_by(ws.home) as standby:
+        from brightrun_cli.services import jobs
+
+        row = jobs.retry_job(ws, job, standby=standby)
     if json_output:
         common.print_json(row)
     else:
@@ -246,9 +247,13 @@ def resume_cmd(
     json_output: common.JsonOpt = False,
 ) -> None:
     """Continue a failed or cancelled job from its last checkpoint (same job id)."""
-    from brightrun_cli.services import jobs
+    from brightrun_cli.services import queue
 
-    row = jobs.resume_job(common.workspace(ctx), job, max_cost=max_cost)
+    ws = common.workspace(ctx)
+    with queue.standing_by(ws.home) as standby:
+        from brightrun_cli.services import jobs
+
+        row = jobs.resume_job(ws, job, max_cost=max_cost, standby=standby)
     if json_output:
         common.print_json(row)
     else:

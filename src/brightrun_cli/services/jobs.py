@@ -546,7 +546,7 @@ def notify_cancelled(session: Session, job: TrainingJob, how: str) -> None:
            priority="medium", action_command=f"brightrun jobs retry {job.id}", job_id=job.id, dataset_id=job.dataset_id)
 
 
-def retry_job(ws: "Workspace", ref: str) -> TrainingJob:
+def retry_job(ws: "Workspace", ref: str, standby: "queue.Standby | None" = None) -> TrainingJob:
     """A new attempt from scratch: a new queued job with the same configuration, retry_count+1."""
     from brightrun_cli.services import queue
 
@@ -574,11 +574,12 @@ def retry_job(ws: "Workspace", ref: str) -> TrainingJob:
         notify(session, "job_queued", "Training queued (retry)", f"Job {job.id[:10]} retries {old.id[:10]} (attempt {job.retry_count + 1})",
                priority="low", action_command=f"brightrun watch {job.id}", job_id=job.id, dataset_id=job.dataset_id,
                metadata={"retry_of": old.id})
-    queue.kick(ws)
+    queue.kick(ws, standby=standby)
     return get_job(ws, job.id)
 
 
-def resume_job(ws: "Workspace", ref: str, *, max_cost: float | None = None) -> TrainingJob:
+def resume_job(ws: "Workspace", ref: str, *, max_cost: float | None = None,
+               standby: "queue.Standby | None" = None) -> TrainingJob:
     """Continue a failed or cancelled job from its last checkpoint: same job id, a new attempt."""
     from brightrun_cli.services import queue
 
@@ -608,7 +609,7 @@ def resume_job(ws: "Workspace", ref: str, *, max_cost: float | None = None) -> T
             raise ConflictError(f"job {job.id} changed while resuming", "look at 'brightrun jobs show' and try again")
         notify(session, "job_queued", "Training queued (resume)", f"Job {job.id[:10]} resumes from its last checkpoint (attempt {job.resume_count + 2})",
                priority="low", action_command=f"brightrun watch {job.id}", job_id=job.id, dataset_id=job.dataset_id)
-    queue.kick(ws)
+    queue.kick(ws, standby=standby)
     return get_job(ws, job.id)
 
 

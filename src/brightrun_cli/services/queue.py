@@ -6,7 +6,8 @@ start FIFO per host (by `queued_at`): a job that does not fit blocks the later o
 its hosts. `kick()` is called by `train`, by every finishing supervisor and (through
 `kick_if_needed`) by any brightrun command; it first marks dead jobs failed, then claims
 what fits in one BEGIN IMMEDIATE transaction (so concurrent kicks never over-fill a
-host) and spawns one detached supervisor per claimed job.
+host) and spawns one detached supervisor per claimed job (or hands the first to the
+standby supervisor that `train` started ahead: `Standby`).
 
 Liveness (after SkyPilot's job_lib): a started job is alive while a process with its
 `supervisor_pid` exists and carries its `supervisor_marker` on the command line (pid
@@ -18,6 +19,7 @@ Imports here stay light (stdlib at module level): `kick_if_needed` runs on every
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -25,6 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,6 +142,18 @@ def start_standby(home: Path) -> Standby | None:
     except OSError:
         return None
     return Standby(proc, marker)
+
+
+@contextlib.contextmanager
+def standing_by(home: Path) -> Iterator[Standby | None]:
+    """A standby supervisor for the job a command is about to queue (start_standby), released
+    when the command is done with it: whatever happens, none outlives the command unused."""
+    standby = start_standby(home)
+    try:
+        yield standby
+    finally:
+        if standby is not None:
+            standby.release()
 
 
 def _reap_later(proc: subprocess.Popen, name: str) -> None:
