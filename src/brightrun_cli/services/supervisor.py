@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("brightrun.supervisor")
 
-POLL_S = 0.2  # how often new metrics are looked for: keeps submit -> first point short
+POLL_S = 0.2  # how often new metrics are looked for
+FIRST_POLL_S = 0.05  # until this attempt's first point: submit -> first point waits on it
 HEARTBEAT_S = 2.0
 STOP_GRACE_S = 30.0  # TERM -> KILL: time for the trainer to save its checkpoint
 MULTI_ROWS = 1000  # rows per INSERT statement (insert_points): 12,000 variables, SQLite 3.32+ allows 32,766
@@ -217,6 +218,7 @@ class Supervisor:
         self.last_validation: MetricLine | None = None
         self.first_point: tuple[float, int] | None = None  # (monotonic time, step) of this attempt's first new point
         self.runner = None
+        self.local = True  # every host of the job is this machine (set in _prepare)
         self.handle: str | None = None
 
     # -- plumbing
@@ -297,13 +299,14 @@ class Supervisor:
         job = self.job
         hosts = self.jobs.hosts_of(self.ws, job)
         self.runner = get_runner(self.ws, hosts)
+        self.local = all(h.kind == "local" for h in hosts)
         if job.external_job_id:
-            if any(h.kind != "local" for h in hosts) and self._reattachable(job.external_job_id):
+            if not self.local and self._reattachable(job.external_job_id):
                 # The job was failed for a lost connection but its remote trainer kept going:
                 # follow it again instead of stopping it and restarting from a checkpoint.
                 log.info("re-attaching to trainer %s, still running on the remote host", job.external_job_id)
                 return None
-            if (all(h.kind == "local" for h in hosts) and self.jobs.finished_uncollected(self.jobs.run_dir(self.ws, job))
+            if (self.local and self.jobs.finished_uncollected(self.jobs.run_dir(self.ws, job))
                     and self.runner.poll(job.external_job_id) is not None):
                 # The supervisor died after its trainer completed: collect, don't retrain.
                 log.info("trainer %s completed while unsupervised; collecting its outputs", job.external_job_id)
@@ -318,8 +321,7 @@ class Supervisor:
         train_src, val_src = split_paths(self.ws, dataset)
         for src, name in ((train_src, "train.jsonl"), (val_src, "validation.jsonl")):
             _place(Path(src), path / name)
-        is_local = all(h.kind == "local" for h in hosts)
-        resume = job.resume_count > 0 and (not is_local or self.jobs.latest_checkpoint(path) is not None)
+        resume = job.resume_count > 0 and (not self.local or self.jobs.latest_checkpoint(path) is not None)
         spec = dict(job.spec or {}, job_id=job.id, resume=resume)
         tmp = path / "spec.json.tmp"
         fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
@@ -371,7 +373,9 @@ class Supervisor:
                 return self._end(tail, None)
             if code is not None:
                 return self._end(tail, code)
-            time.sleep(POLL_S)
+            # A local trainer's first point is worth a closer look (a poll is a stat);
+            # a remote one is a round trip over SSH each time.
+            time.sleep(FIRST_POLL_S if self.local and self.first_point is None else POLL_S)
 
     def _running_cost(self) -> float:
         from brightrun_cli.registry.timeutil import utcnow
