@@ -43,21 +43,26 @@ SUPERVISOR_MODULE = "brightrun_cli.services.supervisor"
 
 def kick_if_needed(home: Path) -> None:
     """Cheap check for any command: only when the registry has active jobs, reap and start."""
-    db = home / "registry.db"
-    if not db.exists():
-        return
-    try:
-        conn = sqlite3.connect(db, timeout=5)
-        try:
-            busy = conn.execute("SELECT 1 FROM training_jobs WHERE status IN ('queued','initializing','running') LIMIT 1").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return  # an unmigrated or foreign file: the command itself reports it
-    if busy:
+    if _has_active_jobs(home):
         from brightrun_cli.services.workspace import Workspace
 
         kick(Workspace.open(home))
+
+
+def _has_active_jobs(home: Path) -> bool | None:
+    """Whether the registry has a queued or started job, read with plain sqlite3 (no
+    SQLAlchemy import); None without a usable registry (the command itself reports that)."""
+    db = home / "registry.db"
+    if not db.exists():
+        return None
+    try:
+        conn = sqlite3.connect(db, timeout=5)
+        try:
+            return bool(conn.execute("SELECT 1 FROM training_jobs WHERE status IN ('queued','initializing','running') LIMIT 1").fetchone())
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
 
 
 def new_marker() -> str:
@@ -121,18 +126,7 @@ def start_standby(home: Path) -> Standby | None:
     """Start a standby supervisor for a job about to be submitted, when one would start at
     once: only while the registry has no active job (else the new job most likely queues,
     and a supervisor that starts later imports in its own time)."""
-    db = home / "registry.db"
-    if not db.exists():
-        return None
-    try:
-        conn = sqlite3.connect(db, timeout=5)
-        try:
-            busy = conn.execute("SELECT 1 FROM training_jobs WHERE status IN ('queued','initializing','running') LIMIT 1").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return None
-    if busy:
+    if _has_active_jobs(home) is not False:
         return None
     marker = new_marker()
     argv = [sys.executable, "-m", SUPERVISOR_MODULE, "--standby", "--marker", marker, "--home", str(home)]
