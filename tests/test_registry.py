@@ -119,3 +119,27 @@ def test_foreign_keys_are_enforced_except_in_a_write_that_opts_out_and_only_ther
                 session.connection().exec_driver_sql(orphan, ("no-such-job", 3))
     with registry.session() as session:
         assert session.connection().exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_opening_the_registry_again_keeps_open_connections_current(tmp_path):
+    """A second open_registry in one process (kick_if_needed's, a test's) must not drop the
+    POSIX locks of the first one's connections: with them gone, another process closing
+    its last connection deletes the WAL, and the first connection reads stale data forever."""
+    import subprocess
+    import sys
+
+    first = open_registry(tmp_path)
+
+    def status() -> str:
+        with first.session() as session:
+            return session.connection().exec_driver_sql("SELECT name FROM hosts WHERE name LIKE 'local%'").scalar()
+
+    assert status() == "local"
+    second = open_registry(tmp_path)
+    with second.session() as session:
+        session.connection().exec_driver_sql("SELECT 1").scalar()
+    writer = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+              "c.execute(\"UPDATE hosts SET name = 'local-renamed' WHERE name = 'local'\"); c.close()")
+    subprocess.run([sys.executable, "-c", writer, str(tmp_path / DB_FILE)], check=True)
+    assert (tmp_path / f"{DB_FILE}-wal").exists()  # nobody thought it was alone
+    assert status() == "local-renamed"

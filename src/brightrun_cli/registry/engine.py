@@ -178,7 +178,16 @@ def open_registry(home: Path) -> Registry:
     """Open (creating and migrating as needed) the registry in `home`, which must exist."""
     path = home / DB_FILE
     try:
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        if not path.exists():
+            # Created here so that it is private from the start. Only a file that does not
+            # exist yet is opened outside SQLite: closing any descriptor of the database
+            # drops every POSIX lock this process holds on it, the WAL locks of its open
+            # connections included, and another process closing its last connection would
+            # then delete the WAL under them (their later reads would not see new writes).
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+            except FileExistsError:
+                pass  # another process created it meanwhile
         os.chmod(path, 0o600)
     except OSError as exc:
         raise RegistryError(f"cannot open the registry {path} ({exc.strerror})", "check the permissions of the brightrun home") from exc
