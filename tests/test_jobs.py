@@ -331,6 +331,19 @@ def test_a_dead_standby_is_replaced_by_a_spawned_supervisor(ws, spawned):
     assert spawned == [job.id]
 
 
+def test_jobs_retry_hands_the_new_job_to_a_standby_supervisor(cli, ws, spawned):
+    failed = job_row(ws, dataset_row(ws), status="failed", spec={"job_id": "x"})
+    result = cli("jobs", "retry", failed.id, "--json")
+    assert result.exit_code == 0, result.stderr
+    new = json.loads(result.stdout)
+    assert spawned == []  # the command's standby took it
+    assert _standbys_gone(ws, timeout=60)  # it supervised the job (which fails: the dataset has no files) and ended
+    row = _get(ws, new["id"])
+    assert row.supervisor_marker == new["supervisor_marker"] and row.supervisor_pid
+    assert row.status == "failed" and "missing from storage" in row.error_message
+    assert f"supervising job {row.id}" in (ws.runs_dir / row.id / "supervisor.log").read_text()
+
+
 def test_logs_prints_and_follow_ends_with_the_job(cli, ws, spawned):
     job = job_row(ws, dataset_row(ws))
     result = cli("jobs", "logs", job.id)
