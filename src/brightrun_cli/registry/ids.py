@@ -5,9 +5,11 @@ Hand-written (a dozen lines) because importing python-ulid costs ~90 ms of CLI s
 from __future__ import annotations
 
 import os
+import re
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_ID = re.compile(f"[{_ALPHABET}]{{26}}")
 
 
 def new_id() -> str:
@@ -17,3 +19,8 @@ def new_id() -> str:
         chars.append(_ALPHABET[value & 31])
         value >>= 5
     return "".join(reversed(chars))
+
+
+def is_id(text: str) -> bool:
+    """Whether `text` is a whole id as new_id makes them."""
+    return _ID.fullmatch(text) is not None

@@ -75,7 +75,7 @@ def kick(ws: "Workspace", standby: "Standby | None" = None) -> list[str]:
     A standby supervisor (`train` starts one) takes the first job started, if it is still there."""
     reap_dead(ws)
     started = []
-    for job_id, marker in _claim(ws, [standby.marker] if standby is not None else []):
+    for job_id, marker in _claim(ws, standby.marker if standby is not None else None):
         if standby is None or marker != standby.marker or not standby.assign(ws, job_id):
             spawn_supervisor(ws, job_id, marker)
         started.append(job_id)
@@ -94,32 +94,24 @@ class Standby:
     def __init__(self, proc: subprocess.Popen, marker: str):
         self.proc = proc
         self.marker = marker
-        self._open = True
+        _reap_later(proc, "standby")
 
     def assign(self, ws: "Workspace", job_id: str) -> bool:
         """Hand it the claimed job; False when it is gone (the caller then spawns a supervisor)."""
-        if not self._open:
+        if self.proc.stdin.closed:
             return False
-        self._open = False
         try:
             self.proc.stdin.write(f"{job_id}\n".encode())
             self.proc.stdin.close()
         except OSError:  # it died (its own start-up failed): the queue starts a fresh one
-            _reap_later(self.proc, job_id)
             return False
-        _reap_later(self.proc, job_id)
         _record_pid(ws, job_id, self.marker, self.proc.pid)
         return True
 
     def release(self) -> None:
         """Not needed after all: closing its pipe makes it exit."""
-        if self._open:
-            self._open = False
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            _reap_later(self.proc, "standby")
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
 
 
 def start_standby(home: Path) -> Standby | None:
@@ -165,7 +157,8 @@ def _record_pid(ws: "Workspace", job_id: str, marker: str, pid: int) -> None:
                                                     col(jobs.TrainingJob.supervisor_pid).is_(None)).values(supervisor_pid=pid))
 
 
-def _claim(ws: "Workspace", markers: list[str] = ()) -> list[tuple[str, str]]:
+def _claim(ws: "Workspace", first_marker: str | None = None) -> list[tuple[str, str]]:
+    """Claim what fits; the first job claimed gets `first_marker` (a standby's) when given."""
     from sqlmodel import col, select
 
     from brightrun_cli.registry.tables import Host, TrainingJob
@@ -194,7 +187,7 @@ def _claim(ws: "Workspace", markers: list[str] = ()) -> list[tuple[str, str]]:
             if any(n in blocked for n in names) or any(slots[n] < _need(job) for n in names):
                 blocked.update(names)
                 continue
-            marker = markers[len(claimed)] if len(claimed) < len(markers) else new_marker()
+            marker = first_marker if first_marker and not claimed else new_marker()
             if jobs.transition(session, job.id, jobs.INITIALIZING, supervisor_marker=marker, supervisor_pid=None,
                                heartbeat_at=utcnow(), current_stage="starting"):
                 for n in names:
@@ -226,14 +219,21 @@ def supervisor_env() -> dict[str, str]:
     return env
 
 
-def spawn_supervisor(ws: "Workspace", job_id: str, marker: str) -> int:
-    """Start the detached supervisor of a claimed job (own session: it survives the terminal)."""
+def open_supervisor_log(ws: "Workspace", job_id: str) -> tuple[Path, int]:
+    """The job's run dir (created, private) and a descriptor appending to its supervisor.log:
+    a supervisor's stdout and stderr, whether spawned for the job or a standby handed it."""
     from brightrun_cli.config import ensure_private_dir
-    from brightrun_cli.services import jobs
 
     run_dir = ensure_private_dir(ws.runs_dir / job_id)
+    return run_dir, os.open(run_dir / "supervisor.log", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+
+
+def spawn_supervisor(ws: "Workspace", job_id: str, marker: str) -> int:
+    """Start the detached supervisor of a claimed job (own session: it survives the terminal)."""
+    from brightrun_cli.services import jobs
+
     argv = [sys.executable, "-m", SUPERVISOR_MODULE, job_id, "--marker", marker, "--home", str(ws.home)]
-    fd = os.open(run_dir / "supervisor.log", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+    run_dir, fd = open_supervisor_log(ws, job_id)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, cwd=run_dir,
                                 env=supervisor_env(), start_new_session=True, close_fds=True)

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import sqlite3
@@ -404,7 +403,7 @@ class Supervisor:
         # Without SQLite's per-row foreign-key lookup (~15% of the insert): every point is
         # this job's, whose row exists (rows are never deleted: rm only hides them) and is
         # this transaction's own compare-and-set target below.
-        with self.ws.registry.write(foreign_keys=bool(not lines)) as session:
+        with self.ws.registry.write(foreign_keys=not lines) as session:
             if lines:
                 insert_points(session.connection(), point_values(self.job_id, lines))
             if self._trainer_wrote(lines) and self.jobs.transition(session, self.job_id, self.jobs.RUNNING, marker=self.marker):
@@ -618,9 +617,6 @@ def _collect_from_now_on() -> None:
     gc.enable()
 
 
-_JOB_ID = re.compile(r"[0-9a-z]{26}")
-
-
 def _import_for_run() -> None:
     """What Supervisor.run imports on its way to the launch, loaded while a standby waits."""
     import brightrun_cli.registry.tables  # noqa: F401  (SQLModel, SQLAlchemy, pydantic)
@@ -630,13 +626,12 @@ def _import_for_run() -> None:
     import brightrun_cli.services.notifications  # noqa: F401
 
 
-def _log_to(run_dir: Path) -> None:
+def _log_to(ws: "Workspace", job_id: str) -> None:
     """A standby started with no run dir to log to: from here on, stdout and stderr go to the
     job's supervisor.log (as for a supervisor spawned for the job), and it works from there."""
-    from brightrun_cli.config import ensure_private_dir
+    from brightrun_cli.services.queue import open_supervisor_log
 
-    ensure_private_dir(run_dir)
-    fd = os.open(run_dir / "supervisor.log", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+    run_dir, fd = open_supervisor_log(ws, job_id)
     for target in (1, 2):
         os.dup2(fd, target)
     os.close(fd)
@@ -664,7 +659,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="started before the job exists (queue.Standby): import, then wait for its id on stdin")
     args = parser.parse_args(argv)
     if args.standby == bool(args.job_id):
-        parser.error("give a job id or --standby, not both")
+        parser.error("give either a job id or --standby")
+    from brightrun_cli.registry.ids import is_id
     from brightrun_cli.services import queue
     from brightrun_cli.services.workspace import Workspace
 
@@ -673,9 +669,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.standby:
         _import_for_run()
         job_id = sys.stdin.readline().strip()
-        if not _JOB_ID.fullmatch(job_id):
+        if not is_id(job_id):
             return 0  # no job after all (bad input, or it queued behind others): leave no trace
-        _log_to(ws.runs_dir / job_id)
+        _log_to(ws, job_id)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     code = Supervisor(ws, job_id, args.marker).run()
     try:

@@ -63,7 +63,6 @@ class Run:
     metrics: MetricsWriter
     sharded: bool = False  # FSDP or DeepSpeed owns the parameters
     state: State = field(default_factory=State)
-    base_evaluated: bool = False  # the step-0 held-out loss is measured and written (_evaluate_base_early)
     stop_requested: bool = False
 
 
@@ -310,7 +309,7 @@ def setup(spec: Spec, log) -> Run:
     model = load_base(spec, path, precision, log)
     metrics = MetricsWriter(spec.output_dir / "metrics.jsonl", accelerator.is_main_process)
     state = State()
-    base_evaluated = _evaluate_base_early(spec, accelerator, model, validation, tokenizer, state, metrics, total_steps, log)
+    _evaluate_base_early(spec, accelerator, model, validation, tokenizer, state, metrics, total_steps, log)
     model = attach_lora(spec, model, log)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
@@ -327,25 +326,25 @@ def setup(spec: Spec, log) -> Run:
         model, optimizer = accelerator.prepare(model, optimizer)
     sharded = accelerator.distributed_type.value in SHARDED_TYPES
     return Run(spec, accelerator, log, tokenizer, model, optimizer, scheduler, train, validation,
-               steps_per_epoch, total_steps, metrics, sharded, state, base_evaluated=base_evaluated)
+               steps_per_epoch, total_steps, metrics, sharded, state)
 
 
 def _evaluate_base_early(spec: Spec, accelerator, model, validation, tokenizer, state: State, metrics,
-                         total_steps: int, log) -> bool:
+                         total_steps: int, log) -> None:
     """The step-0 held-out loss, measured on the base model before the adapter is attached.
 
     A fresh LoRA adapter adds exactly zero (its B matrices start at zero), so this is the
     loss training starts from; measured here, the job's first metric point does not wait
     for peft's import and the wrapping. Not for a resumed run (its step 0 is long past)
-    nor under FSDP/DeepSpeed (only the sharded model fits). Returns whether it ran."""
+    nor under FSDP/DeepSpeed (only the sharded model fits). Once it ran, `state` has the
+    base loss, and `fit` does not measure it again."""
     if (not validation or accelerator.distributed_type.value in SHARDED_TYPES
             or (spec.resume and _checkpoints(spec.output_dir))):
-        return False
+        return
     model.to(accelerator.device)
     loss = evaluate_model(accelerator, model, validation, spec.hyperparameters.batch_size, tokenizer.pad_token_id,
                           sharded=False)
     _record_validation(state, metrics, log, loss, 0.0, total_steps)
-    return True
 
 
 # ---------------------------------------------------------------- forward
@@ -585,7 +584,7 @@ def fit(run: Run) -> None:
     spec, hp, acc = run.spec, run.spec.hyperparameters, run.accelerator
     previous = signal.signal(signal.SIGTERM, lambda *_: setattr(run, "stop_requested", True))
     try:
-        if not (spec.resume and load_checkpoint(run)) and not run.base_evaluated:
+        if not (spec.resume and load_checkpoint(run)) and run.state.base_validation_loss is None:
             _validate(run, 0.0)
         if _stop_agreed(run):
             save_checkpoint(run)
