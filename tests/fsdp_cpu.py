@@ -16,6 +16,8 @@ import os
 import sys
 
 import accelerate.state as state
+import torch
+import torch.distributed.fsdp as fsdp
 from accelerate.utils import DistributedType
 
 _init = state.AcceleratorState.__init__
@@ -28,9 +30,23 @@ def _fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
         self.distributed_type = DistributedType.FSDP
         # AcceleratorState() re-reads PartialState's shared state on every construction.
         state.PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        # accelerate numbers the device cpu:<rank>, which FSDP1 refuses as inconsistent with
+        # its CPU compute device ("cpu"); every process computes on the one CPU anyway.
+        self.device = state.PartialState._shared_state["device"] = torch.device("cpu")
+
+
+_FullStateDictConfig = fsdp.FullStateDictConfig
+
+
+def _full_state_dict_on_cpu(offload_to_cpu: bool = False, rank0_only: bool = False):
+    """FSDP1's gathered state dict with offload_to_cpu (what accelerate asks for) clones freed
+    memory when the model already is on the CPU: a segfault (torch 2.13). On a CPU there is
+    nothing to offload."""
+    return _FullStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only)
 
 
 state.AcceleratorState.__init__ = _fsdp_on_cpu
+fsdp.FullStateDictConfig = _full_state_dict_on_cpu  # accelerate imports it when it gathers
 os.environ["ACCELERATE_USE_CPU"] = "true"  # the gloo process group (the trainer asks for none under FSDP)
 
 if __name__ == "__main__":

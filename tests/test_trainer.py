@@ -287,3 +287,49 @@ def test_a_diverged_loss_is_written_as_null_and_the_line_is_still_ingested(tmp_p
     assert line["training_loss"] is None and line["grad_norm"] is None and line["learning_rate"] == 1e-4
     tail = MetricsTail(tmp_path / "metrics.jsonl")
     assert [m.step for m in tail.read()] == [7] and tail.bad_lines == 0
+
+
+def test_the_saved_adapter_holds_every_trainable_tensor_also_under_wrapper_modules(tmp_path):
+    """FSDP1 puts its units into the module tree (`..._fsdp_wrapped_module.self_attn...`) while the
+    gathered state dict names the plain model: the adapter must still hold every LoRA tensor under
+    the keys peft loads, and a save that would miss one fails instead of writing it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from brightrun_cli.trainer.loop import adapter_weights, write_adapter
+
+    def lora_model():
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(resolve_base_model("builtin:tiny"))
+        model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        return model
+
+    plain = lora_model()
+    write_adapter(plain, None, tmp_path / "plain")
+    expected = load_file(str(tmp_path / "plain" / "adapter_model.safetensors"))
+    trainable = [n for n, p in plain.named_parameters() if p.requires_grad]
+    assert len(expected) == len(trainable) > 0
+    assert set(expected) == {n.replace(".default", "") for n in trainable}
+
+    class Unit(torch.nn.Module):  # what FSDP1 wraps a decoder layer in, as far as names go
+        def __init__(self, layer):
+            super().__init__()
+            self._fsdp_wrapped_module = layer
+
+        def forward(self, *args, **kwargs):
+            return self._fsdp_wrapped_module(*args, **kwargs)
+
+    wrapped = lora_model()
+    layers = wrapped.base_model.model.model.layers
+    for i in range(len(layers)):
+        layers[i] = Unit(layers[i])
+    gathered = {k.replace("_fsdp_wrapped_module.", ""): v for k, v in wrapped.state_dict().items()}
+    write_adapter(wrapped, gathered, tmp_path / "wrapped")
+    saved = load_file(str(tmp_path / "wrapped" / "adapter_model.safetensors"))
+    assert set(saved) == set(expected)
+    assert all(torch.equal(saved[k], expected[k]) for k in expected)
+
+    with pytest.raises(RuntimeError, match="the adapter to save has 0 tensors but the model trains"):
+        adapter_weights(plain, {k: v for k, v in plain.state_dict().items() if "lora_" not in k})

@@ -189,7 +189,8 @@ def test_gradient_checkpointing_bf16_and_padded_batches_run_on_cpu(tmp_path):
     assert result(tmp_path)["steps"] == 2
 
 
-FSDP2_CONFIG = """\
+FSDP_CONFIGS = {
+    "fsdp2": """\
 compute_environment: LOCAL_MACHINE
 distributed_type: FSDP
 fsdp_config:
@@ -197,7 +198,22 @@ fsdp_config:
   fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
   fsdp_state_dict_type: FULL_STATE_DICT
   fsdp_reshard_after_forward: true
-"""
+""",
+    # FSDP1: units wrap the decoder layers, whose names then carry `_fsdp_wrapped_module.`
+    # (peft 0.21 matched no adapter key through them). Every process loads the weights:
+    # accelerate's rank-0 loading (sync_module_states) looks for a GPU-like device.
+    "fsdp1": """\
+compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+fsdp_config:
+  fsdp_version: 1
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_sharding_strategy: FULL_SHARD
+  fsdp_state_dict_type: SHARDED_STATE_DICT
+  fsdp_cpu_ram_efficient_loading: false
+  fsdp_sync_module_states: false
+""",
+}
 
 
 def _launch_two(spec: Path, *, fsdp: bool) -> None:
@@ -214,7 +230,8 @@ def _launch_two(spec: Path, *, fsdp: bool) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_fsdp2_on_two_cpu_processes_saves_the_ddp_adapter_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("config", list(FSDP_CONFIGS))
+def test_fsdp_on_two_cpu_processes_saves_the_ddp_adapter_and_resumes_exactly(tmp_path, config):
     from safetensors.torch import load_file
 
     train, held_out = split_examples()
@@ -224,10 +241,10 @@ def test_fsdp2_on_two_cpu_processes_saves_the_ddp_adapter_and_resumes_exactly(tm
         extra = {"accelerate_config": "accelerate_config.yaml", "save_steps": 4} if name == "fsdp" else {}
         spec = write_run_dir(runs[name], conversations=train[:64], validation=held_out[:8], batch_size=4, num_epochs=1, **extra)
         if name == "fsdp":
-            (runs[name] / "accelerate_config.yaml").write_text(FSDP2_CONFIG)
+            (runs[name] / "accelerate_config.yaml").write_text(FSDP_CONFIGS[config])
         _launch_two(spec, fsdp=name == "fsdp")
     fsdp = runs["fsdp"]
-    assert "2 process(es), device cpu:0, precision fp32, FSDP" in (fsdp / "trainer.log").read_text()
+    assert "2 process(es), device cpu, precision fp32, FSDP" in (fsdp / "trainer.log").read_text()
     res = result(fsdp)
     assert res["status"] == "completed" and res["steps"] == 8
     assert res["final_validation_loss"] < res["base_validation_loss"]  # held-out loss went down

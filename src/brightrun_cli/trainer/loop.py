@@ -625,6 +625,54 @@ def fit(run: Run) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+# Module names that FSDP1 units and activation checkpointing insert into the module tree
+# and that state dicts leave out (as torch's FSDP clean_tensor_name does).
+WRAPPER_NAMES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def _unwrapped_name(name: str) -> str:
+    for part in WRAPPER_NAMES:
+        name = name.replace(part, "")
+    return name
+
+
+def adapter_weights(model, state_dict: dict | None = None) -> tuple[dict, dict, bool]:
+    """(the adapter's tensors under the keys peft saves and loads, the state dict to hand
+    peft's save_pretrained, whether the module tree has wrapper names).
+
+    peft (0.21 on) finds the adapter's entries by walking the module tree. Under FSDP1 that
+    tree has FSDP units whose names the gathered state dict lacks, and peft picked nothing:
+    a run "completed" with an empty adapter. So the state dict is renamed to the tree's
+    names for peft, and peft's answer renamed back. An adapter short of any trainable tensor
+    is an error, never a saved model."""
+    from peft import get_peft_model_state_dict
+
+    if state_dict is None:
+        state_dict = model.state_dict()
+    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+    tree = {_unwrapped_name(n): n for n, _ in named if _unwrapped_name(n) != n}
+    if tree:
+        state_dict = {tree.get(k, k): v for k, v in state_dict.items()}
+    adapter = {_unwrapped_name(k): v.detach().cpu().contiguous()
+               for k, v in get_peft_model_state_dict(model, state_dict=state_dict).items()}
+    trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    if len(adapter) < trainable:
+        raise RuntimeError(f"the adapter to save has {len(adapter)} tensors but the model trains {trainable}: "
+                           "peft could not match the state dict's keys to the model")
+    return adapter, state_dict, bool(tree)
+
+
+def write_adapter(model, state_dict: dict | None, directory: Path) -> None:
+    """peft's adapter files (config, model card, adapter_model.safetensors) for `model`,
+    whose full weights are `state_dict` (None: the model's own)."""
+    adapter, state_dict, wrapped = adapter_weights(model, state_dict)
+    model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
+    if wrapped:  # peft named the tensors after the wrapped tree: write them under the keys it loads
+        from safetensors.torch import save_file
+
+        save_file(adapter, str(Path(directory) / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
 def save_final(run: Run) -> None:
     acc = run.accelerator
     # Sharded weights exist whole only once gathered, a collective every process joins;
@@ -635,7 +683,7 @@ def save_final(run: Run) -> None:
     out = run.spec.output_dir / "final"
     tmp = run.spec.output_dir / ".tmp-final"
     shutil.rmtree(tmp, ignore_errors=True)
-    acc.unwrap_model(run.model).save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+    write_adapter(acc.unwrap_model(run.model), state_dict, tmp)
     run.tokenizer.save_pretrained(tmp)
     write_json_atomic(tmp / "spec.json", run.spec.raw)
     write_json_atomic(tmp / "versions.json", library_versions())
