@@ -16,8 +16,10 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_
 nvidia-smi -L; python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
 
 echo "== GPU tests"
-timeout 420 python3 -m pytest -p no:cacheprovider -q -s -m gpu tests/test_trainer_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | grep -v -i warn
+SECONDS=0
+timeout 400 python3 -m pytest -p no:cacheprovider -q -s -m gpu -rs --durations=0 tests/test_trainer_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | grep -v -i warn
 
+echo "GPU tests took ${SECONDS}s"
 echo "== the CLI loop on the GPU"
 (
   export BRIGHTRUN_HOME=/tmp/brightrun-gpu-home; rm -rf "$BRIGHTRUN_HOME"
@@ -32,7 +34,7 @@ echo "== the CLI loop on the GPU"
 ) 2>&1 | tee "$OUT/gpu_cli.log"
 
 echo "== trainer benchmark, builtin:tiny"
-timeout 90 python3 bench/bench_trainer.py --steps 20 2>&1 | grep -v -i -E "warn|it/s|examples/s" | tee "$OUT/bench_tiny.log"
+timeout 90 python3 bench/bench_trainer.py --steps 30 --warmup-steps 3 2>&1 | grep -v -i -E "warn|it/s|examples/s" | tee "$OUT/bench_tiny.log"
 echo "== trainer benchmark, random Llama ~200M"
 python3 scripts/make_random_llama.py /tmp/llama-200m --hidden 1024 --layers 16 --heads 16 --kv-heads 4
-timeout 120 python3 bench/bench_trainer.py --steps 15 --batch 16 --base-model /tmp/llama-200m 2>&1 | grep -v -i -E "warn|it/s|examples/s" | tee "$OUT/bench_200m.log"
+timeout 120 python3 bench/bench_trainer.py --steps 40 --warmup-steps 3 --batch 32 --base-model /tmp/llama-200m 2>&1 | grep -v -i -E "warn|it/s|examples/s" | tee "$OUT/bench_200m.log"
