@@ -7,9 +7,11 @@ import json
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlmodel import select
 
 from brightrun_cli.registry.tables import CostRecord, Host, MetricPoint, Notification, TrainingJob
@@ -177,6 +179,24 @@ def test_bulk_ingestion_spans_full_and_partial_statements_and_skips_resent_point
     assert [r[0] for r in rows] == list(range(1, n + 1))
     assert all(abs(loss - 1.0 / step) < 1e-12 for step, loss, _ in rows)
     assert rows[0][2] == "2025-11-25 19:46:41.500000" and rows[-1][2].endswith(".500000")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False) | st.integers(0, 4_000_000_000).map(lambda s: s + 0.9999999))
+def test_point_timestamps_are_stored_as_the_registry_writes_datetimes(t):
+    from brightrun_cli.services.supervisor import _db_second
+
+    stored = point_values("j", metric_lines([{"step": 1, "time": t}]))[1]
+    whole = int(t)
+    assert stored == f"{_db_second(whole)}.{int((t - whole) * 1e6):06d}"  # microseconds truncated, never rounded up a second
+    assert abs(datetime.fromisoformat(stored).replace(tzinfo=timezone.utc).timestamp() - t) < 2e-6 * max(1.0, t / 1e9)
+
+
+def test_a_point_without_a_usable_time_is_stamped_when_ingested():
+    before = utcnow().replace(microsecond=0, tzinfo=None)
+    values = point_values("j", metric_lines([{"step": 1}, {"step": 2, "time": -5.0}, {"step": 3, "time": 1e20}]))
+    stamps = [datetime.fromisoformat(values[i * 12 + 1]) for i in range(3)]
+    assert all(before <= s <= utcnow().replace(tzinfo=None) for s in stamps)
 
 
 def test_cancel_queued_job_and_refusals(cli, ws, monkeypatch):
