@@ -175,7 +175,10 @@ def test_bulk_ingestion_spans_full_and_partial_statements_and_skips_resent_point
         insert_points(s.connection(), point_values(job.id, lines))
     conn = ws.registry.connect()
     rows = conn.execute("SELECT step, training_loss, timestamp FROM metrics_points WHERE job_id = ? ORDER BY id", (job.id,)).fetchall()
+    nulls = conn.execute("SELECT DISTINCT typeof(validation_loss), typeof(gpu_memory) FROM metrics_points WHERE job_id = ?",
+                         (job.id,)).fetchall()
     conn.close()
+    assert [tuple(r) for r in nulls] == [("null", "null")]  # None binds as NULL (through the registry's adapter)
     assert [r[0] for r in rows] == list(range(1, n + 1))
     assert all(abs(loss - 1.0 / step) < 1e-12 for step, loss, _ in rows)
     assert rows[0][2] == "2025-11-25 19:46:41.500000" and rows[-1][2].endswith(".500000")
