@@ -167,6 +167,15 @@ def test_sharded_accelerate_config_trains_saves_the_adapter_and_resumes(tmp_path
     print(f"{name}: held-out {res['base_validation_loss']:.3f} -> {res['final_validation_loss']:.3f}, "
           f"plain run {result(runs['plain'])['final_validation_loss']:.3f}")
 
+    if name.startswith("zero"):  # the engine's checkpoint leaves the frozen base out
+        import torch
+
+        [states] = (sharded / "checkpoints" / "step-4").rglob("*mp_rank_00_model_states.pt")  # zero_pp_rank_0_... under ZeRO-3
+        module = torch.load(states, map_location="cpu", weights_only=False)["module"]  # our own file
+        frozen = [k for k in module if "lora_" not in k]
+        # torch keeps the key of an output layer tied to the (frozen) embeddings; nothing else of the base.
+        assert len(module) > 1 and frozen in ([], ["base_model.model.lm_head.weight"]), frozen[:5]
+
     resumed = tmp_path / "resumed"
     shutil.copytree(sharded, resumed, ignore=shutil.ignore_patterns("final", "result.json", "metrics.jsonl", "*.log"))
     spec = json.loads((resumed / "spec.json").read_text())

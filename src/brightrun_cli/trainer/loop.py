@@ -498,12 +498,17 @@ def _dcp_state(run: Run):
 
 
 def _save_sharded(run: Run, path: Path) -> None:
-    """Under FSDP, a checkpoint holds the LoRA weights and their optimizer state only: the
-    frozen base is in the base model already, and writing it (accelerate's save_state)
-    would make a cancel of a 70B job write 140 GB inside the 30 s grace. DeepSpeed's
-    engine checkpoints through accelerate, as its state belongs to the engine."""
+    """A checkpoint holds the LoRA weights and their optimizer state only: the frozen base
+    is in the base model already, and writing it would make a cancel of a 70B job write
+    140 GB inside the 30 s grace. Under FSDP through torch.distributed.checkpoint; under
+    DeepSpeed the engine's own checkpoint (its state belongs to the engine), told to
+    leave the frozen parameters out."""
     if run.accelerator.distributed_type.value != "FSDP":
-        run.accelerator.save_state(str(path))
+        import inspect
+
+        # As transformers' Trainer does for a PEFT model (DeepSpeed >= 0.10 takes the flag).
+        takes = "exclude_frozen_parameters" in inspect.signature(run.model.save_checkpoint).parameters
+        run.accelerator.save_state(str(path), **({"exclude_frozen_parameters": True} if takes else {}))
         return
     import torch.distributed.checkpoint as dcp
 
@@ -513,7 +518,9 @@ def _save_sharded(run: Run, path: Path) -> None:
 
 def _load_sharded(run: Run, path: Path) -> None:
     if run.accelerator.distributed_type.value != "FSDP":
-        run.accelerator.load_state(str(path))
+        # The frozen base is not in the checkpoint: the module loads non-strict (the LoRA
+        # weights come back with it, and with the optimizer's fp32 copies).
+        run.accelerator.load_state(str(path), load_module_strict=False)
         return
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
