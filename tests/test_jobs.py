@@ -326,6 +326,18 @@ def test_standby_supervisor_starts_only_when_a_job_would_start_and_exits_unused(
     assert queue.start_standby(ws.home) is None
 
 
+def test_of_commands_submitting_at_once_only_one_starts_a_standby(ws):
+    ws.registry.connect().close()
+    with queue.standing_by(ws.home) as first:
+        with queue.standing_by(ws.home) as second:  # another `train` at the same moment
+            assert first is not None and second is None
+            assert [p.pid for p in _standbys(ws)] == [first.proc.pid]
+    assert first.proc.wait(timeout=60) == 0
+    with queue.standing_by(ws.home) as again:  # the turn is free once the first command is done
+        assert again is not None
+    assert again.proc.wait(timeout=60) == 0
+
+
 def test_kick_hands_the_claimed_job_to_the_standby(ws, spawned):
     ws.registry.connect().close()
     standby = queue.start_standby(ws.home)

@@ -20,6 +20,7 @@ Imports here stay light (stdlib at module level): `kick_if_needed` runs on every
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import signal
@@ -130,16 +131,39 @@ def start_standby(home: Path) -> Standby | None:
     return Standby(proc, marker)
 
 
+def _standby_turn(home: Path) -> int | None:
+    """The home's standby lock (flock, non-blocking): its descriptor, or None while another
+    command holds it. Of commands submitting at once only one starts a standby, as only
+    one job can start first; the others would each spend an interpreter's imports on a
+    standby that exits unused."""
+    locks = home / "cache" / "locks"
+    try:
+        if not locks.is_dir():
+            locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(locks / "standby.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 @contextlib.contextmanager
 def standing_by(home: Path) -> Iterator[Standby | None]:
     """A standby supervisor for the job a command is about to queue (start_standby), released
     when the command is done with it: whatever happens, none outlives the command unused."""
-    standby = start_standby(home)
+    turn = _standby_turn(home) if home.is_dir() else None
+    standby = start_standby(home) if turn is not None else None
     try:
         yield standby
     finally:
         if standby is not None:
             standby.release()
+        if turn is not None:
+            os.close(turn)  # drops the lock
 
 
 def _reap_later(proc: subprocess.Popen, name: str) -> None:
