@@ -497,6 +497,16 @@ def test_token_counts_are_exact_with_the_base_models_tokenizer(cli, tmp_path):
     assert [e["line"] for e in errors] == [13] and "context of 256" in errors[0]["error"]
 
 
+def test_a_base_model_directory_given_relative_is_recorded_absolute(cli, tmp_path, monkeypatch):
+    """A later `train` (or its trainer, in the run dir) runs elsewhere: the dataset keeps the
+    model directory's absolute path, not the './tok' typed here."""
+    rows = good_lines(12)
+    make_tokenizer_dir(tmp_path / "tok", " ".join(t["content"] for r in rows for t in r["turns"]).split() + ["user", "assistant"], context=512)
+    monkeypatch.chdir(tmp_path)
+    ds = json.loads(add(cli, write_jsonl(tmp_path / "d.jsonl", rows), "--name", "rel", "--base-model", "./tok", "--json").stdout)
+    assert ds["base_model"] == str(tmp_path / "tok") and ds["token_count_method"] == f"tokenizer:{tmp_path / 'tok'}"
+
+
 def test_the_listed_columns_are_the_ones_the_registry_triggers_keep():
     from brightrun_cli.registry.migrations import _DATASET_LIST_COLUMNS_V3
     from brightrun_cli.services.datasets import LIST_COLUMNS

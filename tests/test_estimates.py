@@ -239,3 +239,23 @@ def test_a_dataset_counted_with_a_base_model_trains_that_model_unless_told_other
     assert tiny["base_model"] == "builtin:tiny"  # a preset that names one wins
     flag = json.loads(cli("estimate", "-d", "support-v1", "-p", "tiny", "--base-model", model, "--json").stdout)
     assert flag["base_model"] == model
+
+
+def test_a_base_model_directory_given_relative_is_recorded_absolute(cli, ws, tmp_path, monkeypatch):
+    """The trainer runs in its run dir and later commands anywhere: './model' typed in one
+    directory must still name that model. Over SSH a path names the remote machine's, so
+    there it has to be absolute."""
+    from brightrun_cli.registry.tables import Host
+
+    _dataset(ws)
+    model = _model_dir(tmp_path, SMALL)
+    monkeypatch.chdir(tmp_path)
+    plan = json.loads(cli("train", "-d", "support-v1", "-p", "balanced", "--base-model", "./model", "--dry-run", "--json").stdout)
+    assert plan["spec"]["base_model"] == model
+    with ws.registry.write() as session:
+        session.add(Host(name="gpu2", kind="ssh", ssh_host="example.invalid", gpus=1, gpu_type="A100-80GB"))
+    args = ("train", "-d", "support-v1", "-p", "balanced", "--host", "gpu2", "--dry-run")
+    refused = cli(*args, "--base-model", "./model")
+    assert refused.exit_code == 2 and "not absolute, and host 'gpu2' is reached over SSH" in refused.stderr
+    remote = json.loads(cli(*args, "--base-model", model, "--json").stdout)
+    assert remote["spec"]["base_model"] == model

@@ -30,3 +30,18 @@ def resolve_base_model(name: str) -> str:
     if not name[len(PREFIX):].isidentifier() or not (directory / "config.json").is_file():
         raise ValueError(f"unknown built-in base model {name!r} (known: {', '.join(builtin_names())})")
     return str(directory)
+
+
+def names_a_path(name: str) -> bool:
+    """Whether a base-model name means a directory rather than a hub id: it starts like a
+    path, or a directory of that name exists here (transformers would load it too)."""
+    return name.startswith(("/", ".", "~")) or Path(name).expanduser().is_dir()
+
+
+def absolute_base_model(name: str) -> str:
+    """A base model given as a path on this machine, made absolute: the trainer and later
+    commands run in other directories than the one it was typed in. Built-in names and
+    hub ids are returned unchanged."""
+    if name.startswith(PREFIX) or not names_a_path(name):
+        return name
+    return str(Path(name).expanduser().resolve())

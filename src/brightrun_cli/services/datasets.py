@@ -96,7 +96,7 @@ def add_dataset(
         )
     repair_interrupted(ws)
     _refuse_taken_name(ws, name)
-    model = base_model or ws.config.default_base_model
+    model = _model_name(base_model or ws.config.default_base_model)
     counter = load_counter(model)
 
     dataset_id = new_id()
@@ -201,6 +201,14 @@ def _raise_name_taken(name: str, other_id: str, status: str) -> None:
         f"a dataset named '{name}' already exists ({other_id}, status {status})",
         f"pick another --name, or remove it first with 'brightrun dataset rm {name}'",
     )
+
+
+def _model_name(name: str | None) -> str | None:
+    """As the dataset records it: a local model directory by its absolute path, so that a
+    later `train` from another directory (or its trainer, in the run dir) finds it."""
+    from brightrun_cli.builtin import absolute_base_model
+
+    return absolute_base_model(name) if name else name
 
 
 def _insert(ws: "Workspace", dataset_id: str, *, name: str, src: _Source, format: str, val_split: float, base_model: str | None) -> "Dataset":
@@ -374,7 +382,7 @@ def validate_dataset(ws: "Workspace", ref: str, *, base_model: str | None = None
             f"dataset '{row.name}' has no stored data (it was refused at add: {row.error_message})",
             f"fix the source file, then 'brightrun dataset rm {row.name}' and add it again",
         )
-    model = base_model or row.base_model or ws.config.default_base_model
+    model = _model_name(base_model or row.base_model or ws.config.default_base_model)
     counter = load_counter(model)
     with _processing_lock(ws, row.id):
         with ws.registry.write() as session:

@@ -205,7 +205,7 @@ def plan_training(ws: "Workspace", req: TrainRequest) -> TrainPlan:
         base_model=req.base_model, gpu_type=host.gpu_type, gpus=gpus, dataset_base_model=dataset.base_model,
     )
     config = resolved.config
-    _check_base_model(config.base_model, local=host.kind == "local")
+    config.base_model = _check_base_model(config.base_model, hosts)
     estimate = estimate_run(ws, dataset, resolved, nodes=len(hosts))
     estimate_json = estimate.to_json()
     cost = float(estimate_json["estimated_cost"])
@@ -340,21 +340,28 @@ def _spec(job_id: str, config: Any, accelerate: Any = None) -> dict[str, Any]:
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
-def _check_base_model(name: str | None, *, local: bool) -> None:
+def _check_base_model(name: str | None, hosts: list[Host]) -> str:
+    """The base model as the job will name it: a local directory made absolute (the trainer
+    runs in its run dir), checked to be a model; on SSH hosts a path must be absolute."""
     if not name:
         raise UsageError("no base model given", "pass --base-model (a Hugging Face id, a local directory or builtin:tiny)")
-    from brightrun_cli.builtin import resolve_base_model
+    from brightrun_cli.builtin import absolute_base_model, names_a_path, resolve_base_model
 
     try:
         resolved = resolve_base_model(name)
     except (KeyError, ValueError) as exc:
         raise UsageError(f"unknown base model '{name}' ({exc})", "pass --base-model builtin:tiny, a Hugging Face id or a local directory") from exc
-    path = Path(resolved).expanduser()
-    looks_local = resolved.startswith(("/", ".", "~")) or path.is_dir()
-    if looks_local:
-        if local and not (path / "config.json").is_file():
-            raise UsageError(f"base model directory '{resolved}' has no config.json", "pass a directory saved with save_pretrained, a Hugging Face id or builtin:tiny")
-        return
+    local = all(h.kind == "local" for h in hosts)
+    if names_a_path(resolved) if local else resolved.startswith(("/", ".", "~")):
+        if not local:
+            if not resolved.startswith("/"):
+                raise UsageError(f"base model path '{name}' is not absolute, and host '{hosts[0].name}' is reached over SSH",
+                                 "pass the model directory's absolute path on that host")
+            return name
+        path = Path(absolute_base_model(resolved))
+        if not (path / "config.json").is_file():
+            raise UsageError(f"base model directory '{path}' has no config.json", "pass a directory saved with save_pretrained, a Hugging Face id or builtin:tiny")
+        return name if name.startswith("builtin:") else str(path)
     if not _HF_ID.match(resolved):
         raise UsageError(f"base model '{name}' is neither a directory nor a Hugging Face id", "pass org/name, a local directory or builtin:tiny")
     if local and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
@@ -363,6 +370,7 @@ def _check_base_model(name: str | None, *, local: bool) -> None:
         if not isinstance(try_to_load_from_cache(resolved, "config.json"), str):
             raise UsageError(f"base model '{resolved}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set",
                              "download it first, unset HF_HUB_OFFLINE, or pass a local directory")
+    return name
 
 
 def _resolve_hosts(ws: "Workspace", names: tuple[str, ...]) -> list[Host]:
