@@ -97,6 +97,9 @@ def test_train_follows_to_completion_with_metrics_cost_and_notifications(ws):
     # One process: the trainer starts without the accelerate launcher (runners/accelerate.py).
     assert "launching: " in log and "-m brightrun_cli.trainer" in log and "accelerate.commands.launch" not in log
     assert job.supervisor_marker in log
+    # The trainer's raw output is a log: no progress-bar redraws, no library deprecation notices.
+    launcher = (ws.home / job.run_dir / "launcher.log").read_text()
+    assert "it/s" not in launcher and "Warning" not in launcher and "completed (exit 0)" in launcher
 
 
 def test_dry_run_prints_spec_and_argv_and_writes_nothing(ws):

@@ -11,6 +11,7 @@ import json
 import os
 import posixpath
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +160,10 @@ def merge_model(ws: Workspace, ref: str, out_dir: Path, *, force: bool = False) 
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    if not sys.stderr.isatty():  # transformers' shard progress bars: for a person at a terminal, not a log
+        hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory(dir=ws.cache_dir, prefix="merge-") as scratch_name:
         scratch = Path(scratch_name)
         try:

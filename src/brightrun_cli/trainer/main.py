@@ -17,6 +17,18 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_STOPPED = 0, 1, 2, 75
 USAGE = "usage: accelerate launch -m brightrun_cli.trainer SPEC.json  (or: python -m brightrun_cli.trainer SPEC.json)"
 
 
+def _quiet_libraries() -> None:
+    """The trainer's output goes to log files: no progress bars (carriage-return redraws
+    of every weight shard) and, unless BRIGHTRUN_DEBUG=1, none of the ML libraries'
+    deprecation notices to each other's developers."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers follows it (read at its import)
+    if os.environ.get("BRIGHTRUN_DEBUG") != "1":
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
 def main(argv: list[str], *, own_process: bool = False) -> int:
     """Run the spec named by argv. own_process: this process is the trainer's alone (the
     `python -m` entry), so start-up may tune its garbage collector (_startup_without_gc)."""
@@ -36,6 +48,7 @@ def main(argv: list[str], *, own_process: bool = False) -> int:
         return EXIT_INVALID
     log = setup_logging(spec.output_dir, rank, rank == 0)
     log.info("brightrun trainer: spec %s (job %s)", spec.path, spec.job_id or "-")
+    _quiet_libraries()
     run = None
     try:
         with _startup_without_gc(freeze=own_process):
