@@ -257,5 +257,14 @@ def test_a_base_model_directory_given_relative_is_recorded_absolute(cli, ws, tmp
     args = ("train", "-d", "support-v1", "-p", "balanced", "--host", "gpu2", "--dry-run")
     refused = cli(*args, "--base-model", "./model")
     assert refused.exit_code == 2 and "not absolute, and host 'gpu2' is reached over SSH" in refused.stderr
-    remote = json.loads(cli(*args, "--base-model", model, "--json").stdout)
-    assert remote["spec"]["base_model"] == model
+    read = []
+
+    def remote_config(ws, host, directory):  # runners.ssh.remote_model_config, over a real sshd in test_ssh_cli
+        read.append((host.name, directory))
+        return SMALL
+
+    monkeypatch.setattr("brightrun_cli.runners.ssh.remote_model_config", remote_config)
+    remote = json.loads(cli(*args, "--base-model", "/models/llama", "--json").stdout)
+    assert remote["spec"]["base_model"] == "/models/llama"  # that host's directory, sized from its config.json
+    assert read == [("gpu2", "/models/llama")]
+    assert remote["estimate"]["training_details"]["model_parameters"] == plan["estimate"]["training_details"]["model_parameters"]

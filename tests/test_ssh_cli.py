@@ -100,3 +100,28 @@ def test_resume_reattaches_to_a_remote_trainer_that_kept_running(sshd, tmp_path,
     with ws.registry.session() as s:
         steps = [p.step for p in s.exec(select(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.split == "train"))]
     assert sorted(steps) == list(range(1, job.total_steps + 1))  # nothing lost, nothing twice
+
+
+def test_a_base_model_directory_on_the_ssh_host_is_sized_from_its_own_config(sshd, tmp_path, brightrun_home):  # noqa: F811
+    """The weights usually live on the GPU box: the estimate reads config.json there (the
+    model brightrun would train), and a directory without one is refused at submit."""
+    from brightrun_cli.services.datasets import add_dataset
+
+    data = tmp_path / "support.jsonl"
+    data.write_text("\n".join(EXAMPLES.read_text().splitlines()[:40]) + "\n")
+    add_dataset(Workspace.open(), str(data), name="support", base_model="builtin:tiny")
+    assert run_brightrun("hosts", "add", "box", "--ssh", sshd.target, "--python", sys.executable,
+                         "--workdir", str(tmp_path / "remote")).returncode == 0
+    model = tmp_path / "remote-model"  # over loopback, "the host" is this machine
+    model.mkdir()
+    config = {"model_type": "llama", "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 6,
+              "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 32000, "max_position_embeddings": 2048}
+    (model / "config.json").write_text(json.dumps(config))
+    args = ("train", "--dataset", "support", "--preset", "balanced", "--host", "box", "--dry-run", "--json")
+    plan = run_brightrun(*args, "--base-model", str(model))
+    assert plan.returncode == 0, plan.stderr
+    details = json.loads(plan.stdout)["estimate"]["training_details"]
+    assert 20e6 < details["model_parameters"] < 60e6  # 6 layers of 512 and a 32k vocabulary, not builtin:tiny's 0.9M
+    missing = run_brightrun(*args, "--base-model", str(tmp_path / "nothing-here"))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert f"'{tmp_path / 'nothing-here'}' on host 'box' has no config.json" in missing.stderr

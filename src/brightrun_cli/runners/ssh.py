@@ -364,6 +364,34 @@ def code_version(root: Path | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
+# $1 model directory. Its config.json (at most 1 MiB), or exit 4 when there is none.
+MODEL_CONFIG = r"""
+[ -f "$1/config.json" ] || exit 4
+head -c 1048576 -- "$1/config.json"
+"""
+
+
+def remote_model_config(ws: "Workspace", host: "Host", directory: str) -> dict:
+    """The config.json of a base model directory on an SSH host: the job trains what is
+    there, whatever a local directory of the same name may hold."""
+    proc = SSHConnection(ws, host).run_script(MODEL_CONFIG, directory, check=False)
+    if proc.returncode == 4:
+        raise UsageError(f"base model directory '{directory}' on host '{host.name}' has no config.json",
+                         "pass a directory saved with save_pretrained on that host, a Hugging Face id or builtin:tiny")
+    if proc.returncode != 0:
+        first = next((l for l in proc.stderr.decode(errors="replace").splitlines() if l.strip()), f"exit status {proc.returncode}")
+        raise OperationError(f"cannot read '{directory}/config.json' on host '{host.name}': {first}",
+                             f"see 'brightrun hosts check {host.name}'")
+    try:
+        config = json.loads(proc.stdout)
+    except ValueError as exc:
+        raise UsageError(f"'{directory}/config.json' on host '{host.name}' is not JSON ({exc})",
+                         "pass a directory saved with save_pretrained") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"'{directory}/config.json' on host '{host.name}' is not a JSON object", "pass a directory saved with save_pretrained")
+    return config
+
+
 def ship_code(conn: SSHConnection) -> str:
     """Make the remote trainer code identical to the local one; return its remote dir."""
     version = code_version()

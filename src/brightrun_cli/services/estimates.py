@@ -182,17 +182,19 @@ def estimate(
     return estimate_run(ws, dataset, resolved)
 
 
-def estimate_run(ws: Workspace, dataset: Dataset, resolved: ResolvedConfig, *, nodes: int = 1) -> Estimate:
+def estimate_run(ws: Workspace, dataset: Dataset, resolved: ResolvedConfig, *, nodes: int = 1,
+                 model_config: dict | None = None) -> Estimate:
     """Estimate a run of `resolved` on `dataset`. A config without gpu_type/gpus runs on
-    the default host's. Raises UsageError for a dataset that is not ready or a base
-    model whose config cannot be read."""
+    the default host's. `model_config`: the base model's config.json when it was read
+    elsewhere (from the SSH host the model lives on). Raises UsageError for a dataset that
+    is not ready or a base model whose config cannot be read."""
     config = resolved.config
     if dataset.status != "ready":
         raise UsageError(
             f"dataset '{dataset.name}' is not ready (status: {dataset.status})",
             f"fix it and re-add it, or run 'brightrun dataset validate {dataset.name}'",
         )
-    shape = read_model_shape(require_base_model(config))
+    shape = read_model_shape(require_base_model(config), model_config)
     gpu, per_host = _device(ws, config)
     devices = per_host * nodes
     plan = token_plan(dataset, config)
@@ -231,11 +233,14 @@ def estimate_run(ws: Workspace, dataset: Dataset, resolved: ResolvedConfig, *, n
     return est
 
 
-def read_model_shape(base_model: str) -> ModelShape:
+def read_model_shape(base_model: str, config: dict | None = None) -> ModelShape:
     """The architecture from the base model's config.json: builtin:<name>, a local
-    directory, or a Hugging Face id (from the local cache, or downloaded when online)."""
+    directory, or a Hugging Face id (from the local cache, or downloaded when online);
+    or from `config`, that file's content read elsewhere."""
     from brightrun_cli.builtin import resolve_base_model
 
+    if config is not None:
+        return _shape_of(base_model, config)
     try:
         location = resolve_base_model(base_model)
     except ValueError as exc:
@@ -252,10 +257,15 @@ def read_model_shape(base_model: str) -> ModelShape:
         raise UsageError(f"cannot read the config of base model '{base_model}': no such directory", how)
     try:
         data = json.loads(Path(config_path).read_text(encoding="utf-8"))
-        return ModelShape.from_config(data)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read the config of base model '{base_model}' ({config_path}): {exc}", how) from exc
-    except (KeyError, TypeError, ZeroDivisionError) as exc:
+    return _shape_of(base_model, data)
+
+
+def _shape_of(base_model: str, data: Any) -> ModelShape:
+    try:
+        return ModelShape.from_config(data)
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as exc:
         raise UsageError(f"base model '{base_model}': config.json lacks the architecture key {exc}", "use a decoder-only transformer with a standard config") from exc
 
 

@@ -206,7 +206,12 @@ def plan_training(ws: "Workspace", req: TrainRequest) -> TrainPlan:
     )
     config = resolved.config
     config.base_model = _check_base_model(config.base_model, hosts)
-    estimate = estimate_run(ws, dataset, resolved, nodes=len(hosts))
+    model_config = None
+    if hosts[0].kind == "ssh" and config.base_model.startswith("/"):
+        from brightrun_cli.runners.ssh import remote_model_config
+
+        model_config = remote_model_config(ws, hosts[0], config.base_model)  # what that host will train
+    estimate = estimate_run(ws, dataset, resolved, nodes=len(hosts), model_config=model_config)
     estimate_json = estimate.to_json()
     cost = float(estimate_json["estimated_cost"])
     if req.max_cost is not None and cost > req.max_cost:
