@@ -254,7 +254,9 @@ def read_model_shape(base_model: str, config: dict | None = None) -> ModelShape:
         if config_path is None:
             raise UsageError(f"cannot read the config of base model '{base_model}': not in the local Hugging Face cache and the hub is unreachable", how)
     else:
-        raise UsageError(f"cannot read the config of base model '{base_model}': no such directory", how)
+        raise UsageError(f"cannot read the config of base model '{base_model}': no such directory here",
+                         "pass a local model directory, or for one on an SSH host estimate with "
+                         "'brightrun train ... --host HOST --dry-run' (it reads the config there)")
     try:
         data = json.loads(Path(config_path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
