@@ -235,3 +235,31 @@ def test_gpu_slots_and_type_are_validated(cli):
         bad = cli("hosts", "add", "bad", "--ssh", "a@bad", *args, "--no-check")
         assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert [h["name"] for h in _hosts_json(cli)] == ["local", "g8"]
+
+
+def test_a_multi_node_job_ends_when_its_workers_have_too_and_stragglers_are_stopped(monkeypatch):
+    """Rank 0's exit decides the job, but its worker nodes are still tearing down then: poll
+    waits for them (a grace), and stops any still running after it instead of orphaning them."""
+    import time
+
+    from brightrun_cli.registry.ids import new_id
+    from brightrun_cli.registry.tables import Host
+    from brightrun_cli.runners import ssh
+
+    ws = Workspace.open()
+    runner = ssh.SSHRunner(ws, [Host(name=f"n{i}", kind="ssh", ssh_host="example.invalid") for i in range(2)])
+    job_id = new_id()
+    handle = f"ssh:{job_id}:tok:n0=100,n1=200"
+    statuses = {0: "exit 0", 1: "running"}
+    monkeypatch.setattr(runner, "_probe", lambda h, rank, files: (statuses[rank], {}))
+    stopped = []
+    monkeypatch.setattr(runner, "stop", lambda h, grace_s=30.0: stopped.append(h))
+    monkeypatch.setattr(ssh, "WORKER_EXIT_GRACE_S", 0.3)
+    assert runner.poll(handle) is None  # rank 0 done, rank 1 still exiting
+    statuses[1] = "exit 0"
+    assert runner.poll(handle) == 0 and stopped == []
+    statuses[1] = "running"  # next job: a worker that never exits
+    handle2 = handle.replace("tok", "tok2")
+    assert runner.poll(handle2) is None
+    time.sleep(0.35)
+    assert runner.poll(handle2) == 0 and stopped == [handle2]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -41,6 +42,8 @@ from typing import TYPE_CHECKING
 from brightrun_cli.errors import OperationError, UsageError
 from brightrun_cli.runners.base import LaunchRequest, Runner, RunnerLost, RunnerUnreachable
 
+log = logging.getLogger("brightrun.runner.ssh")
+
 if TYPE_CHECKING:
     from brightrun_cli.registry.tables import Host
     from brightrun_cli.services.workspace import Workspace
@@ -51,6 +54,7 @@ CONNECT_TIMEOUT_S = 10
 COMMAND_TIMEOUT_S = 60.0
 CONTROL_PERSIST_S = 300  # idle master lifetime after its last client
 STATUS_FRESH_S = 1.0  # how old a status seen by sync may be for poll to reuse it
+WORKER_EXIT_GRACE_S = 30.0  # after rank 0 ends, how long the other nodes' processes get to end too
 MASTER_RECHECK_S = 30.0  # how long a verified master is trusted without `ssh -O check`
 SOCKET_PATH_MAX = 100  # sun_path is 104-108 bytes; ssh appends a temp suffix while binding
 REMOTE_ENV_MARKER = "BRIGHTRUN_REMOTE_JOB"
@@ -450,6 +454,7 @@ class SSHRunner(Runner):
         # Rank 0's status as seen by the last sync (same round trip as the new lines), so
         # the supervisor's sync-then-poll costs one SSH round trip, not two.
         self._rank0_status: dict[str, tuple[float, str]] = {}
+        self._rank0_ended: dict[str, float] = {}  # handle -> when rank 0 was first seen ended
         self._failures = 0
         self._next_try = 0.0
         self._last_error = ""
@@ -657,8 +662,15 @@ class SSHRunner(Runner):
 
         def call() -> int | None:
             codes = [self._status_code(status(rank)) for rank in range(len(h.pgids))]
-            if codes[0] is not None:
-                return codes[0]  # rank 0's outputs are the job's
+            if codes[0] is not None:  # rank 0's outputs are the job's; the workers end with it
+                ended = self._rank0_ended.setdefault(handle, time.monotonic())
+                if None in codes[1:]:
+                    if time.monotonic() - ended < WORKER_EXIT_GRACE_S:
+                        return None  # still tearing down: the job ends when its last process does
+                    log.warning("workers of %s still running %.0f s after rank 0 ended; stopping them", h.job_id, WORKER_EXIT_GRACE_S)
+                    self.stop(handle)
+                self._rank0_ended.pop(handle, None)
+                return codes[0]
             failed = [c for c in codes[1:] if c not in (None, 0)]
             return failed[0] if failed else None  # a dead worker node: rank 0 cannot finish
 
