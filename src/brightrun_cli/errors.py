@@ -6,9 +6,27 @@ The CLI turns these into one stderr line (what, why, what to do) at a single pla
 
 from __future__ import annotations
 
+import os
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+
+def debug_enabled() -> bool:
+    """BRIGHTRUN_DEBUG set (not 0): tracebacks and library warnings are shown."""
+    return os.environ.get("BRIGHTRUN_DEBUG", "") not in ("", "0")
+
+
+def quiet_library_warnings() -> None:
+    """Unless debugging: drop the ML libraries' deprecation notices to each other's
+    developers (peft asking transformers for a renamed attribute, say), which say nothing
+    a brightrun user can act on."""
+    if not debug_enabled():
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 class BrightrunError(Exception):

@@ -7,7 +7,6 @@ Only typer/rich/stdlib at import time: `brightrun --help` must stay fast, so ser
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from brightrun_cli.errors import debug_enabled
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -97,10 +98,6 @@ def print_json(value: Any) -> None:
     # Plain lists/dicts go straight to the C encoder; rows and datetimes reach _default.
     sys.stdout.write(json.dumps(value, default=_default, ensure_ascii=False) + "\n")
     sys.stdout.flush()
-
-
-def debug_enabled() -> bool:
-    return os.environ.get("BRIGHTRUN_DEBUG", "") not in ("", "0")
 
 
 SHORT_ID = 12  # 10 characters of creation time + 2 random: unique in practice, and any unique prefix resolves

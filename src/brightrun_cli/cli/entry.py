@@ -26,15 +26,9 @@ def main() -> None:
 
 
 def _run() -> None:
-    import os
+    from brightrun_cli.errors import quiet_library_warnings
 
-    if os.environ.get("BRIGHTRUN_DEBUG") != "1":
-        import warnings
-
-        # The ML libraries' notices to each other's developers (peft asking transformers
-        # for a renamed attribute, say) say nothing a brightrun user can act on.
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    quiet_library_warnings()
     from brightrun_cli.cli.app import command_of, make_app
 
     make_app(command_of(sys.argv[1:]))(prog_name="brightrun")

@@ -357,12 +357,12 @@ def _check_base_model(name: str | None, hosts: list[Host]) -> str:
     except (KeyError, ValueError) as exc:
         raise UsageError(f"unknown base model '{name}' ({exc})", "pass --base-model builtin:tiny, a Hugging Face id or a local directory") from exc
     local = all(h.kind == "local" for h in hosts)
-    if names_a_path(resolved) if local else resolved.startswith(("/", ".", "~")):
-        if not local:
-            if not resolved.startswith("/"):
-                raise UsageError(f"base model path '{name}' is not absolute, and host '{hosts[0].name}' is reached over SSH",
-                                 "pass the model directory's absolute path on that host")
-            return name
+    if not local and resolved.startswith(("/", ".", "~")):  # a directory on that host: read there (plan_training)
+        if not resolved.startswith("/"):
+            raise UsageError(f"base model path '{name}' is not absolute, and host '{hosts[0].name}' is reached over SSH",
+                             "pass the model directory's absolute path on that host")
+        return name
+    if local and names_a_path(resolved):
         path = Path(absolute_base_model(resolved))
         if not (path / "config.json").is_file():
             raise UsageError(f"base model directory '{path}' has no config.json", "pass a directory saved with save_pretrained, a Hugging Face id or builtin:tiny")

@@ -138,8 +138,7 @@ def _standby_turn(home: Path) -> int | None:
     standby that exits unused."""
     locks = home / "cache" / "locks"
     try:
-        if not locks.is_dir():
-            locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+        locks.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(locks / "standby.lock", os.O_CREAT | os.O_RDWR, 0o600)
     except OSError:
         return None

@@ -464,7 +464,7 @@ def save_checkpoint(run: Run) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         if not run.sharded:
-            acc.unwrap_model(run.model).save_pretrained(tmp, safe_serialization=True)
+            write_adapter(acc.unwrap_model(run.model), None, tmp)
             torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(run.scheduler.state_dict(), tmp / "scheduler.pt")
         write_json_atomic(tmp / "state.json", run.state.__dict__)

@@ -19,14 +19,11 @@ USAGE = "usage: accelerate launch -m brightrun_cli.trainer SPEC.json  (or: pytho
 
 def _quiet_libraries() -> None:
     """The trainer's output goes to log files: no progress bars (carriage-return redraws
-    of every weight shard) and, unless BRIGHTRUN_DEBUG=1, none of the ML libraries'
-    deprecation notices to each other's developers."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers follows it (read at its import)
-    if os.environ.get("BRIGHTRUN_DEBUG") != "1":
-        import warnings
+    of every weight shard), and no library deprecation notices unless debugging."""
+    from brightrun_cli.errors import quiet_library_warnings
 
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers follows it (read at its import)
+    quiet_library_warnings()
 
 
 def main(argv: list[str], *, own_process: bool = False) -> int:
