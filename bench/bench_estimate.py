@@ -46,11 +46,12 @@ def main() -> int:
     os.environ["BRIGHTRUN_HOME"] = str(home)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from brightrun_cli.services.datasets import add_dataset, split_paths
+    from brightrun_cli.services.dataset_add import add_dataset
+    from brightrun_cli.services.datasets import split_paths
     from brightrun_cli.services.estimates import estimate_run, reference_estimate
     from brightrun_cli.services.gpus import get_gpu
     from brightrun_cli.services.presets import resolve_config
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
 
     ws = Workspace.open(home)
     lines = EXAMPLE.read_text(encoding="utf-8").splitlines()

@@ -58,8 +58,9 @@ def _lines(n: int, job_id: str) -> list[str]:
 def bench_ingest(points: int, repeats: int) -> tuple[float, float]:
     """Median of `repeats` catch-up ingestions of `points` lines (each into a fresh job, the
     reader polling throughout): one 2-second sample swings by 20% on a shared host."""
-    from brightrun_cli.services.supervisor import MetricsTail, insert_points, point_values
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.registry.points import insert_many as insert_points
+    from brightrun_cli.supervisor.ingest import MetricsTail, point_values
+    from brightrun_cli.workspace import Workspace
     from brightrun_cli.registry.tables import MetricPoint
     from jobs_helpers import dataset_row, job_row
 

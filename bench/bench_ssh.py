@@ -54,7 +54,9 @@ def metric_latency(ws, host, root: Path, epochs: int) -> dict:
 
     from brightrun_cli.runners.base import LaunchRequest
     from brightrun_cli.runners.ssh import SSHRunner
-    from brightrun_cli.services.supervisor import POLL_S, MetricsTail, insert_points, point_values
+    from brightrun_cli.registry.points import insert_many as insert_points
+    from brightrun_cli.supervisor.ingest import MetricsTail, point_values
+    from brightrun_cli.supervisor.run import POLL_S
     from sshd import make_run_dir, seed_job
 
     job_id = seed_job(ws)
@@ -94,7 +96,7 @@ def main() -> int:
     server = start_sshd(root / "sshd")
     try:
         from brightrun_cli.services.hosts import add_host
-        from brightrun_cli.services.workspace import Workspace
+        from brightrun_cli.workspace import Workspace
 
         ws = Workspace.open()
         write_brightrun_config(ws.home, server)

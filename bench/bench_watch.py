@@ -94,7 +94,7 @@ def cpu_seconds(pid: int) -> float:
 
 def follow_simulated(seconds: float) -> tuple[list[float], float]:
     """Latencies (s) and watch CPU (% of a core) for a simulated job advancing ~4 points/s."""
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
     from watch_sim import add_point, make_job, update_job
     from brightrun_cli.registry.timeutil import utcnow
 
@@ -135,7 +135,7 @@ def shown_after(written: dict[int, float], seen: dict[int, float]) -> list[float
 
 def follow_real(seconds: float) -> tuple[list[float], float]:
     """End to end on a real CPU job: trainer's metrics.jsonl `time` -> on the dashboard."""
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
 
     ws = Workspace.open()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TERM": "xterm-256color"}
@@ -171,7 +171,7 @@ def follow_real(seconds: float) -> tuple[list[float], float]:
 def poll_costs(points: int = 5000, polls: int = 200) -> tuple[float, float, float]:
     """Seconds per poll: incremental with nothing new, incremental with one new point, full re-read."""
     from brightrun_cli.services.watch import JobFollower
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
     from watch_sim import add_point, running_job
 
     ws = Workspace.open()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from brightrun_cli.registry.tables import Dataset, TrainingJob
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 
 
 def dataset_row(ws: Workspace, name: str = "d1", status: str = "ready") -> Dataset:

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from brightrun_cli.runners.accelerate import accelerate_argv
-from brightrun_cli.services import jobs
+from brightrun_cli import lifecycle
+from brightrun_cli.services import jobs, training
 from brightrun_cli.services.hosts import add_host
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 from brightrun_cli.trainer.spec import SpecError, load_spec
 
 from jobs_helpers import conversations
@@ -160,14 +161,14 @@ def test_submit_copies_the_config_into_the_run_dir_and_retry_carries_it(chat, tw
     monkeypatch.setattr(queue, "kick", lambda ws, **_: None)  # queue it only: nothing starts
     ws = Workspace.open()
     config = write(tmp_path / "ds.json", json.dumps({"distributed_type": "MULTI_GPU", "num_processes": 2}))
-    plan = jobs.plan_training(ws, jobs.TrainRequest(dataset="chat", preset="tiny", accelerate_config=config))
-    job = jobs.submit(ws, plan)
+    plan = training.plan_training(ws, training.TrainRequest(dataset="chat", preset="tiny", accelerate_config=config))
+    job = training.submit(ws, plan)
     copied = brightrun_home / "runs" / job.id / "accelerate_config.json"  # .json stays JSON for accelerate
     assert copied.read_text() == config.read_text()
     assert job.spec["accelerate_config"] == "accelerate_config.json"
 
     with ws.registry.write() as session:
-        jobs.transition(session, job.id, jobs.CANCELLED)
+        lifecycle.transition(session, job.id, lifecycle.CANCELLED)
     again = jobs.retry_job(ws, job.id)
     assert (brightrun_home / "runs" / again.id / "accelerate_config.json").read_text() == config.read_text()
 

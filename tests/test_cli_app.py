@@ -62,3 +62,43 @@ def test_a_json_listing_imports_neither_other_groups_nor_rich(brightrun_home):
     assert "brightrun_cli.cli.datasets" in modules
     assert not {"brightrun_cli.cli.watch", "brightrun_cli.cli.jobs", "brightrun_cli.cli.models"} & modules
     assert not {m for m in modules if m.split(".")[0] in ("rich", "click", "pydantic", "sqlalchemy", "torch")}
+
+
+def _leaf_commands(command, path=()):
+    if hasattr(command, "commands"):  # a group (typer vendors click: no isinstance on click's classes)
+        for name, sub in command.commands.items():
+            yield from _leaf_commands(sub, (*path, name))
+        if getattr(command, "invoke_without_command", False) and path:
+            yield path, command
+    else:
+        yield path, command
+
+
+def test_every_command_has_examples_that_parse():
+    """Each command's help ends with an Examples section, and every example in it names
+    options and arguments the command really takes (parsed, not run)."""
+    import shlex
+
+    root = typer.main.get_command(make_app())
+    leaves = list(_leaf_commands(root))
+    assert len(leaves) > 20
+    missing, broken = [], []
+    for path, command in leaves:
+        text = command.help or ""
+        if "Examples:" not in text:
+            missing.append(" ".join(path))
+            continue
+        for line in text.split("Examples:", 1)[1].splitlines():
+            line = line.split("  #")[0].split("&&")[0].strip()
+            if not line.startswith("brightrun "):
+                continue
+            words = shlex.split(line)[1:]
+            words = words[: len(path)] + [w.replace("$JOB", "01jd4") for w in words[len(path):]]
+            if tuple(words[: len(path)]) != path:
+                continue  # an example of another command (e.g. train before watch)
+            try:
+                command.make_context(" ".join(path), words[len(path):], resilient_parsing=False)
+            except Exception as exc:  # click's usage errors
+                broken.append(f"{line}: {exc}")
+    assert not missing, f"commands without an Examples section: {missing}"
+    assert not broken, "examples that do not parse:\n" + "\n".join(broken)

@@ -1,7 +1,7 @@
 """List tables at an 80-column terminal: nothing a user types next is cut off."""
 
 from brightrun_cli.registry.tables import Dataset
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 
 
 def test_dataset_list_at_80_columns_keeps_ids_and_long_names_whole(cli, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 from brightrun_cli.errors import UsageError
 from brightrun_cli.registry.tables import CostRecord, Dataset, TrainingJob
 from brightrun_cli.services.costs import cost_report
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 
 
 def _at(day: str) -> datetime:

@@ -342,7 +342,7 @@ def test_rm_hard_deletes_files_and_soft_deletes_when_a_job_uses_it(cli, tmp_path
 
 
 def test_validate_reruns_with_another_tokenizer_context(cli, tmp_path, brightrun_home, monkeypatch):
-    from brightrun_cli.services import dataset_tokens
+    from brightrun_cli.services import dataset_add as dataset_service
 
     path = write_jsonl(tmp_path / "d.jsonl", good_lines(5) + [conv("long", ("user", "word " * 400), ("assistant", "ok"))])
     ds = json.loads(add(cli, path, "--name", "d", "--json").stdout)
@@ -352,7 +352,7 @@ def test_validate_reruns_with_another_tokenizer_context(cli, tmp_path, brightrun
         method = "approx:test-short-context"
         context_length = 64
 
-    monkeypatch.setattr(dataset_tokens, "load_counter", lambda model: ShortContext())
+    monkeypatch.setattr(dataset_service, "load_counter", lambda model: ShortContext())
     result = cli("dataset", "validate", "d", "--base-model", "short", "--json")
     assert result.exit_code == 2
     again = json.loads(result.stdout)
@@ -360,14 +360,14 @@ def test_validate_reruns_with_another_tokenizer_context(cli, tmp_path, brightrun
     assert [e["line"] for e in again["validation_errors"]] == [6]
     assert "longer than the model's context of 64" in again["validation_errors"][0]["error"]
     assert (brightrun_home / "storage" / ds["storage_path"]).exists(), "re-validation keeps the stored data"
-    monkeypatch.setattr(dataset_tokens, "load_counter", lambda model: ApproxCounter())
+    monkeypatch.setattr(dataset_service, "load_counter", lambda model: ApproxCounter())
     fixed = cli("dataset", "validate", "d", "--json")
     assert fixed.exit_code == 0 and json.loads(fixed.stdout)["status"] == "ready"
 
 
 def test_split_paths_for_the_supervisor(tmp_path, cli):
     from brightrun_cli.services.datasets import get_dataset, split_paths
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
 
     add(cli, write_jsonl(tmp_path / "d.jsonl", good_lines(30)), "--name", "d")
     ws = Workspace.open()
@@ -397,7 +397,7 @@ def test_add_from_s3_into_s3_storage(tmp_path, brightrun_home, s3_server, monkey
         f"{bucket}/store/datasets/{ds['id']}/{n}" for n in ("data.jsonl", "train.jsonl", "validation.jsonl")
     ]
     from brightrun_cli.services.datasets import get_dataset, split_paths
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
 
     ws = Workspace.open()
     train, validation = split_paths(ws, get_dataset(ws, "s3"))
@@ -507,15 +507,18 @@ def test_a_base_model_directory_given_relative_is_recorded_absolute(cli, tmp_pat
     assert ds["base_model"] == str(tmp_path / "tok") and ds["token_count_method"] == f"tokenizer:{tmp_path / 'tok'}"
 
 
-def test_the_listed_columns_are_the_ones_the_registry_triggers_keep():
-    from brightrun_cli.registry.migrations import _DATASET_LIST_COLUMNS_V3
-    from brightrun_cli.services.datasets import LIST_COLUMNS
-
-    assert LIST_COLUMNS == _DATASET_LIST_COLUMNS_V3, "changing the listed fields needs a migration that recreates the triggers"
+def test_a_listed_dataset_reads_as_its_show_json_in_every_field_it_lists(cli, tmp_path):
+    """`dataset list --json` comes from the JSON rows registry triggers keep; `show --json` from
+    the typed row. Every listed field must agree (times, booleans and numbers alike)."""
+    add(cli, write_jsonl(tmp_path / "good.jsonl", good_lines(3)), "--name", "agree")
+    listed = json.loads(cli("dataset", "list", "--json").stdout)[0]
+    shown = json.loads(cli("dataset", "show", "agree", "--json").stdout)
+    assert listed == {key: shown[key] for key in listed}
+    assert "validation_errors" not in listed and "sample_data" not in listed  # the large fields are for show
 
 
 def test_list_json_follows_inserts_updates_and_deletes_made_in_sql(cli, tmp_path):
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
 
     write_jsonl(tmp_path / "good.jsonl", good_lines(3))
     add(cli, tmp_path / "good.jsonl", "--name", "a")

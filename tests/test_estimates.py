@@ -14,7 +14,7 @@ from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.services.estimates import estimate, trainer_steps_per_epoch
 from brightrun_cli.services.flops import GIB, ModelShape, memory_need, train_flops_per_token
 from brightrun_cli.services.gpus import get_gpu
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 
 LLAMA_7B = {
     "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
@@ -68,7 +68,7 @@ def test_flops_model_7b_llama_one_million_tokens_on_h100(ws):
     seconds = 1_000_000 * per_token / (989e12 * h100.utilization)
     assert seconds == pytest.approx(85.94, abs=0.01)
     # Gradient checkpointing adds one forward: 2N + 2 lora + 4*L*d*s.
-    with_gc = train_flops_per_token(shape, config.model_copy(update={"gradient_checkpointing": True}), 2048)
+    with_gc = train_flops_per_token(shape, config.replace(gradient_checkpointing=True), 2048)
     assert with_gc - per_token == 2 * frozen + 2 * lora + attention // 3
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from brightrun_cli.services.hosts import catalog_gpu_for
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 
 from jobs_helpers import conversations
 

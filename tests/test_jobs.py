@@ -14,11 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlmodel import select
 
+from brightrun_cli import lifecycle
+from brightrun_cli.registry.points import insert_many as insert_points
 from brightrun_cli.registry.tables import CostRecord, Host, MetricPoint, Notification, TrainingJob
 from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.services import jobs, queue
-from brightrun_cli.services.supervisor import MetricsTail, insert_points, metric_lines, point_values
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.supervisor import launch
+from brightrun_cli.supervisor.ingest import MetricsTail, metric_lines, point_values
+from brightrun_cli.workspace import Workspace
 from jobs_helpers import dataset_row, job_row
 
 
@@ -31,33 +34,32 @@ def ws() -> Workspace:
 def spawned(monkeypatch):
     """Record supervisor spawns instead of starting processes."""
     calls: list[str] = []
-    monkeypatch.setattr(queue, "spawn_supervisor", lambda ws, job_id, marker: calls.append(job_id) or 0)
+    monkeypatch.setattr(launch, "spawn_supervisor", lambda ws, job_id, marker: calls.append(job_id) or 0)
     return calls
 
 
-def _get(ws, job_id) -> TrainingJob:
-    with ws.registry.session() as session:
-        return session.get(TrainingJob, job_id)
+def _get(ws, job_id):
+    return jobs.get_job(ws, job_id)
 
 
 def test_transitions_only_move_forward_and_terminal_is_final(ws):
     job = job_row(ws, dataset_row(ws))
     with ws.registry.write() as s:
-        assert not jobs.transition(s, job.id, jobs.RUNNING)  # queued cannot skip initializing
-        assert jobs.transition(s, job.id, jobs.INITIALIZING, supervisor_marker="m1")
-        assert not jobs.transition(s, job.id, jobs.INITIALIZING)
-        assert not jobs.transition(s, job.id, jobs.RUNNING, marker="other")  # another attempt's writer
-        assert jobs.transition(s, job.id, jobs.RUNNING, marker="m1")
-        assert not jobs.transition(s, job.id, jobs.CANCELLED, only_from=(jobs.QUEUED,))  # a started job is its supervisor's to end
-        assert jobs.transition(s, job.id, jobs.COMPLETED, marker="m1")
-        for to in (jobs.FAILED, jobs.CANCELLED, jobs.COMPLETED, jobs.RUNNING):
-            assert not jobs.transition(s, job.id, to)
-        assert not jobs.update_attempt(s, job.id, "m1", current_step=5)
+        assert not lifecycle.transition(s, job.id, lifecycle.RUNNING)  # queued cannot skip initializing
+        assert lifecycle.transition(s, job.id, lifecycle.INITIALIZING, supervisor_marker="m1")
+        assert not lifecycle.transition(s, job.id, lifecycle.INITIALIZING)
+        assert not lifecycle.transition(s, job.id, lifecycle.RUNNING, marker="other")  # another attempt's writer
+        assert lifecycle.transition(s, job.id, lifecycle.RUNNING, marker="m1")
+        assert not lifecycle.transition(s, job.id, lifecycle.CANCELLED, only_from=(lifecycle.QUEUED,))  # a started job is its supervisor's to end
+        assert lifecycle.transition(s, job.id, lifecycle.COMPLETED, marker="m1")
+        for to in (lifecycle.FAILED, lifecycle.CANCELLED, lifecycle.COMPLETED, lifecycle.RUNNING):
+            assert not lifecycle.transition(s, job.id, to)
+        assert not lifecycle.update_attempt(s, job.id, "m1", current_step=5)
     row = _get(ws, job.id)
     assert row.status == "completed" and row.completed_at is not None and row.current_step == 0
     with pytest.raises(ValueError):
         with ws.registry.write() as s:
-            jobs.transition(s, job.id, jobs.QUEUED)
+            lifecycle.transition(s, job.id, lifecycle.QUEUED)
 
 
 def test_queue_is_fifo_per_host_and_respects_slots(ws, spawned):
@@ -72,7 +74,7 @@ def test_queue_is_fifo_per_host_and_respects_slots(ws, spawned):
     assert _get(ws, second.id).status == "queued" and _get(ws, narrow.id).status == "queued"
     assert queue.kick(ws) == []
     with ws.registry.write() as s:  # the first job ends: its slot goes to the oldest waiting job
-        jobs.transition(s, first.id, jobs.FAILED)
+        lifecycle.transition(s, first.id, lifecycle.FAILED)
     assert queue.kick(ws) == [second.id]
     assert _get(ws, third.id).status == "queued"
 
@@ -82,7 +84,7 @@ def test_head_of_queue_blocks_later_jobs_on_its_host(ws, spawned):
     with ws.registry.write() as s:
         s.add(Host(name="gpu2", kind="ssh", ssh_host="example.invalid", gpus=2, gpu_type="A100-80GB"))
     one = job_row(ws, data, hosts=["gpu2"], gpu_config={"type": "A100-80GB", "count": 1, "hourly_rate": 1})
-    two = job_row(ws, data, hosts=["gpu2"], gpu_config={"type": "A100-80GB", "count": 2, "hourly_rate": 1})
+    job_row(ws, data, hosts=["gpu2"], gpu_config={"type": "A100-80GB", "count": 2, "hourly_rate": 1})
     three = job_row(ws, data, hosts=["gpu2"], gpu_config={"type": "A100-80GB", "count": 1, "hourly_rate": 1})
     assert queue.kick(ws) == [one.id]  # `two` does not fit, and `three` may not overtake it
     assert _get(ws, three.id).status == "queued"
@@ -95,12 +97,12 @@ def test_dead_supervisor_is_failed_with_reason_cost_and_notification(ws, spawned
     gone.wait()
     started = utcnow() - timedelta(hours=1)
     with ws.registry.write() as s:
-        jobs.update_attempt(s, job.id, _get(ws, job.id).supervisor_marker, supervisor_pid=gone.pid, started_at=started, heartbeat_at=utcnow())
+        lifecycle.update_attempt(s, job.id, _get(ws, job.id).supervisor_marker, supervisor_pid=gone.pid, started_at=started, heartbeat_at=utcnow())
     assert queue.reap_dead(ws) == [job.id]
     row = _get(ws, job.id)
     assert row.status == "failed" and row.error_message.startswith("supervisor lost")
     assert row.final_cost == pytest.approx(3.6, rel=0.01)  # one hour at $3.60 until the last heartbeat
-    with ws.registry.session() as s:
+    with ws.registry.write() as s:
         assert [c.cost_type for c in s.exec(select(CostRecord).where(CostRecord.job_id == job.id))] == ["compute"]
         note = s.exec(select(Notification).where(Notification.type == "job_failed")).one()
     assert note.priority == "high" and note.action_command == f"brightrun jobs resume {job.id}"
@@ -114,10 +116,10 @@ def test_liveness_needs_the_marker_on_the_command_line(ws, spawned):
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
     try:
         with ws.registry.write() as s:
-            jobs.update_attempt(s, job.id, marker, supervisor_pid=alive.pid)
+            lifecycle.update_attempt(s, job.id, marker, supervisor_pid=alive.pid)
         assert queue.reap_dead(ws) == []
         with ws.registry.write() as s:  # the same pid without our marker: a reused pid, so the job is dead
-            jobs.update_attempt(s, job.id, marker, supervisor_pid=os.getpid())
+            lifecycle.update_attempt(s, job.id, marker, supervisor_pid=os.getpid())
         assert queue.reap_dead(ws) == [job.id]
     finally:
         alive.kill()
@@ -129,8 +131,8 @@ def test_claim_without_pid_is_dead_only_after_the_grace(ws, spawned):
     queue.kick(ws)
     assert queue.reap_dead(ws) == []
     with ws.registry.write() as s:
-        jobs.update_attempt(s, job.id, _get(ws, job.id).supervisor_marker,
-                            heartbeat_at=utcnow() - timedelta(seconds=queue.CLAIM_GRACE_S + 5))
+        lifecycle.update_attempt(s, job.id, _get(ws, job.id).supervisor_marker,
+                            heartbeat_at=utcnow() - timedelta(seconds=launch.CLAIM_GRACE_S + 5))
     assert queue.reap_dead(ws) == [job.id]
     assert _get(ws, job.id).error_message == "supervisor lost (it never started)"
 
@@ -155,7 +157,7 @@ def test_ingestion_is_idempotent_on_job_step_split(ws):
     for _ in range(2):  # a resumed trainer re-writes lines that were already ingested
         with ws.registry.write() as s:
             insert_points(s.connection(), point_values(job.id, metric_lines(lines)))
-    with ws.registry.session() as s:
+    with ws.registry.write() as s:
         points = s.exec(select(MetricPoint).where(MetricPoint.job_id == job.id).order_by(MetricPoint.step, MetricPoint.split)).all()
     assert [(p.step, p.split) for p in points] == [(i, "train") for i in range(1, 10)] + [(10, "train"), (10, "validation")]
     assert points[0].gradient_norm == 0.5 and points[0].throughput == 100.0 and points[-1].validation_loss == 1.5
@@ -163,7 +165,7 @@ def test_ingestion_is_idempotent_on_job_step_split(ws):
 
 
 def test_bulk_ingestion_spans_full_and_partial_statements_and_skips_resent_points(ws):
-    from brightrun_cli.services.supervisor import MULTI_ROWS
+    from brightrun_cli.registry.points import MULTI_ROWS
 
     job = job_row(ws, dataset_row(ws))
     n = 2 * MULTI_ROWS + 57  # two full multi-row statements and a partial one
@@ -187,7 +189,7 @@ def test_bulk_ingestion_spans_full_and_partial_statements_and_skips_resent_point
 @settings(max_examples=300, deadline=None)
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False) | st.integers(0, 4_000_000_000).map(lambda s: s + 0.9999999))
 def test_point_timestamps_are_stored_as_the_registry_writes_datetimes(t):
-    from brightrun_cli.services.supervisor import _db_second
+    from brightrun_cli.supervisor.ingest import _db_second
 
     stored = point_values("j", metric_lines([{"step": 1, "time": t}]))[1]
     whole = int(t)
@@ -224,13 +226,13 @@ def test_resume_reopens_same_job_as_a_new_attempt(ws, spawned):
     queue.kick(ws)
     old_marker = _get(ws, job.id).supervisor_marker
     with ws.registry.write() as s:
-        jobs.transition(s, job.id, jobs.FAILED, error_message="supervisor lost")
+        lifecycle.transition(s, job.id, lifecycle.FAILED, error_message="supervisor lost")
     (ws.home / job.run_dir / "checkpoints" / "step-7").mkdir(parents=True)
     row = jobs.resume_job(ws, job.id, max_cost=5.0)
     assert row.id == job.id and row.resume_count == 1 and row.max_cost == 5.0
     assert row.status == "initializing" and row.error_message is None and row.supervisor_marker != old_marker
     with ws.registry.write() as s:  # the old attempt's writers are locked out
-        assert not jobs.update_attempt(s, job.id, old_marker, current_step=99)
+        assert not lifecycle.update_attempt(s, job.id, old_marker, current_step=99)
     with pytest.raises(jobs.ConflictError):
         jobs.resume_job(ws, job.id)
 
@@ -240,15 +242,15 @@ def test_rm_hides_job_drops_points_and_run_dir_keeps_costs(cli, ws):
     run_dir = ws.home / job.run_dir
     run_dir.mkdir(parents=True)
     with ws.registry.write() as s:
-        jobs.transition(s, job.id, jobs.CANCELLED)
+        lifecycle.transition(s, job.id, lifecycle.CANCELLED)
         insert_points(s.connection(), point_values(job.id, metric_lines([{"step": 1, "epoch": 0.1}])))
-        jobs.record_attempt_cost(s, _get(ws, job.id), attempt_start=utcnow() - timedelta(minutes=1), attempt_end=utcnow())
+        lifecycle.record_attempt_cost(s, _get(ws, job.id), attempt_start=utcnow() - timedelta(minutes=1), attempt_end=utcnow())
     result = cli("jobs", "rm", job.id)  # stdin is not a terminal: needs --yes
     assert result.exit_code == 2 and "--yes" in result.stderr
     assert cli("jobs", "rm", job.id, "--yes").exit_code == 0
     assert not run_dir.exists()
     assert json.loads(cli("jobs", "list", "--json").stdout) == []
-    with ws.registry.session() as s:
+    with ws.registry.write() as s:
         assert s.exec(select(MetricPoint).where(MetricPoint.job_id == job.id)).all() == []
         assert len(s.exec(select(CostRecord).where(CostRecord.job_id == job.id)).all()) == 1
     assert cli("jobs", "show", job.id).exit_code == 2
@@ -285,7 +287,7 @@ def test_train_refuses_bad_input_without_creating_a_job(cli, ws, tmp_path):
         result = cli("train", *args, "--detach")
         assert result.exit_code == 2, (args, result.stdout, result.stderr)
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    with ws.registry.session() as s:
+    with ws.registry.write() as s:
         assert s.exec(select(TrainingJob)).all() == []
     # Each refused `train` started a standby supervisor (no job was active): every one has gone.
     assert _standbys_gone(ws, timeout=60) and list(ws.runs_dir.glob("*")) == []
@@ -314,33 +316,33 @@ def _standbys_gone(ws, timeout: float) -> bool:
 
 
 def test_standby_supervisor_starts_only_when_a_job_would_start_and_exits_unused(ws):
-    assert queue.start_standby(ws.home) is None  # no registry yet: nothing could be submitted
+    assert launch.start_standby(ws.home) is None  # no registry yet: nothing could be submitted
     ws.registry.connect().close()
-    standby = queue.start_standby(ws.home)
+    standby = launch.start_standby(ws.home)
     assert standby is not None and [p.pid for p in _standbys(ws)] == [standby.proc.pid]
     assert standby.marker in " ".join(_standbys(ws)[0].cmdline())  # liveness checks recognise it
     standby.release()
     assert standby.proc.wait(timeout=60) == 0
     assert list(ws.runs_dir.glob("*")) == []
     job_row(ws, dataset_row(ws))  # a queued job: the next one would wait, so no standby
-    assert queue.start_standby(ws.home) is None
+    assert launch.start_standby(ws.home) is None
 
 
 def test_of_commands_submitting_at_once_only_one_starts_a_standby(ws):
     ws.registry.connect().close()
-    with queue.standing_by(ws.home) as first:
-        with queue.standing_by(ws.home) as second:  # another `train` at the same moment
+    with launch.standing_by(ws.home) as first:
+        with launch.standing_by(ws.home) as second:  # another `train` at the same moment
             assert first is not None and second is None
             assert [p.pid for p in _standbys(ws)] == [first.proc.pid]
     assert first.proc.wait(timeout=60) == 0
-    with queue.standing_by(ws.home) as again:  # the turn is free once the first command is done
+    with launch.standing_by(ws.home) as again:  # the turn is free once the first command is done
         assert again is not None
     assert again.proc.wait(timeout=60) == 0
 
 
 def test_kick_hands_the_claimed_job_to_the_standby(ws, spawned):
     ws.registry.connect().close()
-    standby = queue.start_standby(ws.home)
+    standby = launch.start_standby(ws.home)
     job = job_row(ws, dataset_row(ws))  # its dataset has no files: the supervisor fails it in _prepare
     try:
         assert queue.kick(ws, standby=standby) == [job.id]
@@ -358,7 +360,7 @@ def test_kick_hands_the_claimed_job_to_the_standby(ws, spawned):
 
 def test_a_dead_standby_is_replaced_by_a_spawned_supervisor(ws, spawned):
     ws.registry.connect().close()
-    standby = queue.start_standby(ws.home)
+    standby = launch.start_standby(ws.home)
     standby.proc.kill()
     standby.proc.wait()
     job = job_row(ws, dataset_row(ws))
@@ -390,7 +392,7 @@ def test_logs_prints_and_follow_ends_with_the_job(cli, ws, spawned):
     assert cli("jobs", "logs", job.id).stdout == "step 1\nstep 2\n"
     assert "accelerate.commands.launch" in cli("jobs", "logs", job.id, "--log", "supervisor").stdout
     with ws.registry.write() as s:
-        jobs.transition(s, job.id, jobs.CANCELLED)
+        lifecycle.transition(s, job.id, lifecycle.CANCELLED)
     result = cli("jobs", "logs", job.id, "-f")  # an ended job: prints everything and returns
     assert result.exit_code == 0 and result.stdout == "step 1\nstep 2\n"
     assert cli("jobs", "logs", job.id, "--log", "bogus").exit_code == 2

@@ -10,15 +10,15 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psutil
 import pytest
 from sqlmodel import select
 
 from brightrun_cli.registry.tables import CostRecord, MetricPoint, Notification, TrainingJob
-from brightrun_cli.services import jobs
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli import lifecycle
+from brightrun_cli.services import jobs, training
+from brightrun_cli.workspace import Workspace
 from conftest import run_brightrun
 from jobs_helpers import conversations
 
@@ -30,7 +30,7 @@ FAST = ("--preset", "tiny", "--set", "batch_size=1", "--set", "num_epochs=1", "-
 
 @pytest.fixture
 def ws(brightrun_home) -> Workspace:
-    from brightrun_cli.services.datasets import add_dataset
+    from brightrun_cli.services.dataset_add import add_dataset
 
     ws = Workspace.open()
     add_dataset(ws, str(conversations(brightrun_home / "chat.jsonl", 12)), name="chat", base_model="builtin:tiny")
@@ -58,7 +58,7 @@ def _submit(*extra: str) -> str:
 
 
 def _points(ws, job_id) -> list[tuple[int, str]]:
-    with ws.registry.session() as s:
+    with ws.registry.write() as s:
         return [(p.step, p.split) for p in s.exec(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.step, MetricPoint.split))]
 
 
@@ -72,7 +72,7 @@ def _procs_of(job_id: str) -> list[psutil.Process]:
 
 
 def _types(ws, job_id) -> list[str]:
-    with ws.registry.session() as s:
+    with ws.registry.write() as s:
         return [n.type for n in s.exec(select(Notification).where(Notification.job_id == job_id).order_by(Notification.created_at))]
 
 
@@ -88,7 +88,7 @@ def test_train_follows_to_completion_with_metrics_cost_and_notifications(ws):
     steps = _train_steps(_points(ws, job.id))
     assert steps == list(range(1, job.total_steps + 1))
     assert (0, "validation") in _points(ws, job.id)  # the base model's held-out loss
-    with ws.registry.session() as s:
+    with ws.registry.write() as s:
         costs = {c.cost_type for c in s.exec(select(CostRecord).where(CostRecord.job_id == job.id))}
     assert costs == {"compute", "storage"} and job.final_cost is not None
     assert _types(ws, job.id)[:3] == ["job_queued", "job_started", "job_completed"]
@@ -138,15 +138,15 @@ def test_sigkill_supervisor_then_resume_completes_without_gaps_or_duplicates(ws)
     job = _wait("the job marked failed", lambda: (j := _job(ws, job_id)).status == "failed" and j)
     assert time.monotonic() - killed_at < 30
     assert job.error_message.startswith("supervisor lost")
-    assert jobs.latest_checkpoint(ws.home / job.run_dir) is not None  # the orphaned trainer checkpointed on TERM
+    assert lifecycle.latest_checkpoint(ws.home / job.run_dir) is not None  # the orphaned trainer checkpointed on TERM
     result = run_brightrun("jobs", "resume", job_id)
     assert result.returncode == 0, result.stderr
-    job = _wait("the resumed job to end", lambda: (j := _job(ws, job_id)).status in jobs.TERMINAL and j, timeout=300)
+    job = _wait("the resumed job to end", lambda: (j := _job(ws, job_id)).status in lifecycle.TERMINAL and j, timeout=300)
     assert job.status == "completed", job.error_message
     assert job.resume_count == 1
     steps = _train_steps(_points(ws, job_id))
     assert steps == list(range(1, job.total_steps + 1))  # no gaps, no duplicates
-    with ws.registry.session() as s:
+    with ws.registry.write() as s:
         assert len(s.exec(select(CostRecord).where(CostRecord.job_id == job_id, CostRecord.cost_type == "compute")).all()) == 2
 
 
@@ -156,14 +156,14 @@ def test_supervisor_lost_after_the_trainer_completed_resume_collects_without_ret
     supervisor = psutil.Process(_job(ws, job_id).supervisor_pid)
     supervisor.suspend()  # the trainer finishes while nobody records it
     run_dir = ws.home / _job(ws, job_id).run_dir
-    _wait("the trainer to complete", lambda: jobs.finished_uncollected(run_dir))
+    _wait("the trainer to complete", lambda: lifecycle.finished_uncollected(run_dir))
     supervisor.kill()
     run_brightrun("jobs", "list")  # any command notices
     job = _wait("the job marked failed", lambda: (j := _job(ws, job_id)).status == "failed" and j)
     assert job.error_message.startswith("supervisor lost")
     result = run_brightrun("jobs", "resume", job_id)
     assert result.returncode == 0, result.stderr
-    job = _wait("the job to end", lambda: (j := _job(ws, job_id)).status in jobs.TERMINAL and j)
+    job = _wait("the job to end", lambda: (j := _job(ws, job_id)).status in lifecycle.TERMINAL and j)
     assert job.status == "completed", job.error_message
     assert _train_steps(_points(ws, job_id)) == list(range(1, job.total_steps + 1))
     launches = [line for line in (run_dir / "launcher.log").read_text().splitlines() if line.startswith("$ ")]
@@ -178,7 +178,7 @@ def test_sigkill_trainer_fails_the_job_with_the_log_tail(ws):
     trainers = [p for p in _procs_of(job_id) if "brightrun_cli.trainer" in p.info["cmdline"] and "accelerate.commands.launch" not in p.info["cmdline"]]
     assert trainers
     trainers[0].send_signal(signal.SIGKILL)
-    job = _wait("the job to fail", lambda: (j := _job(ws, job_id)).status in jobs.TERMINAL and j, timeout=60)
+    job = _wait("the job to fail", lambda: (j := _job(ws, job_id)).status in lifecycle.TERMINAL and j, timeout=60)
     assert job.status == "failed" and job.error_message.startswith("the trainer")
     assert job.error_stack and len(job.error_stack.splitlines()) > 1
     assert "job_failed" in _types(ws, job_id)
@@ -197,19 +197,19 @@ def test_cancel_stops_the_whole_tree_and_records_cost(ws, stage):
     job = _job(ws, job_id)
     assert job.status == "cancelled" and json.loads(result.stdout)["status"] == "cancelled"
     _wait("no process left", lambda: not _procs_of(job_id), timeout=20)
-    with ws.registry.session() as s:
+    with ws.registry.write() as s:
         assert s.exec(select(CostRecord).where(CostRecord.job_id == job_id, CostRecord.cost_type == "compute")).all()
     assert job.final_cost is not None and "job_cancelled" in _types(ws, job_id)
     if stage == "running":
-        assert jobs.latest_checkpoint(ws.home / job.run_dir) is not None
+        assert lifecycle.latest_checkpoint(ws.home / job.run_dir) is not None
 
 
 def test_running_job_over_budget_is_stopped_with_budget_exceeded(ws):
-    plan = jobs.plan_training(ws, jobs.TrainRequest(dataset="chat", preset="tiny", overrides=FAST[3::2] + ("num_epochs=20",)))
+    plan = training.plan_training(ws, training.TrainRequest(dataset="chat", preset="tiny", overrides=FAST[3::2] + ("num_epochs=20",)))
     plan.gpu_config["hourly_rate"] = 3600.0  # a dollar a second
     plan.max_cost = 2.0
-    job = jobs.submit(ws, plan)
-    job = _wait("the budget stop", lambda: (j := _job(ws, job.id)).status in jobs.TERMINAL and j, timeout=120)
+    job = training.submit(ws, plan)
+    job = _wait("the budget stop", lambda: (j := _job(ws, job.id)).status in lifecycle.TERMINAL and j, timeout=120)
     assert job.status == "cancelled" and "max-cost" in job.error_message
     assert job.final_cost >= 2.0
     assert "budget_exceeded" in _types(ws, job.id)
@@ -225,7 +225,7 @@ def test_ten_concurrent_submissions_run_one_at_a_time_and_all_complete(ws):
     assert len(ids) == 10
 
     # Nobody runs a command meanwhile: each finishing supervisor starts the next job.
-    _wait("all ten jobs", lambda: all(_job(ws, i).status in jobs.TERMINAL for i in ids), timeout=1400, every=1)
+    _wait("all ten jobs", lambda: all(_job(ws, i).status in lifecycle.TERMINAL for i in ids), timeout=1400, every=1)
     done = [_job(ws, i) for i in ids]
     assert {j.status for j in done} == {"completed"}, [j.error_message for j in done]
     spans = sorted((j.started_at, j.completed_at) for j in done)

@@ -64,8 +64,9 @@ def completed_job(home: Path, trained_run: Path) -> str:
     """Register a dataset and a completed job whose run dir is a copy of `trained_run`; ingest its metrics."""
     from brightrun_cli.registry.tables import Dataset, TrainingJob
     from brightrun_cli.registry.timeutil import utcnow
-    from brightrun_cli.services.supervisor import insert_points, metric_lines, point_values
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.registry.points import insert_many as insert_points
+    from brightrun_cli.supervisor.ingest import metric_lines, point_values
+    from brightrun_cli.workspace import Workspace
 
     ws = Workspace.open(home)
     result = json.loads((trained_run / "result.json").read_text())
@@ -123,7 +124,7 @@ def fresh_logits(*models: tuple[str, str | Path]):
 @pytest.fixture
 def artifact(brightrun_home, trained_run):
     from brightrun_cli.services.artifacts import create_artifact
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
 
     job_id = completed_job(brightrun_home, trained_run)
     return create_artifact(Workspace.open(brightrun_home), job_id)
@@ -171,13 +172,13 @@ def test_show_reports_measured_quality_against_the_base(cli, artifact, trained_r
 def test_create_artifact_is_idempotent_and_links_the_job(artifact, brightrun_home):
     from brightrun_cli.registry.tables import ModelArtifact, Notification, TrainingJob
     from brightrun_cli.services.artifacts import create_artifact
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
     from sqlmodel import select
 
     ws = Workspace.open(brightrun_home)
     again = create_artifact(ws, artifact.job_id)
     assert again.id == artifact.id
-    with ws.registry.session() as session:
+    with ws.registry.write() as session:
         assert session.get(TrainingJob, artifact.job_id).artifact_id == artifact.id
         assert len(session.exec(select(ModelArtifact)).all()) == 1
         notes = session.exec(select(Notification).where(Notification.type == "artifact_ready")).all()
@@ -253,7 +254,7 @@ def test_merged_model_loads_as_a_plain_model_matching_base_plus_adapter(cli, art
 @pytest.mark.slow
 def test_merge_with_the_base_unavailable_writes_nothing(cli, artifact, brightrun_home, tmp_path):
     from brightrun_cli.registry.tables import ModelArtifact
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
 
     with Workspace.open(brightrun_home).registry.write() as session:
         row = session.get(ModelArtifact, artifact.id)
@@ -271,7 +272,7 @@ KILLER = """
 import os, signal, sys
 from brightrun_cli.services import artifacts
 from brightrun_cli.storage.blobstore import BlobStore
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 
 where = sys.argv[3]
 if where == "upload":
@@ -296,7 +297,7 @@ def test_killed_midway_then_rerun_leaves_exactly_one_complete_artifact(where, br
 
     from brightrun_cli.registry.tables import ModelArtifact
     from brightrun_cli.services.artifacts import create_artifact
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
     from sqlmodel import select
 
     job_id = completed_job(brightrun_home, trained_run)
@@ -304,12 +305,12 @@ def test_killed_midway_then_rerun_leaves_exactly_one_complete_artifact(where, br
                           env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     ws = Workspace.open(brightrun_home)
-    with ws.registry.session() as session:
+    with ws.registry.write() as session:
         assert session.exec(select(ModelArtifact)).all() == []  # nothing half-registered
     assert (brightrun_home / "storage" / "models").is_dir()  # the kill did leave partial files
 
     artifact = create_artifact(ws, job_id)
-    with ws.registry.session() as session:
+    with ws.registry.write() as session:
         assert [row.id for row in session.exec(select(ModelArtifact)).all()] == [artifact.id]
     models = brightrun_home / "storage" / "models"
     assert [p.name for p in models.iterdir()] == [artifact.id]
@@ -325,7 +326,7 @@ def test_artifact_in_s3_storage_exports_and_removes(cli, brightrun_home, trained
     import s3fs
 
     from brightrun_cli.services.artifacts import create_artifact
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
 
     bucket = f"store-{os.urandom(4).hex()}"
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})

@@ -17,7 +17,7 @@ def make_model(home, *, name, score, cost, age_h=0.0, parent=None, base_model="b
     """Register a job + model row and store two files under its key, as create_artifact would."""
     from brightrun_cli.registry.tables import Dataset, ModelArtifact, TrainingJob
     from brightrun_cli.registry.timeutil import utcnow
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
 
     ws = Workspace.open(home)
     with ws.registry.write() as session:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from brightrun_cli.services.notifications import list_notifications, mark_read, notify
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 
 
 def _hook(home, script: str, timeout: float = 10.0) -> None:

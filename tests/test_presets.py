@@ -11,7 +11,7 @@ import pytest
 from brightrun_cli.errors import UsageError
 from brightrun_cli.presets.schema import HYPERPARAMETER_KEYS
 from brightrun_cli.services.presets import get_preset, list_presets, resolve_config
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 

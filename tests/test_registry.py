@@ -10,8 +10,9 @@ from brightrun_cli.errors import NotFoundError, RegistryError
 from brightrun_cli.registry import tables
 from brightrun_cli.registry.engine import DB_FILE, open_registry
 from brightrun_cli.registry.migrations import LATEST_VERSION
-from brightrun_cli.registry.queries import resolve
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.registry.read import resolve
+from brightrun_cli.registry.rows import ROW_TYPES, DatasetRow
+from brightrun_cli.workspace import Workspace
 
 
 def test_home_and_registry_are_private(brightrun_home):
@@ -27,7 +28,7 @@ def test_fresh_registry_is_migrated_wal_and_has_local_host(tmp_path):
     conn = reg.connect()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
-    with reg.session() as s:
+    with reg.write() as s:
         assert [h.name for h in s.exec(select(tables.Host))] == ["local"]
 
 
@@ -42,6 +43,36 @@ def test_migrated_schema_matches_the_table_classes(tmp_path):
         db_indexes = {i["name"]: i["column_names"] for i in insp.get_indexes(table.name)}
         assert db_indexes == {i.name: [c.name for c in i.columns] for i in table.indexes}, table.name
     assert insp.get_unique_constraints("metrics_points")[0]["column_names"] == ["job_id", "step", "split"]
+
+
+def test_read_rows_match_the_migrated_schema_column_for_column(tmp_path):
+    """The read layer's rows (registry/rows.py) are decoded by position: their fields must be
+    the migrated tables' columns, in order, or every read would shift values silently."""
+    conn = open_registry(tmp_path).connect()
+    for row_type in ROW_TYPES:
+        columns = tuple(c[1] for c in conn.execute(f"PRAGMA table_info({row_type.TABLE})"))
+        assert row_type.columns() == columns, row_type.__name__
+
+
+def test_a_row_reads_back_typed_and_renders_the_same_json_from_sqlite_and_python(tmp_path):
+    """Times come back aware UTC, JSON nested, booleans as bool; `--json` lists built by SQLite
+    (Row.json_sql) give exactly what `show --json` (Row.to_json) gives."""
+    import json as jsonlib
+
+    from brightrun_cli.registry import read
+    from brightrun_cli.registry.rows import NotificationRow
+    from brightrun_cli.registry.timeutil import utcnow
+
+    reg = open_registry(tmp_path)
+    with reg.write() as s:
+        s.add(tables.Notification(id="n1", type="job_queued", title="t", message="m", read=True,
+                                  metadata_={"a": [1, 2.5, None], "b": "x"}, created_at=utcnow()))
+    with reg.reading() as conn:
+        row = read.get(conn, NotificationRow, "n1")
+        listed = jsonlib.loads(read.json_array(conn, NotificationRow))
+    assert row.read is True and row.metadata == {"a": [1, 2.5, None], "b": "x"}
+    assert row.created_at.tzinfo is not None and row.created_at.microsecond == row.created_at.microsecond
+    assert listed == [row.to_json()]
 
 
 def test_newer_registry_is_refused_with_a_clear_message(tmp_path):
@@ -77,14 +108,14 @@ def test_resolve_by_id_prefix_and_name(tmp_path):
         b = tables.Dataset(id="01aaaa0000000000000000000b", name="beta", storage_path="d/b", file_name="b", file_size=1)
         s.add(a)
         s.add(b)
-    with reg.session() as s:
-        assert resolve(s, tables.Dataset, "beta", "dataset", by_name=True).id == b.id
-        assert resolve(s, tables.Dataset, b.id.upper(), "dataset").id == b.id  # ids are case-insensitive
-        assert resolve(s, tables.Dataset, "01aaaa0000000000000000000a"[:-1] + "a", "dataset").id == a.id
+    with reg.reading() as conn:
+        assert resolve(conn, DatasetRow, "beta", "dataset", by_name=True).id == b.id
+        assert resolve(conn, DatasetRow, b.id.upper(), "dataset").id == b.id  # ids are case-insensitive
+        assert resolve(conn, DatasetRow, "01aaaa0000000000000000000a"[:-1] + "a", "dataset").id == a.id
         with pytest.raises(NotFoundError, match="ambiguous"):
-            resolve(s, tables.Dataset, "01aaaa", "dataset")
+            resolve(conn, DatasetRow, "01aaaa", "dataset")
         with pytest.raises(NotFoundError, match="no dataset matches 'gamma'"):
-            resolve(s, tables.Dataset, "gamma", "dataset", by_name=True)
+            resolve(conn, DatasetRow, "gamma", "dataset", by_name=True)
 
 
 def test_live_dataset_names_are_unique_but_deleted_ones_free_the_name(tmp_path):
@@ -117,12 +148,12 @@ def test_foreign_keys_are_enforced_except_in_a_write_that_opts_out_and_only_ther
         with pytest.raises(IntegrityError):
             with registry.write() as session:
                 session.connection().exec_driver_sql(orphan, ("no-such-job", 3))
-    with registry.session() as session:
+    with registry.write() as session:
         assert session.connection().exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
 def test_opening_the_registry_again_keeps_open_connections_current(tmp_path):
-    """A second open_registry in one process (kick_if_needed's, a test's) must not drop the
+    """A second open_registry in one process (a command's queue check, a test's) must not drop the
     POSIX locks of the first one's connections: with them gone, another process closing
     its last connection deletes the WAL, and the first connection reads stale data forever."""
     import subprocess
@@ -131,12 +162,12 @@ def test_opening_the_registry_again_keeps_open_connections_current(tmp_path):
     first = open_registry(tmp_path)
 
     def status() -> str:
-        with first.session() as session:
+        with first.write() as session:
             return session.connection().exec_driver_sql("SELECT name FROM hosts WHERE name LIKE 'local%'").scalar()
 
     assert status() == "local"
     second = open_registry(tmp_path)
-    with second.session() as session:
+    with second.write() as session:
         session.connection().exec_driver_sql("SELECT 1").scalar()
     writer = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
               "c.execute(\"UPDATE hosts SET name = 'local-renamed' WHERE name = 'local'\"); c.close()")

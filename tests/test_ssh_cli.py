@@ -11,8 +11,9 @@ from sqlmodel import select
 
 from brightrun_cli.registry.tables import MetricPoint
 from brightrun_cli.runners.ssh import code_version
+from brightrun_cli import lifecycle
 from brightrun_cli.services import jobs
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 from conftest import run_brightrun
 from sshd import EXAMPLES, requires_sshd, sshd  # noqa: F401  (fixture)
 
@@ -22,7 +23,7 @@ FAST = ("--preset", "tiny", "--set", "num_epochs=1", "--set", "batch_size=4", "-
 
 
 def test_train_on_an_ssh_host_completes_with_metrics_and_a_local_artifact(sshd, tmp_path, brightrun_home):  # noqa: F811
-    from brightrun_cli.services.datasets import add_dataset
+    from brightrun_cli.services.dataset_add import add_dataset
 
     data = tmp_path / "support.jsonl"
     data.write_text("\n".join(EXAMPLES.read_text().splitlines()[:40]) + "\n")
@@ -38,7 +39,7 @@ def test_train_on_an_ssh_host_completes_with_metrics_and_a_local_artifact(sshd, 
     job = jobs.list_jobs(ws)[0]
     assert job.status == "completed" and job.hosts == ["box"], job.error_message
     assert job.external_job_id.startswith("ssh:")
-    with ws.registry.session() as s:
+    with ws.registry.write() as s:
         points = [(p.step, p.split) for p in s.exec(select(MetricPoint).where(MetricPoint.job_id == job.id))]
     local_lines = (ws.home / job.run_dir / "metrics.jsonl").read_text().splitlines()
     remote_lines = (tmp_path / "remote" / "runs" / job.id / "metrics.jsonl").read_text().splitlines()
@@ -63,7 +64,7 @@ def test_resume_reattaches_to_a_remote_trainer_that_kept_running(sshd, tmp_path,
     import signal
     import time
 
-    from brightrun_cli.services.datasets import add_dataset
+    from brightrun_cli.services.dataset_add import add_dataset
 
     data = tmp_path / "support.jsonl"
     data.write_text("\n".join(EXAMPLES.read_text().splitlines()[:60]) + "\n")
@@ -86,7 +87,7 @@ def test_resume_reattaches_to_a_remote_trainer_that_kept_running(sshd, tmp_path,
     handle = job.external_job_id
     os.kill(job.supervisor_pid, signal.SIGKILL)  # the local side goes away; the remote run does not
     with ws.registry.write() as session:
-        assert jobs.transition(session, job_id, jobs.FAILED, marker=job.supervisor_marker,
+        assert lifecycle.transition(session, job_id, lifecycle.FAILED, marker=job.supervisor_marker,
                                error_message="lost contact with host box")
 
     assert run_brightrun("jobs", "resume", job_id).returncode == 0
@@ -97,7 +98,7 @@ def test_resume_reattaches_to_a_remote_trainer_that_kept_running(sshd, tmp_path,
     assert job.status == "completed" and job.resume_count == 1
     assert job.external_job_id == handle  # the same remote trainer, not a restart
     assert "re-attaching" in (ws.home / job.run_dir / "supervisor.log").read_text()
-    with ws.registry.session() as s:
+    with ws.registry.write() as s:
         steps = [p.step for p in s.exec(select(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.split == "train"))]
     assert sorted(steps) == list(range(1, job.total_steps + 1))  # nothing lost, nothing twice
 
@@ -105,7 +106,7 @@ def test_resume_reattaches_to_a_remote_trainer_that_kept_running(sshd, tmp_path,
 def test_a_base_model_directory_on_the_ssh_host_is_sized_from_its_own_config(sshd, tmp_path, brightrun_home):  # noqa: F811
     """The weights usually live on the GPU box: the estimate reads config.json there (the
     model brightrun would train), and a directory without one is refused at submit."""
-    from brightrun_cli.services.datasets import add_dataset
+    from brightrun_cli.services.dataset_add import add_dataset
 
     data = tmp_path / "support.jsonl"
     data.write_text("\n".join(EXAMPLES.read_text().splitlines()[:40]) + "\n")

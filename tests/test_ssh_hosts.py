@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from brightrun_cli.errors import ConflictError, UsageError
 from brightrun_cli.services import hosts as hosts_service
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 from sshd import requires_sshd, sshd  # noqa: F401  (fixture)
 
 PY = __import__("sys").executable

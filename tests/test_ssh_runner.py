@@ -18,7 +18,7 @@ from brightrun_cli.registry.ids import new_id
 from brightrun_cli.runners.base import LaunchRequest, RunnerLost, RunnerUnreachable
 from brightrun_cli.runners.ssh import REMOTE_ENV_MARKER, SSHRunner, _Handle
 from brightrun_cli.services.hosts import add_host
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 from sshd import make_run_dir, requires_sshd, sshd  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.slow, requires_sshd]

@@ -277,7 +277,7 @@ def test_python_module_usage_line():
 
 
 def test_a_diverged_loss_is_written_as_null_and_the_line_is_still_ingested(tmp_path):
-    from brightrun_cli.services.supervisor import MetricsTail
+    from brightrun_cli.supervisor.ingest import MetricsTail
     from brightrun_cli.trainer.files import MetricsWriter
 
     writer = MetricsWriter(tmp_path / "metrics.jsonl", enabled=True)

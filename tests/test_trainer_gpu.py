@@ -10,14 +10,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from brightrun_cli.builtin import resolve_base_model
 from brightrun_cli.runners.accelerate import accelerate_argv
 from brightrun_cli.trainer.main import main as trainer_main
 

@@ -27,7 +27,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def tiny_preset(**overrides) -> dict:
     """The shipped `tiny` preset's hyperparameters, resolved as `brightrun train --preset tiny` would."""
     from brightrun_cli.services.presets import resolve_config
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
 
     sets = [f"{k}={v}" for k, v in overrides.items()]
     return resolve_config(Workspace.open(), "tiny", overrides=sets).config.hyperparameters()

@@ -16,7 +16,7 @@ from brightrun_cli.cli.watch import EXIT_JOB_CANCELLED, EXIT_JOB_FAILED, EXIT_JO
 from brightrun_cli.cli.watch_view import render_board, render_job
 from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.services.watch import JobFollower, JobsBoard, LogTail
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 from conftest import run_brightrun
 from watch_sim import popen_brightrun
 from watch_sim import add_point, advance, log, make_job, running_job, update_job

@@ -6,7 +6,7 @@ import pytest
 
 from brightrun_cli.errors import ConflictError, UsageError
 from brightrun_cli.services.plots import plot_job
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 from watch_sim import make_job, running_job
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 from watch_sim import REPO, make_job
 
 pytestmark = [
@@ -166,7 +166,7 @@ def test_no_color_is_respected(pane_factory, no_color, coloured):
 
 def test_watch_follows_a_real_cpu_training_job(pane_factory, brightrun_home):
     """`train --detach` on the built-in base, then watch: what a person sees of a real run."""
-    from brightrun_cli.services.datasets import add_dataset
+    from brightrun_cli.services.dataset_add import add_dataset
     from conftest import run_brightrun
     from jobs_helpers import conversations
 

@@ -24,7 +24,7 @@ from sqlmodel import select
 
 from brightrun_cli.registry.tables import Dataset, Host, MetricPoint, TrainingJob
 from brightrun_cli.registry.timeutil import utcnow
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,21 +1,24 @@
-"""The home directory and `config.toml`.
+"""`config.toml` in the home: the user's settings, every key optional and described.
 
-Home: `--home` beats `$BRIGHTRUN_HOME` beats `~/.brightrun`. It is created on first
-use with mode 0700; everything brightrun writes for the user lives below it.
+A msgspec Struct, like the training config (presets/schema.py), so that commands which
+read a setting (`gpus` for its prices, `estimate` for the default host) stay fast.
+Reading it is strict about values (a wrong type or range is one clear error, the same
+from every command) and lenient about unknown keys: a misspelled one is reported with
+what it most likely meant (`unknown_keys`), and ignored.
 """
 
 from __future__ import annotations
 
-import os
+import difflib
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import msgspec
+from msgspec import Meta
 
 from brightrun_cli.errors import UsageError
-from brightrun_cli.home import ensure_private_dir, resolve_home  # noqa: F401  (re-exported: their home used to be here)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,51 +29,53 @@ CONFIG_FILE = "config.toml"
 DEFAULT_MAX_DATASET_BYTES = 500 * 1024 * 1024
 
 
-class Config(BaseModel):
+class Config(msgspec.Struct, kw_only=True):
     """User settings read from `<home>/config.toml`. Every key is optional."""
 
-    model_config = ConfigDict(extra="forbid")
+    storage_url: Annotated[str, Meta(description="fsspec URL of the blob store root (default: <home>/storage), e.g. s3://bucket/prefix")] | None = None
+    storage_options: Annotated[dict[str, Any], Meta(description=(
+        "Extra fsspec options for the storage URL (e.g. endpoint_url). No secrets: use the provider's own credential chain."))] = msgspec.field(default_factory=dict)
+    default_host: Annotated[str, Meta(min_length=1, description="Host used by `train` when --host is not given")] = "local"
+    ssh_config: Annotated[str, Meta(description="ssh client config file for SSH hosts (passed as `ssh -F`; default: the system's ~/.ssh/config)")] | None = None
+    default_base_model: Annotated[str, Meta(min_length=1, description=(
+        "Base model (HF id, local dir, .gguf file or builtin:tiny) used when --base-model is not given: "
+        "for dataset token counts, and for train when the preset names none"))] | None = None
+    max_dataset_bytes: Annotated[int, Meta(gt=0, description="Datasets larger than this are refused before copying")] = DEFAULT_MAX_DATASET_BYTES
+    max_stored_validation_errors: Annotated[int, Meta(ge=1, description="How many validation errors are kept on a dataset (all are counted)")] = 100
+    gpu_prices: Annotated[dict[str, float], Meta(description="Hourly price overrides per GPU type, e.g. {H100 = 2.99}")] = msgspec.field(default_factory=dict)
+    notification_hook: Annotated[list[str], Meta(description=(
+        "Command (argv list, or a string split like a shell would, never run by a shell) that receives each notification as JSON on stdin"))] | None = None
+    notification_hook_timeout: Annotated[float, Meta(gt=0, description="Seconds before the hook is killed")] = 10.0
+    unknown_keys: list[str] = msgspec.field(default_factory=list)  # keys of the file this brightrun does not know (not a setting)
 
-    storage_url: str | None = Field(
-        None, description="fsspec URL of the blob store root (default: <home>/storage), e.g. s3://bucket/prefix"
-    )
-    storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="Extra fsspec options for the storage URL (e.g. endpoint_url). No secrets: use the provider's own credential chain."
-    )
-    default_host: str = Field("local", description="Host used by `train` when --host is not given")
-    ssh_config: str | None = Field(
-        None, description="ssh client config file for SSH hosts (passed as `ssh -F`; default: the system's ~/.ssh/config)"
-    )
-    default_base_model: str | None = Field(
-        None, description="Base model (HF id, local dir or builtin:tiny) used when --base-model is not given: for dataset token counts, and for train when the preset names none"
-    )
-    max_dataset_bytes: int = Field(DEFAULT_MAX_DATASET_BYTES, gt=0, description="Datasets larger than this are refused before copying")
-    max_stored_validation_errors: int = Field(100, ge=1, description="How many validation errors are kept on a dataset (all are counted)")
-    gpu_prices: dict[str, float] = Field(default_factory=dict, description="Hourly price overrides per GPU type, e.g. {H100 = 2.99}")
-    notification_hook: list[str] | None = Field(
-        None, description="Command (argv list or a string split like a shell would, never run by a shell) that receives each notification as JSON on stdin"
-    )
-    notification_hook_timeout: float = Field(10.0, gt=0, description="Seconds before the hook is killed")
 
-    @field_validator("notification_hook", mode="before")
-    @classmethod
-    def _split_hook(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return shlex.split(value)
-        return value
+KEYS = tuple(name for name in Config.__struct_fields__ if name != "unknown_keys")
 
 
 def load_config(home: Path) -> Config:
+    """The home's config.toml (defaults when there is none). A file that cannot be parsed, or
+    a known key with a wrong value, is a UsageError naming the file and the key."""
     path = home / CONFIG_FILE
     if not path.exists():
         return Config()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}", "fix the file or move it away") from exc
+        raise UsageError(f"cannot read {path}: {exc}", "fix the file or move it away") from None
+    unknown = [key for key in data if key not in KEYS]
+    known = {key: value for key, value in data.items() if key in KEYS}
+    if isinstance(known.get("notification_hook"), str):
+        known["notification_hook"] = shlex.split(known["notification_hook"])
     try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(file)"
-        raise UsageError(f"{path}: key '{key}': {first['msg']}", "fix that key in config.toml") from exc
+        return msgspec.convert({**known, "unknown_keys": unknown}, Config)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).rpartition(" - at `$.")
+        key = where.rstrip("`") or "(file)"
+        raise UsageError(f"{path}: key '{key}': {message or exc}", "fix that key in config.toml") from None
+
+
+def unknown_key_warning(path: Path, key: str) -> str:
+    """What a command says about a key of config.toml it does not know."""
+    close = difflib.get_close_matches(key, KEYS, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(KEYS)}"
+    return f"warning: {path}: unknown key '{key}' is ignored; {hint}"

@@ -10,15 +10,11 @@ import typer
 from brightrun_cli.cli import common
 
 if TYPE_CHECKING:
-    from brightrun_cli.registry.tables import Dataset
+    from brightrun_cli.registry.rows import DatasetRow
 
 dataset_app = typer.Typer(help="Conversation datasets: add (copy + validate + stats), list, show, validate, rm.", no_args_is_help=True)
 
 DatasetArg = Annotated[str, typer.Argument(help="Dataset id, unique id prefix, or name.", show_default=False)]
-BaseModelOpt = Annotated[
-    str | None,
-    typer.Option("--base-model", help="HF model id, local model dir or builtin:tiny whose tokenizer counts tokens (default: config default_base_model, else an approximation).", show_default=False),
-]
 # Files below this size finish before a progress bar would be worth drawing.
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 SAMPLE_TEXT_CHARS = 160
@@ -31,7 +27,7 @@ def add_command(
     name: Annotated[str, typer.Option("--name", "-n", help="Name to refer to the dataset by (unique among live datasets).", show_default=False)],
     format: Annotated[str, typer.Option("--format", "-f", help="auto, brightrun_lora_v4, openai, sharegpt or alpaca.")] = "auto",
     val_split: Annotated[float, typer.Option("--val-split", help="Fraction of conversations held out for validation (by conversation id, deterministic).")] = 0.1,
-    base_model: BaseModelOpt = None,
+    base_model: common.BaseModelOpt = None,
     json_output: common.JsonOpt = False,
 ) -> None:
     """Copy a dataset into storage, validate every line, convert it to brightrun_lora_v4 and record its stats.
@@ -41,7 +37,7 @@ def add_command(
       brightrun dataset add chats.jsonl --name chats --format openai --val-split 0.05 --base-model builtin:tiny
       brightrun dataset add s3://bucket/data/support.jsonl --name support-s3 --json
     """
-    from brightrun_cli.services.datasets import add_dataset
+    from brightrun_cli.services.dataset_add import add_dataset
 
     ws = common.workspace(ctx)
     with _progress(json_output) as progress:
@@ -54,6 +50,7 @@ def list_command(
     ctx: typer.Context,
     status: Annotated[str | None, typer.Option("--status", help="Only datasets in this status: uploading, validating, ready or error.", show_default=False)] = None,
     search: Annotated[str | None, typer.Option("--search", help="Only datasets whose name, description or file name contains this text.", show_default=False)] = None,
+    limit: common.LimitOpt = None,
     json_output: common.JsonOpt = False,
 ) -> None:
     """List datasets, newest first.
@@ -62,25 +59,27 @@ def list_command(
       brightrun dataset list
       brightrun dataset list --status error --json
     """
-    from brightrun_cli.services.datasets import list_datasets, list_datasets_json
+    from brightrun_cli.services.datasets import count_datasets, list_datasets, list_datasets_json
 
+    ws = common.workspace(ctx)
     if json_output:  # the hot path for scripts: JSON text straight from SQLite
-        sys.stdout.write(list_datasets_json(common.workspace(ctx), status=status, search=search))
-        sys.stdout.write("\n")
+        common.print_raw_json(list_datasets_json(ws, status=status, search=search, limit=limit))
         return
-    rows = list_datasets(common.workspace(ctx), status=status, search=search)
+    rows = list_datasets(ws, status=status, search=search, limit=limit or common.LIST_DEFAULT)
     if not rows:
         common.console().print("No datasets. Add one: brightrun dataset add FILE.jsonl --name NAME")
         return
     table = common.list_table("ID", "NAME", "STATUS", "CONVS", "PAIRS T/V", "TOKENS", "SIZE", "CREATED",
                               wrap=("NAME",), right=("CONVS", "PAIRS T/V", "TOKENS", "SIZE"))
     for r in rows:
-        pairs = "-" if r["total_training_pairs"] is None else f"{r['total_training_pairs']}/{r['total_validation_pairs']}"
+        pairs = "-" if r.total_training_pairs is None else f"{r.total_training_pairs}/{r.total_validation_pairs}"
         table.add_row(
-            common.short_id(r["id"]), r["name"], _status(r["status"]), _num(r["total_conversations"]), pairs,
-            _tokens(r["total_tokens"], r["token_count_method"]), _size(r["file_size"]), r["created_at"][5:16].replace("T", " "),
+            common.short_id(r.id), r.name, (r.status, _colour(r.status)), _num(r.total_conversations), pairs,
+            _tokens(r.total_tokens, r.token_count_method), _size(r.file_size), f"{r.created_at:%m-%d %H:%M}",
         )
     common.console().print(table)
+    if limit is None and len(rows) == common.LIST_DEFAULT:
+        common.more_rows_note(len(rows), count_datasets(ws, status=status, search=search))
 
 
 @dataset_app.command("show")
@@ -101,14 +100,14 @@ def show_command(ctx: typer.Context, dataset: DatasetArg, json_output: common.Js
 
 
 @dataset_app.command("validate")
-def validate_command(ctx: typer.Context, dataset: DatasetArg, base_model: BaseModelOpt = None, json_output: common.JsonOpt = False) -> None:
+def validate_command(ctx: typer.Context, dataset: DatasetArg, base_model: common.BaseModelOpt = None, json_output: common.JsonOpt = False) -> None:
     """Re-run validation and stats on the stored data (e.g. with another base model's tokenizer and context).
 
     Examples:
       brightrun dataset validate support-v1
       brightrun dataset validate support-v1 --base-model ./models/llama-3-8b
     """
-    from brightrun_cli.services.datasets import validate_dataset
+    from brightrun_cli.services.dataset_add import validate_dataset
 
     row = validate_dataset(common.workspace(ctx), dataset, base_model=base_model)
     _render_outcome(row, json_output)
@@ -175,7 +174,7 @@ class _progress:
             self.bar.stop()
 
 
-def _render_outcome(row: "Dataset", json_output: bool) -> None:
+def _render_outcome(row: "DatasetRow", json_output: bool) -> None:
     """Show the dataset; a dataset that failed validation also exits 2 with one stderr line."""
     from brightrun_cli.errors import UsageError
 
@@ -190,7 +189,7 @@ def _render_outcome(row: "Dataset", json_output: bool) -> None:
         )
 
 
-def _render_dataset(row: "Dataset") -> None:
+def _render_dataset(row: "DatasetRow") -> None:
     out = common.console()
     out.print(f"[bold]{row.name}[/bold]  ({row.id})  {_status(row.status)}")
     facts = [
@@ -247,9 +246,12 @@ def _render_histogram(buckets: list[dict[str, int]]) -> None:
         out.print(f"  <= {bucket['max_tokens']:>7}  {bar} {bucket['conversations']}", markup=False)
 
 
+def _colour(status: str) -> str:
+    return {"ready": "green", "error": "red"}.get(status, "yellow")
+
+
 def _status(status: str) -> str:
-    colour = {"ready": "green", "error": "red"}.get(status, "yellow")
-    return f"[{colour}]{status}[/{colour}]"
+    return f"[{_colour(status)}]{status}[/{_colour(status)}]"
 
 
 def _num(value: Any) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -14,12 +13,7 @@ if TYPE_CHECKING:
 
     from brightrun_cli.services.estimates import Estimate
 
-PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="Preset name (default: balanced; 'presets list').")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override one field: key=value (repeatable).")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML/JSON/YAML file of fields, applied over the preset.")]
-BaseModelOpt = Annotated[str | None, typer.Option("--base-model", help="HF id, local directory, or builtin:tiny.")]
-GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU type ('brightrun gpus'); default: the host's.")]
-GpusOpt = Annotated[int | None, typer.Option("--gpus", help="GPUs per host, 1-8; default: the host's.")]
+GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU type ('brightrun gpus'); default: the default host's.", show_default=False)]
 
 
 def _hours(hours: float) -> str:
@@ -67,20 +61,20 @@ def render_estimate(est: "Estimate") -> "RenderableType":
 
 def estimate_cmd(
     ctx: typer.Context,
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset id, id prefix or name.")],
-    preset: PresetOpt = None,
-    overrides: SetOpt = None,
-    config_file: ConfigOpt = None,
-    base_model: BaseModelOpt = None,
+    dataset: common.DatasetOpt,
+    preset: common.PresetOpt = None,
+    overrides: common.SetOpt = None,
+    config_file: common.ConfigOpt = None,
+    base_model: common.BaseModelOpt = None,
     gpu: GpuOpt = None,
-    gpus: GpusOpt = None,
+    gpus: common.GpusOpt = None,
     json_output: common.JsonOpt = False,
 ) -> None:
     """Estimate steps, duration, cost and GPU memory of a training run.
 
     Examples:
-      brightrun estimate --dataset support-v1 --preset balanced --gpu A100-80GB --gpus 2
-      brightrun estimate -d support-v1 -p tiny
+      brightrun estimate --dataset support-v1 --preset balanced --base-model ./Mistral-7B --gpu A100-80GB --gpus 2
+      brightrun estimate -d support-v1 -p tiny --base-model builtin:tiny
       brightrun estimate -d support-v1 --base-model ./my-model --set lora_rank=32 --json
     """
     from brightrun_cli.services.estimates import estimate

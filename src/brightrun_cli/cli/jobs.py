@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -13,11 +12,11 @@ import typer
 from brightrun_cli.cli import common
 
 if TYPE_CHECKING:
-    from brightrun_cli.registry.tables import TrainingJob
+    from brightrun_cli.registry.rows import JobRow
 
 jobs_app = typer.Typer(name="jobs", help="Training jobs: list, show, logs, cancel, retry, resume, rm, plot.", no_args_is_help=True)
 
-JobArg = Annotated[str, typer.Argument(help="Job id or unique id prefix.", show_default=False)]
+JobArg = Annotated[str, typer.Argument(help="Job id or unique id prefix (see 'brightrun jobs list').", show_default=False)]
 
 
 def register(app: typer.Typer) -> None:
@@ -28,51 +27,54 @@ def register(app: typer.Typer) -> None:
 
 def train(
     ctx: typer.Context,
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset id, prefix or name (must be ready).", show_default=False)],
-    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset name (see 'brightrun presets list'; default: balanced).")] = None,
-    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, key=value (repeatable).", show_default=False)] = None,
-    config_file: Annotated[Optional[Path], typer.Option("--config", help="TOML file of settings, applied over the preset.", show_default=False)] = None,
-    base_model: Annotated[Optional[str], typer.Option("--base-model", help="Hugging Face id, local directory or builtin:tiny.", show_default=False)] = None,
-    host: Annotated[Optional[str], typer.Option("--host", help="Host to run on (default: config.toml default_host, else local).", show_default=False)] = None,
+    dataset: common.DatasetOpt,
+    preset: common.PresetOpt = None,
+    overrides: common.SetOpt = None,
+    config_file: common.ConfigOpt = None,
+    base_model: common.BaseModelOpt = None,
+    host: common.HostOpt = None,
     hosts: Annotated[Optional[str], typer.Option("--hosts", help="Comma-separated SSH hosts for a multi-node run (the first is the main node).", show_default=False)] = None,
-    gpus: Annotated[Optional[int], typer.Option("--gpus", help="GPUs per host (default: all of the host's).", show_default=False)] = None,
-    max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="Budget in USD: refuse a larger estimate, stop the job if it gets there.", show_default=False)] = None,
+    gpus: common.GpusOpt = None,
+    max_cost: common.MaxCostOpt = None,
     accelerate_config: Annotated[Optional[Path], typer.Option("--accelerate-config", help="accelerate config file (FSDP, DeepSpeed) passed to 'accelerate launch --config_file'; brightrun's process counts, rendezvous and precision still apply.", show_default=False)] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Queue the job, print its id and return.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved spec and launch command; change nothing.")] = False,
     json_output: common.JsonOpt = False,
 ) -> None:
-    """Queue a LoRA training run (validated and estimated first) and follow it until it ends."""
+    """Queue a LoRA training run (validated and estimated first) and follow it until it ends.
+
+    Exit codes when followed: 0 completed, 3 failed, 4 cancelled (see 'brightrun watch').
+
+    Examples:
+      brightrun train --dataset support-v1 --preset tiny --base-model builtin:tiny
+      brightrun train -d support-v1 -p balanced --base-model ./Mistral-7B --max-cost 25 --detach
+      brightrun train -d support-v1 --host gpu-box --gpus 2 --set learning_rate=1e-4 --dry-run
+    """
     from brightrun_cli.errors import UsageError
-    from brightrun_cli.services import queue
+    from brightrun_cli.services import training
 
     if host and hosts:
         raise UsageError("--host and --hosts were both given", "use --host NAME for one host, --hosts a,b for a multi-node run")
     ws = common.workspace(ctx)
-    # The supervisor starts now and imports while this command validates: the job's first
-    # metric point comes ~0.5 s sooner. It exits by itself if no job is handed to it.
-    with queue.standing_by(ws.home) if not dry_run else contextlib.nullcontext() as standby:
-        from brightrun_cli.services import jobs
-
-        request = jobs.TrainRequest(
-            dataset=dataset, preset=preset, overrides=tuple(overrides or ()), config_file=config_file, base_model=base_model,
-            host=host, hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else (), gpus=gpus,
-            max_cost=max_cost, accelerate_config=accelerate_config,
-        )
-        plan = jobs.plan_training(ws, request)
-        if dry_run:
-            if json_output:
-                common.print_json(plan.to_json())
-            else:
-                _print_plan(plan)
-            return
-        job = jobs.submit(ws, plan, standby=standby)
+    request = training.TrainRequest(
+        dataset=dataset, preset=preset, overrides=tuple(overrides or ()), config_file=config_file, base_model=base_model,
+        host=host, hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else (), gpus=gpus,
+        max_cost=max_cost, accelerate_config=accelerate_config,
+    )
+    submitted = training.train(ws, request, dry_run=dry_run)
+    plan, job = submitted.plan, submitted.job
+    if job is None:
+        if json_output:
+            common.print_json(plan.to_json())
+        else:
+            _print_plan(plan)
+        return
     if json_output:
-        common.print_json({**common.jsonable(job), "estimate": plan.estimate.to_json()})
+        common.print_json({**job.to_json(), "estimate": plan.estimate.to_json()})
     else:
         _print_estimate(plan)
         state = "started" if job.status != "queued" else "queued (waiting for a free slot)"
-        typer.echo(f"job {job.id} {state} on {', '.join(job.hosts or [])}")
+        typer.echo(f"job {job.id} {state} on {', '.join(job.host_names)}")
     if detach:
         if not json_output:
             typer.echo(f"follow it with: brightrun watch {job.id}")
@@ -116,34 +118,47 @@ def _money(value: float | None) -> str:
 def list_cmd(
     ctx: typer.Context,
     status: Annotated[Optional[str], typer.Option("--status", help="Only these statuses (comma-separated), or 'active'.", show_default=False)] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many (newest first).", show_default=False)] = None,
+    limit: common.LimitOpt = None,
     json_output: common.JsonOpt = False,
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first.
+
+    Examples:
+      brightrun jobs list
+      brightrun jobs list --status active
+      brightrun jobs list --status failed,cancelled --json
+    """
     from brightrun_cli.services import jobs
 
-    rows = jobs.list_jobs(common.workspace(ctx), status=status, limit=limit)
+    ws = common.workspace(ctx)
     if json_output:
-        common.print_json(rows)
+        common.print_raw_json(jobs.list_jobs_json(ws, status=status, limit=limit))
         return
+    rows = jobs.list_jobs(ws, status=status, limit=limit or common.LIST_DEFAULT)
     table = common.list_table("ID", "STATUS", "PROG", "STEP", "PRESET", "HOST", "COST", "EST", "QUEUED",
                               wrap=("HOST",), right=("PROG", "COST", "EST"))
     for job in rows:
         table.add_row(
             common.short_id(job.id), job.status, f"{job.progress:.0f}%", f"{job.current_step}/{job.total_steps or '?'}", job.preset_id,
-            ",".join(job.hosts or []), _money(job.final_cost if job.final_cost is not None else job.current_cost),
-            _money(job.estimated_total_cost), f"{job.queued_at:%m-%d %H:%M}",
+            ",".join(job.host_names), _money(job.cost), _money(job.estimated_total_cost), f"{job.queued_at:%m-%d %H:%M}",
         )
     con = common.console()
-    if rows:
-        con.print(table)
-    else:
-        con.print("no jobs yet: start one with 'brightrun train --dataset NAME'")
+    if not rows:
+        con.print("no jobs yet: start one with 'brightrun train --dataset NAME'" if not status else f"no {status} jobs")
+        return
+    con.print(table)
+    if limit is None and len(rows) == common.LIST_DEFAULT:
+        common.more_rows_note(len(rows), jobs.count_jobs(ws, status=status))
 
 
 @jobs_app.command("show")
 def show_cmd(ctx: typer.Context, job: JobArg, json_output: common.JsonOpt = False) -> None:
-    """Show one job: status, progress, metrics, cost, and what to run next."""
+    """Show one job: status, progress, metrics, cost, and what to run next.
+
+    Examples:
+      brightrun jobs show 01jd4
+      brightrun jobs show 01jd4 --json
+    """
     from brightrun_cli.services import jobs
 
     row = jobs.get_job(common.workspace(ctx), job)
@@ -153,14 +168,14 @@ def show_cmd(ctx: typer.Context, job: JobArg, json_output: common.JsonOpt = Fals
     _print_job(row)
 
 
-def _print_job(job: "TrainingJob") -> None:
+def _print_job(job: "JobRow") -> None:
     con = common.console()
     con.print(f"[bold]job {job.id}[/bold]  {job.status} ({job.current_stage})")
     lines = [
         ("dataset", job.dataset_id), ("preset", job.preset_id), ("base model", job.base_model),
-        ("hosts", ", ".join(job.hosts or [])), ("gpus", f"{job.gpu_config.get('count')}x {job.gpu_config.get('type')}"),
+        ("hosts", ", ".join(job.host_names)), ("gpus", f"{job.gpu_config.get('count')}x {job.gpu_config.get('type')}"),
         ("progress", f"{job.progress:.1f}%  epoch {job.current_epoch}/{job.total_epochs}  step {job.current_step}/{job.total_steps or '?'}"),
-        ("cost", f"{_money(job.final_cost if job.final_cost is not None else job.current_cost)} (estimate {_money(job.estimated_total_cost)}"
+        ("cost", f"{_money(job.cost)} (estimate {_money(job.estimated_total_cost)}"
                  + (f", budget {_money(job.max_cost)})" if job.max_cost is not None else ")")),
         ("queued", f"{job.queued_at:%Y-%m-%d %H:%M:%S} UTC"),
     ]
@@ -198,7 +213,13 @@ def logs_cmd(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the job ends.")] = False,
     which: Annotated[str, typer.Option("--log", help="Which log: trainer, launcher (accelerate's output) or supervisor.")] = "trainer",
 ) -> None:
-    """Print a job's log (with -f, follow it until the job ends)."""
+    """Print a job's log (with -f, follow it until the job ends).
+
+    Examples:
+      brightrun jobs logs 01jd4
+      brightrun jobs logs 01jd4 -f
+      brightrun jobs logs 01jd4 --log supervisor
+    """
     from brightrun_cli.services import jobs
 
     try:
@@ -210,33 +231,45 @@ def logs_cmd(
 
 
 @jobs_app.command("cancel")
-def cancel_cmd(ctx: typer.Context, job: JobArg, json_output: common.JsonOpt = False) -> None:
-    """Stop a job: TERM its whole process tree, wait for the checkpoint, KILL leftovers; cost so far is recorded."""
+def cancel_cmd(ctx: typer.Context, job: JobArg, yes: common.YesOpt = False, json_output: common.JsonOpt = False) -> None:
+    """Stop a job: TERM its whole process tree, wait for the checkpoint, KILL leftovers; cost so far is recorded.
+
+    Asks for confirmation on a terminal; --yes (or no terminal) does not ask.
+
+    Examples:
+      brightrun jobs cancel 01jd4
+      brightrun jobs cancel 01jd4 --yes --json
+    """
     from brightrun_cli.services import jobs
 
-    row = jobs.cancel_job(common.workspace(ctx), job)
+    ws = common.workspace(ctx)
+    if not yes and common.stdin_is_tty():
+        row = jobs.get_job(ws, job)
+        typer.confirm(f"cancel job {row.id} ({row.status}, step {row.current_step})?", abort=True)
+    row = jobs.cancel_job(ws, job)
     if json_output:
         common.print_json(row)
-    else:
-        typer.echo(f"job {row.id} {row.status}; cost {_money(row.final_cost)}")
-        if row.status == "cancelled":
-            typer.echo(f"continue it with: brightrun jobs resume {row.id}")
+        return
+    typer.echo(f"job {row.id} {row.status} at step {row.current_step}; cost {_money(row.cost)}")
+    if row.status == "cancelled":
+        typer.echo(f"continue it with: brightrun jobs resume {row.id}" if row.started_at else f"run it again with: brightrun jobs retry {row.id}")
 
 
 @jobs_app.command("retry")
 def retry_cmd(ctx: typer.Context, job: JobArg, json_output: common.JsonOpt = False) -> None:
-    """Run a failed or cancelled job again from scratch, as a new job."""
-    from brightrun_cli.services import queue
+    """Run a failed or cancelled job again from scratch, as a new job.
 
-    ws = common.workspace(ctx)
-    with queue.standing_by(ws.home) as standby:
-        from brightrun_cli.services import jobs
+    Examples:
+      brightrun jobs retry 01jd4
+      brightrun jobs retry 01jd4 --json
+    """
+    from brightrun_cli.services import jobs
 
-        row = jobs.retry_job(ws, job, standby=standby)
+    row = jobs.retry_job(common.workspace(ctx), job)
     if json_output:
         common.print_json(row)
     else:
-        typer.echo(f"job {row.id} {row.status} (retry {row.retry_count} of {job})")
+        typer.echo(f"job {row.id} {row.status} (retry {row.retry_count} of {job}); follow it with: brightrun watch {row.id}")
 
 
 @jobs_app.command("resume")
@@ -246,23 +279,28 @@ def resume_cmd(
     max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="A new budget in USD (after a budget stop).", show_default=False)] = None,
     json_output: common.JsonOpt = False,
 ) -> None:
-    """Continue a failed or cancelled job from its last checkpoint (same job id)."""
-    from brightrun_cli.services import queue
+    """Continue a failed or cancelled job from its last checkpoint (same job id).
 
-    ws = common.workspace(ctx)
-    with queue.standing_by(ws.home) as standby:
-        from brightrun_cli.services import jobs
+    Examples:
+      brightrun jobs resume 01jd4
+      brightrun jobs resume 01jd4 --max-cost 50
+    """
+    from brightrun_cli.services import jobs
 
-        row = jobs.resume_job(ws, job, max_cost=max_cost, standby=standby)
+    row = jobs.resume_job(common.workspace(ctx), job, max_cost=max_cost)
     if json_output:
         common.print_json(row)
     else:
-        typer.echo(f"job {row.id} {row.status} (resume {row.resume_count})")
+        typer.echo(f"job {row.id} {row.status} (resume {row.resume_count}); follow it with: brightrun watch {row.id}")
 
 
 @jobs_app.command("rm")
 def rm_cmd(ctx: typer.Context, job: JobArg, yes: common.YesOpt = False, json_output: common.JsonOpt = False) -> None:
-    """Remove a finished job, its metric points and run directory (its model and cost records stay)."""
+    """Remove a finished job, its metric points and run directory (its model and cost records stay).
+
+    Examples:
+      brightrun jobs rm 01jd4 --yes
+    """
     from brightrun_cli.errors import UsageError
     from brightrun_cli.services import jobs
 
@@ -285,7 +323,11 @@ def plot_cmd(
     job: JobArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", show_default=False)],
 ) -> None:
-    """Write the job's loss and learning-rate curves as a picture."""
+    """Write the job's loss and learning-rate curves as a picture.
+
+    Examples:
+      brightrun jobs plot 01jd4 --out curves.png
+    """
     from brightrun_cli.services.plots import plot_job
 
     path = plot_job(common.workspace(ctx), job, out)

@@ -26,6 +26,7 @@ def _fmt(value, spec: str = ".4g") -> str:
 def list_command(
     ctx: typer.Context,
     sort: Annotated[str, typer.Option("--sort", help="created (newest first), score (best first) or cost (cheapest first).")] = "created",
+    limit: common.LimitOpt = None,
     json_output: common.JsonOpt = False,
 ) -> None:
     """List stored models.
@@ -34,28 +35,31 @@ def list_command(
       brightrun models list --sort score
       brightrun models list --json
     """
-    from brightrun_cli.services.models import list_models
+    from brightrun_cli.services.models import count_models, list_models, list_models_json
 
-    rows = list_models(common.workspace(ctx), sort=sort)
+    ws = common.workspace(ctx)
     if json_output:
-        common.print_json(rows)
+        common.print_raw_json(list_models_json(ws, sort=sort, limit=limit))
         return
+    rows = list_models(ws, sort=sort, limit=limit or common.LIST_DEFAULT)
     table = common.list_table("ID", "NAME", "SCORE", "CONVERGENCE", "VAL LOSS", "COST", "CREATED", wrap=("NAME",), right=("COST",))
     for m in rows:
-        q = m["quality_metrics"]
+        q = m.quality_metrics
         table.add_row(
-            common.short_id(m["id"]),
-            f"{m['name']} v{m['version']}",
+            common.short_id(m.id),
+            f"{m.name} v{m.version}",
             f"{q.get('overall_score')}/5",
             q.get("convergence_quality") or "-",
             f"{_fmt(q.get('base_validation_loss'), '.3g')}→{_fmt(q.get('final_validation_loss'), '.3g')}",
-            f"${_fmt(m['training_summary'].get('total_cost'), '.2f')}",
-            f"{m['created_at']:%m-%d %H:%M}",
+            f"${_fmt(m.training_summary.get('total_cost'), '.2f')}",
+            f"{m.created_at:%m-%d %H:%M}",
         )
     if not rows:
         common.console().print("No models yet: a completed 'brightrun train' job stores one.")
         return
     common.console().print(table)
+    if limit is None and len(rows) == common.LIST_DEFAULT:
+        common.more_rows_note(len(rows), count_models(ws))
 
 
 @models_app.command("show")

@@ -8,10 +8,7 @@ import typer
 
 from brightrun_cli.cli import common
 
-notifications_app = typer.Typer(
-    name="notifications", help="What happened while you were away: job and dataset events, newest first.",
-    invoke_without_command=True,
-)
+notifications_app = typer.Typer(name="notifications", invoke_without_command=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -26,7 +23,12 @@ def list_cmd(
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many, newest first.")] = 20,
     json_output: common.JsonOpt = False,
 ) -> None:
-    """List notifications (newest first) with priority and the command to run next."""
+    """What happened while you were away: job and dataset events, newest first, with the command to run next.
+
+    Examples:
+      brightrun notifications --unread
+      brightrun notifications --limit 50 --json
+    """
     if ctx.invoked_subcommand is not None:
         return
     from brightrun_cli.services.notifications import list_notifications
@@ -55,7 +57,12 @@ def read_cmd(
     all_: Annotated[bool, typer.Option("--all", help="Mark every notification read.")] = False,
     json_output: common.JsonOpt = False,
 ) -> None:
-    """Mark one notification, or all of them, read."""
+    """Mark one notification, or all of them, read.
+
+    Examples:
+      brightrun notifications read 01jd4
+      brightrun notifications read --all
+    """
     from brightrun_cli.errors import UsageError
     from brightrun_cli.services.notifications import mark_read
 

@@ -14,7 +14,7 @@ presets_app = typer.Typer(help="Training presets: shipped ones and yours in <hom
 
 def _preset_json(preset) -> dict:
     return {"name": preset.name, "description": preset.description, "source": preset.source,
-            "path": str(preset.path), "config": preset.config.model_dump()}
+            "path": str(preset.path), "config": preset.config.to_dict()}
 
 
 @presets_app.command("list")
@@ -49,7 +49,7 @@ def list_cmd(ctx: typer.Context, json_output: common.JsonOpt = False) -> None:
 def _show(preset, json_output: bool) -> None:
     from rich.table import Table
 
-    from brightrun_cli.presets.schema import TrainingConfig, field_allowed
+    from brightrun_cli.services.presets import preset_fields
 
     if json_output:
         common.print_json(_preset_json(preset))
@@ -59,11 +59,10 @@ def _show(preset, json_output: bool) -> None:
     if preset.description:
         out.print(preset.description)
     table = Table("field", "value", "set here", "allowed", "meaning")
-    values = preset.config.model_dump()
-    for name, info in TrainingConfig.model_fields.items():
-        value = values[name]
+    for field in preset_fields(preset):
+        value = field.value
         shown = ",".join(value) if isinstance(value, list) else ("-" if value is None else str(value))
-        table.add_row(name, shown, "yes" if name in preset.values else "", field_allowed(name), info.description or "")
+        table.add_row(field.name, shown, "yes" if field.set_here else "", field.allowed, field.meaning)
     out.print(table)
 
 

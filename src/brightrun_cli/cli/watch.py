@@ -24,7 +24,7 @@ from brightrun_cli.cli import common
 
 if TYPE_CHECKING:
     from brightrun_cli.services.watch import BoardRow, Change, JobView, Point, WatchState
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
 
 EXIT_COMPLETED = 0
 EXIT_JOB_FAILED = 3
@@ -169,9 +169,7 @@ def _status_fields(job: JobView) -> dict:
 
 
 def _point_fields(point: Point) -> dict:
-    from dataclasses import asdict
-
-    fields = asdict(point)
+    fields = point.to_fields()
     fields.pop("id")
     return fields
 

@@ -10,19 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+import msgspec
 
 from brightrun_cli.errors import UsageError
-from brightrun_cli.presets.schema import TrainingConfig, field_range
+from brightrun_cli.presets.schema import FIELDS, TrainingConfig, field_description, field_range, validate
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
-SHIPPED_PRESETS_DIR = DATA_DIR / "presets"
-GPU_CATALOG_FILE = DATA_DIR / "gpus.toml"
 CONFIG_SUFFIXES = (".toml", ".json", ".yaml", ".yml")
 # Keys a preset file may carry besides the config fields.
 META_KEYS = ("description",)
@@ -98,37 +95,35 @@ def build_config(layers: list[tuple[dict[str, Any], Any]]) -> TrainingConfig:
     origin: dict[str, Any] = {}
     for values, label in layers:
         for key, value in values.items():
-            if key not in TrainingConfig.model_fields:
+            if key not in FIELDS:
                 raise UsageError(f"{label(key)}: unknown field '{key}'", _unknown_hint(key))
             merged[key] = value
             origin[key] = label
     try:
-        return TrainingConfig.model_validate(merged)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        key = str(error["loc"][0]) if error["loc"] else ""
+        return validate(merged)
+    except msgspec.ValidationError as exc:
+        message, _, path = str(exc).rpartition(" - at `$.")
+        key = path.split(".")[0].split("[")[0].rstrip("`")
         where = origin[key](key) if key in origin else f"field '{key}'"
-        raise UsageError(f"{where}: {_explain(key, error)}", _fix_hint(key)) from exc
+        raise UsageError(f"{where}: {_explain(key, message or str(exc), merged.get(key))}", _fix_hint(key)) from None
 
 
-def _explain(key: str, error: dict[str, Any]) -> str:
-    got = error.get("input")
+def _explain(key: str, message: str, got: Any) -> str:
     allowed = field_range(key)
-    if allowed and error["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+    if allowed and any(op in message for op in ("<=", ">=", " < ", " > ")):
         return f"{key} must be in {allowed} (got {got!r})"
-    return f"{key}: {error['msg'].lower()} (got {got!r})"
+    return f"{key}: {message[0].lower() + message[1:]} (got {got!r})"
 
 
 def _fix_hint(key: str) -> str:
-    info = TrainingConfig.model_fields.get(key)
-    if info is None:
+    if key not in FIELDS:
         return "'brightrun presets show balanced' lists the fields"
     allowed = field_range(key)
-    return f"pick a value in {allowed} ({key}: {info.description})" if allowed else f"{key}: {info.description}"
+    return f"pick a value in {allowed} ({key}: {field_description(key)})" if allowed else f"{key}: {field_description(key)}"
 
 
 def _unknown_hint(key: str) -> str:
-    close = difflib.get_close_matches(key, list(TrainingConfig.model_fields), n=1)
+    close = difflib.get_close_matches(key, list(FIELDS), n=1)
     if close:
         return f"did you mean '{close[0]}'? ('brightrun presets show balanced' lists the fields)"
     return "'brightrun presets show balanced' lists the fields"

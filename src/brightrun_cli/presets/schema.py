@@ -3,13 +3,24 @@
 Every field is described (the descriptions are what `presets show` prints) and bounded;
 the bounds are SPEC section 4's where it gives them. `hyperparameters()` returns exactly
 the keys of the trainer spec's `hyperparameters` object (docs/ARCHITECTURE.md).
+
+A msgspec Struct rather than a pydantic model: commands that only read presets or
+estimate a run (`presets list`, `gpus`, `estimate`) answer in about a tenth of a second,
+and `from pydantic import BaseModel` alone costs twice that in CPU (bench_startup.py).
+The bounds and descriptions live in `Meta` next to each field, validation happens in
+`msgspec.convert`, and `field_meta()` reads them back for help tables and error hints.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args, get_origin
+import functools
+import types as types_module
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import msgspec
+from msgspec import Meta
 
 # The keys handed to the trainer, in the spec's order. base_model, gpu_type and gpus
 # describe where and on what the run happens, so they sit beside these, not inside.
@@ -34,85 +45,125 @@ HYPERPARAMETER_KEYS = (
 )
 
 
-class TrainingConfig(BaseModel):
+
+Modules = Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1)]
+
+
+class TrainingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A complete, validated training configuration. Defaults are the spec example's values."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    base_model: str | None = Field(
-        None, min_length=1,
-        description="Base model: a Hugging Face id, a local directory, or builtin:tiny (unset: --base-model, then config.toml default_base_model)",
-    )
-    learning_rate: float = Field(2e-4, ge=1e-5, le=1e-3, description="Peak learning rate of the LoRA parameters")
-    batch_size: int = Field(4, ge=1, le=64, description="Sequences per device per optimizer micro-step")
-    num_epochs: int = Field(3, ge=1, le=20, description="Passes over the training split")
-    lora_rank: int = Field(16, ge=4, le=128, description="Rank r of the LoRA update matrices")
-    lora_alpha: int = Field(32, ge=1, le=1024, description="LoRA scaling numerator (the update is scaled by alpha / r)")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input")
-    warmup_steps: int = Field(100, ge=0, le=100_000, description="Optimizer steps of linear learning-rate warm-up (capped by the trainer at the run's length)")
-    weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay on the LoRA parameters")
-    max_seq_length: int = Field(2048, ge=32, le=131_072, description="Tokens per training sequence (packed block, or truncation length without packing)")
-    target_modules: Literal["all-linear"] | list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1,
-        description="Linear modules that get LoRA adapters: names (comma-separated with --set), or all-linear",
-    )
-    gradient_accumulation_steps: int = Field(1, ge=1, le=256, description="Micro-steps accumulated per optimizer step")
-    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
-        "cosine", description="Learning-rate schedule after the linear warm-up"
-    )
-    max_grad_norm: float = Field(1.0, gt=0, le=100, description="Gradient clipping norm")
-    packing: bool = Field(True, description="Pack several conversations into one sequence (attention never crosses conversations)")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, about a third more compute")
-    assistant_only_loss: bool = Field(True, description="Compute the loss on assistant tokens only")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="Compute precision: auto = bf16 where the device supports it, else fp32"
-    )
-    gpu_type: str | None = Field(
-        None, min_length=1, description="GPU type from `brightrun gpus` (unset: the host's type)"
-    )
-    gpus: int | None = Field(None, ge=1, le=8, description="GPUs per host (unset: all of the host's)")
-
-    @field_validator("target_modules", mode="before")
-    @classmethod
-    def _split_modules(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip() != "all-linear":
-            return [part.strip() for part in value.split(",") if part.strip()]
-        if isinstance(value, str):
-            return value.strip()
-        return value
+    base_model: Annotated[str, Meta(min_length=1, description=(
+        "Base model: a Hugging Face id, a local directory, a .gguf file, or builtin:tiny "
+        "(unset: --base-model, then config.toml default_base_model)"))] | None = None
+    learning_rate: Annotated[float, Meta(ge=1e-5, le=1e-3, description="Peak learning rate of the LoRA parameters")] = 2e-4
+    batch_size: Annotated[int, Meta(ge=1, le=64, description="Sequences per device per optimizer micro-step")] = 4
+    num_epochs: Annotated[int, Meta(ge=1, le=20, description="Passes over the training split")] = 3
+    lora_rank: Annotated[int, Meta(ge=4, le=128, description="Rank r of the LoRA update matrices")] = 16
+    lora_alpha: Annotated[int, Meta(ge=1, le=1024, description="LoRA scaling numerator (the update is scaled by alpha / r)")] = 32
+    lora_dropout: Annotated[float, Meta(ge=0, lt=1, description="Dropout on the LoRA input")] = 0.05
+    warmup_steps: Annotated[int, Meta(ge=0, le=100_000, description="Optimizer steps of linear learning-rate warm-up (capped by the trainer at the run's length)")] = 100
+    weight_decay: Annotated[float, Meta(ge=0, le=1, description="AdamW weight decay on the LoRA parameters")] = 0.01
+    max_seq_length: Annotated[int, Meta(ge=32, le=131_072, description="Tokens per training sequence (packed block, or truncation length without packing)")] = 2048
+    target_modules: Literal["all-linear"] | Annotated[Modules, Meta(description=(
+        "Linear modules that get LoRA adapters: names (comma-separated with --set), or all-linear"))] = msgspec.field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    gradient_accumulation_steps: Annotated[int, Meta(ge=1, le=256, description="Micro-steps accumulated per optimizer step")] = 1
+    lr_scheduler: Annotated[Literal["cosine", "linear", "constant"], Meta(description="Learning-rate schedule after the linear warm-up")] = "cosine"
+    max_grad_norm: Annotated[float, Meta(gt=0, le=100, description="Gradient clipping norm")] = 1.0
+    packing: Annotated[bool, Meta(description="Pack several conversations into one sequence (attention never crosses conversations)")] = True
+    gradient_checkpointing: Annotated[bool, Meta(description="Recompute activations in the backward pass: less memory, about a third more compute")] = False
+    assistant_only_loss: Annotated[bool, Meta(description="Compute the loss on assistant tokens only")] = True
+    precision: Annotated[Literal["auto", "bf16", "fp16", "fp32"], Meta(description="Compute precision: auto = bf16 where the device supports it, else fp32")] = "auto"
+    gpu_type: Annotated[str, Meta(min_length=1, description="GPU type from `brightrun gpus` (unset: the host's type)")] | None = None
+    gpus: Annotated[int, Meta(ge=1, le=8, description="GPUs per host (unset: all of the host's)")] | None = None
 
     def hyperparameters(self) -> dict[str, Any]:
         """The trainer spec's `hyperparameters` object (exactly its keys)."""
-        data = self.model_dump()
-        return {key: data[key] for key in HYPERPARAMETER_KEYS}
+        return {key: getattr(self, key) for key in HYPERPARAMETER_KEYS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return msgspec.structs.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainingConfig":
+        return msgspec.structs.replace(self, **changes)
+
+
+FIELDS: tuple[str, ...] = TrainingConfig.__struct_fields__
+
+
+def normalize(values: dict[str, Any]) -> dict[str, Any]:
+    """What a user may write for convenience, in the schema's form: target_modules as one
+    comma-separated string (`--set target_modules=q_proj,v_proj`)."""
+    modules = values.get("target_modules")
+    if isinstance(modules, str):
+        modules = modules.strip()
+        values = {**values, "target_modules": modules if modules == "all-linear" else [m.strip() for m in modules.split(",") if m.strip()]}
+    return values
+
+
+def validate(values: dict[str, Any]) -> TrainingConfig:
+    """A TrainingConfig from field values; msgspec.ValidationError names the first bad field ($.name)."""
+    return msgspec.convert(normalize(values), TrainingConfig)
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """A field's declared type (without None and Meta) and its Meta's bounds and description."""
+
+    types: tuple[Any, ...]
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    description: str = ""
+
+
+@functools.cache
+def field_info(name: str) -> FieldInfo:
+    metas: list[Meta] = []
+    types: list[Any] = []
+
+    def walk(hint: Any) -> None:
+        if typing.get_origin(hint) is Annotated:
+            base, *extras = typing.get_args(hint)
+            metas.extend(m for m in extras if isinstance(m, Meta))
+            walk(base)
+        elif typing.get_origin(hint) in (typing.Union, types_module.UnionType):
+            for arm in typing.get_args(hint):
+                walk(arm)
+        elif hint is not type(None):
+            types.append(hint)
+
+    walk(typing.get_type_hints(TrainingConfig, include_extras=True)[name])
+    first = lambda attr: next((getattr(m, attr) for m in metas if getattr(m, attr) is not None), None)  # noqa: E731
+    return FieldInfo(tuple(types), first("ge"), first("gt"), first("le"), first("lt"), first("description") or "")
+
+
+def field_description(name: str) -> str:
+    return field_info(name).description
 
 
 def field_range(name: str) -> str | None:
     """The allowed range of a numeric field as text ("4..128"), from its declared bounds."""
-    info = TrainingConfig.model_fields.get(name)
-    if info is None:
+    if name not in FIELDS:
         return None
-    low = high = None
-    for item in info.metadata:
-        for attr in ("ge", "gt"):
-            if getattr(item, attr, None) is not None:
-                low = (getattr(item, attr), attr)
-        for attr in ("le", "lt"):
-            if getattr(item, attr, None) is not None:
-                high = (getattr(item, attr), attr)
+    info = field_info(name)
+    low = (info.ge, "") if info.ge is not None else (info.gt, ">") if info.gt is not None else None
+    high = (info.le, "") if info.le is not None else (info.lt, "<") if info.lt is not None else None
     if low is None and high is None:
         return None
-    left = "" if low is None else f"{'>' if low[1] == 'gt' else ''}{_num(low[0])}"
-    right = "" if high is None else f"{'<' if high[1] == 'lt' else ''}{_num(high[0])}"
+    left = "" if low is None else f"{low[1]}{_num(low[0])}"
+    right = "" if high is None else f"{high[1]}{_num(high[0])}"
     return f"{left}..{right}"
 
 
 def field_allowed(name: str) -> str:
     """What a field accepts, for help tables: its range, or its choices."""
-    info = TrainingConfig.model_fields[name]
-    if get_origin(info.annotation) is Literal:
-        return "|".join(get_args(info.annotation))
-    if info.annotation is bool:
+    choices = [value for t in field_info(name).types if typing.get_origin(t) is Literal for value in typing.get_args(t)]
+    others = [t for t in field_info(name).types if typing.get_origin(t) is not Literal]
+    if choices:
+        return "|".join(["names" for t in others if typing.get_origin(t) is list] + choices)
+    if others == [bool]:
         return "true|false"
     return field_range(name) or ""
 

@@ -1,13 +1,13 @@
 """Opening the registry: private file modes, WAL, busy timeout, migrations.
 
 Two ways in, one file:
-- `Registry.connect()`: a plain sqlite3 connection, for hot read paths (`list`
-  commands, watch polling) that must not pay SQLAlchemy's ~0.4 s import;
-- `Registry.session()` / `Registry.write()`: SQLModel sessions for everything else.
-
-Writes go through `Registry.write()` (or `connect()` + BEGIN IMMEDIATE), so concurrent
-writers queue on the busy timeout instead of failing with "database is locked" when a
-deferred read transaction tries to upgrade to a write.
+- reads: `Registry.reading()` / `connect()`, plain sqlite3 connections for the read layer
+  (registry/read.py and the per-table modules' reads), which never pay SQLAlchemy's
+  ~0.3-0.9 s import;
+- writes: `Registry.write()`, one BEGIN IMMEDIATE transaction as a SQLModel session, which
+  the per-table modules' write functions take. Concurrent writers queue on the busy
+  timeout instead of failing with "database is locked" when a deferred read transaction
+  tries to upgrade to a write.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ import logging
 import os
 import sqlite3
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from brightrun_cli.errors import RegistryError
+from brightrun_cli.errors import ConflictError, RegistryError
 from brightrun_cli.registry.migrations import LATEST_VERSION, MIGRATIONS
 from brightrun_cli.registry.timeutil import utcnow
 
@@ -32,7 +31,11 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlmodel import Session
 
+    Tx = Session  # a write transaction (Registry.write()), as the per-table write functions take it
+
 DB_FILE = "registry.db"
+Connection = sqlite3.Connection  # what the read layer's statements take
+DatabaseError = sqlite3.Error  # what a registry that is not (or no longer) a database raises on read
 BUSY_TIMEOUT_MS = 30_000
 
 _immediate: contextvars.ContextVar[bool] = contextvars.ContextVar("brightrun_immediate", default=False)
@@ -46,6 +49,11 @@ WAL_AUTOCHECKPOINT = 1000  # pages: SQLite's default
 # a metric point binds three or more of them. Found in the registry, None is bound as
 # NULL all the same, in a third of the time ({}.get: a C callable that returns None).
 sqlite3.register_adapter(type(None), {}.get)
+
+
+class DuplicateRow(ConflictError):
+    """A write broke a uniqueness rule (a live dataset's name, one model per job): someone
+    else wrote the same thing meanwhile."""
 
 
 class Checkpointer:
@@ -118,6 +126,15 @@ class Registry:
         conn.row_factory = sqlite3.Row
         return conn
 
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection for the read layer (registry/read.py), closed afterwards."""
+        conn = self.connect()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
     @cached_property
     def engine(self) -> "Engine":
         from sqlalchemy import create_engine, event
@@ -138,12 +155,6 @@ class Registry:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if _immediate.get() else "BEGIN")
 
         return engine
-
-    def session(self) -> "Session":
-        """A session for reading. Use `write()` for changes."""
-        from sqlmodel import Session
-
-        return Session(self.engine, expire_on_commit=False)
 
     @contextmanager
     def write(self, *, foreign_keys: bool = True) -> Iterator["Session"]:
@@ -194,6 +205,53 @@ class Registry:
     def dispose(self) -> None:
         if "engine" in self.__dict__:
             self.engine.dispose()
+
+
+@contextmanager
+def peek(home: Path) -> Iterator[sqlite3.Connection | None]:
+    """A plain connection to the registry in `home` if one exists, without creating or
+    migrating it (None otherwise, or when it cannot be read): for the checks every command
+    makes before it knows whether it needs the registry at all."""
+    path = home / DB_FILE
+    if not path.exists():
+        yield None
+        return
+    try:
+        conn = sqlite3.connect(path, timeout=5)
+    except sqlite3.Error:
+        yield None
+        return
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def defer_until_commit(tx: "Session", name: str, deliver: Callable[[Path, list[Any]], None]) -> list[Any]:
+    """A list kept on the write transaction `tx` under `name`: once `tx` commits, its items are
+    handed to `deliver(home, items)`; if it rolls back, they are dropped. (Notifications reach
+    their hook only for changes that happened.)"""
+    pending = tx.info.get(name)
+    if pending is None:
+        from sqlalchemy import event
+
+        pending = tx.info[name] = []
+
+        def committed(session: "Session") -> None:
+            items = list(pending)
+            pending.clear()
+            if items:  # the registry is always <home>/registry.db
+                deliver(Path(session.get_bind().url.database).parent, items)
+
+        event.listen(tx, "after_commit", committed)
+        event.listen(tx, "after_rollback", lambda session: pending.clear())
+    return pending
+
+
+def read_in(tx: "Session") -> sqlite3.Connection:
+    """The sqlite3 connection of a write transaction, for the read layer's statements to see
+    what the transaction sees (and nothing that commits after it began)."""
+    return tx.connection().connection.driver_connection
 
 
 def _current_version(conn: sqlite3.Connection) -> int:

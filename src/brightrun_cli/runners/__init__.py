@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 from brightrun_cli.errors import UsageError
 
 if TYPE_CHECKING:
-    from brightrun_cli.registry.tables import Host
+    from brightrun_cli.registry.rows import HostRow
     from brightrun_cli.runners.base import Runner
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
 
 
-def get_runner(ws: "Workspace", hosts: list["Host"]) -> "Runner":
+def get_runner(ws: "Workspace", hosts: list["HostRow"]) -> "Runner":
     """The runner for a job's hosts: the local machine, or one or more SSH hosts (multi-node)."""
     if not hosts:
         raise UsageError("a job needs a host", "pass --host NAME")

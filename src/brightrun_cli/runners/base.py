@@ -45,6 +45,13 @@ class LaunchRequest:
     distributed_type: str | None = None  # that file's distributed_type
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the trainer
 
+    @classmethod
+    def for_job(cls, home: Path, job_id: str, *, gpus: int, gpu_type: str | None, resume: bool = False) -> "LaunchRequest":
+        """What a runner starts for a job: one process per GPU; one on a CPU host."""
+        path = home / "runs" / job_id
+        return cls(job_id=job_id, run_dir=path, spec_path=path / "spec.json",
+                   num_processes=1 if (gpu_type or "cpu") == "cpu" else gpus, resume=resume)
+
 
 class Runner(ABC):
     """One implementation per kind of host (local, ssh)."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from brightrun_cli.runners.base import LaunchRequest, Runner
 
 if TYPE_CHECKING:
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.workspace import Workspace
 
 LAUNCHER_LOG = "launcher.log"
 

@@ -45,8 +45,8 @@ from brightrun_cli.runners.base import LaunchRequest, Runner, RunnerLost, Runner
 log = logging.getLogger("brightrun.runner.ssh")
 
 if TYPE_CHECKING:
-    from brightrun_cli.registry.tables import Host
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.registry.rows import HostRow
+    from brightrun_cli.workspace import Workspace
 
 DEFAULT_PYTHON = "python3"
 DEFAULT_WORKDIR = "brightrun"  # relative: below the remote home, i.e. ~/brightrun
@@ -76,7 +76,7 @@ class SSHFailure(OperationError):
         self.kind = kind
 
 
-def classify_ssh_error(host: "Host", stderr: str) -> SSHFailure:
+def classify_ssh_error(host: "HostRow", stderr: str) -> SSHFailure:
     """One clear line for the ways a connection fails, from ssh's own stderr."""
     text = stderr.strip()
     detail = next((line.strip() for line in text.splitlines() if line.strip()), "ssh failed without a message")
@@ -126,18 +126,18 @@ def _control_dir(home: Path) -> Path:
     return candidate
 
 
-def remote_python(host: "Host") -> str:
+def remote_python(host: "HostRow") -> str:
     return host.python or DEFAULT_PYTHON
 
 
-def remote_workdir(host: "Host") -> str:
+def remote_workdir(host: "HostRow") -> str:
     return host.workdir or DEFAULT_WORKDIR
 
 
 class SSHConnection:
     """How to reach one host: the ssh/rsync argv, the multiplexing master, remote scripts."""
 
-    def __init__(self, ws: "Workspace", host: "Host"):
+    def __init__(self, ws: "Workspace", host: "HostRow"):
         self.ws = ws
         self.host = host
         identity = f"{host.ssh_user}@{host.ssh_host}:{host.ssh_port}:{host.identity_file}:{ws.config.ssh_config}"
@@ -375,7 +375,7 @@ head -c 1048576 -- "$1/config.json"
 """
 
 
-def remote_model_config(ws: "Workspace", host: "Host", directory: str) -> dict:
+def remote_model_config(ws: "Workspace", host: "HostRow", directory: str) -> dict:
     """The config.json of a base model directory on an SSH host: the job trains what is
     there, whatever a local directory of the same name may hold."""
     proc = SSHConnection(ws, host).run_script(MODEL_CONFIG, directory, check=False)
@@ -436,7 +436,7 @@ class SSHRunner(Runner):
     one mirrored home (metrics, logs, final adapter, result.json).
     """
 
-    def __init__(self, ws: "Workspace", hosts: list["Host"], *, reconnect_limit_s: float = 600.0,
+    def __init__(self, ws: "Workspace", hosts: list["HostRow"], *, reconnect_limit_s: float = 600.0,
                  backoff_max_s: float = 30.0):
         if not hosts:
             raise UsageError("no SSH host given", "pass --host NAME (see 'brightrun hosts list')")
@@ -460,7 +460,7 @@ class SSHRunner(Runner):
         self._last_error = ""
 
     # -- paths ------------------------------------------------------------------------
-    def _remote_run_dir(self, host: "Host", job_id: str) -> str:
+    def _remote_run_dir(self, host: "HostRow", job_id: str) -> str:
         if not JOB_ID_RE.match(job_id):
             raise UsageError(f"invalid job id '{job_id}'", "job ids are 26 lowercase letters and digits")
         return f"{remote_workdir(host)}/runs/{job_id}"
@@ -600,7 +600,7 @@ class SSHRunner(Runner):
         return RunnerUnreachable(f"SSH host unreachable for {down:.0f} s ({why})", "reconnecting with backoff", down_for_s=down)
 
     # -- following ----------------------------------------------------------------------------
-    def _host(self, name: str) -> "Host":
+    def _host(self, name: str) -> "HostRow":
         for host in self.hosts:
             if host.name == name:
                 return host

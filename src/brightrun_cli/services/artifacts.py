@@ -20,18 +20,20 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
-
+from brightrun_cli import lifecycle
 from brightrun_cli.errors import NotFoundError, OperationError
+from brightrun_cli.registry import datasets as dataset_rows
+from brightrun_cli.registry import jobs as job_rows
+from brightrun_cli.registry import models as model_rows
+from brightrun_cli.registry import points as point_rows
+from brightrun_cli.registry.engine import DuplicateRow
 from brightrun_cli.registry.ids import new_id
-from brightrun_cli.registry.tables import Dataset, MetricPoint, ModelArtifact, TrainingJob
+from brightrun_cli.registry.rows import DatasetRow, JobRow, ModelRow, PointRow
 from brightrun_cli.registry.timeutil import utcnow
-from brightrun_cli.services.jobs import run_dir
 from brightrun_cli.services.model_card import render_model_card
 from brightrun_cli.services.notifications import notify
 from brightrun_cli.services.quality import quality_metrics
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 METRICS_FILE = "metrics.jsonl"
@@ -43,28 +45,26 @@ def storage_prefix(artifact_id: str) -> str:
     return f"models/{artifact_id}"
 
 
-def create_artifact(ws: Workspace, job_id: str) -> ModelArtifact:
+def create_artifact(ws: Workspace, job_id: str) -> ModelRow:
     """Store the adapter of completed job `job_id` and register it; idempotent.
 
     Returns the job's artifact (the existing one when it was already created).
     Raises NotFoundError for an unknown job and OperationError when the run
     directory has no final adapter.
     """
-    with ws.registry.session() as session:
-        job = session.get(TrainingJob, job_id)
+    with ws.registry.reading() as conn:
+        job = job_rows.get(conn, job_id)
         if job is None:
             raise NotFoundError(f"no job '{job_id}'", "run 'brightrun jobs list' to see them")
-        existing = _artifact_of(session, job_id)
-        dataset = session.get(Dataset, job.dataset_id)
-        points = session.exec(
-            select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(col(MetricPoint.step), col(MetricPoint.split))
-        ).all()
+        existing = model_rows.of_job(conn, job_id)
+        dataset = dataset_rows.get(conn, job.dataset_id)
+        points = point_rows.of_job(conn, job_id)
     staging = ws.cache_dir / "artifacts" / job_id
     if existing is not None:
         shutil.rmtree(staging, ignore_errors=True)
         return existing
 
-    final = run_dir(ws, job) / "final"
+    final = lifecycle.run_dir(ws.home, job) / "final"
     missing = [name for name in ADAPTER_FILES if not (final / name).is_file()]
     if missing:
         raise OperationError(
@@ -85,26 +85,21 @@ def create_artifact(ws: Workspace, job_id: str) -> ModelArtifact:
     return stored
 
 
-def _assemble(ws: Workspace, artifact_id: str, job: TrainingJob, dataset: Dataset | None, points, files: Path) -> ModelArtifact:
-    """Add result.json, the metrics history and the model card to `files` (a copy of final/); return the unsaved row."""
-    result = _read_json(run_dir(ws, job) / RESULT_FILE)
+def _assemble(ws: Workspace, artifact_id: str, job: JobRow, dataset: DatasetRow | None, points: list[PointRow], files: Path) -> ModelRow:
+    """Add result.json, the metrics history and the model card to `files` (a copy of final/); return the row to store."""
+    result = _read_json(lifecycle.run_dir(ws.home, job) / RESULT_FILE)
     if result:
         (files / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     _write_metrics(files / METRICS_FILE, points)
     train = [(p.step, p.training_loss) for p in points if p.split == "train" and p.training_loss is not None]
     validation = [(p.step, p.validation_loss) for p in points if p.split == "validation" and p.validation_loss is not None]
     name = _name(dataset, job)
-    with ws.registry.session() as session:
-        version = _next_version(session, name)
-    artifact = ModelArtifact(
-        id=artifact_id,
-        job_id=job.id,
-        dataset_id=job.dataset_id,
-        name=name,
-        version=version,
-        status="stored",
-        base_model=job.base_model,
-        storage_path=storage_prefix(artifact_id),
+    with ws.registry.reading() as conn:
+        version = f"1.{model_rows.versions_of(conn, name)}.0"  # 1.0.0, then 1.1.0, ... (removed ones count)
+    now = utcnow()
+    artifact = ModelRow(
+        id=artifact_id, job_id=job.id, dataset_id=job.dataset_id, name=name, version=version, description=None,
+        status="stored", base_model=job.base_model, storage_path=storage_prefix(artifact_id), deployed_at=None,
         quality_metrics=quality_metrics(
             train,
             validation,
@@ -114,30 +109,22 @@ def _assemble(ws: Workspace, artifact_id: str, job: TrainingJob, dataset: Datase
         ),
         training_summary=_training_summary(job, result),
         configuration={"preset_id": job.preset_id, "hyperparameters": job.hyperparameters, "gpu_config": job.gpu_config},
-        artifacts={},
+        artifacts={}, parent_model_id=None, created_at=now, updated_at=now, deleted_at=None,
     )
     versions = _read_json(files / "versions.json")
     (files / CARD_FILE).write_text(render_model_card(artifact, dataset, train, validation, versions))
-    artifact.artifacts = {"files": _describe(files)}
-    return artifact
+    return artifact.replace(artifacts={"files": _describe(files)})
 
 
-def _artifact_of(session, job_id: str) -> ModelArtifact | None:
-    return session.exec(select(ModelArtifact).where(ModelArtifact.job_id == job_id)).first()
-
-
-def _register(ws: Workspace, artifact: ModelArtifact) -> ModelArtifact:
+def _register(ws: Workspace, artifact: ModelRow) -> ModelRow:
     """Row, job link and notification in one transaction: the artifact exists only once all three do."""
     try:
-        with ws.registry.write() as session:
-            session.add(artifact)
-            job = session.get(TrainingJob, artifact.job_id)
-            job.artifact_id = artifact.id
-            job.updated_at = utcnow()
-            session.add(job)
+        with ws.registry.write() as tx:
+            stored = model_rows.insert(tx, **artifact.to_fields())
+            job_rows.set_fields(tx, artifact.job_id, artifact_id=artifact.id)
             score = artifact.quality_metrics["overall_score"]
             notify(
-                session,
+                tx,
                 "artifact_ready",
                 "Model ready",
                 f"{artifact.name} v{artifact.version} is stored. Quality score: {score}/5",
@@ -148,14 +135,14 @@ def _register(ws: Workspace, artifact: ModelArtifact) -> ModelArtifact:
                 artifact_id=artifact.id,
                 metadata={"artifact_id": artifact.id, "job_id": artifact.job_id, "overall_score": score},
             )
-    except IntegrityError:
+    except DuplicateRow:
         # Another process registered this job's artifact first (same staging id, same key).
-        with ws.registry.session() as session:
-            existing = _artifact_of(session, artifact.job_id)
+        with ws.registry.reading() as conn:
+            existing = model_rows.of_job(conn, artifact.job_id)
         if existing is None:
             raise
         return existing
-    return artifact
+    return stored
 
 
 def _claim_id(staging: Path) -> str:
@@ -208,18 +195,12 @@ def _describe(files: Path) -> list[dict]:
     return described
 
 
-def _name(dataset: Dataset | None, job: TrainingJob) -> str:
+def _name(dataset: DatasetRow | None, job: JobRow) -> str:
     when: datetime = job.completed_at or utcnow()
     return f"{dataset.name if dataset else 'model'}-{when:%Y-%m-%d}"
 
 
-def _next_version(session, name: str) -> str:
-    """1.0.0 for the first model of a name, then 1.1.0, 1.2.0, ... (soft-deleted ones count)."""
-    taken = session.exec(select(ModelArtifact.id).where(ModelArtifact.name == name)).all()
-    return f"1.{len(taken)}.0"
-
-
-def _training_summary(job: TrainingJob, result: dict) -> dict:
+def _training_summary(job: JobRow, result: dict) -> dict:
     duration = result.get("duration_s")
     if duration is None and job.started_at and job.completed_at:
         duration = (job.completed_at - job.started_at).total_seconds()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 from brightrun_cli.errors import UsageError
-from brightrun_cli.registry.tables import CostRecord
+from brightrun_cli.registry import costs as cost_records
 from brightrun_cli.registry.timeutil import utcnow
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 
 PERIODS = ("week", "month", "year")
 GROUPINGS = ("type", "day", "job", "gpu")
@@ -69,8 +68,6 @@ def cost_report(
 ) -> CostReport:
     """Spend between `since` and `until` (inclusive days, UTC), or over the current
     calendar `period`; all records when neither is given."""
-    from sqlmodel import col, select
-
     if by not in GROUPINGS:
         raise UsageError(f"--by '{by}' is not a grouping", f"use one of {', '.join(GROUPINGS)}")
     if period is not None and period not in PERIODS:
@@ -82,33 +79,15 @@ def cost_report(
     end = parse_day(until, "--until") if until else None
     if start and end and end < start:
         raise UsageError(f"--until {end} is before the start {start}", "swap the dates")
-    query = select(CostRecord)
-    if start:
-        query = query.where(col(CostRecord.recorded_at) >= datetime.combine(start, time(), timezone.utc))
-    if end:
-        query = query.where(col(CostRecord.recorded_at) < datetime.combine(end + timedelta(days=1), time(), timezone.utc))
-    with ws.registry.session() as session:
-        rows = session.exec(query.order_by(col(CostRecord.recorded_at))).all()
-    amounts: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
-    by_type: dict[str, float] = defaultdict(float)
-    for row in rows:
-        key = _group_key(row, by)
-        amounts[key] += row.amount
-        counts[key] += 1
-        by_type[row.cost_type] += row.amount
-    order = sorted(amounts) if by == "day" else sorted(amounts, key=lambda k: -amounts[k])
+    with ws.registry.reading() as conn:
+        groups, by_type = cost_records.summarize(
+            conn,
+            datetime.combine(start, time(), timezone.utc) if start else None,
+            datetime.combine(end + timedelta(days=1), time(), timezone.utc) if end else None,
+            by,
+        )
+    groups.sort(key=lambda g: g[0] if by == "day" else (-g[1], g[0]))
     return CostReport(
-        by=by, since=start, until=end, total=sum(r.amount for r in rows), by_type=dict(by_type),
-        groups=[CostGroup(k, amounts[k], counts[k]) for k in order], records=len(rows),
+        by=by, since=start, until=end, total=sum(by_type.values()), by_type=by_type,
+        groups=[CostGroup(key, amount, records) for key, amount, records in groups], records=sum(g[2] for g in groups),
     )
-
-
-def _group_key(row: CostRecord, by: str) -> str:
-    if by == "type":
-        return row.cost_type
-    if by == "day":
-        return row.recorded_at.astimezone(timezone.utc).date().isoformat()
-    if by == "job":
-        return row.job_id or "(no job)"
-    return row.gpu_type or "(none)"

@@ -172,7 +172,7 @@ def _detect(obj: dict[str, Any], number: int, file_name: str) -> str:
         keys = ", ".join(sorted(obj)[:6]) or "none"
         raise UsageError(
             f"{file_name}: cannot tell the format from line {number} (keys: {keys})",
-            f"expected turns (brightrun_lora_v4), messages (openai), conversations (sharegpt) or instruction/output (alpaca); or pass --format",
+            "expected turns (brightrun_lora_v4), messages (openai), conversations (sharegpt) or instruction/output (alpaca); or pass --format",
         )
     return fmt
 

@@ -17,9 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from brightrun_cli.builtin import resolve_base_model
 from brightrun_cli.errors import UsageError
-from brightrun_cli.presets.schema import TrainingConfig
-from brightrun_cli.registry.tables import Dataset, Host, MetricPoint, TrainingJob
+from brightrun_cli.presets.schema import FIELDS, TrainingConfig, validate
+from brightrun_cli.registry import datasets as dataset_rows
+from brightrun_cli.registry import hosts as host_rows
+from brightrun_cli.registry import jobs as job_rows
+from brightrun_cli.registry import points as point_rows
+from brightrun_cli.registry.rows import DatasetRow, HostRow, JobRow
 from brightrun_cli.services.flops import (
     GIB,
     ModelShape,
@@ -29,8 +36,9 @@ from brightrun_cli.services.flops import (
     train_flops_per_token,
 )
 from brightrun_cli.services.gpus import Gpu, get_gpu, list_gpus, normalize_gpu_name
+from brightrun_cli.services.hosts import LOCAL, refresh_local_host
 from brightrun_cli.services.presets import ResolvedConfig, require_base_model, resolve_config
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 
 # Data-parallel efficiency per extra device (gradient all-reduce is small for LoRA).
 MULTI_DEVICE_EFFICIENCY = 0.92
@@ -60,6 +68,41 @@ class TokenPlan:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a run goes, worked out once and passed down: the GPU type, how many per host,
+    and the hosts (none for a what-if estimate of a GPU type, `estimate --gpu`)."""
+
+    gpu: Gpu
+    gpus_per_host: int
+    hosts: tuple[HostRow, ...] = ()
+
+    @property
+    def devices(self) -> int:
+        return self.gpus_per_host * max(1, len(self.hosts))
+
+    @property
+    def gpu_config(self) -> dict[str, Any]:
+        """The job's `gpu_config` (registry field): type, count per host, hourly rate of the whole job."""
+        return {"type": self.gpu.name, "count": self.gpus_per_host, "hourly_rate": round(self.gpu.price_per_hour * self.devices, 6)}
+
+
+def placement_for(ws: Workspace, config: TrainingConfig, hosts: list[HostRow] | None = None) -> Placement:
+    """On `hosts`: their GPU type, `config.gpus` (or all) of each. Without: the config's
+    gpu_type/gpus (`estimate --gpu/--gpus`), the rest from the default host."""
+    if hosts:
+        return Placement(get_gpu(ws, hosts[0].gpu_type), config.gpus or hosts[0].gpus, tuple(hosts))
+    if config.gpu_type is not None and config.gpus is not None:
+        return Placement(get_gpu(ws, config.gpu_type), config.gpus)
+    host = refresh_local_host(ws) if ws.config.default_host == LOCAL else _host_named(ws, ws.config.default_host)
+    return Placement(get_gpu(ws, config.gpu_type or (host.gpu_type if host else "cpu")), config.gpus or (host.gpus if host else 1))
+
+
+def _host_named(ws: Workspace, name: str) -> HostRow | None:
+    with ws.registry.reading() as conn:
+        return host_rows.by_name(conn, name)
+
+
+@dataclass(frozen=True)
 class Calibration:
     runs: int
     job_ids: list[str]
@@ -79,10 +122,9 @@ class Calibration:
 
 @dataclass
 class Estimate:
-    dataset: Dataset
+    dataset: DatasetRow
     resolved: ResolvedConfig
-    gpu: Gpu
-    devices: int
+    placement: Placement
     plan: TokenPlan
     shape: ModelShape
     steps_per_epoch: int
@@ -105,6 +147,14 @@ class Estimate:
     @property
     def config(self) -> TrainingConfig:
         return self.resolved.config
+
+    @property
+    def gpu(self) -> Gpu:
+        return self.placement.gpu
+
+    @property
+    def devices(self) -> int:
+        return self.placement.devices
 
     @property
     def estimated_duration_hours(self) -> float:
@@ -172,22 +222,20 @@ def estimate(
     gpu_type: str | None = None,
     gpus: int | None = None,
 ) -> Estimate:
-    """`brightrun estimate`: resolve the config and the dataset, then `estimate_run`."""
-    from brightrun_cli.registry.queries import resolve
-
-    with ws.registry.session() as session:
-        dataset = resolve(session, Dataset, dataset_ref, "dataset", by_name=True)
+    """`brightrun estimate`: resolve the dataset, the config and where it would run, then `estimate_run`."""
+    with ws.registry.reading() as conn:
+        dataset = dataset_rows.resolve(conn, dataset_ref)
     resolved = resolve_config(ws, preset, overrides, config_file, base_model=base_model, gpu_type=gpu_type, gpus=gpus,
                               dataset_base_model=dataset.base_model)
-    return estimate_run(ws, dataset, resolved)
+    return estimate_run(ws, dataset, resolved, placement_for(ws, resolved.config))
 
 
-def estimate_run(ws: Workspace, dataset: Dataset, resolved: ResolvedConfig, *, nodes: int = 1,
+def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, placement: Placement, *,
                  model_config: dict | None = None) -> Estimate:
-    """Estimate a run of `resolved` on `dataset`. A config without gpu_type/gpus runs on
-    the default host's. `model_config`: the base model's config.json when it was read
-    elsewhere (from the SSH host the model lives on). Raises UsageError for a dataset that
-    is not ready or a base model whose config cannot be read."""
+    """Estimate a run of `resolved` on `dataset` at `placement`. `model_config`: the base
+    model's config.json when it was read elsewhere (from the SSH host the model lives on).
+    Raises UsageError for a dataset that is not ready or a base model whose config cannot
+    be read."""
     config = resolved.config
     if dataset.status != "ready":
         raise UsageError(
@@ -195,8 +243,7 @@ def estimate_run(ws: Workspace, dataset: Dataset, resolved: ResolvedConfig, *, n
             f"fix it and re-add it, or run 'brightrun dataset validate {dataset.name}'",
         )
     shape = read_model_shape(require_base_model(config), model_config)
-    gpu, per_host = _device(ws, config)
-    devices = per_host * nodes
+    gpu, devices = placement.gpu, placement.devices
     plan = token_plan(dataset, config)
     steps_per_epoch = trainer_steps_per_epoch(plan.sequences, config, devices)
     train_flops = config.num_epochs * plan.computed_tokens * train_flops_per_token(shape, config, plan.sequence_length)
@@ -216,7 +263,7 @@ def estimate_run(ws: Workspace, dataset: Dataset, resolved: ResolvedConfig, *, n
     need = memory_need(shape, config, plan.sequence_length, weight_bytes=weight_bytes, on_gpu=gpu.name != "cpu")
     capacity = gpu.memory_gb * GIB
     est = Estimate(
-        dataset=dataset, resolved=resolved, gpu=gpu, devices=devices, plan=plan, shape=shape,
+        dataset=dataset, resolved=resolved, placement=placement, plan=plan, shape=shape,
         steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * config.num_epochs,
         train_flops=train_flops, eval_flops=eval_flops, flops_per_s=flops_per_s, startup_s=startup_s,
         duration_s=duration_s, hourly_rate=hourly_rate, compute_cost=hourly_rate * duration_s / 3600,
@@ -237,8 +284,6 @@ def read_model_shape(base_model: str, config: dict | None = None) -> ModelShape:
     """The architecture from the base model's config.json: builtin:<name>, a local
     directory, or a Hugging Face id (from the local cache, or downloaded when online);
     or from `config`, that file's content read elsewhere."""
-    from brightrun_cli.builtin import resolve_base_model
-
     if config is not None:
         return _shape_of(base_model, config)
     try:
@@ -283,7 +328,7 @@ def _hub_config(repo_id: str) -> str | None:
         return None
 
 
-def token_plan(dataset: Dataset, config: TrainingConfig) -> TokenPlan:
+def token_plan(dataset: DatasetRow, config: TrainingConfig) -> TokenPlan:
     """Per-epoch token counts as the trainer batches them (trainer/data.py): each
     conversation is one example truncated at max_seq_length. Packed, a micro-batch is its
     conversations end to end in one row with attention kept inside each (varlen), so no
@@ -340,22 +385,6 @@ def _truncated_mean(dist: dict[str, float], limit: int) -> float:
     return sum(min(v * scale, limit) for v in samples) / len(samples)
 
 
-def _device(ws: Workspace, config: TrainingConfig) -> tuple[Gpu, int]:
-    if config.gpu_type is not None and config.gpus is not None:
-        return get_gpu(ws, config.gpu_type), config.gpus
-    from sqlmodel import select
-
-    from brightrun_cli.services.hosts import LOCAL, refresh_local_host
-
-    if ws.config.default_host == LOCAL:
-        refresh_local_host(ws)
-    with ws.registry.session() as session:
-        host = session.exec(select(Host).where(Host.name == ws.config.default_host)).first()
-    gpu_type = config.gpu_type or (host.gpu_type if host else "cpu")
-    gpus = config.gpus or (host.gpus if host else 1)
-    return get_gpu(ws, gpu_type), gpus
-
-
 def _weight_bytes(config: TrainingConfig, gpu_name: str) -> int:
     if config.precision == "fp32" or (config.precision == "auto" and normalize_gpu_name(gpu_name) == "cpu"):
         return 4
@@ -386,11 +415,11 @@ def memory_advice(ws: Workspace, shape: ModelShape, config: TrainingConfig, plan
 
     options = []
     for batch in range(config.batch_size - 1, 0, -1):
-        if fits(config.model_copy(update={"batch_size": batch})):
+        if fits(config.replace(batch_size=batch)):
             accumulate = math.ceil(config.batch_size / batch) * config.gradient_accumulation_steps
             options.append(f"--set batch_size={batch} --set gradient_accumulation_steps={accumulate}")
             break
-    if not config.gradient_checkpointing and fits(config.model_copy(update={"gradient_checkpointing": True})):
+    if not config.gradient_checkpointing and fits(config.replace(gradient_checkpointing=True)):
         options.append("--set gradient_checkpointing=true")
     bigger = [g for g in list_gpus(ws) if g.name != "cpu" and g.memory_gb * GIB > capacity and fits(config, g)]
     if on_gpu and bigger:
@@ -400,7 +429,7 @@ def memory_advice(ws: Workspace, shape: ModelShape, config: TrainingConfig, plan
     return f"{head}; fits with " + ", or ".join(options) if options else f"{head}; nothing in the catalog fits this model at this sequence length"
 
 
-def reference_estimate(dataset: Dataset, config: TrainingConfig, gpu: Gpu, devices: int) -> dict[str, Any] | None:
+def reference_estimate(dataset: DatasetRow, config: TrainingConfig, gpu: Gpu, devices: int) -> dict[str, Any] | None:
     """The reference's formula (fixed tokens/s per GPU type, fixed overheads), for the
     GPU types it priced; None for the others."""
     if gpu.reference_tokens_per_sec is None:
@@ -432,19 +461,16 @@ def calibrate(ws: Workspace, gpu: Gpu, shape: ModelShape, base_model: str | None
     job's rate = its median training tokens/s (metrics) x its FLOPs per token; its
     start-up = wall time - (its training + validation FLOPs) / that rate.
     """
-    from sqlmodel import col, select
-
-    with ws.registry.session() as session:
-        jobs = session.exec(
-            select(TrainingJob)
-            .where(TrainingJob.status == "completed", col(TrainingJob.started_at).is_not(None),
-                   col(TrainingJob.completed_at).is_not(None), TrainingJob.tokens_processed > 0)
-            .order_by(col(TrainingJob.completed_at).desc())
-        ).all()
-        jobs = [j for j in jobs if normalize_gpu_name(str((j.gpu_config or {}).get("type", ""))) == normalize_gpu_name(gpu.name)]
-        same = [j for j in jobs if j.base_model == base_model]
-        candidates = (same or [j for j in jobs if _comparable(j.base_model, shape)])[:CALIBRATION_JOBS]
-        measured = [m for m in (_measure(session, j) for j in candidates) if m is not None]
+    wanted = normalize_gpu_name(gpu.name)
+    with ws.registry.reading() as conn:
+        pairs = [(g, m) for g, m in job_rows.measured_gpu_models(conn) if normalize_gpu_name(str(g)) == wanted]
+        candidates = []
+        for gpu_type in sorted({g for g, _ in pairs}):
+            models = sorted({m for g, m in pairs if g == gpu_type})
+            same = [m for m in models if m == base_model]
+            candidates += job_rows.measured_on(conn, gpu_type, same or [m for m in models if _comparable(m, shape)], CALIBRATION_JOBS)
+        candidates = sorted(candidates, key=lambda j: j.completed_at, reverse=True)[:CALIBRATION_JOBS]
+        measured = [m for m in (_measure(conn, j) for j in candidates) if m is not None]
     if not measured:
         return Calibration(runs=0, job_ids=[], device_flops_per_s=None, startup_s=None)
     return Calibration(
@@ -464,15 +490,13 @@ def _comparable(base_model: str, shape: ModelShape) -> bool:
     return 1 / COMPARABLE_PARAMS_RATIO <= ratio <= COMPARABLE_PARAMS_RATIO
 
 
-def _measure(session: Any, job: TrainingJob) -> tuple[str, float, float] | None:
+def _measure(conn: Any, job: JobRow) -> tuple[str, float, float] | None:
     """(job id, per-device FLOP/s, start-up seconds) of one completed job, or None when unusable."""
-    from sqlmodel import col, select
-
     try:
-        config = TrainingConfig.model_validate({k: v for k, v in job.hyperparameters.items() if k in TrainingConfig.model_fields})
+        config = validate({k: v for k, v in job.hyperparameters.items() if k in FIELDS})
         shape = read_model_shape(job.base_model)
-        dataset = session.get(Dataset, job.dataset_id)
-    except (UsageError, ValueError):
+        dataset = dataset_rows.get(conn, job.dataset_id)
+    except (UsageError, ValueError, msgspec.ValidationError):
         return None
     if dataset is None:
         return None
@@ -485,10 +509,7 @@ def _measure(session: Any, job: TrainingJob) -> tuple[str, float, float] | None:
     planned_tokens = config.num_epochs * plan.computed_tokens
     train_flops = planned_tokens * fpt
     eval_flops = (config.num_epochs + 1) * plan.validation_tokens * eval_flops_per_token(shape, config, plan.sequence_length)
-    rates = session.exec(
-        select(MetricPoint.throughput).where(MetricPoint.job_id == job.id, MetricPoint.split == "train",
-                                             col(MetricPoint.throughput).is_not(None), MetricPoint.step > 1)
-    ).all()
+    rates = point_rows.train_throughputs(conn, job.id)
     if rates:
         flops_per_s = statistics.median(rates) * fpt * planned_tokens / job.tokens_processed
     else:  # no per-step throughput: charge the whole wall time, minus the assumed start-up, to compute

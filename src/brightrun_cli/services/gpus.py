@@ -7,8 +7,8 @@ import sys
 from dataclasses import dataclass
 
 from brightrun_cli.errors import UsageError
-from brightrun_cli.presets.files import GPU_CATALOG_FILE
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.presets import GPU_CATALOG_FILE
+from brightrun_cli.workspace import Workspace
 
 if sys.version_info >= (3, 11):
     import tomllib

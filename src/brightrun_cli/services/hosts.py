@@ -8,18 +8,19 @@ runner only ever sees names, users, addresses and paths made of safe characters
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sqlmodel import col, select
-
+from brightrun_cli import lifecycle
 from brightrun_cli.errors import ConflictError, OperationError, UsageError
-from brightrun_cli.registry.queries import resolve
-from brightrun_cli.registry.tables import Host, TrainingJob
+from brightrun_cli.registry import hosts as host_rows
+from brightrun_cli.registry import jobs as job_rows
+from brightrun_cli.registry.engine import read_in
+from brightrun_cli.registry.rows import HostRow, JobRow
 from brightrun_cli.registry.timeutil import utcnow
+from brightrun_cli.runners.probe import Probe, local_gpus, probe_local, probe_ssh
 from brightrun_cli.runners.ssh import (
     DEFAULT_PYTHON,
     DEFAULT_WORKDIR,
@@ -29,14 +30,14 @@ from brightrun_cli.runners.ssh import (
     remote_workdir,
     ship_code,
 )
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.services.gpus import get_gpu, list_gpus, normalize_gpu_name
+from brightrun_cli.workspace import Workspace
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 SAFE_PATH_PART_RE = re.compile(r"^[A-Za-z0-9_.+@-]+$")
 COMMAND_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
-ACTIVE_STATUSES = ("queued", "initializing", "running")
 # Packages the trainer imports on the remote side, and what to install for them.
 REQUIRED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors")
 MIN_PYTHON = (3, 10)
@@ -139,21 +140,22 @@ def _identity_path(identity: str | None) -> str | None:
     return str(path)
 
 
-def list_hosts(ws: Workspace) -> list[Host]:
+def list_hosts(ws: Workspace) -> list[HostRow]:
+    """Every host, `local` first (brought in line with this machine's GPUs)."""
     refresh_local_host(ws)
-    with ws.registry.session() as s:
-        rows = list(s.exec(select(Host)))
-    return sorted(rows, key=lambda h: (h.name != LOCAL, h.name))
+    with ws.registry.reading() as conn:
+        return host_rows.all_hosts(conn)
 
 
-def get_host(ws: Workspace, ref: str) -> Host:
-    with ws.registry.session() as s:
-        return resolve(s, Host, ref, "host", by_name=True)
+def get_host(ws: Workspace, ref: str) -> HostRow:
+    with ws.registry.reading() as conn:
+        return host_rows.resolve(conn, ref)
 
 
-def get_hosts(ws: Workspace, names: list[str]) -> list[Host]:
-    """Hosts by name, in the given order (for `train --hosts a,b`)."""
-    return [get_host(ws, n) for n in names]
+def hosts_of(ws: Workspace, job: JobRow) -> list[HostRow]:
+    """The job's hosts in order (the first is the main node); NotFoundError if one was removed."""
+    with ws.registry.reading() as conn:
+        return host_rows.of_job(conn, job)
 
 
 def add_host(
@@ -168,7 +170,7 @@ def add_host(
     workdir: str | None = None,
     accept_new_host_key: bool = False,
     connect: bool = True,
-) -> Host:
+) -> HostRow:
     """Validate, (unless connect=False) log in once to prove the host is usable, store.
 
     Nothing is stored when validation or the login fails.
@@ -178,53 +180,50 @@ def add_host(
     if gpus is not None and not 1 <= gpus <= 1024:
         raise UsageError(f"invalid --gpus {gpus}", "give the number of GPUs (at least 1; a CPU host has 1 slot)")
     if gpu_type is not None and gpu_type.lower() != "cpu":
-        from brightrun_cli.services.gpus import get_gpu
-
         gpu_type = get_gpu(ws, gpu_type).name
-    host = Host(
+    fields = dict(
         name=name, kind="ssh", ssh_user=user, ssh_host=address, ssh_port=port,
         identity_file=_identity_path(identity), gpus=gpus or 1, gpu_type=gpu_type or "cpu",
         python=normalize_python(python), workdir=normalize_workdir(workdir),
         options={"accept_new_host_key": True} if accept_new_host_key else {},
     )
-    with ws.registry.session() as s:
-        if s.exec(select(Host).where(col(Host.name) == name)).first() is not None:
+    with ws.registry.reading() as conn:
+        if host_rows.by_name(conn, name) is not None:
             raise ConflictError(f"a host named '{name}' already exists", f"remove it first with 'brightrun hosts rm {name}' or pick another name")
     if connect:
-        conn = SSHConnection(ws, host)
+        conn = SSHConnection(ws, _unsaved(fields))
         try:
             conn.ensure_master()
             conn.run(conn.ssh_argv(["true"]))
         except SSHFailure as exc:
             raise OperationError(exc.message, (exc.hint or "") + "; or add it with --no-check to store it without connecting") from exc
-    with ws.registry.write() as s:
-        if s.exec(select(Host).where(col(Host.name) == name)).first() is not None:
+    with ws.registry.write() as tx:
+        if host_rows.name_taken(tx, name):
             raise ConflictError(f"a host named '{name}' already exists", "pick another name")
-        s.add(host)
-    return host
+        return host_rows.insert(tx, **fields)
 
 
-def remove_host(ws: Workspace, ref: str) -> Host:
+def _unsaved(fields: dict) -> HostRow:
+    """A host row not stored yet (to try the connection before storing it)."""
+    now = utcnow()
+    return HostRow(**{"id": "", "last_check": None, "last_checked_at": None, "created_at": now, "updated_at": now, **fields})
+
+
+def remove_host(ws: Workspace, ref: str) -> HostRow:
     """Remove an SSH host. Refused for `local` and while jobs are queued or running on it;
     finished jobs keep their history (their host_id is cleared, `hosts` names stay)."""
-    with ws.registry.write() as s:
-        host = resolve(s, Host, ref, "host", by_name=True)
-        if host.name == LOCAL:
-            raise UsageError("the 'local' host cannot be removed", "it is this machine")
-        active = s.exec(
-            select(TrainingJob).where(col(TrainingJob.host_id) == host.id, col(TrainingJob.status).in_(ACTIVE_STATUSES))
-        ).all()
+    host = get_host(ws, ref)
+    if host.name == LOCAL:
+        raise UsageError("the 'local' host cannot be removed", "it is this machine")
+    with ws.registry.write() as tx:
+        active = job_rows.on_host(read_in(tx), host.id, lifecycle.ACTIVE)
         if active:
             raise ConflictError(
                 f"host '{host.name}' has {len(active)} queued or running job(s) ({active[0].id})",
                 "cancel them or wait for them to end ('brightrun jobs list')",
             )
-        for job in s.exec(select(TrainingJob).where(col(TrainingJob.host_id) == host.id)).all():
-            job.host_id = None
-            if not job.hosts:
-                job.hosts = [host.name]
-            s.add(job)
-        s.delete(host)
+        job_rows.detach_host(tx, host.id, host.name)
+        host_rows.delete(tx, host.id)
     SSHConnection(ws, host).close_master()
     return host
 
@@ -253,37 +252,6 @@ class HostCheck:
         return asdict(self)
 
 
-# $1 python, $2 workdir, $3 code dir ("" when not shipped), $4 packages (space separated).
-CHECK_SCRIPT = r"""
-py=$1; case $py in "~/"*) py="$HOME/${py#\~/}";; esac
-wd=$2; code=$3; pkgs=$4
-mkdir -p "$wd" 2>/dev/null
-echo "disk $(df -Pk "$wd" 2>/dev/null | awk 'NR==2 {print $4}')"
-for t in rsync setsid; do if command -v "$t" >/dev/null 2>&1; then echo "tool $t 1"; else echo "tool $t 0"; fi; done
-if command -v nvidia-smi >/dev/null 2>&1; then
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits 2>/dev/null | sed 's/^/gpu /'
-fi
-if ! command -v "$py" >/dev/null 2>&1; then echo "nopython"; exit 0; fi
-echo "python $(command -v "$py")"
-[ -n "$code" ] && PYTHONPATH="$(cd "$code" && pwd)"; export PYTHONPATH
-"$py" -c '
-import json, sys, importlib, importlib.metadata as md
-out = {"version": "%d.%d.%d" % sys.version_info[:3], "packages": {}, "trainer": None}
-for name in sys.argv[1].split():
-    try:
-        out["packages"][name] = md.version(name)
-    except Exception:
-        out["packages"][name] = None
-try:
-    importlib.import_module("brightrun_cli.trainer")
-    out["trainer"] = "ok"
-except BaseException as exc:
-    out["trainer"] = "%s: %s" % (type(exc).__name__, exc)
-print("json " + json.dumps(out))
-' "$pkgs"
-"""
-
-
 def check_host(ws: Workspace, ref: str) -> HostCheck:
     """Connect and report what is there; the result is also kept on the host row."""
     host = get_host(ws, ref)
@@ -294,40 +262,33 @@ def check_host(ws: Workspace, ref: str) -> HostCheck:
     else:
         _check_ssh(ws, host, result)
     result.ok = not result.problems
-    with ws.registry.write() as s:
-        row = s.get(Host, host.id)
-        if row is not None:
-            row.last_check = result.to_json()
-            row.last_checked_at = utcnow()
-            row.updated_at = utcnow()
-            s.add(row)
+    with ws.registry.write() as tx:
+        host_rows.update(tx, host.id, last_check=result.to_json(), last_checked_at=utcnow())
     return result
 
 
+def _apply_probe(result: HostCheck, probe: Probe) -> None:
+    result.python = probe.python or result.python
+    result.python_version = probe.python_version
+    result.packages = probe.packages
+    result.gpus = probe.gpus
+    result.disk_free_gb = probe.disk_free_gb
+    result.tools = probe.tools
+
+
 def _check_local(result: HostCheck) -> None:
-    import importlib.metadata as md
-    import importlib.util
-    import platform
-    import shutil
     import sys
 
     result.reachable = True
-    result.python = sys.executable
-    result.python_version = platform.python_version()
-    for name in REQUIRED_PACKAGES:
-        try:
-            result.packages[name] = md.version(name)
-        except md.PackageNotFoundError:
-            result.packages[name] = None
+    probe = probe_local(REQUIRED_PACKAGES)
+    _apply_probe(result, probe)
     missing = [n for n, v in result.packages.items() if v is None]
     if missing:
         result.problems.append(f"missing Python packages: {', '.join(missing)}; install them with: {sys.executable} -m pip install {' '.join(missing)}")
-    result.trainer_importable = not missing and importlib.util.find_spec("brightrun_cli.trainer") is not None
-    result.disk_free_gb = round(shutil.disk_usage(Path.home()).free / 2**30, 1)
-    result.gpus = local_gpus()
+    result.trainer_importable = not missing and probe.trainer == "ok"
 
 
-def _check_ssh(ws: Workspace, host: Host, result: HostCheck) -> None:
+def _check_ssh(ws: Workspace, host: HostRow, result: HostCheck) -> None:
     conn = SSHConnection(ws, host)
     python = remote_python(host)
     result.python = python
@@ -348,76 +309,36 @@ def _check_ssh(ws: Workspace, host: Host, result: HostCheck) -> None:
     except (SSHFailure, OperationError) as exc:
         result.problems.append(f"cannot ship the trainer code to '{host.name}': {exc.message}; install rsync there")
     try:
-        out = conn.run_script(CHECK_SCRIPT, python, remote_workdir(host), code_dir, " ".join(REQUIRED_PACKAGES))
+        found = probe_ssh(conn, python, remote_workdir(host), code_dir, REQUIRED_PACKAGES)
     except (SSHFailure, OperationError) as exc:
         result.problems.append(f"{exc.message}; {exc.hint}")
         return
-    info: dict = {}
-    for line in out.stdout.decode(errors="replace").splitlines():
-        key, _, value = line.partition(" ")
-        if key == "disk" and value.strip().isdigit():
-            result.disk_free_gb = round(int(value) / 2**20, 1)
-        elif key == "tool":
-            tool, _, present = value.partition(" ")
-            result.tools[tool] = present == "1"
-        elif key == "gpu":
-            result.gpus.append(_parse_gpu_line(value))
-        elif key == "python":
-            result.python = value
-        elif key == "nopython":
-            result.problems.append(
-                f"python '{python}' not found on '{host.name}'; install Python {MIN_PYTHON[0]}.{MIN_PYTHON[1]}+ there or re-add the host with --python PATH"
-            )
-        elif key == "json":
-            info = json.loads(value)
+    _apply_probe(result, found)
     for tool, present in result.tools.items():
         if not present:
             result.problems.append(f"'{tool}' is missing on '{host.name}'; install it (e.g. apt-get install {'util-linux' if tool == 'setsid' else tool})")
-    if info:
-        result.python_version = info["version"]
-        result.packages = info["packages"]
-        if tuple(int(x) for x in info["version"].split(".")[:2]) < MIN_PYTHON:
+    if found.python is None:
+        result.problems.append(
+            f"python '{python}' not found on '{host.name}'; install Python {MIN_PYTHON[0]}.{MIN_PYTHON[1]}+ there or re-add the host with --python PATH"
+        )
+    if found.python_version:
+        if tuple(int(x) for x in found.python_version.split(".")[:2]) < MIN_PYTHON:
             result.problems.append(
-                f"python on '{host.name}' is {info['version']}; brightrun's trainer needs {MIN_PYTHON[0]}.{MIN_PYTHON[1]}+ (re-add the host with --python PATH)"
+                f"python on '{host.name}' is {found.python_version}; brightrun's trainer needs {MIN_PYTHON[0]}.{MIN_PYTHON[1]}+ (re-add the host with --python PATH)"
             )
         missing = [n for n, v in result.packages.items() if v is None]
         if missing:
             result.problems.append(
                 f"missing Python packages on '{host.name}': {', '.join(missing)}; install them with: {python} -m pip install {' '.join(missing)}"
             )
-        result.trainer_importable = info.get("trainer") == "ok"
+        result.trainer_importable = found.trainer == "ok"
         if not result.trainer_importable and not missing:
-            result.problems.append(f"brightrun's trainer does not import on '{host.name}': {info.get('trainer')}")
+            result.problems.append(f"brightrun's trainer does not import on '{host.name}': {found.trainer}")
     if host.gpu_type != "cpu":
         if not result.gpus:
             result.problems.append(f"no NVIDIA GPU found on '{host.name}' (nvidia-smi missing or failing) but the host is declared with {host.gpus} x {host.gpu_type}")
         elif len(result.gpus) < host.gpus:
             result.problems.append(f"'{host.name}' is declared with {host.gpus} GPUs but nvidia-smi shows {len(result.gpus)}; re-add it with --gpus {len(result.gpus)}")
-
-
-def _parse_gpu_line(line: str) -> dict:
-    """One `nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits` line."""
-    name, _, mem = line.rpartition(",")
-    try:
-        memory = round(float(mem) / 1024, 1)
-    except ValueError:
-        memory = None
-    return {"name": name.strip(), "memory_gb": memory}
-
-
-def local_gpus() -> list[dict]:
-    """This machine's NVIDIA GPUs as nvidia-smi reports them ([] without nvidia-smi or a driver)."""
-    import shutil
-    import subprocess
-
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [_parse_gpu_line(l) for l in out.stdout.splitlines() if l.strip()] if out.returncode == 0 else []
 
 
 def catalog_gpu_for(ws: Workspace, name: str, memory_gb: float | None) -> str | None:
@@ -426,8 +347,6 @@ def catalog_gpu_for(ws: Workspace, name: str, memory_gb: float | None) -> str | 
     A catalog type matches when its model ('A100' of 'A100-80GB') appears in the name; the
     longest model wins ('L40S' over 'L4') and memory decides between sizes of one model.
     """
-    from brightrun_cli.services.gpus import list_gpus, normalize_gpu_name
-
     key = normalize_gpu_name(name.replace("NVIDIA", "").replace("GeForce", ""))
     candidates = []
     for gpu in list_gpus(ws):
@@ -437,19 +356,19 @@ def catalog_gpu_for(ws: Workspace, name: str, memory_gb: float | None) -> str | 
     return min(candidates)[2] if candidates else None
 
 
-def refresh_local_host(ws: Workspace, host: Host | None = None) -> Host | None:
+def refresh_local_host(ws: Workspace, host: HostRow | None = None) -> HostRow | None:
     """The 'local' host row (read unless given) brought in line with this machine's GPUs,
     so `train` on a GPU box launches one process per GPU and bills GPU-hours without a
     `hosts` command first."""
     if host is None:
-        with ws.registry.session() as s:
-            host = s.exec(select(Host).where(col(Host.name) == LOCAL)).first()
-    if host is not None:
-        _sync_local(ws, host, local_gpus(), [])
-    return host
+        with ws.registry.reading() as conn:
+            host = host_rows.by_name(conn, LOCAL)
+    if host is None:
+        return None
+    return _sync_local(ws, host, local_gpus(), [])
 
 
-def _sync_local(ws: Workspace, host: Host, gpus: list[dict], problems: list[str]) -> None:
+def _sync_local(ws: Workspace, host: HostRow, gpus: list[dict], problems: list[str]) -> HostRow:
     gpu_type, count = "cpu", 1
     if gpus:
         types = {catalog_gpu_for(ws, g["name"], g["memory_gb"]) for g in gpus}
@@ -457,13 +376,10 @@ def _sync_local(ws: Workspace, host: Host, gpus: list[dict], problems: list[str]
             names = ", ".join(sorted({g["name"] for g in gpus}))
             problems.append(f"this machine's GPUs ({names}) are not one type of the GPU catalog ('brightrun gpus'); "
                             f"local jobs run as 1 x {host.gpu_type} (one process, billed at that rate)")
-            return
+            return host
         gpu_type, count = types.pop(), len(gpus)
     if (host.gpu_type, host.gpus) == (gpu_type, count):
-        return
-    with ws.registry.write() as s:
-        row = s.get(Host, host.id)
-        if row is not None:
-            row.gpu_type, row.gpus, row.updated_at = gpu_type, count, utcnow()
-            s.add(row)
-    host.gpu_type, host.gpus = gpu_type, count
+        return host
+    with ws.registry.write() as tx:
+        host_rows.update(tx, host.id, gpu_type=gpu_type, gpus=count)
+    return host.replace(gpu_type=gpu_type, gpus=count)

@@ -3,7 +3,7 @@ how, how well it did against its base model, and how to load it."""
 
 from __future__ import annotations
 
-from brightrun_cli.registry.tables import Dataset, ModelArtifact
+from brightrun_cli.registry.rows import DatasetRow as Dataset, ModelRow as ModelArtifact
 from brightrun_cli.services.quality import Curve
 
 

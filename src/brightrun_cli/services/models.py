@@ -1,13 +1,8 @@
-"""Model artifacts after creation: list, show, export, merge, remove.
-
-`list_models` reads with plain sqlite3 (no SQLAlchemy import on the `models list` path);
-the rest use the SQLModel tables, imported where needed.
-"""
+"""Model artifacts after creation: list, show, export, merge, remove."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import posixpath
 import shutil
@@ -15,14 +10,12 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+from brightrun_cli.builtin import resolve_base_model
 from brightrun_cli.errors import ConflictError, OperationError, UsageError
-from brightrun_cli.registry.timeutil import parse_db_time, utcnow
-from brightrun_cli.services.workspace import Workspace
-
-if TYPE_CHECKING:
-    from brightrun_cli.registry.tables import ModelArtifact
+from brightrun_cli.registry import models as model_rows
+from brightrun_cli.registry.rows import ModelRow
+from brightrun_cli.workspace import Workspace
 
 SORTS = ("created", "score", "cost")
 
@@ -34,41 +27,37 @@ class Exported:
     bytes: int
 
 
-_JSON_COLUMNS = ("quality_metrics", "training_summary", "configuration", "artifacts")
-_TIME_COLUMNS = ("deployed_at", "created_at", "updated_at", "deleted_at")
+def list_models(ws: Workspace, sort: str = "created", limit: int | None = None) -> list[ModelRow]:
+    """Live models: newest first (`created`), best score first (`score`) or cheapest first (`cost`)."""
+    _check_sort(sort)
+    with ws.registry.reading() as conn:
+        return model_rows.live(conn, sort, limit)
 
 
-def list_models(ws: Workspace, sort: str = "created") -> list[dict[str, Any]]:
-    """Live models as dicts with the registry's field names: newest first (`created`),
-    best score first (`score`) or cheapest first (`cost`)."""
+def list_models_json(ws: Workspace, sort: str = "created", limit: int | None = None) -> str:
+    """`list_models` as a JSON array text rendered by SQLite."""
+    _check_sort(sort)
+    with ws.registry.reading() as conn:
+        return model_rows.live_json(conn, sort, limit)
+
+
+def count_models(ws: Workspace) -> int:
+    with ws.registry.reading() as conn:
+        return model_rows.count_live(conn)
+
+
+def _check_sort(sort: str) -> None:
     if sort not in SORTS:
         raise UsageError(f"unknown sort '{sort}'", f"use one of: {', '.join(SORTS)}")
-    conn = ws.registry.connect()
-    try:
-        rows = [dict(r) for r in conn.execute("SELECT * FROM model_artifacts WHERE deleted_at IS NULL")]
-    finally:
-        conn.close()
-    for row in rows:
-        row.update({c: json.loads(row[c]) for c in _JSON_COLUMNS if row[c] is not None})
-        row.update({c: parse_db_time(row[c]) for c in _TIME_COLUMNS})
-    rows.sort(key=lambda m: (m["created_at"], m["id"]), reverse=True)
-    if sort == "score":
-        rows.sort(key=lambda m: m["quality_metrics"].get("overall_score") or 0, reverse=True)
-    elif sort == "cost":
-        rows.sort(key=lambda m: m["training_summary"].get("total_cost") or 0.0)
-    return rows
 
 
-def get_model(ws: Workspace, ref: str) -> "ModelArtifact":
+def get_model(ws: Workspace, ref: str) -> ModelRow:
     """A live model by id, unique id prefix or name (NotFoundError otherwise)."""
-    from brightrun_cli.registry.queries import resolve
-    from brightrun_cli.registry.tables import ModelArtifact
-
-    with ws.registry.session() as session:
-        return resolve(session, ModelArtifact, ref, "model", by_name=True)
+    with ws.registry.reading() as conn:
+        return model_rows.resolve(conn, ref)
 
 
-def _file_entries(model: "ModelArtifact") -> list[dict]:
+def _file_entries(model: ModelRow) -> list[dict]:
     return model.artifacts.get("files", [])
 
 
@@ -128,7 +117,7 @@ def export_model(ws: Workspace, ref: str, target: str, *, force: bool = False) -
     return Exported(target=target, files=written, bytes=total)
 
 
-def _local_artifact_dir(ws: Workspace, model: "ModelArtifact", scratch: Path) -> Path:
+def _local_artifact_dir(ws: Workspace, model: ModelRow, scratch: Path) -> Path:
     local = ws.storage.local_path(model.storage_path)
     if local is not None:
         return local
@@ -136,8 +125,6 @@ def _local_artifact_dir(ws: Workspace, model: "ModelArtifact", scratch: Path) ->
 
 
 def _resolve_base(base_model: str | None) -> str:
-    from brightrun_cli.builtin import resolve_base_model
-
     if not base_model:
         raise UsageError("the model does not record its base model", "merge it by hand with peft's merge_and_unload")
     try:
@@ -209,27 +196,14 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def remove_model(ws: Workspace, ref: str) -> "ModelArtifact":
+def remove_model(ws: Workspace, ref: str) -> ModelRow:
     """Soft-delete the row, then delete the stored files. Refuses while another model derives from it."""
-    from sqlmodel import col, select
-
-    from brightrun_cli.registry.queries import resolve
-    from brightrun_cli.registry.tables import ModelArtifact
-
-    with ws.registry.write() as session:
-        model = resolve(session, ModelArtifact, ref, "model", by_name=True)
-        children = session.exec(
-            select(ModelArtifact.id).where(ModelArtifact.parent_model_id == model.id, col(ModelArtifact.deleted_at).is_(None))
-        ).all()
+    model = get_model(ws, ref)
+    with ws.registry.write() as tx:
+        children = model_rows.live_children(tx, model.id)
         if children:
-            raise ConflictError(
-                f"model {model.id} is the parent of {', '.join(children)}",
-                "remove those models first",
-            )
-        model.deleted_at = utcnow()
-        model.updated_at = model.deleted_at
-        model.status = "deleted"
-        session.add(model)
+            raise ConflictError(f"model {model.id} is the parent of {', '.join(children)}", "remove those models first")
+        model_rows.soft_delete(tx, model.id)
     if model.storage_path:
         ws.storage.delete(model.storage_path)
     return model

@@ -16,15 +16,16 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
-from sqlmodel import Session, col, func, select, update
-
-from brightrun_cli.registry.queries import resolve
-from brightrun_cli.registry.tables import Notification
+from brightrun_cli.config import load_config
+from brightrun_cli.errors import UsageError
+from brightrun_cli.registry import notifications as notification_rows
+from brightrun_cli.registry.engine import defer_until_commit
+from brightrun_cli.registry.rows import NotificationRow
 from brightrun_cli.registry.timeutil import isoformat, utcnow
 
 if TYPE_CHECKING:
-    from brightrun_cli.services.workspace import Workspace
+    from brightrun_cli.registry.engine import Tx
+    from brightrun_cli.workspace import Workspace
 
 EVENT_TYPES = (
     "dataset_ready",
@@ -43,7 +44,7 @@ _PENDING = "brightrun_pending_notifications"
 
 
 def notify(
-    session: Session,
+    tx: "Tx",
     type: str,
     title: str,
     message: str,
@@ -54,64 +55,26 @@ def notify(
     dataset_id: str | None = None,
     artifact_id: str | None = None,
     metadata: dict[str, Any] | None = None,
-) -> Notification:
+) -> None:
     """Add a notification row inside the caller's write transaction (so it commits with the change it reports)."""
     if type not in EVENT_TYPES:
         raise ValueError(f"unknown notification type {type!r}")
     if priority not in PRIORITIES:
         raise ValueError(f"unknown notification priority {priority!r}")
-    row = Notification(
-        type=type,
-        title=title,
-        message=message,
-        priority=priority,
-        action_command=action_command,
-        job_id=job_id,
-        dataset_id=dataset_id,
-        artifact_id=artifact_id,
-        metadata_=metadata,
+    row = notification_rows.insert(
+        tx, type=type, title=title, message=message, priority=priority, action_command=action_command,
+        job_id=job_id, dataset_id=dataset_id, artifact_id=artifact_id, metadata=metadata,
     )
-    session.add(row)
-    _deliver_after_commit(session, row)
-    return row
+    defer_until_commit(tx, _PENDING, _deliver).append(row)
 
 
-def event_json(row: Notification) -> dict[str, Any]:
-    """The event as the hook (and `notifications --json`) sees it: the registry's field names."""
-    data = row.model_dump()
-    data["metadata"] = data.pop("metadata_")
-    data["created_at"] = isoformat(row.created_at)
-    return data
-
-
-def _deliver_after_commit(session: Session, row: Notification) -> None:
-    pending = session.info.get(_PENDING)
-    if pending is None:
-        pending = session.info[_PENDING] = []
-        event.listen(session, "after_commit", _after_commit)
-        event.listen(session, "after_rollback", _after_rollback)
-    pending.append(row)
-
-
-def _after_rollback(session: Session) -> None:
-    session.info.get(_PENDING, []).clear()
-
-
-def _after_commit(session: Session) -> None:
-    rows = list(session.info.get(_PENDING, []))
-    session.info.get(_PENDING, []).clear()
-    if not rows:
-        return
-    # The registry is always <home>/registry.db, so the session knows its home and config.
-    home = Path(session.get_bind().url.database).parent
-    run_hook(home, [event_json(r) for r in rows])
+def _deliver(home: Path, rows: list[Any]) -> None:
+    run_hook(home, [NotificationRow.from_model(r).to_json() for r in rows])
 
 
 def run_hook(home: Path, events: list[dict[str, Any]]) -> None:
     """Feed each event to the configured hook; never raises (a broken hook must not break a job)."""
     try:
-        from brightrun_cli.config import load_config
-
         config = load_config(home)
     except Exception as exc:  # an unreadable config.toml is reported by the command itself
         _log_hook(home, f"hook skipped: cannot read config.toml ({exc})")
@@ -146,29 +109,30 @@ def _log_hook(home: Path, line: str) -> None:
         pass
 
 
-def list_notifications(ws: "Workspace", *, unread: bool = False, limit: int = 20) -> tuple[list[Notification], int]:
+def list_notifications(ws: "Workspace", *, unread: bool = False, limit: int = 20) -> tuple[list[NotificationRow], int]:
     """Newest first, and the number of unread notifications overall."""
-    if limit < 1:
-        from brightrun_cli.errors import UsageError
+    _check_limit(limit)
+    with ws.registry.reading() as conn:
+        return notification_rows.latest(conn, unread=unread, limit=limit), notification_rows.unread_count(conn)
 
+
+def list_notifications_json(ws: "Workspace", *, unread: bool = False, limit: int = 20) -> str:
+    """`list_notifications` as a JSON array text rendered by SQLite."""
+    _check_limit(limit)
+    with ws.registry.reading() as conn:
+        return notification_rows.latest_json(conn, unread=unread, limit=limit)
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
         raise UsageError(f"--limit must be at least 1 (got {limit})", "pass --limit 1 or more")
-    with ws.registry.session() as session:
-        query = select(Notification).order_by(col(Notification.created_at).desc(), col(Notification.id).desc()).limit(limit)
-        if unread:
-            query = query.where(col(Notification.read).is_(False))
-        rows = list(session.exec(query).all())
-        unread_count = session.exec(select(func.count()).select_from(Notification).where(col(Notification.read).is_(False))).one()
-    return rows, int(unread_count)
 
 
 def mark_read(ws: "Workspace", ref: str | None = None, *, all: bool = False) -> int:
     """Mark one notification (id or unique prefix) or all of them read; returns how many changed."""
-    with ws.registry.write() as session:
-        if all:
-            result = session.exec(update(Notification).where(col(Notification.read).is_(False)).values(read=True))
-            return int(result.rowcount or 0)
-        row = resolve(session, Notification, ref or "", "notification")
-        changed = 0 if row.read else 1
-        row.read = True
-        session.add(row)
-        return changed
+    target = None
+    if not all:
+        with ws.registry.reading() as conn:
+            target = notification_rows.resolve(conn, ref or "").id
+    with ws.registry.write() as tx:
+        return notification_rows.mark_read(tx, target)

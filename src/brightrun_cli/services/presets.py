@@ -12,17 +12,17 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from brightrun_cli.errors import NotFoundError, UsageError
+from brightrun_cli.presets import SHIPPED_PRESETS_DIR
 from brightrun_cli.presets.files import (
-    SHIPPED_PRESETS_DIR,
     Preset,
     build_config,
     load_preset_file,
     parse_override,
     read_config_file,
 )
-from brightrun_cli.presets.schema import TrainingConfig
+from brightrun_cli.presets.schema import FIELDS, TrainingConfig, field_allowed, field_description
 from brightrun_cli.services.gpus import get_gpu
-from brightrun_cli.services.workspace import Workspace
+from brightrun_cli.workspace import Workspace
 
 DEFAULT_PRESET = "balanced"
 # `custom` is not a file: it names "a preset plus overrides" (the reference's preset_id).
@@ -120,3 +120,19 @@ def require_base_model(config: TrainingConfig) -> str:
             "pass --base-model (an HF id, a local directory, or builtin:tiny), or set default_base_model in config.toml",
         )
     return config.base_model
+
+
+@dataclass(frozen=True)
+class PresetField:
+    """One field of a preset as `presets show` lists it."""
+
+    name: str
+    value: Any
+    set_here: bool  # the preset file sets it (else: the schema's default)
+    allowed: str
+    meaning: str
+
+
+def preset_fields(preset: Preset) -> list[PresetField]:
+    return [PresetField(name, getattr(preset.config, name), name in preset.values, field_allowed(name), field_description(name))
+            for name in FIELDS]

@@ -5,47 +5,31 @@ since the last look.
 cost next to nothing: one `PRAGMA data_version` (which only changes when another
 connection commits), and only when it changed the job row plus the metric points
 with an id above the last one seen. Log files are read from the last byte offset.
-Plain sqlite3 (`Registry.connect()`): no SQLAlchemy on the hot path.
+The read layer's plain sqlite3 (registry/jobs.py, registry/points.py): no SQLAlchemy on
+the hot path.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from brightrun_cli.registry.timeutil import parse_db_time
-from brightrun_cli.services.jobs import run_dir
+from brightrun_cli import lifecycle
+from brightrun_cli.errors import NotFoundError
+from brightrun_cli.registry import jobs as job_rows
+from brightrun_cli.registry import points as point_rows
+from brightrun_cli.registry.rows import JobRow, PointRow
+from brightrun_cli.workspace import Workspace
 
-ACTIVE_STATUSES = ("queued", "initializing", "running")
-TERMINAL_STATUSES = ("completed", "failed", "cancelled")
+# A watched job's metric point (registry field names; `loss` is the point's split's loss).
+Point = PointRow
 # launcher.log is left out: it repeats trainer.log (the trainer logs to stderr as well).
 LOG_FILES = ("trainer.log", "supervisor.log")
 KEPT_LOG_LINES = 200
 # On a first look at a big log only its end matters (the dashboard shows the last lines).
 LOG_FIRST_READ_BYTES = 64 * 1024
-
-_JOB_SELECT = """
-SELECT j.*, d.name AS dataset_name, h.name AS host_name
-FROM training_jobs j
-LEFT JOIN datasets d ON d.id = j.dataset_id
-LEFT JOIN hosts h ON h.id = j.host_id
-"""
-# `+job_id` keeps SQLite off the (job_id, step, split) index, so the scan walks the
-# rowid range above the last seen id (only new rows), not all of this job's points.
-_NEW_POINTS = """
-SELECT id, job_id, timestamp, epoch, step, split, training_loss, validation_loss, learning_rate,
-       gradient_norm, throughput, gpu_utilization, gpu_memory
-FROM metrics_points WHERE id > ? AND +job_id = ? ORDER BY id
-"""
-_LATEST_TRAIN_POINT = """
-SELECT training_loss, throughput FROM metrics_points
-WHERE job_id = ? AND split = 'train' ORDER BY step DESC LIMIT 1
-"""
-
 
 @dataclass(frozen=True)
 class JobView:
@@ -82,7 +66,7 @@ class JobView:
 
     @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+        return self.status in lifecycle.TERMINAL
 
     @property
     def cost(self) -> float:
@@ -115,29 +99,6 @@ class JobView:
             per_step = (now - self.started_at) / self.current_step
             return per_step * max(0, self.total_steps - self.current_step)
         return None
-
-
-@dataclass(frozen=True)
-class Point:
-    """One metrics_points row (registry field names)."""
-
-    id: int
-    job_id: str
-    timestamp: datetime | None
-    epoch: float
-    step: int
-    split: str
-    training_loss: float | None
-    validation_loss: float | None
-    learning_rate: float | None
-    gradient_norm: float | None
-    throughput: float | None
-    gpu_utilization: float | None
-    gpu_memory: float | None
-
-    @property
-    def loss(self) -> float | None:
-        return self.validation_loss if self.split == "validation" else self.training_loss
 
 
 @dataclass
@@ -180,47 +141,18 @@ class BoardRow:
     throughput: float | None
 
 
-def _loads(text: str | None, default):
-    value = json.loads(text) if text else None  # SQLAlchemy stores a JSON None as 'null'
-    return default if value is None else value
-
-
-def _job_view(row: sqlite3.Row) -> JobView:
-    gpu = _loads(row["gpu_config"], {})
+def job_view(job: JobRow, dataset_name: str | None, host_name: str | None) -> JobView:
+    gpu = job.gpu_config or {}
     return JobView(
-        id=row["id"],
-        dataset_id=row["dataset_id"],
-        dataset_name=row["dataset_name"],
-        preset_id=row["preset_id"],
-        base_model=row["base_model"],
-        host_name=row["host_name"],
-        hosts=_loads(row["hosts"], []),
-        gpu_type=gpu.get("type"),
-        gpu_count=gpu.get("count"),
-        status=row["status"],
-        current_stage=row["current_stage"],
-        progress=row["progress"] or 0.0,
-        current_epoch=row["current_epoch"] or 0,
-        total_epochs=row["total_epochs"],
-        current_step=row["current_step"] or 0,
-        total_steps=row["total_steps"],
-        tokens_processed=row["tokens_processed"] or 0,
-        current_metrics=_loads(row["current_metrics"], {}),
-        queued_at=parse_db_time(row["queued_at"]),
-        started_at=parse_db_time(row["started_at"]),
-        completed_at=parse_db_time(row["completed_at"]),
-        estimated_completion_at=parse_db_time(row["estimated_completion_at"]),
-        current_cost=row["current_cost"] or 0.0,
-        estimated_total_cost=row["estimated_total_cost"],
-        max_cost=row["max_cost"],
-        final_cost=row["final_cost"],
-        error_message=row["error_message"],
-        run_dir=row["run_dir"],
+        id=job.id, dataset_id=job.dataset_id, dataset_name=dataset_name, preset_id=job.preset_id, base_model=job.base_model,
+        host_name=host_name, hosts=job.host_names, gpu_type=gpu.get("type"), gpu_count=gpu.get("count"),
+        status=job.status, current_stage=job.current_stage, progress=job.progress or 0.0, current_epoch=job.current_epoch or 0,
+        total_epochs=job.total_epochs, current_step=job.current_step or 0, total_steps=job.total_steps,
+        tokens_processed=job.tokens_processed or 0, current_metrics=job.current_metrics or {}, queued_at=job.queued_at,
+        started_at=job.started_at, completed_at=job.completed_at, estimated_completion_at=job.estimated_completion_at,
+        current_cost=job.current_cost or 0.0, estimated_total_cost=job.estimated_total_cost, max_cost=job.max_cost,
+        final_cost=job.final_cost, error_message=job.error_message, run_dir=job.run_dir,
     )
-
-
-def _point(row: sqlite3.Row) -> Point:
-    return Point(**{**dict(row), "timestamp": parse_db_time(row["timestamp"])})
 
 
 class LogTail:
@@ -253,25 +185,24 @@ class LogTail:
 class JobFollower:
     """Polls one job. `poll()` returns what changed; `state` holds everything seen so far."""
 
-    def __init__(self, ws, job_id: str):
+    def __init__(self, ws: Workspace, job_id: str):
         self._conn = ws.registry.connect()
         self._job_id = job_id
         self._last_point_id = 0
         self._data_version: int | None = None
         row = self._read_job()
-        self._logs = [LogTail(run_dir(ws, row) / name) for name in LOG_FILES]
+        run_dir = ws.home / (row.run_dir or f"runs/{row.id}")
+        self._logs = [LogTail(run_dir / name) for name in LOG_FILES]
         self.state = WatchState(job=row)
 
     def _read_job(self) -> JobView:
-        row = self._conn.execute(_JOB_SELECT + " WHERE j.id = ?", (self._job_id,)).fetchone()
-        if row is None:
-            from brightrun_cli.errors import NotFoundError
-
+        found = job_rows.with_names(self._conn, self._job_id)
+        if found is None:
             raise NotFoundError(f"job {self._job_id} was removed while being watched", "run 'brightrun jobs list' to see the jobs")
-        return _job_view(row)
+        return job_view(*found)
 
     def poll(self) -> Change:
-        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        version = job_rows.data_version(self._conn)
         job_changed, status_changed, new_points = False, False, []
         if version != self._data_version:
             self._data_version = version
@@ -281,8 +212,7 @@ class JobFollower:
             job_changed = job != self.state.job
             status_changed = job.status != self.state.job.status
             self.state.job = job
-            rows = self._conn.execute(_NEW_POINTS, (self._last_point_id, self._job_id)).fetchall()
-            new_points = [_point(r) for r in rows]
+            new_points = point_rows.since(self._conn, self._job_id, self._last_point_id)
             if new_points:
                 self._last_point_id = new_points[-1].id
                 self.state.points.extend(new_points)
@@ -303,7 +233,7 @@ class JobFollower:
 class JobsBoard:
     """Polls the all-jobs view: queued and running jobs plus the most recent finished ones."""
 
-    def __init__(self, ws, *, recent: int = 5):
+    def __init__(self, ws: Workspace, *, recent: int = 5):
         self._conn = ws.registry.connect()
         self._recent = recent
         self._data_version: int | None = None
@@ -311,24 +241,13 @@ class JobsBoard:
 
     def poll(self) -> bool:
         """Re-read when the registry changed; True when the rows are new."""
-        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        version = job_rows.data_version(self._conn)
         if version == self._data_version:
             return False
         self._data_version = version
-        active = ",".join("?" * len(ACTIVE_STATUSES))
-        terminal = ",".join("?" * len(TERMINAL_STATUSES))
-        jobs = self._conn.execute(
-            _JOB_SELECT
-            + f""" WHERE j.deleted_at IS NULL AND (j.status IN ({active}) OR j.id IN (
-                SELECT id FROM training_jobs WHERE deleted_at IS NULL AND status IN ({terminal})
-                ORDER BY completed_at DESC, id DESC LIMIT ?))
-            ORDER BY j.status IN ({terminal}), j.queued_at, j.id""",
-            (*ACTIVE_STATUSES, *TERMINAL_STATUSES, self._recent, *TERMINAL_STATUSES),
-        ).fetchall()
         rows = []
-        for job in map(_job_view, jobs):
-            latest = self._conn.execute(_LATEST_TRAIN_POINT, (job.id,)).fetchone()
-            rows.append(BoardRow(job, *(latest if latest else (None, None))))
+        for job, dataset_name, host_name in job_rows.board(self._conn, lifecycle.ACTIVE, lifecycle.TERMINAL, self._recent):
+            rows.append(BoardRow(job_view(job, dataset_name, host_name), *point_rows.latest_train(self._conn, job.id)))
         changed = rows != self.rows
         self.rows = rows
         return changed

@@ -10,11 +10,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from brightrun_cli.config import Config, load_config
 from brightrun_cli.home import ensure_private_dir, resolve_home
 from brightrun_cli.registry.engine import Registry, open_registry
 
 if TYPE_CHECKING:
-    from brightrun_cli.config import Config
     from brightrun_cli.storage import BlobStore
 
 
@@ -29,11 +29,8 @@ class Workspace:
         return cls(ensure_private_dir(resolve_home(home)))
 
     @cached_property
-    def config(self) -> "Config":
-        """config.toml, read on first use: pydantic and fsspec cost start-up time that
-        registry-only commands (`dataset list`) need not pay."""
-        from brightrun_cli.config import load_config
-
+    def config(self) -> Config:
+        """config.toml, read on first use."""
         return load_config(self.home)
 
     @cached_property

@@ -1,0 +1,78 @@
+"""Every statement on `cost_records`: one record per ended job attempt (compute) and per
+stored model (storage), and the spend report's reads."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from brightrun_cli.registry import read
+from brightrun_cli.registry.rows import CostRow, iso
+
+if TYPE_CHECKING:
+    from brightrun_cli.registry.engine import Tx
+
+
+def _db_time(value: datetime) -> str:
+    return iso(value)[:-1].replace("T", " ")
+
+
+def _window(since: datetime | None, until: datetime | None) -> tuple[str, list[str]]:
+    where, params = [], []
+    if since is not None:
+        where.append("recorded_at >= ?")
+        params.append(_db_time(since))
+    if until is not None:
+        where.append("recorded_at < ?")
+        params.append(_db_time(until))
+    return " AND ".join(where), params
+
+
+def between(conn: sqlite3.Connection, since: datetime | None, until: datetime | None) -> list[CostRow]:
+    """Records with since <= recorded_at < until (either bound optional), oldest first."""
+    where, params = _window(since, until)
+    return read.fetch_all(conn, CostRow, where, params, order="recorded_at, id")
+
+
+# What `costs --by` groups on, as a column expression (a day is the UTC date of the record).
+GROUP_KEYS = {"type": "cost_type", "day": "substr(recorded_at, 1, 10)", "job": "coalesce(job_id, '(no job)')", "gpu": "coalesce(gpu_type, '(none)')"}
+
+
+def summarize(conn: sqlite3.Connection, since: datetime | None, until: datetime | None, by: str) -> tuple[list[tuple[str, float, int]], dict[str, float]]:
+    """(key, amount, records) per `by` group (GROUP_KEYS) and the amount per cost type, over the window."""
+    where, params = _window(since, until)
+    tail = f" WHERE {where}" if where else ""
+    groups = [(k, float(a), int(n)) for k, a, n in conn.execute(
+        f"SELECT {GROUP_KEYS[by]}, sum(amount), count(*) FROM cost_records{tail} GROUP BY 1", params)]
+    by_type = {k: float(a) for k, a in conn.execute(f"SELECT cost_type, sum(amount) FROM cost_records{tail} GROUP BY 1", params)}
+    return groups, by_type
+
+
+def add(tx: "Tx", **fields: Any) -> None:
+    from brightrun_cli.registry.tables import CostRecord
+
+    tx.add(CostRecord(**fields))
+    tx.flush()
+
+
+def total_in(tx: "Tx", job_id: str, cost_type: str | None = None) -> float:
+    """The job's recorded cost (of one type, or all), as the write transaction sees it."""
+    from sqlmodel import col, select
+
+    from brightrun_cli.registry.tables import CostRecord
+
+    query = select(CostRecord.amount).where(col(CostRecord.job_id) == job_id)
+    if cost_type is not None:
+        query = query.where(col(CostRecord.cost_type) == cost_type)
+    return float(sum(tx.exec(query).all()))
+
+
+def job_total(conn: sqlite3.Connection, job_id: str, cost_type: str | None = None) -> float:
+    """The same sum read outside a transaction."""
+    sql = "SELECT coalesce(sum(amount), 0) FROM cost_records WHERE job_id = ?"
+    params: tuple = (job_id,)
+    if cost_type is not None:
+        sql += " AND cost_type = ?"
+        params += (cost_type,)
+    return float(conn.execute(sql, params).fetchone()[0])

@@ -1,0 +1,85 @@
+"""The read layer: typed rows (registry/rows.py) over plain sqlite3, and resolving what a
+user typed (an id, a unique id prefix, a name) to one row.
+
+Every read command and the hot polling paths (watch, the queue's checks) come through
+here; none of it imports SQLAlchemy. Statements take a connection from
+`Registry.connect()` (or `Registry.reading()`), so one command can run several reads
+on one connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from brightrun_cli.errors import NotFoundError
+from brightrun_cli.registry.rows import Row
+
+R = TypeVar("R", bound=Row)
+
+MIN_PREFIX = 4
+LIST_COMMANDS = {"dataset": "dataset list", "job": "jobs list", "model": "models list", "host": "hosts list", "notification": "notifications"}
+
+
+def _tail(where: str, order: str, limit: int | None) -> str:
+    sql = f" WHERE {where}" if where else ""
+    sql += f" ORDER BY {order}" if order else ""
+    return sql + (f" LIMIT {int(limit)}" if limit is not None else "")
+
+
+def fetch_all(conn: sqlite3.Connection, cls: type[R], where: str = "", params: Sequence[Any] = (),
+              order: str = "", limit: int | None = None) -> list[R]:
+    decode = cls.decode
+    return [decode(values) for values in conn.execute(cls.select_sql() + _tail(where, order, limit), params)]
+
+
+def fetch_one(conn: sqlite3.Connection, cls: type[R], where: str, params: Sequence[Any] = ()) -> R | None:
+    values = conn.execute(cls.select_sql() + _tail(where, "", 1), params).fetchone()
+    return None if values is None else cls.decode(values)
+
+
+def get(conn: sqlite3.Connection, cls: type[R], row_id: str) -> R | None:
+    return fetch_one(conn, cls, "id = ?", (row_id,))
+
+
+def count(conn: sqlite3.Connection, table: str, where: str = "", params: Sequence[Any] = ()) -> int:
+    return int(conn.execute(f"SELECT count(*) FROM {table}" + _tail(where, "", None), params).fetchone()[0])
+
+
+def json_array(conn: sqlite3.Connection, cls: type[Row], where: str = "", params: Sequence[Any] = (),
+               order: str = "", limit: int | None = None, columns: tuple[str, ...] | None = None) -> str:
+    """The rows as a JSON array text, each rendered by SQLite (Row.json_sql): a `--json`
+    list of 10,000 rows without a Python object per row."""
+    sql = f"SELECT {cls.json_sql(columns=columns)} FROM {cls.TABLE}" + _tail(where, order, limit)
+    return "[" + ",".join(r[0] for r in conn.execute(sql, params)) + "]"
+
+
+def resolve(conn: sqlite3.Connection, cls: type[R], ref: str, noun: str, *, by_name: bool = False,
+            include_deleted: bool = False) -> R:
+    """One row of `cls` by exact id, exact live name (when `by_name`), or unique id prefix.
+
+    Raises NotFoundError (exit 2) naming the `noun`, the candidates of an ambiguous prefix,
+    and the `brightrun ... list` to run."""
+    ref = ref.strip()
+    soft = "deleted_at" in cls.columns() and not include_deleted
+    live = " AND deleted_at IS NULL" if soft else ""
+    if not ref:
+        raise NotFoundError(f"no {noun} given (an empty {noun} reference)", f"pass a {noun} id{', prefix or name' if by_name else ' or prefix'}")
+    row = fetch_one(conn, cls, "id = ?" + live, (ref.lower(),))
+    if row is None and by_name:
+        row = fetch_one(conn, cls, "name = ?" + live, (ref,))
+    if row is not None:
+        return row
+    if len(ref) >= MIN_PREFIX:
+        escaped = ref.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = fetch_all(conn, cls, "id LIKE ? ESCAPE '\\'" + live, (escaped + "%",), order="id", limit=6)
+        if len(rows) == 1:
+            return rows[0]
+        if rows:
+            shown = ", ".join(r.id for r in rows[:5])
+            raise NotFoundError(f"{noun} prefix '{ref}' is ambiguous ({shown}{', ...' if len(rows) > 5 else ''})",
+                                "type more characters of the id")
+    what = "id, id prefix or name" if by_name else "id or id prefix"
+    listing = LIST_COMMANDS.get(noun, f"{noun} list")
+    raise NotFoundError(f"no {noun} matches '{ref}' (by {what})", f"run 'brightrun {listing}' to see them")

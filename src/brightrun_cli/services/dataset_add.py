@@ -1,0 +1,366 @@
+"""Adding and re-validating a dataset: the source streamed through validation into storage.
+
+`add_dataset` lifecycle, each step one transaction:
+  1. refuse bad requests before anything is written (name, flags, missing/empty/over
+     the size limit, tokenizer that cannot load);
+  2. insert the row as `uploading` while holding a per-dataset lock file, flip it to
+     `validating` and stream the source through validation into a local v4 file;
+  3. the file cannot be read as JSONL (`UsageError`), or anything else fails: the row
+     and any blobs are removed again, so the registry and storage are as before;
+  4. conversations with problems: status `error` with the first N problems, the count
+     and a `dataset_error` notification, no blobs;
+  5. valid: `data.jsonl`, `train.jsonl`, `validation.jsonl` are written atomically to
+     storage, then status `ready`, the stats and a `dataset_ready` notification.
+A process killed mid-way leaves its row in `uploading`/`validating` with its lock
+released by the kernel: `datasets.repair_interrupted` deals with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from brightrun_cli.builtin import absolute_base_model
+from brightrun_cli.errors import ConflictError, OperationError, UsageError
+from brightrun_cli.registry import datasets as dataset_rows
+from brightrun_cli.registry.engine import DuplicateRow
+from brightrun_cli.registry.ids import new_id
+from brightrun_cli.registry.rows import DatasetRow
+from brightrun_cli.registry.timeutil import utcnow
+from brightrun_cli.services.dataset_formats import FORMATS
+from brightrun_cli.services.dataset_tokens import TokenCounter, load_counter
+from brightrun_cli.services.dataset_validation import ScanResult, scan
+from brightrun_cli.services.datasets import (
+    data_key,
+    get_dataset,
+    processing_lock,
+    repair_interrupted,
+    require_row,
+    split_keys,
+)
+from brightrun_cli.services.notifications import notify
+
+if TYPE_CHECKING:
+    from brightrun_cli.workspace import Workspace
+
+MAX_NAME_LENGTH = 100
+MAX_VAL_SPLIT = 0.5
+Progress = Callable[[int, int | None], None]  # (bytes read, total bytes or None)
+
+
+def add_dataset(
+    ws: "Workspace",
+    source: str,
+    *,
+    name: str,
+    format: str = "auto",
+    val_split: float = 0.1,
+    base_model: str | None = None,
+    progress: Progress | None = None,
+) -> DatasetRow:
+    """Copy, validate and describe a dataset. Returns the row (status `ready` or `error`)."""
+    name = _check_name(name)
+    if format != "auto" and format not in FORMATS:
+        raise UsageError(f"--format {format}: unknown format", f"use auto or one of {', '.join(FORMATS)}")
+    if not 0 <= val_split <= MAX_VAL_SPLIT:
+        raise UsageError(f"--val-split {val_split}: must be between 0 and {MAX_VAL_SPLIT}", "pass a fraction such as 0.1")
+    src = _Source.open(ws, source)
+    if src.size > ws.config.max_dataset_bytes:
+        raise UsageError(
+            f"{src.display} is {_mb(src.size)}, over the dataset size limit of {_mb(ws.config.max_dataset_bytes)}",
+            "split the file, or raise max_dataset_bytes in config.toml",
+        )
+    repair_interrupted(ws)
+    _refuse_taken_name(ws, name)
+    model = _model_name(base_model or ws.config.default_base_model)
+    counter = load_counter(model)
+
+    dataset_id = new_id()
+    with processing_lock(ws, dataset_id):
+        row = _insert(ws, dataset_id, name=name, src=src, format=format, val_split=val_split, base_model=model)
+        try:
+            _set_status(ws, dataset_id, "validating")
+            with src.stream() as lines:
+                outcome = _ingest(ws, row, lines, fmt=format, counter=counter, progress=progress, total=src.size)
+        except BaseException:
+            _discard(ws, dataset_id)
+            raise
+    return outcome
+
+
+@dataclass
+class _Source:
+    uri: str  # what the user gave (a path or URL), stored as source_uri
+    display: str  # how messages name it
+    file_name: str
+    size: int
+    opener: Callable[[], IO[bytes]]
+
+    @classmethod
+    def open(cls, ws: "Workspace", source: str) -> "_Source":
+        if "://" in source:
+            return cls._remote(ws, source)
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise UsageError(f"{source}: no such file", "check the path (or pass an fsspec URL such as s3://bucket/data.jsonl)")
+        if path.is_dir():
+            raise UsageError(f"{source} is a directory", "pass the JSONL file inside it")
+        try:
+            size = path.stat().st_size
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"cannot read {source} ({exc.strerror})", "check the file's permissions") from exc
+        if size == 0:
+            raise UsageError(f"{source} is empty", "pass a JSONL file with one conversation per line")
+        return cls(str(path.absolute()), source, path.name, size, lambda: open(path, "rb"))
+
+    @classmethod
+    def _remote(cls, ws: "Workspace", url: str) -> "_Source":
+        import fsspec
+
+        protocol = url.split("://", 1)[0]
+        # A source on the same service as the blob store uses the store's options (endpoint, ...).
+        storage_url = ws.config.storage_url or ""
+        options = ws.config.storage_options if storage_url.startswith(f"{protocol}://") else {}
+        try:
+            fs, path = fsspec.core.url_to_fs(url, **options)
+            info = fs.info(path)
+        except FileNotFoundError:
+            raise UsageError(f"{url}: no such file", "check the URL") from None
+        except (ImportError, ValueError) as exc:
+            raise UsageError(f"{url}: unsupported URL ({exc})", "use a local path or an fsspec URL whose backend is installed (e.g. s3fs for s3://)") from exc
+        except Exception as exc:  # network and permission errors come in many classes
+            raise OperationError(f"cannot read {url} ({type(exc).__name__}: {exc})", "check the URL, the credentials and the network") from exc
+        if info.get("type") == "directory":
+            raise UsageError(f"{url} is a directory", "pass the JSONL file inside it")
+        size = int(info.get("size") or 0)
+        if size == 0:
+            raise UsageError(f"{url} is empty", "pass a JSONL file with one conversation per line")
+        return cls(url, url, url.rstrip("/").rsplit("/", 1)[-1], size, lambda: fs.open(path, "rb"))
+
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[Iterator[bytes]]:
+        with self.opener() as handle:
+            yield _limited_lines(handle, self.size, self.display)
+
+
+def _limited_lines(handle: IO[bytes], size: int, display: str) -> Iterator[bytes]:
+    """Lines of `handle`, refusing to read past the size measured up front (a file growing meanwhile)."""
+    read = 0
+    for raw in handle:
+        read += len(raw)
+        if read > size:
+            raise UsageError(f"{display} grew while it was being read", "add it again once it is complete")
+        yield raw
+
+
+def _check_name(name: str) -> str:
+    cleaned = name.strip()
+    if not cleaned or len(cleaned) > MAX_NAME_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in cleaned):
+        raise UsageError(f"--name {name!r}: names are 1-{MAX_NAME_LENGTH} printable characters", "pass e.g. --name support-v1")
+    return cleaned
+
+
+def _refuse_taken_name(ws: "Workspace", name: str) -> None:
+    with ws.registry.reading() as conn:
+        row = dataset_rows.live_by_name(conn, name)
+    if row is not None:
+        _raise_name_taken(name, row.id, row.status)
+
+
+def _raise_name_taken(name: str, other_id: str, status: str) -> None:
+    raise ConflictError(
+        f"a dataset named '{name}' already exists ({other_id}, status {status})",
+        f"pick another --name, or remove it first with 'brightrun dataset rm {name}'",
+    )
+
+
+def _model_name(name: str | None) -> str | None:
+    """As the dataset records it: a local model directory by its absolute path, so that a
+    later `train` from another directory (or its trainer, in the run dir) finds it."""
+    return absolute_base_model(name) if name else name
+
+
+def _insert(ws: "Workspace", dataset_id: str, *, name: str, src: _Source, format: str, val_split: float, base_model: str | None) -> DatasetRow:
+    try:
+        with ws.registry.write() as tx:
+            return dataset_rows.insert(
+                tx, id=dataset_id, name=name, format=format, status="uploading", storage_path=data_key(dataset_id),
+                file_name=src.file_name, file_size=src.size, source_uri=src.uri, base_model=base_model, val_split=val_split,
+            )
+    except DuplicateRow:
+        # Another process took the name between our check and this insert.
+        _raise_name_taken(name, "added meanwhile", "uploading")
+
+
+def _set_status(ws: "Workspace", dataset_id: str, status: str) -> None:
+    with ws.registry.write() as tx:
+        require_row(dataset_rows.update(tx, dataset_id, status=status), dataset_id)
+
+
+def _discard(ws: "Workspace", dataset_id: str) -> None:
+    """Undo an add that failed: the row goes, then its blobs (a row never outlives its files)."""
+    with contextlib.suppress(Exception):
+        with ws.registry.write() as tx:
+            dataset_rows.delete(tx, dataset_id)
+        ws.storage.delete(f"datasets/{dataset_id}")
+
+
+# ------------------------------------------------------------------ ingest / validate
+
+
+def _ingest(
+    ws: "Workspace", row: DatasetRow, lines: Iterator[bytes], *, fmt: str, counter: TokenCounter, progress: Progress | None, total: int | None
+) -> DatasetRow:
+    """Validate `lines` into a local v4 file; store it and its split if valid; record the outcome."""
+    tick = (lambda done: progress(done, total)) if progress is not None else None
+    fd, tmp_name = tempfile.mkstemp(prefix=f"dataset-{row.id}-", suffix=".jsonl", dir=ws.cache_dir)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            result = scan(
+                lines, out, file_name=row.file_name, fmt=fmt, val_split=row.val_split, counter=counter,
+                keep_problems=ws.config.max_stored_validation_errors, progress=tick,
+            )
+        if result.problem_count:
+            return _finish(ws, row.id, result, counter.method, sha256=None)
+        sha256 = _store(ws, row.id, tmp, result.held_out)
+        return _finish(ws, row.id, result, counter.method, sha256=sha256)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _store(ws: "Workspace", dataset_id: str, local: Path, held_out: bytearray) -> str:
+    """Write data.jsonl and its train/validation split to storage, each atomically. Returns data's sha256."""
+    digest = hashlib.sha256()
+    train_key, validation_key = split_keys(dataset_id)
+    with contextlib.ExitStack() as stack, open(local, "rb") as source:
+        data = stack.enter_context(ws.storage.writer(data_key(dataset_id)))
+        train = stack.enter_context(ws.storage.writer(train_key))
+        validation = stack.enter_context(ws.storage.writer(validation_key))
+        for index, line in enumerate(source):
+            digest.update(line)
+            data.write(line)
+            (validation if held_out[index] else train).write(line)
+    return digest.hexdigest()
+
+
+def _finish(ws: "Workspace", dataset_id: str, result: ScanResult, method: str, *, sha256: str | None) -> DatasetRow:
+    """Record the outcome and its notification in one transaction."""
+    now = utcnow()
+    values: dict[str, Any] = dict(
+        format=result.format, validated_at=now, updated_at=now, validation_error_count=result.problem_count,
+        validation_errors=[p.to_json() for p in result.problems], token_count_method=method,
+    )
+    with ws.registry.write() as tx:
+        if result.problem_count:
+            first = result.problems[0]
+            values.update(status="error", training_ready=False,
+                          error_message=f"{result.problem_count} validation problem(s); first on line {first.line}: {first.error}")
+            row = require_row(dataset_rows.update(tx, dataset_id, **values), dataset_id)
+            notify(
+                tx, "dataset_error", "Dataset has problems",
+                f'Dataset "{row.name}" has {result.problem_count} validation problem(s), first on line {first.line}: {first.error}',
+                priority="high", action_command=f"brightrun dataset show {row.id}", dataset_id=row.id,
+            )
+        else:
+            values.update(_stats(result), content_sha256=sha256, status="ready", training_ready=True, error_message=None)
+            row = require_row(dataset_rows.update(tx, dataset_id, **values), dataset_id)
+            notify(
+                tx, "dataset_ready", "Dataset ready",
+                f'Dataset "{row.name}" is ready for training: {row.total_conversations} conversations, {row.total_tokens} tokens',
+                action_command=f"brightrun estimate --dataset {row.id}", dataset_id=row.id,
+            )
+    return row
+
+
+def _stats(result: ScanResult) -> dict[str, Any]:
+    tokens = result.tokens
+    held = result.held_out
+    total_tokens = sum(tokens)
+    validation_conversations = sum(held)
+    return {
+        "total_conversations": result.conversations,
+        "total_training_pairs": sum(a for a, h in zip(result.assistant_turns, held) if not h),
+        "total_validation_pairs": sum(a for a, h in zip(result.assistant_turns, held) if h),
+        "total_tokens": total_tokens,
+        "avg_turns_per_conversation": round(result.turns / result.conversations, 3),
+        "avg_tokens_per_turn": round(total_tokens / result.turns, 3),
+        "sample_data": result.samples,
+        "stats": {
+            "train_conversations": result.conversations - validation_conversations,
+            "validation_conversations": validation_conversations,
+            "train_tokens": sum(t for t, h in zip(tokens, held) if not h),
+            "validation_tokens": sum(t for t, h in zip(tokens, held) if h),
+            "turns": result.turns,
+            "turns_by_role": result.roles,
+            "tokens_per_conversation": _distribution(tokens),
+            "length_histogram": _histogram(tokens),
+        },
+    }
+
+
+def _distribution(values: Any) -> dict[str, float]:
+    ordered = sorted(values)
+    n = len(ordered)
+
+    def pct(q: float) -> int:
+        return ordered[min(n - 1, int(q * n))]
+
+    return {"min": ordered[0], "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": ordered[-1], "mean": round(sum(ordered) / n, 1)}
+
+
+def _histogram(values: Any) -> list[dict[str, int]]:
+    """Conversations per token-length bucket, buckets doubling from 128: easy to read against max_seq_length."""
+    counts: dict[int, int] = {}
+    for value in values:
+        bound = 128
+        while value > bound:
+            bound *= 2
+        counts[bound] = counts.get(bound, 0) + 1
+    return [{"max_tokens": bound, "conversations": counts[bound]} for bound in sorted(counts)]
+
+
+def validate_dataset(ws: "Workspace", ref: str, *, base_model: str | None = None) -> DatasetRow:
+    """Re-run validation and stats on the stored data (optionally with another base model's tokenizer)."""
+    row = get_dataset(ws, ref)
+    if row.status in ("uploading", "validating"):
+        raise ConflictError(f"dataset '{row.name}' is being {row.status[:-3]}ed by another command", "wait for it to finish")
+    if not ws.storage.exists(row.storage_path):
+        raise UsageError(
+            f"dataset '{row.name}' has no stored data (it was refused at add: {row.error_message})",
+            f"fix the source file, then 'brightrun dataset rm {row.name}' and add it again",
+        )
+    model = _model_name(base_model or row.base_model or ws.config.default_base_model)
+    counter = load_counter(model)
+    with processing_lock(ws, row.id):
+        with ws.registry.write() as tx:
+            current = require_row(dataset_rows.get_in(tx, row.id), row.id)
+            if current.status in ("uploading", "validating") or current.deleted_at is not None:
+                raise ConflictError(f"dataset '{row.name}' changed meanwhile (status {current.status})", "run the command again")
+            dataset_rows.update(tx, row.id, status="validating", base_model=model)
+        try:
+            with ws.storage.open(row.storage_path) as handle:
+                return _ingest(ws, row, iter(handle), fmt="brightrun_lora_v4", counter=counter, progress=None, total=None)
+        except BaseException as exc:
+            _mark_error(ws, row.id, f"validation failed: {exc}")
+            raise
+
+
+def _mark_error(ws: "Workspace", dataset_id: str, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        with ws.registry.write() as tx:
+            row = require_row(dataset_rows.update(tx, dataset_id, status="error", training_ready=False, error_message=reason), dataset_id)
+            notify(tx, "dataset_error", "Dataset failed", f'Dataset "{row.name}": {reason}', priority="high",
+                   action_command=f"brightrun dataset show {row.id}", dataset_id=row.id)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB"
