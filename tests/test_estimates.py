@@ -13,43 +13,14 @@ from brightrun_cli.registry.tables import Dataset, MetricPoint, TrainingJob
 from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.services.estimates import estimate, trainer_steps_per_epoch
 from brightrun_cli.services.flops import GIB, ModelShape, memory_need, train_flops_per_token
-from brightrun_cli.services.gpus import get_gpu
+from brightrun_cli.services.gpus import get_gpu, list_gpus
 from brightrun_cli.workspace import Workspace
-
-LLAMA_7B = {
-    "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-    "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000, "tie_word_embeddings": False,
-    "hidden_act": "silu",
-}
-SMALL = {**LLAMA_7B, "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4,
-         "num_key_value_heads": 4, "vocab_size": 1000}
+from model_helpers import LLAMA_7B, LLAMA_70B, SMALL, SMOLLM2_135M, dataset_with_stats, model_dir
 
 
 @pytest.fixture
 def ws() -> Workspace:
     return Workspace.open()
-
-
-def _model_dir(tmp_path, config, name="model"):
-    path = tmp_path / name
-    path.mkdir()
-    (path / "config.json").write_text(json.dumps(config))
-    return str(path)
-
-
-def _dataset(ws, name="support-v1", status="ready", conversations=1000, train_tokens=900_000, validation_tokens=100_000):
-    with ws.registry.write() as session:
-        row = Dataset(
-            name=name, status=status, storage_path=f"datasets/{name}/data.jsonl", file_name="d.jsonl", file_size=1,
-            total_conversations=conversations, total_training_pairs=conversations, total_validation_pairs=100,
-            total_tokens=train_tokens + validation_tokens, training_ready=status == "ready",
-            stats={"train_conversations": conversations, "validation_conversations": 100, "train_tokens": train_tokens,
-                   "validation_tokens": validation_tokens,
-                   "tokens_per_conversation": {"min": 100, "p50": 800, "p90": 1500, "p99": 2500, "max": 4000,
-                                               "mean": train_tokens / conversations}},
-        )
-        session.add(row)
-    return row
 
 
 def test_flops_model_7b_llama_one_million_tokens_on_h100(ws):
@@ -82,8 +53,8 @@ def test_memory_fit_7b_lora_batch8_2k_fits_80gb_not_16gb(ws):
 
 
 def test_estimate_says_what_fits_when_it_does_not(ws, tmp_path):
-    _dataset(ws, train_tokens=2_000_000)
-    model = _model_dir(tmp_path, LLAMA_7B)
+    dataset_with_stats(ws, train_tokens=2_000_000)
+    model = model_dir(tmp_path, LLAMA_7B)
     est = estimate(ws, "support-v1", preset="balanced", overrides=("batch_size=8", "packing=false"), base_model=model,
                    gpu_type="A10G", gpus=1)
     assert not est.fits_in_memory
@@ -93,8 +64,8 @@ def test_estimate_says_what_fits_when_it_does_not(ws, tmp_path):
 
 
 def test_estimate_json_has_reference_names_and_reference_formula(ws, tmp_path):
-    _dataset(ws)
-    est = estimate(ws, "support-v1", preset="fast", base_model=_model_dir(tmp_path, LLAMA_7B), gpu_type="A100-80GB", gpus=2)
+    dataset_with_stats(ws)
+    est = estimate(ws, "support-v1", preset="fast", base_model=model_dir(tmp_path, LLAMA_7B), gpu_type="A100-80GB", gpus=2)
     data = est.to_json()
     assert data["hourly_rate"] == 7.0
     assert data["training_details"]["steps_per_epoch"] == trainer_steps_per_epoch(1000, est.config, 2) == 62  # 125 micro-batches in pairs; the odd one is dropped
@@ -108,7 +79,7 @@ def test_estimate_json_has_reference_names_and_reference_formula(ws, tmp_path):
     assert ref["estimated_duration_hours"] == round((125 * 8000 / 3600 + 1200) / 3600, 2)
     assert ref["cost_breakdown"]["storage"] == 0.5
     # Types the reference never priced get no reference figure.
-    assert estimate(ws, "support-v1", base_model=_model_dir(tmp_path, LLAMA_7B, "m2"), gpu_type="L4", gpus=1).reference is None
+    assert estimate(ws, "support-v1", base_model=model_dir(tmp_path, LLAMA_7B, "m2"), gpu_type="L4", gpus=1).reference is None
 
 
 def test_trainer_step_count_matches_its_epoch_plan():
@@ -120,7 +91,8 @@ def test_trainer_step_count_matches_its_epoch_plan():
         assert trainer_steps_per_epoch(n, config, world) == expected, (n, batch, accum, world)
 
 
-def _completed_job(ws, dataset, base_model, *, gpu="cpu", tokens=30_000, wall_s=100.0, tps=500.0):
+def _completed_job(ws, dataset, base_model, *, gpu="cpu", tokens=30_000, wall_s=100.0, tps=500.0, startup_s=20.0):
+    """A completed job with a step throughput per train point (`tps`: one rate, or one per step)."""
     end = utcnow()
     config = TrainingConfig(num_epochs=1, lora_rank=8)
     with ws.registry.write() as session:
@@ -131,14 +103,16 @@ def _completed_job(ws, dataset, base_model, *, gpu="cpu", tokens=30_000, wall_s=
         )
         session.add(job)
         session.flush()
-        for step in range(1, 6):
-            session.add(MetricPoint(job_id=job.id, epoch=step / 5, step=step, split="train", training_loss=1.0, throughput=tps))
+        rates = tps if isinstance(tps, list) else [tps] * 5
+        for step, rate in enumerate(rates, start=1):  # the first point comes after `startup_s`
+            session.add(MetricPoint(job_id=job.id, epoch=step / len(rates), step=step, split="train", training_loss=1.0,
+                                    throughput=rate, timestamp=job.started_at + timedelta(seconds=startup_s + step)))
     return job
 
 
 def test_calibration_uses_measured_throughput_of_completed_jobs(ws, tmp_path):
-    dataset = _dataset(ws, conversations=100, train_tokens=30_000, validation_tokens=3_000)
-    model = _model_dir(tmp_path, SMALL)
+    dataset = dataset_with_stats(ws, conversations=100, train_tokens=30_000, validation_tokens=3_000)
+    model = model_dir(tmp_path, SMALL)
     kwargs = dict(preset="balanced", overrides=("num_epochs=1", "lora_rank=8"), base_model=model, gpu_type="cpu", gpus=1)
     before = estimate(ws, "support-v1", **kwargs)
     assert before.calibration.runs == 0 and "not calibrated" in before.calibration.message
@@ -147,9 +121,11 @@ def test_calibration_uses_measured_throughput_of_completed_jobs(ws, tmp_path):
     _completed_job(ws, dataset, model, gpu="H100", tps=99999.0)  # other GPU type: ignored
     after = estimate(ws, "support-v1", **kwargs)
     assert after.calibration.runs == 1 and after.calibration.message == "calibrated from 1 run"
-    # Same config as the measured job: its 500 tokens/s comes back, and its wall time.
+    # Same config as the measured job: its 500 tokens/s comes back, and its start-up (up to
+    # its first metric point) before the compute at that rate.
     assert after.tokens_per_sec == pytest.approx(500.0, rel=1e-6)
-    assert after.duration_s == pytest.approx(100.0, rel=1e-6)
+    assert after.startup_s == pytest.approx(21.0)
+    assert after.duration_s == pytest.approx(21.0 + (after.train_flops + after.eval_flops) / after.flops_per_s, rel=1e-6)
     assert after.duration_s != pytest.approx(before.duration_s, rel=0.01)
 
 
@@ -165,24 +141,24 @@ def test_calibration_uses_measured_throughput_of_completed_jobs(ws, tmp_path):
     ],
 )
 def test_estimate_cli_errors_exit_2(cli, ws, tmp_path, args, message):
-    _dataset(ws)
+    dataset_with_stats(ws)
     if "--base-model" not in args:
-        args = [*args, "--base-model", _model_dir(tmp_path, SMALL)]
+        args = [*args, "--base-model", model_dir(tmp_path, SMALL)]
     result = cli("estimate", "--dataset", "support-v1", "--gpu", "cpu", *args) if "--gpu" not in args else cli("estimate", "--dataset", "support-v1", *args)
     assert result.exit_code == 2, result.stdout
     assert message in result.stderr and result.stderr.startswith("error: ")
 
 
 def test_estimate_refuses_a_dataset_that_is_not_ready(cli, ws, tmp_path):
-    _dataset(ws, name="broken", status="error")
-    result = cli("estimate", "-d", "broken", "--base-model", _model_dir(tmp_path, SMALL))
+    dataset_with_stats(ws, name="broken", status="error")
+    result = cli("estimate", "-d", "broken", "--base-model", model_dir(tmp_path, SMALL))
     assert result.exit_code == 2
     assert "dataset 'broken' is not ready (status: error)" in result.stderr
 
 
 def test_estimate_cli_human_and_json(cli, ws, tmp_path):
-    _dataset(ws)
-    model = _model_dir(tmp_path, LLAMA_7B)
+    dataset_with_stats(ws)
+    model = model_dir(tmp_path, LLAMA_7B)
     human = cli("estimate", "-d", "support-v1", "-p", "balanced", "--gpu", "A100-80GB", "--gpus", "2", "--base-model", model)
     assert human.exit_code == 0
     for text in ("steps", "per epoch", "$7.00/h", "compute", "fits", "not calibrated"):
@@ -217,7 +193,7 @@ def test_all_linear_targets_every_projection():
 
 
 def test_tiny_preset_estimates_offline_on_the_builtin_model(cli, ws):
-    _dataset(ws, conversations=500, train_tokens=90_000, validation_tokens=10_000)
+    dataset_with_stats(ws, conversations=500, train_tokens=90_000, validation_tokens=10_000)
     result = cli("estimate", "-d", "support-v1", "-p", "tiny", "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
@@ -229,8 +205,8 @@ def test_tiny_preset_estimates_offline_on_the_builtin_model(cli, ws):
 
 
 def test_a_dataset_counted_with_a_base_model_trains_that_model_unless_told_otherwise(cli, ws, tmp_path):
-    row = _dataset(ws)
-    model = _model_dir(tmp_path, SMALL)
+    row = dataset_with_stats(ws)
+    model = model_dir(tmp_path, SMALL)
     with ws.registry.write() as session:
         session.get(Dataset, row.id).base_model = model
     data = json.loads(cli("estimate", "-d", "support-v1", "-p", "balanced", "--json").stdout)
@@ -247,8 +223,8 @@ def test_a_base_model_directory_given_relative_is_recorded_absolute(cli, ws, tmp
     there it has to be absolute."""
     from brightrun_cli.registry.tables import Host
 
-    _dataset(ws)
-    model = _model_dir(tmp_path, SMALL)
+    dataset_with_stats(ws)
+    model = model_dir(tmp_path, SMALL)
     monkeypatch.chdir(tmp_path)
     plan = json.loads(cli("train", "-d", "support-v1", "-p", "balanced", "--base-model", "./model", "--dry-run", "--json").stdout)
     assert plan["spec"]["base_model"] == model
@@ -268,3 +244,129 @@ def test_a_base_model_directory_given_relative_is_recorded_absolute(cli, ws, tmp
     assert remote["spec"]["base_model"] == "/models/llama"  # that host's directory, sized from its config.json
     assert read == [("gpu2", "/models/llama")]
     assert remote["estimate"]["training_details"]["model_parameters"] == plan["estimate"]["training_details"]["model_parameters"]
+
+
+# ---------------------------------------------------------------- memory advice (what would make it fit)
+
+
+def _fits_after(ws, model, gpu, gpus, option: str) -> bool:
+    """Re-estimate with the `--set` changes an advice option names: does it fit then?"""
+    sets = tuple(word for word in option.split() if "=" in word and not word.startswith("("))
+    return estimate(ws, "support-v1", preset="balanced", base_model=model, gpu_type=gpu, gpus=gpus, overrides=sets).fits_in_memory
+
+
+def test_memory_advice_names_every_change_that_makes_it_fit(ws, tmp_path):
+    dataset_with_stats(ws)
+    model = model_dir(tmp_path, LLAMA_7B)
+    est = estimate(ws, "support-v1", preset="balanced", base_model=model, gpu_type="A10G", gpus=1)
+    assert not est.fits_in_memory
+    advice = est.memory_advice
+    assert advice.startswith("needs ") and "A10G has 24 GB; it fits with " in advice
+    options = advice.split("; it fits with ", 1)[1].split("; or ")
+    kinds = ["--set batch_size=", "--set gradient_checkpointing=true", "--set max_seq_length=", "FSDP over ", "a GPU with more memory: "]
+    assert [next(k for k in kinds if o.startswith(k)) for o in options] == kinds, options
+    for option in options[:3]:  # each change alone fits, as the estimate itself computes it
+        assert _fits_after(ws, model, "A10G", 1, option), option
+    assert "keeps " in options[2] and "% of the training tokens" in options[2]
+    from brightrun_cli.services.estimates import Placement, estimate_run
+
+    fsdp_devices = int(options[3].split()[2])
+    sharded = estimate_run(ws, est.dataset, est.resolved, Placement(get_gpu(ws, "A10G"), fsdp_devices), fsdp=True)
+    assert sharded.fits_in_memory
+    assert est.to_json()["warnings"] == [f"does not fit in memory: {advice}"]  # scripts see it too
+
+
+def test_a_cpu_host_is_told_which_gpu_holds_a_7b_model(ws, tmp_path, monkeypatch):
+    """On a CPU host a 7B run does not fit in RAM; the advice names the GPUs that hold it
+    (not 'nothing in the catalog fits')."""
+    monkeypatch.setattr("brightrun_cli.services.gpus._host_memory_gb", lambda: 16.0)
+    dataset_with_stats(ws)
+    model = model_dir(tmp_path, LLAMA_7B)
+    est = estimate(ws, "support-v1", preset="balanced", base_model=model, gpu_type="cpu", gpus=1)
+    assert not est.fits_in_memory and "nothing in the catalog" not in est.memory_advice
+    named = [g.name for g in list_gpus(ws) if f"a GPU: {g.name} (" in est.memory_advice]
+    assert named, est.memory_advice
+    assert all(estimate(ws, "support-v1", preset="balanced", base_model=model, gpu_type=name, gpus=1,
+                        overrides=("gradient_checkpointing=true",)).fits_in_memory for name in named)
+
+
+def test_70b_on_two_h100_is_told_how_many_with_fsdp(ws, tmp_path):
+    dataset_with_stats(ws)
+    est = estimate(ws, "support-v1", preset="balanced", base_model=model_dir(tmp_path, LLAMA_70B), gpu_type="H100", gpus=2)
+    assert not est.fits_in_memory
+    assert "FSDP over 4 x H100 with --set gradient_checkpointing=true (--gpus 4 and an FSDP --accelerate-config)" in est.memory_advice
+    assert est.memory_advice != "H200" and "does not fit in memory" in est.warnings[0]
+
+
+# ---------------------------------------------------------------- CPU figures (measured, see flops.py / estimates.py)
+
+# The example support set as each model's tokenizer counts it (`dataset add`): 544 training
+# conversations, 56 held out.
+SUPPORT_TINY = dict(conversations=544, train_tokens=99_588, validation_tokens=10_200,
+                    tokens_per_conversation={"min": 120, "p50": 176, "p90": 240, "p99": 300, "max": 330})
+SUPPORT_SMOLLM2 = dict(conversations=544, train_tokens=31_398, validation_tokens=3_207,
+                       tokens_per_conversation={"min": 46, "p50": 54, "p90": 75, "p99": 89, "max": 90})
+
+
+def test_cpu_throughput_prior_scales_with_the_model(ws, tmp_path):
+    """Measured on a 2-core AVX2 host, undisturbed steps of the real trainer: builtin:tiny
+    with the tiny preset ~6,800 tokens/s; SmolLM2-135M with balanced (batch 4) ~200
+    tokens/s. The old fixed 10% utilisation said ~3,000 and ~34."""
+    from brightrun_cli.services.estimates import assumed_utilization
+
+    dataset_with_stats(ws, name="tiny-set", **SUPPORT_TINY)
+    tiny = estimate(ws, "tiny-set", preset="tiny", gpu_type="cpu", gpus=1)
+    assert tiny.tokens_per_sec == pytest.approx(6_800, rel=0.3)
+    dataset_with_stats(ws, name="smol-set", **SUPPORT_SMOLLM2)
+    smol = estimate(ws, "smol-set", preset="balanced", base_model=model_dir(tmp_path, SMOLLM2_135M), gpu_type="cpu", gpus=1)
+    assert smol.tokens_per_sec == pytest.approx(200, rel=0.3)
+    assert assumed_utilization(get_gpu(ws, "cpu"), tiny.shape) < assumed_utilization(get_gpu(ws, "cpu"), smol.shape)
+    assert estimate(ws, "smol-set", preset="balanced", base_model=model_dir(tmp_path, SMOLLM2_135M, "m2"),
+                    gpu_type="H100", gpus=1).calibration.runs == 0  # GPUs keep their catalog utilisation
+
+
+def test_cpu_memory_counts_the_trainer_process(ws, tmp_path):
+    """Peak RSS measured of the real trainer on the CPU: builtin:tiny 0.57 GiB, SmolLM2-135M
+    1.59 GiB (tensors alone: 0.05 and 0.80)."""
+    dataset_with_stats(ws, name="tiny-set", **SUPPORT_TINY)
+    tiny = estimate(ws, "tiny-set", preset="tiny", gpu_type="cpu", gpus=1)
+    assert tiny.memory.total / GIB == pytest.approx(0.57, rel=0.1)
+    dataset_with_stats(ws, name="smol-set", **SUPPORT_SMOLLM2)
+    smol = estimate(ws, "smol-set", preset="balanced", base_model=model_dir(tmp_path, SMOLLM2_135M), gpu_type="cpu", gpus=1)
+    assert smol.memory.total / GIB == pytest.approx(1.59, rel=0.1)
+
+
+def test_calibration_takes_steady_steps_and_leaves_out_a_slowed_run(ws, tmp_path):
+    """A run whose machine got busy two thirds of the way (steps 20x slower) calibrates from
+    its undisturbed steps; a run slowed all through is left out beside a normal one."""
+    dataset = dataset_with_stats(ws, conversations=100, train_tokens=30_000, validation_tokens=3_000)
+    model = model_dir(tmp_path, SMALL)
+    kwargs = dict(preset="balanced", overrides=("num_epochs=1", "lora_rank=8"), base_model=model, gpu_type="cpu", gpus=1)
+    _completed_job(ws, dataset, model, tps=[500.0, 480.0, 520.0] * 3 + [25.0] * 20, wall_s=400.0)
+    after = estimate(ws, "support-v1", **kwargs)
+    assert after.calibration.message == "calibrated from 1 run"
+    assert after.tokens_per_sec == pytest.approx(500.0, rel=1e-6)
+    assert after.startup_s == pytest.approx(21.0)  # its first point, not the wall time the slow steps took
+    _completed_job(ws, dataset, model, tps=25.0, wall_s=1200.0)
+    both = estimate(ws, "support-v1", **kwargs)
+    assert both.calibration.message == "calibrated from 1 run; 1 slowed run left out"
+    assert both.tokens_per_sec == pytest.approx(500.0, rel=1e-6)
+
+
+# ---------------------------------------------------------------- warm-up
+
+
+def test_balanced_on_a_small_dataset_warms_up_for_a_tenth_of_the_run(cli, ws, tmp_path):
+    """136 steps: warmup_steps 100 would keep 74% of the run below the peak learning rate."""
+    dataset_with_stats(ws, conversations=544, train_tokens=99_588, validation_tokens=10_200)
+    model = model_dir(tmp_path, SMALL)
+    est = estimate(ws, "support-v1", preset="balanced", base_model=model, gpu_type="cpu", gpus=1, overrides=("num_epochs=1",))
+    assert (est.total_steps, est.config.warmup_steps, est.warmup_steps) == (136, 100, 13)
+    assert est.to_json()["training_details"]["warmup_steps"] == 13 and not est.warnings
+    human = cli("estimate", "-d", "support-v1", "-p", "balanced", "--base-model", model, "--gpu", "cpu", "--set", "num_epochs=1")
+    assert "136 (warm-up 13: warmup_steps 100 cut to 10% of the run)" in " ".join(human.stdout.split())
+    long = estimate(ws, "support-v1", preset="balanced", base_model=model, gpu_type="cpu", gpus=1,
+                    overrides=("num_epochs=1", "max_warmup_fraction=0.6"))
+    assert long.warmup_steps == 81
+    assert long.warnings == ["warm-up takes 81 of the 136 steps: the learning rate is below its peak for 60% of the run; "
+                             "lower --set warmup_steps or max_warmup_fraction"]

@@ -105,7 +105,8 @@ def test_dead_supervisor_is_failed_with_reason_cost_and_notification(ws, spawned
     with ws.registry.write() as s:
         assert [c.cost_type for c in s.exec(select(CostRecord).where(CostRecord.job_id == job.id))] == ["compute"]
         note = s.exec(select(Notification).where(Notification.type == "job_failed")).one()
-    assert note.priority == "high" and note.action_command == f"brightrun jobs resume {job.id}"
+    # Its supervisor died before it launched a trainer: nothing to resume from, so retry.
+    assert note.priority == "high" and note.action_command == f"brightrun jobs retry {job.id}"
     assert queue.reap_dead(ws) == []
 
 

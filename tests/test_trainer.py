@@ -333,3 +333,15 @@ def test_the_saved_adapter_holds_every_trainable_tensor_also_under_wrapper_modul
 
     with pytest.raises(RuntimeError, match="the adapter to save has 0 tensors but the model trains"):
         adapter_weights(plain, {k: v for k, v in plain.state_dict().items() if "lora_" not in k})
+
+
+def test_warm_up_is_cut_to_its_fraction_of_the_run():
+    """What the estimate reports and the trainer's schedule does (both call warmup_for):
+    balanced's 100 steps on a 136-step run warm up for 13; a short warm-up is kept; a spec
+    written before max_warmup_fraction existed keeps its warm-up within the run."""
+    from brightrun_cli.trainer.spec import warmup_for
+
+    assert warmup_for(100, 0.1, 136) == 13
+    assert warmup_for(5, 0.1, 136) == 5
+    assert warmup_for(100, 0.0, 136) == 0
+    assert Hyperparameters().max_warmup_fraction == 1.0 and warmup_for(100, 1.0, 50) == 50

@@ -16,13 +16,21 @@ if TYPE_CHECKING:
 GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU type ('brightrun gpus'); default: the default host's.", show_default=False)]
 
 
-def _hours(hours: float) -> str:
+def duration_text(hours: float) -> str:
+    """A duration as people say it: "21 s", "7.5 min", "3.25 h" (never "0.0058 h")."""
     seconds = hours * 3600
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{hours:.2f} h"
+
+
+def _warmup(est: "Estimate") -> str:
+    asked = est.config.warmup_steps
+    if est.warmup_steps < asked:
+        return f" (warm-up {est.warmup_steps}: warmup_steps {asked} cut to {est.config.max_warmup_fraction:.0%} of the run)"
+    return f" (warm-up {est.warmup_steps})"
 
 
 def render_estimate(est: "Estimate") -> "RenderableType":
@@ -40,9 +48,9 @@ def render_estimate(est: "Estimate") -> "RenderableType":
         ("preset", f"{est.resolved.preset_id}" + (f" (from {est.resolved.base_preset})" if est.resolved.preset_id != est.resolved.base_preset else "")),
         ("base model", f"{cfg.base_model} ({est.shape.total_params / 1e6:,.1f}M params, LoRA {est.shape.lora_params(cfg.target_modules, cfg.lora_rank) / 1e6:,.2f}M)"),
         ("GPUs", f"{est.devices} x {est.gpu.name}"),
-        ("steps", f"{est.steps_per_epoch:,} per epoch x {cfg.num_epochs} epochs = {est.total_steps:,}"),
+        ("steps", f"{est.steps_per_epoch:,} per epoch x {cfg.num_epochs} epochs = {est.total_steps:,}" + _warmup(est)),
         ("throughput", f"{est.tokens_per_sec:,.0f} tokens/s ({est.calibration.message})"),
-        ("duration", _hours(est.estimated_duration_hours)),
+        ("duration", duration_text(est.estimated_duration_hours)),
         ("hourly rate", f"${est.hourly_rate:.2f}/h"),
         ("cost", f"${est.compute_cost:.2f} compute + ${est.storage_cost:.2f} storage = ${est.estimated_cost:.2f}"),
     ]
@@ -52,9 +60,7 @@ def render_estimate(est: "Estimate") -> "RenderableType":
     fit = Text(f"{mem.total / 2**30:.1f} GB of {est.memory_capacity / 2**30:.0f} GB: ")
     fit.append("fits" if est.fits_in_memory else "does not fit", style="green" if est.fits_in_memory else "bold red")
     details.add_row("memory", fit)
-    parts: list = [details]
-    if est.memory_advice:
-        parts.append(Text(f"memory: {est.memory_advice}", style="yellow"))
+    parts: list = [details]  # the memory advice, when it does not fit, is one of the warnings
     parts += [Text(f"warning: {w}", style="yellow") for w in est.warnings]
     return Group(*parts)
 

@@ -39,9 +39,13 @@ def train(
     accelerate_config: Annotated[Optional[Path], typer.Option("--accelerate-config", help="accelerate config file (FSDP, DeepSpeed) passed to 'accelerate launch --config_file'; brightrun's process counts, rendezvous and precision still apply.", show_default=False)] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Queue the job, print its id and return.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved spec and launch command; change nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Queue it even when the pre-flight says it cannot run (base model files missing, does not fit in memory).")] = False,
     json_output: common.JsonOpt = False,
 ) -> None:
     """Queue a LoRA training run (validated and estimated first) and follow it until it ends.
+
+    Before queuing, the base model's files are checked (weights, tokenizer, config) and
+    the estimate must fit in memory; --force queues it anyway.
 
     Exit codes when followed: 0 completed, 3 failed, 4 cancelled (see 'brightrun watch').
 
@@ -59,7 +63,7 @@ def train(
     request = training.TrainRequest(
         dataset=dataset, preset=preset, overrides=tuple(overrides or ()), config_file=config_file, base_model=base_model,
         host=host, hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else (), gpus=gpus,
-        max_cost=max_cost, accelerate_config=accelerate_config,
+        max_cost=max_cost, accelerate_config=accelerate_config, force=force,
     )
     submitted = training.train(ws, request, dry_run=dry_run)
     plan, job = submitted.plan, submitted.job
@@ -85,13 +89,17 @@ def train(
 
 
 def _print_estimate(plan) -> None:
+    from brightrun_cli.cli.estimate import duration_text
+
     est = plan.estimate.to_json()
     details = est.get("training_details") or {}
     budget = f", budget ${plan.max_cost:,.2f}" if plan.max_cost is not None else ""
     typer.echo(
         f"estimate: ${est['estimated_cost']:,.2f} (compute ${est['cost_breakdown']['compute']:,.2f} + storage ${est['cost_breakdown']['storage']:,.2f}), "
-        f"{est['estimated_duration_hours']:g} h, {details.get('total_steps')} steps on {plan.gpu_config['count']}x {plan.gpu_config['type']}{budget}"
+        f"{duration_text(plan.estimate.estimated_duration_hours)}, {details.get('total_steps')} steps on {plan.gpu_config['count']}x {plan.gpu_config['type']}{budget}"
     )
+    for warning in plan.estimate.warnings:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 def _print_plan(plan) -> None:
@@ -161,14 +169,15 @@ def show_cmd(ctx: typer.Context, job: JobArg, json_output: common.JsonOpt = Fals
     """
     from brightrun_cli.services import jobs
 
-    row = jobs.get_job(common.workspace(ctx), job)
+    ws = common.workspace(ctx)
+    row = jobs.get_job(ws, job)
     if json_output:
         common.print_json(row)
         return
-    _print_job(row)
+    _print_job(row, resumable=row.status in ("failed", "cancelled") and jobs.has_progress_to_resume(ws, row))
 
 
-def _print_job(job: "JobRow") -> None:
+def _print_job(job: "JobRow", *, resumable: bool) -> None:
     con = common.console()
     con.print(f"[bold]job {job.id}[/bold]  {job.status} ({job.current_stage})")
     lines = [
@@ -198,10 +207,10 @@ def _print_job(job: "JobRow") -> None:
     lines.append(("run dir", job.run_dir or "-"))
     for key, value in lines:
         con.print(f"  {key:<16}{value}", markup=False)
+    again = f"brightrun jobs resume {job.id}" if resumable else f"brightrun jobs retry {job.id}"  # resume needs a checkpoint
     hint = {
         "queued": f"brightrun watch {job.id}", "initializing": f"brightrun watch {job.id}", "running": f"brightrun watch {job.id}",
-        "completed": "brightrun models list", "failed": f"brightrun jobs logs {job.id}  /  brightrun jobs resume {job.id}",
-        "cancelled": f"brightrun jobs resume {job.id}",
+        "completed": "brightrun models list", "failed": f"brightrun jobs logs {job.id}  /  {again}", "cancelled": again,
     }[job.status]
     con.print(f"  {'next':<16}{hint}", markup=False)
 

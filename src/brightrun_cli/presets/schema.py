@@ -32,6 +32,7 @@ HYPERPARAMETER_KEYS = (
     "lora_alpha",
     "lora_dropout",
     "warmup_steps",
+    "max_warmup_fraction",
     "weight_decay",
     "max_seq_length",
     "target_modules",
@@ -61,7 +62,9 @@ class TrainingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     lora_rank: Annotated[int, Meta(ge=4, le=128, description="Rank r of the LoRA update matrices")] = 16
     lora_alpha: Annotated[int, Meta(ge=1, le=1024, description="LoRA scaling numerator (the update is scaled by alpha / r)")] = 32
     lora_dropout: Annotated[float, Meta(ge=0, lt=1, description="Dropout on the LoRA input")] = 0.05
-    warmup_steps: Annotated[int, Meta(ge=0, le=100_000, description="Optimizer steps of linear learning-rate warm-up (capped by the trainer at the run's length)")] = 100
+    warmup_steps: Annotated[int, Meta(ge=0, le=100_000, description="Optimizer steps of linear learning-rate warm-up (at most max_warmup_fraction of the run)")] = 100
+    max_warmup_fraction: Annotated[float, Meta(ge=0, le=1, description=(
+        "Warm-up takes at most this fraction of the run's optimizer steps: warmup_steps is cut to it on short runs"))] = 0.1
     weight_decay: Annotated[float, Meta(ge=0, le=1, description="AdamW weight decay on the LoRA parameters")] = 0.01
     max_seq_length: Annotated[int, Meta(ge=32, le=131_072, description="Tokens per training sequence (packed block, or truncation length without packing)")] = 2048
     target_modules: Literal["all-linear"] | Annotated[Modules, Meta(description=(

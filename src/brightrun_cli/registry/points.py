@@ -41,6 +41,13 @@ def latest_train(conn: sqlite3.Connection, job_id: str) -> tuple[float | None, f
     return (row[0], row[1]) if row else (None, None)
 
 
+def first(conn: sqlite3.Connection, job_id: str) -> PointRow | None:
+    """The job's first point: the base model's held-out loss at step 0 (or its first step).
+    Its time ends the run's start-up, for the estimates' calibration."""
+    rows = read.fetch_all(conn, PointRow, "job_id = ?", (job_id,), order="step, split", limit=1)
+    return rows[0] if rows else None
+
+
 def train_throughputs(conn: sqlite3.Connection, job_id: str, after_step: int = 1) -> list[float]:
     """Per-step tokens/s of the job's training points after `after_step` (the warm-up)."""
     return [r[0] for r in conn.execute(

@@ -73,7 +73,7 @@ def add_dataset(
     src = _Source.open(ws, source)
     if src.size > ws.config.max_dataset_bytes:
         raise UsageError(
-            f"{src.display} is {_mb(src.size)}, over the dataset size limit of {_mb(ws.config.max_dataset_bytes)}",
+            f"{src.display} is {_size(src.size)}, over the dataset size limit of {_size(ws.config.max_dataset_bytes)}",
             "split the file, or raise max_dataset_bytes in config.toml",
         )
     repair_interrupted(ws)
@@ -362,5 +362,12 @@ def _mark_error(ws: "Workspace", dataset_id: str, reason: str) -> None:
                    action_command=f"brightrun dataset show {row.id}", dataset_id=row.id)
 
 
-def _mb(size: int) -> str:
-    return f"{size / 1_000_000:.1f} MB"
+def _size(size: int) -> str:
+    """A size as people read it: "20 bytes", "4.2 KB", "312.5 MB", "1.3 GB" (a small limit is not "0.0 MB")."""
+    if size < 1000:
+        return f"{size} byte{'s' if size != 1 else ''}"
+    for unit in ("KB", "MB", "GB"):
+        size /= 1000
+        if size < 1000 or unit == "GB":
+            break
+    return f"{size:.1f} {unit}"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from brightrun_cli.errors import UsageError
+from brightrun_cli.services.base_model import cached_file, require_hub
 
 # Approximation used when no tokenizer is available: ~4 characters per token is the
 # usual figure for English text with BPE vocabularies of 32k-100k entries.
@@ -90,17 +91,18 @@ def load_counter(base_model: str | None) -> TokenCounter:
 
 
 def _load(path: str, base_model: str) -> Any:
+    subject = f"cannot load the tokenizer of --base-model {base_model}"
+    directory = Path(path).is_dir()
+    if not directory and cached_file(path, "tokenizer_config.json") is None:
+        require_hub(subject, base_model)  # one line at once, before transformers is even imported
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # transformers raises OSError/ValueError/... depending on what is missing
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        if offline or Path(path).is_dir():
-            raise UsageError(
-                f"cannot load the tokenizer of --base-model {base_model} ({_first_line(exc)})",
-                "pass a local model directory, or allow downloads (HF_HUB_OFFLINE unset) on a machine with network",
-            ) from exc
+        if directory:
+            raise UsageError(f"{subject} ({_first_line(exc)})", "pass a model directory that has its tokenizer files, or a Hugging Face id") from exc
+    require_hub(subject, base_model)
     try:
         return AutoTokenizer.from_pretrained(path)
     except Exception as exc:

@@ -27,6 +27,7 @@ from brightrun_cli.registry import hosts as host_rows
 from brightrun_cli.registry import jobs as job_rows
 from brightrun_cli.registry import points as point_rows
 from brightrun_cli.registry.rows import DatasetRow, HostRow, JobRow
+from brightrun_cli.services.base_model import hub_config
 from brightrun_cli.services.flops import (
     GIB,
     ModelShape,
@@ -38,6 +39,7 @@ from brightrun_cli.services.flops import (
 from brightrun_cli.services.gpus import Gpu, get_gpu, list_gpus, normalize_gpu_name
 from brightrun_cli.services.hosts import LOCAL, refresh_local_host
 from brightrun_cli.services.presets import ResolvedConfig, require_base_model, resolve_config
+from brightrun_cli.trainer.spec import warmup_for
 from brightrun_cli.workspace import Workspace
 
 # Data-parallel efficiency per extra device (gradient all-reduce is small for LoRA).
@@ -54,6 +56,14 @@ REFERENCE_OVERHEAD_S = (10 * 60, 5 * 60, 5 * 60)  # init, per epoch, final save
 REFERENCE_STORAGE_COST = 0.50
 CALIBRATION_JOBS = 20  # most recent comparable jobs considered
 COMPARABLE_PARAMS_RATIO = 2.0
+# Hidden size at which a CPU reaches 63% (1 - 1/e) of its large-model utilisation (`assumed_utilization`).
+CPU_HIDDEN_SCALE = 290.0
+# A step (or run) slower than its peers' 90th percentile by more than this was slowed by
+# something else on the machine (see `undisturbed`).
+SLOWED_BY = 2.0
+# A warm-up longer than this share of the run is worth a warning: the run is spent
+# mostly below its peak learning rate.
+WARMUP_DOMINATES = 0.25
 
 
 @dataclass(frozen=True)
@@ -104,20 +114,22 @@ def _host_named(ws: Workspace, name: str) -> HostRow | None:
 
 @dataclass(frozen=True)
 class Calibration:
-    runs: int
+    runs: int  # the measured jobs it uses
     job_ids: list[str]
     device_flops_per_s: float | None  # measured, per device
     startup_s: float | None
+    slowed: int = 0  # measured jobs left out: much slower than the others (a busy machine)
 
     @property
     def message(self) -> str:
         if self.runs:
-            return f"calibrated from {self.runs} run{'s' if self.runs != 1 else ''}"
+            slowed = f"; {self.slowed} slowed run{'s' if self.slowed != 1 else ''} left out" if self.slowed else ""
+            return f"calibrated from {self.runs} run{'s' if self.runs != 1 else ''}{slowed}"
         return "not calibrated: no completed job on this GPU type with a comparable model; using the assumed utilisation"
 
     def to_json(self) -> dict[str, Any]:
         return {"calibrated": self.runs > 0, "runs": self.runs, "job_ids": self.job_ids, "message": self.message,
-                "device_flops_per_s": self.device_flops_per_s, "startup_s": self.startup_s}
+                "device_flops_per_s": self.device_flops_per_s, "startup_s": self.startup_s, "slowed_runs_left_out": self.slowed}
 
 
 @dataclass
@@ -157,6 +169,11 @@ class Estimate:
         return self.placement.devices
 
     @property
+    def warmup_steps(self) -> int:
+        """The warm-up the trainer will do (warmup_steps cut to max_warmup_fraction of the run)."""
+        return warmup_for(self.config.warmup_steps, self.config.max_warmup_fraction, self.total_steps)
+
+    @property
     def estimated_duration_hours(self) -> float:
         return self.duration_s / 3600
 
@@ -182,6 +199,7 @@ class Estimate:
             "training_details": {
                 "total_steps": self.total_steps,
                 "steps_per_epoch": self.steps_per_epoch,
+                "warmup_steps": self.warmup_steps,
                 "estimated_throughput_tokens_per_sec": round(self.tokens_per_sec, 1),
                 "dataset_name": self.dataset.name,
                 "dataset_id": self.dataset.id,
@@ -231,11 +249,12 @@ def estimate(
 
 
 def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, placement: Placement, *,
-                 model_config: dict | None = None) -> Estimate:
+                 model_config: dict | None = None, fsdp: bool = False) -> Estimate:
     """Estimate a run of `resolved` on `dataset` at `placement`. `model_config`: the base
     model's config.json when it was read elsewhere (from the SSH host the model lives on).
-    Raises UsageError for a dataset that is not ready or a base model whose config cannot
-    be read."""
+    `fsdp`: the run shards the model over its devices (an FSDP accelerate config), which
+    changes its memory, not its FLOPs. Raises UsageError for a dataset that is not ready or
+    a base model whose config cannot be read."""
     config = resolved.config
     if dataset.status != "ready":
         raise UsageError(
@@ -254,13 +273,14 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
     scale = devices * (MULTI_DEVICE_EFFICIENCY ** (devices - 1))
     if calibration.device_flops_per_s:
         flops_per_s = calibration.device_flops_per_s * scale
-        startup_s = calibration.startup_s or 0.0
+        startup_s = calibration.startup_s if calibration.startup_s is not None else _assumed_startup(shape, weight_bytes)
     else:
-        flops_per_s = gpu.bf16_tflops * 1e12 * gpu.utilization * scale
+        flops_per_s = gpu.bf16_tflops * 1e12 * assumed_utilization(gpu, shape) * scale
         startup_s = _assumed_startup(shape, weight_bytes)
     duration_s = startup_s + (train_flops + eval_flops) / flops_per_s
     hourly_rate = gpu.price_per_hour * devices
-    need = memory_need(shape, config, plan.sequence_length, weight_bytes=weight_bytes, on_gpu=gpu.name != "cpu")
+    shards = devices if fsdp and devices > 1 else 1
+    need = memory_need(shape, config, plan.sequence_length, weight_bytes=weight_bytes, on_gpu=gpu.name != "cpu", shards=shards)
     capacity = gpu.memory_gb * GIB
     est = Estimate(
         dataset=dataset, resolved=resolved, placement=placement, plan=plan, shape=shape,
@@ -272,10 +292,12 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
         reference=reference_estimate(dataset, config, gpu, devices),
     )
     if not est.fits_in_memory:
-        est.memory_advice = memory_advice(ws, shape, config, plan, gpu, weight_bytes)
-    if config.warmup_steps >= est.total_steps:
+        est.memory_advice = memory_advice(ws, dataset, shape, config, plan, gpu, shards)
+        est.warnings.append(f"does not fit in memory: {est.memory_advice}")
+    if est.warmup_steps > WARMUP_DOMINATES * est.total_steps:
         est.warnings.append(
-            f"warmup_steps ({config.warmup_steps}) >= total steps ({est.total_steps}): the learning rate never reaches its peak; lower it with --set warmup_steps=N"
+            f"warm-up takes {est.warmup_steps} of the {est.total_steps} steps: the learning rate is below its peak for "
+            f"{est.warmup_steps / est.total_steps:.0%} of the run; lower --set warmup_steps or max_warmup_fraction"
         )
     return est
 
@@ -295,9 +317,7 @@ def read_model_shape(base_model: str, config: dict | None = None) -> ModelShape:
     if path.is_dir():
         config_path: Path | str | None = path / "config.json"
     elif "/" in location and not location.startswith((".", "/", "~")):
-        config_path = _hub_config(location)
-        if config_path is None:
-            raise UsageError(f"cannot read the config of base model '{base_model}': not in the local Hugging Face cache and the hub is unreachable", how)
+        config_path = hub_config(location)
     else:
         raise UsageError(f"cannot read the config of base model '{base_model}': no such directory here",
                          "pass a local model directory, or for one on an SSH host estimate with "
@@ -314,18 +334,6 @@ def _shape_of(base_model: str, data: Any) -> ModelShape:
         return ModelShape.from_config(data)
     except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as exc:
         raise UsageError(f"base model '{base_model}': config.json lacks the architecture key {exc}", "use a decoder-only transformer with a standard config") from exc
-
-
-def _hub_config(repo_id: str) -> str | None:
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-    cached = try_to_load_from_cache(repo_id, "config.json")
-    if isinstance(cached, str):
-        return cached
-    try:
-        return hf_hub_download(repo_id, "config.json")
-    except Exception:  # offline, unknown repo, gated, no network: all mean "cannot read it"
-        return None
 
 
 def token_plan(dataset: DatasetRow, config: TrainingConfig) -> TokenPlan:
@@ -385,6 +393,20 @@ def _truncated_mean(dist: dict[str, float], limit: int) -> float:
     return sum(min(v * scale, limit) for v in samples) / len(samples)
 
 
+def assumed_utilization(gpu: Gpu, shape: ModelShape) -> float:
+    """The share of the device's peak a LoRA run is assumed to reach before calibration.
+
+    GPUs: the catalog's figure. CPUs: the catalog's figure is what large models reach;
+    small ones reach less, as their matrices are too small to keep the vector units busy
+    between the per-operation overheads. Measured on a 2-core AVX2 host (fp32, steps
+    undisturbed by other load, `bench` of the real trainer): builtin:tiny (hidden 128)
+    23% of peak, SmolLM2-135M (hidden 576) 58%; 0.65 x (1 - exp(-hidden / 290)) gives
+    23% and 56%."""
+    if normalize_gpu_name(gpu.name) != "cpu":
+        return gpu.utilization
+    return gpu.utilization * (1 - math.exp(-shape.hidden / CPU_HIDDEN_SCALE))
+
+
 def _weight_bytes(config: TrainingConfig, gpu_name: str) -> int:
     if config.precision == "fp32" or (config.precision == "auto" and normalize_gpu_name(gpu_name) == "cpu"):
         return 4
@@ -404,29 +426,87 @@ def _storage_cost(ws: Workspace, shape: ModelShape, config: TrainingConfig) -> f
     return adapter_gb * REMOTE_STORAGE_PRICE_GB_MONTH
 
 
-def memory_advice(ws: Workspace, shape: ModelShape, config: TrainingConfig, plan: TokenPlan, gpu: Gpu, weight_bytes: int) -> str:
-    """What would fit: a smaller batch here, gradient checkpointing, or a bigger GPU."""
-    on_gpu = gpu.name != "cpu"
+# FSDP device counts the advice tries: up to 8 per host, more over several hosts.
+FSDP_DEVICES = (2, 4, 8, 16, 32, 64)
+GPUS_PER_HOST = 8
+# A shorter max_seq_length is advice only while it keeps at least this share of the tokens.
+MIN_KEPT_TOKENS = 0.5
+
+
+def memory_advice(ws: Workspace, dataset: DatasetRow, shape: ModelShape, config: TrainingConfig, plan: TokenPlan,
+                  gpu: Gpu, shards: int = 1) -> str:
+    """Why the run does not fit, and each change that alone would make it fit: a smaller
+    micro-batch (same effective batch through accumulation), gradient checkpointing, a
+    shorter max_seq_length (with the share of tokens it keeps), FSDP over more GPUs of
+    this type, a GPU with more memory; on a CPU, the cheapest GPU that holds it."""
     capacity = gpu.memory_gb * GIB
 
-    def fits(cfg: TrainingConfig, device: Gpu = gpu) -> bool:
-        need = memory_need(shape, cfg, plan.sequence_length, weight_bytes=weight_bytes, on_gpu=device.name != "cpu")
-        return need.total <= device.memory_gb * GIB
+    def need(cfg: TrainingConfig, device: Gpu = gpu, devices: int = shards) -> float:
+        seq = plan.sequence_length if (cfg.max_seq_length, cfg.batch_size) == (config.max_seq_length, config.batch_size) \
+            else token_plan(dataset, cfg).sequence_length
+        return memory_need(shape, cfg, seq, weight_bytes=_weight_bytes(cfg, device.name), on_gpu=device.name != "cpu",
+                           shards=devices).total
 
+    def fits(cfg: TrainingConfig, device: Gpu = gpu, devices: int = shards) -> bool:
+        return need(cfg, device, devices) <= device.memory_gb * GIB
+
+    checkpointed = config.replace(gradient_checkpointing=True)
+    variants = [(config, "")] + ([] if config.gradient_checkpointing else [(checkpointed, " with --set gradient_checkpointing=true")])
     options = []
     for batch in range(config.batch_size - 1, 0, -1):
         if fits(config.replace(batch_size=batch)):
             accumulate = math.ceil(config.batch_size / batch) * config.gradient_accumulation_steps
             options.append(f"--set batch_size={batch} --set gradient_accumulation_steps={accumulate}")
             break
-    if not config.gradient_checkpointing and fits(config.replace(gradient_checkpointing=True)):
-        options.append("--set gradient_checkpointing=true")
-    bigger = [g for g in list_gpus(ws) if g.name != "cpu" and g.memory_gb * GIB > capacity and fits(config, g)]
-    if on_gpu and bigger:
-        options.append(f"a GPU with more memory ({min(bigger, key=lambda g: g.price_per_hour).name})")
-    need = memory_need(shape, config, plan.sequence_length, weight_bytes=weight_bytes, on_gpu=on_gpu).total
-    head = f"needs {need / GIB:.1f} GB, {gpu.name} has {gpu.memory_gb:g} GB"
-    return f"{head}; fits with " + ", or ".join(options) if options else f"{head}; nothing in the catalog fits this model at this sequence length"
+    if not config.gradient_checkpointing:
+        if fits(checkpointed):
+            options.append("--set gradient_checkpointing=true")
+        elif config.batch_size > 1 and fits(checkpointed.replace(batch_size=1)):
+            accumulate = config.batch_size * config.gradient_accumulation_steps
+            options.append(f"--set gradient_checkpointing=true --set batch_size=1 --set gradient_accumulation_steps={accumulate}")
+    length = config.max_seq_length // 2
+    while length >= 32:
+        shorter = config.replace(max_seq_length=length)
+        if fits(shorter):
+            kept = token_plan(dataset, shorter).train_tokens / max(1, plan.train_tokens)
+            if kept >= MIN_KEPT_TOKENS:
+                options.append(f"--set max_seq_length={length} (keeps {kept:.0%} of the training tokens)")
+            break
+        length //= 2
+    if not config.gradient_checkpointing and fits(checkpointed):
+        variants = variants[:1]  # checkpointing alone does it here: more or other GPUs are for the config as is
+    gpus = [g for g in list_gpus(ws) if g.name != "cpu"]
+    if gpu.name != "cpu":
+        fsdp = [(n, how) for cfg, how in variants for n in FSDP_DEVICES if n > shards and fits(cfg, gpu, n)]
+        if fsdp:
+            options.append(_fsdp_option(gpu, *min(fsdp, key=lambda option: option[0])))
+        bigger = [(g, how) for cfg, how in variants for g in gpus if g.memory_gb * GIB > capacity and fits(cfg, g, 1)]
+        options += [f"a GPU with more memory: {g.name} ({g.memory_gb:g} GB){how}" for g, how in _cheapest(bigger)]
+    else:
+        single = [(g, how) for cfg, how in variants for g in gpus if fits(cfg, g, 1)]
+        options += [f"a GPU: {g.name} ({g.memory_gb:g} GB){how} (see 'brightrun estimate --gpu {g.name}')" for g, how in _cheapest(single)]
+        if not single:
+            sharded = [(g, n, how) for cfg, how in variants for g in gpus for n in FSDP_DEVICES if fits(cfg, g, n)]
+            if sharded:
+                options.append(_fsdp_option(*min(sharded, key=lambda option: option[0].price_per_hour * option[1])))
+    head = f"needs {need(config) / GIB:.1f} GB per device, {gpu.name} has {gpu.memory_gb:g} GB"
+    if not options:
+        return f"{head}; nothing in the catalog holds it, even with FSDP over {FSDP_DEVICES[-1]} GPUs and gradient checkpointing"
+    return f"{head}; it fits with " + "; or ".join(options)
+
+
+def _cheapest(candidates: list[tuple[Gpu, str]]) -> list[tuple[Gpu, str]]:
+    """Of (GPU, change) candidates: the cheapest GPU for the config as is, and the cheapest
+    with its change when that one is cheaper still."""
+    as_is = [c for c in candidates if not c[1]]
+    best = [min(as_is, key=lambda c: c[0].price_per_hour)] if as_is else []
+    changed = [c for c in candidates if c[1] and (not best or c[0].price_per_hour < best[0][0].price_per_hour)]
+    return best + ([min(changed, key=lambda c: c[0].price_per_hour)] if changed else [])
+
+
+def _fsdp_option(gpu: Gpu, devices: int, how: str) -> str:
+    hosts = "" if devices <= GPUS_PER_HOST else f", {devices // GPUS_PER_HOST} hosts in --hosts"
+    return f"FSDP over {devices} x {gpu.name}{how} (--gpus {min(devices, GPUS_PER_HOST)}{hosts} and an FSDP --accelerate-config)"
 
 
 def reference_estimate(dataset: DatasetRow, config: TrainingConfig, gpu: Gpu, devices: int) -> dict[str, Any] | None:
@@ -454,12 +534,34 @@ def reference_estimate(dataset: DatasetRow, config: TrainingConfig, gpu: Gpu, de
     }
 
 
+def undisturbed(values: list[float]) -> list[float]:
+    """The rates of `values` that nothing else slowed: those within SLOWED_BY of their 90th
+    percentile. Other work on the machine only ever slows a step (or a whole run) down, by
+    10-20x at times on a shared 2-core host, so slowed values are left out rather than
+    averaged in; an undisturbed run keeps nearly all of its steps."""
+    if not values:
+        return []
+    ordered = sorted(values)
+    top = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+    return [v for v in values if v >= top / SLOWED_BY]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One completed job as calibration sees it."""
+
+    job_id: str
+    device_flops_per_s: float  # steady-state training rate per device
+    startup_s: float | None  # from its start to its first metric point (None: not measurable, e.g. resumed)
+
+
 def calibrate(ws: Workspace, gpu: Gpu, shape: ModelShape, base_model: str | None) -> Calibration:
     """Measured per-device FLOP rate and start-up from completed jobs on `gpu`.
 
     Same base model first; failing that, models within 2x the parameter count. Each
-    job's rate = its median training tokens/s (metrics) x its FLOPs per token; its
-    start-up = wall time - (its training + validation FLOPs) / that rate.
+    job's rate is its steady-state step throughput (`_measure`); across jobs the median
+    of those that were not slowed (`undisturbed`: one run made while the machine was
+    busy does not set the next estimates), and the median of their start-ups.
     """
     wanted = normalize_gpu_name(gpu.name)
     with ws.registry.reading() as conn:
@@ -473,11 +575,15 @@ def calibrate(ws: Workspace, gpu: Gpu, shape: ModelShape, base_model: str | None
         measured = [m for m in (_measure(conn, j) for j in candidates) if m is not None]
     if not measured:
         return Calibration(runs=0, job_ids=[], device_flops_per_s=None, startup_s=None)
+    steady = undisturbed([m.device_flops_per_s for m in measured])
+    kept = [m for m in measured if m.device_flops_per_s >= min(steady)]
+    startups = [m.startup_s for m in kept if m.startup_s is not None]
     return Calibration(
-        runs=len(measured),
-        job_ids=[m[0] for m in measured],
-        device_flops_per_s=statistics.median(m[1] for m in measured),
-        startup_s=max(0.0, statistics.median(m[2] for m in measured)),
+        runs=len(kept),
+        job_ids=[m.job_id for m in kept],
+        device_flops_per_s=statistics.median(steady),
+        startup_s=statistics.median(startups) if startups else None,
+        slowed=len(measured) - len(kept),
     )
 
 
@@ -490,8 +596,14 @@ def _comparable(base_model: str, shape: ModelShape) -> bool:
     return 1 / COMPARABLE_PARAMS_RATIO <= ratio <= COMPARABLE_PARAMS_RATIO
 
 
-def _measure(conn: Any, job: JobRow) -> tuple[str, float, float] | None:
-    """(job id, per-device FLOP/s, start-up seconds) of one completed job, or None when unusable."""
+def _measure(conn: Any, job: JobRow) -> Measured | None:
+    """One completed job's steady-state rate and start-up, or None when unusable.
+
+    Rate: the median tokens/s of its undisturbed steps (the trainer times each step
+    without the held-out evaluations), in this model's FLOPs. Start-up: from the job's
+    start to its first metric point (the base model's held-out loss), less that
+    evaluation's FLOPs at this rate. A job without step throughputs is charged its whole
+    wall time less the assumed start-up."""
     try:
         config = validate({k: v for k, v in job.hyperparameters.items() if k in FIELDS})
         shape = read_model_shape(job.base_model)
@@ -504,19 +616,24 @@ def _measure(conn: Any, job: JobRow) -> tuple[str, float, float] | None:
     wall = (job.completed_at - job.started_at).total_seconds()
     devices = max(1, int((job.gpu_config or {}).get("count", 1))) * max(1, len(job.hosts or []) or 1)
     fpt = train_flops_per_token(shape, config, plan.sequence_length)
+    base_eval_flops = plan.validation_tokens * eval_flops_per_token(shape, config, plan.sequence_length)
     # FLOPs as this model plans them (padding included); the trainer's tokens/s counts
     # its own tokens, so its rate is scaled by planned/counted to stay in one unit.
     planned_tokens = config.num_epochs * plan.computed_tokens
-    train_flops = planned_tokens * fpt
-    eval_flops = (config.num_epochs + 1) * plan.validation_tokens * eval_flops_per_token(shape, config, plan.sequence_length)
-    rates = point_rows.train_throughputs(conn, job.id)
+    rates = undisturbed(point_rows.train_throughputs(conn, job.id))
+    startup: float | None
     if rates:
         flops_per_s = statistics.median(rates) * fpt * planned_tokens / job.tokens_processed
-    else:  # no per-step throughput: charge the whole wall time, minus the assumed start-up, to compute
-        busy = wall - _assumed_startup(shape, _weight_bytes(config, str(job.gpu_config.get("type", ""))))
-        if busy <= 0:
+        first = point_rows.first(conn, job.id)
+        startup = None
+        if first is not None and first.timestamp >= job.started_at:
+            startup = (first.timestamp - job.started_at).total_seconds()
+            if first.step == 0 and first.split == "validation":
+                startup = max(0.0, startup - base_eval_flops / flops_per_s)
+    else:
+        startup = _assumed_startup(shape, _weight_bytes(config, str(job.gpu_config.get("type", ""))))
+        if wall <= startup:
             return None
-        flops_per_s = (train_flops + eval_flops) / busy
-    startup = wall - (train_flops + eval_flops) / flops_per_s
+        flops_per_s = (planned_tokens * fpt + (config.num_epochs + 1) * base_eval_flops) / (wall - startup)
     scale = devices * (MULTI_DEVICE_EFFICIENCY ** (devices - 1))
-    return job.id, flops_per_s / scale, startup
+    return Measured(job.id, flops_per_s / scale, startup)

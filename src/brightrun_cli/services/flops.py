@@ -20,6 +20,14 @@ GATED_FAMILIES = {
 # CUDA context, allocator fragmentation and workspace buffers: what a real run loses
 # beyond its tensors on a GPU.
 GPU_RESERVE_BYTES = 2 * GIB
+# On a CPU the run's memory is the trainer process's: the interpreter with torch,
+# transformers, peft and accelerate imported, the tokenized split and the allocator's
+# slack, plus the checkpoint's pages read while loading (as stored: 2 bytes per
+# parameter for the usual bf16 files). Measured peak RSS (2-core x86 host, torch 2.13
+# CPU, fp32): builtin:tiny 0.572 GiB where its tensors are 0.05 GiB by this model;
+# SmolLM2-135M 1.59 GiB, its tensors 0.80 GiB and its file 0.25 GiB.
+CPU_PROCESS_BYTES = 0.52 * GIB
+CHECKPOINT_BYTES_PER_PARAM = 2
 
 
 @dataclass(frozen=True)
@@ -165,7 +173,7 @@ class MemoryNeed:
     lora_and_optimizer: float
     activations: float
     logits: float
-    reserve: float
+    reserve: float  # GPU: CUDA context and allocator; CPU: the trainer process itself and the checkpoint it reads
 
     @property
     def total(self) -> float:
@@ -180,8 +188,10 @@ class MemoryNeed:
         }
 
 
-def memory_need(shape: ModelShape, config: TrainingConfig, seq_len: int, *, weight_bytes: int, on_gpu: bool) -> MemoryNeed:
-    """Peak memory of one device holding the whole model (DDP) for a micro-batch.
+def memory_need(shape: ModelShape, config: TrainingConfig, seq_len: int, *, weight_bytes: int, on_gpu: bool,
+                shards: int = 1) -> MemoryNeed:
+    """Peak memory of one device for a micro-batch: holding the whole model (DDP, one
+    process), or with `shards` > 1 its 1/shards part under FSDP.
 
     Weights in the compute dtype; LoRA params in fp32 with their gradient and two
     AdamW moments (16 bytes each). Activations saved for backward, per token and layer
@@ -191,19 +201,27 @@ def memory_need(shape: ModelShape, config: TrainingConfig, seq_len: int, *, weig
     the gated MLP's gate, up and activation outputs (3i, 2i ungated). With gradient
     checkpointing only each layer's input (h) is kept, plus one layer recomputed.
     Logits: the LM head output in the compute dtype plus its fp32 copy for the loss.
+    FSDP (the trainer's FSDP path): the base is held in fp32, sharded with the LoRA
+    weights and their optimizer state, and computed in bf16; each unit (a decoder
+    layer, or the embeddings) is gathered whole while it runs, the next one prefetched.
     """
     tokens = config.batch_size * seq_len
-    act_bytes = weight_bytes
+    act_bytes = 2 if shards > 1 else weight_bytes
     mlp_saved = (3 if shape.gated_mlp else 2) * shape.intermediate * shape.experts_active
     per_layer = 3 * shape.hidden + 2 * shape.attn_dim + 2 * shape.kv_dim + mlp_saved
     if config.gradient_checkpointing:
         activations = tokens * act_bytes * (shape.layers * shape.hidden + per_layer)
     else:
         activations = tokens * act_bytes * shape.layers * per_layer
+    if shards > 1:
+        layer_params = shape.attn_params + shape.experts * shape.mlp_params
+        weights = shape.total_params * 4 / shards + act_bytes * max(2 * layer_params, shape.embedding_params)
+    else:
+        weights = shape.total_params * weight_bytes
     return MemoryNeed(
-        weights=float(shape.total_params * weight_bytes),
-        lora_and_optimizer=float(shape.lora_params(config.target_modules, config.lora_rank) * 16),
+        weights=float(weights),
+        lora_and_optimizer=float(shape.lora_params(config.target_modules, config.lora_rank) * 16 / shards),
         activations=float(activations),
         logits=float(tokens * shape.vocab * (act_bytes + 4)),
-        reserve=float(GPU_RESERVE_BYTES if on_gpu else 0),
+        reserve=float(GPU_RESERVE_BYTES if on_gpu else CPU_PROCESS_BYTES + CHECKPOINT_BYTES_PER_PARAM * shape.total_params),
     )

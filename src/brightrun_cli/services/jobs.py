@@ -155,6 +155,16 @@ def retry_job(ws: Workspace, ref: str) -> JobRow:
     return get_job(ws, job.id)
 
 
+def has_progress_to_resume(ws: Workspace, job: JobRow) -> bool:
+    """Whether `jobs resume` has something to continue from: a checkpoint (or a finished,
+    uncollected run) in the local run dir. On SSH hosts the checkpoints live remotely, and
+    the resumed supervisor looks there."""
+    path = lifecycle.run_dir(ws.home, job)
+    if not all(h.kind == "local" for h in hosts_of(ws, job)):
+        return True
+    return lifecycle.latest_checkpoint(path) is not None or lifecycle.finished_uncollected(path)
+
+
 def resume_job(ws: Workspace, ref: str, *, max_cost: float | None = None) -> JobRow:
     """Continue a failed or cancelled job from its last checkpoint: same job id, a new attempt."""
     with launch.standing_by(ws.home) as standby:
@@ -162,9 +172,7 @@ def resume_job(ws: Workspace, ref: str, *, max_cost: float | None = None) -> Job
         if job.status not in lifecycle.RESUMABLE:
             raise ConflictError(f"job {job.id} is {job.status}; only failed or cancelled jobs can be resumed",
                                 "wait for it to end" if job.status in lifecycle.ACTIVE else "completed jobs are done")
-        path = lifecycle.run_dir(ws.home, job)
-        local = all(h.kind == "local" for h in hosts_of(ws, job))
-        if local and lifecycle.latest_checkpoint(path) is None and not lifecycle.finished_uncollected(path):
+        if not has_progress_to_resume(ws, job):
             raise ConflictError(f"job {job.id} has no checkpoint to resume from", f"run 'brightrun jobs retry {job.id}' to start it again")
         if max_cost is not None and max_cost <= job.current_cost:
             raise UsageError(f"--max-cost ${max_cost:,.2f} is not above what the job has already cost (${job.current_cost:,.2f})", "pass a higher --max-cost")

@@ -166,7 +166,14 @@ def _stop_orphan(ws: Workspace, job: JobRow) -> None:
 
 
 def notify_failed(tx, job: JobRow, reason: str) -> None:
-    next_step = f"brightrun jobs show {job.id}" if job.status == lifecycle.QUEUED else f"brightrun jobs resume {job.id}"
+    # A trainer that was launched is stopped with TERM right after this (it checkpoints):
+    # resume can continue it. One never launched left nothing to resume from.
+    if job.status == lifecycle.QUEUED:
+        next_step = f"brightrun jobs show {job.id}"
+    elif job.external_job_id:
+        next_step = f"brightrun jobs resume {job.id}"
+    else:
+        next_step = f"brightrun jobs retry {job.id}"
     notifications.notify(tx, "job_failed", "Training failed", f"Job {job.id[:10]} failed: {reason}", priority="high",
                          action_command=next_step, job_id=job.id, dataset_id=job.dataset_id)
 

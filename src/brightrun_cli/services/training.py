@@ -8,7 +8,6 @@ The job it creates is managed by services/jobs.py from then on.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from brightrun_cli.runners import get_runner
 from brightrun_cli.runners.accelerate import LAUNCH_KEYS
 from brightrun_cli.runners.base import LaunchRequest
 from brightrun_cli.services import queue
+from brightrun_cli.services.base_model import check_directory, check_hub_model
 from brightrun_cli.services.datasets import get_dataset
 from brightrun_cli.services.estimates import Estimate, estimate_run, placement_for
 from brightrun_cli.services.gpus import get_gpu
@@ -51,6 +51,7 @@ class TrainRequest:
     gpus: int | None = None
     max_cost: float | None = None
     accelerate_config: Path | None = None  # passed to `accelerate launch --config_file` (FSDP, DeepSpeed)
+    force: bool = False  # queue even when the pre-flight says it cannot run (files missing, does not fit)
 
 
 @dataclass
@@ -134,24 +135,30 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
     )
     config = resolved.config
     config.base_model = _check_base_model(config.base_model, hosts)
+    if not req.force:
+        _preflight_files(config.base_model, hosts)
     placement = placement_for(ws, config, hosts)
+    job_id = new_id()
+    request = LaunchRequest.for_job(ws.home, job_id, gpus=placement.gpus_per_host, gpu_type=placement.gpu.name)
+    accelerate = None
+    if req.accelerate_config is not None:
+        accelerate = check_accelerate_config(req.accelerate_config, hosts, request.num_processes, config.hyperparameters())
     model_config = None
     if host.kind == "ssh" and config.base_model.startswith("/"):
         from brightrun_cli.runners.ssh import remote_model_config
 
         model_config = remote_model_config(ws, host, config.base_model)  # what that host will train
-    estimate = estimate_run(ws, dataset, resolved, placement, model_config=model_config)
+    estimate = estimate_run(ws, dataset, resolved, placement, model_config=model_config,
+                            fsdp=accelerate is not None and accelerate.distributed_type == "FSDP")
+    if not req.force and not estimate.fits_in_memory:
+        raise UsageError(f"the run does not fit in memory: {estimate.memory_advice}",
+                         "change one of those, or pass --force to queue it anyway")
     cost = float(estimate.to_json()["estimated_cost"])
     if req.max_cost is not None and cost > req.max_cost:
         raise UsageError(
             f"the estimated cost ${cost:,.2f} is over --max-cost ${req.max_cost:,.2f}",
             "raise --max-cost, or pick a cheaper preset, fewer epochs or GPUs (see 'brightrun estimate')",
         )
-    job_id = new_id()
-    request = LaunchRequest.for_job(ws.home, job_id, gpus=placement.gpus_per_host, gpu_type=placement.gpu.name)
-    accelerate = None
-    if req.accelerate_config is not None:
-        accelerate = check_accelerate_config(req.accelerate_config, hosts, request.num_processes, config.hyperparameters())
     spec = _spec(job_id, config, accelerate)
     if accelerate is not None:
         request.accelerate_config, request.distributed_type = spec["accelerate_config"], accelerate.distributed_type
@@ -269,13 +276,26 @@ def _check_base_model(name: str | None, hosts: list[HostRow]) -> str:
         return name if name.startswith("builtin:") else str(path)
     if not _HF_ID.match(resolved):
         raise UsageError(f"base model '{name}' is neither a directory nor a Hugging Face id", "pass org/name, a local directory or builtin:tiny")
-    if local and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(resolved, "config.json"), str):
-            raise UsageError(f"base model '{resolved}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set",
-                             "download it first, unset HF_HUB_OFFLINE, or pass a local directory")
     return name
+
+
+def _preflight_files(name: str, hosts: list[HostRow]) -> None:
+    """Refuse a base model the trainer could not start from, before a job is queued: a
+    local directory (or the cached snapshot of a hub id) without weights, tokenizer or a
+    readable config; a hub id neither cached nor downloadable. Files are only looked at
+    (safetensors headers parsed), never loaded: `train` has to stay quick. A directory on
+    an SSH host is checked there by the trainer."""
+    if not all(h.kind == "local" for h in hosts):
+        return
+    location = resolve_base_model(name)
+    if not names_a_path(location):
+        check_hub_model(location)
+        return
+    missing = check_directory(Path(absolute_base_model(location)))
+    if missing:
+        raise UsageError(f"base model '{name}' cannot be trained from: {'; '.join(missing)}",
+                         "pass a complete model directory (save_pretrained writes weights, config and tokenizer), "
+                         "or --force to queue it anyway")
 
 
 def _resolve_hosts(ws: Workspace, names: tuple[str, ...]) -> list[HostRow]:

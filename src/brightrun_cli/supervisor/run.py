@@ -39,6 +39,7 @@ from brightrun_cli.runners import get_runner
 from brightrun_cli.runners.base import LaunchRequest, RunnerLost, RunnerUnreachable
 from brightrun_cli.services import notifications
 from brightrun_cli.services.hosts import hosts_of
+from brightrun_cli.services.jobs import has_progress_to_resume
 from brightrun_cli.supervisor import stop
 from brightrun_cli.supervisor.ingest import MetricLine, MetricsTail, point_values
 
@@ -370,8 +371,12 @@ class Supervisor:
             return ("job_completed", "Training completed", f"Job {short} completed {job.current_step} steps for ${total:,.2f}",
                     {"priority": "medium", "action_command": "brightrun models list"})
         if status == lifecycle.CANCELLED:
-            return ("job_cancelled", "Training cancelled", f"Job {short} was cancelled at step {job.current_step}; its checkpoint is kept (${total:,.2f} spent)",
-                    {"priority": "medium", "action_command": f"brightrun jobs resume {job.id}"})
+            if has_progress_to_resume(self.ws, job):
+                kept, again = "its checkpoint is kept", f"brightrun jobs resume {job.id}"
+            else:  # stopped before the trainer saved anything: only a fresh start can follow
+                kept, again = "nothing to resume from", f"brightrun jobs retry {job.id}"
+            return ("job_cancelled", "Training cancelled", f"Job {short} was cancelled at step {job.current_step}; {kept} (${total:,.2f} spent)",
+                    {"priority": "medium", "action_command": again})
         return ("job_failed", "Training failed", f"Job {short} failed: {error}",
                 {"priority": "high", "action_command": f"brightrun jobs logs {job.id}"})
 

@@ -30,7 +30,7 @@ import torch
 from . import attention
 from .data import IGNORE, Batch, Example, collate, ensure_chat_template, tokenize_file
 from .files import MetricsWriter, library_versions, write_json_atomic
-from .spec import SHARDED_TYPES, Spec, SpecError
+from .spec import SHARDED_TYPES, Spec, SpecError, warmup_for
 
 
 class Stopped(Exception):
@@ -68,6 +68,14 @@ class Run:
 
 # ---------------------------------------------------------------- model loading
 
+
+def whole_message(exc: BaseException) -> str:
+    """A library exception's whole message on one line: transformers explains a missing
+    tokenizer or model over several lines, and the first alone ("Couldn't instantiate the
+    backend tokenizer from one of:") says nothing."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
 def check_base_model(name: str) -> str:
     """Resolve builtin names and make sure the model exists and is a causal LM, before loading weights."""
     from brightrun_cli.builtin import resolve_base_model
@@ -83,7 +91,7 @@ def check_base_model(name: str) -> str:
     except Exception as exc:  # OSError / ValueError / hub errors all mean "cannot find it"
         raise SpecError(
             f"cannot load base model {name!r}: not a model directory, a built-in name (builtin:tiny) "
-            f"or a Hugging Face id reachable from this machine ({str(exc).splitlines()[0][:200]})"
+            f"or a Hugging Face id reachable from this machine ({whole_message(exc)})"
         ) from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise SpecError(f"base model {name!r} ({config.model_type}) is not a causal language model")
@@ -163,7 +171,7 @@ def attach_lora(spec: Spec, model, log):
     try:
         model = get_peft_model(model, lora)
     except ValueError as exc:
-        raise SpecError(f"hyperparameters.target_modules: {str(exc).splitlines()[0]}") from None
+        raise SpecError(f"hyperparameters.target_modules: {whole_message(exc)}") from None
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
@@ -285,7 +293,7 @@ def setup(spec: Spec, log) -> Run:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # missing/corrupt tokenizer files raise assorted types
-        raise SpecError(f"cannot load the tokenizer of {spec.base_model!r}: {str(exc).splitlines()[0][:200]}") from None
+        raise SpecError(f"cannot load the tokenizer of {spec.base_model!r}: {whole_message(exc)}") from None
     if not tokenizer.is_fast:
         raise SpecError(f"base model {spec.base_model!r} has no fast tokenizer (needed for assistant-token masks)")
     ensure_chat_template(tokenizer)
@@ -316,7 +324,9 @@ def setup(spec: Spec, log) -> Run:
     groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # No empty group (LoRA has no 1-D weights): DeepSpeed drops them, and the scheduler must see the same groups.
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.learning_rate, betas=(0.9, 0.999), eps=1e-8)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(hp.warmup_steps, total_steps, hp.lr_scheduler))
+    warmup = warmup_for(hp.warmup_steps, hp.max_warmup_fraction, total_steps)
+    log.info("schedule: %d steps, the first %d warming up, then %s", total_steps, warmup, hp.lr_scheduler)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps, hp.lr_scheduler))
     if accelerator.distributed_type.value == "DEEPSPEED":
         # accelerate builds DeepSpeed's engine from the model, optimizer and scheduler prepared
         # together; a torch scheduler stays ours to step (only DeepSpeed's own are stepped by the engine).
@@ -622,7 +632,11 @@ def fit(run: Run) -> None:
                 )
                 window_tokens, window_start = 0, time.perf_counter()
             if run.state.step % run.steps_per_epoch == 0 or last:
+                # Held-out evaluation is not training: its time stays out of the next
+                # step's tokens/s, which the estimates calibrate from.
+                paused = time.perf_counter()
                 _validate(run, round(run.state.step / run.steps_per_epoch, 4))
+                window_start += time.perf_counter() - paused
             if stop and not last:
                 save_checkpoint(run)
                 raise Stopped()

@@ -7,6 +7,7 @@ so a bad spec costs a second and exits 2 with one line naming the field to chang
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ class Hyperparameters:
     lora_alpha: float = 32
     lora_dropout: float = 0.05
     warmup_steps: int = 100
+    # Warm-up is cut to this fraction of the run (`warmup_for`). A spec without the key
+    # (written before it existed) keeps its full warm-up, within the run's length.
+    max_warmup_fraction: float = 1.0
     weight_decay: float = 0.01
     max_seq_length: int = 2048  # longer conversations are truncated
     target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -42,6 +46,13 @@ class Hyperparameters:
     gradient_checkpointing: bool = False
     assistant_only_loss: bool = True
     precision: str = "auto"
+
+
+def warmup_for(warmup_steps: int, max_warmup_fraction: float, total_steps: int) -> int:
+    """The optimizer steps of linear warm-up a run of `total_steps` does: `warmup_steps`,
+    cut to `max_warmup_fraction` of the run, so a short run is not spent mostly below its
+    peak learning rate. The trainer's schedule and the estimate both use this."""
+    return max(0, min(warmup_steps, math.floor(max_warmup_fraction * total_steps + 1e-9)))
 
 
 @dataclass
@@ -130,6 +141,7 @@ _RANGES = {
     "lora_alpha": (float, lambda v: 0 < v <= 4096, "in (0, 4096]"),
     "lora_dropout": (float, lambda v: 0 <= v < 1, "in [0, 1)"),
     "warmup_steps": (int, lambda v: 0 <= v, "an integer >= 0"),
+    "max_warmup_fraction": (float, lambda v: 0 <= v <= 1, "in [0, 1]"),
     "weight_decay": (float, lambda v: 0 <= v <= 1, "in [0, 1]"),
     "max_seq_length": (int, lambda v: 8 <= v <= 1_048_576, "an integer in [8, 1048576]"),
     "gradient_accumulation_steps": (int, lambda v: 1 <= v <= 4096, "an integer in [1, 4096]"),
