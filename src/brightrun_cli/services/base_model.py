@@ -20,10 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 import struct
-import threading
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -55,6 +52,10 @@ def hub_unreachable() -> str | None:
     answer), or None when one TCP connection to it (or its proxy) succeeds."""
     if offline_mode():
         return "HF_HUB_OFFLINE is set"
+    # Imported here: only a hub id needs them, and urllib.request (http.client, ssl) alone
+    # costs `estimate` and `train` of a local model 50-100 ms of start-up.
+    import urllib.request
+
     url = endpoint()
     parts = urlsplit(url)
     if not parts.hostname:
@@ -70,6 +71,9 @@ def _probe(url: str, proxy: str | None) -> str | None:
     """One answer per endpoint and proxy for the process: a command asks about the hub at
     several places (config, tokenizer, weights), and the network does not change in
     between. The connection runs in a thread so that a slow name lookup is bounded too."""
+    import socket
+    import threading
+
     parts = urlsplit(url)
     if proxy:
         parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
