@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -74,8 +75,16 @@ def load_config(home: Path) -> Config:
         raise UsageError(f"{path}: key '{key}': {message or exc}", "fix that key in config.toml") from None
 
 
-def unknown_key_warning(path: Path, key: str) -> str:
-    """What a command says about a key of config.toml it does not know."""
-    close = difflib.get_close_matches(key, KEYS, n=1)
-    hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(KEYS)}"
-    return f"warning: {path}: unknown key '{key}' is ignored; {hint}"
+def warnings(config: Config, path: Path) -> list[str]:
+    """What every command says about a config.toml that loads but will not do what its author
+    meant: keys this brightrun does not know, a notification hook that cannot run."""
+    out = []
+    for key in config.unknown_keys:
+        close = difflib.get_close_matches(key, KEYS, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(KEYS)}"
+        out.append(f"{path}: unknown key '{key}' is ignored; {hint}")
+    hook = config.notification_hook
+    if hook and shutil.which(hook[0]) is None:
+        out.append(f"{path}: notification_hook '{hook[0]}' is not an executable command, so no notification reaches it; "
+                   "fix notification_hook (an absolute path, or a command on PATH)")
+    return out

@@ -63,13 +63,29 @@ def console() -> "Console":
     (Rich is imported here, not at module level: --json output never needs it.)"""
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    class StdoutConsole(Console):
+        def on_broken_pipe(self) -> None:  # Rich's own exits 1; a reader that left is 141, quietly
+            raise SystemExit(reader_left())
+
+    return StdoutConsole(highlight=False, soft_wrap=False)
 
 
 def err_console() -> "Console":
     from rich.console import Console
 
     return Console(stderr=True, highlight=False)
+
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a program whose reader left
+
+
+def reader_left() -> int:
+    """The reader of our stdout went away (`brightrun jobs list | head -1`): stop quietly, as
+    a program killed by SIGPIPE would; returns the exit code to use."""
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush must not fail again
+    return EXIT_BROKEN_PIPE
 
 
 def stdin_is_tty() -> bool:

@@ -121,7 +121,7 @@ def list_cmd(
     limit: common.LimitOpt = None,
     json_output: common.JsonOpt = False,
 ) -> None:
-    """List jobs, newest first.
+    """List jobs, most recently queued first (a resumed job counts from its new queueing).
 
     Examples:
       brightrun jobs list

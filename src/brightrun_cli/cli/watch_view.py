@@ -132,12 +132,14 @@ def metrics(state: WatchState) -> RenderableType:
 def cost(job: JobView) -> Text:
     label = "cost" if job.terminal else "cost so far"
     line = Text(f"{label} ", style="dim") + Text(money(job.cost), style="bold")
+    line.append(f" of estimated {money(job.estimated_total_cost)}")
     if job.estimated_total_cost:
-        share = job.cost / job.estimated_total_cost * 100
-        line.append(f" of estimated {money(job.estimated_total_cost)} ({share:.0f}%)")
+        line.append(f" ({job.cost / job.estimated_total_cost * 100:.0f}%)")
     if job.max_cost is not None:
         over = job.cost > job.max_cost
         line.append(f" · budget {money(job.max_cost)}", style="bold red" if over else "")
+    else:
+        line.append(" · no budget (train --max-cost)", style="dim")
         if over:
             line.append(" exceeded", style="bold red")
     return line
@@ -353,6 +355,11 @@ def status_line(job: JobView, now: datetime) -> str:
     text = f"job {job.id} {job.status}"
     if job.status == "queued":
         return text + f" (preset {job.preset_id}, dataset {job.dataset_name or job.dataset_id})"
+    if job.terminal and job.started_at is None:
+        text += " before it started"
+        if job.error_message:
+            text += f": {job.error_message}"
+        return text
     if job.terminal:
         text += f" after {duration(job.elapsed(now))}, step {_steps(job)}, cost {money(job.cost)}"
         if job.status == "failed" and job.error_message:

@@ -56,7 +56,7 @@ def on_host(conn: sqlite3.Connection, host_id: str, statuses: Sequence[str]) -> 
     return read.fetch_all(conn, JobRow, f"host_id = ? AND status IN ({_marks(statuses)})", (host_id, *statuses), order="queued_at, id")
 
 
-_LIVE_ORDER = "created_at DESC, id DESC"
+_LIVE_ORDER = "queued_at DESC, id DESC"  # a resumed job queues again: it lists with the newly queued
 
 
 def _live_where(statuses: Sequence[str]) -> tuple[str, tuple]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +17,22 @@ if TYPE_CHECKING:
 _ORDER = "created_at DESC, id DESC"
 
 
+_NAME_VERSION = re.compile(r"^(?P<name>.+?)(?:@v?|\s+v)(?P<version>\d+\.\d+\.\d+)$")
+
+
 def resolve(conn: sqlite3.Connection, ref: str) -> ModelRow:
-    """A live model by id, unique id prefix or name."""
-    return read.resolve(conn, ModelRow, ref, "model", by_name=True)
+    """A live model by id, unique id prefix, `NAME@VERSION` (or `NAME vVERSION`, as `models
+    list` shows it), or NAME alone: its newest version."""
+    text = ref.strip()
+    found = _NAME_VERSION.match(text)
+    if found:
+        row = read.fetch_one(conn, ModelRow, "name = ? AND version = ? AND deleted_at IS NULL", (found["name"], found["version"]))
+        if row is not None:
+            return row
+    newest = read.fetch_all(conn, ModelRow, "name = ? AND deleted_at IS NULL", (text,), order=_ORDER, limit=1)
+    if newest:
+        return newest[0]
+    return read.resolve(conn, ModelRow, ref, "model")
 
 
 _SORTS = {

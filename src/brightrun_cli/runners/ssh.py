@@ -251,7 +251,8 @@ class SSHConnection:
     def rsync_argv(self, sources: list[str], dest: str, *, to_remote: bool, extra: tuple[str, ...] = ()) -> list[str]:
         """rsync over this connection. Remote paths are ours (validated workdir + ids)."""
         rsh = shlex.join(["ssh", *self.ssh_options()])
-        prefix = f"{self.host.ssh_host}:"
+        address = self.host.ssh_host or ""
+        prefix = f"[{address}]:" if ":" in address else f"{address}:"  # rsync's host:path needs an IPv6 address in brackets
         if to_remote:
             srcs, dst = sources, prefix + dest
         else:

@@ -445,6 +445,9 @@ def reference_estimate(dataset: DatasetRow, config: TrainingConfig, gpu: Gpu, de
     rate = gpu.price_per_hour * devices
     compute = rate * hours
     return {
+        "description": ("the reference platform's formula, for comparison: a fixed tokens/s per GPU type plus fixed "
+                        "overheads (10 min start, 5 min per epoch, 5 min final save) and $0.50 storage; the estimate "
+                        "above models FLOPs on this base model and calibrates from your own completed runs"),
         "estimated_cost": round(compute + REFERENCE_STORAGE_COST, 2),
         "cost_breakdown": {"compute": round(compute, 2), "storage": REFERENCE_STORAGE_COST},
         "estimated_duration_hours": round(hours, 2),

@@ -27,11 +27,12 @@ class Gpu:
     price_source: str  # "catalog" | "config.toml"
 
     def to_json(self) -> dict:
+        """Named as a job's `gpu_config` names them: `type`, and `hourly_rate` (here of one GPU)."""
         return {
-            "name": self.name,
+            "type": self.name,
             "memory_gb": self.memory_gb,
             "bf16_tflops": self.bf16_tflops,
-            "price_per_hour": self.price_per_hour,
+            "hourly_rate": self.price_per_hour,
             "utilization": self.utilization,
             "reference_tokens_per_sec": self.reference_tokens_per_sec,
             "price_source": self.price_source,

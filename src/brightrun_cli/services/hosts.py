@@ -55,13 +55,22 @@ def validate_name(name: str) -> str:
     return name
 
 
+ZONE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+
+
 def _validate_address(host: str) -> str:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     try:
-        return str(ipaddress.ip_address(host))
+        address = ipaddress.ip_address(host)
     except ValueError:
         pass
+    else:
+        # Python accepts any text as an IPv6 zone (`::1%a b;c`); an interface name is all a zone can be.
+        zone = getattr(address, "scope_id", None)
+        if zone is not None and not ZONE_RE.match(zone):
+            raise UsageError(f"invalid IPv6 zone in SSH host address {host!r}", "a zone is an interface name, e.g. fe80::1%eth0")
+        return str(address)
     if len(host) <= 253 and host and all(LABEL_RE.match(label) for label in host.split(".")):
         return host
     raise UsageError(f"invalid SSH host address {host!r}", "give a host name (or ssh config alias) or an IP address")

@@ -336,9 +336,12 @@ class Supervisor:
             message = str(result["error"])
         elif code == 75:
             message = "the trainer was stopped by SIGTERM after saving a checkpoint"
+        elif code is not None and code < 0:
+            # A signal is not something the trainer said: its last log line would mislead.
+            message = f"the trainer was killed by signal {-code}" + (
+                " (SIGKILL: out of memory, or killed from outside; see the system log)" if code == -9 else "")
         else:
-            how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-            message = f"the trainer {how}" + (f": {last.strip()}" if last else "")
+            message = f"the trainer exited with code {code}" + (f": {last.strip()}" if last else "")
         return message[:2000], "\n".join(tail[-LOG_TAIL_LINES:])
 
     def _finish(self, status: str, error: str | None, stack: str | None = None, *, budget: bool = False) -> int:
