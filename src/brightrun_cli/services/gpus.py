@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -48,8 +49,14 @@ def _host_memory_gb() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
 
 
+@functools.cache
+def _catalog() -> dict:
+    """The shipped catalog, parsed once per process (a train plans with it several times)."""
+    return tomllib.loads(GPU_CATALOG_FILE.read_text(encoding="utf-8"))
+
+
 def list_gpus(ws: Workspace) -> list[Gpu]:
-    catalog = tomllib.loads(GPU_CATALOG_FILE.read_text(encoding="utf-8"))
+    catalog = _catalog()
     by_key = {normalize_gpu_name(name): name for name in catalog}
     prices: dict[str, float] = {}
     for name, price in ws.config.gpu_prices.items():
