@@ -138,10 +138,10 @@ def cost(job: JobView) -> Text:
     if job.max_cost is not None:
         over = job.cost > job.max_cost
         line.append(f" · budget {money(job.max_cost)}", style="bold red" if over else "")
-    else:
-        line.append(" · no budget (train --max-cost)", style="dim")
         if over:
             line.append(" exceeded", style="bold red")
+    else:
+        line.append(" · no budget (train --max-cost)", style="dim")
     return line
 
 
