@@ -43,11 +43,8 @@ from typing import TYPE_CHECKING
 from brightrun_cli.errors import OperationError, UsageError
 from brightrun_cli.runners.base import LaunchRequest, Runner
 from brightrun_cli.runners.slurm_batch import (
-    EXIT_FILE,
     SCRIPT_NAME,
     SIGNAL_SLACK_S,
-    STOP_FILE,
-    TIME_LEFT_FILE,
     SlurmSettings,
     batch_script,
     sbatch_argv,
@@ -295,9 +292,9 @@ def map_state(slurm_job_id: str, record: _Record | None, *, trainer_exit: int | 
 
 
 def _ended_reason(trainer_exit: int | None, slurm_exit: int | None, slurm_reason: str, time_left: str, lead_s: int) -> str:
+    if _near_time_limit(time_left, lead_s):
+        return "time limit"  # the warning stopped it (a trainer still loading dies of the TERM: nothing to save yet)
     if trainer_exit == STOPPED_EXIT:
-        if _near_time_limit(time_left, lead_s):
-            return "time limit"
         return "stopped by SIGTERM after saving a checkpoint"
     if trainer_exit == 2:
         return "invalid spec or inputs"
@@ -315,9 +312,9 @@ PREPARE = r"""
 mkdir -p "$1" && cd "$1" && rm -f stop_requested exit_code exit_code.tmp term_time_left
 """
 
-# $1 run dir, then sbatch's argv: submitted from the run dir, so its relative paths
-# (sbatch.sh, --output) and the job's working directory are the run dir.
-SUBMIT = r"""
+# $1 a directory, then an argv to run there. sbatch runs in the run dir, so its relative
+# paths (sbatch.sh, --output) and the job's working directory are the run dir.
+IN_DIR = r"""
 cd "$1" || exit 3
 shift
 exec "$@"
@@ -378,6 +375,31 @@ if running; then
 fi
 exit 0
 """
+
+
+# $1 workdir. What `hosts check` asks the login node: "version <sinfo --version>" (or
+# "noslurm <error>"), "partition <name>|<available>|<nodes>|<gres>|<time limit>" lines
+# (or "unavailable <error>": no controller), "workdir ok|no" (writable there).
+CLUSTER_CHECK = r"""
+v=$(sinfo --version 2>&1) || { echo "noslurm $(printf '%s' "$v" | head -n 1)"; exit 0; }
+echo "version $v"
+if out=$(sinfo -h -o '%P|%a|%D|%G|%l' 2>&1); then
+  printf '%s\n' "$out" | sed 's/^/partition /'
+else
+  echo "unavailable $(printf '%s' "$out" | head -n 1)"
+fi
+if mkdir -p "$1" 2>/dev/null && t=$(mktemp "$1/.brightrun-check.XXXXXX" 2>/dev/null); then rm -f "$t"; echo "workdir ok"; else echo "workdir no"; fi
+"""
+
+
+@dataclass
+class ClusterFacts:
+    """What the login node says about the cluster (`SlurmRunner.cluster_facts`)."""
+
+    version: str | None = None  # "slurm 22.05.8"; None when Slurm's commands are missing
+    error: str | None = None  # why Slurm could not be asked
+    partitions: dict[str, dict] = field(default_factory=dict)  # name -> {default, available, nodes, gres, time_limit}
+    workdir_writable: bool = False
 
 
 @dataclass
@@ -442,7 +464,7 @@ class SlurmRunner(Runner):
     def launch_argv(self, request: LaunchRequest) -> list[str]:
         """The command that submits the job: sbatch, run in the remote run dir on the login node."""
         argv = sbatch_argv(self.settings, request, gpu=self.gpu)
-        return self.login.script_argv(SUBMIT, self.remote_run_dir(request.job_id), *argv)
+        return self.login.script_argv(IN_DIR, self.remote_run_dir(request.job_id), *argv)
 
     def start(self, request: LaunchRequest) -> str:
         submit = self.launch_argv(request)  # refuses a bad request before anything is shipped
@@ -512,6 +534,46 @@ class SlurmRunner(Runner):
 
         self._guarded(call)
         self._seen.pop(handle, None)  # what Slurm says now is news
+
+    # -- hosts check --------------------------------------------------------------------------------
+    def cluster_facts(self) -> ClusterFacts:
+        """Slurm's version, its partitions and whether the workdir is writable, from the
+        login node. Raises SSHFailure when the login node cannot be reached."""
+        self.login.ensure_master()
+        out = self.login.run_script(CLUSTER_CHECK, remote_workdir(self.host), check=False).stdout.decode(errors="replace")
+        facts = ClusterFacts()
+        for line in out.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "version":
+                facts.version = value.strip()
+            elif key in ("noslurm", "unavailable"):
+                facts.error = value.strip() or key
+            elif key == "partition":
+                name, available, nodes, gres, limit = (value.split("|") + [""] * 4)[:5]
+                entry = facts.partitions.setdefault(name.rstrip("*"), {
+                    "default": name.endswith("*"), "available": available, "nodes": 0, "gres": [], "time_limit": limit})
+                entry["nodes"] += int(nodes) if nodes.isdigit() else 0
+                if gres not in ("", "(null)") and gres not in entry["gres"]:
+                    entry["gres"].append(gres)
+            elif key == "workdir":
+                facts.workdir_writable = value.strip() == "ok"
+        return facts
+
+    def compute_node_argv(self, script: str, *args: str) -> list[str]:
+        """srun of `sh -c script` on one compute node of the host's partition, with the
+        job's GPUs and sbatch options; it gives up after 2 minutes without a free node."""
+        s = self.settings
+        argv = ["srun", "--immediate=120", "--nodes=1", "--ntasks=1", "--time=5", "--job-name=brightrun-check"]
+        argv += [f"--{name}={value}" for name, value in (("partition", s.partition), ("account", s.account),
+                                                          ("qos", s.qos), ("gres", s.gres)) if value]
+        if self.gpu and not s.gres:
+            argv.append(f"--gpus-per-node={self.host.gpus}")
+        return self.login.script_argv(IN_DIR, ".", *argv, *s.sbatch_args, "sh", "-c", script, "sh", *args)
+
+    def run_on_compute_node(self, script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run `sh -c script` there (see compute_node_argv); the CompletedProcess, whatever its status."""
+        self.login.ensure_master()
+        return self.login.run(self.compute_node_argv(script, *args), timeout=timeout, check=False)
 
     # -- probing ------------------------------------------------------------------------------------
     def _must_ask(self, seen: _Seen) -> bool:

@@ -65,6 +65,8 @@ TIME_RE = re.compile(r"^(?:(\d{1,3})-)?(\d{1,5})(?::(\d{1,2}))?(?::(\d{1,2}))?$"
 SBATCH_ARG_RE = re.compile(r"^--([a-z][a-z0-9-]*)(?:=([A-Za-z0-9_.,:@%+=/&|\[\]*!-]+))?$")
 # Options brightrun sets itself (or that would change what a submission is). sbatch takes
 # any unambiguous prefix of a long option too, so a prefix of one of these is refused as well.
+# hosts.options keys that are not submission settings: the login as typed, the SSH opt-in.
+HOST_OPTIONS = ("login", "accept_new_host_key")
 RESERVED_SBATCH_OPTIONS = (
     "parsable", "job-name", "nodes", "ntasks", "ntasks-per-node", "partition", "account", "qos", "time",
     "gres", "gpus", "gpus-per-node", "gpus-per-task", "requeue", "no-requeue", "signal", "open-mode",
@@ -141,12 +143,11 @@ class SlurmSettings:
         hand gets no further than `hosts add` would."""
         if host.kind != "slurm":
             raise UsageError(f"host '{host.name}' is not a Slurm host", "add one with 'brightrun hosts add NAME --slurm LOGIN'")
-        options = dict(host.options or {})
-        unknown = sorted(set(options) - set(cls.__dataclass_fields__) - {"login"})
+        options = {k: v for k, v in (host.options or {}).items() if k not in HOST_OPTIONS}
+        unknown = sorted(set(options) - set(cls.__dataclass_fields__))
         if unknown:
             raise UsageError(f"host '{host.name}' has unknown Slurm settings: {', '.join(unknown)}",
                              "remove the host and add it again")
-        options.pop("login", None)
         return cls.validated(**options)
 
     def to_options(self) -> dict[str, Any]:
@@ -165,6 +166,15 @@ class SlurmSettings:
         shorter limit (a 1-minute test job: 50 s, as Slurm signals only to ~60 s)."""
         limit = self.time_s
         return SIGNAL_LEAD_MAX_S if limit is None else max(1, min(SIGNAL_LEAD_MAX_S, limit * 5 // 6))
+
+
+def gres_gpus(gres: str | None) -> int | None:
+    """GPUs per node a --gres asks for: the count of its gpu item (gpu:a100:4 -> 4, gpu -> 1)."""
+    for item in (gres or "").split(","):
+        parts = item.split(":")
+        if parts[0] == "gpu":
+            return int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+    return None
 
 
 def _check_time(value: str) -> None:

@@ -352,8 +352,13 @@ def _check_ssh(ws: Workspace, host: Host, result: HostCheck) -> None:
     except (SSHFailure, OperationError) as exc:
         result.problems.append(f"{exc.message}; {exc.hint}")
         return
+    read_check_output(result, host, python, out.stdout.decode(errors="replace"))
+
+
+def read_check_output(result: HostCheck, host: Host, python: str, text: str) -> None:
+    """Fill `result` from CHECK_SCRIPT's output (run on an SSH host, or on a Slurm compute node)."""
     info: dict = {}
-    for line in out.stdout.decode(errors="replace").splitlines():
+    for line in text.splitlines():
         key, _, value = line.partition(" ")
         if key == "disk" and value.strip().isdigit():
             result.disk_free_gb = round(int(value) / 2**20, 1)
