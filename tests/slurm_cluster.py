@@ -103,6 +103,13 @@ class SlurmCluster:
             parts.append(f"== {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(parts)
 
+    def stop_controller(self) -> None:
+        _terminate(_read_pid(self.root / "run" / "slurmctld.pid"))
+
+    def start_controller(self) -> None:
+        """slurmctld again, from its saved state (jobs and nodes as they were)."""
+        subprocess.run([str(SBIN / "slurmctld")], env=self.env, check=True, capture_output=True, timeout=30)
+
     def stop(self) -> None:
         """Stop the daemons by their PID files, then whatever of this cluster's jobs is left
         (slurmstepd and job processes carry this cluster's SLURM_CONF in their environment)."""

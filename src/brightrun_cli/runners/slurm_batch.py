@@ -63,10 +63,10 @@ GRES_RE = re.compile(rf"^{_GRES_ITEM}(?:,{_GRES_ITEM})*$")
 TIME_RE = re.compile(r"^(?:(\d{1,3})-)?(\d{1,5})(?::(\d{1,2}))?(?::(\d{1,2}))?$")
 # --name or --name=value; the value without whitespace, quotes, $, `, ;, <, >, (, ), \, ~, #.
 SBATCH_ARG_RE = re.compile(r"^--([a-z][a-z0-9-]*)(?:=([A-Za-z0-9_.,:@%+=/&|\[\]*!-]+))?$")
-# Options brightrun sets itself (or that would change what a submission is). sbatch takes
-# any unambiguous prefix of a long option too, so a prefix of one of these is refused as well.
 # hosts.options keys that are not submission settings: the login as typed, the SSH opt-in.
 HOST_OPTIONS = ("login", "accept_new_host_key")
+# Options brightrun sets itself (or that would change what a submission is). sbatch takes
+# any unambiguous prefix of a long option too, so a prefix of one of these is refused as well.
 RESERVED_SBATCH_OPTIONS = (
     "parsable", "job-name", "nodes", "ntasks", "ntasks-per-node", "partition", "account", "qos", "time",
     "gres", "gpus", "gpus-per-node", "gpus-per-task", "requeue", "no-requeue", "signal", "open-mode",
