@@ -138,7 +138,7 @@ def normalize_python(python: str | None) -> str:
     raise UsageError(f"invalid --python {python!r}", "give an absolute path, ~/path, or a command name such as python3")
 
 
-def _identity_path(identity: str | None) -> str | None:
+def identity_path(identity: str | None) -> str | None:
     if identity is None:
         return None
     path = Path(identity).expanduser().absolute()
@@ -192,7 +192,7 @@ def add_host(
         gpu_type = get_gpu(ws, gpu_type).name
     fields = dict(
         name=name, kind="ssh", ssh_user=user, ssh_host=address, ssh_port=port,
-        identity_file=_identity_path(identity), gpus=gpus or 1, gpu_type=gpu_type or "cpu",
+        identity_file=identity_path(identity), gpus=gpus or 1, gpu_type=gpu_type or "cpu",
         python=normalize_python(python), workdir=normalize_workdir(workdir),
         options={"accept_new_host_key": True} if accept_new_host_key else {},
     )
@@ -200,19 +200,43 @@ def add_host(
         if host_rows.by_name(conn, name) is not None:
             raise ConflictError(f"a host named '{name}' already exists", f"remove it first with 'brightrun hosts rm {name}' or pick another name")
     if connect:
-        conn = SSHConnection(ws, _unsaved(fields))
+        conn = SSHConnection(ws, unsaved_host(fields))
         try:
             conn.ensure_master()
             conn.run(conn.ssh_argv(["true"]))
         except SSHFailure as exc:
             raise OperationError(exc.message, (exc.hint or "") + "; or add it with --no-check to store it without connecting") from exc
+    return _store(ws, fields)
+
+
+STORED_AT_ADD = ("id", "created_at", "updated_at", "last_check", "last_checked_at")
+
+
+def _store(ws: Workspace, fields: dict) -> HostRow:
+    fields = {k: v for k, v in fields.items() if k not in STORED_AT_ADD}
     with ws.registry.write() as tx:
-        if host_rows.name_taken(tx, name):
-            raise ConflictError(f"a host named '{name}' already exists", "pick another name")
+        if host_rows.name_taken(tx, fields["name"]):
+            raise ConflictError(f"a host named '{fields['name']}' already exists", "pick another name")
         return host_rows.insert(tx, **fields)
 
 
-def _unsaved(fields: dict) -> HostRow:
+def add_slurm_host(ws: Workspace, host: HostRow, *, connect: bool = True) -> HostRow:
+    """Store a slurm host built by slurm_hosts.new_slurm_host; unless connect=False, its login
+    node must answer first (a local login always does). Nothing is stored when it does not."""
+    with ws.registry.reading() as conn:
+        if host_rows.by_name(conn, host.name) is not None:
+            raise ConflictError(f"a host named '{host.name}' already exists", f"remove it first with 'brightrun hosts rm {host.name}' or pick another name")
+    if connect and host.ssh_host:
+        login = SSHConnection(ws, host)
+        try:
+            login.ensure_master()
+            login.run(login.ssh_argv(["true"]))
+        except SSHFailure as exc:
+            raise OperationError(exc.message, (exc.hint or "") + "; or add it with --no-check to store it without connecting") from exc
+    return _store(ws, host.to_fields())
+
+
+def unsaved_host(fields: dict) -> HostRow:
     """A host row not stored yet (to try the connection before storing it)."""
     now = utcnow()
     return HostRow(**{"id": "", "last_check": None, "last_checked_at": None, "created_at": now, "updated_at": now, **fields})
@@ -322,6 +346,12 @@ def _check_ssh(ws: Workspace, host: HostRow, result: HostCheck) -> None:
     except (SSHFailure, OperationError) as exc:
         result.problems.append(f"{exc.message}; {exc.hint}")
         return
+    judge_probe(result, host, python, found)
+
+
+def judge_probe(result: HostCheck, host: HostRow, python: str, found: Probe) -> None:
+    """Fill `result` from what the check script found (on an SSH host, or on a Slurm compute
+    node), with one actionable line per problem."""
     _apply_probe(result, found)
     for tool, present in result.tools.items():
         if not present:
