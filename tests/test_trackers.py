@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from brightrun_cli.trackers.points import final_values, point_from_metrics_line,
 from brightrun_cli.trainer.files import setup_logging
 from brightrun_cli.trainer.main import main as trainer_main
 from brightrun_cli.trainer.spec import load_spec
-from brightrun_cli.trainer.trackers import Follower, read_new_lines, read_records
+from brightrun_cli.trainer.trackers import Follower, TrackerProcess, read_new_lines, read_records, write_records
 
 from test_trainer import result, write_run_dir
 from tracker_readers import tensorboard_plugin_tags, tensorboard_scalars, tensorboard_texts
@@ -167,6 +169,26 @@ def test_a_tracker_whose_library_is_missing_is_recorded_as_failed_with_how_to_in
     assert record["status"] == "failed" and not follower.sinks
     assert record["error"].startswith("opening it: wandb is not installed on this host")
     assert "pip install 'brightrun-cli[trackers]'" in record["error"]
+
+
+@pytest.mark.parametrize("program, status, error", [
+    ("import time; time.sleep(60)", "incomplete", "still sending after 1 s when the trainer exited"),
+    ("import sys; sys.exit(3)", "failed", "the trackers process exited with code 3 (see launcher.log)"),
+])
+def test_the_trainer_ends_a_trackers_process_that_hangs_or_died_and_says_so(tmp_path, monkeypatch, program, status, error):
+    spec = load_spec(write_run_dir(tmp_path, report_to=["tensorboard", "mlflow"]))
+    monkeypatch.setattr("brightrun_cli.trainer.trackers.DEFAULT_FINISH_TIMEOUT_S", 1.0)
+    handle = TrackerProcess(spec, setup_logging(tmp_path, 0, True))
+    handle._process = subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE)
+    write_records(tmp_path, {"tensorboard": {"status": "done", "error": None}, "mlflow": {"status": "running", "error": None}})
+    started = time.monotonic()
+    handle.finish("completed")
+    assert time.monotonic() - started < 10 and handle._process.returncode is not None
+    records = read_records(tmp_path)
+    assert records["tensorboard"]["status"] == "done"
+    assert records["mlflow"]["status"] == status and records["mlflow"]["error"].startswith(error)
+    warnings = [line for line in (tmp_path / "trainer.log").read_text().splitlines() if " WARNING " in line]
+    assert len(warnings) == 1 and "tracker mlflow" in warnings[0]
 
 
 def test_an_earlier_attempts_result_is_not_taken_for_this_ones(tmp_path):

@@ -67,8 +67,8 @@ def export_run(
     info = _run_info(run)
     converted = sorted((p for p in map(point_from_registry_row, points) if p is not None), key=_in_order)
     numbers, texts = final_values(quality=quality, eval=eval_summary, cost=_costs(run))
-    texts["run/status"] = str(run.get("status") or "")
-    status = str(run.get("status") or "completed")
+    status = str(run.get("status") or "unknown")
+    texts["run/status"] = status
     try:
         sink = open_sink(to, settings, directory, info)
         sink.log_points(converted)

@@ -128,12 +128,12 @@ class TensorBoardSink(Sink):
         self._writer.flush()
 
     def close(self, status: str, end_time: float | None = None) -> None:
-        self._add(self._text("run/status", status), 0, end_time)
         self._writer.close()
 
 
 # ---------------------------------------------------------------- MLflow
 
+# brightrun's end states as MLflow's; a job exported before it ended stays RUNNING there.
 MLFLOW_STATUS = {"completed": "FINISHED", "failed": "FAILED", "stopped": "KILLED", "cancelled": "KILLED"}
 
 
@@ -159,13 +159,14 @@ def _mlflow_store_lock(uri: str):
     return held()
 
 
-def mlflow_artifact_location(uri: str, experiment: str) -> str | None:
-    """Where a new experiment in a local SQLite store keeps its artifacts: beside the
-    database (MLflow's own default is ./mlruns under whatever directory the process runs in).
-    None for other stores, whose server decides."""
+def mlflow_artifact_location(uri: str) -> str | None:
+    """Where a new experiment in a local SQLite store keeps its artifacts: mlartifacts/ beside
+    the database (MLflow's own default is ./mlruns under whatever directory the process runs
+    in), each run in a directory named by its unique id. None for other stores, whose
+    server decides."""
     if not uri.startswith("sqlite:///"):
         return None
-    return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / experiment).resolve().as_uri()
+    return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
 
 
 class MlflowSink(Sink):
@@ -196,7 +197,7 @@ class MlflowSink(Sink):
             found = client.get_experiment_by_name(self.experiment)
             if found is None:
                 try:
-                    experiment_id = client.create_experiment(self.experiment, mlflow_artifact_location(uri, self.experiment))
+                    experiment_id = client.create_experiment(self.experiment, mlflow_artifact_location(uri))
                 except MlflowException:  # created meanwhile by another process
                     experiment_id = client.get_experiment_by_name(self.experiment).experiment_id
             else:
@@ -249,8 +250,8 @@ class MlflowSink(Sink):
         return self._client.get_run(self.run_id).info.artifact_uri.rstrip("/") + "/adapter"
 
     def close(self, status: str, end_time: float | None = None) -> None:
-        end = int((end_time or time.time()) * 1000)
-        self._client.set_terminated(self.run_id, MLFLOW_STATUS.get(status, "FINISHED"), end_time=end)
+        if status in MLFLOW_STATUS:
+            self._client.set_terminated(self.run_id, MLFLOW_STATUS[status], end_time=int((end_time or time.time()) * 1000))
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:

@@ -40,6 +40,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -112,18 +113,25 @@ class TrackerProcess:
         self._process.stdin.close()
         timeout = FINISH_TIMEOUT_S.get(status, DEFAULT_FINISH_TIMEOUT_S)
         try:
-            self._process.wait(timeout)
+            code = self._process.wait(timeout)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
-            records = read_records(self.spec.output_dir)
-            for name in self.spec.report_to:
-                record = records.setdefault(name, _empty_record())
-                if record["status"] == "running":
-                    record.update(status="incomplete", error=f"still sending after {timeout:.0f} s when the trainer exited")
-                    self.log.warning("tracker %s: still sending after %.0f s; stopped, its run may lack the last "
-                                     "data (see %s)", name, timeout, TRACKERS_FILE)
-            write_records(self.spec.output_dir, records)
+            self._mark_running("incomplete", f"still sending after {timeout:.0f} s when the trainer exited; "
+                               "its run may lack the last data")
+            return
+        if code != 0:  # it died outside a tracker call: its traceback went to the trainer's stderr
+            self._mark_running("failed", f"the trackers process exited with code {code} (see launcher.log)")
+
+    def _mark_running(self, status: str, error: str) -> None:
+        """Trackers still `running` in trackers.json did not get to the end: say so, once each."""
+        records = read_records(self.spec.output_dir)
+        for name in self.spec.report_to:
+            record = records.setdefault(name, _empty_record())
+            if record["status"] == "running":
+                record.update(status=status, error=error)
+                self.log.warning("tracker %s: %s (see %s)", name, error, TRACKERS_FILE)
+        write_records(self.spec.output_dir, records)
 
     def _give_up(self, error: str) -> None:
         self.log.warning("trackers %s dropped: %s; training goes on without them (see %s)",
@@ -154,7 +162,7 @@ class Follower:
         from brightrun_cli.trackers.sinks import RunInfo
 
         spec = self.spec
-        params = run_params(spec.base_model, dict(spec.hyperparameters.__dict__), seed=spec.seed, max_steps=spec.max_steps)
+        params = run_params(spec.base_model, asdict(spec.hyperparameters), seed=spec.seed, max_steps=spec.max_steps)
         earlier = read_records(self.run_dir).get("mlflow", {}).get("run_id") if spec.resume else None
         tags = {"brightrun.job_id": spec.job_id, "brightrun.source": "trainer"}
         return RunInfo(job_id=spec.job_id, params=params, tags=tags, resume_run_id=earlier)
