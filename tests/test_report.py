@@ -137,6 +137,14 @@ def test_a_run_without_validation_draws_the_training_curve_alone():
     assert lines[("learning_rate", "learning rate")] == 50
 
 
+def test_without_a_model_the_losses_come_from_the_curves():
+    points = training_points(30, 10)  # validation 4.0 at step 0, ~0.62 at step 30
+    text = " ".join(Elements(render_report(report_data(status="cancelled", points=points, quality=None))).text)
+    final = points[-1].validation_loss
+    assert f"{(4.0 - final) / 4.0:.1%} lower than the base model" in text and f"{final:.4g}" in text
+    assert "cancelled" in text.split("Timeline", 1)[1]
+
+
 def test_ticks_are_round_numbers_covering_the_range():
     assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert nice_ticks(-0.00012, 0.00021, 3) == [-0.0001, 0.0, 0.0001, 0.0002]

@@ -126,12 +126,14 @@ def _final_losses(data: ReportData) -> tuple[float | None, float | None, float |
     final_val = quality.get("final_validation_loss")
     if final_val is None and validation and validation[-1][0] > 0:
         final_val = validation[-1][1]
-    final_train = quality.get("final_training_loss", train[-1][1] if train else None)
+    final_train = quality.get("final_training_loss")
+    if final_train is None and train:
+        final_train = train[-1][1]
     return base, final_val, final_train
 
 
 def _improvement(base: float | None, final: float | None, quality: dict[str, Any]) -> float | None:
-    if "validation_loss_improvement" in quality:
+    if quality.get("validation_loss_improvement") is not None:
         return quality["validation_loss_improvement"]
     if base is None or final is None or base <= 0:
         return None

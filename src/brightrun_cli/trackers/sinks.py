@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .points import Point
 
@@ -58,42 +59,37 @@ def _require(module: str, package: str):
         raise TrackerUnavailable(package, str(exc)) from None
 
 
-class Sink:
-    """Base of the three writers. `where`: a path or URI a user can open; `run_id`: the
-    tracker's id of the run when it has one; `keeps_files`: whether it stores artifacts."""
+class Sink(Protocol):
+    """What the three writers have in common. `where`: a path or URI a user can open;
+    `run_id`: the tracker's id of the run when it has one; `keeps_files`: whether it
+    stores artifacts (`log_artifact`)."""
 
-    name = ""
-    keeps_files = False
+    name: str
+    keeps_files: bool
+    where: str
+    run_id: str | None
 
-    def __init__(self) -> None:
-        self.where = ""
-        self.run_id: str | None = None
+    def log_points(self, points: Sequence[Point]) -> None: ...
 
-    def log_points(self, points: Sequence[Point]) -> None:
-        raise NotImplementedError
-
-    def log_final(self, step: int, numbers: dict[str, float], texts: dict[str, str]) -> None:
-        raise NotImplementedError
+    def log_final(self, step: int, numbers: dict[str, float], texts: dict[str, str]) -> None: ...
 
     def log_artifact(self, directory: Path) -> str:
         """Store `directory` (the adapter) with the run; returns where it went."""
-        raise NotImplementedError(f"{self.name} keeps no files")
+        ...
 
-    def close(self, status: str, end_time: float | None = None) -> None:
-        raise NotImplementedError
+    def close(self, status: str, end_time: float | None = None) -> None: ...
 
 
 # ---------------------------------------------------------------- TensorBoard
 
-class TensorBoardSink(Sink):
+class TensorBoardSink:
     """Event files in `directory` (one file per process that wrote to it: a resumed run
     adds one), written with tensorboard's own EventFileWriter; params as the HParams
     dashboard's session, texts in the Text dashboard. No artifacts."""
 
-    name = "tensorboard"
+    name, keeps_files, run_id = "tensorboard", False, None
 
     def __init__(self, directory: Path, run: RunInfo):
-        super().__init__()
         _require("tensorboard", "tensorboard")
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.plugins.hparams import summary_v2 as hparams
@@ -169,16 +165,14 @@ def mlflow_artifact_location(uri: str) -> str | None:
     return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
 
 
-class MlflowSink(Sink):
+class MlflowSink:
     """A run in an MLflow tracking store, through MlflowClient (no global active run).
     Without a tracking_uri (settings, then MLFLOW_TRACKING_URI), a SQLite store in
     `directory`: sqlite:///<directory>/mlflow.db."""
 
-    name = "mlflow"
-    keeps_files = True
+    name, keeps_files = "mlflow", True
 
     def __init__(self, settings: dict[str, str], directory: Path, run: RunInfo):
-        super().__init__()
         for variable, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", MLFLOW_HTTP_RETRIES),
                                 ("MLFLOW_HTTP_REQUEST_TIMEOUT", MLFLOW_HTTP_TIMEOUT_S)):
             os.environ.setdefault(variable, value)
@@ -261,17 +255,15 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 
 # ---------------------------------------------------------------- Weights & Biases
 
-class WandbSink(Sink):
+class WandbSink:
     """A W&B run, offline unless the settings say `mode: online`: files under
     `directory`/wandb/offline-run-*/ that `wandb sync` uploads later. The run id is the
     job id, so a resumed job continues the same run. No console capture (the trainer's
     log is its own) and no system-stats sampler (the trainer logs GPU figures itself)."""
 
-    name = "wandb"
-    keeps_files = True
+    name, keeps_files = "wandb", True
 
     def __init__(self, settings: dict[str, str], directory: Path, run: RunInfo):
-        super().__init__()
         wandb = _require("wandb", "wandb")
         self._wandb = wandb
         mode = settings.get("mode", "offline")
