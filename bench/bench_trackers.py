@@ -15,7 +15,8 @@ artifact included). W&B runs offline, its files under the bench's temporary dire
 On a shared machine the step times swing with other people's load; the CPU the trackers
 process uses does not: it is sampled (psutil, every 0.1 s) and split into before the
 first optimizer step (imports and opening the trackers, overlapping the trainer's setup)
-and during training, per second of training (what could compete with the steps).
+and, per second, over the second half of training (steady state: what competes with
+the steps once the trackers are open).
 """
 
 from __future__ import annotations
@@ -65,16 +66,19 @@ def run_once(run_dir: Path, report_to: list[str], epochs: int) -> dict:
     steps = [b["time"] - a["time"] for a, b in zip(points, points[1:]) if a["split"] == b["split"] == "train"]
     train_times = [p["time"] for p in points if p["split"] == "train"]
     trackers = json.loads((run_dir / "trackers.json").read_text())["trackers"] if report_to else {}
-    before = max((cpu for t, cpu in samples if t <= train_times[0]), default=0.0)
-    during = max((cpu for t, cpu in samples if t <= train_times[-1]), default=0.0) - before
+    middle = train_times[len(train_times) // 2]
+
+    def cpu_at(moment: float) -> float:
+        return max((cpu for t, cpu in samples if t <= moment), default=0.0)
+
     return {
         "startup_s": points[0]["time"] - launched,
         "step_s": statistics.median(steps),
-        "steps": len(steps) + 1,
+        "steps": len(train_times),
         "end_s": exited - (run_dir / "result.json").stat().st_mtime,
         "wall_s": exited - launched,
-        "cpu_before_s": before,
-        "cpu_per_train_s": during / (train_times[-1] - train_times[0]),
+        "cpu_before_s": cpu_at(train_times[0]),
+        "cpu_per_train_s": (cpu_at(train_times[-1]) - cpu_at(middle)) / (train_times[-1] - middle),
         "trackers": {name: (r["status"], r["points"]) for name, r in trackers.items()},
     }
 
@@ -112,7 +116,7 @@ def main() -> None:
                 result = run_once(Path(tmp) / f"{label.replace(',', '+')}-{i}", names, args.epochs)
                 results[label].append(result)
                 cpu = (f"  trackers CPU {result['cpu_before_s']:.2f} s before step 1, "
-                       f"{result['cpu_per_train_s']:.2%} of a core while training" if names else "")
+                       f"{result['cpu_per_train_s']:.2%} of a core in steady state" if names else "")
                 print(f"round {i + 1} {label:<24} start-up {result['startup_s']:5.2f} s  step {result['step_s']:.3f} s  "
                       f"end {result['end_s']:5.2f} s  wall {result['wall_s']:6.2f} s{cpu}", flush=True)
     print(f"\nmedians over {args.rounds} rounds ({results['none'][0]['steps']} steps per run, load {os.getloadavg()[0]:.1f}):")
@@ -122,7 +126,7 @@ def main() -> None:
               f"wall {med['wall_s']:6.2f} s")
     runs = results[args.trackers]
     print(f"  trackers process CPU: {statistics.median(r['cpu_before_s'] for r in runs):.2f} s before the first step, "
-          f"{statistics.median(r['cpu_per_train_s'] for r in runs):.2%} of one core while training; "
+          f"{statistics.median(r['cpu_per_train_s'] for r in runs):.2%} of one core in steady state; "
           f"every run's trackers: {[r['trackers'] for r in runs]}")
 
 

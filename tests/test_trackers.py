@@ -226,7 +226,7 @@ def past_run(points: int = 30) -> tuple[dict, list[dict]]:
                      "timestamp": f"2026-11-30 10:{step // 60 + 1:02d}:{step % 60:02d}"})
         if step % per_epoch == 0:
             rows.append({"step": step, "split": "validation", "epoch": step / per_epoch, "validation_loss": 3.0 - step * 0.05,
-                         "timestamp": f"2026-11-30 10:{step // 60 + 1:02d}:{step % 60:02d}.5"})
+                         "timestamp": f"2026-11-30 10:{step // 60 + 1:02d}:{step % 60:02d}.500000"})
     return run, rows[::-1]  # any order: export sorts
 
 
