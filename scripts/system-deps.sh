@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Debian packages the slow tests use for real components: sshd + rsync (SSH hosts), tmux
+# Debian packages the tests use for real components: sshd + rsync (SSH hosts), tmux
 # (the real-terminal watch test), Slurm + munge (a one-machine cluster for the Slurm
-# runner, tests/slurm_cluster.py). Installs only what is missing; needs root.
+# runner, tests/slurm_cluster.py), chromium (the run report rendered in a headless
+# browser). Installs only what is missing; needs root.
 set -euo pipefail
 need=()
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
@@ -12,6 +13,7 @@ command -v tmux >/dev/null 2>&1 || need+=(tmux)
 [ -x /usr/sbin/slurmd ] || need+=(slurmd)
 command -v sbatch >/dev/null 2>&1 || need+=(slurm-client)
 [ -x /usr/sbin/munged ] || need+=(munge)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "missing: ${need[*]} (install them, or run as root)" >&2; exit 1; fi
   export DEBIAN_FRONTEND=noninteractive

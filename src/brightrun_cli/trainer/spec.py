@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from brightrun_cli.trackers import check_report_to, check_settings
+
 
 class SpecError(Exception):
     """The spec or its inputs are invalid: nothing was trained (exit 2)."""
@@ -118,6 +120,8 @@ class Spec:
     max_steps: int | None = None
     resume: bool = False
     accelerate_config: AccelerateConfig | None = None  # the file given to `accelerate launch --config_file`
+    report_to: list[str] = field(default_factory=list)  # experiment trackers (brightrun_cli.trackers.TRACKERS)
+    trackers: dict[str, dict[str, str]] = field(default_factory=dict)  # their settings, by tracker name
     raw: dict[str, Any] = field(default_factory=dict)  # the file as read, copied into final/
 
 
@@ -140,6 +144,7 @@ _RANGES = {
 _TOP_LEVEL_KEYS = {
     "version", "job_id", "base_model", "train_file", "validation_file", "output_dir", "seed",
     "hyperparameters", "logging_steps", "save_steps", "max_steps", "resume", "accelerate_config",
+    "report_to", "trackers",
 }
 
 
@@ -249,4 +254,9 @@ def load_spec(path: str | Path) -> Spec:
     spec.resume = raw.get("resume", False)
     if raw.get("accelerate_config") is not None:
         spec.accelerate_config = load_accelerate_config(_file(base, raw["accelerate_config"], "accelerate_config", required=True))
+    try:
+        spec.report_to = check_report_to([] if raw.get("report_to") is None else raw["report_to"])
+        spec.trackers = check_settings({} if raw.get("trackers") is None else raw["trackers"])
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
     return spec
