@@ -366,3 +366,116 @@ def test_eval_files_hold_the_documented_fields(tiny_with_adapter, tmp_path):
         assert summary[name]["exact_match"] == pytest.approx(sum(r[name]["scores"]["exact_match"] for r in records) / 6, abs=1e-4)
     assert {"torch", "transformers", "peft", "rouge-score", "sacrebleu"} <= set(summary["versions"])
     assert any("tuned 6/6" in line for line in lines)
+
+
+def test_a_model_with_the_trainers_packed_attention_answers_with_masked_attention(tiny_with_adapter):
+    """The trainer's packed-sequence attention ignores padding masks; batched answers from the
+    model it trained must still equal those of a freshly loaded one."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from brightrun_cli.builtin import resolve_base_model
+    from brightrun_cli.generation.engine import ChatModel, load_chat_model
+    from brightrun_cli.trainer import attention
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_base_model("builtin:tiny"), attn_implementation=attention.register())
+    trained = ChatModel(PeftModel.from_pretrained(base, tiny_with_adapter), AutoTokenizer.from_pretrained(resolve_base_model("builtin:tiny")))
+    assert trained.model.config._attn_implementation == "sdpa"
+    prompts = _prompts(6)
+    assert trained.answers(prompts, max_new_tokens=24) == load_chat_model("builtin:tiny", tiny_with_adapter).answers(prompts, max_new_tokens=24)
+
+
+# ---------------------------------------------------------------- the eval at the end of a training job
+
+class _Accelerator:
+    def __init__(self, main: bool = True):
+        self.is_main_process = main
+
+    def unwrap_model(self, model):
+        return model
+
+    def autocast(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+@pytest.fixture
+def finished_run(tiny_with_adapter, tmp_path):
+    """What trainer/answers.py gets from a finished job: its spec, the model in memory, a log."""
+    import logging
+    from types import SimpleNamespace
+
+    from brightrun_cli.generation.engine import load_chat_model
+
+    chat_model = load_chat_model("builtin:tiny", tiny_with_adapter)
+    lines: list[str] = []
+    log = logging.getLogger(f"test-answers-{id(lines)}")
+    log.propagate = False
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+    def make(main: bool = True, sharded: bool = False, **spec_overrides):
+        spec = load_spec(write_run_dir(tmp_path, **{"eval": {"limit": 3, "max_new_tokens": 8}, **spec_overrides}))
+        return SimpleNamespace(spec=spec, accelerator=_Accelerator(main), log=log, model=chat_model.model,
+                               tokenizer=chat_model.tokenizer, sharded=sharded, lines=lines)
+
+    return make
+
+
+def _eval_files(run_dir: Path) -> tuple[dict | None, list[dict] | None]:
+    summary = run_dir / "final" / evaluate.SUMMARY_FILE
+    records = run_dir / "final" / evaluate.EVAL_FILE
+    return (json.loads(summary.read_text()) if summary.exists() else None,
+            [json.loads(l) for l in records.read_text().splitlines()] if records.exists() else None)
+
+
+def test_the_job_eval_writes_both_files_into_final_and_logs_progress(finished_run):
+    from brightrun_cli.trainer.answers import evaluate_answers
+
+    run = finished_run()
+    evaluate_answers(run)
+    summary, records = _eval_files(run.spec.output_dir)
+    assert summary["status"] == "completed" and summary["samples"] == len(records) == 3
+    assert summary["limit"] == 3 and summary["max_new_tokens"] == 8 and records[0]["tuned"]["tokens"] <= 8
+    assert any(line.startswith("eval: base model answering 3 held-out prompts") for line in run.lines)
+    assert any(line.startswith("answer eval: 3 samples") for line in run.lines)
+
+
+def test_a_failed_or_interrupted_eval_is_recorded_and_never_raised(finished_run, monkeypatch):
+    import os
+    import signal
+
+    from brightrun_cli.trainer import answers
+
+    run = finished_run()
+    monkeypatch.setattr(answers.answer_eval, "run_eval", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    answers.evaluate_answers(run)
+    summary, records = _eval_files(run.spec.output_dir)
+    assert (summary["status"], summary["error"], records) == ("failed", "RuntimeError: out of memory", None)
+    assert summary["base"] is None and summary["limit"] == 3
+    assert any("answer eval failed: RuntimeError: out of memory" in line for line in run.lines)
+
+    monkeypatch.undo()
+    run = finished_run()
+    previous = signal.getsignal(signal.SIGTERM)
+    run.log.info = lambda message, *args: os.kill(os.getpid(), signal.SIGTERM) if message.startswith("eval: base model") else None
+    answers.evaluate_answers(run)
+    summary, _ = _eval_files(run.spec.output_dir)
+    assert (summary["status"], summary["error"]) == ("failed", "stopped by SIGTERM")
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_no_eval_when_off_on_other_processes_and_a_skip_without_held_out_data_or_when_sharded(finished_run):
+    from brightrun_cli.trainer.answers import evaluate_answers
+
+    for run in (finished_run(eval=None), finished_run(main=False)):
+        evaluate_answers(run)
+        assert _eval_files(run.spec.output_dir) == (None, None)
+    for run, says in ((finished_run(validation_file=None), "no held-out split"), (finished_run(sharded=True), "sharded")):
+        evaluate_answers(run)
+        summary, records = _eval_files(run.spec.output_dir)
+        assert summary["status"] == "skipped" and says in summary["error"] and records is None
+        (run.spec.output_dir / "final" / evaluate.SUMMARY_FILE).unlink()
