@@ -183,21 +183,25 @@ class ChatModel:
         return self._answer(out[0, ids.shape[1]:].tolist(), sampling.max_new_tokens)
 
     def stream(self, messages: list[dict[str, str]], *, base: bool = False, sampling: Sampling = Sampling()) -> Iterator[str]:
-        """The answer as text pieces while it is generated (for `models try`). The end-of-turn
-        marker is not part of it. An error in generation is raised here, in the caller."""
+        """The answer as text pieces while it is generated (for `models try`). Special tokens
+        (the end-of-turn marker of ChatML, Llama 3 and the fallback template) are left out.
+        An error in generation is raised here, in the caller; a caller that stops iterating
+        (Ctrl-C) stops the generation at its next token."""
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         sampling.check()
         ids = torch.tensor([self._fit(self.prompt_ids(messages), sampling.max_new_tokens)], device=self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = self._generate_kwargs(sampling)
+        cancelled = threading.Event()
+        kwargs["stopping_criteria"] = StoppingCriteriaList([*kwargs.get("stopping_criteria", []), _Cancelled(cancelled)])
         failure: list[BaseException] = []
 
         def generate() -> None:
             try:
                 with self._generating(base):
-                    self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
-                                        **self._generate_kwargs(sampling))
+                    self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer, **kwargs)
             except BaseException as exc:  # handed to the consumer; the streamer must still end
                 failure.append(exc)
                 streamer.end()
@@ -211,6 +215,7 @@ class ChatModel:
                 if piece:
                     yield piece
         finally:
+            cancelled.set()
             worker.join()
         if failure:
             raise failure[0]
@@ -259,6 +264,18 @@ class _EndsWith:
                 tail = torch.tensor(seq, device=input_ids.device)
                 done |= (input_ids[:, -len(seq):] == tail).all(dim=1)
         return done
+
+
+class _Cancelled:
+    """Stopping criterion: every row is done once the event is set (the stream's reader left)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def _batches(order: list[int], encoded: list[list[int]], max_new_tokens: int, budget: int) -> Iterator[list[int]]:
