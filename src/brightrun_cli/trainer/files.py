@@ -67,12 +67,7 @@ def setup_logging(run_dir: Path, rank: int, main: bool, prefix: str | None = Non
 
 
 def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from brightrun_cli.generation.evaluate import package_versions
 
-    versions = {"python": sys.version.split()[0]}
-    for name in ("brightrun-cli", "torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors", "liger-kernel"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return versions
+    return package_versions(("brightrun-cli", "torch", "transformers", "peft", "accelerate", "tokenizers",
+                             "safetensors", "liger-kernel"))

@@ -58,6 +58,9 @@ def main(argv: list[str], *, own_process: bool = False) -> int:
             run = loop.setup(spec, log)
         loop.fit(run)
         loop.save_final(run)
+        from .answers import evaluate_answers
+
+        evaluate_answers(run)  # never raises: a failed eval is recorded in final/eval_summary.json
         status, code, error = "completed", EXIT_OK, None
     except SpecError as exc:
         log.error("invalid spec or inputs: %s", exc)
