@@ -76,7 +76,7 @@ def _steps(job: JobView) -> str:
 def _gpus(job: JobView) -> str:
     count = job.gpu_count or 1
     kind = job.gpu_type or "gpu"
-    nodes = f" on {len(job.hosts)} nodes" if len(job.hosts) > 1 else ""
+    nodes = f" on {len(job.host_names)} nodes" if len(job.host_names) > 1 else ""
     return f"{count}× {kind}{nodes}"
 
 
@@ -91,7 +91,7 @@ def header(job: JobView, now: datetime) -> RenderableType:
     grid.add_row(Text("job", style="dim"), Text(job.id, style="bold"))
     grid.add_row(Text("status", style="dim"), line)
     grid.add_row(Text("data", style="dim"), Text(f"{job.dataset_name or job.dataset_id} · preset {job.preset_id} · {job.base_model}"))
-    hosts = ", ".join(job.hosts) if job.hosts else (job.host_name or "local")
+    hosts = ", ".join(job.host_names) or job.host_name or "local"
     grid.add_row(Text("on", style="dim"), Text(f"{hosts} · {_gpus(job)}"))
     return grid
 

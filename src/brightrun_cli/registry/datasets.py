@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from brightrun_cli.registry import read
-from brightrun_cli.registry.engine import DuplicateRow
+from brightrun_cli.registry.engine import DuplicateRow, insert_unique
 from brightrun_cli.registry.rows import DatasetRow
 from brightrun_cli.registry.timeutil import utcnow
 
@@ -76,17 +76,9 @@ def removed(conn: sqlite3.Connection) -> list[DatasetRow]:
 
 def insert(tx: "Tx", **fields: Any) -> DatasetRow:
     """Raises DuplicateRow when a live dataset already has the name."""
-    from sqlalchemy.exc import IntegrityError
-
     from brightrun_cli.registry.tables import Dataset
 
-    row = Dataset(**fields)
-    tx.add(row)
-    try:
-        tx.flush()
-    except IntegrityError as exc:
-        raise DuplicateRow(f"a dataset named '{fields.get('name')}' was added meanwhile", "pick another --name") from exc
-    return DatasetRow.from_model(row)
+    return DatasetRow.from_model(insert_unique(tx, Dataset(**fields), DuplicateRow(f"a dataset named '{fields.get('name')}' was added meanwhile", "pick another --name")))
 
 
 def get_in(tx: "Tx", dataset_id: str) -> DatasetRow | None:

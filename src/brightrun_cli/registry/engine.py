@@ -248,6 +248,18 @@ def defer_until_commit(tx: "Session", name: str, deliver: Callable[[Path, list[A
     return pending
 
 
+def insert_unique(tx: "Session", row: Any, duplicate: DuplicateRow) -> Any:
+    """Add a SQLModel row in `tx`; `duplicate` is raised when it breaks a uniqueness rule."""
+    from sqlalchemy.exc import IntegrityError
+
+    tx.add(row)
+    try:
+        tx.flush()
+    except IntegrityError as exc:
+        raise duplicate from exc
+    return row
+
+
 def read_in(tx: "Session") -> sqlite3.Connection:
     """The sqlite3 connection of a write transaction, for the read layer's statements to see
     what the transaction sees (and nothing that commits after it began)."""

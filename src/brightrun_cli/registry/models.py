@@ -7,7 +7,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from brightrun_cli.registry import read
-from brightrun_cli.registry.engine import DuplicateRow
+from brightrun_cli.registry.engine import DuplicateRow, insert_unique
 from brightrun_cli.registry.rows import ModelRow
 from brightrun_cli.registry.timeutil import utcnow
 
@@ -70,17 +70,9 @@ def versions_of(conn: sqlite3.Connection, name: str) -> int:
 
 def insert(tx: "Tx", **fields: Any) -> ModelRow:
     """Raises DuplicateRow when the job already has its model (one per job)."""
-    from sqlalchemy.exc import IntegrityError
-
     from brightrun_cli.registry.tables import ModelArtifact
 
-    row = ModelArtifact(**fields)
-    tx.add(row)
-    try:
-        tx.flush()
-    except IntegrityError as exc:
-        raise DuplicateRow(f"job {fields.get('job_id')} already has a model", "see 'brightrun models list'") from exc
-    return ModelRow.from_model(row)
+    return ModelRow.from_model(insert_unique(tx, ModelArtifact(**fields), DuplicateRow(f"job {fields.get('job_id')} already has a model", "see 'brightrun models list'")))
 
 
 def get_in(tx: "Tx", ref: str) -> ModelRow | None:
