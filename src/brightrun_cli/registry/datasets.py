@@ -88,6 +88,16 @@ def get_in(tx: "Tx", dataset_id: str) -> DatasetRow | None:
     return None if row is None else DatasetRow.from_model(row)
 
 
+def live_by_name_in(tx: "Tx", name: str) -> DatasetRow | None:
+    """The live dataset named `name`, read inside a write transaction."""
+    from sqlmodel import select
+
+    from brightrun_cli.registry.tables import Dataset
+
+    row = tx.exec(select(Dataset).where(Dataset.name == name, Dataset.deleted_at.is_(None))).first()
+    return None if row is None else DatasetRow.from_model(row)
+
+
 def update(tx: "Tx", dataset_id: str, **values: Any) -> DatasetRow | None:
     """Set fields (and updated_at) on the row; the row after, or None when it is gone."""
     from brightrun_cli.registry.tables import Dataset
@@ -109,3 +119,4 @@ def delete(tx: "Tx", dataset_id: str) -> None:
     row = tx.get(Dataset, dataset_id)
     if row is not None:
         tx.delete(row)
+        tx.flush()  # now: an insert of its name in the same transaction is flushed before deletes

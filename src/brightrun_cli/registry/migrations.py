@@ -272,4 +272,13 @@ def _m0003_dataset_list_json(conn: sqlite3.Connection) -> None:
                  "DELETE FROM dataset_list_json WHERE id = OLD.id; END")
 
 
+@migration(4, "dataset warnings and lines skipped by add --skip-invalid")
+def _m0004_dataset_warnings_and_skipped(conn: sqlite3.Connection) -> None:
+    # Warnings (e.g. a conversation without a user turn) are kept apart from problems: they
+    # do not block training. `skipped_lines`: lines `dataset add --skip-invalid` left out.
+    conn.execute("ALTER TABLE datasets ADD COLUMN validation_warnings JSON")
+    conn.execute("ALTER TABLE datasets ADD COLUMN validation_warning_count INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE datasets ADD COLUMN skipped_lines INTEGER NOT NULL DEFAULT 0")
+
+
 LATEST_VERSION = MIGRATIONS[-1][0]

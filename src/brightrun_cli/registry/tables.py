@@ -86,6 +86,12 @@ class Dataset(SQLModel, table=True):
     created_at: datetime = _time(default=True)
     updated_at: datetime = _time(default=True)
     deleted_at: datetime | None = _time()
+    # brightrun, migration 4: first N warnings [{line, warning, suggestion}] and their count
+    # (they do not block training); lines left out by `dataset add --skip-invalid` (their
+    # problems are the validation_errors of a ready dataset).
+    validation_warnings: list | None = _json()
+    validation_warning_count: int = 0
+    skipped_lines: int = 0
 
 
 class Host(SQLModel, table=True):

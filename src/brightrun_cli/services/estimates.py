@@ -273,6 +273,11 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
     )
     if not est.fits_in_memory:
         est.memory_advice = memory_advice(ws, shape, config, plan, gpu, weight_bytes)
+    if not dataset.total_validation_pairs:
+        est.warnings.append(
+            f"dataset '{dataset.name}' holds out no conversation for validation: the run's quality (held-out loss) cannot be "
+            "measured; add it again with --val-split above 0 (and at least 2 conversations)"
+        )
     if config.warmup_steps >= est.total_steps:
         est.warnings.append(
             f"warmup_steps ({config.warmup_steps}) >= total steps ({est.total_steps}): the learning rate never reaches its peak; lower it with --set warmup_steps=N"

@@ -25,7 +25,7 @@ from brightrun_cli.runners import get_runner
 from brightrun_cli.runners.accelerate import LAUNCH_KEYS
 from brightrun_cli.runners.base import LaunchRequest
 from brightrun_cli.services import queue
-from brightrun_cli.services.datasets import get_dataset
+from brightrun_cli.services.datasets import get_dataset, require_stored_files
 from brightrun_cli.services.estimates import Estimate, estimate_run, placement_for
 from brightrun_cli.services.gpus import get_gpu
 from brightrun_cli.services.hosts import refresh_local_host
@@ -121,6 +121,7 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
         why = f": {dataset.error_message}" if dataset.error_message else ""
         raise UsageError(f"dataset '{dataset.name}' is {dataset.status}, not ready for training{why}",
                          f"run 'brightrun dataset show {dataset.name}' and fix or re-add it")
+    require_stored_files(ws, dataset)
     hosts = _resolve_hosts(ws, req.hosts or (req.host or ws.config.default_host,))
     host = hosts[0]
     gpus = req.gpus or host.gpus
