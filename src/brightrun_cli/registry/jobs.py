@@ -73,8 +73,12 @@ def list_live(conn: sqlite3.Connection, statuses: Sequence[str] = (), limit: int
 
 
 def list_live_json(conn: sqlite3.Connection, statuses: Sequence[str] = (), limit: int | None = None) -> str:
+    """`list_live` as a JSON array text: each row's JSON as registry triggers keep it (migration 5)."""
     where, params = _live_where(statuses)
-    return read.json_array(conn, JobRow, where, params, order=_LIVE_ORDER, limit=limit)
+    sql = (f"SELECT j.json FROM training_jobs t JOIN job_list_json j ON j.id = t.id WHERE "
+           f"{where.replace('deleted_at', 't.deleted_at').replace('status IN', 't.status IN')} "
+           f"ORDER BY t.queued_at DESC, t.id DESC" + (f" LIMIT {int(limit)}" if limit is not None else ""))
+    return "[" + ",".join(r[0] for r in conn.execute(sql, params)) + "]"
 
 
 def count_live(conn: sqlite3.Connection, statuses: Sequence[str] = ()) -> int:
