@@ -316,7 +316,8 @@ def _m0005_job_list_json(conn: sqlite3.Connection) -> None:
     # row's JSON (its JSON columns parsed and written again): triggers keep the text, as
     # migration 3 does for datasets. A job row changes a few times a second while it runs
     # (the supervisor's progress); the trigger's tens of microseconds are nothing beside that.
-    conn.execute("CREATE TABLE job_list_json (id VARCHAR NOT NULL PRIMARY KEY, json TEXT NOT NULL) WITHOUT ROWID")
+    # A rowid table: at ~1 KB a row, WITHOUT ROWID's in-tree rows read 1.8x slower here.
+    conn.execute("CREATE TABLE job_list_json (id VARCHAR NOT NULL PRIMARY KEY, json TEXT NOT NULL)")
     conn.execute(f"INSERT INTO job_list_json (id, json) SELECT id, {_job_json_sql('')} FROM training_jobs")
     for event in ("INSERT", "UPDATE"):
         conn.execute(
