@@ -44,7 +44,9 @@ class JobView:
     hosts: list[str]
     gpu_type: str | None
     gpu_count: int | None
+    nodes: int  # machines: the job's SSH hosts, or its Slurm nodes
     status: str
+    shown_status: str  # lifecycle.shown_status: "queued in Slurm" while its Slurm job waits there
     current_stage: str
     progress: float
     current_epoch: int
@@ -69,6 +71,11 @@ class JobView:
         return self.status in lifecycle.TERMINAL
 
     @property
+    def waiting(self) -> bool:
+        """Queued: in brightrun's queue, or (started) in Slurm's."""
+        return self.shown_status in (lifecycle.QUEUED, lifecycle.SLURM_QUEUED)
+
+    @property
     def cost(self) -> float:
         return self.final_cost if self.final_cost is not None else self.current_cost
 
@@ -83,7 +90,7 @@ class JobView:
 
     def elapsed(self, now: datetime) -> timedelta | None:
         """Time running (or waiting, while queued)."""
-        start = self.started_at or (self.queued_at if self.status == "queued" else None)
+        start = self.started_at or (self.queued_at if self.waiting else None)
         if start is None:
             return None
         end = self.completed_at if self.terminal and self.completed_at else now
@@ -146,7 +153,8 @@ def job_view(job: JobRow, dataset_name: str | None, host_name: str | None) -> Jo
     return JobView(
         id=job.id, dataset_id=job.dataset_id, dataset_name=dataset_name, preset_id=job.preset_id, base_model=job.base_model,
         host_name=host_name, hosts=job.host_names, gpu_type=gpu.get("type"), gpu_count=gpu.get("count"),
-        status=job.status, current_stage=job.current_stage, progress=job.progress or 0.0, current_epoch=job.current_epoch or 0,
+        nodes=max(1, len(job.host_names)) * int(gpu.get("nodes") or 1),
+        status=job.status, shown_status=lifecycle.shown_status(job.status, job.current_stage), current_stage=job.current_stage, progress=job.progress or 0.0, current_epoch=job.current_epoch or 0,
         total_epochs=job.total_epochs, current_step=job.current_step or 0, total_steps=job.total_steps,
         tokens_processed=job.tokens_processed or 0, current_metrics=job.current_metrics or {}, queued_at=job.queued_at,
         started_at=job.started_at, completed_at=job.completed_at, estimated_completion_at=job.estimated_completion_at,
