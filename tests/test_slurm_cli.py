@@ -347,6 +347,12 @@ def test_a_second_job_waits_in_slurms_queue_with_its_reason_and_cancel_ends_both
     assert job.status == "cancelled" and job.final_cost == 0.0  # never ran: nothing billed
     assert slurm.job(_slurm_id(job))["JobState"] == "CANCELLED"
 
+    other = _submit("solo")  # cancelled in Slurm by someone else: that is its end here too
+    _wait("the third job in Slurm's queue", lambda: (j := _job(ws, other)).external_job_id and j.current_stage.startswith("queued in Slurm"))
+    slurm.run("scancel", _slurm_id(_job(ws, other)))
+    job = _ended(ws, other, timeout=60)
+    assert job.status == "cancelled" and job.error_message.startswith("cancelled in Slurm (scancel), not by brightrun"), job.error_message
+
     result = run_brightrun("jobs", "cancel", busy, "--yes", "--json", timeout=180)
     assert result.returncode == 0, result.stderr
     job = _job(ws, busy)
@@ -382,8 +388,8 @@ def test_a_requeued_job_resumes_from_its_checkpoint_every_step_once_billed_while
 @pytest.mark.slow
 @requires_slurm
 def test_the_time_limit_warning_makes_the_trainer_checkpoint_and_the_job_fails_with_time_limit(cluster_home, slurm, tmp_path, brightrun_home):  # noqa: F811
-    """--time=3: Slurm TERMs the batch shell 150 s before the limit (30 s after the start,
-    up to a minute late); the trainer saves a checkpoint and the job ends long before the limit."""
+    """--time=3: Slurm TERMs the batch shell 90 s before the limit (90 s after the start, or
+    up to a minute earlier); the trainer saves a checkpoint and the job ends long before the limit."""
     from brightrun_cli.services.dataset_add import add_dataset
 
     ws = cluster_home
@@ -405,7 +411,7 @@ def test_the_time_limit_warning_makes_the_trainer_checkpoint_and_the_job_fails_w
 @requires_slurm
 def test_sigkill_the_supervisor_then_resume_reattaches_to_the_same_slurm_job(cluster_home, slurm, tmp_path):  # noqa: F811
     ws = cluster_home
-    job_id = _submit("cluster", "--set", "num_epochs=20")
+    job_id = _submit("cluster", "--set", "num_epochs=6")  # ~60 steps: still training once the supervisor is gone
     _wait("a few training steps", lambda: len(_train_steps(ws, job_id)) >= 2, every=0.5)
     job = _job(ws, job_id)
     slurm_id = _slurm_id(job)
