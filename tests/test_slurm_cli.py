@@ -251,8 +251,10 @@ def _assert_completed_with_metrics_and_model(ws, job_id: str) -> None:
     job = _job(ws, job_id)
     assert job.status == "completed", job.error_message
     assert _train_steps(ws, job_id) == list(range(1, job.total_steps + 1))  # every step, once
+    # The supervisor registers the model after recording the end.
+    artifact_id = _wait("the adapter registered as a model", lambda: _job(ws, job_id).artifact_id, timeout=60)
     models = json.loads(run_brightrun("models", "list", "--json").stdout)
-    assert job.artifact_id in [m["id"] for m in models]
+    assert artifact_id in [m["id"] for m in models]
     with ws.registry.write() as s:
         costs = {c.cost_type for c in s.exec(select(CostRecord).where(CostRecord.job_id == job_id))}
     assert costs == {"compute", "storage"}
@@ -266,6 +268,8 @@ def test_train_on_a_slurm_host_to_completed_with_metrics_and_a_model(cluster_hom
     assert check.returncode == 0, check.stdout + check.stderr
     facts = json.loads(check.stdout)
     assert facts["ok"] and facts["trainer_importable"] and facts["slurm"]["partition"] == "debug"
+    text = run_brightrun("hosts", "check", "cluster", timeout=300).stdout
+    assert "host cluster: ok" in text and "partition    debug (up, 2 node(s)" in text, text
 
     result = run_brightrun("train", "--dataset", "chat", *FAST, "--host", "cluster", timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -91,7 +91,8 @@ def _print_estimate(plan) -> None:
     budget = f", budget ${plan.max_cost:,.2f}" if plan.max_cost is not None else ""
     typer.echo(
         f"estimate: ${est['estimated_cost']:,.2f} (compute ${est['cost_breakdown']['compute']:,.2f} + storage ${est['cost_breakdown']['storage']:,.2f}), "
-        f"{est['estimated_duration_hours']:g} h, {details.get('total_steps')} steps on {plan.gpu_config['count']}x {plan.gpu_config['type']}{budget}"
+        f"{est['estimated_duration_hours']:g} h, {details.get('total_steps')} steps on {plan.gpu_config['count']}x {plan.gpu_config['type']}"
+        + (f" on each of {plan.gpu_config['nodes']} nodes" if plan.gpu_config.get("nodes") else "") + budget
     )
 
 
