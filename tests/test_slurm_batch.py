@@ -69,7 +69,7 @@ def test_more_nodes_than_the_host_allows_is_refused():
         sbatch_argv(SlurmSettings(nodes_max=2), _request(nodes=3), gpu=False)
 
 
-@pytest.mark.parametrize(("time", "lead"), [("1", 50), ("2", 100), ("10", 300), ("1-00:00:00", 300), (None, 300)])
+@pytest.mark.parametrize(("time", "lead"), [("1", 30), ("3", 90), ("10", 300), ("1-00:00:00", 300), (None, 300)])
 def test_the_time_limit_warning_leaves_time_to_checkpoint(time, lead):
     assert SlurmSettings.validated(time=time).signal_lead_s == lead
 

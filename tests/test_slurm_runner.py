@@ -168,10 +168,9 @@ def test_a_requeued_job_resumes_from_its_checkpoint_every_step_once(slurm, tmp_p
 
 
 def test_the_time_limit_warning_makes_the_trainer_checkpoint_and_fails_with_time_limit(slurm, tmp_path):  # noqa: F811
-    """--time=3: Slurm TERMs the batch shell 150 s before the limit, i.e. 30 s in or up to
-    a 30 s scheduler tick later (the trainer has been training for a while by then: it
-    loads in ~10-15 s here); the trainer saves a checkpoint and the job ends long before
-    the limit."""
+    """--time=3: Slurm TERMs the batch shell 90 s before the limit, i.e. 90 s in or up to a
+    minute earlier (the trainer has been training for a while by then: it loads in ~10-15 s
+    here); the trainer saves a checkpoint and the job ends long before the limit."""
     ws = Workspace.open()
     host = _host(ws, tmp_path, time_limit="3")
     job_id = new_id()

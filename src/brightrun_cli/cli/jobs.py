@@ -35,6 +35,7 @@ def train(
     host: common.HostOpt = None,
     hosts: Annotated[Optional[str], typer.Option("--hosts", help="Comma-separated SSH hosts for a multi-node run (the first is the main node).", show_default=False)] = None,
     gpus: common.GpusOpt = None,
+    nodes: Annotated[Optional[int], typer.Option("--nodes", help="Nodes of a Slurm host's job (at most the host's --nodes-max); --gpus is then per node.", show_default=False)] = None,
     max_cost: common.MaxCostOpt = None,
     accelerate_config: Annotated[Optional[Path], typer.Option("--accelerate-config", help="accelerate config file (FSDP, DeepSpeed) passed to 'accelerate launch --config_file'; brightrun's process counts, rendezvous and precision still apply.", show_default=False)] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Queue the job, print its id and return.")] = False,
@@ -59,7 +60,7 @@ def train(
     request = training.TrainRequest(
         dataset=dataset, preset=preset, overrides=tuple(overrides or ()), config_file=config_file, base_model=base_model,
         host=host, hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else (), gpus=gpus,
-        max_cost=max_cost, accelerate_config=accelerate_config,
+        nodes=nodes, max_cost=max_cost, accelerate_config=accelerate_config,
     )
     submitted = training.train(ws, request, dry_run=dry_run)
     plan, job = submitted.plan, submitted.job
@@ -90,7 +91,8 @@ def _print_estimate(plan) -> None:
     budget = f", budget ${plan.max_cost:,.2f}" if plan.max_cost is not None else ""
     typer.echo(
         f"estimate: ${est['estimated_cost']:,.2f} (compute ${est['cost_breakdown']['compute']:,.2f} + storage ${est['cost_breakdown']['storage']:,.2f}), "
-        f"{est['estimated_duration_hours']:g} h, {details.get('total_steps')} steps on {plan.gpu_config['count']}x {plan.gpu_config['type']}{budget}"
+        f"{est['estimated_duration_hours']:g} h, {details.get('total_steps')} steps on {plan.gpu_config['count']}x {plan.gpu_config['type']}"
+        + (f" on each of {plan.gpu_config['nodes']} nodes" if plan.gpu_config.get("nodes") else "") + budget
     )
 
 
@@ -108,6 +110,9 @@ def _print_plan(plan) -> None:
     typer.echo(json.dumps(plan.spec, indent=2))
     con.print("[bold]launch command[/bold]")
     typer.echo(shlex.join(plan.argv))
+    if plan.batch_script is not None:
+        con.print("[bold]batch script[/bold] (sbatch.sh, in the run directory)")
+        typer.echo(plan.batch_script, nl=False)
 
 
 def _money(value: float | None) -> str:
@@ -139,7 +144,7 @@ def list_cmd(
                               wrap=("HOST",), right=("PROG", "COST", "EST"))
     for job in rows:
         table.add_row(
-            common.short_id(job.id), job.status, f"{job.progress:.0f}%", f"{job.current_step}/{job.total_steps or '?'}", job.preset_id,
+            common.short_id(job.id), jobs.shown_status(job), f"{job.progress:.0f}%", f"{job.current_step}/{job.total_steps or '?'}", job.preset_id,
             ",".join(job.host_names), _money(job.cost), _money(job.estimated_total_cost), f"{job.queued_at:%m-%d %H:%M}",
         )
     con = common.console()
@@ -165,15 +170,22 @@ def show_cmd(ctx: typer.Context, job: JobArg, json_output: common.JsonOpt = Fals
     if json_output:
         common.print_json(row)
         return
-    _print_job(row)
+    _print_job(row, jobs.shown_status(row))
 
 
-def _print_job(job: "JobRow") -> None:
+def _print_job(job: "JobRow", shown: str) -> None:
+    from rich.markup import escape
+
     con = common.console()
-    con.print(f"[bold]job {job.id}[/bold]  {job.status} ({job.current_stage})")
+    if shown != job.status:  # e.g. waiting in Slurm's queue: the stage says why, the status stays
+        con.print(f"[bold]job {job.id}[/bold]  [bold yellow]{escape(job.current_stage)}[/bold yellow] (status {job.status})")
+    else:
+        con.print(f"[bold]job {job.id}[/bold]  {job.status} ({escape(job.current_stage)})")
+    nodes = job.gpu_config.get("nodes")
     lines = [
         ("dataset", job.dataset_id), ("preset", job.preset_id), ("base model", job.base_model),
-        ("hosts", ", ".join(job.host_names)), ("gpus", f"{job.gpu_config.get('count')}x {job.gpu_config.get('type')}"),
+        ("hosts", ", ".join(job.host_names)),
+        ("gpus", f"{job.gpu_config.get('count')}x {job.gpu_config.get('type')}" + (f" on each of {nodes} nodes" if nodes else "")),
         ("progress", f"{job.progress:.1f}%  epoch {job.current_epoch}/{job.total_epochs}  step {job.current_step}/{job.total_steps or '?'}"),
         ("cost", f"{_money(job.cost)} (estimate {_money(job.estimated_total_cost)}"
                  + (f", budget {_money(job.max_cost)})" if job.max_cost is not None else ")")),
@@ -196,6 +208,8 @@ def _print_job(job: "JobRow") -> None:
     if job.error_message:
         lines.append(("error", job.error_message))
     lines.append(("run dir", job.run_dir or "-"))
+    if job.external_job_id:
+        lines.append(("launched as", job.external_job_id))
     for key, value in lines:
         con.print(f"  {key:<16}{value}", markup=False)
     hint = {

@@ -79,16 +79,18 @@ class _Sink:
 
 class _StreamSink(_Sink):
     """Writes one record per status change and per metric point, in the order they
-    happened: a terminal status after the points that led to it, others before."""
+    happened: a terminal status after the points that led to it, others before. Entering,
+    leaving or waiting for another reason in Slurm's queue counts as a status change."""
 
     def __init__(self) -> None:
-        self._status: str | None = None
+        self._status: tuple[str, str | None] | None = None
 
     def update(self, state: WatchState, change: Change) -> None:
         job = state.job
         records = [self.point_record(p, job) for p in change.new_points]
-        if job.status != self._status:
-            self._status = job.status
+        shown = (job.status, job.current_stage if job.shown_status != job.status else None)
+        if shown != self._status:
+            self._status = shown
             status = self.status_record(job)
             records = records + [status] if job.terminal else [status] + records
         if records:
@@ -177,7 +179,7 @@ def _json(obj: dict) -> str:
 
 def _status_fields(job: JobView) -> dict:
     names = (
-        "status current_stage progress current_epoch total_epochs current_step total_steps tokens_processed "
+        "status shown_status current_stage progress current_epoch total_epochs current_step total_steps tokens_processed "
         "started_at completed_at estimated_completion_at current_cost estimated_total_cost max_cost final_cost error_message"
     ).split()
     return {"job_id": job.id, **{name: getattr(job, name) for name in names}}

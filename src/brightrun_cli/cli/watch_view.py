@@ -29,6 +29,9 @@ STATUS_STYLES = {
     "cancelled": "magenta",
 }
 STATUS_MARKS = {"queued": "◌", "initializing": "◐", "running": "●", "completed": "✔", "failed": "✘", "cancelled": "■"}
+# A started job waiting in Slurm's queue looks queued (services.watch.JobView.shown_status).
+STATUS_STYLES["queued in Slurm"] = STATUS_STYLES["queued"]
+STATUS_MARKS["queued in Slurm"] = STATUS_MARKS["queued"]
 # Side-by-side columns only where both halves keep room for a readable curve.
 WIDE = 120
 SUMMARY_WIDTH = 60
@@ -76,7 +79,7 @@ def _steps(job: JobView) -> str:
 def _gpus(job: JobView) -> str:
     count = job.gpu_count or 1
     kind = job.gpu_type or "gpu"
-    nodes = f" on {len(job.host_names)} nodes" if len(job.host_names) > 1 else ""
+    nodes = f" on {job.nodes} nodes" if job.nodes > 1 else ""
     return f"{count}× {kind}{nodes}"
 
 
@@ -84,9 +87,11 @@ def header(job: JobView, now: datetime) -> RenderableType:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(no_wrap=True)
     grid.add_column(overflow="ellipsis", no_wrap=True)
-    started = "waiting" if job.status == "queued" else "elapsed"
-    line = status_text(job.status) + Text(f"  {started} {duration(job.elapsed(now))}", style="dim")
-    if job.current_stage and job.current_stage != job.status:
+    started = "waiting" if job.waiting else "elapsed"
+    line = status_text(job.shown_status) + Text(f"  {started} {duration(job.elapsed(now))}", style="dim")
+    if job.shown_status != job.status:  # waiting in Slurm's queue: the stage is the news
+        line.append(f"  {job.current_stage}", style=STATUS_STYLES["queued"])
+    elif job.current_stage and job.current_stage != job.status:
         line.append(f"  ({job.current_stage})", style="dim")
     grid.add_row(Text("job", style="dim"), Text(job.id, style="bold"))
     grid.add_row(Text("status", style="dim"), line)
@@ -326,7 +331,7 @@ class Board:
                 "ETA": duration(job.eta(self.now)) if job.status == "running" else "",
             }
             cells: list[RenderableType] = [str(index)] if self.selectable else []
-            cells += [job.id, job.dataset_name or job.dataset_id, status_text(job.status), bar]
+            cells += [job.id, job.dataset_name or job.dataset_id, status_text(job.shown_status), bar]
             table.add_row(*cells, *(values[name] for name in numbers))
         yield table
         if self.selectable:
@@ -355,6 +360,8 @@ def status_line(job: JobView, now: datetime) -> str:
     text = f"job {job.id} {job.status}"
     if job.status == "queued":
         return text + f" (preset {job.preset_id}, dataset {job.dataset_name or job.dataset_id})"
+    if job.shown_status != job.status:
+        return f"job {job.id} {job.current_stage} (status {job.status}, on {job.host_name or 'local'})"
     if job.terminal and job.started_at is None:
         text += " before it started"
         if job.error_message:

@@ -69,6 +69,11 @@ class Runner(ABC):
     def poll(self, handle: str) -> int | None:
         """The trainer's exit status if it has ended, else None. Never blocks long."""
 
+    def batch_script(self, request: LaunchRequest) -> str | None:
+        """The script a batch scheduler runs for this request (shown by `train --dry-run`);
+        None for a runner that starts the trainer itself."""
+        return None
+
     def sync(self, handle: str) -> None:
         """Bring new remote output (metrics.jsonl, logs) into the local run dir. Local: nothing to do."""
 

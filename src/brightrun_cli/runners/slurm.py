@@ -17,7 +17,8 @@ re-attach to the job from it. What Slurm says about the job comes from
 once the controller has forgotten the job (MinJobAge), from `sacct` (slurmdbd) or
 `sacct -c` (jobcomp/filetxt); neither is required. Slurm is asked at most every
 `state_interval_s` (10 s) while the job is queued or running, every second once the
-trainer has ended; the output files are tailed on every `sync`.
+trainer has ended or once output appears while Slurm still said queued (it has started);
+the output files are tailed on every `sync`.
 
 `state(handle)` maps Slurm's state to brightrun's (`STATUS_OF`): PENDING and a requeued
 job (REQUEUED, REQUEUE_HOLD; a requeued preemption shows as PENDING again) are
@@ -74,7 +75,7 @@ if TYPE_CHECKING:
     from brightrun_cli.workspace import Workspace
 
 STATE_INTERVAL_S = 10.0  # how often Slurm's controller is asked about a queued or running job
-ENDING_INTERVAL_S = 1.0  # ... once the trainer has written its exit status
+ENDING_INTERVAL_S = 1.0  # ... once the trainer has written its exit status, or output while Slurm said queued
 FILES_FRESH_S = 1.0  # how old a probe by sync may be for poll/state to reuse it
 STOPPED_EXIT = 75  # the trainer's exit status after saving a checkpoint on SIGTERM
 
@@ -428,6 +429,7 @@ class _Seen:
     trainer_exit: int | None = None
     time_left: str = ""
     stop_requested: bool = False
+    wrote_at: float = 0.0  # when the tailed output files last grew
 
 
 class SlurmRunner(Runner):
@@ -581,9 +583,12 @@ class SlurmRunner(Runner):
         age = time.monotonic() - seen.asked_at
         if seen.record is None or age >= self.state_interval_s:
             return True
+        status = STATUS_OF.get(seen.record.state, (FAILED,))[0]
         # The trainer has ended: Slurm is finishing the job (or requeueing it).
-        ending = seen.trainer_exit is not None and STATUS_OF.get(seen.record.state, (FAILED,))[0] == RUNNING
-        return ending and age >= ENDING_INTERVAL_S
+        ending = seen.trainer_exit is not None and status == RUNNING
+        # Output appeared after Slurm last said "queued": it has started the job.
+        starting = status == QUEUED and seen.wrote_at > seen.asked_at
+        return (ending or starting) and age >= ENDING_INTERVAL_S
 
     def _probe(self, h: _SlurmHandle, files: tuple[str, ...], *, final: bool) -> _Seen:
         handle = str(h)
@@ -604,7 +609,10 @@ class SlurmRunner(Runner):
         seen.probed_at = now
         self._seen[handle] = seen
         if rest is not None and files:
-            append_tail(local, read_tail(rest), final=final)
+            chunks = read_tail(rest)
+            if any(chunks.values()):
+                seen.wrote_at = now
+            append_tail(local, chunks, final=final)
         return seen
 
 

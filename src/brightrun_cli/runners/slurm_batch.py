@@ -162,10 +162,12 @@ class SlurmSettings:
 
     @property
     def signal_lead_s(self) -> int:
-        """Seconds before the time limit the batch shell gets TERM: 5 minutes, or 5/6 of a
-        shorter limit (a 1-minute test job: 50 s, as Slurm signals only to ~60 s)."""
+        """Seconds before the time limit the batch shell gets TERM: 5 minutes, or half a
+        shorter limit. Slurm sends it up to a minute early (its 30 s ticks look ahead), so a
+        lead close to the limit would stop a short job while its trainer is still loading,
+        with nothing to save (a 3-minute job: TERM 90 s before the end, 30-90 s in)."""
         limit = self.time_s
-        return SIGNAL_LEAD_MAX_S if limit is None else max(1, min(SIGNAL_LEAD_MAX_S, limit * 5 // 6))
+        return SIGNAL_LEAD_MAX_S if limit is None else max(1, min(SIGNAL_LEAD_MAX_S, limit // 2))
 
 
 def gres_gpus(gres: str | None) -> int | None:

@@ -1,4 +1,5 @@
-"""Compute hosts: `local` (always there) and SSH machines.
+"""Compute hosts: `local` (always there), SSH machines and Slurm clusters (services/slurm_hosts.py
+builds those rows; services/host_check.py runs `hosts check` of any kind).
 
 Everything a user types about a host is validated here before it is stored, so the
 runner only ever sees names, users, addresses and paths made of safe characters
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,15 +20,12 @@ from brightrun_cli.registry import jobs as job_rows
 from brightrun_cli.registry.engine import read_in
 from brightrun_cli.registry.rows import HostRow, JobRow
 from brightrun_cli.registry.timeutil import utcnow
-from brightrun_cli.runners.probe import Probe, local_gpus, probe_local, probe_ssh
+from brightrun_cli.runners.probe import Probe, local_gpus
 from brightrun_cli.runners.ssh import (
     DEFAULT_PYTHON,
     DEFAULT_WORKDIR,
     SSHConnection,
     SSHFailure,
-    remote_python,
-    remote_workdir,
-    ship_code,
 )
 from brightrun_cli.services.gpus import get_gpu, list_gpus, normalize_gpu_name
 from brightrun_cli.workspace import Workspace
@@ -279,28 +276,15 @@ class HostCheck:
     disk_free_gb: float | None = None
     workdir: str | None = None
     tools: dict[str, bool] = field(default_factory=dict)
+    slurm: dict = field(default_factory=dict)  # a Slurm host: version, partition, nodes, gres, time_limit
     problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def check_host(ws: Workspace, ref: str) -> HostCheck:
-    """Connect and report what is there; the result is also kept on the host row."""
-    host = get_host(ws, ref)
-    result = HostCheck(name=host.name, kind=host.kind, workdir=host.workdir)
-    if host.kind == LOCAL:
-        _check_local(result)
-        _sync_local(ws, host, result.gpus, result.problems)
-    else:
-        _check_ssh(ws, host, result)
-    result.ok = not result.problems
-    with ws.registry.write() as tx:
-        host_rows.update(tx, host.id, last_check=result.to_json(), last_checked_at=utcnow())
-    return result
-
-
-def _apply_probe(result: HostCheck, probe: Probe) -> None:
+def apply_probe(result: HostCheck, probe: Probe) -> None:
+    """Copy what a check script found into `result`."""
     result.python = probe.python or result.python
     result.python_version = probe.python_version
     result.packages = probe.packages
@@ -309,50 +293,10 @@ def _apply_probe(result: HostCheck, probe: Probe) -> None:
     result.tools = probe.tools
 
 
-def _check_local(result: HostCheck) -> None:
-    import sys
-
-    result.reachable = True
-    probe = probe_local(REQUIRED_PACKAGES)
-    _apply_probe(result, probe)
-    missing = [n for n, v in result.packages.items() if v is None]
-    if missing:
-        result.problems.append(f"missing Python packages: {', '.join(missing)}; install them with: {sys.executable} -m pip install {' '.join(missing)}")
-    result.trainer_importable = not missing and probe.trainer == "ok"
-
-
-def _check_ssh(ws: Workspace, host: HostRow, result: HostCheck) -> None:
-    conn = SSHConnection(ws, host)
-    python = remote_python(host)
-    result.python = python
-    try:
-        conn.ensure_master()
-        result.reachable = True
-        probe = time.monotonic()
-        conn.run(conn.ssh_argv(["true"]))
-        result.latency_ms = round((time.monotonic() - probe) * 1000, 1)
-    except SSHFailure as exc:
-        result.reachable = exc.kind != "unreachable"  # it answered, but refused us (auth, host key)
-        result.problems.append(f"{exc.message}; {exc.hint}")
-        return
-    code_dir = ""
-    try:
-        code_dir = ship_code(conn)
-        result.code_version = code_dir.rsplit("/", 1)[1]
-    except (SSHFailure, OperationError) as exc:
-        result.problems.append(f"cannot ship the trainer code to '{host.name}': {exc.message}; install rsync there")
-    try:
-        found = probe_ssh(conn, python, remote_workdir(host), code_dir, REQUIRED_PACKAGES)
-    except (SSHFailure, OperationError) as exc:
-        result.problems.append(f"{exc.message}; {exc.hint}")
-        return
-    judge_probe(result, host, python, found)
-
-
 def judge_probe(result: HostCheck, host: HostRow, python: str, found: Probe) -> None:
     """Fill `result` from what the check script found (on an SSH host, or on a Slurm compute
     node), with one actionable line per problem."""
-    _apply_probe(result, found)
+    apply_probe(result, found)
     for tool, present in result.tools.items():
         if not present:
             result.problems.append(f"'{tool}' is missing on '{host.name}'; install it (e.g. apt-get install {'util-linux' if tool == 'setsid' else tool})")
@@ -404,10 +348,12 @@ def refresh_local_host(ws: Workspace, host: HostRow | None = None) -> HostRow | 
             host = host_rows.by_name(conn, LOCAL)
     if host is None:
         return None
-    return _sync_local(ws, host, local_gpus(), [])
+    return sync_local(ws, host, local_gpus(), [])
 
 
-def _sync_local(ws: Workspace, host: HostRow, gpus: list[dict], problems: list[str]) -> HostRow:
+def sync_local(ws: Workspace, host: HostRow, gpus: list[dict], problems: list[str]) -> HostRow:
+    """The local host row set to these GPUs (`local_gpus()`: nvidia-smi), when the catalog knows
+    them; otherwise a line for `problems` and the row as it was."""
     gpu_type, count = "cpu", 1
     if gpus:
         types = {catalog_gpu_for(ws, g["name"], g["memory_gb"]) for g in gpus}

@@ -40,6 +40,12 @@ def get_job(ws: Workspace, ref: str) -> JobRow:
         return job_rows.resolve(conn, ref)
 
 
+def shown_status(job: JobRow) -> str:
+    """The status as the commands show it: 'queued in Slurm' for a started job whose Slurm job
+    waits in Slurm's queue (its current_stage holds Slurm's reason), else its status."""
+    return lifecycle.shown_status(job.status, job.current_stage)
+
+
 def list_jobs(ws: Workspace, *, status: str | None = None, limit: int | None = None) -> list[JobRow]:
     """Live jobs, newest first (`--status`: statuses, comma-separated, or `active`)."""
     statuses = lifecycle.parse_statuses(status)

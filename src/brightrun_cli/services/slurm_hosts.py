@@ -111,6 +111,7 @@ def check_slurm(ws: Workspace, host: HostRow, result: HostCheck) -> None:
         return
     partition = runner.settings.partition or next((n for n, p in facts.partitions.items() if p["default"]), None)
     found = facts.partitions.get(partition or "")
+    result.slurm = {"version": facts.version, "partition": partition, **(found or {})}
     if found is None:
         names = ", ".join(sorted(facts.partitions)) or "none"
         result.problems.append(f"partition '{partition or '(default)'}' does not exist on '{host.name}' (partitions: {names}); "

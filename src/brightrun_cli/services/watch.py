@@ -46,8 +46,23 @@ class JobView(JobRow, frozen=True):
         return (self.gpu_config or {}).get("count")
 
     @property
+    def nodes(self) -> int:
+        """Machines: the job's SSH hosts, or its Slurm nodes."""
+        return max(1, len(self.host_names)) * int((self.gpu_config or {}).get("nodes") or 1)
+
+    @property
+    def shown_status(self) -> str:
+        """lifecycle.shown_status: "queued in Slurm" while its Slurm job waits there."""
+        return lifecycle.shown_status(self.status, self.current_stage)
+
+    @property
     def terminal(self) -> bool:
         return self.status in lifecycle.TERMINAL
+
+    @property
+    def waiting(self) -> bool:
+        """Queued: in brightrun's queue, or (started) in Slurm's."""
+        return self.shown_status in (lifecycle.QUEUED, lifecycle.SLURM_QUEUED)
 
     @property
     def fraction(self) -> float:
@@ -60,7 +75,7 @@ class JobView(JobRow, frozen=True):
 
     def elapsed(self, now: datetime) -> timedelta | None:
         """Time running (or waiting, while queued)."""
-        start = self.started_at or (self.queued_at if self.status == "queued" else None)
+        start = self.started_at or (self.queued_at if self.waiting else None)
         if start is None:
             return None
         end = self.completed_at if self.terminal and self.completed_at else now
