@@ -45,11 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from brightrun_cli.trackers.points import final_values, point_from_metrics_line, run_params
+from brightrun_cli.trackers.records import TRACKERS_FILE, empty_record, read_records, write_records
 
-from .files import setup_logging, write_json_atomic
+from .files import setup_logging
 from .spec import Spec, load_spec
 
-TRACKERS_FILE = "trackers.json"
 FLUSH_INTERVAL_S = 1.0
 # How long the trainer waits at its end for the trackers to take the last points, the
 # results and the adapter. A stopped run (SIGTERM) must exit within the supervisor's grace.
@@ -57,23 +57,6 @@ FINISH_TIMEOUT_S = {"stopped": 10.0}
 DEFAULT_FINISH_TIMEOUT_S = 60.0
 NICENESS = 10  # below the training processes on a busy CPU; a GPU host's idle cores make it moot
 RESULT_QUALITY = ("base_validation_loss", "final_validation_loss", "final_training_loss")
-
-
-def _empty_record(status: str = "running", error: str | None = None) -> dict[str, Any]:
-    return {"status": status, "where": None, "run_id": None, "points": 0, "artifact": None, "error": error}
-
-
-def read_records(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """trackers.json's per-tracker records ({} when the run has none, or it is unreadable)."""
-    try:
-        records = json.loads((run_dir / TRACKERS_FILE).read_text()).get("trackers", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return records if isinstance(records, dict) else {}
-
-
-def write_records(run_dir: Path, records: dict[str, dict[str, Any]]) -> None:
-    write_json_atomic(run_dir / TRACKERS_FILE, {"version": 1, "updated": round(time.time(), 3), "trackers": records})
 
 
 # ---------------------------------------------------------------- trainer side
@@ -127,7 +110,7 @@ class TrackerProcess:
         """Trackers still `running` in trackers.json did not get to the end: say so, once each."""
         records = read_records(self.spec.output_dir)
         for name in self.spec.report_to:
-            record = records.setdefault(name, _empty_record())
+            record = records.setdefault(name, empty_record())
             if record["status"] == "running":
                 record.update(status=status, error=error)
                 self.log.warning("tracker %s: %s (see %s)", name, error, TRACKERS_FILE)
@@ -136,7 +119,7 @@ class TrackerProcess:
     def _give_up(self, error: str) -> None:
         self.log.warning("trackers %s dropped: %s; training goes on without them (see %s)",
                          ", ".join(self.spec.report_to), error, TRACKERS_FILE)
-        write_records(self.spec.output_dir, {name: _empty_record("failed", error) for name in self.spec.report_to})
+        write_records(self.spec.output_dir, {name: empty_record("failed", error) for name in self.spec.report_to})
 
 
 # ---------------------------------------------------------------- trackers process
@@ -147,7 +130,7 @@ class Follower:
     def __init__(self, spec: Spec, offset: int, since: float, log):
         self.spec, self.log, self.offset, self.since = spec, log, offset, since
         self.run_dir = spec.output_dir
-        self.records = {name: _empty_record() for name in spec.report_to}
+        self.records = {name: empty_record() for name in spec.report_to}
         self.sinks: dict[str, Any] = {}
 
     def run(self) -> None:
