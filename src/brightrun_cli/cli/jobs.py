@@ -214,9 +214,12 @@ def _print_job(job: "JobRow", trackers: dict | None = None) -> None:
     if job.error_message:
         lines.append(("error", job.error_message))
     lines.append(("run dir", job.run_dir or "-"))
-    lines += [(f"tracker {name}", _tracker_line(record)) for name, record in (trackers or {}).items()]
     for key, value in lines:
         con.print(f"  {key:<16}{value}", markup=False)
+    if trackers:
+        con.print("  trackers")
+        for name, record in trackers.items():
+            con.print(f"    {name:<14}{_tracker_line(record)}", markup=False)
     hint = {
         "queued": f"brightrun watch {job.id}", "initializing": f"brightrun watch {job.id}", "running": f"brightrun watch {job.id}",
         "completed": "brightrun models list", "failed": f"brightrun jobs logs {job.id}  /  brightrun jobs resume {job.id}",
