@@ -229,3 +229,33 @@ def test_a_bad_older_than_is_one_usage_error(cli):
     result = run_brightrun("prune", "--older-than", "soon")
     assert result.returncode == 2 and result.stderr.strip() == (
         "error: --older-than 'soon' is not a duration; write it as days, hours or weeks: 30d, 12h, 2w")
+
+
+def test_an_s3_store_is_measured_when_asked_and_pruned_from_its_listing(ws, cli, s3_server):
+    import uuid
+
+    import s3fs
+
+    bucket = f"bkt-{uuid.uuid4().hex[:12]}"
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    fs.mkdir(bucket)
+    (ws.home / "config.toml").write_text(
+        f'storage_url = "s3://{bucket}/store"\n[storage_options.client_kwargs]\nendpoint_url = "{s3_server}"\n')
+    gone, live = dataset_row(ws, "gone"), dataset_row(ws, "live")
+    with ws.registry.write() as tx:
+        tx.get(type(gone), gone.id).deleted_at = utcnow()
+    fs.pipe(f"{bucket}/store/datasets/{gone.id}/data.jsonl", b"x" * 700)
+    fs.pipe(f"{bucket}/store/datasets/{live.id}/data.jsonl", b"x" * 300)
+    fs.pipe(f"{bucket}/store/models/m1/adapter_model.safetensors", b"x" * 50)
+
+    assert cli_json(cli, "status", "--json")["storage"]["measured"] is False
+    storage = cli_json(cli, "status", "--storage", "--json")["storage"]
+    assert (storage["measured"], storage["datasets"], storage["models"], storage["total_bytes"]) == (
+        True, {"bytes": 1000, "files": 2}, {"bytes": 50, "files": 1}, 1050)
+
+    dry = cli_json(cli, "prune", "--json")
+    assert [(i["location"], i["target"], i["bytes"]) for i in dry["items"]] == [
+        ("storage", f"datasets/{gone.id}", 700), ("storage", "models/m1", 50)]  # m1: files without a model row
+    assert {**cli_json(cli, "prune", "--yes", "--json"), "dry_run": True} == dry
+    assert not fs.exists(f"{bucket}/store/datasets/{gone.id}") and not fs.exists(f"{bucket}/store/models/m1")
+    assert fs.exists(f"{bucket}/store/datasets/{live.id}/data.jsonl")
