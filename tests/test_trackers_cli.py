@@ -115,11 +115,11 @@ def test_jobs_show_says_what_became_of_each_tracker(ws, cli, monkeypatch):
     shown = json.loads(cli("jobs", "show", job.id, "--json").stdout)
     assert shown["id"] == job.id and shown["status"] == "completed"
     assert shown["trackers"]["tensorboard"]["points"] == 52 and shown["trackers"]["mlflow"]["status"] == "failed"
-    assert shown["trackers"]["wandb"]["status"] == "pending"  # named by the spec, no record (yet)
+    assert shown["trackers"]["wandb"]["status"] == "not_started"  # named by the spec, no record: the job ended
     text = cli("jobs", "show", job.id).stdout
     assert f"  trackers\n    tensorboard   done  {run_dir / 'tensorboard'}, 52 points\n" in text
     assert "    mlflow        failed  http://mlflow:5000; error: opening it: MlflowException: unreachable\n" in text
-    assert "    wandb         pending\n" in text
+    assert "    wandb         not_started\n" in text
 
 
 # ---------------------------------------------------------------- export
@@ -216,11 +216,12 @@ def test_jobs_report_gathers_the_registry_and_run_dir_into_one_page(ws, cli, tmp
     assert directory.exit_code == 2 and "is a directory" in directory.stderr
 
 
-def test_a_queued_job_without_anything_yet_still_gets_a_report(ws, cli, tmp_path, monkeypatch):
+def test_a_queued_job_without_anything_yet_gets_a_report_and_pending_trackers(ws, cli, tmp_path, monkeypatch):
     from brightrun_cli.supervisor import launch
 
     monkeypatch.setattr(launch, "spawn_supervisor", lambda *args: 0)  # the command's queue housekeeping starts nothing
-    job = job_row(ws, dataset_row(ws, "q"), status="queued")
+    job = job_row(ws, dataset_row(ws, "q"), status="queued", spec={"report_to": ["mlflow"]})
     result = cli("jobs", "report", job.id, "--out", str(tmp_path / "q.html"))
     assert result.exit_code == 0, result.stderr
     assert "No metric points were recorded." in (tmp_path / "q.html").read_text()
+    assert json.loads(cli("jobs", "show", job.id, "--json").stdout)["trackers"]["mlflow"]["status"] == "pending"

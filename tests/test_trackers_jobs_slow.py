@@ -142,7 +142,18 @@ def test_a_remote_jobs_mlflow_run_is_copied_into_the_homes_store(ws, tmp_path):
     assert record["status"] == "done" and record["remote"] == remote and record["error"] is None
     assert record["where"] == f"sqlite:///{ws.home.resolve()}/mlflow/mlflow.db" and record["points"] == 3
     run, history = mlflow_run(record["where"], record["run_id"])
-    assert run.data.tags["brightrun.job_id"] == job.id and history["train/loss"] == [(1, 2.0), (2, 1.0), (3, pytest.approx(2 / 3))]
+    assert run.data.tags["brightrun.job_id"] == job.id and run.data.tags["brightrun.source"] == "remote"
+    assert history["train/loss"] == [(1, 2.0), (2, 1.0), (3, pytest.approx(2 / 3))]
+    # Resumed, the job ends again (collect brings the host's record back): one run in the store, the new one.
+    write_records(run_dir, {"mlflow": remote})
+    copy_remote_mlflow(ws, job.id)
+    again = read_records(run_dir)["mlflow"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=again["where"])
+    live = client.search_runs([run.info.experiment_id], filter_string=f"tags.`brightrun.job_id` = '{job.id}'")
+    assert [r.info.run_id for r in live] == [again["run_id"]] and again["run_id"] != record["run_id"]
+    assert client.get_run(record["run_id"]).info.lifecycle_stage == "deleted"
     # A local job, or one whose spec named a tracking server, is left as the trainer wrote it.
     local = job_row(ws, dataset_row(ws, "local-data"), status="completed", spec={"report_to": ["mlflow"],
                     "trackers": {"mlflow": {"tracking_uri": "http://mlflow:5000"}}})
@@ -184,3 +195,18 @@ def test_prune_while_a_job_runs_and_another_waits_leaves_both_to_complete(ws):
     # Once no job may need it (both completed), the removed dataset's files are prune's.
     after = json.loads(_ok(run_brightrun("prune", "--json")))
     assert ("datasets", f"datasets/{dataset_id}") in [(i["kind"], i["target"]) for i in after["items"]]
+
+
+def test_a_run_that_fails_in_setup_still_tells_its_trackers(tmp_path):
+    """The trackers process starts after setup; a run that never got there starts it at its
+    end, so the tracker still records the failed run and why."""
+    from brightrun_cli.trainer.main import main as trainer_main
+    from test_trainer import write_run_dir
+    from tracker_readers import tensorboard_texts
+
+    spec = write_run_dir(tmp_path, base_model=str(tmp_path / "no-such-model"), report_to=["tensorboard"])
+    assert trainer_main([str(spec)]) == 2
+    record = read_records(tmp_path)["tensorboard"]
+    assert (record["status"], record["points"], record["error"]) == ("done", 0, None)
+    texts = tensorboard_texts(tmp_path / "tensorboard")
+    assert texts["run/status"] == "failed" and "no-such-model" in texts["run/error"]

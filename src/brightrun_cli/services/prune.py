@@ -50,6 +50,7 @@ DEFAULT_OLDER_THAN = "30d"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([hdw]?)\s*$")
 _UNIT_DAYS = {"h": 1 / 24, "d": 1.0, "": 1.0, "w": 7.0}
 REMOTE_KINDS = ("ssh", "slurm")
+DELETE_CHUNK = 500  # notification ids per DELETE (SQLite caps the variables of one statement)
 
 
 @dataclass(frozen=True)
@@ -141,8 +142,13 @@ def plan_prune(ws: Workspace, older_than: str = DEFAULT_OLDER_THAN) -> PrunePlan
         else:
             continue
         plan.items.append(Item("models", "storage", "local", f"models/{model_id}", size, reason))
-    for name in sorted(n for n, h in hosts.items() if h.kind in REMOTE_KINDS):
-        _remote(ws, plan, hosts[name], remote.get(name, []), [j for j in active if name in _host_names(j, hosts)])
+    remote_hosts = sorted(n for n, h in hosts.items() if h.kind in REMOTE_KINDS)
+    if remote_hosts:
+        from brightrun_cli.runners.ssh import code_version
+
+        ours = code_version()
+        for name in remote_hosts:
+            _remote(ws, plan, hosts[name], remote.get(name, []), [j for j in active if name in _host_names(j, hosts)], ours)
     plan.items.sort(key=lambda i: (KINDS.index(i.kind), i.host, i.location, i.target))
     return plan
 
@@ -191,13 +197,13 @@ def _job_dir(ws: Workspace, plan: PrunePlan, remote: dict, hosts: dict[str, Host
             remote[name].append((kind, relative, reason))
 
 
-def _remote(ws: Workspace, plan: PrunePlan, host: HostRow, candidates: list[tuple[str, str, str]], active: list[JobRow]) -> None:
+def _remote(ws: Workspace, plan: PrunePlan, host: HostRow, candidates: list[tuple[str, str, str]], active: list[JobRow],
+            ours: str) -> None:
     """Size the host's candidates and its shipped code in one round trip; keep the code of
-    this brightrun and of every live job there. An unreachable host is skipped, said so."""
+    this brightrun (`ours`) and of every live job there. An unreachable host is skipped, said so."""
     from brightrun_cli.runners import remote_files
-    from brightrun_cli.runners.ssh import code_version
 
-    keep = {code_version()}
+    keep = {ours}
     unknown = []
     for job in active:
         version = remote_files.recorded_code(lifecycle.run_dir(ws.home, job))
@@ -228,7 +234,8 @@ def prune(ws: Workspace, plan: PrunePlan) -> PrunePlan:
     notes = [i.target for i in plan.items if i.location == "registry"]
     if notes:
         with ws.registry.write() as tx:
-            notification_rows.delete(tx, notes)
+            for start in range(0, len(notes), DELETE_CHUNK):
+                notification_rows.delete(tx, notes[start:start + DELETE_CHUNK])
     remote: dict[str, list[str]] = defaultdict(list)
     for item in plan.items:
         try:

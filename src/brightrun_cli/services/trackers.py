@@ -121,12 +121,14 @@ class JobTrackers:
 
 def show_job(ws: Workspace, ref: str) -> JobTrackers:
     """`jobs show`: the job row and its trackers' records. A tracker the spec names that
-    has no record yet is `pending` (the job has not started its trainer)."""
+    has no record is `pending` while the job is queued or starting, `not_started` once it
+    ended (its trainer never got to the trackers)."""
     with ws.registry.reading() as conn:
         job = job_rows.resolve(conn, ref)
     records = read_records(lifecycle.run_dir(ws.home, job))
+    status = "not_started" if job.status in lifecycle.TERMINAL else "pending"
     for name in (job.spec or {}).get("report_to") or []:
-        records.setdefault(name, {"status": "pending", "where": None, "run_id": None, "points": 0, "artifact": None, "error": None})
+        records.setdefault(name, {"status": status, "where": None, "run_id": None, "points": 0, "artifact": None, "error": None})
     return JobTrackers(job, records)
 
 
@@ -159,7 +161,8 @@ def export_job(ws: Workspace, ref: str, to: str, out: Path | None = None) -> "Ex
     return _export(ws, job, to, settings, directory)
 
 
-def _export(ws: Workspace, job: JobRow, to: str, settings: dict[str, str], directory: Path) -> "ExportResult":
+def _export(ws: Workspace, job: JobRow, to: str, settings: dict[str, str], directory: Path, **options: Any) -> "ExportResult":
+    """export_run fed from the registry (`options`: export_run's source and replace)."""
     from brightrun_cli.trackers.export import export_run
 
     with ws.registry.reading() as conn:
@@ -170,7 +173,7 @@ def _export(ws: Workspace, job: JobRow, to: str, settings: dict[str, str], direc
         adapter = _adapter_dir(ws, model, Path(scratch))
         return export_run(to, job.to_json(), points, quality=model.quality_metrics if model else None,
                           eval_summary=eval_summary(ws, job, model), adapter_dir=adapter, settings=settings,
-                          directory=directory)
+                          directory=directory, **options)
 
 
 def _adapter_dir(ws: Workspace, model: ModelRow | None, scratch: Path) -> Path | None:
@@ -232,7 +235,8 @@ def copy_remote_mlflow(ws: Workspace, job_id: str) -> None:
     remote = records["mlflow"]
     try:
         settings = dict(ws.config.trackers.get("mlflow", {}), tracking_uri=mlflow_uri(ws))
-        result = _export(ws, job, "mlflow", settings, ws.home / "mlflow")
+        # A resumed job is copied again when its new attempt ends: that run replaces the earlier copy.
+        result = _export(ws, job, "mlflow", settings, ws.home / "mlflow", source="remote", replace=True)
         records["mlflow"] = {"status": "done", "where": result.where, "run_id": result.run_id, "points": result.points,
                              "artifact": result.artifact, "error": None, "remote": remote}
         log.info("MLflow run of job %s copied into %s (run %s)", job_id, result.where, result.run_id)

@@ -2,10 +2,12 @@
 
     python -m brightrun_cli.trainer.trackers SPEC.json OFFSET SINCE   # started by the trainer, rank 0
 
-The trainer starts this process first thing (its imports of mlflow or wandb overlap the
-trainer's setup, whose single-threaded imports leave cores idle) and never waits for it
-while training: it follows metrics.jsonl as the supervisor does, from byte OFFSET (a
-resumed run's earlier points were sent by the earlier attempt), and sends what has
+The trainer starts this process when its setup is done (that is, once the job's first
+metric point, the base model's held-out loss, is written: importing mlflow or wandb on a
+busy CPU would otherwise delay it) and never waits for it while training: it follows
+metrics.jsonl as the supervisor does, from byte OFFSET, the file's size when the trainer
+began (a resumed run's earlier points were sent by the earlier attempt; this attempt's
+first point is sent late, not lost), and sends what has
 accumulated about once a second as one batch (an MLflow SQLite transaction costs ~5 ms:
 one per step would cost a fast GPU run a share of its steps). A process rather than a
 thread of the trainer's: a thread importing and serialising in Python holds the GIL in
@@ -71,14 +73,10 @@ class TrackerProcess:
         self._since = time.time()  # a result.json older than this attempt is not its result
         self._process: subprocess.Popen | None = None
 
-    @classmethod
-    def launch(cls, spec: Spec, log) -> TrackerProcess:
-        """Start the trackers process of a run whose spec names trackers (main process only)."""
-        handle = cls(spec, log)
-        handle._start()
-        return handle
-
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the trackers process (once). The trainer calls it when setup is done."""
+        if self._process is not None:
+            return
         # The same brightrun_cli as this trainer's, whatever put it on sys.path.
         package_root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
@@ -90,7 +88,10 @@ class TrackerProcess:
 
     def finish(self, status: str) -> None:
         """The run has ended with `status` and result.json is written: let the trackers send
-        the end, waiting for them up to the status's time limit."""
+        the end, waiting for them up to the status's time limit. A run that ended in setup,
+        before the process was started, starts it now: its trackers still record the
+        failure (or the stop) and its error."""
+        self.start()
         if self._process is None:
             return
         self._process.stdin.close()
