@@ -225,3 +225,24 @@ def test_a_queued_job_without_anything_yet_gets_a_report_and_pending_trackers(ws
     assert result.exit_code == 0, result.stderr
     assert "No metric points were recorded." in (tmp_path / "q.html").read_text()
     assert json.loads(cli("jobs", "show", job.id, "--json").stdout)["trackers"]["mlflow"]["status"] == "pending"
+
+
+def test_collecting_a_remote_run_brings_its_trackers_files_home(ws, tmp_path):
+    """What an SSH or Slurm job's `collect` fetches (run through a Slurm login node that is
+    this machine: the same script and rsync as over SSH)."""
+    from brightrun_cli.registry.rows import HostRow
+    from brightrun_cli.runners.slurm import LocalLogin
+    from brightrun_cli.runners.ssh import fetch_outputs
+
+    remote, local = tmp_path / "remote-run", tmp_path / "local-run"
+    files = ["final/adapter_model.safetensors", "result.json", "trackers.json", "tensorboard/events.out.tfevents.1.host",
+             "mlflow/mlflow.db", "mlflow/mlartifacts/r1/adapter/adapter_config.json", "wandb/offline-run-x/run-x.wandb"]
+    for name in [*files, "checkpoints/step-2/optimizer.pt", "train.jsonl"]:
+        (remote / name).parent.mkdir(parents=True, exist_ok=True)
+        (remote / name).write_text(name)
+    local.mkdir()
+    host = HostRow(id="h", name="cluster", kind="slurm", ssh_user=None, ssh_host=None, ssh_port=None, identity_file=None, gpus=1,
+                   gpu_type="cpu", python=None, workdir=None, options=None, last_check=None, last_checked_at=None,
+                   created_at=utcnow(), updated_at=utcnow())
+    fetch_outputs(LocalLogin(host), str(remote), local)
+    assert sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()) == sorted(files)
