@@ -39,7 +39,7 @@ ALLOWED = {
     "report": {"report", "trackers"},
     "generation": {"generation", "errors", "builtin"},
     "workspace": {"config", "home", "registry", "storage", "errors"},
-    "config": {"errors", "home"},
+    "config": {"errors", "home", "trackers"},
     "home": {"errors"},
     "builtin": set(),
     "errors": set(),
@@ -162,6 +162,7 @@ READ_COMMANDS = [
     ("dataset", "show", "DATASET"), ("models", "list"), ("models", "show", "MODEL"), ("costs",), ("costs", "--json"),
     ("notifications",), ("notifications", "--json"), ("hosts", "list"), ("gpus",), ("presets", "list"), ("presets", "show", "tiny"),
     ("estimate", "--dataset", "DATASET", "--preset", "tiny", "--base-model", "builtin:tiny"),
+    ("status",), ("status", "--json"),
 ]
 
 

@@ -17,10 +17,11 @@ from brightrun_cli.errors import OperationError, UsageError
 from brightrun_cli.trackers import check_report_to, check_settings
 from brightrun_cli.trackers.export import export_run
 from brightrun_cli.trackers.points import final_values, point_from_metrics_line, point_from_registry_row
+from brightrun_cli.trackers.records import read_records, write_records
 from brightrun_cli.trainer.files import setup_logging
 from brightrun_cli.trainer.main import main as trainer_main
 from brightrun_cli.trainer.spec import load_spec
-from brightrun_cli.trainer.trackers import Follower, TrackerProcess, read_new_lines, read_records, write_records
+from brightrun_cli.trainer.trackers import Follower, TrackerProcess, read_new_lines
 
 from test_trainer import result, write_run_dir
 from tracker_readers import tensorboard_plugin_tags, tensorboard_scalars, tensorboard_texts

@@ -20,6 +20,7 @@ import msgspec
 from msgspec import Meta
 
 from brightrun_cli.errors import UsageError
+from brightrun_cli.trackers import TRACKERS, check_report_to, check_settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,6 +48,11 @@ class Config(msgspec.Struct, kw_only=True):
     notification_hook: Annotated[list[str], Meta(description=(
         "Command (argv list, or a string split like a shell would, never run by a shell) that receives each notification as JSON on stdin"))] | None = None
     notification_hook_timeout: Annotated[float, Meta(gt=0, description="Seconds before the hook is killed")] = 10.0
+    report_to: Annotated[list[str], Meta(description=(
+        f"Experiment trackers every `train` reports to ({', '.join(TRACKERS)}) unless --report-to says otherwise"))] = msgspec.field(default_factory=list)
+    trackers: Annotated[dict[str, dict[str, str]], Meta(description=(
+        "Per-tracker settings: [trackers.mlflow] tracking_uri (default: sqlite:///<home>/mlflow/mlflow.db), experiment; "
+        "[trackers.wandb] project, entity, mode (offline or online)"))] = msgspec.field(default_factory=dict)
     unknown_keys: list[str] = msgspec.field(default_factory=list)  # keys of the file this brightrun does not know (not a setting)
 
 
@@ -68,11 +74,17 @@ def load_config(home: Path) -> Config:
     if isinstance(known.get("notification_hook"), str):
         known["notification_hook"] = shlex.split(known["notification_hook"])
     try:
-        return msgspec.convert({**known, "unknown_keys": unknown}, Config)
+        config = msgspec.convert({**known, "unknown_keys": unknown}, Config)
     except msgspec.ValidationError as exc:
         message, _, where = str(exc).rpartition(" - at `$.")
         key = where.rstrip("`") or "(file)"
         raise UsageError(f"{path}: key '{key}': {message or exc}", "fix that key in config.toml") from None
+    try:  # the trainer checks the same values in its spec: one vocabulary, one set of messages
+        check_report_to(config.report_to)
+        check_settings(config.trackers)
+    except ValueError as exc:
+        raise UsageError(f"{path}: {exc}", "fix that key in config.toml (README: 'Experiment trackers')") from None
+    return config
 
 
 def warnings(config: Config, path: Path) -> list[str]:

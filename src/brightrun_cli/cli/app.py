@@ -101,7 +101,7 @@ def make_app(command: str | None = None) -> typer.Typer:
 COMMAND_MODULES = {
     "dataset": "datasets", "presets": "presets", "estimate": "estimate", "gpus": "estimate",
     "train": "jobs", "jobs": "jobs", "watch": "watch", "models": "models", "hosts": "hosts",
-    "costs": "costs", "notifications": "notifications",
+    "costs": "costs", "notifications": "notifications", "status": "fleet", "prune": "fleet",
 }
 
 

@@ -146,6 +146,15 @@ def more_rows_note(shown: int, total: int) -> None:
         console().print(f"[dim]{shown} of {total:,} shown; --limit N for more, --json for all[/dim]")
 
 
+def human_bytes(size: float) -> str:
+    """A size as people read it (decimal units, as disks and stores are sold)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size} B"
+
+
 SHORT_ID = 12  # 10 characters of creation time + 2 random: unique in practice, and any unique prefix resolves
 
 

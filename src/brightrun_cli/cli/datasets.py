@@ -85,7 +85,7 @@ def list_command(
         pairs = "-" if r.total_training_pairs is None else f"{r.total_training_pairs}/{r.total_validation_pairs}"
         table.add_row(
             common.short_id(r.id), r.name, (r.status, _colour(r.status)), _num(r.total_conversations), pairs,
-            _tokens(r.total_tokens, r.token_count_method), _size(r.file_size), f"{r.created_at:%m-%d %H:%M}",
+            _tokens(r.total_tokens, r.token_count_method), common.human_bytes(r.file_size), f"{r.created_at:%m-%d %H:%M}",
         )
     common.console().print(table)
     if limit is None and len(rows) == common.LIST_DEFAULT:
@@ -213,7 +213,7 @@ def _render_dataset(details: "DatasetDetails") -> None:
     out.print(f"[bold]{row.name}[/bold]  ({row.id})  {_status(row.status)}")
     stored = row.storage_path if row.content_sha256 else "nothing stored (a failed add: its name is free for the next add)"
     facts = [
-        ("source", f"{row.source_uri or row.file_name} ({_size(row.file_size)}, format {row.format})"),
+        ("source", f"{row.source_uri or row.file_name} ({common.human_bytes(row.file_size)}, format {row.format})"),
         ("stored as", stored),
         ("validated", f"{row.validated_at:%Y-%m-%d %H:%M:%S} UTC" if row.validated_at else "-"),
     ]
@@ -310,11 +310,3 @@ def _tokens(total: int | None, method: str | None) -> str:
     if total is None:
         return "-"
     return f"~{total:,}" if method and method.startswith("approx") else f"{total:,}"
-
-
-def _size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size} B"

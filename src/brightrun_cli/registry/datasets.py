@@ -74,6 +74,11 @@ def removed(conn: sqlite3.Connection) -> list[DatasetRow]:
     return read.fetch_all(conn, DatasetRow, "deleted_at IS NOT NULL", order="deleted_at")
 
 
+def all_ids(conn: sqlite3.Connection) -> set[str]:
+    """Every dataset id with a row, removed ones included."""
+    return {r[0] for r in conn.execute("SELECT id FROM datasets")}
+
+
 def insert(tx: "Tx", **fields: Any) -> DatasetRow:
     """Raises DuplicateRow when a live dataset already has the name."""
     from brightrun_cli.registry.tables import Dataset

@@ -143,6 +143,32 @@ def ended_between(conn: sqlite3.Connection, since, until) -> list[JobRow]:
                           (_db_time(since), _db_time(until)), order="completed_at")
 
 
+def outcomes_since(conn: sqlite3.Connection, since, statuses: Sequence[str]) -> list[tuple[str, int, float | None]]:
+    """(status, jobs, mean seconds from start to end) of the jobs in `statuses` that ended
+    at or after `since`, removed ones included (they happened): `brightrun status`."""
+    return [(status, int(n), seconds) for status, n, seconds in conn.execute(
+        f"""SELECT status, count(*), avg((julianday(completed_at) - julianday(started_at)) * 86400.0)
+            FROM training_jobs WHERE completed_at >= ? AND status IN ({_marks(statuses)}) GROUP BY status""",
+        (_db_time(since), *statuses))]
+
+
+def live_in(conn: sqlite3.Connection, statuses: Sequence[str]) -> list[JobRow]:
+    """Live (not removed) jobs in `statuses`, oldest first."""
+    return read.fetch_all(conn, JobRow, f"deleted_at IS NULL AND status IN ({_marks(statuses)})", tuple(statuses), order="queued_at, id")
+
+
+def removed(conn: sqlite3.Connection) -> list[JobRow]:
+    """Removed jobs (`jobs rm`), oldest removal first."""
+    return read.fetch_all(conn, JobRow, "deleted_at IS NOT NULL", order="deleted_at, id")
+
+
+def dataset_ids_of(conn: sqlite3.Connection, statuses: Sequence[str]) -> set[str]:
+    """The datasets that live jobs in `statuses` train on (their supervisor places the split
+    again on every attempt, and a retry copies the dataset reference)."""
+    return {r[0] for r in conn.execute(
+        f"SELECT DISTINCT dataset_id FROM training_jobs WHERE deleted_at IS NULL AND status IN ({_marks(statuses)})", tuple(statuses))}
+
+
 def _db_time(value) -> str:
     """An aware datetime in the stored form (naive UTC, microseconds), for comparisons."""
     return iso(value)[:-1].replace("T", " ")

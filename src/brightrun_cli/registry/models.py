@@ -63,6 +63,11 @@ def removed(conn: sqlite3.Connection) -> list[ModelRow]:
     return read.fetch_all(conn, ModelRow, "deleted_at IS NOT NULL", order="deleted_at")
 
 
+def all_ids(conn: sqlite3.Connection) -> set[str]:
+    """Every model id with a row, removed ones included."""
+    return {r[0] for r in conn.execute("SELECT id FROM model_artifacts")}
+
+
 def versions_of(conn: sqlite3.Connection, name: str) -> int:
     """How many models (soft-deleted included) were ever stored under `name`."""
     return read.count(conn, ModelRow.TABLE, "name = ?", (name,))

@@ -63,6 +63,7 @@ from brightrun_cli.runners.ssh import (
     code_version,
     fetch_outputs,
     read_tail,
+    record_code,
     remote_python,
     remote_workdir,
     run_inputs,
@@ -477,7 +478,7 @@ class SlurmRunner(Runner):
         (request.run_dir / SCRIPT_NAME).write_text(script, encoding="utf-8")
         remote_run = self.remote_run_dir(request.job_id)
         try:
-            ship_code(self.login)
+            record_code(request.run_dir, ship_code(self.login))
             self.login.run_script(PREPARE, remote_run)
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "spec.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")

@@ -503,10 +503,25 @@ def ship_code(conn: SSHConnection) -> str:
     return remote
 
 
+CODE_FILE = "code_version"  # in a job's local run dir: the <sha16> of the shipped code its trainer runs
+
+
+def record_code(run_dir: Path, remote_code_dir: str) -> None:
+    """Remember in the job's local run dir which shipped code (`<workdir>/code/<sha16>`) its
+    trainer runs: `brightrun prune` keeps that code while the job is live."""
+    (run_dir / CODE_FILE).write_text(remote_code_dir.rstrip("/").rsplit("/", 1)[1] + "\n", encoding="utf-8")
+
+
+# What `collect` brings home besides the tailed logs: the adapter, the outcome, and what the
+# trainer's trackers wrote into the run dir (their record, TensorBoard's event files, the
+# MLflow store of a job without a tracking server, W&B's offline run files).
+OUTPUTS = ("final", "result.json", "trackers.json", "tensorboard", "mlflow", "wandb")
+
+
 def fetch_outputs(conn: "SSHConnection", remote_run: str, local_run: Path) -> None:
-    """Bring the trainer's final/ and result.json (whichever exist) into the local run dir."""
-    present = conn.run_script('cd "$1" && for f in final result.json; do [ -e "$f" ] && echo "$f"; done; true',
-                              remote_run).stdout.decode().split()
+    """Bring the trainer's OUTPUTS (whichever exist) into the local run dir."""
+    present = conn.run_script('cd "$1" && shift && for f in "$@"; do [ -e "$f" ] && echo "$f"; done; true',
+                              remote_run, *OUTPUTS).stdout.decode().split()
     if present:
         conn.rsync([f"{remote_run}/./{p}" for p in present], str(local_run) + "/", to_remote=False,
                    extra=("--relative", "--delete"))
@@ -646,6 +661,7 @@ class SSHRunner(Runner):
                 conn.rsync([f"{request.run_dir}/./{name}" for name in inputs], remote_run + "/", to_remote=True,
                            extra=("--relative",))
             host = self.hosts[0]
+            record_code(request.run_dir, code_dirs[host.name])
             rendezvous = (host.ssh_host, self._main_port(request.job_id))
             if len(self.hosts) > 1:
                 out = self.conns[host.name].run_script(RENDEZVOUS, remote_python(host), str(rendezvous[1])).stdout.decode().split()

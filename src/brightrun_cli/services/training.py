@@ -33,6 +33,7 @@ from brightrun_cli.services.hosts import refresh_local_host
 from brightrun_cli.services.jobs import get_job, place_accelerate_config
 from brightrun_cli.services.notifications import notify
 from brightrun_cli.services.presets import ResolvedConfig, resolve_config
+from brightrun_cli.services.trackers import tracker_spec
 from brightrun_cli.supervisor import launch
 from brightrun_cli.trainer.spec import SpecError, load_accelerate_config
 from brightrun_cli.workspace import Workspace
@@ -53,6 +54,7 @@ class TrainRequest:
     nodes: int | None = None  # a Slurm host's nodes for this job (gpus is then per node)
     max_cost: float | None = None
     accelerate_config: Path | None = None  # passed to `accelerate launch --config_file` (FSDP, DeepSpeed)
+    report_to: str | None = None  # --report-to: comma-separated trackers, "none", or None for config.toml's report_to
 
 
 @dataclass
@@ -160,6 +162,7 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
     if req.accelerate_config is not None:
         accelerate = check_accelerate_config(req.accelerate_config, hosts, request.num_processes, config.hyperparameters(), nodes=nodes)
     spec = _spec(job_id, config, accelerate)
+    spec.update(tracker_spec(ws, req.report_to, hosts))
     if accelerate is not None:
         request.accelerate_config, request.distributed_type = spec["accelerate_config"], accelerate.distributed_type
     runner = get_runner(ws, hosts)

@@ -46,6 +46,7 @@ from brightrun_cli.runners import get_runner
 from brightrun_cli.runners.base import LaunchRequest, RunnerLost, RunnerUnreachable
 from brightrun_cli.services import notifications
 from brightrun_cli.services.hosts import hosts_of
+from brightrun_cli.services.trackers import copy_remote_mlflow
 from brightrun_cli.supervisor import stop
 from brightrun_cli.supervisor.ingest import MetricLine, MetricsTail, point_values
 
@@ -435,6 +436,8 @@ class Supervisor:
         log.info("job %s %s (cost $%.4f)%s", self.job_id, status, total, f": {error}" if error else "")
         if status == lifecycle.COMPLETED:
             self._artifact()
+        if not self.local:  # its MLflow run went to a store in the remote run dir: copy it here
+            copy_remote_mlflow(self.ws, self.job_id)
         return 0 if status == lifecycle.COMPLETED else 1
 
     def _event(self, job: JobRow, status: str, error: str | None, total: float, budget: bool):

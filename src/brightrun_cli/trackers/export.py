@@ -40,6 +40,8 @@ def export_run(
     adapter_dir: Path | None = None,
     settings: dict[str, str] | None = None,
     directory: Path | None = None,
+    source: str = "export",
+    replace: bool = False,
 ) -> ExportResult:
     """Send job `run` to tracker `to` and say where it went.
 
@@ -53,6 +55,9 @@ def export_run(
     settings: the tracker's settings (as the spec's `trackers.<name>`: tracking_uri, experiment).
     directory: TensorBoard: where the event files go (required); MLflow: the store used
       when neither settings nor MLFLOW_TRACKING_URI name one (sqlite:///<directory>/mlflow.db).
+    source: the run's brightrun.source tag (export; remote for a remote job's run copied home).
+    replace: MLflow only: delete (MLflow's soft delete) the job's earlier runs of the same
+      source in that experiment, so that copying a resumed job again leaves one run.
     """
     from .sinks import TrackerUnavailable, describe_error, open_sink
 
@@ -64,7 +69,9 @@ def export_run(
         raise UsageError(str(exc), f"{to} settings: {', '.join(SETTINGS[to]) or 'none'}") from None
     if directory is None:
         raise UsageError(f"exporting to {to} needs a directory", "pass the directory for its local files")
-    info = _run_info(run)
+    if replace and to != "mlflow":
+        raise UsageError(f"replace applies to MLflow runs, not {to}", "export without replace")
+    info = _run_info(run, source)
     converted = sorted((p for p in map(point_from_registry_row, points) if p is not None), key=_in_order)
     numbers, texts = final_values(quality=quality, eval=eval_summary, cost=_costs(run))
     status = str(run.get("status") or "unknown")
@@ -75,6 +82,8 @@ def export_run(
         sink.log_final(max((p.step for p in converted), default=0), numbers, texts)
         artifact = sink.log_artifact(adapter_dir) if adapter_dir is not None and sink.keeps_files else None
         sink.close(status, epoch_seconds(run.get("completed_at")))
+        if replace:  # only once the new run is complete
+            sink.delete_other_runs({"brightrun.job_id": info.job_id, "brightrun.source": source})
     except TrackerUnavailable as exc:
         raise UsageError(exc.message, exc.hint) from None
     except Exception as exc:
@@ -89,13 +98,13 @@ def _in_order(point: Point) -> tuple[int, bool]:
     return point.step, (point.split == "validation") != (point.step == 0)
 
 
-def _run_info(run: dict[str, Any]):
+def _run_info(run: dict[str, Any], source: str):
     from .sinks import RunInfo
 
     gpu = run.get("gpu_config") or {}
     params = run_params(str(run.get("base_model") or ""), dict(run.get("hyperparameters") or {}),
                         gpu_type=gpu.get("type"), gpu_count=gpu.get("count"))
-    tags = {"brightrun.job_id": str(run.get("id") or ""), "brightrun.source": "export",
+    tags = {"brightrun.job_id": str(run.get("id") or ""), "brightrun.source": source,
             "brightrun.status": str(run.get("status") or "")}
     start = epoch_seconds(run.get("started_at")) or epoch_seconds(run.get("queued_at"))
     return RunInfo(job_id=str(run.get("id") or ""), params=params, tags=tags, start_time=start)

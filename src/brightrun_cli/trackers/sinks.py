@@ -218,6 +218,16 @@ class MlflowSink:
         self._client.update_run(run_id, status="RUNNING")
         return True
 
+    def delete_other_runs(self, tags: dict[str, str]) -> int:
+        """Delete (MLflow's soft delete: restorable, out of the UI) the experiment's other runs
+        carrying every one of `tags`; how many. Tag values are brightrun's own ids and words."""
+        experiment = self._client.get_run(self.run_id).info.experiment_id
+        query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+        others = [r.info.run_id for r in self._client.search_runs([experiment], filter_string=query) if r.info.run_id != self.run_id]
+        for run_id in others:
+            self._client.delete_run(run_id)
+        return len(others)
+
     def log_points(self, points: Sequence[Point]) -> None:
         from mlflow.entities import Metric
         from mlflow.utils.validation import MAX_METRICS_PER_BATCH

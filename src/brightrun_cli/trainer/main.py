@@ -47,15 +47,18 @@ def main(argv: list[str], *, own_process: bool = False) -> int:
     log = setup_logging(spec.output_dir, rank, rank == 0)
     log.info("brightrun trainer: spec %s (job %s)", spec.path, spec.job_id or "-")
     _quiet_libraries()
-    # Its own process, started first: importing mlflow or wandb overlaps setup (single-threaded
-    # imports leave cores idle) instead of delaying the first step or competing with training.
-    trackers = TrackerProcess.launch(spec, log) if rank == 0 and spec.report_to else None
+    # A process of its own (trainer/trackers.py), started once setup has written the first
+    # metric point: on a busy CPU its imports (mlflow, wandb: seconds) would delay that point.
+    # The handle is made now, so that it sends this attempt's points from the first one.
+    trackers = TrackerProcess(spec, log) if rank == 0 and spec.report_to else None
     run = None
     try:
         with _startup_without_gc(freeze=own_process):
             from . import loop
 
             run = loop.setup(spec, log)
+        if trackers:
+            trackers.start()
         loop.fit(run)
         loop.save_final(run)
         from .answers import evaluate_answers

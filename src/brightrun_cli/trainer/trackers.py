@@ -2,10 +2,12 @@
 
     python -m brightrun_cli.trainer.trackers SPEC.json OFFSET SINCE   # started by the trainer, rank 0
 
-The trainer starts this process first thing (its imports of mlflow or wandb overlap the
-trainer's setup, whose single-threaded imports leave cores idle) and never waits for it
-while training: it follows metrics.jsonl as the supervisor does, from byte OFFSET (a
-resumed run's earlier points were sent by the earlier attempt), and sends what has
+The trainer starts this process when its setup is done (that is, once the job's first
+metric point, the base model's held-out loss, is written: importing mlflow or wandb on a
+busy CPU would otherwise delay it) and never waits for it while training: it follows
+metrics.jsonl as the supervisor does, from byte OFFSET, the file's size when the trainer
+began (a resumed run's earlier points were sent by the earlier attempt; this attempt's
+first point is sent late, not lost), and sends what has
 accumulated about once a second as one batch (an MLflow SQLite transaction costs ~5 ms:
 one per step would cost a fast GPU run a share of its steps). A process rather than a
 thread of the trainer's: a thread importing and serialising in Python holds the GIL in
@@ -45,11 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from brightrun_cli.trackers.points import final_values, point_from_metrics_line, run_params
+from brightrun_cli.trackers.records import TRACKERS_FILE, empty_record, read_records, write_records
 
-from .files import setup_logging, write_json_atomic
+from .files import setup_logging
 from .spec import Spec, load_spec
 
-TRACKERS_FILE = "trackers.json"
 FLUSH_INTERVAL_S = 1.0
 # How long the trainer waits at its end for the trackers to take the last points, the
 # results and the adapter. A stopped run (SIGTERM) must exit within the supervisor's grace.
@@ -57,23 +59,6 @@ FINISH_TIMEOUT_S = {"stopped": 10.0}
 DEFAULT_FINISH_TIMEOUT_S = 60.0
 NICENESS = 10  # below the training processes on a busy CPU; a GPU host's idle cores make it moot
 RESULT_QUALITY = ("base_validation_loss", "final_validation_loss", "final_training_loss")
-
-
-def _empty_record(status: str = "running", error: str | None = None) -> dict[str, Any]:
-    return {"status": status, "where": None, "run_id": None, "points": 0, "artifact": None, "error": error}
-
-
-def read_records(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """trackers.json's per-tracker records ({} when the run has none, or it is unreadable)."""
-    try:
-        records = json.loads((run_dir / TRACKERS_FILE).read_text()).get("trackers", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return records if isinstance(records, dict) else {}
-
-
-def write_records(run_dir: Path, records: dict[str, dict[str, Any]]) -> None:
-    write_json_atomic(run_dir / TRACKERS_FILE, {"version": 1, "updated": round(time.time(), 3), "trackers": records})
 
 
 # ---------------------------------------------------------------- trainer side
@@ -88,14 +73,10 @@ class TrackerProcess:
         self._since = time.time()  # a result.json older than this attempt is not its result
         self._process: subprocess.Popen | None = None
 
-    @classmethod
-    def launch(cls, spec: Spec, log) -> TrackerProcess:
-        """Start the trackers process of a run whose spec names trackers (main process only)."""
-        handle = cls(spec, log)
-        handle._start()
-        return handle
-
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the trackers process (once). The trainer calls it when setup is done."""
+        if self._process is not None:
+            return
         # The same brightrun_cli as this trainer's, whatever put it on sys.path.
         package_root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
@@ -107,7 +88,10 @@ class TrackerProcess:
 
     def finish(self, status: str) -> None:
         """The run has ended with `status` and result.json is written: let the trackers send
-        the end, waiting for them up to the status's time limit."""
+        the end, waiting for them up to the status's time limit. A run that ended in setup,
+        before the process was started, starts it now: its trackers still record the
+        failure (or the stop) and its error."""
+        self.start()
         if self._process is None:
             return
         self._process.stdin.close()
@@ -127,7 +111,7 @@ class TrackerProcess:
         """Trackers still `running` in trackers.json did not get to the end: say so, once each."""
         records = read_records(self.spec.output_dir)
         for name in self.spec.report_to:
-            record = records.setdefault(name, _empty_record())
+            record = records.setdefault(name, empty_record())
             if record["status"] == "running":
                 record.update(status=status, error=error)
                 self.log.warning("tracker %s: %s (see %s)", name, error, TRACKERS_FILE)
@@ -136,7 +120,7 @@ class TrackerProcess:
     def _give_up(self, error: str) -> None:
         self.log.warning("trackers %s dropped: %s; training goes on without them (see %s)",
                          ", ".join(self.spec.report_to), error, TRACKERS_FILE)
-        write_records(self.spec.output_dir, {name: _empty_record("failed", error) for name in self.spec.report_to})
+        write_records(self.spec.output_dir, {name: empty_record("failed", error) for name in self.spec.report_to})
 
 
 # ---------------------------------------------------------------- trackers process
@@ -147,7 +131,7 @@ class Follower:
     def __init__(self, spec: Spec, offset: int, since: float, log):
         self.spec, self.log, self.offset, self.since = spec, log, offset, since
         self.run_dir = spec.output_dir
-        self.records = {name: _empty_record() for name in spec.report_to}
+        self.records = {name: empty_record() for name in spec.report_to}
         self.sinks: dict[str, Any] = {}
 
     def run(self) -> None:
