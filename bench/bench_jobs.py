@@ -10,8 +10,13 @@
    metrics.jsonl line with no brightrun around it: the bare trainer command brightrun
    launches for one process (`python -m brightrun_cli.trainer`), and the same trainer
    under `accelerate launch` (what brightrun launched before). Goal <= 8 s.
+   With `--report-to tensorboard,mlflow`, each repeat also submits the same job with
+   that flag (the two in alternating order, so a shared machine's changing load falls on
+   both alike): the trackers process starts beside the trainer's setup, and must not
+   delay the first point.
 
     PYTHONPATH=src .venv/bin/python bench/bench_jobs.py [--points 200000] [--ingest-repeats 7] [--repeats 3] [--skip-submit]
+    PYTHONPATH=src .venv/bin/python bench/bench_jobs.py --skip-ingest --report-to tensorboard,mlflow --repeats 4
 """
 
 from __future__ import annotations
@@ -130,7 +135,25 @@ def _first_line(path: Path, timeout: float) -> float | None:
     return None
 
 
-def bench_submit(repeats: int) -> None:
+def _submit_to_first_point(env: dict, home: str, extra: tuple[str, ...]) -> tuple[str, float]:
+    """`train --detach` of the tiny job (plus `extra` flags) until its first metrics_points row; cancels it."""
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "brightrun_cli", "train", "--dataset", "d", "--preset", "tiny", *extra, "--detach", "--json"],
+                         env=env, check=True, capture_output=True, text=True)
+    job_id = json.loads(out.stdout)["id"]
+    db = sqlite3.connect(Path(home) / "registry.db", timeout=30)
+    first = None
+    while time.monotonic() - start < 120:
+        if db.execute("SELECT 1 FROM metrics_points WHERE job_id = ? LIMIT 1", (job_id,)).fetchone():
+            first = time.monotonic() - start
+            break
+        time.sleep(0.02)
+    db.close()
+    subprocess.run([sys.executable, "-m", "brightrun_cli", "jobs", "cancel", job_id], env=env, capture_output=True)
+    return job_id, first if first is not None else float("inf")
+
+
+def bench_submit(repeats: int, report_to: str | None = None) -> None:
     from jobs_helpers import conversations
 
     import compileall
@@ -140,27 +163,19 @@ def bench_submit(repeats: int) -> None:
     compileall.compile_dir(str(REPO / "src" / "brightrun_cli"), quiet=1)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    first_points, bare, launched = [], [], []
-    for _ in range(repeats):
+    first_points, bare, launched, tracked = [], [], [], []
+    for repeat in range(repeats):
         with tempfile.TemporaryDirectory() as home:
             env["BRIGHTRUN_HOME"] = home
             data = conversations(Path(home) / "chat.jsonl", 200)
             subprocess.run([sys.executable, "-m", "brightrun_cli", "dataset", "add", str(data), "--name", "d", "--base-model", "builtin:tiny"],
                            env=env, check=True, capture_output=True)
-            start = time.monotonic()
-            out = subprocess.run([sys.executable, "-m", "brightrun_cli", "train", "--dataset", "d", "--preset", "tiny", "--detach", "--json"],
-                                 env=env, check=True, capture_output=True, text=True)
-            job_id = json.loads(out.stdout)["id"]
-            db = sqlite3.connect(Path(home) / "registry.db", timeout=30)
-            first = None
-            while time.monotonic() - start < 120:
-                if db.execute("SELECT 1 FROM metrics_points WHERE job_id = ? LIMIT 1", (job_id,)).fetchone():
-                    first = time.monotonic() - start
-                    break
-                time.sleep(0.02)
-            db.close()
-            subprocess.run([sys.executable, "-m", "brightrun_cli", "jobs", "cancel", job_id], env=env, capture_output=True)
-            first_points.append(first if first is not None else float("inf"))
+            if report_to and repeat % 2 == 0:  # alternate which of the two goes first
+                tracked.append(_submit_to_first_point(env, home, ("--report-to", report_to))[1])
+            job_id, first = _submit_to_first_point(env, home, ())
+            first_points.append(first)
+            if report_to and repeat % 2 == 1:
+                tracked.append(_submit_to_first_point(env, home, ("--report-to", report_to))[1])
             # Baseline: the same launch argv straight from here, into a copy of the run dir.
             run_dir = Path(home) / "runs" / job_id
             bare_dir = Path(home) / "bare"
@@ -185,6 +200,10 @@ def bench_submit(repeats: int) -> None:
     print(f"baseline bare trainer (python -m brightrun_cli.trainer) -> first metrics line: median {base:.2f} s "
           f"-> brightrun overhead {med - base:+.2f} s, ratio {med / base:.2f}x")
     print(f"baseline the same trainer under accelerate launch: median {accel:.2f} s -> submit is {accel / med:.2f}x faster than a bare accelerate launch")
+    if tracked:
+        with_trackers = statistics.median(tracked)
+        print(f"with --report-to {report_to}: median {with_trackers:.2f} s (runs: {', '.join(f'{x:.2f}' for x in tracked)}) "
+              f"-> {with_trackers - med:+.2f} s vs without")
 
 
 def main() -> None:
@@ -193,11 +212,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="submissions timed (median)")
     parser.add_argument("--ingest-repeats", type=int, default=7, help="catch-up ingestions timed (median)")
     parser.add_argument("--skip-submit", action="store_true")
+    parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--report-to", help="also submit with `--report-to VALUE` (alternating with the plain submit)")
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
-    bench_ingest(args.points, args.ingest_repeats)
+    print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if not args.skip_ingest:
+        bench_ingest(args.points, args.ingest_repeats)
     if not args.skip_submit:
-        bench_submit(args.repeats)
+        bench_submit(args.repeats, args.report_to)
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,7 @@ def main() -> None:
             (("costs",), 0.15), (("notifications",), 0.15), (("hosts", "list"), 0.15),
             (("presets", "list"), 0.15), (("presets", "show", "tiny"), 0.15), (("gpus",), 0.15),
             (("estimate", "--dataset", dataset, "--preset", "tiny", "--base-model", "builtin:tiny"), 0.15),
+            (("status",), 0.15), (("status", "--json"), 0.15),
         ]
         over = 0
         for words, goal in commands:

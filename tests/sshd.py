@@ -106,9 +106,10 @@ class SSHServer:
         )
 
 
-def start_sshd(root: Path, *, known: bool = True) -> SSHServer:
+def start_sshd(root: Path, *, known: bool = True, extra_config: tuple[str, ...] = ()) -> SSHServer:
     """Start sshd on a free 127.0.0.1 port. `known=False` leaves known_hosts empty
-    (first contact: the host key is unknown to the client)."""
+    (first contact: the host key is unknown to the client); `extra_config` adds
+    sshd_config lines (e.g. SetEnv for the sessions)."""
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o700)
     _keygen(root / "host_key")
@@ -134,6 +135,7 @@ def start_sshd(root: Path, *, known: bool = True) -> SSHServer:
                 "MaxStartups 100:30:200",
                 "MaxSessions 100",
                 "LogLevel ERROR",
+                *extra_config,
                 "",
             ]
         )

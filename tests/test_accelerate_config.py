@@ -179,7 +179,7 @@ def test_submit_copies_the_config_into_the_run_dir_and_retry_carries_it(chat, tw
 
 def test_ssh_runner_ships_the_config_and_names_it_next_to_the_spec(tmp_path):
     from brightrun_cli.runners.base import LaunchRequest
-    from brightrun_cli.runners.ssh import SSHRunner
+    from brightrun_cli.runners.ssh import SSHRunner, run_inputs
 
     ws = Workspace.open()
     host = add_host(ws, "gpu1", "me@gpu1", gpus=2, gpu_type="A100-40GB", connect=False)
@@ -189,7 +189,7 @@ def test_ssh_runner_ships_the_config_and_names_it_next_to_the_spec(tmp_path):
     request = LaunchRequest(job_id="01jz0000000000000000000000", run_dir=run_dir, spec_path=run_dir / "spec.json",
                             num_processes=2, accelerate_config="accelerate_config.yaml", distributed_type="FSDP")
     runner = SSHRunner(ws, [host])
-    assert "accelerate_config.yaml" in runner._inputs(request)
+    assert "accelerate_config.yaml" in run_inputs(request)
     remote = shlex.split(runner.launch_argv(request)[-1])  # the words the remote shell runs
     assert remote[remote.index("--config_file") + 1] == "accelerate_config.yaml" and "--multi_gpu" not in remote
 

@@ -85,7 +85,7 @@ def test_costs_cli_bar_chart_and_json(ws, cli):
     assert lines["A100-80GB"].count("█") == 30 and 0 < lines["H100"].count("█") < 30
     assert "total $12.80" in human.stdout
     data = json.loads(cli("costs", "--since", "2026-11-01", "--json").stdout)
-    assert data["total"] == pytest.approx(11.30) and data["since"] == "2026-11-01"
+    assert data["total_cost"] == pytest.approx(11.30) and data["since"] == "2026-11-01"
     assert data["by_type"] == {"compute": 11.2, "storage": 0.1}
     assert cli("costs", "--by", "nope").exit_code == 2
 

@@ -75,7 +75,8 @@ def test_add_v4_stores_normalised_data_split_stats_and_notification(cli, tmp_pat
     train = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
     val = [json.loads(line) for line in (root / "validation.jsonl").read_text().splitlines()]
     assert len(data) == 40 and len(train) + len(val) == 40
-    assert {c["conversation_id"] for c in val} == {c["conversation_id"] for c in data if split_fraction(c["conversation_id"]) < 0.1}
+    by_fraction = sorted((c["conversation_id"] for c in data), key=split_fraction)
+    assert {c["conversation_id"] for c in val} == set(by_fraction[:4]), "10% of 40, the ids with the smallest split fractions"
     notes = sqlite3.connect(brightrun_home / "registry.db").execute("SELECT type, dataset_id FROM notifications").fetchall()
     assert notes == [("dataset_ready", ds["id"])]
 
@@ -156,8 +157,8 @@ def test_every_content_problem_is_reported_with_line_and_suggestion(cli, tmp_pat
     before_files = snapshot(brightrun_home)[1]
     result = add(cli, path, "--name", "bad", "--json")
     assert result.exit_code == 2
-    assert result.stderr.count("\n") == 1 and "failed validation" in result.stderr and "dataset show bad" in result.stderr
     ds = json.loads(result.stdout)
+    assert result.stderr.count("\n") == 1 and "failed validation" in result.stderr and f"dataset show {ds['id']}" in result.stderr
     assert ds["status"] == "error" and ds["training_ready"] is False
     errors = {e["line"]: e for e in ds["validation_errors"]}
     assert sorted(errors) == [2, 3, 4, 5, 6, 7, 8, 9]
@@ -177,12 +178,7 @@ def test_every_content_problem_is_reported_with_line_and_suggestion(cli, tmp_pat
     human = cli("dataset", "show", "bad")
     assert "Validation problems" in human.stdout and "unknown role" in human.stdout and "nothing stored" in human.stdout
     revalidate = cli("dataset", "validate", "bad")
-    assert revalidate.exit_code == 2 and "no stored data" in revalidate.stderr
-    # Fixed file: remove the failed one and add again under the same name.
-    taken = add(cli, write_jsonl(tmp_path / "fixed.jsonl", good_lines(4)), "--name", "bad")
-    assert taken.exit_code == 2 and "dataset rm bad" in taken.stderr
-    assert cli("dataset", "rm", "bad", "--yes").exit_code == 0
-    assert add(cli, tmp_path / "fixed.jsonl", "--name", "bad").exit_code == 0
+    assert revalidate.exit_code == 2 and "no stored data" in revalidate.stderr and "add it again under the same name" in revalidate.stderr
 
 
 def test_only_the_first_n_problems_are_stored_but_all_counted(cli, tmp_path, brightrun_home):
@@ -205,7 +201,6 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     (tmp_path / "binary.jsonl").write_bytes(bytes(range(256)) * 64)
     (tmp_path / "nul.jsonl").write_bytes(b'{"a": 1}\x00\x00\n')
     (tmp_path / "truncated.jsonl").write_text(json.dumps(good_lines(1)[0]) + '\n{"conversation_id": "c2", "tur')
-    (tmp_path / "array.jsonl").write_text(json.dumps(good_lines(1)[0]) + "\n[1, 2]\n")
     (tmp_path / "unknown.jsonl").write_text('{"foo": 1}\n')
     (tmp_path / "huge-line.jsonl").write_bytes(b'{"conversation_id": "x", "turns": [{"role": "user", "content": "' + b"a" * (50 * 1024 * 1024) + b'"}]}\n')
     (tmp_path / "a-dir").mkdir()
@@ -218,7 +213,6 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "binary": ([str(tmp_path / "binary.jsonl"), "--name", "x"], "line 1"),
         "nul bytes": ([str(tmp_path / "nul.jsonl"), "--name", "x"], "binary"),
         "truncated last line": ([str(tmp_path / "truncated.jsonl"), "--name", "x"], "last line (2) is cut off"),
-        "not an object": ([str(tmp_path / "array.jsonl"), "--name", "x"], "line 2 is JSON but not an object"),
         "unknown format flag": ([str(good), "--name", "x", "--format", "csv"], "--format csv"),
         "undetectable format": ([str(tmp_path / "unknown.jsonl"), "--name", "x"], "cannot tell the format from line 1"),
         "50 MB single line": ([str(tmp_path / "huge-line.jsonl"), "--name", "x"], "line 1 is 50.0 MiB"),

@@ -171,14 +171,14 @@ def test_estimate_cli_human_and_json(cli, ws, tmp_path):
 
 def test_gpus_catalog_and_price_override(cli, brightrun_home):
     data = json.loads(cli("gpus", "--json").stdout)
-    by_name = {g["name"]: g for g in data}
+    by_name = {g["type"]: g for g in data}
     expected = {"A100-80GB": 3.50, "A100-40GB": 2.80, "H100": 4.20, "V100-32GB": 2.10, "cpu": 0.0}
-    assert {k: by_name[k]["price_per_hour"] for k in expected} == expected
+    assert {k: by_name[k]["hourly_rate"] for k in expected} == expected
     assert {"H200", "L40S", "A10G", "L4", "RTX-4090"} <= set(by_name)
     assert all(g["memory_gb"] > 0 and g["bf16_tflops"] > 0 for g in data)
     (brightrun_home / "config.toml").write_text("gpu_prices = {H100 = 2.99}\n")
-    data = {g["name"]: g for g in json.loads(cli("gpus", "--json").stdout)}
-    assert (data["H100"]["price_per_hour"], data["H100"]["price_source"]) == (2.99, "config.toml")
+    data = {g["type"]: g for g in json.loads(cli("gpus", "--json").stdout)}
+    assert (data["H100"]["hourly_rate"], data["H100"]["price_source"]) == (2.99, "config.toml")
     (brightrun_home / "config.toml").write_text("gpu_prices = {T4 = 1.0}\n")
     result = cli("gpus")
     assert result.exit_code == 2 and "unknown GPU type 'T4'" in result.stderr

@@ -397,3 +397,16 @@ def test_logs_prints_and_follow_ends_with_the_job(cli, ws, spawned):
     result = cli("jobs", "logs", job.id, "-f")  # an ended job: prints everything and returns
     assert result.exit_code == 0 and result.stdout == "step 1\nstep 2\n"
     assert cli("jobs", "logs", job.id, "--log", "bogus").exit_code == 2
+
+
+def test_a_listed_job_reads_as_its_show_json_and_follows_every_change(cli, ws):
+    """`jobs list --json` comes from the JSON rows registry triggers keep (migration 5); `show
+    --json` from the typed row: they agree in every field, also after updates and removal."""
+    job = job_row(ws, dataset_row(ws), current_metrics={"training_loss": 0.5}, spec={"seed": 42})
+    with ws.registry.write() as s:
+        lifecycle.transition(s, job.id, lifecycle.CANCELLED, error_message="cancelled while queued")
+    listed = json.loads(cli("jobs", "list", "--json").stdout)
+    shown = json.loads(cli("jobs", "show", job.id, "--json").stdout)
+    assert listed == [shown] and shown["status"] == "cancelled" and shown["spec"] == {"seed": 42}
+    assert cli("jobs", "rm", job.id, "--yes").exit_code == 0
+    assert json.loads(cli("jobs", "list", "--json").stdout) == []

@@ -93,6 +93,9 @@ def test_train_follows_to_completion_with_metrics_cost_and_notifications(ws):
     assert costs == {"compute", "storage"} and job.final_cost is not None
     assert _types(ws, job.id)[:3] == ["job_queued", "job_started", "job_completed"]
     assert job.artifact_id is not None  # the models step picked the adapter up
+    # A followed run ends with the model it left: its id, name@version and score.
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"model {job.artifact_id} (") and "score " in last and "held-out loss" in last
     log = (ws.home / job.run_dir / "supervisor.log").read_text()
     # One process: the trainer starts without the accelerate launcher (runners/accelerate.py).
     assert "launching: " in log and "-m brightrun_cli.trainer" in log and "accelerate.commands.launch" not in log
@@ -179,7 +182,8 @@ def test_sigkill_trainer_fails_the_job_with_the_log_tail(ws):
     assert trainers
     trainers[0].send_signal(signal.SIGKILL)
     job = _wait("the job to fail", lambda: (j := _job(ws, job_id)).status in lifecycle.TERMINAL and j, timeout=60)
-    assert job.status == "failed" and job.error_message.startswith("the trainer")
+    # The kill is the reason: not the unrelated last line the trainer happened to log.
+    assert job.status == "failed" and job.error_message.startswith("the trainer was killed by signal 9 (SIGKILL")
     assert job.error_stack and len(job.error_stack.splitlines()) > 1
     assert "job_failed" in _types(ws, job_id)
 

@@ -27,17 +27,19 @@ PACKAGE = REPO / "src" / "brightrun_cli"
 ALLOWED = {
     "cli": {"cli", "services", "errors", "home", "workspace"},
     "services": {"services", "registry", "storage", "runners", "presets", "lifecycle", "workspace", "errors", "home",
-                 "config", "builtin", "supervisor.launch", "trainer.spec", "generation"},
+                 "config", "builtin", "supervisor.launch", "trainer.spec", "generation", "trackers", "report"},
     "supervisor": {"supervisor", "services", "registry", "runners", "lifecycle", "workspace", "errors", "home", "trainer.spec"},
     "lifecycle": {"registry", "errors"},
     "registry": {"registry", "errors"},
     "runners": {"runners", "registry.rows", "errors", "home", "workspace"},
     "storage": {"storage", "errors"},
     "presets": {"presets", "errors"},
-    "trainer": {"trainer", "errors", "builtin", "generation"},
+    "trainer": {"trainer", "errors", "builtin", "generation", "trackers"},
+    "trackers": {"trackers", "errors"},
+    "report": {"report", "trackers"},
     "generation": {"generation", "errors", "builtin"},
     "workspace": {"config", "home", "registry", "storage", "errors"},
-    "config": {"errors", "home"},
+    "config": {"errors", "home", "trackers"},
     "home": {"errors"},
     "builtin": set(),
     "errors": set(),
@@ -160,6 +162,7 @@ READ_COMMANDS = [
     ("dataset", "show", "DATASET"), ("models", "list"), ("models", "show", "MODEL"), ("costs",), ("costs", "--json"),
     ("notifications",), ("notifications", "--json"), ("hosts", "list"), ("gpus",), ("presets", "list"), ("presets", "show", "tiny"),
     ("estimate", "--dataset", "DATASET", "--preset", "tiny", "--base-model", "builtin:tiny"),
+    ("status",), ("status", "--json"),
 ]
 
 

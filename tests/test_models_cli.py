@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 
 
-def make_model(home, *, name, score, cost, age_h=0.0, parent=None, base_model="builtin:tiny"):
+def make_model(home, *, name, score, cost, age_h=0.0, parent=None, base_model="builtin:tiny", version="1.0.0"):
     """Register a job + model row and store two files under its key, as create_artifact would."""
     from brightrun_cli.registry.tables import Dataset, ModelArtifact, TrainingJob
     from brightrun_cli.registry.timeutil import utcnow
@@ -22,13 +22,14 @@ def make_model(home, *, name, score, cost, age_h=0.0, parent=None, base_model="b
     ws = Workspace.open(home)
     with ws.registry.write() as session:
         dataset = Dataset(name=f"data-{name}", storage_path=f"datasets/{name}/data.jsonl", file_name="data.jsonl", file_size=1)
+        dataset.name, dataset.storage_path = f"data-{name}-{dataset.id}", f"datasets/{dataset.id}/data.jsonl"  # two models may share a name
         session.add(dataset)
         session.flush()
         job = TrainingJob(dataset_id=dataset.id, preset_id="tiny", base_model="builtin:tiny", hyperparameters={},
                           gpu_config={"type": "cpu", "count": 1}, total_epochs=1, estimated_total_cost=cost, status="completed")
         session.add(job)
         session.flush()
-        model = ModelArtifact(job_id=job.id, dataset_id=dataset.id, name=name, base_model=base_model,
+        model = ModelArtifact(job_id=job.id, dataset_id=dataset.id, name=name, version=version, base_model=base_model,
                               quality_metrics={"overall_score": score, "convergence_quality": "good"},
                               training_summary={"total_cost": cost}, configuration={}, artifacts={"files": []},
                               parent_model_id=parent, created_at=utcnow() - timedelta(hours=age_h))

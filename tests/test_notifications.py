@@ -62,14 +62,15 @@ def test_list_newest_first_unread_and_read(cli, brightrun_home):
         with ws.registry.write() as session:
             notify(session, "job_queued", f"t{i}", f"message {i}", action_command=f"brightrun watch j{i}")
     result = cli("notifications", "--json")
-    data = json.loads(result.stdout)
-    assert result.exit_code == 0 and data["unread_count"] == 3
-    assert [n["message"] for n in data["notifications"]] == ["message 2", "message 1", "message 0"]
-    newest = data["notifications"][0]["id"]
+    data = json.loads(result.stdout)  # an array, like every other list
+    assert result.exit_code == 0 and [n["read"] for n in data] == [False] * 3
+    assert [n["message"] for n in data] == ["message 2", "message 1", "message 0"]
+    assert data[0]["created_at"].endswith("Z") and data[0]["action_command"] == "brightrun watch j2"
+    newest = data[0]["id"]
     assert cli("notifications", "read", newest).exit_code == 0
     data = json.loads(cli("notifications", "--unread", "--json").stdout)
-    assert data["unread_count"] == 2 and newest not in [n["id"] for n in data["notifications"]]
-    assert len(json.loads(cli("notifications", "--limit", "1", "--json").stdout)["notifications"]) == 1
+    assert len(data) == 2 and newest not in [n["id"] for n in data]
+    assert len(json.loads(cli("notifications", "--limit", "1", "--json").stdout)) == 1
     human = cli("notifications").stdout
     assert "brightrun watch j2" in human and "2 unread" in human
     assert cli("notifications", "read", "--all").stdout.strip() == "marked 2 notifications read"

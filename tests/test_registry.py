@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import inspect
 from sqlmodel import SQLModel, select
 
-from brightrun_cli.errors import NotFoundError, RegistryError
+from brightrun_cli.errors import AmbiguousError, NotFoundError, RegistryError
 from brightrun_cli.registry import tables
 from brightrun_cli.registry.engine import DB_FILE, open_registry
 from brightrun_cli.registry.migrations import LATEST_VERSION
@@ -112,7 +112,7 @@ def test_resolve_by_id_prefix_and_name(tmp_path):
         assert resolve(conn, DatasetRow, "beta", "dataset", by_name=True).id == b.id
         assert resolve(conn, DatasetRow, b.id.upper(), "dataset").id == b.id  # ids are case-insensitive
         assert resolve(conn, DatasetRow, "01aaaa0000000000000000000a"[:-1] + "a", "dataset").id == a.id
-        with pytest.raises(NotFoundError, match="ambiguous"):
+        with pytest.raises(AmbiguousError, match="ambiguous"):
             resolve(conn, DatasetRow, "01aaaa", "dataset")
         with pytest.raises(NotFoundError, match="no dataset matches 'gamma'"):
             resolve(conn, DatasetRow, "gamma", "dataset", by_name=True)

@@ -127,6 +127,13 @@ def test_completed_job_shows_final_cost_full_bar_and_no_eta(ws):
     assert "cost $1.10 of estimated $1.20" in out
 
 
+def test_cost_line_shows_the_estimate_even_when_free_and_says_when_there_is_no_budget(ws):
+    job_id = finished(ws, "completed", final_cost=0.0, current_step=40, progress=100.0)
+    update_job(ws, job_id, estimated_total_cost=0.0, max_cost=None)
+    out = screen(render_job(state_of(ws, job_id), utcnow()))
+    assert "cost $0.00 of estimated $0.00 · no budget (train --max-cost)" in out
+
+
 def test_failed_job_shows_the_error(ws):
     job_id = finished(ws, "failed", error_message="trainer exited with code 1: CUDA out of memory")
     out = screen(render_job(state_of(ws, job_id), utcnow()))

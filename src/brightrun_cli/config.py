@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ import msgspec
 from msgspec import Meta
 
 from brightrun_cli.errors import UsageError
+from brightrun_cli.trackers import TRACKERS, check_report_to, check_settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,6 +48,11 @@ class Config(msgspec.Struct, kw_only=True):
     notification_hook: Annotated[list[str], Meta(description=(
         "Command (argv list, or a string split like a shell would, never run by a shell) that receives each notification as JSON on stdin"))] | None = None
     notification_hook_timeout: Annotated[float, Meta(gt=0, description="Seconds before the hook is killed")] = 10.0
+    report_to: Annotated[list[str], Meta(description=(
+        f"Experiment trackers every `train` reports to ({', '.join(TRACKERS)}) unless --report-to says otherwise"))] = msgspec.field(default_factory=list)
+    trackers: Annotated[dict[str, dict[str, str]], Meta(description=(
+        "Per-tracker settings: [trackers.mlflow] tracking_uri (default: sqlite:///<home>/mlflow/mlflow.db), experiment; "
+        "[trackers.wandb] project, entity, mode (offline or online)"))] = msgspec.field(default_factory=dict)
     unknown_keys: list[str] = msgspec.field(default_factory=list)  # keys of the file this brightrun does not know (not a setting)
 
 
@@ -67,15 +74,29 @@ def load_config(home: Path) -> Config:
     if isinstance(known.get("notification_hook"), str):
         known["notification_hook"] = shlex.split(known["notification_hook"])
     try:
-        return msgspec.convert({**known, "unknown_keys": unknown}, Config)
+        config = msgspec.convert({**known, "unknown_keys": unknown}, Config)
     except msgspec.ValidationError as exc:
         message, _, where = str(exc).rpartition(" - at `$.")
         key = where.rstrip("`") or "(file)"
         raise UsageError(f"{path}: key '{key}': {message or exc}", "fix that key in config.toml") from None
+    try:  # the trainer checks the same values in its spec: one vocabulary, one set of messages
+        check_report_to(config.report_to)
+        check_settings(config.trackers)
+    except ValueError as exc:
+        raise UsageError(f"{path}: {exc}", "fix that key in config.toml (README: 'Experiment trackers')") from None
+    return config
 
 
-def unknown_key_warning(path: Path, key: str) -> str:
-    """What a command says about a key of config.toml it does not know."""
-    close = difflib.get_close_matches(key, KEYS, n=1)
-    hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(KEYS)}"
-    return f"warning: {path}: unknown key '{key}' is ignored; {hint}"
+def warnings(config: Config, path: Path) -> list[str]:
+    """What every command says about a config.toml that loads but will not do what its author
+    meant: keys this brightrun does not know, a notification hook that cannot run."""
+    out = []
+    for key in config.unknown_keys:
+        close = difflib.get_close_matches(key, KEYS, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(KEYS)}"
+        out.append(f"{path}: unknown key '{key}' is ignored; {hint}")
+    hook = config.notification_hook
+    if hook and shutil.which(hook[0]) is None:
+        out.append(f"{path}: notification_hook '{hook[0]}' is not an executable command, so no notification reaches it; "
+                   "fix notification_hook (an absolute path, or a command on PATH)")
+    return out

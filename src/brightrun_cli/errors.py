@@ -40,7 +40,7 @@ class BrightrunError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return f"{self.message}: {self.hint}" if self.hint else self.message
+        return f"{self.message}; {self.hint}" if self.hint else self.message
 
 
 class UsageError(BrightrunError):
@@ -51,6 +51,10 @@ class UsageError(BrightrunError):
 
 class NotFoundError(UsageError):
     """An id, prefix or name that resolves to nothing (or to more than one thing)."""
+
+
+class AmbiguousError(UsageError):
+    """A reference (an id prefix, a name) that matches more than one thing: exit 2 with the candidates."""
 
 
 class ConflictError(UsageError):

@@ -45,6 +45,10 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     FAILED: ACTIVE,
     CANCELLED: ACTIVE,
 }
+# A started job whose Slurm job waits in Slurm's queue (submitted, or requeued) keeps its
+# status, since statuses only move forward, and says so in current_stage:
+# "queued in Slurm: Resources". Commands show such a job as "queued in Slurm" (shown_status).
+SLURM_QUEUED = "queued in Slurm"
 STORAGE_USD_PER_GB_MONTH = 0.021  # the reference's storage price
 LOG_FILES = {"trainer": "trainer.log", "launcher": "launcher.log", "supervisor": "supervisor.log"}
 
@@ -85,6 +89,21 @@ def parse_statuses(text: str | None) -> tuple[str, ...]:
     return wanted
 
 
+def slurm_queued_stage(reason: str | None, restarts: int = 0) -> str:
+    """current_stage of a started job waiting in Slurm's queue, with Slurm's reason
+    (Priority, Resources, BeginTime after a requeue, ...) and how often it was requeued."""
+    text = f"{SLURM_QUEUED}: {reason}" if reason else SLURM_QUEUED
+    return text + (f" (requeued {restarts}x)" if restarts else "")
+
+
+def shown_status(status: str, stage: str | None) -> str:
+    """The status as the commands show it: 'queued in Slurm' for a started job that waits in
+    Slurm's queue (its status stays initializing or running), else the status itself."""
+    if status in STARTED and (stage or "").startswith(SLURM_QUEUED):
+        return SLURM_QUEUED
+    return status
+
+
 # ---------------------------------------------------------------------------- attempts and their cost
 
 
@@ -92,15 +111,25 @@ def hourly_rate(job: JobRow) -> float:
     return float((job.gpu_config or {}).get("hourly_rate") or 0.0)
 
 
+def devices(job: JobRow) -> int:
+    """The GPUs (processes, on a CPU host) the job runs on: gpu_config's count per node, times
+    its Slurm nodes (gpu_config's `nodes`) or its SSH hosts."""
+    gpu = job.gpu_config or {}
+    return int(gpu.get("count") or 1) * int(gpu.get("nodes") or 1) * max(1, len(job.hosts or []))
+
+
 def record_attempt_cost(tx: "Tx", job: JobRow, *, attempt_start: datetime | None, attempt_end: datetime,
-                        storage_bytes: int | None = None) -> float:
-    """Record this attempt's compute cost (GPU-hours x rate), and storage when given; set the
-    job's current and final cost to its total, and return it."""
+                        running_s: float | None = None, storage_bytes: int | None = None) -> float:
+    """Record this attempt's compute cost (hours x the job's hourly rate, which covers all its
+    GPUs), and storage when given; set the job's current and final cost to its total, and
+    return it. `running_s`: the seconds it actually ran, when less than start to end (a Slurm
+    job requeued waits in Slurm's queue unbilled)."""
     period = attempt_end.strftime("%Y-%m-01")
     gpu = job.gpu_config or {}
-    count = int(gpu.get("count") or 1)
+    count = devices(job)
     start = attempt_start or attempt_end
-    hours = max(0.0, (attempt_end - start).total_seconds() / 3600)
+    seconds = (attempt_end - start).total_seconds() if running_s is None else running_s
+    hours = max(0.0, seconds / 3600)
     rate = hourly_rate(job)
     cost_records.add(
         tx, job_id=job.id, cost_type="compute", amount=round(hours * rate, 6), gpu_type=gpu.get("type"), billing_period=period,

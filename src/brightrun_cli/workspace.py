@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from brightrun_cli.config import Config, load_config
+from brightrun_cli.config import CONFIG_FILE, Config, load_config, warnings
 from brightrun_cli.home import ensure_private_dir, resolve_home
 from brightrun_cli.registry.engine import Registry, open_registry
 
@@ -32,6 +32,10 @@ class Workspace:
     def config(self) -> Config:
         """config.toml, read on first use."""
         return load_config(self.home)
+
+    def config_warnings(self) -> list[str]:
+        """What is off in config.toml without making it unusable (config.warnings)."""
+        return warnings(self.config, self.home / CONFIG_FILE)
 
     @cached_property
     def registry(self) -> Registry:

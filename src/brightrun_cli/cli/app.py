@@ -13,12 +13,25 @@ from typer.core import TyperGroup
 
 from brightrun_cli import __version__
 from brightrun_cli.cli import common
-from brightrun_cli.errors import EXIT_FAILED, BrightrunError
+from brightrun_cli.errors import EXIT_FAILED, EXIT_USAGE, BrightrunError, OperationError
 
 
 def _report(message: str) -> None:
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
+
+
+def _known_failure(exc: BaseException) -> BrightrunError | None:
+    """Ordinary trouble that reaches the top as a library's exception, as a domain error:
+    a full disk, a reader that closed our stdout (handled by `run`)."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return OperationError(f"no space left on the device{where}", "free space there, or point --home / storage_url at another disk")
+    if type(exc).__name__ == "OperationalError" and "disk is full" in str(exc):  # sqlite3's (or SQLAlchemy's wrapping of it)
+        return OperationError("no space left on the device of the registry", "free space there, or point --home at another disk")
+    return None
 
 
 # typer's own exits and usage errors pass through untouched. typer >= 0.26 vendors click
@@ -47,9 +60,15 @@ class BrightrunGroup(TyperGroup):
         except KeyboardInterrupt:
             sys.stderr.write("interrupted\n")
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            raise typer.Exit(common.reader_left()) from None
         except Exception as exc:
             if common.debug_enabled():
                 raise
+            known = _known_failure(exc)
+            if known is not None:
+                _report(str(known))
+                raise typer.Exit(known.exit_code) from None
             _report(f"internal error: {type(exc).__name__}: {exc}; rerun with BRIGHTRUN_DEBUG=1 for the traceback and report it")
             raise typer.Exit(EXIT_FAILED) from None
 
@@ -82,8 +101,67 @@ def make_app(command: str | None = None) -> typer.Typer:
 COMMAND_MODULES = {
     "dataset": "datasets", "presets": "presets", "estimate": "estimate", "gpus": "estimate",
     "train": "jobs", "jobs": "jobs", "watch": "watch", "models": "models", "hosts": "hosts",
-    "costs": "costs", "notifications": "notifications",
+    "costs": "costs", "notifications": "notifications", "status": "fleet", "prune": "fleet",
 }
+
+
+def run(argv: list[str]) -> None:
+    """Run the command line `argv` (without the program name) and exit with its code.
+
+    Usage errors (unknown option, missing argument) become one `error:` line naming the
+    command's --help, like every other error, instead of click's framed block. A reader
+    that closes our stdout (`brightrun jobs list | head -1`) ends the command quietly."""
+    from typer.main import get_command
+
+    argv = hoist_home(argv)
+    command = get_command(make_app(command_of(argv)))
+    try:
+        code = command.main(argv, prog_name="brightrun", standalone_mode=False)
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        sys.exit(1)
+    except _USAGE_ERRORS as exc:
+        _report(f"{exc.format_message().rstrip('.')}; see '{_command_path(command, argv)} --help'")
+        sys.exit(EXIT_USAGE)
+    except _CLICK_ERRORS as exc:
+        _report(exc.format_message())
+        sys.exit(getattr(exc, "exit_code", EXIT_FAILED))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+_CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_USAGE_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _command_path(root, argv: list[str]) -> str:
+    """`brightrun jobs show` for argv `jobs show --bad`: the deepest command argv names."""
+    path, command = ["brightrun"], root
+    for word in (a for a in argv if not a.startswith("-")):
+        sub = getattr(command, "commands", {}).get(word)
+        if sub is None:
+            break
+        path.append(word)
+        command = sub
+    return " ".join(path)
+
+
+def hoist_home(argv: list[str]) -> list[str]:
+    """`--home DIR` is the root command's option; accept it after the subcommand too
+    (`brightrun jobs list --home DIR`) by moving it to the front (not after `--`)."""
+    out: list[str] = []
+    home: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            out += [arg, *args]
+            break
+        if arg == "--home":
+            home = [arg, next(args, "")]
+        elif arg.startswith("--home="):
+            home = [arg]
+        else:
+            out.append(arg)
+    return home + out
 
 
 def command_of(argv: list[str]) -> str | None:
@@ -116,6 +194,10 @@ def root(
     """brightrun: bring data in, estimate, train, watch, and keep the adapter."""
     ctx.obj = common.AppState(home=home)
     if ctx.invoked_subcommand and not ctx.resilient_parsing:
+        # Every command reads config.toml the same way: a broken file is its one error line,
+        # a key it does not know or a hook that cannot run a warning.
+        for warning in common.workspace(ctx).config_warnings():
+            sys.stderr.write(f"warning: {warning}\n")
         common.kick_queue(home)
 
 

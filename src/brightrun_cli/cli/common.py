@@ -63,13 +63,29 @@ def console() -> "Console":
     (Rich is imported here, not at module level: --json output never needs it.)"""
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    class StdoutConsole(Console):
+        def on_broken_pipe(self) -> None:  # Rich's own exits 1; a reader that left is 141, quietly
+            raise SystemExit(reader_left())
+
+    return StdoutConsole(highlight=False, soft_wrap=False)
 
 
 def err_console() -> "Console":
     from rich.console import Console
 
     return Console(stderr=True, highlight=False)
+
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a program whose reader left
+
+
+def reader_left() -> int:
+    """The reader of our stdout went away (`brightrun jobs list | head -1`): stop quietly, as
+    a program killed by SIGPIPE would; returns the exit code to use."""
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush must not fail again
+    return EXIT_BROKEN_PIPE
 
 
 def stdin_is_tty() -> bool:
@@ -128,6 +144,15 @@ def more_rows_note(shown: int, total: int) -> None:
     """Under a list table cut at the default: how many there are and how to see them."""
     if total > shown:
         console().print(f"[dim]{shown} of {total:,} shown; --limit N for more, --json for all[/dim]")
+
+
+def human_bytes(size: float) -> str:
+    """A size as people read it (decimal units, as disks and stores are sold)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size} B"
 
 
 SHORT_ID = 12  # 10 characters of creation time + 2 random: unique in practice, and any unique prefix resolves

@@ -11,6 +11,7 @@ from brightrun_cli.cli import common
 
 if TYPE_CHECKING:
     from brightrun_cli.registry.rows import DatasetRow
+    from brightrun_cli.services.datasets import DatasetDetails
 
 dataset_app = typer.Typer(help="Conversation datasets: add (copy + validate + stats), list, show, validate, rm.", no_args_is_help=True)
 
@@ -18,6 +19,7 @@ DatasetArg = Annotated[str, typer.Argument(help="Dataset id, unique id prefix, o
 # Files below this size finish before a progress bar would be worth drawing.
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 SAMPLE_TEXT_CHARS = 160
+SAMPLE_SHOWN_TURNS = 6
 
 
 @dataset_app.command("add")
@@ -28,20 +30,28 @@ def add_command(
     format: Annotated[str, typer.Option("--format", "-f", help="auto, brightrun_lora_v4, openai, sharegpt or alpaca.")] = "auto",
     val_split: Annotated[float, typer.Option("--val-split", help="Fraction of conversations held out for validation (by conversation id, deterministic).")] = 0.1,
     base_model: common.BaseModelOpt = None,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Keep the valid conversations of a file whose other lines have problems (those are listed, and counted as skipped_lines).")] = False,
     json_output: common.JsonOpt = False,
 ) -> None:
     """Copy a dataset into storage, validate every line, convert it to brightrun_lora_v4 and record its stats.
 
+    When lines have problems, nothing is stored and the command exits 2: the dataset is
+    recorded in status error with every problem (line, what, how to fix; in the --json
+    output and in 'dataset show'), but it does not hold its name: fix the file and run
+    the same command again, or pass --skip-invalid to keep the valid lines.
+
     Examples:
       brightrun dataset add support.jsonl --name support-v1
       brightrun dataset add chats.jsonl --name chats --format openai --val-split 0.05 --base-model builtin:tiny
+      brightrun dataset add scraped.jsonl --name scraped --skip-invalid
       brightrun dataset add s3://bucket/data/support.jsonl --name support-s3 --json
     """
     from brightrun_cli.services.dataset_add import add_dataset
 
     ws = common.workspace(ctx)
     with _progress(json_output) as progress:
-        row = add_dataset(ws, source, name=name, format=format, val_split=val_split, base_model=base_model, progress=progress)
+        row = add_dataset(ws, source, name=name, format=format, val_split=val_split, base_model=base_model,
+                          skip_invalid=skip_invalid, progress=progress)
     _render_outcome(row, json_output)
 
 
@@ -75,7 +85,7 @@ def list_command(
         pairs = "-" if r.total_training_pairs is None else f"{r.total_training_pairs}/{r.total_validation_pairs}"
         table.add_row(
             common.short_id(r.id), r.name, (r.status, _colour(r.status)), _num(r.total_conversations), pairs,
-            _tokens(r.total_tokens, r.token_count_method), _size(r.file_size), f"{r.created_at:%m-%d %H:%M}",
+            _tokens(r.total_tokens, r.token_count_method), common.human_bytes(r.file_size), f"{r.created_at:%m-%d %H:%M}",
         )
     common.console().print(table)
     if limit is None and len(rows) == common.LIST_DEFAULT:
@@ -84,24 +94,28 @@ def list_command(
 
 @dataset_app.command("show")
 def show_command(ctx: typer.Context, dataset: DatasetArg, json_output: common.JsonOpt = False) -> None:
-    """Status, stats, length distribution, sample conversations and every stored validation problem.
+    """Status, stats, length distribution, sample conversations, every stored validation problem
+    and warning, and any of its files missing from storage (JSON: missing_files).
 
     Examples:
       brightrun dataset show support-v1
       brightrun dataset show 01jd4 --json
     """
-    from brightrun_cli.services.datasets import get_dataset
+    from brightrun_cli.services.datasets import show_dataset
 
-    row = get_dataset(common.workspace(ctx), dataset)
+    details = show_dataset(common.workspace(ctx), dataset)
     if json_output:
-        common.print_json(row)
+        common.print_json(details)
         return
-    _render_dataset(row)
+    _render_dataset(details)
 
 
 @dataset_app.command("validate")
 def validate_command(ctx: typer.Context, dataset: DatasetArg, base_model: common.BaseModelOpt = None, json_output: common.JsonOpt = False) -> None:
     """Re-run validation and stats on the stored data (e.g. with another base model's tokenizer and context).
+
+    Checks that the stored files exist: a missing split is rewritten from the data file; a
+    missing data file marks the dataset error (exit 1) and frees its name for a new add.
 
     Examples:
       brightrun dataset validate support-v1
@@ -177,26 +191,34 @@ class _progress:
 def _render_outcome(row: "DatasetRow", json_output: bool) -> None:
     """Show the dataset; a dataset that failed validation also exits 2 with one stderr line."""
     from brightrun_cli.errors import UsageError
+    from brightrun_cli.services.datasets import DatasetDetails
 
+    details = DatasetDetails(row, [])  # its files were just written
     if json_output:
-        common.print_json(row)
+        common.print_json(details)
     else:
-        _render_dataset(row)
+        _render_dataset(details)
     if row.status == "error":
-        raise UsageError(
-            f"dataset '{row.name}' ({row.id}) failed validation: {row.error_message}",
-            f"fix the file (every problem: 'brightrun dataset show {row.name}'), then 'brightrun dataset rm {row.name}' and add it again",
-        )
+        if row.content_sha256 is None:  # a failed add: nothing stored, the name stays free
+            todo = (f"fix the file (every problem: 'brightrun dataset show {row.id}') and run the same command again, "
+                    "or add --skip-invalid to keep the valid lines")
+        else:
+            todo = f"every problem: 'brightrun dataset show {row.id}'; validate again with another --base-model, or fix the source and add it anew"
+        raise UsageError(f"dataset '{row.name}' ({row.id}) failed validation: {row.error_message}", todo)
 
 
-def _render_dataset(row: "DatasetRow") -> None:
+def _render_dataset(details: "DatasetDetails") -> None:
+    row = details.dataset
     out = common.console()
     out.print(f"[bold]{row.name}[/bold]  ({row.id})  {_status(row.status)}")
+    stored = row.storage_path if row.content_sha256 else "nothing stored (a failed add: its name is free for the next add)"
     facts = [
-        ("source", f"{row.source_uri or row.file_name} ({_size(row.file_size)}, format {row.format})"),
-        ("stored as", row.storage_path if row.content_sha256 else "nothing stored (the file failed validation)"),
+        ("source", f"{row.source_uri or row.file_name} ({common.human_bytes(row.file_size)}, format {row.format})"),
+        ("stored as", stored),
         ("validated", f"{row.validated_at:%Y-%m-%d %H:%M:%S} UTC" if row.validated_at else "-"),
     ]
+    if details.missing_files:
+        facts.append(("[red]missing[/red]", f"{', '.join(details.missing_files)} (gone from storage: run 'brightrun dataset validate {row.id}')"))
     if row.status == "ready":
         stats = row.stats or {}
         facts += [
@@ -209,6 +231,10 @@ def _render_dataset(row: "DatasetRow") -> None:
         dist = stats.get("tokens_per_conversation")
         if dist:
             facts.append(("tokens/conv", "  ".join(f"{k} {v:g}" for k, v in dist.items())))
+    if row.skipped_lines:
+        facts.append(("left out", f"{row.skipped_lines} line(s) with problems (--skip-invalid), listed below"))
+    if row.validation_warning_count:
+        facts.append(("warnings", f"{row.validation_warning_count} (they do not block training), listed below"))
     if row.error_message:
         facts.append(("error", row.error_message))
     from rich.table import Table
@@ -222,19 +248,41 @@ def _render_dataset(row: "DatasetRow") -> None:
     if row.sample_data:
         out.print("\n[bold]Sample conversations[/bold]")
         for sample in row.sample_data:
-            out.print(f"[dim]{sample.get('conversation_id')}[/dim]")
-            for turn in sample.get("turns", []):
-                text = " ".join(str(turn.get("content", "")).split())
-                text = text if len(text) <= SAMPLE_TEXT_CHARS else text[: SAMPLE_TEXT_CHARS - 3] + "..."
-                out.print(f"  {turn.get('role')}: {text}", markup=False)
+            _render_sample(sample)
     if row.validation_errors:
-        shown = len(row.validation_errors)
-        more = f" (first {shown} of {row.validation_error_count})" if row.validation_error_count > shown else ""
-        out.print(f"\n[bold]Validation problems{more}[/bold]")
-        table = Table("LINE", "PROBLEM", "HOW TO FIX", box=None)
-        for problem in row.validation_errors:
-            table.add_row(str(problem["line"]), problem["error"], problem.get("suggestion") or "")
-        out.print(table)
+        title = "Lines left out (--skip-invalid)" if row.status == "ready" else "Validation problems"
+        _render_findings(title, row.validation_errors, row.validation_error_count, "error", "PROBLEM")
+    if row.validation_warnings:
+        _render_findings("Warnings", row.validation_warnings, row.validation_warning_count, "warning", "WARNING")
+
+
+def _render_sample(sample: dict[str, Any]) -> None:
+    """A sample's first turns, each on one line: cut before any work on the text, since rows
+    stored before samples were bounded may hold a whole conversation of any length."""
+    from rich.markup import escape
+
+    out = common.console()
+    out.print(f"[dim]{escape(str(sample.get('conversation_id')))}[/dim]")
+    turns = sample.get("turns", [])
+    for turn in turns[:SAMPLE_SHOWN_TURNS]:
+        raw = str(turn.get("content", ""))[: SAMPLE_TEXT_CHARS * 4]
+        text = " ".join(raw.split())
+        text = text if len(text) <= SAMPLE_TEXT_CHARS else text[: SAMPLE_TEXT_CHARS - 3] + "..."
+        out.print(f"  {turn.get('role')}: {text}", markup=False)
+    total = sample.get("turn_count", len(turns))
+    if total > SAMPLE_SHOWN_TURNS:
+        out.print(f"  ... {total - SAMPLE_SHOWN_TURNS:,} more turn(s)", markup=False)
+
+
+def _render_findings(title: str, findings: list[dict[str, Any]], count: int, key: str, column: str) -> None:
+    from rich.table import Table
+
+    more = f" (first {len(findings)} of {count})" if count > len(findings) else ""
+    common.console().print(f"\n[bold]{title}{more}[/bold]")
+    table = Table("LINE", column, "HOW TO FIX", box=None)
+    for finding in findings:
+        table.add_row(str(finding["line"]), finding.get(key, ""), finding.get("suggestion") or "")
+    common.console().print(table)
 
 
 def _render_histogram(buckets: list[dict[str, int]]) -> None:
@@ -262,11 +310,3 @@ def _tokens(total: int | None, method: str | None) -> str:
     if total is None:
         return "-"
     return f"~{total:,}" if method and method.startswith("approx") else f"{total:,}"
-
-
-def _size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size} B"

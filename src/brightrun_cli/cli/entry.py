@@ -29,6 +29,6 @@ def _run() -> None:
     from brightrun_cli.errors import quiet_library_warnings
 
     quiet_library_warnings()
-    from brightrun_cli.cli.app import command_of, make_app
+    from brightrun_cli.cli.app import run
 
-    make_app(command_of(sys.argv[1:]))(prog_name="brightrun")
+    run(sys.argv[1:])

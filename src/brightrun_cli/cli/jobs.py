@@ -1,4 +1,4 @@
-"""`brightrun train` and the `jobs` group: list, show, logs, cancel, retry, resume, rm, plot."""
+"""`brightrun train` and the `jobs` group: list, show, logs, cancel, retry, resume, rm, plot, export, report."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from brightrun_cli.cli import common
 if TYPE_CHECKING:
     from brightrun_cli.registry.rows import JobRow
 
-jobs_app = typer.Typer(name="jobs", help="Training jobs: list, show, logs, cancel, retry, resume, rm, plot.", no_args_is_help=True)
+jobs_app = typer.Typer(name="jobs", help="Training jobs: list, show, logs, cancel, retry, resume, rm, plot, export, report.", no_args_is_help=True)
 
 JobArg = Annotated[str, typer.Argument(help="Job id or unique id prefix (see 'brightrun jobs list').", show_default=False)]
 
@@ -35,8 +35,10 @@ def train(
     host: common.HostOpt = None,
     hosts: Annotated[Optional[str], typer.Option("--hosts", help="Comma-separated SSH hosts for a multi-node run (the first is the main node).", show_default=False)] = None,
     gpus: common.GpusOpt = None,
+    nodes: Annotated[Optional[int], typer.Option("--nodes", help="Nodes of a Slurm host's job (at most the host's --nodes-max); --gpus is then per node.", show_default=False)] = None,
     max_cost: common.MaxCostOpt = None,
     accelerate_config: Annotated[Optional[Path], typer.Option("--accelerate-config", help="accelerate config file (FSDP, DeepSpeed) passed to 'accelerate launch --config_file'; brightrun's process counts, rendezvous and precision still apply.", show_default=False)] = None,
+    report_to: Annotated[Optional[str], typer.Option("--report-to", help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb (default: config.toml report_to; 'none' for none).", show_default=False)] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Queue the job, print its id and return.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved spec and launch command; change nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Queue it even when the pre-flight says it cannot run (base model files missing, does not fit in memory).")] = False,
@@ -53,6 +55,7 @@ def train(
       brightrun train --dataset support-v1 --preset tiny --base-model builtin:tiny
       brightrun train -d support-v1 -p balanced --base-model ./Mistral-7B --max-cost 25 --detach
       brightrun train -d support-v1 --host gpu-box --gpus 2 --set learning_rate=1e-4 --dry-run
+      brightrun train -d support-v1 -p tiny --base-model builtin:tiny --report-to tensorboard,mlflow
     """
     from brightrun_cli.errors import UsageError
     from brightrun_cli.services import training
@@ -63,7 +66,7 @@ def train(
     request = training.TrainRequest(
         dataset=dataset, preset=preset, overrides=tuple(overrides or ()), config_file=config_file, base_model=base_model,
         host=host, hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else (), gpus=gpus,
-        max_cost=max_cost, accelerate_config=accelerate_config, force=force,
+        nodes=nodes, max_cost=max_cost, accelerate_config=accelerate_config, report_to=report_to, force=force,
     )
     submitted = training.train(ws, request, dry_run=dry_run)
     plan, job = submitted.plan, submitted.job
@@ -96,7 +99,8 @@ def _print_estimate(plan) -> None:
     budget = f", budget ${plan.max_cost:,.2f}" if plan.max_cost is not None else ""
     typer.echo(
         f"estimate: ${est['estimated_cost']:,.2f} (compute ${est['cost_breakdown']['compute']:,.2f} + storage ${est['cost_breakdown']['storage']:,.2f}), "
-        f"{duration_text(plan.estimate.estimated_duration_hours)}, {details.get('total_steps')} steps on {plan.gpu_config['count']}x {plan.gpu_config['type']}{budget}"
+        f"{duration_text(plan.estimate.estimated_duration_hours)}, {details.get('total_steps')} steps on {plan.gpu_config['count']}x {plan.gpu_config['type']}"
+        + (f" on each of {plan.gpu_config['nodes']} nodes" if plan.gpu_config.get("nodes") else "") + budget
     )
     for warning in plan.estimate.warnings:
         typer.echo(f"warning: {warning}", err=True)
@@ -116,6 +120,9 @@ def _print_plan(plan) -> None:
     typer.echo(json.dumps(plan.spec, indent=2))
     con.print("[bold]launch command[/bold]")
     typer.echo(shlex.join(plan.argv))
+    if plan.batch_script is not None:
+        con.print("[bold]batch script[/bold] (sbatch.sh, in the run directory)")
+        typer.echo(plan.batch_script, nl=False)
 
 
 def _money(value: float | None) -> str:
@@ -129,7 +136,7 @@ def list_cmd(
     limit: common.LimitOpt = None,
     json_output: common.JsonOpt = False,
 ) -> None:
-    """List jobs, newest first.
+    """List jobs, most recently queued first (a resumed job counts from its new queueing).
 
     Examples:
       brightrun jobs list
@@ -147,7 +154,7 @@ def list_cmd(
                               wrap=("HOST",), right=("PROG", "COST", "EST"))
     for job in rows:
         table.add_row(
-            common.short_id(job.id), job.status, f"{job.progress:.0f}%", f"{job.current_step}/{job.total_steps or '?'}", job.preset_id,
+            common.short_id(job.id), jobs.shown_status(job), f"{job.progress:.0f}%", f"{job.current_step}/{job.total_steps or '?'}", job.preset_id,
             ",".join(job.host_names), _money(job.cost), _money(job.estimated_total_cost), f"{job.queued_at:%m-%d %H:%M}",
         )
     con = common.console()
@@ -161,28 +168,52 @@ def list_cmd(
 
 @jobs_app.command("show")
 def show_cmd(ctx: typer.Context, job: JobArg, json_output: common.JsonOpt = False) -> None:
-    """Show one job: status, progress, metrics, cost, and what to run next.
+    """Show one job: status, progress, metrics, cost, its experiment trackers, and what to run next.
 
     Examples:
       brightrun jobs show 01jd4
       brightrun jobs show 01jd4 --json
     """
-    from brightrun_cli.services import jobs
+    from brightrun_cli.services import jobs, trackers
 
     ws = common.workspace(ctx)
-    row = jobs.get_job(ws, job)
+    shown = trackers.show_job(ws, job)
     if json_output:
-        common.print_json(row)
+        common.print_json(shown)
         return
-    _print_job(row, resumable=row.status in ("failed", "cancelled") and jobs.has_progress_to_resume(ws, row))
+    resumable = shown.job.status in ("failed", "cancelled") and jobs.has_progress_to_resume(ws, shown.job)
+    _print_job(shown.job, jobs.shown_status(shown.job), shown.trackers, resumable=resumable)
 
 
-def _print_job(job: "JobRow", *, resumable: bool) -> None:
+def _tracker_line(record: dict) -> str:
+    """One tracker of `jobs show`: its status, where its data went, its error."""
+    line = f"{record.get('status')}"
+    if record.get("where"):
+        line += f"  {record['where']}"
+    if record.get("run_id"):
+        line += f" (run {record['run_id']})"
+    if record.get("points"):
+        line += f", {record['points']} points"
+    if record.get("remote"):
+        line += ", copied here from the host's run dir when the job ended"
+    if record.get("error"):
+        line += f"; error: {record['error']}"
+    return line
+
+
+def _print_job(job: "JobRow", shown: str, trackers: dict | None = None, *, resumable: bool) -> None:
+    from rich.markup import escape
+
     con = common.console()
-    con.print(f"[bold]job {job.id}[/bold]  {job.status} ({job.current_stage})")
+    if shown != job.status:  # e.g. waiting in Slurm's queue: the stage says why, the status stays
+        con.print(f"[bold]job {job.id}[/bold]  [bold yellow]{escape(job.current_stage)}[/bold yellow] (status {job.status})")
+    else:
+        con.print(f"[bold]job {job.id}[/bold]  {job.status} ({escape(job.current_stage)})")
+    nodes = job.gpu_config.get("nodes")
     lines = [
         ("dataset", job.dataset_id), ("preset", job.preset_id), ("base model", job.base_model),
-        ("hosts", ", ".join(job.host_names)), ("gpus", f"{job.gpu_config.get('count')}x {job.gpu_config.get('type')}"),
+        ("hosts", ", ".join(job.host_names)),
+        ("gpus", f"{job.gpu_config.get('count')}x {job.gpu_config.get('type')}" + (f" on each of {nodes} nodes" if nodes else "")),
         ("progress", f"{job.progress:.1f}%  epoch {job.current_epoch}/{job.total_epochs}  step {job.current_step}/{job.total_steps or '?'}"),
         ("cost", f"{_money(job.cost)} (estimate {_money(job.estimated_total_cost)}"
                  + (f", budget {_money(job.max_cost)})" if job.max_cost is not None else ")")),
@@ -205,8 +236,14 @@ def _print_job(job: "JobRow", *, resumable: bool) -> None:
     if job.error_message:
         lines.append(("error", job.error_message))
     lines.append(("run dir", job.run_dir or "-"))
+    if job.external_job_id:
+        lines.append(("launched as", job.external_job_id))
     for key, value in lines:
         con.print(f"  {key:<16}{value}", markup=False)
+    if trackers:
+        con.print("  trackers")
+        for name, record in trackers.items():
+            con.print(f"    {name:<14}{_tracker_line(record)}", markup=False)
     again = f"brightrun jobs resume {job.id}" if resumable else f"brightrun jobs retry {job.id}"  # resume needs a checkpoint
     hint = {
         "queued": f"brightrun watch {job.id}", "initializing": f"brightrun watch {job.id}", "running": f"brightrun watch {job.id}",
@@ -340,4 +377,54 @@ def plot_cmd(
     from brightrun_cli.services.plots import plot_job
 
     path = plot_job(common.workspace(ctx), job, out)
+    typer.echo(f"wrote {path}")
+
+
+@jobs_app.command("export")
+def export_cmd(
+    ctx: typer.Context,
+    job: JobArg,
+    to: Annotated[str, typer.Option("--to", help="Tracker: mlflow or tensorboard.", show_default=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="MLflow: a directory for a SQLite store (default: config.toml tracking_uri, else <home>/mlflow). TensorBoard: the event files' directory (default: <home>/tensorboard/<job id>).", show_default=False)] = None,
+    json_output: common.JsonOpt = False,
+) -> None:
+    """Send a job (hyperparameters, every metric point, quality, eval, the adapter) to an experiment tracker.
+
+    Each export is a new tracker run; a job trained with --report-to is already there.
+
+    Examples:
+      brightrun jobs export 01jd4 --to mlflow
+      brightrun jobs export 01jd4 --to tensorboard --out ./tb/01jd4
+      brightrun jobs export 01jd4 --to mlflow --out ./mlruns-share --json
+    """
+    from brightrun_cli.services import trackers
+
+    result = trackers.export_job(common.workspace(ctx), job, to, out)
+    if json_output:
+        common.print_json({"tracker": result.tracker, "where": result.where, "run_id": result.run_id,
+                           "points": result.points, "artifact": result.artifact})
+        return
+    run = f" as run {result.run_id}" if result.run_id else ""
+    typer.echo(f"exported {result.points} points of job {job} to {result.tracker}{run}: {result.where}")
+    if result.artifact:
+        typer.echo(f"adapter: {result.artifact}")
+    typer.echo("open it with: " + trackers.EXPORT_HINT[result.tracker].format(where=shlex.quote(result.where)))
+
+
+@jobs_app.command("report")
+def report_cmd(
+    ctx: typer.Context,
+    job: JobArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.", show_default=False)],
+) -> None:
+    """Write one self-contained HTML page about a job: curves, quality, evals, hyperparameters, cost, timeline.
+
+    The file needs no network to view: attach it to a ticket or mail it.
+
+    Examples:
+      brightrun jobs report 01jd4 --out report.html
+    """
+    from brightrun_cli.services.report import write_report
+
+    path = write_report(common.workspace(ctx), job, out)
     typer.echo(f"wrote {path}")

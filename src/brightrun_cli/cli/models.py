@@ -14,7 +14,7 @@ models_app = typer.Typer(
     no_args_is_help=True,
 )
 
-ModelArg = Annotated[str, typer.Argument(help="Model id, unique id prefix, or name.", show_default=False)]
+ModelArg = Annotated[str, typer.Argument(help="Model id, unique id prefix, NAME@VERSION, or NAME (its newest version).", show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into a non-empty target, overwriting files of the same names.")]
 
 
@@ -42,12 +42,13 @@ def list_command(
         common.print_raw_json(list_models_json(ws, sort=sort, limit=limit))
         return
     rows = list_models(ws, sort=sort, limit=limit or common.LIST_DEFAULT)
-    table = common.list_table("ID", "NAME", "SCORE", "CONVERGENCE", "VAL LOSS", "COST", "CREATED", wrap=("NAME",), right=("COST",))
+    table = common.list_table("ID", "NAME", "VERSION", "SCORE", "CONVERGENCE", "VAL LOSS", "COST", "CREATED", wrap=("NAME",), right=("COST",))
     for m in rows:
         q = m.quality_metrics
         table.add_row(
             common.short_id(m.id),
-            f"{m.name} v{m.version}",
+            m.name,
+            m.version,
             f"{q.get('overall_score')}/5",
             q.get("convergence_quality") or "-",
             f"{_fmt(q.get('base_validation_loss'), '.3g')}→{_fmt(q.get('final_validation_loss'), '.3g')}",
@@ -68,7 +69,8 @@ def show_command(ctx: typer.Context, model: ModelArg, json_output: common.JsonOp
 
     Examples:
       brightrun models show 01jd4
-      brightrun models show my-data-2026-01-31 --json
+      brightrun models show support-v1-2026-01-31
+      brightrun models show support-v1-2026-01-31@1.1.0 --json
     """
     from brightrun_cli.services.models import get_model
 

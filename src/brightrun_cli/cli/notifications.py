@@ -31,12 +31,13 @@ def list_cmd(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from brightrun_cli.services.notifications import list_notifications
+    from brightrun_cli.services.notifications import list_notifications, list_notifications_json
 
-    rows, unread_count = list_notifications(common.workspace(ctx), unread=unread, limit=limit)
-    if json_output:
-        common.print_json({"notifications": rows, "unread_count": unread_count})
+    ws = common.workspace(ctx)
+    if json_output:  # an array like every other list (unread ones: --unread --json)
+        common.print_raw_json(list_notifications_json(ws, unread=unread, limit=limit))
         return
+    rows, unread_count = list_notifications(ws, unread=unread, limit=limit)
     con = common.console()
     if not rows:
         con.print("no unread notifications" if unread else "no notifications yet")

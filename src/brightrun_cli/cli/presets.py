@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -54,6 +55,9 @@ def _show(preset, json_output: bool) -> None:
     if json_output:
         common.print_json(_preset_json(preset))
         return
+    if not sys.stdout.isatty():
+        _show_plain(preset)
+        return
     out = common.console()
     out.print(f"[bold]{preset.name}[/bold] ({preset.source}: {preset.path})")
     if preset.description:
@@ -64,6 +68,26 @@ def _show(preset, json_output: bool) -> None:
         shown = ",".join(value) if isinstance(value, list) else ("-" if value is None else str(value))
         table.add_row(field.name, shown, "yes" if field.set_here else "", field.allowed, field.meaning)
     out.print(table)
+
+
+def _show_plain(preset) -> None:
+    """Off a terminal: one `field = value  # allowed: meaning` line per field, as TOML (a
+    file to start your own preset from), never wrapped or cut."""
+    import json
+
+    from brightrun_cli.services.presets import preset_fields
+
+    lines = [f"# {preset.name} ({preset.source}: {preset.path})"]
+    if preset.description:
+        lines.append(f"# {preset.description}")
+    for field in preset_fields(preset):
+        value = field.value
+        note = f"  # {field.allowed + ': ' if field.allowed else ''}{field.meaning}{' (set by this preset)' if field.set_here else ''}"
+        if value is None:
+            lines.append(f"# {field.name} ={note}")
+        else:
+            lines.append(f"{field.name} = {json.dumps(value)}{note}")  # JSON literals are TOML literals for these types
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 @presets_app.command("show")

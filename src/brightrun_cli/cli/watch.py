@@ -23,6 +23,7 @@ import typer
 from brightrun_cli.cli import common
 
 if TYPE_CHECKING:
+    from brightrun_cli.registry.rows import ModelRow
     from brightrun_cli.services.watch import BoardRow, Change, JobView, Point, WatchState
     from brightrun_cli.workspace import Workspace
 
@@ -31,7 +32,6 @@ EXIT_JOB_FAILED = 3
 EXIT_JOB_CANCELLED = 4
 EXIT_JOB_NOT_FOUND = 5
 EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a reader that left
 EXIT_CODES = {"completed": EXIT_COMPLETED, "failed": EXIT_JOB_FAILED, "cancelled": EXIT_JOB_CANCELLED}
 
 POLL_SECONDS = 0.25  # 4 looks a second: a new point shows within ~0.3 s
@@ -68,19 +68,29 @@ class _Sink:
     def tick(self, state: WatchState) -> None:
         """Called between polls: time passes even when nothing changed."""
 
+    def model(self, job: JobView, model: "ModelRow | None") -> None:
+        """After a completed job: the model it left (None when none could be stored)."""
+        if model is None:
+            _stderr(f"job {job.id} completed, but no model was stored; see 'brightrun jobs show {job.id}'")
+            return
+        sys.stdout.write(_model_line(model) + "\n")
+        sys.stdout.flush()
+
 
 class _StreamSink(_Sink):
     """Writes one record per status change and per metric point, in the order they
-    happened: a terminal status after the points that led to it, others before."""
+    happened: a terminal status after the points that led to it, others before. Entering,
+    leaving or waiting for another reason in Slurm's queue counts as a status change."""
 
     def __init__(self) -> None:
-        self._status: str | None = None
+        self._status: tuple[str, str | None] | None = None
 
     def update(self, state: WatchState, change: Change) -> None:
         job = state.job
         records = [self.point_record(p, job) for p in change.new_points]
-        if job.status != self._status:
-            self._status = job.status
+        shown = (job.status, job.current_stage if job.shown_status != job.status else None)
+        if shown != self._status:
+            self._status = shown
             status = self.status_record(job)
             records = records + [status] if job.terminal else [status] + records
         if records:
@@ -95,8 +105,15 @@ class _StreamSink(_Sink):
 
 
 class _JsonSink(_StreamSink):
-    """NDJSON on stdout (every metric point once, in order; every status change);
+    """NDJSON on stdout (every metric point once, in order; every status change; the model);
     the status as text on stderr, for a person watching a script's log."""
+
+    def model(self, job: JobView, model: "ModelRow | None") -> None:
+        if model is None:
+            return super().model(job, model)
+        _stderr(_model_line(model))
+        sys.stdout.write(_json({"type": "model", "job_id": job.id, **model.to_json()}) + "\n")
+        sys.stdout.flush()
 
     def point_record(self, point: Point, job: JobView) -> str:
         return _json({"type": "metric", **_point_fields(point)})
@@ -162,7 +179,7 @@ def _json(obj: dict) -> str:
 
 def _status_fields(job: JobView) -> dict:
     names = (
-        "status current_stage progress current_epoch total_epochs current_step total_steps tokens_processed "
+        "status shown_status current_stage progress current_epoch total_epochs current_step total_steps tokens_processed "
         "started_at completed_at estimated_completion_at current_cost estimated_total_cost max_cost final_cost error_message"
     ).split()
     return {"job_id": job.id, **{name: getattr(job, name) for name in names}}
@@ -174,10 +191,13 @@ def _point_fields(point: Point) -> dict:
     return fields
 
 
-def _reader_left() -> int:
-    """The reader of our stdout went away (`watch | head`): stop quietly, as killed by SIGPIPE would."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush must not fail again
-    return EXIT_BROKEN_PIPE
+def _model_line(model: "ModelRow") -> str:
+    q = model.quality_metrics or {}
+    loss = ""
+    if q.get("base_validation_loss") is not None and q.get("final_validation_loss") is not None:
+        loss = f", held-out loss {q['base_validation_loss']:.4g} -> {q['final_validation_loss']:.4g}"
+    return (f"model {model.id} ({model.name}@{model.version}): score {q.get('overall_score')}/5{loss}; "
+            f"see 'brightrun models show {model.id}'")
 
 
 def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False) -> int:
@@ -186,7 +206,7 @@ def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False) -> i
     A terminal gets the live dashboard, other outputs plain lines, `json_output` NDJSON.
     """
     from brightrun_cli.errors import NotFoundError
-    from brightrun_cli.services.jobs import get_job
+    from brightrun_cli.services.jobs import get_job, wait_for_model
     from brightrun_cli.services.watch import JobFollower
 
     if json_output:
@@ -212,11 +232,13 @@ def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False) -> i
                     # reaps it: watch is often the only brightrun command a user has open.
                     last_kick = time.monotonic()
                     common.kick_queue(ws.home)
+        if follower.state.job.status == "completed":
+            sink.model(follower.state.job, wait_for_model(ws, job_id))
     except NotFoundError as exc:  # never there, or removed (`jobs rm`) while watched
         _stderr(f"error: {exc}")
         return EXIT_JOB_NOT_FOUND
     except BrokenPipeError:
-        return _reader_left()
+        return common.reader_left()
     except KeyboardInterrupt:
         _stderr(f"left watch; job {job_id} keeps running (brightrun watch {job_id} to follow it again, brightrun jobs cancel {job_id} to stop it)")
         return EXIT_INTERRUPTED
@@ -282,7 +304,7 @@ def watch_all(ws: "Workspace", *, json_output: bool = False) -> int:
                 return _stream_board(board, json_output)
             selected = _live_board(board)
     except BrokenPipeError:
-        return _reader_left()
+        return common.reader_left()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return EXIT_COMPLETED if selected is None else follow_job(ws, selected)
@@ -355,5 +377,5 @@ def register(app: typer.Typer) -> None:
           brightrun train --dataset support-v1 --detach && brightrun watch $JOB --json
         """
         ws = common.workspace(ctx)
-        code = follow_job(ws, job, json_output=json_output) if job else watch_all(ws, json_output=json_output)
+        code = follow_job(ws, job, json_output=json_output) if job is not None else watch_all(ws, json_output=json_output)
         raise typer.Exit(code)

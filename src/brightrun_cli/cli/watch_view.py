@@ -29,6 +29,9 @@ STATUS_STYLES = {
     "cancelled": "magenta",
 }
 STATUS_MARKS = {"queued": "◌", "initializing": "◐", "running": "●", "completed": "✔", "failed": "✘", "cancelled": "■"}
+# A started job waiting in Slurm's queue looks queued (services.watch.JobView.shown_status).
+STATUS_STYLES["queued in Slurm"] = STATUS_STYLES["queued"]
+STATUS_MARKS["queued in Slurm"] = STATUS_MARKS["queued"]
 # Side-by-side columns only where both halves keep room for a readable curve.
 WIDE = 120
 SUMMARY_WIDTH = 60
@@ -76,7 +79,7 @@ def _steps(job: JobView) -> str:
 def _gpus(job: JobView) -> str:
     count = job.gpu_count or 1
     kind = job.gpu_type or "gpu"
-    nodes = f" on {len(job.hosts)} nodes" if len(job.hosts) > 1 else ""
+    nodes = f" on {job.nodes} nodes" if job.nodes > 1 else ""
     return f"{count}× {kind}{nodes}"
 
 
@@ -84,14 +87,16 @@ def header(job: JobView, now: datetime) -> RenderableType:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(no_wrap=True)
     grid.add_column(overflow="ellipsis", no_wrap=True)
-    started = "waiting" if job.status == "queued" else "elapsed"
-    line = status_text(job.status) + Text(f"  {started} {duration(job.elapsed(now))}", style="dim")
-    if job.current_stage and job.current_stage != job.status:
+    started = "waiting" if job.waiting else "elapsed"
+    line = status_text(job.shown_status) + Text(f"  {started} {duration(job.elapsed(now))}", style="dim")
+    if job.shown_status != job.status:  # waiting in Slurm's queue: the stage is the news
+        line.append(f"  {job.current_stage}", style=STATUS_STYLES["queued"])
+    elif job.current_stage and job.current_stage != job.status:
         line.append(f"  ({job.current_stage})", style="dim")
     grid.add_row(Text("job", style="dim"), Text(job.id, style="bold"))
     grid.add_row(Text("status", style="dim"), line)
     grid.add_row(Text("data", style="dim"), Text(f"{job.dataset_name or job.dataset_id} · preset {job.preset_id} · {job.base_model}"))
-    hosts = ", ".join(job.hosts) if job.hosts else (job.host_name or "local")
+    hosts = ", ".join(job.host_names) or job.host_name or "local"
     grid.add_row(Text("on", style="dim"), Text(f"{hosts} · {_gpus(job)}"))
     return grid
 
@@ -132,14 +137,16 @@ def metrics(state: WatchState) -> RenderableType:
 def cost(job: JobView) -> Text:
     label = "cost" if job.terminal else "cost so far"
     line = Text(f"{label} ", style="dim") + Text(money(job.cost), style="bold")
+    line.append(f" of estimated {money(job.estimated_total_cost)}")
     if job.estimated_total_cost:
-        share = job.cost / job.estimated_total_cost * 100
-        line.append(f" of estimated {money(job.estimated_total_cost)} ({share:.0f}%)")
+        line.append(f" ({job.cost / job.estimated_total_cost * 100:.0f}%)")
     if job.max_cost is not None:
         over = job.cost > job.max_cost
         line.append(f" · budget {money(job.max_cost)}", style="bold red" if over else "")
         if over:
             line.append(" exceeded", style="bold red")
+    else:
+        line.append(" · no budget (train --max-cost)", style="dim")
     return line
 
 
@@ -324,7 +331,7 @@ class Board:
                 "ETA": duration(job.eta(self.now)) if job.status == "running" else "",
             }
             cells: list[RenderableType] = [str(index)] if self.selectable else []
-            cells += [job.id, job.dataset_name or job.dataset_id, status_text(job.status), bar]
+            cells += [job.id, job.dataset_name or job.dataset_id, status_text(job.shown_status), bar]
             table.add_row(*cells, *(values[name] for name in numbers))
         yield table
         if self.selectable:
@@ -353,6 +360,13 @@ def status_line(job: JobView, now: datetime) -> str:
     text = f"job {job.id} {job.status}"
     if job.status == "queued":
         return text + f" (preset {job.preset_id}, dataset {job.dataset_name or job.dataset_id})"
+    if job.shown_status != job.status:
+        return f"job {job.id} {job.current_stage} (status {job.status}, on {job.host_name or 'local'})"
+    if job.terminal and job.started_at is None:
+        text += " before it started"
+        if job.error_message:
+            text += f": {job.error_message}"
+        return text
     if job.terminal:
         text += f" after {duration(job.elapsed(now))}, step {_steps(job)}, cost {money(job.cost)}"
         if job.status == "failed" and job.error_message:

@@ -49,6 +49,12 @@ def summarize(conn: sqlite3.Connection, since: datetime | None, until: datetime 
     return groups, by_type
 
 
+def job_by_type(conn: sqlite3.Connection, job_id: str) -> dict[str, float]:
+    """The job's recorded cost per cost type (compute, storage, ...)."""
+    return {kind: float(amount) for kind, amount in conn.execute(
+        "SELECT cost_type, sum(amount) FROM cost_records WHERE job_id = ? GROUP BY cost_type ORDER BY cost_type", (job_id,))}
+
+
 def add(tx: "Tx", **fields: Any) -> None:
     from brightrun_cli.registry.tables import CostRecord
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from brightrun_cli.registry import read
-from brightrun_cli.registry.engine import DuplicateRow
+from brightrun_cli.registry.engine import DuplicateRow, insert_unique
 from brightrun_cli.registry.rows import DatasetRow
 from brightrun_cli.registry.timeutil import utcnow
 
@@ -74,25 +74,32 @@ def removed(conn: sqlite3.Connection) -> list[DatasetRow]:
     return read.fetch_all(conn, DatasetRow, "deleted_at IS NOT NULL", order="deleted_at")
 
 
+def all_ids(conn: sqlite3.Connection) -> set[str]:
+    """Every dataset id with a row, removed ones included."""
+    return {r[0] for r in conn.execute("SELECT id FROM datasets")}
+
+
 def insert(tx: "Tx", **fields: Any) -> DatasetRow:
     """Raises DuplicateRow when a live dataset already has the name."""
-    from sqlalchemy.exc import IntegrityError
-
     from brightrun_cli.registry.tables import Dataset
 
-    row = Dataset(**fields)
-    tx.add(row)
-    try:
-        tx.flush()
-    except IntegrityError as exc:
-        raise DuplicateRow(f"a dataset named '{fields.get('name')}' was added meanwhile", "pick another --name") from exc
-    return DatasetRow.from_model(row)
+    return DatasetRow.from_model(insert_unique(tx, Dataset(**fields), DuplicateRow(f"a dataset named '{fields.get('name')}' was added meanwhile", "pick another --name")))
 
 
 def get_in(tx: "Tx", dataset_id: str) -> DatasetRow | None:
     from brightrun_cli.registry.tables import Dataset
 
     row = tx.get(Dataset, dataset_id)
+    return None if row is None else DatasetRow.from_model(row)
+
+
+def live_by_name_in(tx: "Tx", name: str) -> DatasetRow | None:
+    """The live dataset named `name`, read inside a write transaction."""
+    from sqlmodel import select
+
+    from brightrun_cli.registry.tables import Dataset
+
+    row = tx.exec(select(Dataset).where(Dataset.name == name, Dataset.deleted_at.is_(None))).first()
     return None if row is None else DatasetRow.from_model(row)
 
 
@@ -117,3 +124,4 @@ def delete(tx: "Tx", dataset_id: str) -> None:
     row = tx.get(Dataset, dataset_id)
     if row is not None:
         tx.delete(row)
+        tx.flush()  # now: an insert of its name in the same transaction is flushed before deletes

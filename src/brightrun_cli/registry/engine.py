@@ -37,6 +37,7 @@ DB_FILE = "registry.db"
 Connection = sqlite3.Connection  # what the read layer's statements take
 DatabaseError = sqlite3.Error  # what a registry that is not (or no longer) a database raises on read
 BUSY_TIMEOUT_MS = 30_000
+READ_CACHE_KIB = 32 * 1024
 
 _immediate: contextvars.ContextVar[bool] = contextvars.ContextVar("brightrun_immediate", default=False)
 _foreign_keys: contextvars.ContextVar[bool] = contextvars.ContextVar("brightrun_foreign_keys", default=True)
@@ -120,10 +121,12 @@ class Registry:
         self.checkpointer: Checkpointer | None = None
 
     def connect(self) -> sqlite3.Connection:
-        """A configured sqlite3 connection (autocommit; rows as sqlite3.Row). Caller closes it."""
+        """A configured sqlite3 connection (autocommit) for the read layer. Caller closes it."""
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         _configure(conn)
-        conn.row_factory = sqlite3.Row
+        # A --json list of 10,000 jobs reads ~11 MB of row JSON: the default 2 MB page cache
+        # made SQLite re-read overflow pages (~30% of the query).
+        conn.execute(f"PRAGMA cache_size = -{READ_CACHE_KIB}")
         return conn
 
     @contextmanager
@@ -246,6 +249,18 @@ def defer_until_commit(tx: "Session", name: str, deliver: Callable[[Path, list[A
         event.listen(tx, "after_commit", committed)
         event.listen(tx, "after_rollback", lambda session: pending.clear())
     return pending
+
+
+def insert_unique(tx: "Session", row: Any, duplicate: DuplicateRow) -> Any:
+    """Add a SQLModel row in `tx`; `duplicate` is raised when it breaks a uniqueness rule."""
+    from sqlalchemy.exc import IntegrityError
+
+    tx.add(row)
+    try:
+        tx.flush()
+    except IntegrityError as exc:
+        raise duplicate from exc
+    return row
 
 
 def read_in(tx: "Session") -> sqlite3.Connection:

@@ -50,6 +50,11 @@ def slots(conn: sqlite3.Connection) -> dict[str, int]:
     return {name: gpus for name, gpus in conn.execute("SELECT name, gpus FROM hosts")}
 
 
+def names_of_kind(conn: sqlite3.Connection, kind: str) -> set[str]:
+    """The names of the hosts of one kind ('slurm': the clusters whose own scheduler queues)."""
+    return {name for (name,) in conn.execute("SELECT name FROM hosts WHERE kind = ?", (kind,))}
+
+
 def insert(tx: "Tx", **fields: Any) -> HostRow:
     from brightrun_cli.registry.tables import Host
 

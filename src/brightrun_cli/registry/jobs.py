@@ -56,7 +56,7 @@ def on_host(conn: sqlite3.Connection, host_id: str, statuses: Sequence[str]) -> 
     return read.fetch_all(conn, JobRow, f"host_id = ? AND status IN ({_marks(statuses)})", (host_id, *statuses), order="queued_at, id")
 
 
-_LIVE_ORDER = "created_at DESC, id DESC"
+_LIVE_ORDER = "queued_at DESC, id DESC"  # a resumed job queues again: it lists with the newly queued
 
 
 def _live_where(statuses: Sequence[str]) -> tuple[str, tuple]:
@@ -73,8 +73,12 @@ def list_live(conn: sqlite3.Connection, statuses: Sequence[str] = (), limit: int
 
 
 def list_live_json(conn: sqlite3.Connection, statuses: Sequence[str] = (), limit: int | None = None) -> str:
+    """`list_live` as a JSON array text: each row's JSON as registry triggers keep it (migration 5)."""
     where, params = _live_where(statuses)
-    return read.json_array(conn, JobRow, where, params, order=_LIVE_ORDER, limit=limit)
+    sql = (f"SELECT j.json FROM training_jobs t JOIN job_list_json j ON j.id = t.id WHERE "
+           f"{where.replace('deleted_at', 't.deleted_at').replace('status IN', 't.status IN')} "
+           f"ORDER BY t.queued_at DESC, t.id DESC" + (f" LIMIT {int(limit)}" if limit is not None else ""))
+    return "[" + ",".join(r[0] for r in conn.execute(sql, params)) + "]"
 
 
 def count_live(conn: sqlite3.Connection, statuses: Sequence[str] = ()) -> int:
@@ -137,6 +141,32 @@ def ended_between(conn: sqlite3.Connection, since, until) -> list[JobRow]:
     """Jobs that ended (completed_at) in [since, until): success rates and durations."""
     return read.fetch_all(conn, JobRow, "completed_at >= ? AND completed_at < ?",
                           (_db_time(since), _db_time(until)), order="completed_at")
+
+
+def outcomes_since(conn: sqlite3.Connection, since, statuses: Sequence[str]) -> list[tuple[str, int, float | None]]:
+    """(status, jobs, mean seconds from start to end) of the jobs in `statuses` that ended
+    at or after `since`, removed ones included (they happened): `brightrun status`."""
+    return [(status, int(n), seconds) for status, n, seconds in conn.execute(
+        f"""SELECT status, count(*), avg((julianday(completed_at) - julianday(started_at)) * 86400.0)
+            FROM training_jobs WHERE completed_at >= ? AND status IN ({_marks(statuses)}) GROUP BY status""",
+        (_db_time(since), *statuses))]
+
+
+def live_in(conn: sqlite3.Connection, statuses: Sequence[str]) -> list[JobRow]:
+    """Live (not removed) jobs in `statuses`, oldest first."""
+    return read.fetch_all(conn, JobRow, f"deleted_at IS NULL AND status IN ({_marks(statuses)})", tuple(statuses), order="queued_at, id")
+
+
+def removed(conn: sqlite3.Connection) -> list[JobRow]:
+    """Removed jobs (`jobs rm`), oldest removal first."""
+    return read.fetch_all(conn, JobRow, "deleted_at IS NOT NULL", order="deleted_at, id")
+
+
+def dataset_ids_of(conn: sqlite3.Connection, statuses: Sequence[str]) -> set[str]:
+    """The datasets that live jobs in `statuses` train on (their supervisor places the split
+    again on every attempt, and a retry copies the dataset reference)."""
+    return {r[0] for r in conn.execute(
+        f"SELECT DISTINCT dataset_id FROM training_jobs WHERE deleted_at IS NULL AND status IN ({_marks(statuses)})", tuple(statuses))}
 
 
 def _db_time(value) -> str:

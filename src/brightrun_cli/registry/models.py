@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from brightrun_cli.registry import read
-from brightrun_cli.registry.engine import DuplicateRow
+from brightrun_cli.registry.engine import DuplicateRow, insert_unique
 from brightrun_cli.registry.rows import ModelRow
 from brightrun_cli.registry.timeutil import utcnow
 
@@ -16,9 +17,22 @@ if TYPE_CHECKING:
 _ORDER = "created_at DESC, id DESC"
 
 
+_NAME_VERSION = re.compile(r"^(?P<name>.+?)(?:@v?|\s+v)(?P<version>\d+\.\d+\.\d+)$")
+
+
 def resolve(conn: sqlite3.Connection, ref: str) -> ModelRow:
-    """A live model by id, unique id prefix or name."""
-    return read.resolve(conn, ModelRow, ref, "model", by_name=True)
+    """A live model by id, unique id prefix, `NAME@VERSION` (or `NAME vVERSION`, as `models
+    list` shows it), or NAME alone: its newest version."""
+    text = ref.strip()
+    found = _NAME_VERSION.match(text)
+    if found:
+        row = read.fetch_one(conn, ModelRow, "name = ? AND version = ? AND deleted_at IS NULL", (found["name"], found["version"]))
+        if row is not None:
+            return row
+    newest = read.fetch_all(conn, ModelRow, "name = ? AND deleted_at IS NULL", (text,), order=_ORDER, limit=1)
+    if newest:
+        return newest[0]
+    return read.resolve(conn, ModelRow, ref, "model")
 
 
 _SORTS = {
@@ -49,6 +63,11 @@ def removed(conn: sqlite3.Connection) -> list[ModelRow]:
     return read.fetch_all(conn, ModelRow, "deleted_at IS NOT NULL", order="deleted_at")
 
 
+def all_ids(conn: sqlite3.Connection) -> set[str]:
+    """Every model id with a row, removed ones included."""
+    return {r[0] for r in conn.execute("SELECT id FROM model_artifacts")}
+
+
 def versions_of(conn: sqlite3.Connection, name: str) -> int:
     """How many models (soft-deleted included) were ever stored under `name`."""
     return read.count(conn, ModelRow.TABLE, "name = ?", (name,))
@@ -56,17 +75,9 @@ def versions_of(conn: sqlite3.Connection, name: str) -> int:
 
 def insert(tx: "Tx", **fields: Any) -> ModelRow:
     """Raises DuplicateRow when the job already has its model (one per job)."""
-    from sqlalchemy.exc import IntegrityError
-
     from brightrun_cli.registry.tables import ModelArtifact
 
-    row = ModelArtifact(**fields)
-    tx.add(row)
-    try:
-        tx.flush()
-    except IntegrityError as exc:
-        raise DuplicateRow(f"job {fields.get('job_id')} already has a model", "see 'brightrun models list'") from exc
-    return ModelRow.from_model(row)
+    return ModelRow.from_model(insert_unique(tx, ModelArtifact(**fields), DuplicateRow(f"job {fields.get('job_id')} already has a model", "see 'brightrun models list'")))
 
 
 def get_in(tx: "Tx", ref: str) -> ModelRow | None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from brightrun_cli.registry import read
 from brightrun_cli.registry.rows import NotificationRow
+from brightrun_cli.registry.timeutil import db_time
 
 if TYPE_CHECKING:
     from brightrun_cli.registry.engine import Tx
@@ -30,9 +32,14 @@ def resolve(conn: sqlite3.Connection, ref: str) -> NotificationRow:
     return read.resolve(conn, NotificationRow, ref, "notification")
 
 
-def read_before(conn: sqlite3.Connection, cutoff: str) -> list[NotificationRow]:
-    """Read notifications created before `cutoff` (stored time form), oldest first."""
-    return read.fetch_all(conn, NotificationRow, "read = 1 AND created_at < ?", (cutoff,), order="created_at, id")
+def read_before(conn: sqlite3.Connection, cutoff: datetime) -> list[NotificationRow]:
+    """Read notifications created before `cutoff`, oldest first."""
+    return read.fetch_all(conn, NotificationRow, "read = 1 AND created_at < ?", (db_time(cutoff),), order="created_at, id")
+
+
+def of_job(conn: sqlite3.Connection, job_id: str) -> list[NotificationRow]:
+    """The job's notifications, oldest first (a run report's timeline)."""
+    return read.fetch_all(conn, NotificationRow, "job_id = ?", (job_id,), order="created_at, id")
 
 
 def insert(tx: "Tx", **fields: Any) -> Any:

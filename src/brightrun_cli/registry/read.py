@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from brightrun_cli.errors import NotFoundError
+from brightrun_cli.errors import AmbiguousError, NotFoundError, UsageError
 from brightrun_cli.registry.rows import Row
 
 R = TypeVar("R", bound=Row)
@@ -65,7 +65,7 @@ def resolve(conn: sqlite3.Connection, cls: type[R], ref: str, noun: str, *, by_n
     soft = "deleted_at" in cls.columns() and not include_deleted
     live = " AND deleted_at IS NULL" if soft else ""
     if not ref:
-        raise NotFoundError(f"no {noun} given (an empty {noun} reference)", f"pass a {noun} id{', prefix or name' if by_name else ' or prefix'}")
+        raise UsageError(f"an empty {noun} reference was given (an unset shell variable?)", f"pass a {noun} id{', prefix or name' if by_name else ' or prefix'}")
     row = fetch_one(conn, cls, "id = ?" + live, (ref.lower(),))
     if row is None and by_name:
         row = fetch_one(conn, cls, "name = ?" + live, (ref,))
@@ -78,8 +78,8 @@ def resolve(conn: sqlite3.Connection, cls: type[R], ref: str, noun: str, *, by_n
             return rows[0]
         if rows:
             shown = ", ".join(r.id for r in rows[:5])
-            raise NotFoundError(f"{noun} prefix '{ref}' is ambiguous ({shown}{', ...' if len(rows) > 5 else ''})",
-                                "type more characters of the id")
+            raise AmbiguousError(f"{noun} prefix '{ref}' is ambiguous ({shown}{', ...' if len(rows) > 5 else ''})",
+                                 "type more characters of the id")
     what = "id, id prefix or name" if by_name else "id or id prefix"
     listing = LIST_COMMANDS.get(noun, f"{noun} list")
     raise NotFoundError(f"no {noun} matches '{ref}' (by {what})", f"run 'brightrun {listing}' to see them")

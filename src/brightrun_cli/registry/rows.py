@@ -181,6 +181,9 @@ class DatasetRow(Row, frozen=True):
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
+    validation_warnings: list | None
+    validation_warning_count: int
+    skipped_lines: int
 
 
 class HostRow(Row, frozen=True):

@@ -86,6 +86,12 @@ class Dataset(SQLModel, table=True):
     created_at: datetime = _time(default=True)
     updated_at: datetime = _time(default=True)
     deleted_at: datetime | None = _time()
+    # brightrun, migration 4: first N warnings [{line, warning, suggestion}] and their count
+    # (they do not block training); lines left out by `dataset add --skip-invalid` (their
+    # problems are the validation_errors of a ready dataset).
+    validation_warnings: list | None = _json()
+    validation_warning_count: int = 0
+    skipped_lines: int = 0
 
 
 class Host(SQLModel, table=True):
@@ -117,6 +123,7 @@ class TrainingJob(SQLModel, table=True):
         Index("ix_training_jobs_status", "status"),
         Index("ix_training_jobs_dataset_id", "dataset_id"),
         Index("ix_training_jobs_host_queue", "host_id", "status", "queued_at"),
+        Index("ix_training_jobs_live_queued", "deleted_at", "queued_at", "id"),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True)
@@ -185,6 +192,7 @@ class MetricPoint(SQLModel, table=True):
 
 class ModelArtifact(SQLModel, table=True):
     __tablename__ = "model_artifacts"
+    __table_args__ = (Index("ix_model_artifacts_live_created", "deleted_at", "created_at", "id"),)
 
     id: str = Field(default_factory=new_id, primary_key=True)
     job_id: str = Field(foreign_key="training_jobs.id", unique=True)

@@ -23,3 +23,8 @@ def parse_db_time(value: str | None) -> datetime | None:
     if value is None:
         return None
     return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+
+
+def db_time(value: datetime) -> str:
+    """An aware datetime in the stored form (naive UTC, microseconds), for comparisons in SQL."""
+    return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")

@@ -1,4 +1,4 @@
-"""Launching the trainer: local subprocess or over SSH, behind one interface."""
+"""Launching the trainer: local subprocess, over SSH, or as a Slurm job, behind one interface."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def get_runner(ws: "Workspace", hosts: list["HostRow"]) -> "Runner":
-    """The runner for a job's hosts: the local machine, or one or more SSH hosts (multi-node)."""
+    """The runner for a job's hosts: the local machine, one or more SSH hosts (multi-node), or a Slurm cluster."""
     if not hosts:
         raise UsageError("a job needs a host", "pass --host NAME")
     kinds = {h.kind for h in hosts}
@@ -23,6 +23,12 @@ def get_runner(ws: "Workspace", hosts: list["HostRow"]) -> "Runner":
         from brightrun_cli.runners.local import LocalRunner
 
         return LocalRunner(ws)
+    if kinds == {"slurm"}:
+        if len(hosts) > 1:
+            raise UsageError("a Slurm job runs on one slurm host", "pass one --host; ask Slurm for more nodes instead")
+        from brightrun_cli.runners.slurm import SlurmRunner
+
+        return SlurmRunner(ws, hosts[0])
     if kinds == {"ssh"}:
         from brightrun_cli.runners.ssh import SSHRunner
 

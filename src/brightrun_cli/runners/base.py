@@ -40,6 +40,7 @@ class LaunchRequest:
     run_dir: Path  # local run dir; holds spec.json, and receives metrics.jsonl etc.
     spec_path: Path  # run_dir / "spec.json"
     num_processes: int = 1  # processes per machine (GPUs on a GPU host, 1 on CPU)
+    nodes: int = 1  # machines a Slurm job allocates (SSH runners: one per host instead)
     resume: bool = False  # continue from the newest checkpoint in the run dir
     accelerate_config: str | None = None  # an accelerate config file's name in run_dir (`--config_file`)
     distributed_type: str | None = None  # that file's distributed_type
@@ -54,7 +55,7 @@ class LaunchRequest:
 
 
 class Runner(ABC):
-    """One implementation per kind of host (local, ssh)."""
+    """One implementation per kind of host (local, ssh, slurm)."""
 
     @abstractmethod
     def launch_argv(self, request: LaunchRequest) -> list[str]:
@@ -67,6 +68,11 @@ class Runner(ABC):
     @abstractmethod
     def poll(self, handle: str) -> int | None:
         """The trainer's exit status if it has ended, else None. Never blocks long."""
+
+    def batch_script(self, request: LaunchRequest) -> str | None:
+        """The script a batch scheduler runs for this request (shown by `train --dry-run`);
+        None for a runner that starts the trainer itself."""
+        return None
 
     def sync(self, handle: str) -> None:
         """Bring new remote output (metrics.jsonl, logs) into the local run dir. Local: nothing to do."""

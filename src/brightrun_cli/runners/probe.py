@@ -60,8 +60,13 @@ print("json " + json.dumps(out))
 def probe_ssh(conn: "SSHConnection", python: str, workdir: str, code_dir: str, packages: tuple[str, ...]) -> Probe:
     """Run CHECK_SCRIPT on the host behind `conn` (SSHFailure/OperationError when it cannot run)."""
     out = conn.run_script(CHECK_SCRIPT, python, workdir, code_dir, " ".join(packages))
+    return parse_check_output(out.stdout.decode(errors="replace"))
+
+
+def parse_check_output(text: str) -> Probe:
+    """The facts in CHECK_SCRIPT's output, wherever it ran."""
     probe = Probe()
-    for line in out.stdout.decode(errors="replace").splitlines():
+    for line in text.splitlines():
         key, _, value = line.partition(" ")
         if key == "disk" and value.strip().isdigit():
             probe.disk_free_gb = round(int(value) / 2**20, 1)

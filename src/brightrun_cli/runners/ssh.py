@@ -134,6 +134,58 @@ def remote_workdir(host: "HostRow") -> str:
     return host.workdir or DEFAULT_WORKDIR
 
 
+class Reconnect:
+    """Reconnect-with-backoff bookkeeping of a remote runner (SSH hosts, a Slurm login node).
+
+    Calling it with `call` runs `call()`. While the far side is down (`call` raised one of
+    `transient`), it raises RunnerUnreachable without calling again before the next
+    backoff slot (1, 2, 4 ... up to backoff_max_s seconds), and RunnerLost once the
+    outage has lasted limit_s. `on_failure` runs after each failed call (SSH: check the
+    ControlMaster again next time).
+    """
+
+    def __init__(self, what: str, *, limit_s: float, backoff_max_s: float,
+                 transient: tuple[type[Exception], ...] = (), on_failure=None):
+        self.what = what
+        self.limit_s = limit_s
+        self.backoff_max_s = backoff_max_s
+        self.transient = (SSHFailure, *transient)
+        self.on_failure = on_failure
+        self._down_since: float | None = None
+        self._failures = 0
+        self._next_try = 0.0
+        self._last_error = ""
+
+    def __call__(self, call):
+        now = time.monotonic()
+        if self._down_since is not None and now < self._next_try:
+            raise self._unreachable(self._last_error)
+        try:
+            result = call()
+        except self.transient as exc:
+            if self._down_since is None:
+                self._down_since = now
+            self._failures += 1
+            self._next_try = now + min(self.backoff_max_s, 2 ** (self._failures - 1))
+            self._last_error = getattr(exc, "message", str(exc))
+            if self.on_failure is not None:
+                self.on_failure()
+            raise self._unreachable(self._last_error) from exc
+        self._down_since = None
+        self._failures = 0
+        return result
+
+    def _unreachable(self, why: str) -> RunnerUnreachable:
+        down = time.monotonic() - (self._down_since or time.monotonic())
+        if down >= self.limit_s:
+            return RunnerLost(
+                f"lost contact with {self.what} for {down:.0f} s ({why})",
+                "the remote trainer may still be running; 'brightrun jobs resume' re-attaches once the host is back",
+                down_for_s=down,
+            )
+        return RunnerUnreachable(f"no answer from {self.what} for {down:.0f} s ({why})", "reconnecting with backoff", down_for_s=down)
+
+
 class SSHConnection:
     """How to reach one host: the ssh/rsync argv, the multiplexing master, remote scripts."""
 
@@ -251,7 +303,8 @@ class SSHConnection:
     def rsync_argv(self, sources: list[str], dest: str, *, to_remote: bool, extra: tuple[str, ...] = ()) -> list[str]:
         """rsync over this connection. Remote paths are ours (validated workdir + ids)."""
         rsh = shlex.join(["ssh", *self.ssh_options()])
-        prefix = f"{self.host.ssh_host}:"
+        address = self.host.ssh_host or ""
+        prefix = f"[{address}]:" if ":" in address else f"{address}:"  # rsync's host:path needs an IPv6 address in brackets
         if to_remote:
             srcs, dst = sources, prefix + dest
         else:
@@ -308,15 +361,10 @@ while [ ! -s trainer.pid ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
 cat trainer.pid
 """
 
-# $1 run dir, then (file, offset) pairs. First line: exit N | running | gone | missing;
-# then per file "<name> <n>" and exactly n bytes of it from the offset.
-PROBE = r"""
-run=$1; shift
-cd "$run" 2>/dev/null || { echo missing; exit 0; }
-pg=$(cat trainer.pid 2>/dev/null)
-if [ -f exit_code ]; then echo "exit $(cat exit_code)"
-elif [ -n "$pg" ] && kill -0 "-$pg" 2>/dev/null; then echo running
-else echo gone; fi
+# The end of a probe script, run in the run dir: for each (file, offset) pair left in
+# "$@", a line "<name> <n>" and exactly n bytes of the file from that offset
+# (`tail_args` builds the pairs, `read_tail` splits the answer).
+TAIL = r"""
 while [ $# -ge 2 ]; do
   f=$1; off=$2; shift 2
   size=0; [ -f "$f" ] && size=$(wc -c < "$f")
@@ -325,6 +373,53 @@ while [ $# -ge 2 ]; do
   if [ "$n" -gt 0 ]; then tail -c +"$((off + 1))" "$f" | head -c "$n"; fi
 done
 """
+
+# $1 run dir, then (file, offset) pairs. First line: exit N | running | gone | missing;
+# then the TAIL chunks.
+PROBE = r"""
+run=$1; shift
+cd "$run" 2>/dev/null || { echo missing; exit 0; }
+pg=$(cat trainer.pid 2>/dev/null)
+if [ -f exit_code ]; then echo "exit $(cat exit_code)"
+elif [ -n "$pg" ] && kill -0 "-$pg" 2>/dev/null; then echo running
+else echo gone; fi
+""" + TAIL
+
+
+def tail_args(run_dir: Path, files: tuple[str, ...]) -> list[str]:
+    """(file, offset) words for TAIL: the offset is the local copy's size, so a reconnect
+    neither loses nor repeats a line."""
+    args: list[str] = []
+    for name in files:
+        path = run_dir / name
+        args += [name, str(path.stat().st_size if path.exists() else 0)]
+    return args
+
+
+def read_tail(rest: bytes) -> dict[str, bytes]:
+    """TAIL's output -> {file name: new bytes}."""
+    chunks: dict[str, bytes] = {}
+    pos = 0
+    while pos < len(rest):
+        nl = rest.index(b"\n", pos)
+        name, size = rest[pos:nl].decode().rsplit(" ", 1)
+        start = nl + 1
+        chunks[name] = rest[start:start + int(size)]
+        pos = start + int(size)
+    return chunks
+
+
+def append_tail(run_dir: Path, chunks: dict[str, bytes], *, final: bool) -> None:
+    """Append fetched bytes to the local copies. Only whole lines, unless final: the
+    local size is the next offset, so a half line is fetched again, never twice."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in chunks.items():
+        if not final:
+            data = data[: data.rfind(b"\n") + 1]
+        if data:
+            with open(run_dir / name, "ab") as fh:
+                fh.write(data)
+                fh.flush()
 
 # $1 run dir, $2 grace seconds, $3 marker. Prints "gone" when nothing of the job is left.
 STOP = r"""
@@ -408,6 +503,49 @@ def ship_code(conn: SSHConnection) -> str:
     return remote
 
 
+CODE_FILE = "code_version"  # in a job's local run dir: the <sha16> of the shipped code its trainer runs
+
+
+def record_code(run_dir: Path, remote_code_dir: str) -> None:
+    """Remember in the job's local run dir which shipped code (`<workdir>/code/<sha16>`) its
+    trainer runs: `brightrun prune` keeps that code while the job is live."""
+    (run_dir / CODE_FILE).write_text(remote_code_dir.rstrip("/").rsplit("/", 1)[1] + "\n", encoding="utf-8")
+
+
+# What `collect` brings home besides the tailed logs: the adapter, the outcome, and what the
+# trainer's trackers wrote into the run dir (their record, TensorBoard's event files, the
+# MLflow store of a job without a tracking server, W&B's offline run files).
+OUTPUTS = ("final", "result.json", "trackers.json", "tensorboard", "mlflow", "wandb")
+
+
+def fetch_outputs(conn: "SSHConnection", remote_run: str, local_run: Path) -> None:
+    """Bring the trainer's OUTPUTS (whichever exist) into the local run dir."""
+    present = conn.run_script('cd "$1" && shift && for f in "$@"; do [ -e "$f" ] && echo "$f"; done; true',
+                              remote_run, *OUTPUTS).stdout.decode().split()
+    if present:
+        conn.rsync([f"{remote_run}/./{p}" for p in present], str(local_run) + "/", to_remote=False,
+                   extra=("--relative", "--delete"))
+
+
+def run_inputs(request: LaunchRequest) -> list[str]:
+    """spec.json and the files it names (splits, accelerate config), as paths relative to
+    the run dir: what a remote runner ships."""
+    spec = json.loads(request.spec_path.read_text(encoding="utf-8"))
+    names = [request.spec_path.name]
+    for key in ("train_file", "validation_file", "accelerate_config"):
+        value = spec.get(key)
+        if value:
+            if Path(value).is_absolute() or ".." in Path(value).parts:
+                raise UsageError(
+                    f"spec {key} '{value}' is outside the run directory",
+                    "a remote run needs a self-contained run dir (split files inside it)",
+                )
+            names.append(value)
+    # A base model given as a directory is the remote host's path (shared storage or
+    # a copy there); the trainer reports a missing one in result.json.
+    return names
+
+
 @dataclass
 class _Handle:
     job_id: str
@@ -448,16 +586,12 @@ class SSHRunner(Runner):
         self.ws = ws
         self.hosts = hosts
         self.conns = {h.name: SSHConnection(ws, h) for h in hosts}
-        self.reconnect_limit_s = reconnect_limit_s
-        self.backoff_max_s = backoff_max_s
-        self._down_since: float | None = None
+        self._guarded = Reconnect("the SSH host", limit_s=reconnect_limit_s, backoff_max_s=backoff_max_s,
+                                  on_failure=self._forget_masters)
         # Rank 0's status as seen by the last sync (same round trip as the new lines), so
         # the supervisor's sync-then-poll costs one SSH round trip, not two.
         self._rank0_status: dict[str, tuple[float, str]] = {}
         self._rank0_ended: dict[str, float] = {}  # handle -> when rank 0 was first seen ended
-        self._failures = 0
-        self._next_try = 0.0
-        self._last_error = ""
 
     # -- paths ------------------------------------------------------------------------
     def _remote_run_dir(self, host: "HostRow", job_id: str) -> str:
@@ -511,25 +645,8 @@ class SSHRunner(Runner):
         rendezvous = (self.hosts[0].ssh_host, self._main_port(request.job_id))
         return self._start_argv(request, 0, rendezvous, code_dir, f"{request.job_id}:<token>")
 
-    def _inputs(self, request: LaunchRequest) -> list[str]:
-        """spec.json and the files it names (splits, accelerate config), as paths relative to the run dir."""
-        spec = json.loads(request.spec_path.read_text(encoding="utf-8"))
-        names = [request.spec_path.name]
-        for key in ("train_file", "validation_file", "accelerate_config"):
-            value = spec.get(key)
-            if value:
-                if Path(value).is_absolute() or ".." in Path(value).parts:
-                    raise UsageError(
-                        f"spec {key} '{value}' is outside the run directory",
-                        "an SSH run needs a self-contained run dir (split files inside it)",
-                    )
-                names.append(value)
-        # A base model given as a directory is the remote host's path (shared storage or
-        # a copy there); the trainer reports a missing one in result.json.
-        return names
-
     def start(self, request: LaunchRequest) -> str:
-        inputs = self._inputs(request)
+        inputs = run_inputs(request)
         marker = f"{request.job_id}:{secrets.token_hex(4)}"
         code_dirs: dict[str, str] = {}
         pgids: list[tuple[str, int]] = []
@@ -544,6 +661,7 @@ class SSHRunner(Runner):
                 conn.rsync([f"{request.run_dir}/./{name}" for name in inputs], remote_run + "/", to_remote=True,
                            extra=("--relative",))
             host = self.hosts[0]
+            record_code(request.run_dir, code_dirs[host.name])
             rendezvous = (host.ssh_host, self._main_port(request.job_id))
             if len(self.hosts) > 1:
                 out = self.conns[host.name].run_script(RENDEZVOUS, remote_python(host), str(rendezvous[1])).stdout.decode().split()
@@ -566,38 +684,9 @@ class SSHRunner(Runner):
             raise
         return str(_Handle(request.job_id, marker, pgids))
 
-    # -- reconnect bookkeeping -------------------------------------------------------------
-    def _guarded(self, call):
-        """Run `call()` with reconnect-with-backoff semantics: while the host is down,
-        raise RunnerUnreachable (without hammering it before the next backoff slot);
-        past reconnect_limit_s raise RunnerLost."""
-        now = time.monotonic()
-        if self._down_since is not None and now < self._next_try:
-            raise self._unreachable(self._last_error)
-        try:
-            result = call()
-        except SSHFailure as exc:
-            if self._down_since is None:
-                self._down_since = now
-            self._failures += 1
-            self._next_try = now + min(self.backoff_max_s, 2 ** (self._failures - 1))
-            self._last_error = exc.message
-            for conn in self.conns.values():
-                conn.forget_master()
-            raise self._unreachable(exc.message) from exc
-        self._down_since = None
-        self._failures = 0
-        return result
-
-    def _unreachable(self, why: str) -> RunnerUnreachable:
-        down = time.monotonic() - (self._down_since or time.monotonic())
-        if down >= self.reconnect_limit_s:
-            return RunnerLost(
-                f"lost contact with the SSH host for {down:.0f} s ({why})",
-                "the remote trainer may still be running; 'brightrun jobs resume' re-attaches once the host is back",
-                down_for_s=down,
-            )
-        return RunnerUnreachable(f"SSH host unreachable for {down:.0f} s ({why})", "reconnecting with backoff", down_for_s=down)
+    def _forget_masters(self) -> None:
+        for conn in self.conns.values():
+            conn.forget_master()
 
     # -- following ----------------------------------------------------------------------------
     def _host(self, name: str) -> "HostRow":
@@ -610,38 +699,16 @@ class SSHRunner(Runner):
         name = handle.pgids[rank][0]
         host = self._host(name)
         conn = self.conns[name]
-        run_dir = self.local_run_dir(handle.job_id)
-        args: list[str] = []
-        for f in files:
-            path = run_dir / f
-            args += [f, str(path.stat().st_size if path.exists() else 0)]
+        args = tail_args(self.local_run_dir(handle.job_id), files)
         out = conn.run_script(PROBE, self._remote_run_dir(host, handle.job_id), *args).stdout
         status, _, rest = out.partition(b"\n")
-        chunks: dict[str, bytes] = {}
-        pos = 0
-        while pos < len(rest):
-            nl = rest.index(b"\n", pos)
-            fname, size = rest[pos:nl].decode().rsplit(" ", 1)
-            start = nl + 1
-            chunks[fname] = rest[start:start + int(size)]
-            pos = start + int(size)
-        return status.decode().strip(), chunks
+        return status.decode().strip(), read_tail(rest)
 
     def local_run_dir(self, job_id: str) -> Path:
         return self.ws.runs_dir / job_id
 
     def _append(self, job_id: str, chunks: dict[str, bytes], *, final: bool) -> None:
-        """Append fetched bytes to the local copies. Only whole lines, unless final: the
-        local size is the next offset, so a half line is fetched again, never twice."""
-        run_dir = self.local_run_dir(job_id)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for fname, data in chunks.items():
-            if not final:
-                data = data[: data.rfind(b"\n") + 1]
-            if data:
-                with open(run_dir / fname, "ab") as fh:
-                    fh.write(data)
-                    fh.flush()
+        append_tail(self.local_run_dir(job_id), chunks, final=final)
 
     @staticmethod
     def _status_code(status: str) -> int | None:
@@ -695,13 +762,7 @@ class SSHRunner(Runner):
         def call() -> None:
             _, chunks = self._probe(h, 0, TAILED_FILES)
             self._append(h.job_id, chunks, final=True)
-            remote_run = self._remote_run_dir(host, h.job_id)
-            local = self.local_run_dir(h.job_id)
-            present = conn.run_script('cd "$1" && for f in final result.json; do [ -e "$f" ] && echo "$f"; done; true',
-                                      remote_run).stdout.decode().split()
-            if present:
-                conn.rsync([f"{remote_run}/./{p}" for p in present], str(local) + "/", to_remote=False,
-                           extra=("--relative", "--delete"))
+            fetch_outputs(conn, self._remote_run_dir(host, h.job_id), self.local_run_dir(h.job_id))
 
         self._guarded(call)
 

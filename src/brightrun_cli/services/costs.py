@@ -35,9 +35,9 @@ class CostReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "by": self.by, "since": self.since, "until": self.until,
-            "total": round(self.total, 4), "records": self.records,
-            "by_type": {k: round(v, 4) for k, v in self.by_type.items()},
-            "groups": [{"key": g.key, "amount": round(g.amount, 4), "records": g.records} for g in self.groups],
+            "total_cost": round(self.total, 6), "records": self.records,
+            "by_type": {k: round(v, 6) for k, v in self.by_type.items()},
+            "groups": [{"key": g.key, "amount": round(g.amount, 6), "records": g.records} for g in self.groups],
         }
 
 

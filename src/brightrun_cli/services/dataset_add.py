@@ -1,14 +1,19 @@
 """Adding and re-validating a dataset: the source streamed through validation into storage.
 
 `add_dataset` lifecycle, each step one transaction:
-  1. refuse bad requests before anything is written (name, flags, missing/empty/over
-     the size limit, tokenizer that cannot load);
-  2. insert the row as `uploading` while holding a per-dataset lock file, flip it to
-     `validating` and stream the source through validation into a local v4 file;
+  1. refuse bad requests before anything is written (name, flags, a source that is
+     missing, not a regular file, empty or over the size limit, a tokenizer that cannot
+     load);
+  2. insert the row as `uploading` while holding a per-dataset lock file (replacing a
+     failed add of the same name: it does not hold the name, `datasets.holds_name`),
+     flip it to `validating` and stream the source through validation into a local v4
+     file;
   3. the file cannot be read as JSONL (`UsageError`), or anything else fails: the row
      and any blobs are removed again, so the registry and storage are as before;
-  4. conversations with problems: status `error` with the first N problems, the count
-     and a `dataset_error` notification, no blobs;
+  4. lines with problems: status `error` with the first N problems, the count and a
+     `dataset_error` notification, no blobs; with `skip_invalid`, those lines are left
+     out instead (listed the same way, counted in `skipped_lines`) and step 5 follows
+     when any conversation is valid;
   5. valid: `data.jsonl`, `train.jsonl`, `validation.jsonl` are written atomically to
      storage, then status `ready`, the stats and a `dataset_ready` notification.
 A process killed mid-way leaves its row in `uploading`/`validating` with its lock
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,9 +43,14 @@ from brightrun_cli.services.dataset_formats import FORMATS
 from brightrun_cli.services.dataset_tokens import TokenCounter, load_counter
 from brightrun_cli.services.dataset_validation import ScanResult, scan
 from brightrun_cli.services.datasets import (
+    Removal,
+    add_again_command,
     data_key,
+    drop_files,
     get_dataset,
+    holds_name,
     processing_lock,
+    remove_in,
     repair_interrupted,
     require_row,
     split_keys,
@@ -47,6 +58,7 @@ from brightrun_cli.services.datasets import (
 from brightrun_cli.services.notifications import notify
 
 if TYPE_CHECKING:
+    from brightrun_cli.registry.engine import Tx
     from brightrun_cli.workspace import Workspace
 
 MAX_NAME_LENGTH = 100
@@ -62,9 +74,11 @@ def add_dataset(
     format: str = "auto",
     val_split: float = 0.1,
     base_model: str | None = None,
+    skip_invalid: bool = False,
     progress: Progress | None = None,
 ) -> DatasetRow:
-    """Copy, validate and describe a dataset. Returns the row (status `ready` or `error`)."""
+    """Copy, validate and describe a dataset. Returns the row (status `ready` or `error`).
+    `skip_invalid`: store the valid conversations of a file whose other lines have problems."""
     name = _check_name(name)
     if format != "auto" and format not in FORMATS:
         raise UsageError(f"--format {format}: unknown format", f"use auto or one of {', '.join(FORMATS)}")
@@ -87,7 +101,7 @@ def add_dataset(
         try:
             _set_status(ws, dataset_id, "validating")
             with src.stream() as lines:
-                outcome = _ingest(ws, row, lines, fmt=format, counter=counter, progress=progress, total=src.size)
+                outcome = _ingest(ws, row, lines, fmt=format, counter=counter, progress=progress, total=src.size, skip_invalid=skip_invalid)
         except BaseException:
             _discard(ws, dataset_id)
             raise
@@ -107,16 +121,7 @@ class _Source:
         if "://" in source:
             return cls._remote(ws, source)
         path = Path(source).expanduser()
-        if not path.exists():
-            raise UsageError(f"{source}: no such file", "check the path (or pass an fsspec URL such as s3://bucket/data.jsonl)")
-        if path.is_dir():
-            raise UsageError(f"{source} is a directory", "pass the JSONL file inside it")
-        try:
-            size = path.stat().st_size
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise UsageError(f"cannot read {source} ({exc.strerror})", "check the file's permissions") from exc
+        size = _regular_file_size(path, source)
         if size == 0:
             raise UsageError(f"{source} is empty", "pass a JSONL file with one conversation per line")
         return cls(str(path.absolute()), source, path.name, size, lambda: open(path, "rb"))
@@ -151,6 +156,29 @@ class _Source:
             yield _limited_lines(handle, self.size, self.display)
 
 
+def _regular_file_size(path: Path, source: str) -> int:
+    """The size of a readable regular file. Opened without blocking and checked on the open
+    descriptor: opening a FIFO for reading would wait for a writer forever, and a device
+    such as /dev/zero never ends."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise UsageError(f"{source}: no such file", "check the path (or pass an fsspec URL such as s3://bucket/data.jsonl)") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {source} ({exc.strerror})", "check the file's permissions") from exc
+    try:
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"{source} is a directory", "pass the JSONL file inside it")
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a character device" if stat.S_ISCHR(info.st_mode)
+                else "a block device" if stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "a special file")
+        raise UsageError(f"{source} is not a regular file ({kind})", "save the data to a JSONL file first, then add that file")
+    return info.st_size
+
+
 def _limited_lines(handle: IO[bytes], size: int, display: str) -> Iterator[bytes]:
     """Lines of `handle`, refusing to read past the size measured up front (a file growing meanwhile)."""
     read = 0
@@ -171,7 +199,7 @@ def _check_name(name: str) -> str:
 def _refuse_taken_name(ws: "Workspace", name: str) -> None:
     with ws.registry.reading() as conn:
         row = dataset_rows.live_by_name(conn, name)
-    if row is not None:
+    if row is not None and holds_name(row):
         _raise_name_taken(name, row.id, row.status)
 
 
@@ -191,13 +219,29 @@ def _model_name(name: str | None) -> str | None:
 def _insert(ws: "Workspace", dataset_id: str, *, name: str, src: _Source, format: str, val_split: float, base_model: str | None) -> DatasetRow:
     try:
         with ws.registry.write() as tx:
-            return dataset_rows.insert(
+            replaced = _replace_failed_add(tx, name)
+            row = dataset_rows.insert(
                 tx, id=dataset_id, name=name, format=format, status="uploading", storage_path=data_key(dataset_id),
                 file_name=src.file_name, file_size=src.size, source_uri=src.uri, base_model=base_model, val_split=val_split,
             )
     except DuplicateRow:
         # Another process took the name between our check and this insert.
         _raise_name_taken(name, "added meanwhile", "uploading")
+    if replaced is not None:
+        with contextlib.suppress(Exception):
+            drop_files(ws, replaced)
+    return row
+
+
+def _replace_failed_add(tx: "Tx", name: str) -> Removal | None:
+    """Remove the failed add that has `name` (its report was for reading; the name is free):
+    in the transaction that inserts the new row, so two adds cannot both take it."""
+    current = dataset_rows.live_by_name_in(tx, name)
+    if current is None:
+        return None
+    if holds_name(current):
+        _raise_name_taken(name, current.id, current.status)
+    return remove_in(tx, current)
 
 
 def _set_status(ws: "Workspace", dataset_id: str, status: str) -> None:
@@ -217,9 +261,11 @@ def _discard(ws: "Workspace", dataset_id: str) -> None:
 
 
 def _ingest(
-    ws: "Workspace", row: DatasetRow, lines: Iterator[bytes], *, fmt: str, counter: TokenCounter, progress: Progress | None, total: int | None
+    ws: "Workspace", row: DatasetRow, lines: Iterator[bytes], *, fmt: str, counter: TokenCounter, progress: Progress | None,
+    total: int | None, skip_invalid: bool = False,
 ) -> DatasetRow:
-    """Validate `lines` into a local v4 file; store it and its split if valid; record the outcome."""
+    """Validate `lines` into a local v4 file; store it and its split if valid (or, with
+    `skip_invalid`, its valid part); record the outcome."""
     tick = (lambda done: progress(done, total)) if progress is not None else None
     fd, tmp_name = tempfile.mkstemp(prefix=f"dataset-{row.id}-", suffix=".jsonl", dir=ws.cache_dir)
     tmp = Path(tmp_name)
@@ -229,16 +275,18 @@ def _ingest(
                 lines, out, file_name=row.file_name, fmt=fmt, val_split=row.val_split, counter=counter,
                 keep_problems=ws.config.max_stored_validation_errors, progress=tick,
             )
-        if result.problem_count:
-            return _finish(ws, row.id, result, counter.method, sha256=None)
-        sha256 = _store(ws, row.id, tmp, result.held_out)
-        return _finish(ws, row.id, result, counter.method, sha256=sha256)
+        if result.problem_count and not (skip_invalid and result.conversations):
+            return _finish(ws, row, result, counter.method, sha256=None, skipped=0)
+        sha256 = _store(ws, row.id, tmp, result)
+        skipped = result.data_lines - result.conversations
+        return _finish(ws, row, result, counter.method, sha256=sha256, skipped=skipped)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _store(ws: "Workspace", dataset_id: str, local: Path, held_out: bytearray) -> str:
-    """Write data.jsonl and its train/validation split to storage, each atomically. Returns data's sha256."""
+def _store(ws: "Workspace", dataset_id: str, local: Path, result: ScanResult) -> str:
+    """Write data.jsonl and its train/validation split to storage, each atomically; only the
+    conversations `result` kept. Returns data's sha256."""
     digest = hashlib.sha256()
     train_key, validation_key = split_keys(dataset_id)
     with contextlib.ExitStack() as stack, open(local, "rb") as source:
@@ -246,60 +294,75 @@ def _store(ws: "Workspace", dataset_id: str, local: Path, held_out: bytearray) -
         train = stack.enter_context(ws.storage.writer(train_key))
         validation = stack.enter_context(ws.storage.writer(validation_key))
         for index, line in enumerate(source):
+            if not result.kept[index]:
+                continue
             digest.update(line)
             data.write(line)
-            (validation if held_out[index] else train).write(line)
+            (validation if result.held_out[index] else train).write(line)
     return digest.hexdigest()
 
 
-def _finish(ws: "Workspace", dataset_id: str, result: ScanResult, method: str, *, sha256: str | None) -> DatasetRow:
-    """Record the outcome and its notification in one transaction."""
+def _finish(ws: "Workspace", row: DatasetRow, result: ScanResult, method: str, *, sha256: str | None, skipped: int) -> DatasetRow:
+    """Record the outcome and its notification in one transaction.
+
+    The source's format stays what the add found (a re-validation reads the stored v4 copy).
+    A re-validation of a dataset added with --skip-invalid that passes keeps the add's list
+    of the lines it left out: the stored data cannot say which they were."""
     now = utcnow()
+    revalidated = row.validated_at is not None
     values: dict[str, Any] = dict(
-        format=result.format, validated_at=now, updated_at=now, validation_error_count=result.problem_count,
-        validation_errors=[p.to_json() for p in result.problems], token_count_method=method,
+        format=row.format if revalidated else result.format,
+        validated_at=now, updated_at=now, token_count_method=method,
+        validation_error_count=result.problem_count, validation_errors=[p.to_json() for p in result.problems],
+        validation_warning_count=result.warning_count, validation_warnings=[w.to_json("warning") for w in result.warnings],
     )
     with ws.registry.write() as tx:
-        if result.problem_count:
+        if sha256 is None:
             first = result.problems[0]
             values.update(status="error", training_ready=False,
                           error_message=f"{result.problem_count} validation problem(s); first on line {first.line}: {first.error}")
-            row = require_row(dataset_rows.update(tx, dataset_id, **values), dataset_id)
+            row = require_row(dataset_rows.update(tx, row.id, **values), row.id)
             notify(
                 tx, "dataset_error", "Dataset has problems",
                 f'Dataset "{row.name}" has {result.problem_count} validation problem(s), first on line {first.line}: {first.error}',
                 priority="high", action_command=f"brightrun dataset show {row.id}", dataset_id=row.id,
             )
-        else:
-            values.update(_stats(result), content_sha256=sha256, status="ready", training_ready=True, error_message=None)
-            row = require_row(dataset_rows.update(tx, dataset_id, **values), dataset_id)
-            notify(
-                tx, "dataset_ready", "Dataset ready",
-                f'Dataset "{row.name}" is ready for training: {row.total_conversations} conversations, {row.total_tokens} tokens',
-                action_command=f"brightrun estimate --dataset {row.id}", dataset_id=row.id,
-            )
+            return row
+        if revalidated and row.status == "ready" and row.skipped_lines:
+            values.update(validation_error_count=row.validation_error_count, validation_errors=row.validation_errors)
+        elif not revalidated:
+            values.update(skipped_lines=skipped)
+        values.update(_stats(result), content_sha256=sha256, status="ready", training_ready=True, error_message=None)
+        row = require_row(dataset_rows.update(tx, row.id, **values), row.id)
+        left_out = f" ({row.skipped_lines} line(s) with problems left out)" if row.skipped_lines else ""
+        notify(
+            tx, "dataset_ready", "Dataset ready",
+            f'Dataset "{row.name}" is ready for training: {row.total_conversations} conversations, {row.total_tokens} tokens{left_out}',
+            action_command=f"brightrun estimate --dataset {row.id}", dataset_id=row.id,
+        )
     return row
 
 
 def _stats(result: ScanResult) -> dict[str, Any]:
-    tokens = result.tokens
-    held = result.held_out
-    total_tokens = sum(tokens)
-    validation_conversations = sum(held)
+    tokens = list(result.kept_values(result.tokens))
+    train_tokens = sum(result.kept_values(result.tokens, held_out=False))
+    validation_tokens = sum(result.kept_values(result.tokens, held_out=True))
+    conversations, turns = result.conversations, result.turns
+    validation_conversations = sum(result.held_out)
     return {
-        "total_conversations": result.conversations,
-        "total_training_pairs": sum(a for a, h in zip(result.assistant_turns, held) if not h),
-        "total_validation_pairs": sum(a for a, h in zip(result.assistant_turns, held) if h),
-        "total_tokens": total_tokens,
-        "avg_turns_per_conversation": round(result.turns / result.conversations, 3),
-        "avg_tokens_per_turn": round(total_tokens / result.turns, 3),
+        "total_conversations": conversations,
+        "total_training_pairs": sum(result.kept_values(result.assistant_turns, held_out=False)),
+        "total_validation_pairs": sum(result.kept_values(result.assistant_turns, held_out=True)),
+        "total_tokens": train_tokens + validation_tokens,
+        "avg_turns_per_conversation": round(turns / conversations, 3),
+        "avg_tokens_per_turn": round((train_tokens + validation_tokens) / turns, 3),
         "sample_data": result.samples,
         "stats": {
-            "train_conversations": result.conversations - validation_conversations,
+            "train_conversations": conversations - validation_conversations,
             "validation_conversations": validation_conversations,
-            "train_tokens": sum(t for t, h in zip(tokens, held) if not h),
-            "validation_tokens": sum(t for t, h in zip(tokens, held) if h),
-            "turns": result.turns,
+            "train_tokens": train_tokens,
+            "validation_tokens": validation_tokens,
+            "turns": turns,
             "turns_by_role": result.roles,
             "tokens_per_conversation": _distribution(tokens),
             "length_histogram": _histogram(tokens),
@@ -329,14 +392,21 @@ def _histogram(values: Any) -> list[dict[str, int]]:
 
 
 def validate_dataset(ws: "Workspace", ref: str, *, base_model: str | None = None) -> DatasetRow:
-    """Re-run validation and stats on the stored data (optionally with another base model's tokenizer)."""
+    """Re-run validation and stats on the stored data (optionally with another base model's
+    tokenizer). A dataset whose data file left storage is marked `error` (freeing its name)."""
     row = get_dataset(ws, ref)
     if row.status in ("uploading", "validating"):
         raise ConflictError(f"dataset '{row.name}' is being {row.status[:-3]}ed by another command", "wait for it to finish")
-    if not ws.storage.exists(row.storage_path):
+    if row.content_sha256 is None:
         raise UsageError(
-            f"dataset '{row.name}' has no stored data (it was refused at add: {row.error_message})",
-            f"fix the source file, then 'brightrun dataset rm {row.name}' and add it again",
+            f"dataset '{row.name}' has no stored data ({row.error_message})",
+            f"fix the source file, then add it again under the same name: {add_again_command(row)}",
+        )
+    if not ws.storage.exists(row.storage_path):
+        _mark_error(ws, row.id, f"its data file {row.storage_path} is missing from storage", lost=True)
+        raise OperationError(
+            f"dataset '{row.name}' lost its data: {row.storage_path} is missing from storage",
+            f"add the source again (the name is free now): {add_again_command(row)}",
         )
     model = _model_name(base_model or row.base_model or ws.config.default_base_model)
     counter = load_counter(model)
@@ -348,16 +418,18 @@ def validate_dataset(ws: "Workspace", ref: str, *, base_model: str | None = None
             dataset_rows.update(tx, row.id, status="validating", base_model=model)
         try:
             with ws.storage.open(row.storage_path) as handle:
-                return _ingest(ws, row, iter(handle), fmt="brightrun_lora_v4", counter=counter, progress=None, total=None)
+                return _ingest(ws, current, iter(handle), fmt="brightrun_lora_v4", counter=counter, progress=None, total=None)
         except BaseException as exc:
             _mark_error(ws, row.id, f"validation failed: {exc}")
             raise
 
 
-def _mark_error(ws: "Workspace", dataset_id: str, reason: str) -> None:
+def _mark_error(ws: "Workspace", dataset_id: str, reason: str, *, lost: bool = False) -> None:
+    """Status error with `reason`; `lost`: its stored data is gone, so it holds no name either."""
+    lost_data = {"content_sha256": None} if lost else {}
     with contextlib.suppress(Exception):
         with ws.registry.write() as tx:
-            row = require_row(dataset_rows.update(tx, dataset_id, status="error", training_ready=False, error_message=reason), dataset_id)
+            row = require_row(dataset_rows.update(tx, dataset_id, status="error", training_ready=False, error_message=reason, **lost_data), dataset_id)
             notify(tx, "dataset_error", "Dataset failed", f'Dataset "{row.name}": {reason}', priority="high",
                    action_command=f"brightrun dataset show {row.id}", dataset_id=row.id)
 

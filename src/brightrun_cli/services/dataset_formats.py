@@ -2,6 +2,9 @@
 
 A record is checked and converted in one step: `to_v4` returns the v4 conversation
 (or None) and the problems found, each with the line, what is wrong and how to fix it.
+`conversation_warnings` then names what is allowed but probably a mistake. Messages
+index a line's messages from 0 (`turns[0]` is the first), as jq and Python do; lines
+and columns count from 1, as editors do.
 """
 
 from __future__ import annotations
@@ -31,14 +34,15 @@ _OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "ass
 
 @dataclass(frozen=True)
 class Problem:
-    """One validation finding, stored on the dataset as {line, error, suggestion}."""
+    """One validation finding, stored on the dataset as {line, error, suggestion} (a problem)
+    or {line, warning, suggestion} (a warning: kept, and it does not block training)."""
 
     line: int
     error: str
     suggestion: str
 
-    def to_json(self) -> dict[str, Any]:
-        return {"line": self.line, "error": self.error, "suggestion": self.suggestion}
+    def to_json(self, kind: str = "error") -> dict[str, Any]:
+        return {"line": self.line, kind: self.error, "suggestion": self.suggestion}
 
 
 def detect_format(obj: dict[str, Any]) -> str | None:
@@ -75,6 +79,14 @@ def to_v4(obj: dict[str, Any], fmt: str, line: int) -> tuple[dict[str, Any] | No
     return {"conversation_id": cid, "turns": turns}, problems
 
 
+def conversation_warnings(record: dict[str, Any], line: int) -> list[Problem]:
+    """What a valid conversation allows but a user probably did not mean."""
+    if not any(t["role"] == "user" for t in record["turns"]):
+        return [Problem(line, "no user turn: the assistant answers no prompt",
+                        "add the user message the assistant replies to (trained as is otherwise)")]
+    return []
+
+
 def _conversation_id(obj: dict[str, Any], fmt: str, line: int, problems: list[Problem]) -> str:
     if fmt != V4:
         # Other formats have no id of their own; a stable one keeps the split deterministic.
@@ -102,7 +114,7 @@ def _chat_turns(obj: dict[str, Any], key: str, fmt: str, line: int, problems: li
         problems.append(Problem(line, f"empty '{key}'", "add the conversation's messages, or remove the line"))
         return None
     turns: list[dict[str, str]] = []
-    for index, item in enumerate(items, start=1):
+    for index, item in enumerate(items):
         turn = _chat_turn(item, fmt, f"{key}[{index}]", line, problems)
         if turn is not None:
             turns.append(turn)
@@ -135,6 +147,9 @@ def _chat_turn(item: Any, fmt: str, where: str, line: int, problems: list[Proble
         ok = False
     elif not isinstance(content, str):
         problems.append(Problem(line, f"{where} '{content_key}' is not a string (got {_json_type(item[content_key])})", "write the message text as a JSON string"))
+        ok = False
+    elif not content.strip():
+        problems.append(Problem(line, f"{where} has empty '{content_key}'", "write the message text, or remove the message"))
         ok = False
     return {"role": role, "content": content} if ok else None
 

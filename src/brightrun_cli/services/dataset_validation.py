@@ -1,36 +1,53 @@
 """Streaming validation of a JSONL dataset: one pass, bounded memory per line.
 
 Two kinds of findings:
-- the file cannot be read as JSON Lines of objects (binary or invalid UTF-8, a line
-  over the limit, a cut-off last line, a line that is JSON but not an object, a format
-  that cannot be recognised): `UsageError` naming the file and line, nothing is kept;
-- a readable file whose conversations have problems (invalid JSON on a line, missing
-  fields, empty turns, unknown roles, no assistant turn, non-string content, duplicate
-  ids, conversations longer than the model's context): every one is counted, the
-  first N are kept as `Problem`s, and the dataset ends in status `error`.
+- the file cannot be read as JSON Lines (binary or invalid UTF-8, a line over the limit,
+  a cut-off last line, a format that cannot be recognised): `UsageError` naming the
+  file and line, nothing is kept;
+- problems of single lines (invalid JSON, JSON that is not an object, numbers or text
+  that JSON cannot carry on (NaN, Infinity, out-of-range numbers, integers over
+  Python's 4,300 digits, unpaired UTF-16 surrogate escapes), missing fields, empty
+  turns or content, unknown roles, no assistant turn, non-string content, duplicate
+  ids, conversations longer than the model's context): every one is counted, the first
+  N are kept as `Problem`s. Warnings (a conversation without a user turn) likewise,
+  apart: they do not block training.
 
-Valid conversations are written, normalised to v4, one per line to `out`.
+Valid conversations are written, normalised to v4 and as standard JSON, one per line
+to `out`. A conversation found too long once its tokens are counted has been written
+already: it is marked in `ScanResult.kept`, and whoever stores `out` skips it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import IO, Any
 
 from brightrun_cli.errors import UsageError
-from brightrun_cli.services.dataset_formats import FORMATS, Problem, detect_format, to_v4
+from brightrun_cli.services.dataset_formats import FORMATS, Problem, conversation_warnings, detect_format, to_v4
 from brightrun_cli.services.dataset_tokens import TokenCounter
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # one conversation; anything longer is not a chat transcript
 SAMPLE_CONVERSATIONS = 3
+# A sample shows a conversation's start: stored samples stay small whatever the data
+# (one line may hold 200,000 turns), and `dataset show` renders them at once.
+SAMPLE_TURNS = 8
+SAMPLE_CHARS = 1000
 TOKEN_BATCH = 1024
 _BOM = b"\xef\xbb\xbf"
+# Where an unpaired \uD800-\uDFFF escape is (only such an escape makes json.loads return a
+# string UTF-8 cannot encode; lines without "\ud" are never searched).
+_LONE_SURROGATE_ESCAPE = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
 
 Progress = Callable[[int], None]  # bytes read so far
 
@@ -38,27 +55,86 @@ Progress = Callable[[int], None]  # bytes read so far
 @dataclass
 class ScanResult:
     format: str
-    conversations: int = 0
-    turns: int = 0
+    data_lines: int = 0  # lines that are not blank
     problem_count: int = 0
     problems: list[Problem] = field(default_factory=list)
+    warning_count: int = 0
+    warnings: list[Problem] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
-    roles: dict[str, int] = field(default_factory=lambda: {"system": 0, "user": 0, "assistant": 0})
-    # Per valid conversation, in file order: held-out flag, token count, assistant turns.
-    held_out: bytearray = field(default_factory=bytearray)
+    # Per conversation written to `out`, in file order.
+    kept: bytearray = field(default_factory=bytearray)  # 0: dropped after it was written (too long)
+    held_out: bytearray = field(default_factory=bytearray)  # set by `choose_held_out` once all are read
+    fractions: array = field(default_factory=lambda: array("d"))
     tokens: array = field(default_factory=lambda: array("q"))
+    turn_counts: array = field(default_factory=lambda: array("l"))
     assistant_turns: array = field(default_factory=lambda: array("l"))
+    user_turns: array = field(default_factory=lambda: array("l"))
+    _sample_index: list[int] = field(default_factory=list)
 
     def add_problem(self, problem: Problem, keep: int) -> None:
         self.problem_count += 1
         if len(self.problems) < keep:
             self.problems.append(problem)
 
+    def add_warning(self, warning: Problem, keep: int) -> None:
+        self.warning_count += 1
+        if len(self.warnings) < keep:
+            self.warnings.append(warning)
+
+    @property
+    def conversations(self) -> int:
+        """Conversations kept (written and not dropped)."""
+        return sum(self.kept)
+
+    @property
+    def turns(self) -> int:
+        return sum(compress(self.turn_counts, self.kept))
+
+    @property
+    def roles(self) -> dict[str, int]:
+        turns, users, assistants = self.turns, sum(compress(self.user_turns, self.kept)), sum(compress(self.assistant_turns, self.kept))
+        return {"system": turns - users - assistants, "user": users, "assistant": assistants}
+
+    def kept_values(self, values: array, *, held_out: bool | None = None) -> Iterable[int]:
+        """`values` of the kept conversations (only the held-out or only the training ones when told)."""
+        if held_out is None:
+            return compress(values, self.kept)
+        return (v for v, k, h in zip(values, self.kept, self.held_out) if k and h == held_out)
+
 
 def split_fraction(conversation_id: str) -> float:
     """A stable number in [0, 1) from the id: the same conversation always lands in the same split."""
     digest = hashlib.blake2b(conversation_id.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
+
+
+def held_out_count(conversations: int, val_split: float) -> int:
+    """How many conversations the validation split holds: `val_split` of them rounded to the
+    nearest whole (a tie goes to training, so the split never holds more than asked by a
+    half), and at least one on each side when there are two or more."""
+    if val_split <= 0 or conversations < 2:
+        return 0
+    share = round(conversations * val_split, 9)  # 45 x 0.1 is a tie, whatever the float says
+    return min(max(math.ceil(share - 0.5), 1), conversations - 1)
+
+
+def choose_held_out(result: ScanResult, val_split: float) -> None:
+    """Hold out the kept conversations with the smallest `split_fraction`s: deterministic by
+    conversation id, and exactly `held_out_count` of them."""
+    result.held_out = bytearray(len(result.kept))
+    count = held_out_count(result.conversations, val_split)
+    if count == 0:
+        return
+    ordered = sorted(compress(result.fractions, result.kept))
+    threshold = ordered[count - 1]
+    ties_left = count - sum(1 for f in ordered[:count] if f < threshold)  # equal fractions: 2^-64 odds, still exact
+    for index, (fraction, kept) in enumerate(zip(result.fractions, result.kept)):
+        if kept and fraction <= threshold:
+            if fraction == threshold:
+                if ties_left == 0:
+                    continue
+                ties_left -= 1
+            result.held_out[index] = 1
 
 
 def scan(
@@ -77,26 +153,26 @@ def scan(
         raise UsageError(f"unknown format '{fmt}'", f"use --format auto or one of {', '.join(FORMATS)}")
     result = ScanResult(format=fmt)
     counting = _Counting(counter, result, keep_problems)
-    fractions: list[float] = []
     try:
-        number, read = _scan_lines(lines, out, file_name, val_split, keep_problems, progress, result, fractions, counting)
+        number, read = _scan_lines(lines, out, file_name, keep_problems, progress, result, counting)
         counting.finish()
     finally:
         counting.close()
     if progress is not None:
         progress(read)
-    if number == 0 or (result.conversations == 0 and result.problem_count == 0):
+    if number == 0 or (not result.kept and result.problem_count == 0):
         raise UsageError(f"{file_name} contains no data lines", "pass a JSONL file with one conversation per line")
     if result.format == "auto":
         result.format = "brightrun_lora_v4"
     result.problems.sort(key=lambda p: p.line)  # token problems arrive a batch or two late
-    _ensure_both_splits(result, fractions, val_split)
+    result.samples = [s for s, i in zip(result.samples, result._sample_index) if result.kept[i]]
+    choose_held_out(result, val_split)
     return result
 
 
 def _scan_lines(
-    lines: Iterable[bytes], out: IO[bytes], file_name: str, val_split: float, keep: int, progress: Progress | None,
-    result: ScanResult, fractions: list[float], counting: "_Counting",
+    lines: Iterable[bytes], out: IO[bytes], file_name: str, keep: int, progress: Progress | None,
+    result: ScanResult, counting: "_Counting",
 ) -> tuple[int, int]:
     """The per-line loop of `scan`. Returns (lines read, bytes read)."""
     seen: dict[str, int] = {}
@@ -121,12 +197,37 @@ def _scan_lines(
             result.add_problem(Problem(number, f"duplicate conversation_id {cid!r} (first on line {seen[cid]})", "give every conversation its own id"), keep)
             continue
         seen[cid] = number
-        _account(result, record, val_split, fractions)
+        for warning in conversation_warnings(record, number):
+            result.add_warning(warning, keep)
+        index = len(result.kept)
+        _account(result, record)
         if len(result.samples) < SAMPLE_CONVERSATIONS:
-            result.samples.append(record)
-        out.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
-        counting.add(number, record["turns"])
+            result.samples.append(_sample(record))
+            result._sample_index.append(index)
+        out.write(_ENCODER.encode(record).encode("utf-8") + b"\n")
+        counting.add(index, number, record["turns"])
     return number, read
+
+
+class _NotStandardJSON(ValueError):
+    """A number json.loads takes but standard JSON (and so the stored file) cannot hold."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NotStandardJSON(f"{name} is not standard JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotStandardJSON(f"the number {text[:40]} is out of range")
+    return value
+
+
+# One decoder and one encoder for every line (json.loads/dumps with options build one per
+# call). Only standard JSON goes out: allow_nan=False would stop a NaN the decoder let by.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 
 
 def _parse_line(raw: bytes, number: int, file_name: str, result: ScanResult, keep: int) -> dict[str, Any] | None:
@@ -146,24 +247,74 @@ def _parse_line(raw: bytes, number: int, file_name: str, result: ScanResult, kee
             f"{file_name}: line {number} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
             "re-save the file as UTF-8 (e.g. iconv -t UTF-8)",
         ) from None
+    # Without its line ending: an error at the end of the line would read "line 2, column 1".
+    text = text.rstrip("\r\n")
     if not text.strip():
         return None
+    result.data_lines += 1
+
+    def problem(error: str, suggestion: str) -> None:
+        result.add_problem(Problem(number, error, suggestion), keep)
+
     try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        obj = _DECODER.decode(text)
+    except json.JSONDecodeError as exc:
         if not raw.endswith(b"\n"):
             raise UsageError(
                 f"{file_name}: the last line ({number}) is cut off (it is not complete JSON and has no newline)",
                 "the file looks truncated: copy it again in full",
             ) from None
-        where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-        result.add_problem(Problem(number, f"JSON parse error{where}: {reason}", "make the line one complete JSON object (check quotes, commas and brackets)"), keep)
+        where = " (the end of the line)" if exc.pos >= len(text) else ""
+        problem(f"JSON parse error: {exc.msg.removesuffix(' at')} at column {exc.pos + 1}{where}",
+                "make the line one complete JSON object (check quotes, commas and brackets)")
+        return None
+    except _NotStandardJSON as exc:
+        problem(str(exc), "write null, or the value as a string (e.g. \"NaN\")")
+        return None
+    except ValueError:  # the only other one decoding raises: an integer over Python's 4,300 digits
+        problem("a number has more than 4,300 digits", "write it as a string")
+        return None
+    except RecursionError:
+        problem("JSON nested too deeply", "make the line one complete JSON object (check quotes, commas and brackets)")
         return None
     if not isinstance(obj, dict):
         kind = type(obj).__name__.replace("NoneType", "null").replace("dict", "object")
-        raise UsageError(f"{file_name}: line {number} is JSON but not an object (got {kind})", "write one JSON object per line, e.g. {\"conversation_id\": ..., \"turns\": [...]}")
+        problem(f"the line is JSON but not an object (got {kind})", 'write one JSON object per line, e.g. {"conversation_id": ..., "turns": [...]}')
+        return None
+    if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(obj):
+        found = _LONE_SURROGATE_ESCAPE.search(text)
+        escape = f" {found.group()} at column {found.start() + 1}" if found else ""
+        problem(f"unpaired UTF-16 surrogate escape{escape}: it encodes no character",
+                "remove it, or pair it: a high \\ud800-\\udbff escape followed by a low \\udc00-\\udfff one")
+        return None
     return obj
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether any key or string in a parsed line holds a surrogate UTF-8 cannot encode (iterative:
+    json.loads accepts nesting deeper than Python's recursion limit leaves room for)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+            stack.extend(item.keys())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
+def _sample(record: dict[str, Any]) -> dict[str, Any]:
+    """The start of a conversation, bounded: SAMPLE_TURNS turns of at most SAMPLE_CHARS characters."""
+    turns = record["turns"]
+    shown = [{"role": t["role"], "content": t["content"][:SAMPLE_CHARS]} for t in turns[:SAMPLE_TURNS]]
+    truncated = len(turns) > SAMPLE_TURNS or any(len(t["content"]) > SAMPLE_CHARS for t in turns[:SAMPLE_TURNS])
+    return {"conversation_id": record["conversation_id"], "turns": shown, "turn_count": len(turns), "truncated": truncated}
 
 
 def _detect(obj: dict[str, Any], number: int, file_name: str) -> str:
@@ -177,17 +328,18 @@ def _detect(obj: dict[str, Any], number: int, file_name: str) -> str:
     return fmt
 
 
-def _account(result: ScanResult, record: dict[str, Any], val_split: float, fractions: list[float]) -> None:
-    fraction = split_fraction(record["conversation_id"])
-    fractions.append(fraction)
-    result.held_out.append(1 if fraction < val_split else 0)
-    assistant = 0
-    for turn in record["turns"]:
-        result.roles[turn["role"]] += 1
-        assistant += turn["role"] == "assistant"
+def _account(result: ScanResult, record: dict[str, Any]) -> None:
+    turns = record["turns"]
+    result.kept.append(1)
+    result.fractions.append(split_fraction(record["conversation_id"]))
+    result.turn_counts.append(len(turns))
+    assistant = user = 0
+    for turn in turns:
+        role = turn["role"]
+        assistant += role == "assistant"
+        user += role == "user"
     result.assistant_turns.append(assistant)
-    result.turns += len(record["turns"])
-    result.conversations += 1
+    result.user_turns.append(user)
 
 
 class _Counting:
@@ -200,18 +352,18 @@ class _Counting:
         self.result = result
         self.keep = keep
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brightrun-tokens")
-        self.pending: deque[tuple[list[tuple[int, list[dict[str, str]]]], Future[list[int]]]] = deque()
+        # (conversation index, line, turns) per conversation of a batch.
+        self.pending: deque[tuple[list[tuple[int, int, list[dict[str, str]]]], Future[list[int]]]] = deque()
+        self.batch: list[tuple[int, int, list[dict[str, str]]]] = []
 
-        self.batch: list[tuple[int, list[dict[str, str]]]] = []
-
-    def add(self, line: int, turns: list[dict[str, str]]) -> None:
-        self.batch.append((line, turns))
+    def add(self, index: int, line: int, turns: list[dict[str, str]]) -> None:
+        self.batch.append((index, line, turns))
         if len(self.batch) >= TOKEN_BATCH:
             self._submit()
 
     def _submit(self) -> None:
         if self.batch:
-            self.pending.append((self.batch, self.pool.submit(self.counter.count, [turns for _, turns in self.batch])))
+            self.pending.append((self.batch, self.pool.submit(self.counter.count, [turns for _, _, turns in self.batch])))
             self.batch = []
         while len(self.pending) > 2:
             self._apply()
@@ -230,20 +382,10 @@ class _Counting:
         self.result.tokens.extend(counts)
         limit = self.counter.context_length
         if limit:
-            for (number, _), tokens in zip(batch, counts):
+            for (index, number, _), tokens in zip(batch, counts):
                 if tokens > limit:
+                    self.result.kept[index] = 0
                     self.result.add_problem(
                         Problem(number, f"conversation is {tokens} tokens, longer than the model's context of {limit}", "split it into shorter conversations or drop early turns"),
                         self.keep,
                     )
-
-
-def _ensure_both_splits(result: ScanResult, fractions: list[float], val_split: float) -> None:
-    """With a held-out split requested and at least two conversations, each split gets one:
-    the conversation with the smallest (largest) fraction moves, still deterministically."""
-    if val_split <= 0 or result.conversations < 2:
-        return
-    if not any(result.held_out):
-        result.held_out[min(range(len(fractions)), key=fractions.__getitem__)] = 1
-    elif all(result.held_out):
-        result.held_out[max(range(len(fractions)), key=fractions.__getitem__)] = 0

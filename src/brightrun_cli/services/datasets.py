@@ -4,6 +4,11 @@ Adding and validating (the streaming ingest) is services/dataset_add.py. A comma
 working on a dataset holds its lock file (`processing_lock`); a row left in
 `uploading`/`validating` by a process that died is marked `error` by the next dataset
 command (`repair_interrupted`), so no row waits forever and no ready row lacks its files.
+
+A dataset in `error` without stored data (an add that failed validation or was
+interrupted) keeps its report for `show` but does not hold its name: the next add of
+that name replaces it (`holds_name`), so a script reruns the same command once the file
+is fixed. Files that disappeared from storage afterwards are found by `missing_files`.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +31,10 @@ from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.services.notifications import notify
 
 if TYPE_CHECKING:
+    from brightrun_cli.registry.engine import Tx
     from brightrun_cli.workspace import Workspace
 
 STATUSES = ("uploading", "validating", "ready", "error")
-
 
 
 def data_key(dataset_id: str) -> str:
@@ -37,6 +43,54 @@ def data_key(dataset_id: str) -> str:
 
 def split_keys(dataset_id: str) -> tuple[str, str]:
     return f"datasets/{dataset_id}/train.jsonl", f"datasets/{dataset_id}/validation.jsonl"
+
+
+def add_again_command(row: DatasetRow) -> str:
+    """The command that adds a dataset's source again under its name (shell-quoted)."""
+    return shlex.join(["brightrun", "dataset", "add", row.source_uri or row.file_name, "--name", row.name])
+
+
+def holds_name(row: DatasetRow) -> bool:
+    """Whether a live dataset keeps its name from a new add: every one but a failed add
+    (status error, nothing stored), whose report is only there to be read."""
+    return not (row.status == "error" and row.content_sha256 is None)
+
+
+# ------------------------------------------------------------------ stored files
+
+
+def _local_store_root(ws: "Workspace") -> Path | None:
+    """The blob store's directory when it is local, worked out without building the store
+    (fsspec costs a read command ~0.2 s); None for a remote store."""
+    url = ws.config.storage_url
+    if not url:
+        return ws.home / "storage"
+    if url.startswith("file://"):
+        return Path(url[len("file://"):])
+    if "://" not in url:
+        return Path(url).expanduser().absolute()
+    return None
+
+
+def missing_files(ws: "Workspace", row: DatasetRow) -> list[str]:
+    """Storage keys of a dataset with stored data (its data file and split) that are gone."""
+    if row.content_sha256 is None or row.status not in ("ready", "error"):
+        return []
+    keys = [row.storage_path, *split_keys(row.id)]
+    root = _local_store_root(ws)
+    if root is not None:
+        return [key for key in keys if not (root / key).is_file()]
+    return [key for key in keys if not ws.storage.exists(key)]
+
+
+def require_stored_files(ws: "Workspace", row: DatasetRow) -> None:
+    """Refuse a dataset whose files left storage (a run would fail once it starts)."""
+    missing = missing_files(ws, row)
+    if missing:
+        raise UsageError(
+            f"dataset '{row.name}' is missing {', '.join(missing)} in storage",
+            f"run 'brightrun dataset validate {row.id}' (it rewrites the split from the data file, or says what to do without it)",
+        )
 
 
 # --------------------------------------------------------------- interrupted commands
@@ -96,7 +150,7 @@ def repair_interrupted(ws: "Workspace") -> list[str]:
             what = "re-validation" if revalidation else "add"
             message = f"interrupted while {row.status} (the {what} command stopped before finishing)"
             dataset_rows.update(tx, dataset_id, status="error", training_ready=False, error_message=message)
-            todo = f"brightrun dataset validate {row.id}" if revalidation else f"brightrun dataset rm {row.id}, then add the file again"
+            todo = f"brightrun dataset validate {row.id}" if revalidation else add_again_command(row)
             notify(tx, "dataset_error", "Dataset interrupted", f'Dataset "{row.name}" was {message}; run {todo}',
                    priority="high", action_command=todo, dataset_id=row.id)
             repaired.append((dataset_id, revalidation))
@@ -146,6 +200,22 @@ def get_dataset(ws: "Workspace", ref: str) -> DatasetRow:
         return dataset_rows.resolve(conn, ref)
 
 
+@dataclass
+class DatasetDetails:
+    """What `dataset show` prints: the row, and the files of it that left storage."""
+
+    dataset: DatasetRow
+    missing_files: list[str]
+
+    def to_json(self) -> dict:
+        return {**self.dataset.to_json(), "missing_files": self.missing_files}
+
+
+def show_dataset(ws: "Workspace", ref: str) -> DatasetDetails:
+    row = get_dataset(ws, ref)
+    return DatasetDetails(row, missing_files(ws, row))
+
+
 def require_row(row: DatasetRow | None, dataset_id: str) -> DatasetRow:
     if row is None:
         raise NotFoundError(f"dataset {dataset_id} disappeared meanwhile", "run 'brightrun dataset list'")
@@ -168,16 +238,27 @@ def remove_dataset(ws: "Workspace", ref: str) -> Removal:
         current = require_row(dataset_rows.get_in(tx, row.id), row.id)
         if current.status in ("uploading", "validating"):
             raise ConflictError(f"dataset '{row.name}' is being {current.status[:-3]}ed by another command", "wait for it to finish, then remove it")
-        references = job_rows.count_for_dataset(tx, row.id) + model_rows.count_for_dataset(tx, row.id)
-        if references:
-            now = utcnow()
-            current = dataset_rows.update(tx, row.id, deleted_at=now, updated_at=now)
-        else:
-            dataset_rows.delete(tx, row.id)
-    if not references:
-        # After the row is gone: a crash here leaves orphan blobs, never a row without files.
-        ws.storage.delete(f"datasets/{row.id}")
-    return Removal(dataset=current, soft=bool(references), references=references)
+        removal = remove_in(tx, current)
+    drop_files(ws, removal)
+    return removal
+
+
+def remove_in(tx: "Tx", row: DatasetRow) -> Removal:
+    """Remove a dataset inside a write transaction: the row goes, or it is only marked deleted
+    when jobs or models refer to it. Its files go afterwards (`drop_files`)."""
+    references = job_rows.count_for_dataset(tx, row.id) + model_rows.count_for_dataset(tx, row.id)
+    if references:
+        now = utcnow()
+        row = require_row(dataset_rows.update(tx, row.id, deleted_at=now, updated_at=now), row.id)
+    else:
+        dataset_rows.delete(tx, row.id)
+    return Removal(dataset=row, soft=bool(references), references=references)
+
+
+def drop_files(ws: "Workspace", removal: Removal) -> None:
+    """After the row is gone: a crash here leaves orphan blobs, never a row without files."""
+    if not removal.soft:
+        ws.storage.delete(f"datasets/{removal.dataset.id}")
 
 
 def split_paths(ws: "Workspace", dataset: DatasetRow) -> tuple[Path, Path]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from brightrun_cli import lifecycle
 from brightrun_cli.builtin import resolve_base_model
 from brightrun_cli.errors import UsageError
 from brightrun_cli.presets.schema import FIELDS, TrainingConfig, validate
@@ -79,28 +80,35 @@ class TokenPlan:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a run goes, worked out once and passed down: the GPU type, how many per host,
-    and the hosts (none for a what-if estimate of a GPU type, `estimate --gpu`)."""
+    """Where a run goes, worked out once and passed down: the GPU type, how many per host
+    (per node of a Slurm host), the hosts (none for a what-if estimate of a GPU type,
+    `estimate --gpu`) and the nodes a Slurm job asks for."""
 
     gpu: Gpu
     gpus_per_host: int
     hosts: tuple[HostRow, ...] = ()
+    nodes: int = 1
 
     @property
     def devices(self) -> int:
-        return self.gpus_per_host * max(1, len(self.hosts))
+        return self.gpus_per_host * max(1, len(self.hosts)) * self.nodes
 
     @property
     def gpu_config(self) -> dict[str, Any]:
-        """The job's `gpu_config` (registry field): type, count per host, hourly rate of the whole job."""
-        return {"type": self.gpu.name, "count": self.gpus_per_host, "hourly_rate": round(self.gpu.price_per_hour * self.devices, 6)}
+        """The job's `gpu_config` (registry field): type, count per host (per node), the nodes of
+        a multi-node Slurm job, hourly rate of the whole job."""
+        config = {"type": self.gpu.name, "count": self.gpus_per_host, "hourly_rate": round(self.gpu.price_per_hour * self.devices, 6)}
+        if self.nodes > 1:
+            config["nodes"] = self.nodes
+        return config
 
 
-def placement_for(ws: Workspace, config: TrainingConfig, hosts: list[HostRow] | None = None) -> Placement:
-    """On `hosts`: their GPU type, `config.gpus` (or all) of each. Without: the config's
-    gpu_type/gpus (`estimate --gpu/--gpus`), the rest from the default host."""
+def placement_for(ws: Workspace, config: TrainingConfig, hosts: list[HostRow] | None = None, nodes: int = 1) -> Placement:
+    """On `hosts`: their GPU type, `config.gpus` (or all) of each, on `nodes` nodes (a Slurm
+    host). Without: the config's gpu_type/gpus (`estimate --gpu/--gpus`), the rest from the
+    default host."""
     if hosts:
-        return Placement(get_gpu(ws, hosts[0].gpu_type), config.gpus or hosts[0].gpus, tuple(hosts))
+        return Placement(get_gpu(ws, hosts[0].gpu_type), config.gpus or hosts[0].gpus, tuple(hosts), nodes)
     if config.gpu_type is not None and config.gpus is not None:
         return Placement(get_gpu(ws, config.gpu_type), config.gpus)
     host = refresh_local_host(ws) if ws.config.default_host == LOCAL else _host_named(ws, ws.config.default_host)
@@ -294,6 +302,11 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
     if not est.fits_in_memory:
         est.memory_advice = memory_advice(ws, dataset, shape, config, plan, gpu, shards)
         est.warnings.append(f"does not fit in memory: {est.memory_advice}")
+    if not dataset.total_validation_pairs:
+        est.warnings.append(
+            f"dataset '{dataset.name}' holds out no conversation for validation: the run's quality (held-out loss) cannot be "
+            "measured; add it again with --val-split above 0 (and at least 2 conversations)"
+        )
     if est.warmup_steps > WARMUP_DOMINATES * est.total_steps:
         est.warnings.append(
             f"warm-up takes {est.warmup_steps} of the {est.total_steps} steps: the learning rate is below its peak for "
@@ -525,6 +538,9 @@ def reference_estimate(dataset: DatasetRow, config: TrainingConfig, gpu: Gpu, de
     rate = gpu.price_per_hour * devices
     compute = rate * hours
     return {
+        "description": ("the reference platform's formula, for comparison: a fixed tokens/s per GPU type plus fixed "
+                        "overheads (10 min start, 5 min per epoch, 5 min final save) and $0.50 storage; the estimate "
+                        "above models FLOPs on this base model and calibrates from your own completed runs"),
         "estimated_cost": round(compute + REFERENCE_STORAGE_COST, 2),
         "cost_breakdown": {"compute": round(compute, 2), "storage": REFERENCE_STORAGE_COST},
         "estimated_duration_hours": round(hours, 2),
@@ -614,7 +630,7 @@ def _measure(conn: Any, job: JobRow) -> Measured | None:
         return None
     plan = token_plan(dataset, config)
     wall = (job.completed_at - job.started_at).total_seconds()
-    devices = max(1, int((job.gpu_config or {}).get("count", 1))) * max(1, len(job.hosts or []) or 1)
+    devices = lifecycle.devices(job)
     fpt = train_flops_per_token(shape, config, plan.sequence_length)
     base_eval_flops = plan.validation_tokens * eval_flops_per_token(shape, config, plan.sequence_length)
     # FLOPs as this model plans them (padding included); the trainer's tokens/s counts

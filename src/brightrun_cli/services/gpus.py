@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -27,11 +28,12 @@ class Gpu:
     price_source: str  # "catalog" | "config.toml"
 
     def to_json(self) -> dict:
+        """Named as a job's `gpu_config` names them: `type`, and `hourly_rate` (here of one GPU)."""
         return {
-            "name": self.name,
+            "type": self.name,
             "memory_gb": self.memory_gb,
             "bf16_tflops": self.bf16_tflops,
-            "price_per_hour": self.price_per_hour,
+            "hourly_rate": self.price_per_hour,
             "utilization": self.utilization,
             "reference_tokens_per_sec": self.reference_tokens_per_sec,
             "price_source": self.price_source,
@@ -47,8 +49,14 @@ def _host_memory_gb() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
 
 
+@functools.cache
+def _catalog() -> dict:
+    """The shipped catalog, parsed once per process (a train plans with it several times)."""
+    return tomllib.loads(GPU_CATALOG_FILE.read_text(encoding="utf-8"))
+
+
 def list_gpus(ws: Workspace) -> list[Gpu]:
-    catalog = tomllib.loads(GPU_CATALOG_FILE.read_text(encoding="utf-8"))
+    catalog = _catalog()
     by_key = {normalize_gpu_name(name): name for name in catalog}
     prices: dict[str, float] = {}
     for name, price in ws.config.gpu_prices.items():

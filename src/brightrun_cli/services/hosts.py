@@ -1,4 +1,5 @@
-"""Compute hosts: `local` (always there) and SSH machines.
+"""Compute hosts: `local` (always there), SSH machines and Slurm clusters (services/slurm_hosts.py
+builds those rows; services/host_check.py runs `hosts check` of any kind).
 
 Everything a user types about a host is validated here before it is stored, so the
 runner only ever sees names, users, addresses and paths made of safe characters
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,15 +20,12 @@ from brightrun_cli.registry import jobs as job_rows
 from brightrun_cli.registry.engine import read_in
 from brightrun_cli.registry.rows import HostRow, JobRow
 from brightrun_cli.registry.timeutil import utcnow
-from brightrun_cli.runners.probe import Probe, local_gpus, probe_local, probe_ssh
+from brightrun_cli.runners.probe import Probe, local_gpus
 from brightrun_cli.runners.ssh import (
     DEFAULT_PYTHON,
     DEFAULT_WORKDIR,
     SSHConnection,
     SSHFailure,
-    remote_python,
-    remote_workdir,
-    ship_code,
 )
 from brightrun_cli.services.gpus import get_gpu, list_gpus, normalize_gpu_name
 from brightrun_cli.workspace import Workspace
@@ -55,13 +52,22 @@ def validate_name(name: str) -> str:
     return name
 
 
+ZONE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+
+
 def _validate_address(host: str) -> str:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     try:
-        return str(ipaddress.ip_address(host))
+        address = ipaddress.ip_address(host)
     except ValueError:
         pass
+    else:
+        # Python accepts any text as an IPv6 zone (`::1%a b;c`); an interface name is all a zone can be.
+        zone = getattr(address, "scope_id", None)
+        if zone is not None and not ZONE_RE.match(zone):
+            raise UsageError(f"invalid IPv6 zone in SSH host address {host!r}", "a zone is an interface name, e.g. fe80::1%eth0")
+        return str(address)
     if len(host) <= 253 and host and all(LABEL_RE.match(label) for label in host.split(".")):
         return host
     raise UsageError(f"invalid SSH host address {host!r}", "give a host name (or ssh config alias) or an IP address")
@@ -129,7 +135,7 @@ def normalize_python(python: str | None) -> str:
     raise UsageError(f"invalid --python {python!r}", "give an absolute path, ~/path, or a command name such as python3")
 
 
-def _identity_path(identity: str | None) -> str | None:
+def identity_path(identity: str | None) -> str | None:
     if identity is None:
         return None
     path = Path(identity).expanduser().absolute()
@@ -183,7 +189,7 @@ def add_host(
         gpu_type = get_gpu(ws, gpu_type).name
     fields = dict(
         name=name, kind="ssh", ssh_user=user, ssh_host=address, ssh_port=port,
-        identity_file=_identity_path(identity), gpus=gpus or 1, gpu_type=gpu_type or "cpu",
+        identity_file=identity_path(identity), gpus=gpus or 1, gpu_type=gpu_type or "cpu",
         python=normalize_python(python), workdir=normalize_workdir(workdir),
         options={"accept_new_host_key": True} if accept_new_host_key else {},
     )
@@ -191,19 +197,43 @@ def add_host(
         if host_rows.by_name(conn, name) is not None:
             raise ConflictError(f"a host named '{name}' already exists", f"remove it first with 'brightrun hosts rm {name}' or pick another name")
     if connect:
-        conn = SSHConnection(ws, _unsaved(fields))
+        conn = SSHConnection(ws, unsaved_host(fields))
         try:
             conn.ensure_master()
             conn.run(conn.ssh_argv(["true"]))
         except SSHFailure as exc:
             raise OperationError(exc.message, (exc.hint or "") + "; or add it with --no-check to store it without connecting") from exc
+    return _store(ws, fields)
+
+
+STORED_AT_ADD = ("id", "created_at", "updated_at", "last_check", "last_checked_at")
+
+
+def _store(ws: Workspace, fields: dict) -> HostRow:
+    fields = {k: v for k, v in fields.items() if k not in STORED_AT_ADD}
     with ws.registry.write() as tx:
-        if host_rows.name_taken(tx, name):
-            raise ConflictError(f"a host named '{name}' already exists", "pick another name")
+        if host_rows.name_taken(tx, fields["name"]):
+            raise ConflictError(f"a host named '{fields['name']}' already exists", "pick another name")
         return host_rows.insert(tx, **fields)
 
 
-def _unsaved(fields: dict) -> HostRow:
+def add_slurm_host(ws: Workspace, host: HostRow, *, connect: bool = True) -> HostRow:
+    """Store a slurm host built by slurm_hosts.new_slurm_host; unless connect=False, its login
+    node must answer first (a local login always does). Nothing is stored when it does not."""
+    with ws.registry.reading() as conn:
+        if host_rows.by_name(conn, host.name) is not None:
+            raise ConflictError(f"a host named '{host.name}' already exists", f"remove it first with 'brightrun hosts rm {host.name}' or pick another name")
+    if connect and host.ssh_host:
+        login = SSHConnection(ws, host)
+        try:
+            login.ensure_master()
+            login.run(login.ssh_argv(["true"]))
+        except SSHFailure as exc:
+            raise OperationError(exc.message, (exc.hint or "") + "; or add it with --no-check to store it without connecting") from exc
+    return _store(ws, host.to_fields())
+
+
+def unsaved_host(fields: dict) -> HostRow:
     """A host row not stored yet (to try the connection before storing it)."""
     now = utcnow()
     return HostRow(**{"id": "", "last_check": None, "last_checked_at": None, "created_at": now, "updated_at": now, **fields})
@@ -246,28 +276,15 @@ class HostCheck:
     disk_free_gb: float | None = None
     workdir: str | None = None
     tools: dict[str, bool] = field(default_factory=dict)
+    slurm: dict = field(default_factory=dict)  # a Slurm host: version, partition, nodes, gres, time_limit
     problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def check_host(ws: Workspace, ref: str) -> HostCheck:
-    """Connect and report what is there; the result is also kept on the host row."""
-    host = get_host(ws, ref)
-    result = HostCheck(name=host.name, kind=host.kind, workdir=host.workdir)
-    if host.kind == LOCAL:
-        _check_local(result)
-        _sync_local(ws, host, result.gpus, result.problems)
-    else:
-        _check_ssh(ws, host, result)
-    result.ok = not result.problems
-    with ws.registry.write() as tx:
-        host_rows.update(tx, host.id, last_check=result.to_json(), last_checked_at=utcnow())
-    return result
-
-
-def _apply_probe(result: HostCheck, probe: Probe) -> None:
+def apply_probe(result: HostCheck, probe: Probe) -> None:
+    """Copy what a check script found into `result`."""
     result.python = probe.python or result.python
     result.python_version = probe.python_version
     result.packages = probe.packages
@@ -276,44 +293,10 @@ def _apply_probe(result: HostCheck, probe: Probe) -> None:
     result.tools = probe.tools
 
 
-def _check_local(result: HostCheck) -> None:
-    import sys
-
-    result.reachable = True
-    probe = probe_local(REQUIRED_PACKAGES)
-    _apply_probe(result, probe)
-    missing = [n for n, v in result.packages.items() if v is None]
-    if missing:
-        result.problems.append(f"missing Python packages: {', '.join(missing)}; install them with: {sys.executable} -m pip install {' '.join(missing)}")
-    result.trainer_importable = not missing and probe.trainer == "ok"
-
-
-def _check_ssh(ws: Workspace, host: HostRow, result: HostCheck) -> None:
-    conn = SSHConnection(ws, host)
-    python = remote_python(host)
-    result.python = python
-    try:
-        conn.ensure_master()
-        result.reachable = True
-        probe = time.monotonic()
-        conn.run(conn.ssh_argv(["true"]))
-        result.latency_ms = round((time.monotonic() - probe) * 1000, 1)
-    except SSHFailure as exc:
-        result.reachable = exc.kind != "unreachable"  # it answered, but refused us (auth, host key)
-        result.problems.append(f"{exc.message}; {exc.hint}")
-        return
-    code_dir = ""
-    try:
-        code_dir = ship_code(conn)
-        result.code_version = code_dir.rsplit("/", 1)[1]
-    except (SSHFailure, OperationError) as exc:
-        result.problems.append(f"cannot ship the trainer code to '{host.name}': {exc.message}; install rsync there")
-    try:
-        found = probe_ssh(conn, python, remote_workdir(host), code_dir, REQUIRED_PACKAGES)
-    except (SSHFailure, OperationError) as exc:
-        result.problems.append(f"{exc.message}; {exc.hint}")
-        return
-    _apply_probe(result, found)
+def judge_probe(result: HostCheck, host: HostRow, python: str, found: Probe) -> None:
+    """Fill `result` from what the check script found (on an SSH host, or on a Slurm compute
+    node), with one actionable line per problem."""
+    apply_probe(result, found)
     for tool, present in result.tools.items():
         if not present:
             result.problems.append(f"'{tool}' is missing on '{host.name}'; install it (e.g. apt-get install {'util-linux' if tool == 'setsid' else tool})")
@@ -365,10 +348,12 @@ def refresh_local_host(ws: Workspace, host: HostRow | None = None) -> HostRow | 
             host = host_rows.by_name(conn, LOCAL)
     if host is None:
         return None
-    return _sync_local(ws, host, local_gpus(), [])
+    return sync_local(ws, host, local_gpus(), [])
 
 
-def _sync_local(ws: Workspace, host: HostRow, gpus: list[dict], problems: list[str]) -> HostRow:
+def sync_local(ws: Workspace, host: HostRow, gpus: list[dict], problems: list[str]) -> HostRow:
+    """The local host row set to these GPUs (`local_gpus()`: nvidia-smi), when the catalog knows
+    them; otherwise a line for `problems` and the row as it was."""
     gpu_type, count = "cpu", 1
     if gpus:
         types = {catalog_gpu_for(ws, g["name"], g["memory_gb"]) for g in gpus}

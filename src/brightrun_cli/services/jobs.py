@@ -19,8 +19,9 @@ from brightrun_cli import lifecycle
 from brightrun_cli.errors import ConflictError, NotFoundError, OperationError, UsageError
 from brightrun_cli.home import ensure_private_dir
 from brightrun_cli.registry import jobs as job_rows
+from brightrun_cli.registry import models as model_rows
 from brightrun_cli.registry.ids import new_id
-from brightrun_cli.registry.rows import JobRow
+from brightrun_cli.registry.rows import JobRow, ModelRow
 from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.services import queue
 from brightrun_cli.services.hosts import hosts_of
@@ -37,6 +38,12 @@ CANCEL_WAIT_S = 90.0  # supervisor grace for the trainer (30 s) plus final bookk
 def get_job(ws: Workspace, ref: str) -> JobRow:
     with ws.registry.reading() as conn:
         return job_rows.resolve(conn, ref)
+
+
+def shown_status(job: JobRow) -> str:
+    """The status as the commands show it: 'queued in Slurm' for a started job whose Slurm job
+    waits in Slurm's queue (its current_stage holds Slurm's reason), else its status."""
+    return lifecycle.shown_status(job.status, job.current_stage)
 
 
 def list_jobs(ws: Workspace, *, status: str | None = None, limit: int | None = None) -> list[JobRow]:
@@ -78,6 +85,28 @@ def follow_log(ws: Workspace, ref: str, *, which: str = "trainer", follow: bool 
                 yield chunk.decode("utf-8", errors="replace")
         if not follow or ended:
             return
+        time.sleep(poll_s)
+
+
+MODEL_WAIT_S = 600.0  # storing a model is an upload: allow a slow link
+
+
+def wait_for_model(ws: Workspace, job_id: str, *, timeout_s: float = MODEL_WAIT_S, poll_s: float = 0.25) -> ModelRow | None:
+    """The model of a completed job. The supervisor marks the job completed, then stores its
+    adapter and registers the model: wait for that, unless it failed (the job's
+    error_message says so), the supervisor is gone, or `timeout_s` passed (None)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with ws.registry.reading() as conn:
+            job = job_rows.get(conn, job_id)
+            model = model_rows.of_job(conn, job_id) if job is not None and job.artifact_id else None
+        if model is not None:
+            return model
+        if job is None or job.status != lifecycle.COMPLETED or (job.error_message or "").startswith("artifact creation failed"):
+            return None
+        if not launch.supervisor_alive(job.supervisor_pid, job.supervisor_marker) or time.monotonic() > deadline:
+            with ws.registry.reading() as conn:  # it may have registered it just before leaving
+                return model_rows.of_job(conn, job_id)
         time.sleep(poll_s)
 
 

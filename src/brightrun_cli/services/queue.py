@@ -3,7 +3,8 @@
 A host has `hosts.gpus` slots (1 on a CPU host); a job holds `gpu_config.count` slots on
 each of its hosts from the moment it is claimed (`initializing`) until it ends. Jobs
 start FIFO per host (by `queued_at`): a job that does not fit blocks the later ones on
-its hosts. `kick()` is called by `train`, by every finishing supervisor and (through
+its hosts. A Slurm host has no slots here: its jobs are claimed at once and wait in
+Slurm's queue, which owns the cluster (the job shows Slurm's reason meanwhile). `kick()` is called by `train`, by every finishing supervisor and (through
 supervisor.launch.needs_kick, a plain read first) by any brightrun command: it marks dead jobs failed (`reap_dead`),
 then claims what fits in one BEGIN IMMEDIATE transaction (so concurrent kicks never
 over-fill a host) and starts one supervisor per claimed job (supervisor.launch), the
@@ -72,14 +73,15 @@ def _fits(conn: "Connection") -> list[JobRow]:
     if not queued:
         return []
     slots = host_rows.slots(conn)
+    scheduled = host_rows.names_of_kind(conn, "slurm")  # Slurm queues these jobs itself
     for running in job_rows.in_status(conn, lifecycle.STARTED):
         for name in _job_hosts(running, conn):
             slots[name] = slots.get(name, 0) - _need(running)
     fitting, blocked = [], set()
     for job in queued:
         names = _job_hosts(job, conn)
-        if any(n not in slots for n in names):
-            fitting.append(job)  # the claim fails it: its host is gone
+        if any(n not in slots for n in names) or all(n in scheduled for n in names):
+            fitting.append(job)  # its host is gone (the claim fails it), or Slurm queues it
             continue
         if any(n in blocked for n in names) or any(slots[n] < _need(job) for n in names):
             blocked.update(names)
@@ -126,22 +128,30 @@ def _job_hosts(job: JobRow, conn: "Connection") -> list[str]:
 
 def reap_dead(ws: Workspace) -> list[str]:
     """Mark started jobs whose supervisor is gone as failed ("supervisor lost"), record their cost
-    so far, and stop their orphaned trainer (TERM: it checkpoints, so `jobs resume` can continue)."""
+    so far, and stop their orphaned trainer (TERM: it checkpoints, so `jobs resume` can continue).
+    A submitted Slurm job is left running in Slurm instead: `jobs resume` re-attaches a new
+    supervisor to it, so losing a supervisor costs a cluster job no progress."""
     with ws.registry.reading() as conn:
         dead = [job for job in job_rows.in_status(conn, lifecycle.STARTED) if launch.is_lost(job)]
+        scheduled = host_rows.names_of_kind(conn, "slurm")
+        in_slurm_ids = {job.id for job in dead if job.external_job_id and set(_job_hosts(job, conn)) <= scheduled}
     reaped = []
     for job in dead:
         last_seen = job.heartbeat_at or utcnow()
         reason = (f"supervisor lost (pid {job.supervisor_pid} ended without recording an end; last heartbeat {last_seen:%Y-%m-%d %H:%M:%S} UTC)"
                   if job.supervisor_pid else "supervisor lost (it never started)")
-        if end_without_supervisor(ws, job, lifecycle.FAILED, reason):
+        in_slurm = job.id in in_slurm_ids
+        if in_slurm:
+            reason += f"; its Slurm job keeps going: 'brightrun jobs resume {job.id}' follows it again"
+        if end_without_supervisor(ws, job, lifecycle.FAILED, reason, stop=not in_slurm):
             reaped.append(job.id)
     return reaped
 
 
-def end_without_supervisor(ws: Workspace, job: JobRow, status: str, reason: str) -> bool:
+def end_without_supervisor(ws: Workspace, job: JobRow, status: str, reason: str, *, stop: bool = True) -> bool:
     """End a started job whose supervisor is gone: status, cost up to its last heartbeat and the
-    notification in one transaction (CAS on its attempt), then stop its orphaned trainer."""
+    notification in one transaction (CAS on its attempt), then (unless `stop` is False) stop
+    its orphaned trainer."""
     last_seen = job.heartbeat_at or utcnow()
     with ws.registry.write() as tx:
         if not lifecycle.transition(tx, job.id, status, marker=job.supervisor_marker, error_message=reason):
@@ -151,7 +161,7 @@ def end_without_supervisor(ws: Workspace, job: JobRow, status: str, reason: str)
             notify_cancelled(tx, job, "(its supervisor was already gone)")
         else:
             notify_failed(tx, job, reason)
-    if job.external_job_id:
+    if job.external_job_id and stop:
         _stop_orphan(ws, job)
     return True
 

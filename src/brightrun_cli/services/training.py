@@ -23,15 +23,17 @@ from brightrun_cli.registry.rows import DatasetRow, HostRow, JobRow
 from brightrun_cli.runners import get_runner
 from brightrun_cli.runners.accelerate import LAUNCH_KEYS
 from brightrun_cli.runners.base import LaunchRequest
+from brightrun_cli.runners.slurm_batch import SlurmSettings
 from brightrun_cli.services import queue
 from brightrun_cli.services.base_model import check_directory, check_hub_model
-from brightrun_cli.services.datasets import get_dataset
+from brightrun_cli.services.datasets import get_dataset, require_stored_files
 from brightrun_cli.services.estimates import Estimate, estimate_run, placement_for
 from brightrun_cli.services.gpus import get_gpu
 from brightrun_cli.services.hosts import refresh_local_host
 from brightrun_cli.services.jobs import get_job, place_accelerate_config
 from brightrun_cli.services.notifications import notify
 from brightrun_cli.services.presets import ResolvedConfig, resolve_config
+from brightrun_cli.services.trackers import tracker_spec
 from brightrun_cli.supervisor import launch
 from brightrun_cli.trainer.spec import SpecError, load_accelerate_config
 from brightrun_cli.workspace import Workspace
@@ -49,9 +51,11 @@ class TrainRequest:
     host: str | None = None
     hosts: tuple[str, ...] = ()
     gpus: int | None = None
+    nodes: int | None = None  # a Slurm host's nodes for this job (gpus is then per node)
     max_cost: float | None = None
     accelerate_config: Path | None = None  # passed to `accelerate launch --config_file` (FSDP, DeepSpeed)
     force: bool = False  # queue even when the pre-flight says it cannot run (files missing, does not fit)
+    report_to: str | None = None  # --report-to: comma-separated trackers, "none", or None for config.toml's report_to
 
 
 @dataclass
@@ -68,6 +72,7 @@ class TrainPlan:
     max_cost: float | None
     gpu_config: dict[str, Any]  # the job's gpu_config: type, count per host, hourly rate (placement.gpu_config)
     accelerate_config: Any = None  # trainer.spec.AccelerateConfig of the user's file
+    batch_script: str | None = None  # what a Slurm host's sbatch runs (runners/slurm_batch.py)
 
     @property
     def hosts(self) -> list[HostRow]:
@@ -89,6 +94,7 @@ class TrainPlan:
             "spec": self.spec,
             "accelerate_config": accelerate,
             "argv": self.argv,
+            "batch_script": self.batch_script,
         }
 
 
@@ -122,8 +128,10 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
         why = f": {dataset.error_message}" if dataset.error_message else ""
         raise UsageError(f"dataset '{dataset.name}' is {dataset.status}, not ready for training{why}",
                          f"run 'brightrun dataset show {dataset.name}' and fix or re-add it")
+    require_stored_files(ws, dataset)
     hosts = _resolve_hosts(ws, req.hosts or (req.host or ws.config.default_host,))
     host = hosts[0]
+    nodes = _check_nodes(req.nodes, host)
     gpus = req.gpus or host.gpus
     for h in hosts:
         if gpus > h.gpus:
@@ -137,14 +145,15 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
     config.base_model = _check_base_model(config.base_model, hosts)
     if not req.force:
         _preflight_files(config.base_model, hosts)
-    placement = placement_for(ws, config, hosts)
+    placement = placement_for(ws, config, hosts, nodes)
     job_id = new_id()
     request = LaunchRequest.for_job(ws.home, job_id, gpus=placement.gpus_per_host, gpu_type=placement.gpu.name)
+    request.nodes = nodes
     accelerate = None
     if req.accelerate_config is not None:
-        accelerate = check_accelerate_config(req.accelerate_config, hosts, request.num_processes, config.hyperparameters())
+        accelerate = check_accelerate_config(req.accelerate_config, hosts, request.num_processes, config.hyperparameters(), nodes=nodes)
     model_config = None
-    if host.kind == "ssh" and config.base_model.startswith("/"):
+    if host.ssh_host and config.base_model.startswith("/"):
         from brightrun_cli.runners.ssh import remote_model_config
 
         model_config = remote_model_config(ws, host, config.base_model)  # what that host will train
@@ -160,11 +169,28 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
             "raise --max-cost, or pick a cheaper preset, fewer epochs or GPUs (see 'brightrun estimate')",
         )
     spec = _spec(job_id, config, accelerate)
+    spec.update(tracker_spec(ws, req.report_to, hosts))
     if accelerate is not None:
         request.accelerate_config, request.distributed_type = spec["accelerate_config"], accelerate.distributed_type
-    argv = get_runner(ws, hosts).launch_argv(request)
+    runner = get_runner(ws, hosts)
+    argv = runner.launch_argv(request)
     return TrainPlan(job_id=job_id, dataset=dataset, placement=placement, resolved=resolved, estimate=estimate, spec=spec,
-                     argv=argv, max_cost=req.max_cost, gpu_config=placement.gpu_config, accelerate_config=accelerate)
+                     argv=argv, max_cost=req.max_cost, gpu_config=placement.gpu_config, accelerate_config=accelerate,
+                     batch_script=runner.batch_script(request))
+
+
+def _check_nodes(nodes: int | None, host: HostRow) -> int:
+    """`train --nodes`: only a Slurm host allocates nodes, at most its --nodes-max."""
+    if nodes is None:
+        return 1
+    if host.kind != "slurm":
+        raise UsageError(f"--nodes is for a Slurm host; '{host.name}' is {'this machine' if host.kind == 'local' else 'an SSH host'}",
+                         "drop --nodes, or for several SSH machines pass --hosts a,b")
+    most = SlurmSettings.from_host(host).nodes_max
+    if not 1 <= nodes <= most:
+        raise UsageError(f"--nodes {nodes}: a job on Slurm host '{host.name}' may use 1 to {most} node(s)",
+                         f"pass --nodes {most} or fewer, or add the host again with a larger --nodes-max")
+    return nodes
 
 
 def _check_gpu_type_matches(ws: Workspace, req: TrainRequest, host: HostRow) -> None:
@@ -194,10 +220,11 @@ _LAUNCH_KEY_OWNERS = {
 }
 
 
-def check_accelerate_config(path: Path, hosts: list[HostRow], processes: int, hyperparameters: dict[str, Any]):
+def check_accelerate_config(path: Path, hosts: list[HostRow], processes: int, hyperparameters: dict[str, Any], *, nodes: int = 1):
     """Read `train --accelerate-config FILE` with the trainer's own parser and refuse what would
     not run as written: launch values that differ from brightrun's (its explicit flags would
-    override them), and FSDP/DeepSpeed where accelerate cannot shard. Returns the AccelerateConfig."""
+    override them), and FSDP/DeepSpeed where accelerate cannot shard. `processes` per machine;
+    the machines are the hosts, or a Slurm job's `nodes`. Returns the AccelerateConfig."""
     hint = "fix the file (README: 'Using FSDP or DeepSpeed configs')"
     if not path.is_file():
         raise UsageError(f"--accelerate-config {path} is not a file", "pass an accelerate config file (YAML, or JSON ending in .json)")
@@ -206,7 +233,8 @@ def check_accelerate_config(path: Path, hosts: list[HostRow], processes: int, hy
     except SpecError as exc:
         raise UsageError(str(exc), hint) from None
     precision = hyperparameters.get("precision", "auto")
-    ours = {"num_processes": processes * len(hosts), "num_machines": len(hosts), "machine_rank": 0,
+    machines = len(hosts) * nodes
+    ours = {"num_processes": processes * machines, "num_machines": machines, "machine_rank": 0,
             "main_process_ip": None, "main_process_port": None,
             "mixed_precision": {"auto": "no", "fp32": "no"}.get(precision, precision)}
     for key in LAUNCH_KEYS:
@@ -218,9 +246,9 @@ def check_accelerate_config(path: Path, hosts: list[HostRow], processes: int, hy
                 f"remove {key} from the file ({_LAUNCH_KEY_OWNERS[key]})",
             )
     kind = config.distributed_type
-    if kind == "NO" and processes * len(hosts) > 1:
+    if kind == "NO" and processes * machines > 1:
         raise UsageError(f"accelerate config {path}: distributed_type NO runs one process, this job launches "
-                         f"{processes * len(hosts)}", "use MULTI_GPU, FSDP or DEEPSPEED, or --gpus 1")
+                         f"{processes * machines}", "use MULTI_GPU, FSDP or DEEPSPEED, or --gpus 1")
     if config.sharded:
         cpu = [h.name for h in hosts if h.gpu_type == "cpu"]
         if cpu:

@@ -31,46 +31,38 @@ KEPT_LOG_LINES = 200
 # On a first look at a big log only its end matters (the dashboard shows the last lines).
 LOG_FIRST_READ_BYTES = 64 * 1024
 
-@dataclass(frozen=True)
-class JobView:
-    """One training_jobs row as watch shows it (registry field names), plus the names it refers to."""
+class JobView(JobRow, frozen=True):
+    """A training_jobs row as watch shows it, plus the names of its dataset and host."""
 
-    id: str
-    dataset_id: str
-    dataset_name: str | None
-    preset_id: str
-    base_model: str
-    host_name: str | None
-    hosts: list[str]
-    gpu_type: str | None
-    gpu_count: int | None
-    status: str
-    current_stage: str
-    progress: float
-    current_epoch: int
-    total_epochs: int
-    current_step: int
-    total_steps: int | None
-    tokens_processed: int
-    current_metrics: dict
-    queued_at: datetime | None
-    started_at: datetime | None
-    completed_at: datetime | None
-    estimated_completion_at: datetime | None
-    current_cost: float
-    estimated_total_cost: float
-    max_cost: float | None
-    final_cost: float | None
-    error_message: str | None
-    run_dir: str | None
+    dataset_name: str | None = None
+    host_name: str | None = None
+
+    @property
+    def gpu_type(self) -> str | None:
+        return (self.gpu_config or {}).get("type")
+
+    @property
+    def gpu_count(self) -> int | None:
+        return (self.gpu_config or {}).get("count")
+
+    @property
+    def nodes(self) -> int:
+        """Machines: the job's SSH hosts, or its Slurm nodes."""
+        return max(1, len(self.host_names)) * int((self.gpu_config or {}).get("nodes") or 1)
+
+    @property
+    def shown_status(self) -> str:
+        """lifecycle.shown_status: "queued in Slurm" while its Slurm job waits there."""
+        return lifecycle.shown_status(self.status, self.current_stage)
 
     @property
     def terminal(self) -> bool:
         return self.status in lifecycle.TERMINAL
 
     @property
-    def cost(self) -> float:
-        return self.final_cost if self.final_cost is not None else self.current_cost
+    def waiting(self) -> bool:
+        """Queued: in brightrun's queue, or (started) in Slurm's."""
+        return self.shown_status in (lifecycle.QUEUED, lifecycle.SLURM_QUEUED)
 
     @property
     def fraction(self) -> float:
@@ -83,7 +75,7 @@ class JobView:
 
     def elapsed(self, now: datetime) -> timedelta | None:
         """Time running (or waiting, while queued)."""
-        start = self.started_at or (self.queued_at if self.status == "queued" else None)
+        start = self.started_at or (self.queued_at if self.waiting else None)
         if start is None:
             return None
         end = self.completed_at if self.terminal and self.completed_at else now
@@ -142,17 +134,7 @@ class BoardRow:
 
 
 def job_view(job: JobRow, dataset_name: str | None, host_name: str | None) -> JobView:
-    gpu = job.gpu_config or {}
-    return JobView(
-        id=job.id, dataset_id=job.dataset_id, dataset_name=dataset_name, preset_id=job.preset_id, base_model=job.base_model,
-        host_name=host_name, hosts=job.host_names, gpu_type=gpu.get("type"), gpu_count=gpu.get("count"),
-        status=job.status, current_stage=job.current_stage, progress=job.progress or 0.0, current_epoch=job.current_epoch or 0,
-        total_epochs=job.total_epochs, current_step=job.current_step or 0, total_steps=job.total_steps,
-        tokens_processed=job.tokens_processed or 0, current_metrics=job.current_metrics or {}, queued_at=job.queued_at,
-        started_at=job.started_at, completed_at=job.completed_at, estimated_completion_at=job.estimated_completion_at,
-        current_cost=job.current_cost or 0.0, estimated_total_cost=job.estimated_total_cost, max_cost=job.max_cost,
-        final_cost=job.final_cost, error_message=job.error_message, run_dir=job.run_dir,
-    )
+    return JobView(**job.to_fields(), dataset_name=dataset_name, host_name=host_name)
 
 
 class LogTail:

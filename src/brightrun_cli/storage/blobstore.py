@@ -141,6 +141,15 @@ class BlobStore:
         root = self.root + "/"
         return sorted(p[len(root):] if p.startswith(root) else p for p in found)
 
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Key -> size in bytes of every file under `prefix`, from one listing."""
+        base = self.path(prefix)
+        if not self.fs.exists(base):
+            return {}
+        root = self.root + "/"
+        return {p[len(root):] if p.startswith(root) else p: int(info.get("size") or 0)
+                for p, info in sorted(self.fs.find(base, detail=True).items())}
+
     def delete(self, key_or_prefix: str) -> None:
         """Remove a key or everything under a prefix, with any temporary blobs left for them."""
         path = self.path(key_or_prefix)

@@ -11,6 +11,13 @@ Every write is conditioned on its marker (lifecycle.transition / update_attempt)
 the job is cancelled, reaped or resumed by someone else, this process can no longer
 change it. SIGTERM (from `jobs cancel`) stops the trainer's process tree (TERM, grace,
 KILL) and records the job cancelled.
+
+A job on a Slurm host is followed through Slurm's view of it (`SlurmRunner.state`):
+while Slurm has it queued the job keeps its status and its current_stage says "queued in
+Slurm: <reason>" (lifecycle.slurm_queued_stage); GPU time is billed only while Slurm runs
+it (from the first time it is seen running; a requeue pauses the clock); and its end
+takes Slurm's status and reason (a CANCELLED not asked for by brightrun, a time limit, a
+node failure, ...).
 """
 
 from __future__ import annotations
@@ -40,11 +47,13 @@ from brightrun_cli.runners.base import LaunchRequest, RunnerLost, RunnerUnreacha
 from brightrun_cli.services import notifications
 from brightrun_cli.services.hosts import hosts_of
 from brightrun_cli.services.jobs import has_progress_to_resume
+from brightrun_cli.services.trackers import copy_remote_mlflow
 from brightrun_cli.supervisor import stop
 from brightrun_cli.supervisor.ingest import MetricLine, MetricsTail, point_values
 
 if TYPE_CHECKING:
     from brightrun_cli.runners.base import Runner
+    from brightrun_cli.runners.slurm import SlurmState
     from brightrun_cli.workspace import Workspace
 
 log = logging.getLogger("brightrun.supervisor")
@@ -69,6 +78,14 @@ class Supervisor:
         self.runner: "Runner | None" = None
         self.local = True  # every host of the job is this machine (set in _prepare)
         self.handle: str | None = None
+        # The billing clock: closed running periods, and when the current one began (None
+        # while not running: before launch, or while a Slurm job waits in Slurm's queue).
+        self.billed_s = 0.0
+        self.running_since: datetime | None = None
+        self.lines_since: datetime | None = None  # metric lines from then on are this attempt's trainer's
+        self.scheduled = False  # a Slurm host: Slurm starts (and may restart) the trainer (set in _prepare)
+        self.slurm_state: "SlurmState | None" = None  # what Slurm said last
+        self.trainer_running = False  # the job has reached `running` in this attempt
 
     # -- plumbing
 
@@ -100,8 +117,14 @@ class Supervisor:
             request = self._prepare()
             if self.stop_reason:
                 return self._finish(lifecycle.CANCELLED, "cancelled while initializing")
-            self.attempt_start = utcnow()
-            if not self._update(started_at=self.attempt_start, current_stage="launching", current_cost=self.previous_cost):
+            now = utcnow()
+            self.lines_since = now
+            if self.scheduled:  # billed from when Slurm runs it (_follow_slurm), not from the submission
+                values: dict[str, Any] = {"started_at": None, "current_stage": "submitting to Slurm"}
+            else:
+                self.attempt_start = self.running_since = now
+                values = {"started_at": now, "current_stage": "launching"}
+            if not self._update(**values, current_cost=self.previous_cost):
                 log.info("job %s was ended by someone else before launch", self.job_id)
                 return 0
             if request is None:
@@ -112,7 +135,7 @@ class Supervisor:
             log.info("launching: %s", shlex.join(self.runner.launch_argv(request)))
             self.handle = self.runner.start(request)
             _collect_from_now_on()
-            self._update(external_job_id=self.handle, current_stage="loading")
+            self._update(external_job_id=self.handle, current_stage=lifecycle.SLURM_QUEUED if self.scheduled else "loading")
             return self._follow()
         except BrightrunError as exc:
             log.error("job failed: %s", exc)
@@ -143,12 +166,14 @@ class Supervisor:
         hosts = hosts_of(self.ws, job)
         self.runner = get_runner(self.ws, hosts)
         self.local = all(h.kind == "local" for h in hosts)
+        self.scheduled = hosts[0].kind == "slurm"
         path = self.run_dir
         if job.external_job_id:
             if not self.local and self._reattachable(job.external_job_id):
-                # The job was failed for a lost connection but its remote trainer kept going:
-                # follow it again instead of stopping it and restarting from a checkpoint.
-                log.info("re-attaching to trainer %s, still running on the remote host", job.external_job_id)
+                # The job was failed for a lost connection (or a lost supervisor: a Slurm job
+                # goes on in Slurm) but its remote trainer kept going: follow it again instead
+                # of stopping it and restarting from a checkpoint.
+                log.info("re-attaching to trainer %s, still running (or queued) on the remote host", job.external_job_id)
                 return None
             if self.local and lifecycle.finished_uncollected(path) and self.runner.poll(job.external_job_id) is not None:
                 # The supervisor died after its trainer completed: collect, don't retrain.
@@ -173,6 +198,7 @@ class Supervisor:
         (path / "result.json").unlink(missing_ok=True)  # an earlier attempt's outcome must not pass for this one's
         gpu = job.gpu_config or {}
         request = LaunchRequest.for_job(self.ws.home, job.id, gpus=int(gpu.get("count") or 1), gpu_type=hosts[0].gpu_type, resume=resume)
+        request.nodes = int(gpu.get("nodes") or 1)
         if spec.get("accelerate_config"):
             request.accelerate_config = spec["accelerate_config"]
             request.distributed_type = _distributed_type(path / spec["accelerate_config"])
@@ -192,7 +218,7 @@ class Supervisor:
             code = None
             try:
                 self.runner.sync(self.handle)
-                code = self.runner.poll(self.handle)
+                code = self._follow_slurm() if self.scheduled else self.runner.poll(self.handle)
                 if unreachable:
                     log.info("runner reachable again")
                     unreachable = False
@@ -222,9 +248,37 @@ class Supervisor:
             # a remote one is a round trip over SSH each time.
             time.sleep(FIRST_POLL_S if self.local and self.first_point is None else POLL_S)
 
+    def _follow_slurm(self) -> int | None:
+        """Slurm's view of the job -> its stage and the billing clock; the runner's poll code.
+        Acts on changes only: Slurm is asked every few seconds, so a record may lag the
+        trainer's own output (which moves the job to `running` as usual)."""
+        state = self.runner.state(self.handle)
+        previous, self.slurm_state = self.slurm_state, state
+        if previous is not None and (previous.status, previous.reason, previous.restarts) == (state.status, state.reason, state.restarts):
+            return state.poll_code
+        now = utcnow()
+        values: dict[str, Any] = {}
+        if state.status == lifecycle.QUEUED:
+            values["current_stage"] = lifecycle.slurm_queued_stage(state.reason, state.restarts)
+            if self.running_since is not None:  # requeued (preemption, node failure, scontrol requeue)
+                self.billed_s += (now - self.running_since).total_seconds()
+                self.running_since = None
+                log.info("Slurm job %s is queued again (%s); billing paused", state.slurm_job_id, state.reason or state.state)
+        elif state.status == lifecycle.RUNNING and self.running_since is None:
+            self.running_since = now
+            if self.attempt_start is None:
+                self.attempt_start = values["started_at"] = now
+            values["current_stage"] = "training" if self.trainer_running else "loading"
+            log.info("Slurm job %s is running on %s", state.slurm_job_id, ",".join(state.nodes) or "?")
+        if values:
+            self._update(**values)
+        return state.poll_code
+
+    def _billed_s(self, now: datetime) -> float:
+        return self.billed_s + ((now - self.running_since).total_seconds() if self.running_since else 0.0)
+
     def _running_cost(self) -> float:
-        hours = (utcnow() - self.attempt_start).total_seconds() / 3600 if self.attempt_start else 0.0
-        return self.previous_cost + hours * lifecycle.hourly_rate(self.job)
+        return self.previous_cost + self._billed_s(utcnow()) / 3600 * lifecycle.hourly_rate(self.job)
 
     def _ingest(self, lines: list[MetricLine], stage: str | None = None) -> bool:
         """Insert new points and refresh the job row in one transaction; False once the job is not ours."""
@@ -248,6 +302,7 @@ class Supervisor:
             if lines:
                 point_rows.insert_many(tx.connection(), point_values(self.job_id, lines))
             if self._trainer_wrote(lines) and lifecycle.transition(tx, self.job_id, lifecycle.RUNNING, marker=self.marker):
+                self.trainer_running = True
                 gpu = self.job.gpu_config or {}
                 notifications.notify(
                     tx, "job_started", "Training started",
@@ -257,7 +312,7 @@ class Supervisor:
 
     def _trainer_wrote(self, lines: list[MetricLine]) -> bool:
         """Whether this attempt's trainer wrote any of `lines` (a resumed run dir holds older ones)."""
-        since = self.attempt_start.timestamp() if self.attempt_start else 0.0
+        since = self.lines_since.timestamp() if self.lines_since else 0.0
         return any(m.time is None or m.time >= since for m in lines)
 
     def _progress(self, latest: MetricLine) -> dict[str, Any]:
@@ -325,7 +380,25 @@ class Supervisor:
             return self._finish(lifecycle.CANCELLED, f"stopped: running cost went over --max-cost ${self.job.max_cost:,.2f}", budget=True)
         if self.stop_reason == "cancelled":
             return self._finish(lifecycle.CANCELLED, "cancelled by the user")
+        if self.scheduled and self.slurm_state is not None and self.slurm_state.ended:
+            return self._end_in_slurm(self.slurm_state, code, result)
         return self._finish(lifecycle.FAILED, *self._failure(code, result))
+
+    def _end_in_slurm(self, state: "SlurmState", code: int | None, result: dict[str, Any]) -> int:
+        """A Slurm job's end with Slurm's status and reason: cancelled in Slurm (scancel, not
+        brightrun's), or failed for the time limit, a node failure, memory, a preemption
+        (Slurm's words), or for what the trainer said (a FAILED job whose trainer failed)."""
+        where = f"Slurm job {state.slurm_job_id}, {state.state}"
+        if state.status == lifecycle.CANCELLED:
+            return self._finish(lifecycle.CANCELLED, f"{state.reason or 'cancelled'} ({where})")
+        message, stack = self._failure(code, result)
+        if state.state != "FAILED" or state.reason == "time limit":
+            message = f"{state.reason} ({where})"
+            if result.get("status") == "stopped":
+                message += f"; the trainer saved a checkpoint: 'brightrun jobs resume {self.job_id}' continues from it"
+        else:
+            message = f"{message} ({where})"
+        return self._finish(lifecycle.FAILED, message[:2000], stack)
 
     def _failure(self, code: int | None, result: dict[str, Any]) -> tuple[str, str]:
         path = self.run_dir
@@ -337,9 +410,12 @@ class Supervisor:
             message = str(result["error"])
         elif code == 75:
             message = "the trainer was stopped by SIGTERM after saving a checkpoint"
+        elif code is not None and code < 0:
+            # A signal is not something the trainer said: its last log line would mislead.
+            message = f"the trainer was killed by signal {-code}" + (
+                " (SIGKILL: out of memory, or killed from outside; see the system log)" if code == -9 else "")
         else:
-            how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-            message = f"the trainer {how}" + (f": {last.strip()}" if last else "")
+            message = f"the trainer exited with code {code}" + (f": {last.strip()}" if last else "")
         return message[:2000], "\n".join(tail[-LOG_TAIL_LINES:])
 
     def _finish(self, status: str, error: str | None, stack: str | None = None, *, budget: bool = False) -> int:
@@ -354,12 +430,15 @@ class Supervisor:
                 log.info("job %s was already ended by someone else", self.job_id)
                 return 0
             job = job_rows.get_in(tx, self.job_id)
-            total = lifecycle.record_attempt_cost(tx, job, attempt_start=self.attempt_start or end, attempt_end=end, storage_bytes=storage)
+            total = lifecycle.record_attempt_cost(tx, job, attempt_start=self.attempt_start or end, attempt_end=end,
+                                                  running_s=self._billed_s(end), storage_bytes=storage)
             kind, title, message, options = self._event(job, status, error, total, budget)
             notifications.notify(tx, kind, title, message, job_id=job.id, dataset_id=job.dataset_id, **options)
         log.info("job %s %s (cost $%.4f)%s", self.job_id, status, total, f": {error}" if error else "")
         if status == lifecycle.COMPLETED:
             self._artifact()
+        if not self.local:  # its MLflow run went to a store in the remote run dir: copy it here
+            copy_remote_mlflow(self.ws, self.job_id)
         return 0 if status == lifecycle.COMPLETED else 1
 
     def _event(self, job: JobRow, status: str, error: str | None, total: float, budget: bool):

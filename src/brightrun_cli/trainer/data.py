@@ -10,22 +10,16 @@ offsets, which works for any template and any tokenizer.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from brightrun_cli.errors import UsageError
+from brightrun_cli.generation import chat
+from brightrun_cli.generation.chat import FALLBACK_CHAT_TEMPLATE  # noqa: F401  (the template the trainer trains with)
 
 from .spec import SpecError
 
 IGNORE = -100
-ROLES = ("system", "user", "assistant")
-# Used when a tokenizer has no chat template of its own. Turns end with the tokenizer's
-# EOS so that generation stops after an answer without adding tokens to the vocabulary.
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + eos_token + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 @dataclass
@@ -40,51 +34,29 @@ class Example:
 
 def read_conversations(path: Path) -> list[list[dict[str, str]]]:
     """Read brightrun_lora_v4 JSONL; a malformed line is a SpecError naming the line."""
-    conversations = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SpecError(f"{path.name} line {number}: not valid JSON ({exc.msg})") from None
-            turns = record.get("turns") if isinstance(record, dict) else None
-            if not isinstance(turns, list) or not turns:
-                raise SpecError(f"{path.name} line {number}: expected {{\"conversation_id\", \"turns\": [...]}}")
-            for turn in turns:
-                if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
-                    raise SpecError(
-                        f"{path.name} line {number}: each turn needs a role ({', '.join(ROLES)}) and string content"
-                    )
-            conversations.append([{"role": t["role"], "content": t["content"]} for t in turns])
-    if not conversations:
-        raise SpecError(f"{path.name} holds no conversations")
-    return conversations
+    try:
+        return [conversation.turns for conversation in chat.read_conversations(path)]
+    except UsageError as exc:
+        raise SpecError(exc.message) from None
 
 
 def ensure_chat_template(tokenizer) -> None:
-    if tokenizer.eos_token is None:
-        raise SpecError("the base model's tokenizer has no EOS token, so a tuned model could not learn to stop")
-    if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-
-
-def _render(tokenizer, messages, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    """The tokenizer's chat template, or the fallback one the generation engine also uses."""
+    try:
+        chat.ensure_chat_template(tokenizer)
+    except UsageError as exc:
+        raise SpecError(exc.message) from None
 
 
 def assistant_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans the model is trained to produce."""
-    text = _render(tokenizer, messages, False)
+    text = chat.render(tokenizer, messages, False)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = _render(tokenizer, messages[:i], True)
-        through = _render(tokenizer, messages[: i + 1], False)
+        prompt = chat.render(tokenizer, messages[:i], True)
+        through = chat.render(tokenizer, messages[: i + 1], False)
         if text.startswith(through) and through.startswith(prompt):
             start, end = len(prompt), len(through.rstrip())
         else:

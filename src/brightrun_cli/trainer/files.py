@@ -45,12 +45,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def setup_logging(run_dir: Path, rank: int, main: bool) -> logging.Logger:
+def setup_logging(run_dir: Path, rank: int, main: bool, prefix: str | None = None) -> logging.Logger:
+    """The trainer's log: stderr, and trainer.log on the main process. `prefix` marks the
+    lines of another process of the trainer's (default: the rank, when not 0)."""
     log = logging.getLogger("brightrun.trainer")
     log.setLevel(logging.INFO)
     log.handlers.clear()
     log.propagate = False
-    prefix = f"[rank {rank}] " if rank else ""
+    if prefix is None:
+        prefix = f"[rank {rank}] " if rank else ""
     fmt = logging.Formatter(f"%(asctime)s.%(msecs)03d %(levelname)s {prefix}%(message)s", "%Y-%m-%dT%H:%M:%S")
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(fmt)
@@ -64,12 +67,7 @@ def setup_logging(run_dir: Path, rank: int, main: bool) -> logging.Logger:
 
 
 def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from brightrun_cli.generation.evaluate import package_versions
 
-    versions = {"python": sys.version.split()[0]}
-    for name in ("brightrun-cli", "torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors", "liger-kernel"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return versions
+    return package_versions(("brightrun-cli", "torch", "transformers", "peft", "accelerate", "tokenizers",
+                             "safetensors", "liger-kernel"))

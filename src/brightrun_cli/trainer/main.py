@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .files import setup_logging, write_json_atomic
 from .spec import SpecError, load_spec
+from .trackers import TrackerProcess
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_STOPPED = 0, 1, 2, 75
 USAGE = "usage: accelerate launch -m brightrun_cli.trainer SPEC.json  (or: python -m brightrun_cli.trainer SPEC.json)"
@@ -46,14 +47,23 @@ def main(argv: list[str], *, own_process: bool = False) -> int:
     log = setup_logging(spec.output_dir, rank, rank == 0)
     log.info("brightrun trainer: spec %s (job %s)", spec.path, spec.job_id or "-")
     _quiet_libraries()
+    # A process of its own (trainer/trackers.py), started once setup has written the first
+    # metric point: on a busy CPU its imports (mlflow, wandb: seconds) would delay that point.
+    # The handle is made now, so that it sends this attempt's points from the first one.
+    trackers = TrackerProcess(spec, log) if rank == 0 and spec.report_to else None
     run = None
     try:
         with _startup_without_gc(freeze=own_process):
             from . import loop
 
             run = loop.setup(spec, log)
+        if trackers:
+            trackers.start()
         loop.fit(run)
         loop.save_final(run)
+        from .answers import evaluate_answers
+
+        evaluate_answers(run)  # never raises: a failed eval is recorded in final/eval_summary.json
         status, code, error = "completed", EXIT_OK, None
     except SpecError as exc:
         log.error("invalid spec or inputs: %s", exc)
@@ -69,6 +79,8 @@ def main(argv: list[str], *, own_process: bool = False) -> int:
             status, code, error = "failed", EXIT_FAILED, f"{type(exc).__name__}: {exc}"
     if rank == 0:
         _write_result(spec.output_dir, started, status, code, run, error)
+        if trackers:
+            trackers.finish(status)
     if run is not None:
         run.metrics.close()
     log.info("%s (exit %d)", status, code)

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from brightrun_cli.generation.evaluate import DEFAULT_LIMIT as DEFAULT_EVAL_LIMIT
+from brightrun_cli.trackers import check_report_to, check_settings
+
 
 class SpecError(Exception):
     """The spec or its inputs are invalid: nothing was trained (exit 2)."""
@@ -115,6 +118,15 @@ def _check_sharding(path: Path, kind: str, data: dict[str, Any]) -> None:
 
 
 @dataclass
+class EvalSettings:
+    """The answer eval run after training (generation/evaluate.py): greedy base and tuned
+    answers to the first `limit` held-out samples, written into final/."""
+
+    limit: int = DEFAULT_EVAL_LIMIT
+    max_new_tokens: int | None = None  # None: from the longest reference (generation.evaluate)
+
+
+@dataclass
 class Spec:
     path: Path
     base_model: str
@@ -129,6 +141,9 @@ class Spec:
     max_steps: int | None = None
     resume: bool = False
     accelerate_config: AccelerateConfig | None = None  # the file given to `accelerate launch --config_file`
+    report_to: list[str] = field(default_factory=list)  # experiment trackers (brightrun_cli.trackers.TRACKERS)
+    trackers: dict[str, dict[str, str]] = field(default_factory=dict)  # their settings, by tracker name
+    eval: EvalSettings | None = field(default_factory=EvalSettings)  # None: no answer eval
     raw: dict[str, Any] = field(default_factory=dict)  # the file as read, copied into final/
 
 
@@ -152,6 +167,7 @@ _RANGES = {
 _TOP_LEVEL_KEYS = {
     "version", "job_id", "base_model", "train_file", "validation_file", "output_dir", "seed",
     "hyperparameters", "logging_steps", "save_steps", "max_steps", "resume", "accelerate_config",
+    "report_to", "trackers", "eval",
 }
 
 
@@ -192,6 +208,28 @@ def _hyperparameters(raw: Any) -> Hyperparameters:
             raise SpecError("hyperparameters.target_modules must be a non-empty list of module names or \"all-linear\"")
         setattr(hp, key, value)
     return hp
+
+
+def _eval_settings(raw: Any) -> EvalSettings | None:
+    """`"eval": {"limit": 50, "max_new_tokens": 128}`; null or a limit of 0 turns the eval off."""
+    if raw is None:
+        return None
+    how = 'eval must be an object like {"limit": 50, "max_new_tokens": 128}, or null to turn the answer eval off'
+    if not isinstance(raw, dict):
+        raise SpecError(how)
+    unknown = sorted(set(raw) - set(EvalSettings.__dataclass_fields__))
+    if unknown:
+        raise SpecError(f"unknown eval key(s) {', '.join(unknown)}: {how}")
+    settings = EvalSettings()
+    if "limit" in raw:
+        settings.limit = _number("eval.limit", raw["limit"], int)
+        if settings.limit < 0:
+            raise SpecError(f"eval.limit = {settings.limit} is out of range: must be >= 0 (0 turns the eval off)")
+    if raw.get("max_new_tokens") is not None:
+        settings.max_new_tokens = _number("eval.max_new_tokens", raw["max_new_tokens"], int)
+        if not 1 <= settings.max_new_tokens <= 4096:
+            raise SpecError(f"eval.max_new_tokens = {settings.max_new_tokens} is out of range: must be in [1, 4096] or null")
+    return settings if settings.limit else None
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -259,6 +297,13 @@ def load_spec(path: str | Path) -> Spec:
     if not isinstance(raw.get("resume", False), bool):
         raise SpecError("resume must be true or false")
     spec.resume = raw.get("resume", False)
+    if "eval" in raw:
+        spec.eval = _eval_settings(raw["eval"])
     if raw.get("accelerate_config") is not None:
         spec.accelerate_config = load_accelerate_config(_file(base, raw["accelerate_config"], "accelerate_config", required=True))
+    try:
+        spec.report_to = check_report_to([] if raw.get("report_to") is None else raw["report_to"])
+        spec.trackers = check_settings({} if raw.get("trackers") is None else raw["trackers"])
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
     return spec
