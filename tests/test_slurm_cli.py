@@ -326,7 +326,7 @@ def _watch_until(job_id: str, predicate, timeout: float = 60) -> dict:
 def test_a_second_job_waits_in_slurms_queue_with_its_reason_and_cancel_ends_both(cluster_home, slurm, tmp_path):  # noqa: F811
     ws = cluster_home
     _add_host("solo", "--slurm", "local", "--partition", "solo", "--workdir", str(tmp_path / "shared"))  # one node
-    busy = _submit("solo", "--set", "num_epochs=20")
+    busy = _submit("solo", "--set", "num_epochs=1000")  # trains until cancelled, however fast the machine
     _wait("the first job training", lambda: _train_steps(ws, busy), every=1)
     waiting = _submit("solo")
 
