@@ -354,9 +354,9 @@ def test_estimate_and_train_warn_when_nothing_is_held_out(cli, tmp_path):
     add(cli, write_jsonl(tmp_path / "fine.jsonl", good_lines(10)), "--name", "fine")
     for name, warned in (("one", True), ("none", True), ("fine", False)):
         estimate = json.loads(cli("estimate", "--dataset", name, "--preset", "tiny", "--json").stdout)
-        assert any("holds out no conversation" in w for w in estimate["warnings"]) is warned, name
+        assert any(w["code"] == "no_validation" and "holds out no conversation" in w["message"] for w in estimate["warnings"]) is warned, name
         plan = json.loads(cli("train", "--dataset", name, "--preset", "tiny", "--dry-run", "--json").stdout)
-        assert any("holds out no conversation" in w for w in plan["estimate"]["warnings"]) is warned, name
+        assert any("holds out no conversation" in w["message"] for w in plan["estimate"]["warnings"]) is warned, name
     human = cli("estimate", "--dataset", "one", "--preset", "tiny")
     assert "quality (held-out loss) cannot be measured" in " ".join(human.stdout.split())
 

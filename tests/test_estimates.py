@@ -263,17 +263,28 @@ def test_memory_advice_names_every_change_that_makes_it_fit(ws, tmp_path):
     advice = est.memory_advice
     assert advice.startswith("needs ") and "A10G has 24 GB; it fits with " in advice
     options = advice.split("; it fits with ", 1)[1].split("; or ")
-    kinds = ["--set batch_size=", "--set gradient_checkpointing=true", "--set max_seq_length=", "FSDP over ", "a GPU with more memory: "]
+    kinds = ["--set batch_size=", "--set gradient_checkpointing=true", "--set max_seq_length=", "FSDP over ", "a GPU with more memory: ",
+             "a 4-bit (QLoRA) base on A10G"]
     assert [next(k for k in kinds if o.startswith(k)) for o in options] == kinds, options
     for option in options[:3]:  # each change alone fits, as the estimate itself computes it
         assert _fits_after(ws, model, "A10G", 1, option), option
+    assert all(o.endswith(" GB)") and " (needs " in o for o in options)  # each with its figure
     assert "keeps " in options[2] and "% of the training tokens" in options[2]
     from brightrun_cli.services.estimates import Placement, estimate_run
 
     fsdp_devices = int(options[3].split()[2])
     sharded = estimate_run(ws, est.dataset, est.resolved, Placement(get_gpu(ws, "A10G"), fsdp_devices), fsdp=True)
     assert sharded.fits_in_memory
-    assert est.to_json()["warnings"] == [f"does not fit in memory: {advice}"]  # scripts see it too
+    warning = est.to_json()["warnings"][0]  # scripts see it too, with its figures
+    assert warning["code"] == "does_not_fit" and warning["message"] == f"does not fit in memory: {advice}"
+    assert [o["kind"] for o in warning["options"]] == ["micro_batch", "gradient_checkpointing", "max_seq_length", "fsdp",
+                                                      "larger_gpu", "nf4_base"]
+    assert warning["capacity_gb"] == 24 and warning["needs_gb"] > 24
+    for option in warning["options"]:  # each with what a device then holds, under what it has
+        assert 0 < option["needs_gb"] <= max(24, next((g.memory_gb for g in list_gpus(ws) if g.name == option["gpu"]), 24))
+    assert warning["options"][0]["settings"] == {"batch_size": int(options[0].split()[1].split("=")[1]),
+                                                 "gradient_accumulation_steps": int(options[0].split()[3].split("=")[1].rstrip(","))}
+    assert warning["options"][3]["devices"] == fsdp_devices and warning["options"][-1]["in_brightrun"] is False
 
 
 def test_a_cpu_host_is_told_which_gpu_holds_a_7b_model(ws, tmp_path, monkeypatch):
@@ -295,7 +306,7 @@ def test_70b_on_two_h100_is_told_how_many_with_fsdp(ws, tmp_path):
     est = estimate(ws, "support-v1", preset="balanced", base_model=model_dir(tmp_path, LLAMA_70B), gpu_type="H100", gpus=2)
     assert not est.fits_in_memory
     assert "FSDP over 4 x H100 with --set gradient_checkpointing=true (--gpus 4 and an FSDP --accelerate-config)" in est.memory_advice
-    assert est.memory_advice != "H200" and "does not fit in memory" in est.warnings[0]
+    assert est.memory_advice != "H200" and "does not fit in memory" in est.warnings[0].message
 
 
 # ---------------------------------------------------------------- CPU figures (measured, see flops.py / estimates.py)
@@ -368,5 +379,7 @@ def test_balanced_on_a_small_dataset_warms_up_for_a_tenth_of_the_run(cli, ws, tm
     long = estimate(ws, "support-v1", preset="balanced", base_model=model, gpu_type="cpu", gpus=1,
                     overrides=("num_epochs=1", "max_warmup_fraction=0.6"))
     assert long.warmup_steps == 81
-    assert long.warnings == ["warm-up takes 81 of the 136 steps: the learning rate is below its peak for 60% of the run; "
-                             "lower --set warmup_steps or max_warmup_fraction"]
+    assert [w.to_json() for w in long.warnings] == [{
+        "code": "warmup_dominates", "warmup_steps": 81, "total_steps": 136, "share": 0.596,
+        "message": "warm-up takes 81 of the 136 steps: the learning rate is below its peak for 60% of the run; "
+                   "lower --set warmup_steps or max_warmup_fraction"}]

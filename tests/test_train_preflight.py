@@ -75,7 +75,8 @@ def test_train_refuses_a_run_that_does_not_fit_in_memory_unless_forced(cli, ws, 
     forced = _train(cli, model, "--force", "--json")
     assert forced.exit_code == 0, forced.stderr
     warnings = json.loads(forced.stdout)["estimate"]["warnings"]
-    assert any(w.startswith("does not fit in memory: ") for w in warnings)
+    fit = next(w for w in warnings if w["code"] == "does_not_fit")
+    assert fit["message"].startswith("does not fit in memory: ") and fit["options"] and fit["needs_gb"] > fit["capacity_gb"]
 
 
 def test_a_hub_id_offline_is_one_line_at_once(cli, ws, tmp_path):

@@ -140,6 +140,22 @@ class Calibration:
                 "device_flops_per_s": self.device_flops_per_s, "startup_s": self.startup_s, "slowed_runs_left_out": self.slowed}
 
 
+@dataclass(frozen=True)
+class EstimateWarning:
+    """Something about a run worth knowing before it starts. `code` is stable for scripts
+    (does_not_fit, no_validation, warmup_dominates); `details` its figures."""
+
+    code: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.details}
+
+
 @dataclass
 class Estimate:
     dataset: DatasetRow
@@ -159,10 +175,14 @@ class Estimate:
     storage_cost: float
     memory: MemoryNeed
     memory_capacity: float
-    memory_advice: str | None
+    advice: MemoryAdvice | None  # when it does not fit: what would
     calibration: Calibration
     reference: dict[str, Any] | None
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[EstimateWarning] = field(default_factory=list)
+
+    @property
+    def memory_advice(self) -> str | None:
+        return None if self.advice is None else self.advice.text
 
     @property
     def config(self) -> TrainingConfig:
@@ -230,10 +250,11 @@ class Estimate:
             "gpu_config": {"type": self.gpu.name, "count": self.devices},
             "hyperparameters": cfg.hyperparameters(),
             "fits_in_memory": self.fits_in_memory,
-            "memory": {**self.memory.to_json(), "capacity_gb": round(self.memory_capacity / GIB, 2), "advice": self.memory_advice},
+            "memory": {**self.memory.to_json(), "capacity_gb": round(self.memory_capacity / GIB, 2), "advice": self.memory_advice,
+                       "options": [] if self.advice is None else self.advice.to_json()["options"]},
             "calibration": self.calibration.to_json(),
             "reference_estimate": self.reference,
-            "warnings": self.warnings,
+            "warnings": [w.to_json() for w in self.warnings],
         }
 
 
@@ -296,22 +317,25 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
         train_flops=train_flops, eval_flops=eval_flops, flops_per_s=flops_per_s, startup_s=startup_s,
         duration_s=duration_s, hourly_rate=hourly_rate, compute_cost=hourly_rate * duration_s / 3600,
         storage_cost=_storage_cost(ws, shape, config), memory=need, memory_capacity=capacity,
-        memory_advice=None, calibration=calibration,
+        advice=None, calibration=calibration,
         reference=reference_estimate(dataset, config, gpu, devices),
     )
     if not est.fits_in_memory:
-        est.memory_advice = memory_advice(ws, dataset, shape, config, plan, gpu, shards)
-        est.warnings.append(f"does not fit in memory: {est.memory_advice}")
+        est.advice = memory_advice(ws, dataset, shape, config, plan, gpu, shards)
+        est.warnings.append(EstimateWarning("does_not_fit", f"does not fit in memory: {est.advice.text}", est.advice.to_json()))
     if not dataset.total_validation_pairs:
-        est.warnings.append(
+        est.warnings.append(EstimateWarning(
+            "no_validation",
             f"dataset '{dataset.name}' holds out no conversation for validation: the run's quality (held-out loss) cannot be "
-            "measured; add it again with --val-split above 0 (and at least 2 conversations)"
-        )
+            "measured; add it again with --val-split above 0 (and at least 2 conversations)",
+        ))
     if est.warmup_steps > WARMUP_DOMINATES * est.total_steps:
-        est.warnings.append(
+        est.warnings.append(EstimateWarning(
+            "warmup_dominates",
             f"warm-up takes {est.warmup_steps} of the {est.total_steps} steps: the learning rate is below its peak for "
-            f"{est.warmup_steps / est.total_steps:.0%} of the run; lower --set warmup_steps or max_warmup_fraction"
-        )
+            f"{est.warmup_steps / est.total_steps:.0%} of the run; lower --set warmup_steps or max_warmup_fraction",
+            {"warmup_steps": est.warmup_steps, "total_steps": est.total_steps, "share": round(est.warmup_steps / est.total_steps, 3)},
+        ))
     return est
 
 
@@ -446,12 +470,57 @@ GPUS_PER_HOST = 8
 MIN_KEPT_TOKENS = 0.5
 
 
+@dataclass(frozen=True)
+class MemoryOption:
+    """One change that alone makes a run fit, and what a device then holds."""
+
+    kind: str  # micro_batch, gradient_checkpointing, max_seq_length, fsdp, larger_gpu, gpu, nf4_base
+    change: str  # what to do, as the user types or picks it
+    needs: float  # bytes per device with the change
+    settings: dict[str, Any] = field(default_factory=dict)  # its --set values
+    gpu: str | None = None  # the GPU type it runs on (None: this one)
+    devices: int | None = None  # how many (None: as asked)
+    kept_tokens: float | None = None  # a shorter max_seq_length: the share of training tokens it keeps
+    in_brightrun: bool = True  # False: brightrun's trainer cannot do it itself (a 4-bit base)
+
+    @property
+    def text(self) -> str:
+        return f"{self.change} (needs {self.needs / GIB:.1f} GB)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "change": self.change, "needs_gb": round(self.needs / GIB, 2), "settings": self.settings,
+                "gpu": self.gpu, "devices": self.devices, "kept_tokens": None if self.kept_tokens is None else round(self.kept_tokens, 3),
+                "in_brightrun": self.in_brightrun}
+
+
+@dataclass(frozen=True)
+class MemoryAdvice:
+    """Why a run does not fit (`needs` bytes per device against `capacity`) and what would."""
+
+    needs: float
+    capacity: float
+    gpu: str
+    options: list[MemoryOption]
+
+    @property
+    def text(self) -> str:
+        head = f"needs {self.needs / GIB:.1f} GB per device, {self.gpu} has {self.capacity / GIB:g} GB"
+        if not self.options:
+            return f"{head}; nothing in the catalog holds it, even with FSDP over {FSDP_DEVICES[-1]} GPUs and gradient checkpointing"
+        return f"{head}; it fits with " + "; or ".join(o.text for o in self.options)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"needs_gb": round(self.needs / GIB, 2), "capacity_gb": round(self.capacity / GIB, 2),
+                "options": [o.to_json() for o in self.options]}
+
+
 def memory_advice(ws: Workspace, dataset: DatasetRow, shape: ModelShape, config: TrainingConfig, plan: TokenPlan,
-                  gpu: Gpu, shards: int = 1) -> str:
-    """Why the run does not fit, and each change that alone would make it fit: a smaller
-    micro-batch (same effective batch through accumulation), gradient checkpointing, a
-    shorter max_seq_length (with the share of tokens it keeps), FSDP over more GPUs of
-    this type, a GPU with more memory; on a CPU, the cheapest GPU that holds it."""
+                  gpu: Gpu, shards: int = 1) -> MemoryAdvice:
+    """Why the run does not fit, and each change that alone would make it fit, with what a
+    device then holds: a smaller micro-batch (same effective batch through accumulation),
+    gradient checkpointing, a shorter max_seq_length (with the share of tokens it keeps),
+    FSDP over more GPUs of this type, a GPU with more memory; on a CPU, the cheapest GPU
+    that holds it; last a 4-bit base (QLoRA), which brightrun's trainer does not load."""
     capacity = gpu.memory_gb * GIB
 
     def need(cfg: TrainingConfig, device: Gpu = gpu, devices: int = shards) -> float:
@@ -465,47 +534,83 @@ def memory_advice(ws: Workspace, dataset: DatasetRow, shape: ModelShape, config:
 
     checkpointed = config.replace(gradient_checkpointing=True)
     variants = [(config, "")] + ([] if config.gradient_checkpointing else [(checkpointed, " with --set gradient_checkpointing=true")])
-    options = []
+    options: list[MemoryOption] = []
     for batch in range(config.batch_size - 1, 0, -1):
-        if fits(config.replace(batch_size=batch)):
+        smaller = config.replace(batch_size=batch)
+        if fits(smaller):
             accumulate = math.ceil(config.batch_size / batch) * config.gradient_accumulation_steps
-            options.append(f"--set batch_size={batch} --set gradient_accumulation_steps={accumulate}")
+            options.append(MemoryOption("micro_batch", f"--set batch_size={batch} --set gradient_accumulation_steps={accumulate}",
+                                        need(smaller), {"batch_size": batch, "gradient_accumulation_steps": accumulate}))
             break
     if not config.gradient_checkpointing:
         if fits(checkpointed):
-            options.append("--set gradient_checkpointing=true")
-        elif config.batch_size > 1 and fits(checkpointed.replace(batch_size=1)):
+            options.append(MemoryOption("gradient_checkpointing", "--set gradient_checkpointing=true", need(checkpointed),
+                                        {"gradient_checkpointing": True}))
+        elif config.batch_size > 1 and fits(one := checkpointed.replace(batch_size=1)):
             accumulate = config.batch_size * config.gradient_accumulation_steps
-            options.append(f"--set gradient_checkpointing=true --set batch_size=1 --set gradient_accumulation_steps={accumulate}")
+            options.append(MemoryOption(
+                "gradient_checkpointing",
+                f"--set gradient_checkpointing=true --set batch_size=1 --set gradient_accumulation_steps={accumulate}", need(one),
+                {"gradient_checkpointing": True, "batch_size": 1, "gradient_accumulation_steps": accumulate}))
     length = config.max_seq_length // 2
     while length >= 32:
         shorter = config.replace(max_seq_length=length)
         if fits(shorter):
             kept = token_plan(dataset, shorter).train_tokens / max(1, plan.train_tokens)
             if kept >= MIN_KEPT_TOKENS:
-                options.append(f"--set max_seq_length={length} (keeps {kept:.0%} of the training tokens)")
+                options.append(MemoryOption("max_seq_length", f"--set max_seq_length={length} (keeps {kept:.0%} of the training tokens)",
+                                            need(shorter), {"max_seq_length": length}, kept_tokens=kept))
             break
         length //= 2
     if not config.gradient_checkpointing and fits(checkpointed):
         variants = variants[:1]  # checkpointing alone does it here: more or other GPUs are for the config as is
+    by_change = {how: cfg for cfg, how in variants}
     gpus = [g for g in list_gpus(ws) if g.name != "cpu"]
     if gpu.name != "cpu":
         fsdp = [(n, how) for cfg, how in variants for n in FSDP_DEVICES if n > shards and fits(cfg, gpu, n)]
         if fsdp:
-            options.append(_fsdp_option(gpu, *min(fsdp, key=lambda option: option[0])))
+            n, how = min(fsdp, key=lambda option: option[0])
+            options.append(_fsdp_option(gpu, n, how, need(by_change[how], gpu, n)))
         bigger = [(g, how) for cfg, how in variants for g in gpus if g.memory_gb * GIB > capacity and fits(cfg, g, 1)]
-        options += [f"a GPU with more memory: {g.name} ({g.memory_gb:g} GB){how}" for g, how in _cheapest(bigger)]
+        options += [MemoryOption("larger_gpu", f"a GPU with more memory: {g.name} ({g.memory_gb:g} GB){how}",
+                                 need(by_change[how], g, 1), _settings(how), gpu=g.name, devices=1)
+                    for g, how in _cheapest(bigger)]
     else:
         single = [(g, how) for cfg, how in variants for g in gpus if fits(cfg, g, 1)]
-        options += [f"a GPU: {g.name} ({g.memory_gb:g} GB){how} (see 'brightrun estimate --gpu {g.name}')" for g, how in _cheapest(single)]
+        options += [MemoryOption("gpu", f"a GPU: {g.name} ({g.memory_gb:g} GB){how} (see 'brightrun estimate --gpu {g.name}')",
+                                 need(by_change[how], g, 1), _settings(how), gpu=g.name, devices=1)
+                    for g, how in _cheapest(single)]
         if not single:
             sharded = [(g, n, how) for cfg, how in variants for g in gpus for n in FSDP_DEVICES if fits(cfg, g, n)]
             if sharded:
-                options.append(_fsdp_option(*min(sharded, key=lambda option: option[0].price_per_hour * option[1])))
-    head = f"needs {need(config) / GIB:.1f} GB per device, {gpu.name} has {gpu.memory_gb:g} GB"
-    if not options:
-        return f"{head}; nothing in the catalog holds it, even with FSDP over {FSDP_DEVICES[-1]} GPUs and gradient checkpointing"
-    return f"{head}; it fits with " + "; or ".join(options)
+                g, n, how = min(sharded, key=lambda option: option[0].price_per_hour * option[1])
+                options.append(_fsdp_option(g, n, how, need(by_change[how], g, n)))
+    on = gpu if gpu.name != "cpu" else None
+    nf4 = _nf4_option(shape, config, plan, on or min(gpus, key=lambda g: g.price_per_hour, default=gpu), shards)
+    if nf4 is not None and (on is not None or not options):
+        options.append(nf4)
+    return MemoryAdvice(need(config), capacity, gpu.name, options)
+
+
+def _settings(how: str) -> dict[str, Any]:
+    return {"gradient_checkpointing": True} if "gradient_checkpointing" in how else {}
+
+
+def _nf4_option(shape: ModelShape, config: TrainingConfig, plan: TokenPlan, gpu: Gpu, shards: int) -> MemoryOption | None:
+    """A 4-bit base (QLoRA) on `gpu`, as is or with gradient checkpointing: its weights
+    shrink to ~0.56 bytes a layer weight and it computes in bf16. brightrun's trainer loads
+    bf16/fp32 bases only, so this names what a quantising trainer would need."""
+    if gpu.name == "cpu" or shards > 1:
+        return None
+    for cfg, how in ((config, ""), (config.replace(gradient_checkpointing=True), " with --set gradient_checkpointing=true")):
+        full = memory_need(shape, cfg, plan.sequence_length, weight_bytes=2, on_gpu=True)
+        needs = full.total - full.weights + shape.nf4_weight_bytes()
+        if needs <= gpu.memory_gb * GIB:
+            return MemoryOption("nf4_base", f"a 4-bit (QLoRA) base on {gpu.name}{how} (brightrun's trainer does not quantise one)",
+                                needs, _settings(how), gpu=gpu.name, devices=1, in_brightrun=False)
+        if config.gradient_checkpointing:
+            break
+    return None
 
 
 def _cheapest(candidates: list[tuple[Gpu, str]]) -> list[tuple[Gpu, str]]:
@@ -517,9 +622,10 @@ def _cheapest(candidates: list[tuple[Gpu, str]]) -> list[tuple[Gpu, str]]:
     return best + ([min(changed, key=lambda c: c[0].price_per_hour)] if changed else [])
 
 
-def _fsdp_option(gpu: Gpu, devices: int, how: str) -> str:
+def _fsdp_option(gpu: Gpu, devices: int, how: str, needs: float) -> MemoryOption:
     hosts = "" if devices <= GPUS_PER_HOST else f", {devices // GPUS_PER_HOST} hosts in --hosts"
-    return f"FSDP over {devices} x {gpu.name}{how} (--gpus {min(devices, GPUS_PER_HOST)}{hosts} and an FSDP --accelerate-config)"
+    return MemoryOption("fsdp", f"FSDP over {devices} x {gpu.name}{how} (--gpus {min(devices, GPUS_PER_HOST)}{hosts} and an FSDP --accelerate-config)",
+                        needs, _settings(how), gpu=gpu.name, devices=devices)
 
 
 def reference_estimate(dataset: DatasetRow, config: TrainingConfig, gpu: Gpu, devices: int) -> dict[str, Any] | None:

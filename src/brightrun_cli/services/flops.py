@@ -28,6 +28,9 @@ GPU_RESERVE_BYTES = 2 * GIB
 # SmolLM2-135M 1.59 GiB, its tensors 0.80 GiB and its file 0.25 GiB.
 CPU_PROCESS_BYTES = 0.52 * GIB
 CHECKPOINT_BYTES_PER_PARAM = 2
+# A 4-bit (NF4, QLoRA) base: the decoder layers' linear weights at 4 bits plus one fp32
+# scale per 64 weights (0.5625 bytes a weight); embeddings and LM head stay in bf16.
+NF4_BYTES_PER_PARAM = 0.5 + 4 / 64
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,15 @@ class ModelShape:
         """Parameters held in memory (norms and biases are below 0.1% and left out)."""
         head = 0 if self.tied_embeddings else self.embedding_params
         return self.layers * (self.attn_params + self.experts * self.mlp_params) + self.embedding_params + head
+
+    @property
+    def layer_params(self) -> int:
+        """The decoder layers' linear weights (all experts): what a 4-bit base quantises."""
+        return self.layers * (self.attn_params + self.experts * self.mlp_params)
+
+    def nf4_weight_bytes(self) -> float:
+        """The base held in 4 bits (NF4, as QLoRA loads it): layers quantised, embeddings and head in bf16."""
+        return self.layer_params * NF4_BYTES_PER_PARAM + (self.total_params - self.layer_params) * 2
 
     @property
     def matmul_params_per_token(self) -> int:
