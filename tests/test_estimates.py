@@ -319,12 +319,13 @@ SUPPORT_SMOLLM2 = dict(conversations=544, train_tokens=31_398, validation_tokens
                        tokens_per_conversation={"min": 46, "p50": 54, "p90": 75, "p99": 89, "max": 90})
 
 
-def test_cpu_throughput_prior_scales_with_the_model(ws, tmp_path):
+def test_cpu_throughput_prior_scales_with_the_model(ws, tmp_path, monkeypatch):
     """Measured on a 2-core AVX2 host, undisturbed steps of the real trainer: builtin:tiny
     with the tiny preset ~6,800 tokens/s; SmolLM2-135M with balanced (batch 4) ~200
     tokens/s. The old fixed 10% utilisation said ~3,000 and ~34."""
     from brightrun_cli.services.estimates import assumed_utilization
 
+    monkeypatch.setattr("brightrun_cli.services.gpus._host_cores", lambda: 2)  # the host these were measured on
     dataset_with_stats(ws, name="tiny-set", **SUPPORT_TINY)
     tiny = estimate(ws, "tiny-set", preset="tiny", gpu_type="cpu", gpus=1)
     assert tiny.tokens_per_sec == pytest.approx(6_800, rel=0.3)
@@ -334,6 +335,18 @@ def test_cpu_throughput_prior_scales_with_the_model(ws, tmp_path):
     assert assumed_utilization(get_gpu(ws, "cpu"), tiny.shape) < assumed_utilization(get_gpu(ws, "cpu"), smol.shape)
     assert estimate(ws, "smol-set", preset="balanced", base_model=model_dir(tmp_path, SMOLLM2_135M, "m2"),
                     gpu_type="H100", gpus=1).calibration.runs == 0  # GPUs keep their catalog utilisation
+
+
+def test_cpu_peak_is_this_machines_cores_and_its_memory_in_gib(ws, monkeypatch):
+    """The CPU prior was a fixed two-core figure: a 16-core machine was estimated 8x too slow.
+    Its RAM is compared in GiB like every other memory figure (it was read in 10^9 bytes)."""
+    monkeypatch.setattr("brightrun_cli.services.gpus._host_cores", lambda: 2)
+    two = get_gpu(ws, "cpu").bf16_tflops
+    monkeypatch.setattr("brightrun_cli.services.gpus._host_cores", lambda: 16)
+    assert two == pytest.approx(0.192) and get_gpu(ws, "cpu").bf16_tflops == pytest.approx(8 * two)
+    import os
+
+    assert get_gpu(ws, "cpu").memory_gb == pytest.approx(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, abs=0.05)
 
 
 def test_cpu_memory_counts_the_trainer_process(ws, tmp_path):

@@ -46,7 +46,13 @@ def normalize_gpu_name(name: str) -> str:
 
 
 def _host_memory_gb() -> float:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    """The machine's RAM in GiB, the unit the estimates compare memory in."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def _host_cores() -> int:
+    """The cores this process may run on (a container's or taskset's limit, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @functools.cache
@@ -71,7 +77,7 @@ def list_gpus(ws: Workspace) -> list[Gpu]:
         gpus.append(Gpu(
             name=name,
             memory_gb=float(entry["memory_gb"]) if "memory_gb" in entry else round(_host_memory_gb(), 1),
-            bf16_tflops=float(entry["bf16_tflops"]),
+            bf16_tflops=float(entry["bf16_tflops"]) if "bf16_tflops" in entry else float(entry["tflops_per_core"]) * _host_cores(),
             price_per_hour=prices.get(name, float(entry["price_per_hour"])),
             utilization=float(entry["utilization"]),
             reference_tokens_per_sec=entry.get("reference_tokens_per_sec"),
