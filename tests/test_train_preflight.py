@@ -154,10 +154,12 @@ def test_train_says_short_durations_in_seconds_or_minutes(cli, ws, tmp_path):
 
 
 def test_a_small_size_limit_is_said_in_bytes(cli, brightrun_home, tmp_path):
-    """Not "0.0 MB over the limit of 0.0 MB"."""
+    """Not "0.0 MB over the limit of 0.0 MB": the sizes in bytes, and where the limit comes from."""
     (brightrun_home / "config.toml").write_text("max_dataset_bytes = 10\n")
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"conversation_id": "c", "turns": [{"role": "user", "content": "hi"}]}) + "\n")
     result = cli("dataset", "add", str(data), "--name", "small")
     assert result.exit_code == 2
-    assert f"is {data.stat().st_size} bytes, over the dataset size limit of 10 bytes" in result.stderr
+    config = brightrun_home / "config.toml"
+    assert (f"is {data.stat().st_size} bytes, over the dataset size limit of 10 bytes (max_dataset_bytes = 10 in {config})"
+            in " ".join(result.stderr.split()))  # the limit, and where it was set

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from brightrun_cli.builtin import absolute_base_model
+from brightrun_cli.config import CONFIG_FILE, DEFAULT_MAX_DATASET_BYTES
 from brightrun_cli.errors import ConflictError, OperationError, UsageError
 from brightrun_cli.registry import datasets as dataset_rows
 from brightrun_cli.registry.engine import DuplicateRow
@@ -86,9 +87,12 @@ def add_dataset(
         raise UsageError(f"--val-split {val_split}: must be between 0 and {MAX_VAL_SPLIT}", "pass a fraction such as 0.1")
     src = _Source.open(ws, source)
     if src.size > ws.config.max_dataset_bytes:
+        config_file = ws.home / CONFIG_FILE
+        origin = ("brightrun's default" if ws.config.max_dataset_bytes == DEFAULT_MAX_DATASET_BYTES
+                  else f"max_dataset_bytes = {ws.config.max_dataset_bytes} in {config_file}")
         raise UsageError(
-            f"{src.display} is {_size(src.size)}, over the dataset size limit of {_size(ws.config.max_dataset_bytes)}",
-            "split the file, or raise max_dataset_bytes in config.toml",
+            f"{src.display} is {_size(src.size)}, over the dataset size limit of {_size(ws.config.max_dataset_bytes)} ({origin})",
+            f"split the file, or raise max_dataset_bytes (bytes) in {config_file}",
         )
     repair_interrupted(ws)
     _refuse_taken_name(ws, name)
