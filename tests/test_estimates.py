@@ -110,20 +110,21 @@ def _completed_job(ws, dataset, base_model, *, gpu="cpu", tokens=30_000, wall_s=
     return job
 
 
-def test_calibration_uses_measured_throughput_of_completed_jobs(ws, tmp_path):
+def test_calibration_uses_measured_throughput_of_completed_jobs(ws, tmp_path, monkeypatch):
+    monkeypatch.setattr("brightrun_cli.services.gpus._host_cores", lambda: 2)  # the prior: ~4,100 tokens/s here
     dataset = dataset_with_stats(ws, conversations=100, train_tokens=30_000, validation_tokens=3_000)
     model = model_dir(tmp_path, SMALL)
     kwargs = dict(preset="balanced", overrides=("num_epochs=1", "lora_rank=8"), base_model=model, gpu_type="cpu", gpus=1)
     before = estimate(ws, "support-v1", **kwargs)
     assert before.calibration.runs == 0 and "not calibrated" in before.calibration.message
-    _completed_job(ws, dataset, model, tps=500.0, wall_s=100.0)
+    _completed_job(ws, dataset, model, tps=5000.0, wall_s=100.0)
     _completed_job(ws, dataset, "other-model-not-readable", tps=5.0)  # not comparable: ignored
     _completed_job(ws, dataset, model, gpu="H100", tps=99999.0)  # other GPU type: ignored
     after = estimate(ws, "support-v1", **kwargs)
     assert after.calibration.runs == 1 and after.calibration.message == "calibrated from 1 run"
-    # Same config as the measured job: its 500 tokens/s comes back, and its start-up (up to
+    # Same config as the measured job: its 5,000 tokens/s comes back, and its start-up (up to
     # its first metric point) before the compute at that rate.
-    assert after.tokens_per_sec == pytest.approx(500.0, rel=1e-6)
+    assert after.tokens_per_sec == pytest.approx(5000.0, rel=1e-6)
     assert after.startup_s == pytest.approx(21.0)
     assert after.duration_s == pytest.approx(21.0 + (after.train_flops + after.eval_flops) / after.flops_per_s, rel=1e-6)
     assert after.duration_s != pytest.approx(before.duration_s, rel=0.01)
@@ -360,21 +361,39 @@ def test_cpu_memory_counts_the_trainer_process(ws, tmp_path):
     assert smol.memory.total / GIB == pytest.approx(1.59, rel=0.1)
 
 
-def test_calibration_takes_steady_steps_and_leaves_out_a_slowed_run(ws, tmp_path):
+def test_calibration_takes_steady_steps_and_leaves_out_a_slowed_run(ws, tmp_path, monkeypatch):
     """A run whose machine got busy two thirds of the way (steps 20x slower) calibrates from
     its undisturbed steps; a run slowed all through is left out beside a normal one."""
+    monkeypatch.setattr("brightrun_cli.services.gpus._host_cores", lambda: 2)  # the prior: ~4,100 tokens/s here
     dataset = dataset_with_stats(ws, conversations=100, train_tokens=30_000, validation_tokens=3_000)
     model = model_dir(tmp_path, SMALL)
     kwargs = dict(preset="balanced", overrides=("num_epochs=1", "lora_rank=8"), base_model=model, gpu_type="cpu", gpus=1)
-    _completed_job(ws, dataset, model, tps=[500.0, 480.0, 520.0] * 3 + [25.0] * 20, wall_s=400.0)
+    _completed_job(ws, dataset, model, tps=[5000.0, 4800.0, 5200.0] * 3 + [250.0] * 20, wall_s=400.0)
     after = estimate(ws, "support-v1", **kwargs)
     assert after.calibration.message == "calibrated from 1 run"
-    assert after.tokens_per_sec == pytest.approx(500.0, rel=1e-6)
+    assert after.tokens_per_sec == pytest.approx(5000.0, rel=1e-6)
     assert after.startup_s == pytest.approx(21.0)  # its first point, not the wall time the slow steps took
-    _completed_job(ws, dataset, model, tps=25.0, wall_s=1200.0)
+    _completed_job(ws, dataset, model, tps=250.0, wall_s=1200.0)
     both = estimate(ws, "support-v1", **kwargs)
     assert both.calibration.message == "calibrated from 1 run; 1 slowed run left out"
-    assert both.tokens_per_sec == pytest.approx(500.0, rel=1e-6)
+    assert both.tokens_per_sec == pytest.approx(5000.0, rel=1e-6)
+
+
+def test_a_single_run_starved_all_through_does_not_calibrate(ws, tmp_path, monkeypatch):
+    """The issue's case: the only measured run was made while the machine was busy (all its
+    steps ~40x slow alike); the next estimate said 40x too long, 'calibrated from 1 run'."""
+    monkeypatch.setattr("brightrun_cli.services.gpus._host_cores", lambda: 2)
+    dataset = dataset_with_stats(ws, conversations=100, train_tokens=30_000, validation_tokens=3_000)
+    model = model_dir(tmp_path, SMALL)
+    kwargs = dict(preset="balanced", overrides=("num_epochs=1", "lora_rank=8"), base_model=model, gpu_type="cpu", gpus=1)
+    prior = estimate(ws, "support-v1", **kwargs)
+    _completed_job(ws, dataset, model, tps=prior.tokens_per_sec / 40, wall_s=4000.0)
+    after = estimate(ws, "support-v1", **kwargs)
+    assert after.calibration.runs == 0 and after.calibration.slowed == 1
+    assert after.calibration.message.startswith("not calibrated: the 1 comparable run on this machine ran over 4x slower")
+    assert after.duration_s == pytest.approx(prior.duration_s)
+    _completed_job(ws, dataset, model, tps=prior.tokens_per_sec / 1.5)  # a quiet run that is slower than assumed still calibrates
+    assert estimate(ws, "support-v1", **kwargs).tokens_per_sec == pytest.approx(prior.tokens_per_sec / 1.5, rel=1e-6)
 
 
 # ---------------------------------------------------------------- warm-up

@@ -62,6 +62,10 @@ CPU_HIDDEN_SCALE = 290.0
 # A step (or run) slower than its peers' 90th percentile by more than this was slowed by
 # something else on the machine (see `undisturbed`).
 SLOWED_BY = 2.0
+# On a CPU the assumed rate is within 2x of what an idle machine measures (`assumed_utilization`);
+# a run measured more than this many times slower was starved by other work on the machine
+# all through (its steps all slow alike, so `undisturbed` cannot tell) and is left out.
+CPU_PRIOR_TRUST = 4.0
 # A warm-up longer than this share of the run is worth a warning: the run is spent
 # mostly below its peak learning rate.
 WARMUP_DOMINATES = 0.25
@@ -133,6 +137,9 @@ class Calibration:
         if self.runs:
             slowed = f"; {self.slowed} slowed run{'s' if self.slowed != 1 else ''} left out" if self.slowed else ""
             return f"calibrated from {self.runs} run{'s' if self.runs != 1 else ''}{slowed}"
+        if self.slowed:
+            return (f"not calibrated: the {self.slowed} comparable run{'s' if self.slowed != 1 else ''} on this machine ran over "
+                    f"{CPU_PRIOR_TRUST:g}x slower than an idle machine does (other work was running); using the assumed utilisation")
         return "not calibrated: no completed job on this GPU type with a comparable model; using the assumed utilisation"
 
     def to_json(self) -> dict[str, Any]:
@@ -683,7 +690,9 @@ def calibrate(ws: Workspace, gpu: Gpu, shape: ModelShape, base_model: str | None
     Same base model first; failing that, models within 2x the parameter count. Each
     job's rate is its steady-state step throughput (`_measure`); across jobs the median
     of those that were not slowed (`undisturbed`: one run made while the machine was
-    busy does not set the next estimates), and the median of their start-ups.
+    busy does not set the next estimates), and the median of their start-ups. On a CPU a
+    run far below the assumed rate (CPU_PRIOR_TRUST) is left out even when it is the only
+    one: starved all through, it has no quiet steps to keep.
     """
     wanted = normalize_gpu_name(gpu.name)
     with ws.registry.reading() as conn:
@@ -695,8 +704,12 @@ def calibrate(ws: Workspace, gpu: Gpu, shape: ModelShape, base_model: str | None
             candidates += job_rows.measured_on(conn, gpu_type, same or [m for m in models if _comparable(m, shape)], CALIBRATION_JOBS)
         candidates = sorted(candidates, key=lambda j: j.completed_at, reverse=True)[:CALIBRATION_JOBS]
         measured = [m for m in (_measure(conn, j) for j in candidates) if m is not None]
+    found = len(measured)
+    if wanted == "cpu":
+        floor = gpu.bf16_tflops * 1e12 * assumed_utilization(gpu, shape) / CPU_PRIOR_TRUST
+        measured = [m for m in measured if m.device_flops_per_s >= floor]
     if not measured:
-        return Calibration(runs=0, job_ids=[], device_flops_per_s=None, startup_s=None)
+        return Calibration(runs=0, job_ids=[], device_flops_per_s=None, startup_s=None, slowed=found)
     steady = undisturbed([m.device_flops_per_s for m in measured])
     kept = [m for m in measured if m.device_flops_per_s >= min(steady)]
     startups = [m.startup_s for m in kept if m.startup_s is not None]
@@ -705,7 +718,7 @@ def calibrate(ws: Workspace, gpu: Gpu, shape: ModelShape, base_model: str | None
         job_ids=[m.job_id for m in kept],
         device_flops_per_s=statistics.median(steady),
         startup_s=statistics.median(startups) if startups else None,
-        slowed=len(measured) - len(kept),
+        slowed=found - len(kept),
     )
 
 
