@@ -169,3 +169,63 @@ def test_hosts_check_reports_bitsandbytes_as_optional(brightrun_home, monkeypatc
                   created_at=None, updated_at=None)
     hosts_service.judge_probe(remote, row, "python3", found)
     assert remote.problems == [] and remote.packages["bitsandbytes"] is None
+
+
+# ---------------------------------------------------------------- the fused loss
+
+
+def test_chunked_linear_cross_entropy_equals_the_plain_loss_and_its_gradient(monkeypatch):
+    import torch
+
+    from brightrun_cli.trainer import loss
+
+    monkeypatch.setattr(loss, "CHUNK_LOGITS", 7 * 50)  # 7 tokens a chunk: several chunks, a ragged last one
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(23, 16, generator=gen, requires_grad=True)
+    weight = torch.randn(50, 16, generator=gen)
+    targets = torch.randint(0, 50, (23,), generator=gen)
+    fused = loss.linear_cross_entropy_sum(hidden, weight, targets)
+    fused.backward(torch.tensor(0.5))
+    got = hidden.grad.clone()
+    hidden.grad = None
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    plain.backward(torch.tensor(0.5))
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(got, hidden.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_the_trainer_loss_with_the_fused_head_is_the_plain_loss_with_the_same_gradients(tmp_path):
+    import torch
+    from accelerate import Accelerator
+
+    from brightrun_cli.builtin import resolve_base_model
+    from brightrun_cli.trainer import loop
+    from brightrun_cli.trainer.data import collate, ensure_chat_template, tokenize_file
+    from brightrun_cli.trainer.spec import load_spec
+    from transformers import AutoTokenizer
+
+    spec = load_spec(write_run_dir(tmp_path, target_modules="all-linear"))
+    path = resolve_base_model("builtin:tiny")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ensure_chat_template(tokenizer)
+    examples, _ = tokenize_file(tokenizer, spec.train_file, 512, True)
+    batch = collate(examples[:6], True, tokenizer.pad_token_id)
+    model = loop.attach_lora(spec, loop.load_base(spec, path, "fp32", _Log()), _Log())
+    assert loop.fused_loss.can_fuse(model)
+    acc = Accelerator(cpu=True)
+    results = []
+    for head in (None, model.get_output_embeddings()):
+        model.zero_grad()
+        value, count = loop.batch_loss_sum(acc, batch, model, head)
+        value.backward()
+        results.append((value.detach(), count, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (plain, n_plain, grads_plain), (fused, n_fused, grads_fused) = results
+    assert n_plain == n_fused > 0
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    for name, grad in grads_plain.items():
+        torch.testing.assert_close(grads_fused[name], grad, rtol=1e-3, atol=1e-5)
+
+
+class _Log:
+    def info(self, *args) -> None:
+        pass

@@ -33,10 +33,9 @@ def can_fuse(model) -> bool:
 
 
 @contextlib.contextmanager
-def head_inputs(model):
-    """While active, the model's output layer computes nothing and its inputs (the last hidden
-    states at the kept columns) are appended to the yielded list."""
-    head = model.get_output_embeddings()
+def head_inputs(head):
+    """While active, the model's output layer `head` computes nothing and its inputs (the last
+    hidden states at the kept columns) are appended to the yielded list."""
     taken: list = []
 
     def take(module, args):
