@@ -254,7 +254,7 @@ def _shape_and_model(args, models_dir: Path) -> tuple[str, object]:
     return model, ModelShape.from_config(config)
 
 
-def _fitted_rows(shape, seq: int, overrides: dict, capacity: float) -> int:
+def _fitted_rows(shape, seq: int, overrides: dict, capacity: float, cuda: bool) -> int:
     """The most rows of `seq` tokens whose planned memory (services.flops.memory_need) stays
     within FIT_FRACTION of the device."""
     from brightrun_cli.presets.schema import TrainingConfig
@@ -264,7 +264,8 @@ def _fitted_rows(shape, seq: int, overrides: dict, capacity: float) -> int:
     for rows in range(1, 129):
         config = TrainingConfig(batch_size=rows, lora_rank=LORA["r"], target_modules=LORA["targets"], max_seq_length=seq,
                                 **{k: v for k, v in overrides.items() if k in ("fused_cross_entropy", "gradient_checkpointing")})
-        if memory_need(shape, config, seq, weight_bytes=2, on_gpu=True).total <= FIT_FRACTION * capacity:
+        need = memory_need(shape, config, seq, weight_bytes=2 if cuda else 4, on_gpu=cuda)
+        if need.total <= FIT_FRACTION * capacity:
             best = rows
     return best
 
@@ -274,7 +275,7 @@ def _device_info(cuda: bool) -> tuple[str, float | None, float]:
     import torch
 
     if not cuda:
-        return "cpu", None, 4 * 2**30  # a stand-in capacity, so rows=fit runs its code path in a smoke run
+        return "cpu", None, 2**30  # a stand-in capacity, so rows=fit runs its code path in a smoke run
     name = torch.cuda.get_device_name()
     return name, next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None), torch.cuda.mem_get_info()[1]
 
@@ -337,7 +338,7 @@ def main() -> None:
         """(conversations per micro-batch, rows of --seq tokens)."""
         if rows is None:
             return args.batch, max(1, math.ceil(args.batch * mean_len / args.seq))
-        n = _fitted_rows(shape, args.seq, {}, capacity) if rows == "fit" else int(rows)
+        n = _fitted_rows(shape, args.seq, {}, capacity, cuda) if rows == "fit" else int(rows)
         return max(1, round(n * args.seq / mean_len)), n
 
     runs = [(m, m, {}, args.rows) for m in args.methods.split(",")]

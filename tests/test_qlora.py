@@ -211,7 +211,7 @@ def test_the_trainer_loss_with_the_fused_head_is_the_plain_loss_with_the_same_gr
     examples, _ = tokenize_file(tokenizer, spec.train_file, 512, True)
     batch = collate(examples[:6], True, tokenizer.pad_token_id)
     model = loop.attach_lora(spec, loop.load_base(spec, path, "fp32", _Log()), _Log())
-    assert loop.fused_loss.can_fuse(model)
+    assert loop.fused_loss.frozen(loop.fused_loss.fusable_head(model))
     acc = Accelerator(cpu=True)
     results = []
     for head in (None, model.get_output_embeddings()):
@@ -229,3 +229,17 @@ def test_the_trainer_loss_with_the_fused_head_is_the_plain_loss_with_the_same_gr
 class _Log:
     def info(self, *args) -> None:
         pass
+
+
+def test_the_trainer_fuses_the_head_by_default_and_both_losses_agree(tmp_path):
+    losses = {}
+    for fused in (True, False):
+        run = tmp_path / str(fused)
+        spec = write_run_dir(run, fused_cross_entropy=fused, max_steps=2, validation=None)
+        assert trainer_main([str(spec)]) == 0
+        log = (run / "trainer.log").read_text()
+        assert ("output layer fused with cross-entropy (torch chunks)" in log) is fused
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        losses[fused] = [m["training_loss"] for m in lines if m["split"] == "train"] + [
+            m["validation_loss"] for m in lines if m["split"] == "validation"]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

@@ -372,11 +372,12 @@ def setup(spec: Spec, log) -> Run:
     torch.manual_seed(spec.seed)
     model = load_base(spec, path, precision, log, device=accelerator.device)
     # The fused loss reads the head's weight outside the forward: not where FSDP/DeepSpeed shard it.
-    head = model.get_output_embeddings() if hp.fused_cross_entropy and not wants_sharding and fused_loss.can_fuse(model) else None
+    head = fused_loss.fusable_head(model) if hp.fused_cross_entropy and not wants_sharding else None
     metrics = MetricsWriter(spec.output_dir / "metrics.jsonl", accelerator.is_main_process)
     state = State()
     _evaluate_base_early(spec, accelerator, model, validation, tokenizer, state, metrics, total_steps, log, head)
     model = attach_lora(spec, model, log)
+    head = head if fused_loss.frozen(head) else None
     if hp.compile_layers:
         compile_layers(model, log)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]

@@ -25,11 +25,17 @@ import torch
 CHUNK_LOGITS = 1 << 26
 
 
-def can_fuse(model) -> bool:
-    """The head is a plain frozen linear layer (LoRA never trains it unless told to)."""
+def fusable_head(model):
+    """The model's output layer when it is a plain linear layer the loss can fuse (a LoRA-wrapped
+    or quantised one is not), else None. It must also be frozen while training (`frozen`)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return (isinstance(head, torch.nn.Linear) and head.bias is None and not head.weight.requires_grad
-            and type(head.weight) is torch.nn.Parameter)  # a bitsandbytes head is not one
+    plain = isinstance(head, torch.nn.Linear) and head.bias is None and type(head.weight) is torch.nn.Parameter
+    return head if plain else None
+
+
+def frozen(head) -> bool:
+    """Gradients reach the head's input only: a head that trains keeps the plain loss."""
+    return head is not None and not head.weight.requires_grad
 
 
 @contextlib.contextmanager
