@@ -9,7 +9,7 @@
 # the CPU one are kept (scripts/slim_wheel.py), so the carried tree stays under the 64 MiB limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-/work/main/.venv/bin/python}
+PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 mkdir -p .whl
 download() {
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
