@@ -88,3 +88,33 @@ def test_variant_trains_saves_a_plain_peft_adapter_and_merges_to_the_same_logits
     merged, with_adapter, base = fresh_logits(("model", out), ("adapter", stored), ("model", resolve_base_model("builtin:tiny")))
     torch.testing.assert_close(merged, with_adapter, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(with_adapter, base, atol=1e-3)  # the adapter changed the model
+
+
+def test_qlora_under_ddp_on_two_processes_learns_the_one_process_adapter(tmp_path):
+    """QLoRA with DDP: each process holds the whole 4-bit base, the adapter's gradients are
+    averaged; 2 gloo processes (each with half of every step's conversations) end with the
+    adapter one process makes from the same steps."""
+    from safetensors.torch import load_file
+
+    from brightrun_cli.runners.accelerate import accelerate_argv
+    from test_trainer import write_run_dir
+    from test_trainer_slow import _free_port, split_examples, trainer_env
+
+    train, held_out = split_examples()
+    runs = {}
+    for processes in (1, 2):
+        runs[processes] = tmp_path / str(processes)
+        spec = write_run_dir(runs[processes], conversations=train[:32], validation=held_out[:8], num_epochs=1,
+                             batch_size=8 // processes, quantization="4bit", eval=None)
+        argv = accelerate_argv(str(spec), num_processes=processes, main_process_port=_free_port())
+        at = argv.index("-m", 3)
+        argv[at:at + 2] = [QLORA_CPU]  # the trainer module, with the CUDA-only check lifted
+        proc = subprocess.run(argv, env={**trainer_env(), "MASTER_ADDR": "127.0.0.1"}, capture_output=True, text=True,
+                              timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads((runs[processes] / "result.json").read_text())["steps"] == 4
+    log = (runs[2] / "trainer.log").read_text()
+    assert "2 process(es)" in log and "quantization=4bit (bitsandbytes)" in log
+    one, two = (load_file(str(runs[n] / "final" / "adapter_model.safetensors")) for n in (1, 2))
+    assert set(one) == set(two)
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-4
