@@ -84,7 +84,7 @@ bench-1b)
     --steps 6 --warmup-steps 3 --knobs all --json "$OUT/bench_1b.json" 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_1b.log" ;;
 bench-8b)
   section "LoRA throughput: random Llama-3.1-8B shape, bf16, packed to 2048"
-  timeout 560 python3 bench/bench_trainer.py --shape llama-3.1-8b --models-dir /tmp/bench-models --rows 4 --seq 2048 \
+  timeout 560 python3 bench/bench_trainer.py --shape llama-3.1-8b --models-dir /tmp/bench-models --rows 2 --seq 2048 \
     --steps 5 --warmup-steps 3 --knobs rows=fit --json "$OUT/bench_8b.json" 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_8b.log" ;;
 *) echo "unknown section '$s' (tests, cli, bench-tiny, qlora, bench-1b, bench-8b)"; exit 2 ;;
 esac; done
