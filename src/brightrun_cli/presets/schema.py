@@ -90,7 +90,7 @@ class TrainingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fused_cross_entropy: Annotated[bool, Meta(description=(
         "Loss from the last hidden states in token chunks (Liger's fused kernel on CUDA when installed), "
         "so the full logits never exist: less memory at large vocabularies"))] = True
-    compile_layers: Annotated[bool, Meta(description="torch.compile each decoder layer on a CUDA GPU (a minute or two of compiling first)")] = False
+    compile_layers: Annotated[bool, Meta(description="torch.compile each decoder layer (a minute or two of compiling before the first step)")] = False
     activation_offload: Annotated[bool, Meta(description=(
         "Keep activations saved for the backward pass in CPU memory: for long sequences that do not fit, "
         "at the cost of host-device copies"))] = False
