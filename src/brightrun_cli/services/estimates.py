@@ -434,6 +434,13 @@ def memory_advice(ws: Workspace, shape: ModelShape, config: TrainingConfig, plan
             break
     if not config.gradient_checkpointing and fits(config.replace(gradient_checkpointing=True)):
         options.append("--set gradient_checkpointing=true")
+    # A 4-bit base (QLoRA, bitsandbytes on CUDA only), alone or with checkpointing.
+    if on_gpu and config.quantization == "none":
+        for checkpointing in sorted({config.gradient_checkpointing, True}):
+            if fits(config.replace(quantization="4bit", gradient_checkpointing=checkpointing)):
+                extra = " --set gradient_checkpointing=true" if checkpointing and not config.gradient_checkpointing else ""
+                options.append(f"--set quantization=4bit{extra}")
+                break
     bigger = [g for g in list_gpus(ws) if g.name != "cpu" and g.memory_gb * GIB > capacity and fits(config, g)]
     if on_gpu and bigger:
         options.append(f"a GPU with more memory ({min(bigger, key=lambda g: g.price_per_hour).name})")
