@@ -248,7 +248,7 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
     if dataset.status != "ready":
         raise UsageError(
             f"dataset '{dataset.name}' is not ready (status: {dataset.status})",
-            f"fix it and re-add it, or run 'brightrun dataset validate {dataset.name}'",
+            f"fix it and re-add it, or run 'brightrun dataset validate {dataset.id}'",
         )
     shape = read_model_shape(require_base_model(config), model_config)
     gpu, devices = placement.gpu, placement.devices

@@ -128,7 +128,7 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
     if dataset.status != "ready" or not dataset.training_ready:
         why = f": {dataset.error_message}" if dataset.error_message else ""
         raise UsageError(f"dataset '{dataset.name}' is {dataset.status}, not ready for training{why}",
-                         f"run 'brightrun dataset show {dataset.name}' and fix or re-add it")
+                         f"run 'brightrun dataset show {dataset.id}' and fix or re-add it")
     require_stored_files(ws, dataset)
     hosts = _resolve_hosts(ws, req.hosts or (req.host or ws.config.default_host,))
     host = hosts[0]
