@@ -1,19 +1,38 @@
-"""Trainer throughput: brightrun vs transformers Trainer + peft vs TRL SFTTrainer (packing), one run.
+"""Trainer throughput: brightrun vs transformers Trainer + peft vs TRL SFTTrainer, one run, one table.
 
-    PYTHONPATH=src .venv/bin/python bench/bench_trainer.py            # CPU, ~5 min on 2 cores
-    PYTHONPATH=src .venv/bin/python bench/bench_trainer.py --steps 40 # longer, steadier
-    python bench/bench_trainer.py --base-model DIR --batch 32            # a bigger model on a GPU
+    PYTHONPATH=src .venv/bin/python bench/bench_trainer.py                  # builtin:tiny on the CPU, ~5 min
+    python bench/bench_trainer.py --shape llama-3.1-8b --rows fit           # a random Llama-3.1-8B on a GPU
+    python bench/bench_trainer.py --shape llama-3.2-1b --knobs all          # + each trainer knob on and off
+    PYTHONPATH=src .venv/bin/python bench/bench_trainer.py --device cpu --shape tiny-llama-3 --knobs all \\
+        --steps 2 --warmup-steps 1 --rows 1 --seq 256                       # CPU smoke of every path (~3 min)
 
-Same model (builtin:tiny + LoRA r=16 on q/k/v/o), same conversations (log-normal answer
-lengths), same number of optimizer steps, same ~tokens per step. The figure is real
-tokens per second: non-padding tokens fed to the model / wall time of the training
-loop. Baselines:
-  (a) transformers Trainer + peft with a padding collator (DataCollatorForSeq2Seq),
-      8 conversations per step, padded to the longest;
-  (b) TRL SFTTrainer with its default packing (TRL 1.16: best-fit-decreasing,
-      padding-free), one packed row of up to 8 x mean length tokens per step.
-Padding efficiency = real tokens / processed tokens. On a GPU it also prints model
-FLOPs utilisation (MFU) from 6 x parameters x tokens/s against the card's bf16 peak.
+Same model, same LoRA (r=16, alpha 32, every linear layer), same conversations (short
+prompts, log-normal answer lengths, truncated at --seq tokens), same number of optimizer
+steps, about the same tokens per step. Each configuration runs in a process of its own
+(so peak memory is its own and an out-of-memory ends only that row); the first
+--warmup-steps steps (CUDA start-up, Triton and torch.compile compiling) are left out of
+its timing. The figure is real tokens per second: non-padding tokens fed to the model /
+wall time of the measured steps. Methods:
+  brightrun  the trainer (packed micro-batch, attention per conversation, logits only at targets);
+  hf         transformers Trainer + peft with a padding collator (DataCollatorForSeq2Seq), the
+             same conversations per micro-batch padded to the longest;
+  trl        TRL SFTTrainer, packing (best-fit-decreasing, padding-free) into rows of --seq
+             tokens, Liger kernels when liger-kernel is installed.
+Knobs (--knobs, brightrun only, each one change from the default run): fused_cross_entropy
+off, compile_layers on, activation_offload on, and rows=fit: the micro-batch grown to the
+largest that services.flops.memory_need fits in 85% of the GPU.
+
+MFU = real tokens/s x model FLOPs per token / the GPU's dense bf16 peak (989 TFLOP/s on
+an H100 or H200). FLOPs per token (services.flops.train_flops_per_token, causal):
+    4 N                frozen weights: forward 2N, backward through the activations 2N
+                       (no weight gradient), N = every matmul weight incl. the output layer
+  + 6 N_lora           adapter weights: forward 2, backward 4 per parameter
+  + 6 L d_attn s       attention scores and mixing, causal (s/2 keys per token on average),
+                       forward 2 L d_attn s and twice that backward, s = the attention length
+                       per token, sum(len_i^2) / sum(len_i) over conversations
+No recomputation is counted (model FLOPs, not hardware FLOPs), and every real token is
+charged the output layer, whether or not it has a target, so the same formula serves all
+three methods: MFU is useful work per second.
 """
 
 from __future__ import annotations
@@ -21,7 +40,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,23 +50,30 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "scripts"))
 
-BATCH = 8  # conversations per optimizer step (--batch)
-WARMUP = 0  # --warmup-steps: steps left out of every method's timing (CUDA/Triton start-up)
-BASE = "builtin:tiny"  # --base-model: a built-in name or a local model directory
-LORA = dict(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj"])
-LR = 1e-3
+LORA = dict(r=16, alpha=32, targets="all-linear")
+LR = 1e-4
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+METHODS = ("brightrun", "hf", "trl")
+KNOBS = {  # name -> hyperparameter overrides of the brightrun run (rows=fit is handled apart)
+    "fused_cross_entropy=false": {"fused_cross_entropy": False},
+    "compile_layers=true": {"compile_layers": True},
+    "activation_offload=true": {"activation_offload": True},
+    "rows=fit": {},
+}
+FIT_FRACTION = 0.85  # of the GPU's memory the fitted micro-batch may plan for (the model is an estimate)
 
 
-def conversations(n: int, seed: int) -> list[list[dict[str, str]]]:
-    """Support-style chats whose answer lengths are log-normal (median ~150 chars, long tail)."""
+def conversations(n: int, seed: int, median_chars: int) -> list[list[dict[str, str]]]:
+    """Support-style chats: a short question, an answer whose length is log-normal around
+    median_chars (long tail, capped at 5x)."""
     rng = random.Random(seed)
     words = "order refund lamp bulb account billing plan shipping delivery reset password device app hub light".split()
     out = []
     for _ in range(n):
         q = " ".join(rng.choice(words) for _ in range(rng.randint(4, 20))) + "?"
-        n_chars = min(1400, int(rng.lognormvariate(math.log(150), 0.8)))
+        n_chars = min(5 * median_chars, int(rng.lognormvariate(math.log(median_chars), 0.8)))
         a = ""
         while len(a) < n_chars:
             a += rng.choice(words) + " "
@@ -54,23 +82,30 @@ def conversations(n: int, seed: int) -> list[list[dict[str, str]]]:
     return out
 
 
-def bench_brightrun(data, steps: int, work: Path) -> dict:
+# ---------------------------------------------------------------- one configuration (child process)
+
+def run_brightrun(job: dict, work: Path) -> dict:
     from brightrun_cli.trainer.main import main as trainer_main
 
-    (work / "train.jsonl").write_text("".join(json.dumps({"conversation_id": str(i), "turns": c}) + "\n" for i, c in enumerate(data)))
     spec = {
-        "version": 1, "base_model": BASE, "train_file": "train.jsonl", "validation_file": None, "seed": 1,
-        "hyperparameters": {"learning_rate": LR, "batch_size": BATCH, "num_epochs": 100, "lora_rank": LORA["r"],
-                            "lora_alpha": LORA["alpha"], "lora_dropout": 0.0, "warmup_steps": 0, "max_seq_length": 2048,
-                            "target_modules": LORA["targets"], "packing": True},
-        "logging_steps": 1, "max_steps": steps,
+        "version": 1, "base_model": job["model"], "train_file": job["data"], "validation_file": None, "seed": 1,
+        "hyperparameters": {"learning_rate": LR, "batch_size": job["batch"], "num_epochs": 1000, "lora_rank": LORA["r"],
+                            "lora_alpha": LORA["alpha"], "lora_dropout": 0.0, "warmup_steps": 0,
+                            "max_seq_length": job["seq"], "target_modules": LORA["targets"], "packing": True,
+                            **job["overrides"]},
+        "logging_steps": 1, "max_steps": job["warmup"] + job["steps"], "eval": None,
     }
     (work / "spec.json").write_text(json.dumps(spec))
-    assert trainer_main([str(work / "spec.json")]) == 0
-    lines = [{"tokens_seen": 0}] + [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
-    tokens = lines[-1]["tokens_seen"] - lines[WARMUP]["tokens_seen"]
-    seconds = sum((b["tokens_seen"] - a["tokens_seen"]) / b["tokens_per_sec"] for a, b in zip(lines[WARMUP:], lines[WARMUP + 1:]))
-    return {"real_tokens": tokens, "processed_tokens": tokens, "seconds": seconds}
+    code = trainer_main([str(work / "spec.json")])
+    if code != 0:
+        raise RuntimeError(json.loads((work / "result.json").read_text()).get("error") or f"trainer exit {code}")
+    lines = [{"tokens_seen": 0}] + [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()
+                                     if '"train"' in line]
+    steps = list(zip(lines, lines[1:]))[job["warmup"]:]  # (previous, this) per measured step
+    tokens = sum(this["tokens_seen"] - previous["tokens_seen"] for previous, this in steps)
+    seconds = sum((this["tokens_seen"] - previous["tokens_seen"]) / this["tokens_per_sec"] for previous, this in steps)
+    memory = max((line.get("gpu_memory") or 0.0) for line in lines)
+    return {"real_tokens": tokens, "processed_tokens": tokens, "seconds": seconds, "peak_gib": memory or None}
 
 
 class _Counter:
@@ -87,8 +122,8 @@ class _Counter:
         return batch
 
 
-def _timed(trainer, counter: _Counter) -> dict:
-    """Train; time and count tokens from the end of step WARMUP (or the start, if 0) to the end."""
+def _timed(trainer, counter: _Counter, warmup: int) -> dict:
+    """Train; time and count tokens from the end of step `warmup` (or the start, if 0) to the end."""
     import torch
     from transformers import TrainerCallback
 
@@ -101,23 +136,26 @@ def _timed(trainer, counter: _Counter) -> dict:
 
     class Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, **k):
-            if WARMUP == 0:
+            if warmup == 0:
                 mark("begin")
 
         def on_step_end(self, args, state, control, **k):
-            if state.global_step == WARMUP:
+            if state.global_step == warmup:
                 mark("begin")
 
         def on_train_end(self, *a, **k):
             mark("end")
 
     trainer.add_callback(Clock())
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     trainer.train()
     (t0, r0, p0), (t1, r1, p1) = marks["begin"], marks["end"]
-    return {"real_tokens": r1 - r0, "processed_tokens": p1 - p0, "seconds": t1 - t0}
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return {"real_tokens": r1 - r0, "processed_tokens": p1 - p0, "seconds": t1 - t0, "peak_gib": peak}
 
 
-def _lora_model():
+def _lora_model(job: dict):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -125,118 +163,243 @@ def _lora_model():
     from brightrun_cli.builtin import resolve_base_model
 
     # On a GPU the frozen base is loaded in bf16, as brightrun's trainer does, so only the loops differ.
-    dtype = torch.bfloat16 if _cuda() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(resolve_base_model(BASE), attn_implementation="sdpa", dtype=dtype)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(resolve_base_model(job["model"]), attn_implementation="sdpa", dtype=dtype)
     return get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0,
                                             target_modules=LORA["targets"], task_type="CAUSAL_LM"))
 
 
-def _common_args(steps: int, work: Path) -> dict:
-    return dict(output_dir=str(work), max_steps=steps, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
-                logging_steps=10_000, save_strategy="no", report_to=[], seed=1, dataloader_num_workers=0,
-                use_cpu=not _cuda(), bf16=_cuda(), disable_tqdm=True)
+def _common_args(job: dict, work: Path) -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return dict(output_dir=str(work), max_steps=job["warmup"] + job["steps"], learning_rate=LR,
+                lr_scheduler_type="constant", warmup_steps=0, logging_steps=10_000, save_strategy="no", report_to=[],
+                seed=1, dataloader_num_workers=0, use_cpu=not cuda, bf16=cuda, disable_tqdm=True)
 
 
-def bench_hf_trainer(data, steps: int, work: Path, tokenizer) -> dict:
+def _messages(job: dict) -> list[list[dict[str, str]]]:
+    return [json.loads(line)["turns"] for line in Path(job["data"]).read_text().splitlines()]
+
+
+def run_hf(job: dict, work: Path) -> dict:
     from datasets import Dataset
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from brightrun_cli.trainer.data import IGNORE, tokenize
+    from brightrun_cli.builtin import resolve_base_model
+    from brightrun_cli.trainer.data import IGNORE, ensure_chat_template, tokenize
 
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(job["model"]))
+    ensure_chat_template(tokenizer)
     rows = []
-    for c in data:
-        e = tokenize(tokenizer, c, 2048, True)
+    for c in _messages(job):
+        e = tokenize(tokenizer, c, job["seq"], True)
         # Trainer's causal LM loss shifts labels itself: labels are the token ids, masked where no target.
         labels = [IGNORE] + [e.input_ids[t] if e.targets[t - 1] != IGNORE else IGNORE for t in range(1, len(e.input_ids))]
         rows.append({"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": labels})
     collator = _Counter(DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE))
-    args = TrainingArguments(per_device_train_batch_size=BATCH, **_common_args(steps, work))
-    trainer = Trainer(model=_lora_model(), args=args, train_dataset=Dataset.from_list(rows), data_collator=collator)
-    return _timed(trainer, collator)
+    args = TrainingArguments(per_device_train_batch_size=job["batch"], **_common_args(job, work))
+    trainer = Trainer(model=_lora_model(job), args=args, train_dataset=Dataset.from_list(rows), data_collator=collator)
+    return _timed(trainer, collator, job["warmup"])
 
 
-def bench_trl(data, steps: int, work: Path, tokenizer, row_tokens: int) -> dict:
+def run_trl(job: dict, work: Path) -> dict:
+    import importlib.util
+
     from datasets import Dataset
+    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(per_device_train_batch_size=1, packing=True, max_length=row_tokens, **_common_args(steps, work))
-    trainer = SFTTrainer(model=_lora_model(), args=args, processing_class=tokenizer,
-                         train_dataset=Dataset.from_list([{"messages": c} for c in data]))
-    trainer.data_collator = _Counter(trainer.data_collator)
-    return _timed(trainer, trainer.data_collator)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _mfu(tokens_per_sec: float) -> str:
-    import torch
-
-    if not torch.cuda.is_available():
-        return ""
-    name = torch.cuda.get_device_name()
-    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-    if peak is None:
-        return f"  MFU: unknown peak for {name}"
-    from transformers import AutoModelForCausalLM
-
     from brightrun_cli.builtin import resolve_base_model
+    from brightrun_cli.trainer.data import ensure_chat_template
 
-    params = AutoModelForCausalLM.from_pretrained(resolve_base_model(BASE)).num_parameters()
-    # 6N FLOPs per token (forward 2N, backward 4N) is the usual MFU convention; attention FLOPs are left out.
-    return f"  MFU {6 * params * tokens_per_sec / (peak * 1e12):.2%} of {name} bf16 peak"
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(job["model"]))
+    ensure_chat_template(tokenizer)
+    liger = importlib.util.find_spec("liger_kernel") is not None and job["cuda"]
+    args = SFTConfig(per_device_train_batch_size=job["trl_rows"], packing=True, max_length=job["trl_length"],
+                     use_liger_kernel=liger, **_common_args(job, work))
+    trainer = SFTTrainer(model=_lora_model(job), args=args, processing_class=tokenizer,
+                         train_dataset=Dataset.from_list([{"messages": c} for c in _messages(job)]))
+    trainer.data_collator = _Counter(trainer.data_collator)
+    return {**_timed(trainer, trainer.data_collator, job["warmup"]), "liger": liger}
+
+
+def child(job_file: str) -> None:
+    job = json.loads(Path(job_file).read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            result = {"brightrun": run_brightrun, "hf": run_hf, "trl": run_trl}[job["method"]](job, Path(tmp))
+        except Exception as exc:  # one configuration failing (e.g. out of memory) is a row of the table
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            result = {"error": f"{type(exc).__name__}: {first[:160]}"}
+    Path(job["result"]).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------- the table (parent process)
+
+def _shape_and_model(args, models_dir: Path) -> tuple[str, object]:
+    from brightrun_cli.builtin import resolve_base_model
+    from brightrun_cli.services.flops import ModelShape
+
+    model = args.base_model
+    if args.shape:
+        model = str(models_dir / args.shape)
+        if not (Path(model) / "config.json").is_file():
+            from make_random_llama import make_random_llama
+
+            started = time.perf_counter()
+            params = make_random_llama(Path(model), args.shape)
+            print(f"random {args.shape}: {params / 1e9:.2f}B parameters in {time.perf_counter() - started:.0f} s", flush=True)
+    config = json.loads((Path(resolve_base_model(model)) / "config.json").read_text())
+    return model, ModelShape.from_config(config)
+
+
+def _fitted_rows(shape, seq: int, overrides: dict, capacity: float, cuda: bool) -> int:
+    """The most rows of `seq` tokens whose planned memory (services.flops.memory_need) stays
+    within FIT_FRACTION of the device."""
+    from brightrun_cli.presets.schema import TrainingConfig
+    from brightrun_cli.services.flops import memory_need
+
+    best = 1
+    for rows in range(1, 129):
+        config = TrainingConfig(batch_size=rows, lora_rank=LORA["r"], target_modules=LORA["targets"], max_seq_length=seq,
+                                **{k: v for k, v in overrides.items() if k in ("fused_cross_entropy", "gradient_checkpointing")})
+        need = memory_need(shape, config, seq, weight_bytes=2 if cuda else 4, on_gpu=cuda)
+        if need.total <= FIT_FRACTION * capacity:
+            best = rows
+    return best
+
+
+def _device_info(cuda: bool) -> tuple[str, float | None, float]:
+    """(device name, its bf16 peak in TFLOP/s or None, memory in bytes)."""
+    import torch
+
+    if not cuda:
+        return "cpu", None, 2**30  # a stand-in capacity, so rows=fit runs its code path in a smoke run
+    name = torch.cuda.get_device_name()
+    return name, next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None), torch.cuda.mem_get_info()[1]
 
 
 def main() -> None:
-    global BATCH, BASE, WARMUP
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--conversations", type=int, default=400)
-    parser.add_argument("--batch", type=int, default=BATCH, help="conversations per optimizer step")
-    parser.add_argument("--base-model", default=BASE, help="built-in name or local model directory")
-    parser.add_argument("--warmup-steps", type=int, default=WARMUP,
-                        help="steps left out of every method's timing (use 3+ on a GPU: CUDA and Triton start-up)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--base-model", default="builtin:tiny", help="built-in name or local model directory")
+    parser.add_argument("--shape", help="a random model shaped like a published one (scripts/make_random_llama.py SHAPES)")
+    parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "brightrun-bench-models")
+    parser.add_argument("--steps", type=int, default=20, help="measured optimizer steps per configuration")
+    parser.add_argument("--warmup-steps", type=int, default=0,
+                        help="steps left out of every timing (use 3+ on a GPU: CUDA, Triton and compile start-up)")
+    parser.add_argument("--batch", type=int, default=8, help="conversations per micro-batch (unless --rows)")
+    parser.add_argument("--rows", help="micro-batch as rows of --seq tokens (N, or fit: the most the memory model fits)")
+    parser.add_argument("--seq", type=int, default=2048, help="longest sequence: truncation and TRL's packed row length")
+    parser.add_argument("--median-chars", type=int, help="median answer length (default: 150, 600 with --shape)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--knobs", default="", help=f"comma-separated, or all: {', '.join(KNOBS)}")
+    parser.add_argument("--device", choices=("auto", "cpu"), default="auto", help="cpu: hide the GPU (smoke runs)")
+    parser.add_argument("--json", type=Path, help="write the table's rows here too")
     args = parser.parse_args()
-    parser_warmup = args.warmup_steps
-    if not 0 <= parser_warmup < args.steps:
-        parser.error("--warmup-steps must be >= 0 and below --steps")
-    BATCH, BASE, WARMUP = args.batch, args.base_model, parser_warmup
+    if args.child:
+        child(args.child)
+        return
+    if not 0 <= args.warmup_steps:
+        parser.error("--warmup-steps must be >= 0")
+    knobs = list(KNOBS) if args.knobs == "all" else [k for k in args.knobs.split(",") if k]
+    unknown = [k for k in knobs if k not in KNOBS] + [m for m in args.methods.split(",") if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method or knob: {', '.join(unknown)}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"] = ""
 
     import torch
     from transformers import AutoTokenizer
 
     from brightrun_cli.builtin import resolve_base_model
+    from brightrun_cli.presets.schema import TrainingConfig
+    from brightrun_cli.services.flops import train_flops_per_token
     from brightrun_cli.trainer.data import ensure_chat_template, tokenize
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(BASE))
+    cuda = torch.cuda.is_available()
+    device, peak, capacity = _device_info(cuda)
+    model, shape = _shape_and_model(args, args.models_dir)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(model))
     ensure_chat_template(tokenizer)
-    data = conversations(args.conversations, seed=0)
-    mean_len = sum(len(tokenize(tokenizer, c, 2048, True).input_ids) for c in data) / len(data)
-    row_tokens = int(BATCH * mean_len)
-    print(f"{len(data)} conversations, mean {mean_len:.0f} tokens; {args.steps} steps of ~{row_tokens} tokens; "
-          f"torch threads {torch.get_num_threads()}", flush=True)
-    results = {}
+    median = args.median_chars or (600 if args.shape else 150)
+    sample = [len(tokenize(tokenizer, c, args.seq, True).input_ids) for c in conversations(400, 0, median)]
+    mean_len = sum(sample) / len(sample)
+    attention_len = sum(n * n for n in sample) / sum(sample)  # per token: the length of its conversation
+    config = TrainingConfig(lora_rank=LORA["r"], target_modules=LORA["targets"], max_seq_length=args.seq)
+    flops_per_token = train_flops_per_token(shape, config, round(attention_len), causal=True)
+    print(f"{model} on {device}: {shape.total_params / 1e9:.2f}B parameters; conversations mean {mean_len:.0f} tokens "
+          f"(attention length {attention_len:.0f}), at most {args.seq}; {flops_per_token / 1e9:.2f} GFLOP per token; "
+          f"{args.warmup_steps} warm-up + {args.steps} measured steps per configuration", flush=True)
+
+    def batch_for(rows: str | None) -> tuple[int, int]:
+        """(conversations per micro-batch, rows of --seq tokens)."""
+        if rows is None:
+            return args.batch, max(1, math.ceil(args.batch * mean_len / args.seq))
+        n = _fitted_rows(shape, args.seq, {}, capacity, cuda) if rows == "fit" else int(rows)
+        return max(1, round(n * args.seq / mean_len)), n
+
+    runs = [(m, m, {}, args.rows) for m in args.methods.split(",")]
+    runs += [("brightrun", f"brightrun {k}", KNOBS[k], "fit" if k == "rows=fit" else args.rows) for k in knobs]
+    table = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, run in (
-            ("brightrun", lambda w: bench_brightrun(data, args.steps, w)),
-            ("transformers Trainer + peft (padding)", lambda w: bench_hf_trainer(data, args.steps, w, tokenizer)),
-            ("TRL SFTTrainer (packing, bfd)", lambda w: bench_trl(data, args.steps, w, tokenizer, row_tokens)),
-        ):
-            work = Path(tmp) / str(len(results))
-            work.mkdir()
-            r = run(work)
-            r["tokens_per_sec"] = r["real_tokens"] / r["seconds"]
-            results[name] = r
-            print(f"{name:40s} {r['tokens_per_sec']:9.0f} real tokens/s  padding efficiency "
-                  f"{r['real_tokens'] / r['processed_tokens']:.1%}  ({r['real_tokens']} tokens, {r['seconds']:.1f} s)"
-                  + _mfu(r["tokens_per_sec"]), flush=True)
-    ours = results["brightrun"]["tokens_per_sec"]
-    hf = results["transformers Trainer + peft (padding)"]["tokens_per_sec"]
-    trl = results["TRL SFTTrainer (packing, bfd)"]["tokens_per_sec"]
-    print(f"brightrun vs Trainer+peft: {ours / hf:.2f}x (goal >= 2.0x); vs TRL packing: {ours / trl:.2f}x (goal >= 1.4x)")
+        for i, (method, label, overrides, rows) in enumerate(runs):
+            batch, n_rows = batch_for(rows)
+            data = Path(tmp) / f"data-{i}.jsonl"
+            chats = conversations(batch * (args.warmup_steps + args.steps + 1), 1, median)
+            data.write_text("".join(json.dumps({"conversation_id": str(j), "turns": c}) + "\n" for j, c in enumerate(chats)))
+            job = {"method": method, "model": model, "data": str(data), "batch": batch, "seq": args.seq, "cuda": cuda,
+                   "trl_rows": n_rows, "trl_length": min(args.seq, round(batch * mean_len)), "overrides": overrides,
+                   "warmup": args.warmup_steps, "steps": args.steps, "result": str(Path(tmp) / f"result-{i}.json")}
+            (Path(tmp) / f"job-{i}.json").write_text(json.dumps(job))
+            started = time.perf_counter()
+            proc = subprocess.run([sys.executable, __file__, "--child", str(Path(tmp) / f"job-{i}.json")], env=env,
+                                  capture_output=True, text=True)
+            try:
+                result = json.loads(Path(job["result"]).read_text())
+            except (OSError, ValueError):
+                result = {"error": f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1][:160]}"}
+            result.update(label=label, batch=batch, rows=n_rows, wall_s=round(time.perf_counter() - started, 1))
+            if "error" not in result:
+                result["tokens_per_sec"] = result["real_tokens"] / result["seconds"]
+                result["mfu"] = result["tokens_per_sec"] * flops_per_token / (peak * 1e12) if peak else None
+                result["padding_efficiency"] = result["real_tokens"] / result["processed_tokens"]
+            table.append(result)
+            print(_row(result), flush=True)
+    _summary(table, args.shape)
+    if args.json:
+        args.json.write_text(json.dumps({"model": model, "shape": args.shape, "device": device, "flops_per_token": flops_per_token,
+                                         "mean_tokens": mean_len, "attention_length": attention_len, "rows": table}, indent=1))
+
+
+def _row(r: dict) -> str:
+    head = f"{r['label']:38s} batch {r['batch']:4d} conv ({r['rows']:3d} x seq)"
+    if "error" in r:
+        return f"{head}  FAILED {r['error']}  ({r['wall_s']} s)"
+    mfu = f"MFU {r['mfu']:6.1%}" if r.get("mfu") is not None else "MFU    -  "
+    peak = f"peak {r['peak_gib']:6.1f} GiB" if r.get("peak_gib") else "peak      -   "
+    return (f"{head}  {r['tokens_per_sec']:10.0f} real tok/s  {mfu}  {peak}  padding eff {r['padding_efficiency']:6.1%}"
+            f"  ({r['real_tokens']} tok, {r['seconds']:.1f} s measured, {r['wall_s']} s wall)")
+
+
+def _summary(table: list[dict], shape: str | None) -> None:
+    rate = {r["label"]: r["tokens_per_sec"] for r in table if "tokens_per_sec" in r}
+    ours = rate.get("brightrun")
+    if ours is None:
+        return
+    parts = [f"brightrun vs {m}: {ours / rate[m]:.2f}x" for m in ("hf", "trl") if m in rate]
+    for label, value in rate.items():
+        if label.startswith("brightrun "):
+            parts.append(f"{label[10:]}: {value / ours - 1:+.1%}")
+    print("; ".join(parts))
+    mfu = next((r.get("mfu") for r in table if r["label"] == "brightrun"), None)
+    goal = {"llama-3.1-8b": 0.45, "llama-3.2-1b": 0.40}.get(shape or "")
+    if goal and mfu is not None:
+        best = max((r.get("mfu") or 0) for r in table if r["label"].startswith("brightrun"))
+        print(f"goal: MFU >= {goal:.0%} (default run {mfu:.1%}, best brightrun run {best:.1%}); "
+              f">= 1.5x TRL ({ours / rate['trl']:.2f}x)" if "trl" in rate else f"goal: MFU >= {goal:.0%} (got {mfu:.1%})")
 
 
 if __name__ == "__main__":

@@ -1,40 +1,90 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a lent CUDA machine (the CI box has no GPU):
-#   GPU tests (bf16, fused varlen attention, checkpointing, Liger, accelerate launch,
-#   FSDP1/FSDP2 accelerate configs; ZeRO-2/3 too where deepspeed is installed),
-#   the whole CLI loop on the GPU, and the trainer benchmark on builtin:tiny and on a
-#   ~200M-parameter random Llama (MFU). Logs go to $OUT (or ./gpu-check-out).
-# Python packages the machine lacks travel as wheels in .whl/ (see bench/RESULTS.md).
+#
+#   bash scripts/gpu_check.sh [SECTION ...]        default: tests cli bench-tiny
+#
+# Sections (seconds on one H200, measured or planned; a lent machine gets ~15 minutes in all,
+# and one `run` call at most 600 s, so split long selections over two calls):
+#   tests       every GPU test (bf16, fused varlen attention, checkpointing, Liger, accelerate
+#               launch, FSDP1/FSDP2; ZeRO-2/3 where deepspeed is installed; the qlora ones)  ~330
+#   cli         the whole CLI loop on the GPU (dataset add, train, watch, jobs show)             ~40
+#   bench-tiny  bench_trainer.py on builtin:tiny and a ~200M random Llama                          ~120
+#   qlora       issue 18's GPU tests (fused loss in bf16, QLoRA 4bit/8bit/QDoRA on builtin:tiny and
+#               a random Llama-3.2-1B shape: trains, loads with peft, merges) and `train --set
+#               quantization=4bit` through the CLI, then `models merge`                      ~200 (planned)
+#   bench-1b    bench_trainer.py on a random Llama-3.2-1B shape: brightrun, Trainer+peft, TRL, and
+#               each knob (fused loss off, compiled layers, activation offload, micro-batch fitted) ~240 (planned)
+#   bench-8b    the same on a random Llama-3.1-8B shape: the three methods and the fitted micro-batch ~270 (planned)
+# Issue 18 in two calls: `qlora bench-1b`, then `bench-8b` (bench/RESULTS.md says what to carry).
+# Logs and the benches' JSON go to $OUT (or ./gpu-check-out). Python packages the machine lacks
+# travel as wheels in .whl/ (scripts/gpu_wheels.sh fills it; carry ".whl").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}; mkdir -p "$OUT"
+SECTIONS=${*:-tests cli bench-tiny}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi -L; python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
+python3 -c "import importlib.metadata as m
+for p in ('bitsandbytes', 'liger-kernel', 'trl', 'deepspeed'):
+    try: print(p, m.version(p))
+    except m.PackageNotFoundError: print(p, 'not installed')"
+QUIET="warn|it/s|examples/s|Loading weights|Writing model"
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -o -E "H100|H200" || echo H100)
+section() { echo "== $1 ($(date -u +%H:%M:%S))"; SECONDS=0; }
 
-echo "== GPU tests"
-SECONDS=0
-timeout 400 python3 -m pytest -p no:cacheprovider -q -s -m gpu -rs --durations=0 tests/test_trainer_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | grep -v -i warn
-
-echo "GPU tests took ${SECONDS}s"
-echo "== the CLI loop on the GPU"
-(
-  export BRIGHTRUN_HOME=/tmp/brightrun-gpu-home; rm -rf "$BRIGHTRUN_HOME"
-  br() { python3 -m brightrun_cli "$@"; }
-  br hosts check local
-  br dataset add examples/support_conversations.jsonl --name support --base-model builtin:tiny >/dev/null
-  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -o -E "H100|H200" || echo H100)
-  job=$(br train --dataset support --preset tiny --set precision=bf16 --set gpu_type="$gpu" --detach --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  timeout 90 python3 -m brightrun_cli watch "$job" --json | tail -c 1500; echo
-  br jobs show "$job"
-  grep -E "device|precision|attention|liger" "$BRIGHTRUN_HOME"/runs/*/trainer.log | head
-) 2>&1 | tee "$OUT/gpu_cli.log"
-
-echo "== trainer benchmark, builtin:tiny"
-timeout 90 python3 bench/bench_trainer.py --steps 30 --warmup-steps 3 2>&1 | grep -v -i -E "warn|it/s|examples/s" | tee "$OUT/bench_tiny.log"
-echo "== trainer benchmark, random Llama ~200M"
-python3 scripts/make_random_llama.py /tmp/llama-200m --hidden 1024 --layers 16 --heads 16 --kv-heads 4
-timeout 120 python3 bench/bench_trainer.py --steps 40 --warmup-steps 3 --batch 32 --base-model /tmp/llama-200m 2>&1 | grep -v -i -E "warn|it/s|examples/s" | tee "$OUT/bench_200m.log"
+for s in $SECTIONS; do case $s in
+tests)
+  section "GPU tests"
+  timeout 500 python3 -m pytest -p no:cacheprovider -q -s -m gpu -rs --durations=0 tests/test_trainer_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | grep -v -i warn
+  echo "GPU tests took ${SECONDS}s" ;;
+cli)
+  section "the CLI loop on the GPU"
+  (
+    export BRIGHTRUN_HOME=/tmp/brightrun-gpu-home; rm -rf "$BRIGHTRUN_HOME"
+    br() { python3 -m brightrun_cli "$@"; }
+    br hosts check local
+    br dataset add examples/support_conversations.jsonl --name support --base-model builtin:tiny >/dev/null
+    job=$(br train --dataset support --preset tiny --set precision=bf16 --set gpu_type="$gpu" --detach --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+    timeout 90 python3 -m brightrun_cli watch "$job" --json | tail -c 1500; echo
+    br jobs show "$job"
+    grep -E "device|precision|attention|liger" "$BRIGHTRUN_HOME"/runs/*/trainer.log | head
+  ) 2>&1 | tee "$OUT/gpu_cli.log"
+  echo "CLI loop took ${SECONDS}s" ;;
+bench-tiny)
+  section "trainer benchmark, builtin:tiny"
+  timeout 120 python3 bench/bench_trainer.py --steps 30 --warmup-steps 3 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_tiny.log"
+  section "trainer benchmark, random Llama ~200M"
+  python3 scripts/make_random_llama.py /tmp/llama-200m --hidden 1024 --layers 16 --heads 16 --kv-heads 4
+  timeout 180 python3 bench/bench_trainer.py --steps 40 --warmup-steps 3 --batch 32 --base-model /tmp/llama-200m 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_200m.log" ;;
+qlora)
+  section "QLoRA, QDoRA and the fused loss: GPU tests"
+  timeout 400 python3 -m pytest -p no:cacheprovider -q -s -m gpu -rs --durations=0 tests/test_trainer_gpu.py -k "fused_head or qlora" 2>&1 | tee "$OUT/qlora_tests.log" | grep -v -i warn
+  echo "QLoRA tests took ${SECONDS}s"
+  section "QLoRA through the CLI: train --set quantization=4bit, then models merge"
+  (
+    export BRIGHTRUN_HOME=/tmp/brightrun-qlora-home; rm -rf "$BRIGHTRUN_HOME"
+    br() { python3 -m brightrun_cli "$@"; }
+    br hosts check local | grep -E "bitsandbytes|gpus"
+    br dataset add examples/support_conversations.jsonl --name support --base-model builtin:tiny >/dev/null
+    job=$(br train --dataset support --preset tiny --set precision=bf16 --set quantization=4bit --set use_dora=true --set gpu_type="$gpu" --detach --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+    timeout 120 python3 -m brightrun_cli watch "$job" --json | tail -c 600; echo
+    br jobs show "$job" | head -20
+    grep -E "quantization|DoRA|fused" "$BRIGHTRUN_HOME"/runs/*/trainer.log | head
+    model=$(br models list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+    br models merge "$model" /tmp/qlora-merged && ls /tmp/qlora-merged
+  ) 2>&1 | tee "$OUT/qlora_cli.log"
+  echo "QLoRA CLI took ${SECONDS}s" ;;
+bench-1b)
+  section "LoRA throughput: random Llama-3.2-1B shape, bf16, packed to 2048"
+  timeout 560 python3 bench/bench_trainer.py --shape llama-3.2-1b --models-dir /tmp/bench-models --rows 8 --seq 2048 \
+    --steps 6 --warmup-steps 3 --knobs all --json "$OUT/bench_1b.json" 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_1b.log" ;;
+bench-8b)
+  section "LoRA throughput: random Llama-3.1-8B shape, bf16, packed to 2048"
+  timeout 560 python3 bench/bench_trainer.py --shape llama-3.1-8b --models-dir /tmp/bench-models --rows 2 --seq 2048 \
+    --steps 5 --warmup-steps 3 --knobs rows=fit --json "$OUT/bench_8b.json" 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_8b.log" ;;
+*) echo "unknown section '$s' (tests, cli, bench-tiny, qlora, bench-1b, bench-8b)"; exit 2 ;;
+esac; done

@@ -526,3 +526,12 @@ def test_list_json_follows_inserts_updates_and_deletes_made_in_sql(cli, tmp_path
     conn.commit()
     assert conn.execute("SELECT COUNT(*) FROM dataset_list_json").fetchone()[0] == 0
     conn.close()
+
+
+def test_hints_name_a_dataset_by_id_so_a_hostile_name_is_never_pasted_into_a_shell(cli, tmp_path):
+    hostile = "x $(touch pwned) `id`; rm -rf ~"
+    path = write_jsonl(tmp_path / "good.jsonl", good_lines())
+    first = json.loads(add(cli, path, "--name", hostile, "--json").stdout)
+    taken = add(cli, path, "--name", hostile)
+    assert taken.exit_code == 2 and f"'brightrun dataset rm {first['id']}'" in taken.stderr
+    assert "$(" not in taken.stderr.split(";", 1)[1]  # the hint holds only the id, never the name

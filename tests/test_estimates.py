@@ -265,7 +265,7 @@ def test_memory_advice_names_every_change_that_makes_it_fit(ws, tmp_path):
     assert advice.startswith("needs ") and "A10G has 24 GB; it fits with " in advice
     options = advice.split("; it fits with ", 1)[1].split("; or ")
     kinds = ["--set batch_size=", "--set gradient_checkpointing=true", "--set max_seq_length=", "FSDP over ", "a GPU with more memory: ",
-             "a 4-bit (QLoRA) base on A10G"]
+             "--set quantization=4bit"]
     assert [next(k for k in kinds if o.startswith(k)) for o in options] == kinds, options
     for option in options[:3]:  # each change alone fits, as the estimate itself computes it
         assert _fits_after(ws, model, "A10G", 1, option), option
@@ -279,13 +279,13 @@ def test_memory_advice_names_every_change_that_makes_it_fit(ws, tmp_path):
     warning = est.to_json()["warnings"][0]  # scripts see it too, with its figures
     assert warning["code"] == "does_not_fit" and warning["message"] == f"does not fit in memory: {advice}"
     assert [o["kind"] for o in warning["options"]] == ["micro_batch", "gradient_checkpointing", "max_seq_length", "fsdp",
-                                                      "larger_gpu", "nf4_base"]
+                                                      "larger_gpu", "quantization"]
     assert warning["capacity_gb"] == 24 and warning["needs_gb"] > 24
     for option in warning["options"]:  # each with what a device then holds, under what it has
         assert 0 < option["needs_gb"] <= max(24, next((g.memory_gb for g in list_gpus(ws) if g.name == option["gpu"]), 24))
     assert warning["options"][0]["settings"] == {"batch_size": int(options[0].split()[1].split("=")[1]),
                                                  "gradient_accumulation_steps": int(options[0].split()[3].split("=")[1].rstrip(","))}
-    assert warning["options"][3]["devices"] == fsdp_devices and warning["options"][-1]["in_brightrun"] is False
+    assert warning["options"][3]["devices"] == fsdp_devices and warning["options"][-1]["settings"] == {"quantization": "4bit"}
 
 
 def test_a_cpu_host_is_told_which_gpu_holds_a_7b_model(ws, tmp_path, monkeypatch):

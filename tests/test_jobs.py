@@ -209,6 +209,10 @@ def test_cancel_queued_job_and_refusals(cli, ws, monkeypatch):
     monkeypatch.setattr(queue, "kick", lambda ws, **_: [])
     monkeypatch.setattr(queue, "kick_if_needed", lambda home: None)
     job = job_row(ws, dataset_row(ws))
+    other = job_row(ws, dataset_row(ws, name="other"))
+    result = cli("jobs", "cancel", other.id)
+    assert result.exit_code == 0 and result.stdout.splitlines() == [
+        f"job {other.id} cancelled before it started; nothing billed", f"run it again with: brightrun jobs retry {other.id}"]
     result = cli("jobs", "cancel", job.id, "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["status"] == "cancelled"
     result = cli("jobs", "cancel", job.id)

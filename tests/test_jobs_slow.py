@@ -21,6 +21,7 @@ from brightrun_cli.services import jobs, training
 from brightrun_cli.workspace import Workspace
 from conftest import run_brightrun
 from jobs_helpers import conversations
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -39,16 +40,6 @@ def ws(brightrun_home) -> Workspace:
 
 def _job(ws, job_id) -> TrainingJob:
     return jobs.get_job(ws, job_id)
-
-
-def _wait(what, predicate, timeout=180.0, every=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _submit(*extra: str) -> str:
@@ -134,17 +125,17 @@ def test_bad_input_exits_2_with_one_line_and_no_job(ws):
 
 def test_sigkill_supervisor_then_resume_completes_without_gaps_or_duplicates(ws):
     job_id = _submit("--set", "num_epochs=20")  # 200 steps: still training when the supervisor dies, even on an idle CPU
-    _wait("a few training steps", lambda: len(_train_steps(_points(ws, job_id))) >= 2)
+    wait_for("a few training steps", lambda: len(_train_steps(_points(ws, job_id))) >= 2)
     os.kill(_job(ws, job_id).supervisor_pid, signal.SIGKILL)
     killed_at = time.monotonic()
     run_brightrun("jobs", "list")  # any command notices
-    job = _wait("the job marked failed", lambda: (j := _job(ws, job_id)).status == "failed" and j)
+    job = wait_for("the job marked failed", lambda: (j := _job(ws, job_id)).status == "failed" and j)
     assert time.monotonic() - killed_at < 30
     assert job.error_message.startswith("supervisor lost")
     assert lifecycle.latest_checkpoint(ws.home / job.run_dir) is not None  # the orphaned trainer checkpointed on TERM
     result = run_brightrun("jobs", "resume", job_id)
     assert result.returncode == 0, result.stderr
-    job = _wait("the resumed job to end", lambda: (j := _job(ws, job_id)).status in lifecycle.TERMINAL and j, timeout=300)
+    job = wait_for("the resumed job to end", lambda: (j := _job(ws, job_id)).status in lifecycle.TERMINAL and j, timeout=300)
     assert job.status == "completed", job.error_message
     assert job.resume_count == 1
     steps = _train_steps(_points(ws, job_id))
@@ -155,33 +146,33 @@ def test_sigkill_supervisor_then_resume_completes_without_gaps_or_duplicates(ws)
 
 def test_supervisor_lost_after_the_trainer_completed_resume_collects_without_retraining(ws):
     job_id = _submit()
-    _wait("training to start", lambda: _job(ws, job_id).status == "running")
+    wait_for("training to start", lambda: _job(ws, job_id).status == "running")
     supervisor = psutil.Process(_job(ws, job_id).supervisor_pid)
     supervisor.suspend()  # the trainer finishes while nobody records it
     run_dir = ws.home / _job(ws, job_id).run_dir
-    _wait("the trainer to complete", lambda: lifecycle.finished_uncollected(run_dir))
+    wait_for("the trainer to complete", lambda: lifecycle.finished_uncollected(run_dir))
     supervisor.kill()
     run_brightrun("jobs", "list")  # any command notices
-    job = _wait("the job marked failed", lambda: (j := _job(ws, job_id)).status == "failed" and j)
+    job = wait_for("the job marked failed", lambda: (j := _job(ws, job_id)).status == "failed" and j)
     assert job.error_message.startswith("supervisor lost")
     result = run_brightrun("jobs", "resume", job_id)
     assert result.returncode == 0, result.stderr
-    job = _wait("the job to end", lambda: (j := _job(ws, job_id)).status in lifecycle.TERMINAL and j)
+    job = wait_for("the job to end", lambda: (j := _job(ws, job_id)).status in lifecycle.TERMINAL and j)
     assert job.status == "completed", job.error_message
     assert _train_steps(_points(ws, job_id)) == list(range(1, job.total_steps + 1))
     launches = [line for line in (run_dir / "launcher.log").read_text().splitlines() if line.startswith("$ ")]
     assert len(launches) == 1  # collected, not trained again
     assert job.progress == 100.0
-    _wait("the adapter registered as a model", lambda: _job(ws, job_id).artifact_id)
+    wait_for("the adapter registered as a model", lambda: _job(ws, job_id).artifact_id)
 
 
 def test_sigkill_trainer_fails_the_job_with_the_log_tail(ws):
     job_id = _submit("--set", "num_epochs=20")  # long enough to still be training when the kill lands
-    _wait("training steps", lambda: _train_steps(_points(ws, job_id)))
+    wait_for("training steps", lambda: _train_steps(_points(ws, job_id)))
     trainers = [p for p in _procs_of(job_id) if "brightrun_cli.trainer" in p.info["cmdline"] and "accelerate.commands.launch" not in p.info["cmdline"]]
     assert trainers
     trainers[0].send_signal(signal.SIGKILL)
-    job = _wait("the job to fail", lambda: (j := _job(ws, job_id)).status in lifecycle.TERMINAL and j, timeout=60)
+    job = wait_for("the job to fail", lambda: (j := _job(ws, job_id)).status in lifecycle.TERMINAL and j, timeout=60)
     # The kill is the reason: not the unrelated last line the trainer happened to log.
     assert job.status == "failed" and job.error_message.startswith("the trainer was killed by signal 9 (SIGKILL")
     assert job.error_stack and len(job.error_stack.splitlines()) > 1
@@ -192,15 +183,15 @@ def test_sigkill_trainer_fails_the_job_with_the_log_tail(ws):
 def test_cancel_stops_the_whole_tree_and_records_cost(ws, stage):
     job_id = _submit("--set", "num_epochs=20")
     if stage == "running":
-        _wait("training steps", lambda: _train_steps(_points(ws, job_id)))
+        wait_for("training steps", lambda: _train_steps(_points(ws, job_id)))
     else:
         assert _job(ws, job_id).status == "initializing"
-    _wait("the supervisor pid", lambda: _job(ws, job_id).supervisor_pid, timeout=30)
+    wait_for("the supervisor pid", lambda: _job(ws, job_id).supervisor_pid, timeout=30)
     result = run_brightrun("jobs", "cancel", job_id, "--json")
     assert result.returncode == 0, result.stderr
     job = _job(ws, job_id)
     assert job.status == "cancelled" and json.loads(result.stdout)["status"] == "cancelled"
-    _wait("no process left", lambda: not _procs_of(job_id), timeout=20)
+    wait_for("no process left", lambda: not _procs_of(job_id), timeout=20)
     with ws.registry.write() as s:
         assert s.exec(select(CostRecord).where(CostRecord.job_id == job_id, CostRecord.cost_type == "compute")).all()
     assert job.final_cost is not None and "job_cancelled" in _types(ws, job_id)
@@ -213,7 +204,7 @@ def test_running_job_over_budget_is_stopped_with_budget_exceeded(ws):
     plan.gpu_config["hourly_rate"] = 3600.0  # a dollar a second
     plan.max_cost = 2.0
     job = training.submit(ws, plan)
-    job = _wait("the budget stop", lambda: (j := _job(ws, job.id)).status in lifecycle.TERMINAL and j, timeout=120)
+    job = wait_for("the budget stop", lambda: (j := _job(ws, job.id)).status in lifecycle.TERMINAL and j, timeout=120)
     assert job.status == "cancelled" and "max-cost" in job.error_message
     assert job.final_cost >= 2.0
     assert "budget_exceeded" in _types(ws, job.id)
@@ -229,7 +220,7 @@ def test_ten_concurrent_submissions_run_one_at_a_time_and_all_complete(ws):
     assert len(ids) == 10
 
     # Nobody runs a command meanwhile: each finishing supervisor starts the next job.
-    _wait("all ten jobs", lambda: all(_job(ws, i).status in lifecycle.TERMINAL for i in ids), timeout=1400, every=1)
+    wait_for("all ten jobs", lambda: all(_job(ws, i).status in lifecycle.TERMINAL for i in ids), timeout=1400, every=1)
     done = [_job(ws, i) for i in ids]
     assert {j.status for j in done} == {"completed"}, [j.error_message for j in done]
     spans = sorted((j.started_at, j.completed_at) for j in done)

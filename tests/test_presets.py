@@ -52,9 +52,32 @@ def test_tiny_preset_targets_the_builtin_model_on_cpu(ws):
     assert list(config.hyperparameters()) == list(HYPERPARAMETER_KEYS) == _architecture_hyperparameter_keys()
 
 
+def test_qlora_preset_is_a_4bit_base_with_lora_on_every_linear_layer(ws):
+    config = get_preset(ws, "qlora").config
+    assert (config.quantization, config.target_modules, config.gradient_checkpointing) == ("4bit", "all-linear", True)
+    assert (config.lora_rank, config.lora_alpha, config.learning_rate) == (64, 16, 2e-4)  # the QLoRA paper's
+    assert config.gpu_type is None  # any CUDA host: train refuses it on a CPU one
+    hyperparameters = config.hyperparameters()
+    assert hyperparameters["quantization"] == "4bit" and list(hyperparameters) == _architecture_hyperparameter_keys()
+
+
+def test_lora_variants_and_quantization_come_from_set_and_presets(ws, brightrun_home):
+    config = resolve_config(ws, "balanced", ["use_dora=true", "use_rslora=true", "quantization=8bit"]).config
+    assert (config.use_dora, config.use_rslora, config.quantization) == (True, True, "8bit")
+    assert {k: config.hyperparameters()[k] for k in ("use_dora", "use_rslora", "quantization")} == {
+        "use_dora": True, "use_rslora": True, "quantization": "8bit"}
+    defaults = resolve_config(ws, "balanced").config
+    assert (defaults.use_dora, defaults.use_rslora, defaults.quantization) == (False, False, "none")
+    (brightrun_home / "presets").mkdir()
+    (brightrun_home / "presets" / "dora.toml").write_text('description = "DoRA"\nuse_dora = true\nlora_rank = 8\n')
+    assert get_preset(ws, "dora").config.use_dora is True
+    with pytest.raises(UsageError, match="quantization"):
+        resolve_config(ws, "balanced", ["quantization=2bit"])
+
+
 def test_every_shipped_file_is_listed_and_the_root_presets_dir_is_the_same_files(ws):
     names = {p.name for p in list_presets(ws)}
-    assert names == set(REFERENCE) | {"tiny"}
+    assert names == set(REFERENCE) | {"tiny", "qlora"}
     assert {p.stem for p in (REPO / "presets").glob("*.toml")} == names
 
 

@@ -33,6 +33,7 @@ from conftest import REPO, run_brightrun
 from jobs_helpers import conversations, dataset_row, job_row
 from slurm_cluster import requires_slurm, slurm, slurm_cluster  # noqa: F401  (fixtures)
 from sshd import requires_sshd, start_sshd, write_brightrun_config
+from waiting import wait_for
 
 # Small and quick, with several optimizer steps per epoch (one conversation per step).
 FAST = ("--preset", "tiny", "--set", "batch_size=1", "--set", "num_epochs=1", "--set", "max_seq_length=64", "--set", "packing=false")
@@ -207,16 +208,6 @@ def _add_host(name: str, *args: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def _wait(what, predicate, timeout=180.0, every=0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def _job(ws, job_id):
     return jobs.get_job(ws, job_id)
 
@@ -240,7 +231,7 @@ def _slurm_id(job) -> str:
 
 
 def _ended(ws, job_id, timeout=300.0):
-    return _wait(f"job {job_id} to end", lambda: (j := _job(ws, job_id)).status in lifecycle.TERMINAL and j, timeout=timeout, every=1)
+    return wait_for(f"job {job_id} to end", lambda: (j := _job(ws, job_id)).status in lifecycle.TERMINAL and j, timeout=timeout, every=1)
 
 
 def _remote_checkpoints(tmp_path: Path, job_id: str) -> list[str]:
@@ -252,7 +243,7 @@ def _assert_completed_with_metrics_and_model(ws, job_id: str) -> None:
     assert job.status == "completed", job.error_message
     assert _train_steps(ws, job_id) == list(range(1, job.total_steps + 1))  # every step, once
     # The supervisor registers the model after recording the end.
-    artifact_id = _wait("the adapter registered as a model", lambda: _job(ws, job_id).artifact_id, timeout=60)
+    artifact_id = wait_for("the adapter registered as a model", lambda: _job(ws, job_id).artifact_id, timeout=60)
     models = json.loads(run_brightrun("models", "list", "--json").stdout)
     assert artifact_id in [m["id"] for m in models]
     with ws.registry.write() as s:
@@ -327,14 +318,14 @@ def test_a_second_job_waits_in_slurms_queue_with_its_reason_and_cancel_ends_both
     ws = cluster_home
     _add_host("solo", "--slurm", "local", "--partition", "solo", "--workdir", str(tmp_path / "shared"))  # one node
     busy = _submit("solo", "--set", "num_epochs=1000")  # trains until cancelled, however fast the machine
-    _wait("the first job training", lambda: _train_steps(ws, busy), every=1)
+    wait_for("the first job training", lambda: _train_steps(ws, busy), every=1)
     waiting = _submit("solo")
 
     def pending_with_reason():
         shown = json.loads(run_brightrun("jobs", "show", waiting, "--json").stdout)
         return shown["current_stage"].startswith("queued in Slurm: ") and shown
 
-    shown = _wait("Slurm's reason on the second job", pending_with_reason, timeout=60, every=1)
+    shown = wait_for("Slurm's reason on the second job", pending_with_reason, timeout=60, every=1)
     # Claimed by brightrun's queue at once (no slots for a Slurm host), waiting in Slurm's.
     assert shown["status"] == "initializing" and shown["started_at"] is None
     assert shown["current_stage"] in ("queued in Slurm: Resources", "queued in Slurm: Priority")
@@ -352,7 +343,7 @@ def test_a_second_job_waits_in_slurms_queue_with_its_reason_and_cancel_ends_both
     assert slurm.job(_slurm_id(job))["JobState"] == "CANCELLED"
 
     other = _submit("solo")  # cancelled in Slurm by someone else: that is its end here too
-    _wait("the third job in Slurm's queue", lambda: (j := _job(ws, other)).external_job_id and j.current_stage.startswith("queued in Slurm"))
+    wait_for("the third job in Slurm's queue", lambda: (j := _job(ws, other)).external_job_id and j.current_stage.startswith("queued in Slurm"))
     slurm.run("scancel", _slurm_id(_job(ws, other)))
     job = _ended(ws, other, timeout=60)
     assert job.status == "cancelled" and job.error_message.startswith("cancelled in Slurm (scancel), not by brightrun"), job.error_message
@@ -371,10 +362,10 @@ def test_a_second_job_waits_in_slurms_queue_with_its_reason_and_cancel_ends_both
 def test_a_requeued_job_resumes_from_its_checkpoint_every_step_once_billed_while_running(cluster_home, slurm, tmp_path):  # noqa: F811
     ws = cluster_home
     job_id = _submit("cluster", "--set", "num_epochs=4")
-    _wait("a few training steps", lambda: len(_train_steps(ws, job_id)) >= 3, every=0.5)
+    wait_for("a few training steps", lambda: len(_train_steps(ws, job_id)) >= 3, every=0.5)
     slurm_id = _slurm_id(_job(ws, job_id))
     slurm.run("scontrol", "requeue", slurm_id)  # as a preemption or a node failure would
-    job = _wait("the job queued in Slurm again", lambda: (j := _job(ws, job_id)).current_stage.startswith("queued in Slurm: BeginTime") and j,
+    job = wait_for("the job queued in Slurm again", lambda: (j := _job(ws, job_id)).current_stage.startswith("queued in Slurm: BeginTime") and j,
                 timeout=60, every=0.5)
     assert job.status == "running" and job.current_stage == "queued in Slurm: BeginTime (requeued 1x)"
     time.sleep(3)  # queued time that must not be billed
@@ -416,12 +407,12 @@ def test_the_time_limit_warning_makes_the_trainer_checkpoint_and_the_job_fails_w
 def test_sigkill_the_supervisor_then_resume_reattaches_to_the_same_slurm_job(cluster_home, slurm, tmp_path):  # noqa: F811
     ws = cluster_home
     job_id = _submit("cluster", "--set", "num_epochs=6")  # ~60 steps: still training once the supervisor is gone
-    _wait("a few training steps", lambda: len(_train_steps(ws, job_id)) >= 2, every=0.5)
+    wait_for("a few training steps", lambda: len(_train_steps(ws, job_id)) >= 2, every=0.5)
     job = _job(ws, job_id)
     slurm_id = _slurm_id(job)
     os.kill(job.supervisor_pid, signal.SIGKILL)
     run_brightrun("jobs", "list")  # any command notices
-    job = _wait("the job marked failed", lambda: (j := _job(ws, job_id)).status == "failed" and j, timeout=60)
+    job = wait_for("the job marked failed", lambda: (j := _job(ws, job_id)).status == "failed" and j, timeout=60)
     assert job.error_message.startswith("supervisor lost") and "jobs resume" in job.error_message
     assert slurm.job(slurm_id)["JobState"] == "RUNNING"  # left to Slurm, not stopped
 

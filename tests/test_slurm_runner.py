@@ -23,6 +23,7 @@ from brightrun_cli.services.slurm_hosts import check_slurm, new_slurm_host
 from brightrun_cli.workspace import Workspace
 from slurm_cluster import requires_slurm, slurm, slurm_cluster  # noqa: F401  (fixtures)
 from sshd import make_run_dir, requires_sshd, start_sshd, write_brightrun_config
+from waiting import follow, wait_lines
 
 pytestmark = [pytest.mark.slow, requires_slurm]
 
@@ -38,28 +39,6 @@ def _request(run_dir: Path, job_id: str, **kw) -> LaunchRequest:
 
 def _slurm_id(handle: str) -> str:
     return handle.split(":")[1]
-
-
-def _follow(runner: SlurmRunner, handle: str, timeout: float = 300) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runner.sync(handle)
-        code = runner.poll(handle)
-        if code is not None:
-            return code
-        time.sleep(0.5)
-    raise AssertionError(f"Slurm job did not end within {timeout} s")
-
-
-def _wait_lines(runner: SlurmRunner, handle: str, path: Path, n: int, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runner.sync(handle)
-        if path.exists() and len(path.read_bytes().splitlines()) >= n:
-            return
-        assert runner.poll(handle) is None, "the job ended before it was interrupted"
-        time.sleep(0.5)
-    raise AssertionError(f"fewer than {n} metric lines after {timeout} s")
 
 
 def _train_steps(path: Path) -> list[int]:
@@ -78,7 +57,7 @@ def test_a_job_runs_to_completed_and_its_outputs_come_home(slurm, tmp_path):  # 
     handle = SlurmRunner(ws, host, state_interval_s=1).start(_request(run_dir, job_id))
     assert handle == f"slurm:{_slurm_id(handle)}:{job_id}"
     follower = SlurmRunner(ws, host, state_interval_s=1)  # what a re-attached supervisor builds from the handle
-    assert _follow(follower, handle) == 0
+    assert follow(follower, handle) == 0
     follower.collect(handle)
 
     state = follower.state(handle)
@@ -125,7 +104,7 @@ def test_stop_cancels_in_slurm_and_keeps_a_checkpoint(slurm, tmp_path):  # noqa:
     run_dir = make_run_dir(ws, job_id, epochs=2000, n_train=24, batch_size=2)  # trains until stopped
     runner = SlurmRunner(ws, host, state_interval_s=1)
     handle = runner.start(_request(run_dir, job_id))
-    _wait_lines(runner, handle, run_dir / "metrics.jsonl", 3)
+    wait_lines(runner, handle, run_dir / "metrics.jsonl", 3)
     started = time.monotonic()
     runner.stop(handle, grace_s=30)
     assert time.monotonic() - started < 30, "the trainer saved its checkpoint and the job ended within the grace"
@@ -147,7 +126,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_every_step_once(slurm, tmp_p
     runner = SlurmRunner(ws, host, state_interval_s=1)
     handle = runner.start(_request(run_dir, job_id))
     slurm_id = _slurm_id(handle)
-    _wait_lines(runner, handle, run_dir / "metrics.jsonl", 4)
+    wait_lines(runner, handle, run_dir / "metrics.jsonl", 4)
 
     slurm.run("scontrol", "requeue", slurm_id)  # as preemption or a node failure would
     job = slurm.wait_state(slurm_id, ("PENDING",))
@@ -159,7 +138,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_every_step_once(slurm, tmp_p
     assert _checkpoints(remote), "the requeue's TERM made the trainer save a checkpoint"
 
     slurm.run("scontrol", "update", f"JobId={slurm_id}", "StartTime=now")  # instead of Slurm's ~2 minutes
-    assert _follow(runner, handle) == 0
+    assert follow(runner, handle) == 0
     runner.collect(handle)
     assert _train_steps(run_dir / "metrics.jsonl") == list(range(1, 13))
     assert "resumed from" in (run_dir / "trainer.log").read_text()
@@ -178,7 +157,7 @@ def test_the_time_limit_warning_makes_the_trainer_checkpoint_and_fails_with_time
     runner = SlurmRunner(ws, host, state_interval_s=1)
     handle = runner.start(_request(run_dir, job_id))
     started = time.monotonic()
-    assert _follow(runner, handle, timeout=240) == 75
+    assert follow(runner, handle, timeout=240) == 75
     assert time.monotonic() - started < 150, "ended by the warning, not killed at the limit"
 
     state = runner.state(handle)
@@ -197,7 +176,7 @@ def test_two_nodes_run_one_gloo_job(slurm, tmp_path):  # noqa: F811
     run_dir = make_run_dir(ws, job_id, epochs=1, n_train=16, n_val=16, batch_size=2)
     runner = SlurmRunner(ws, host, state_interval_s=1)
     handle = runner.start(_request(run_dir, job_id, nodes=2))
-    assert _follow(runner, handle) == 0
+    assert follow(runner, handle) == 0
     runner.collect(handle)
     assert runner.state(handle).nodes == ["n1", "n2"]
     assert json.loads((run_dir / "result.json").read_text())["status"] == "completed"
@@ -214,7 +193,7 @@ def test_a_controller_restart_is_an_outage_not_an_end(slurm, tmp_path):  # noqa:
     run_dir = make_run_dir(ws, job_id, epochs=2000, n_train=24, batch_size=2)  # trains until stopped, however fast the machine
     runner = SlurmRunner(ws, host, state_interval_s=1, backoff_max_s=1)
     handle = runner.start(_request(run_dir, job_id))
-    _wait_lines(runner, handle, run_dir / "metrics.jsonl", 2)
+    wait_lines(runner, handle, run_dir / "metrics.jsonl", 2)
     slurm.stop_controller()
     try:
         time.sleep(1.1)
@@ -264,7 +243,7 @@ def test_through_an_ssh_login_node(slurm, tmp_path, tmp_path_factory, brightrun_
         runner = SlurmRunner(ws, host, state_interval_s=1)
         handle = runner.start(_request(run_dir, job_id))
         assert runner.launch_argv(_request(run_dir, job_id))[0] == "ssh"
-        assert _follow(runner, handle) == 0
+        assert follow(runner, handle) == 0
         runner.collect(handle)
         assert runner.state(handle).status == "completed"
         assert _train_steps(run_dir / "metrics.jsonl") == [1, 2, 3, 4]

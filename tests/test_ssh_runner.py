@@ -20,6 +20,7 @@ from brightrun_cli.runners.ssh import REMOTE_ENV_MARKER, SSHRunner, _Handle
 from brightrun_cli.services.hosts import add_host
 from brightrun_cli.workspace import Workspace
 from sshd import make_run_dir, requires_sshd, sshd  # noqa: F401  (fixture)
+from waiting import follow, wait_lines
 
 pytestmark = [pytest.mark.slow, requires_sshd]
 
@@ -52,28 +53,6 @@ def _host(ws, server, name: str, workdir: Path):
     return add_host(ws, name, server.target, python=sys.executable, workdir=str(workdir))
 
 
-def _follow(runner: SSHRunner, handle: str, timeout: float = 400) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runner.sync(handle)
-        code = runner.poll(handle)
-        if code is not None:
-            return code
-        time.sleep(0.2)
-    raise AssertionError(f"remote run did not end within {timeout} s")
-
-
-def _wait_lines(runner: SSHRunner, handle: str, path: Path, n: int, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runner.sync(handle)
-        if path.exists() and len(path.read_bytes().splitlines()) >= n:
-            return
-        assert runner.poll(handle) is None, "the run ended before it was interrupted"
-        time.sleep(0.2)
-    raise AssertionError(f"fewer than {n} metric lines after {timeout} s")
-
-
 def _marked_pids(marker: str) -> list[int]:
     """Processes on this machine (= the remote host) that belong to the remote run."""
     needle = f"{REMOTE_ENV_MARKER}={marker}".encode()
@@ -100,7 +79,7 @@ def test_connection_loss_then_reattach_loses_and_duplicates_nothing(sshd, tmp_pa
     runner = SSHRunner(ws, [host], backoff_max_s=1.0)
     handle = start(runner, _request(run_dir, job_id))
     metrics = run_dir / "metrics.jsonl"
-    _wait_lines(runner, handle, metrics, 3)
+    wait_lines(runner, handle, metrics, 3)
 
     sshd.stop()  # the listener and every connection (the ControlMaster's too) die
     with pytest.raises(RunnerUnreachable) as down:
@@ -122,7 +101,7 @@ def test_connection_loss_then_reattach_loses_and_duplicates_nothing(sshd, tmp_pa
 
     sshd.start()
     reattached = SSHRunner(ws, [host])  # what a resumed supervisor builds from the job row
-    assert _follow(reattached, handle) == 0
+    assert follow(reattached, handle) == 0
     reattached.collect(handle)
     local = metrics.read_bytes()
     remote = (tmp_path / "remote" / "runs" / job_id / "metrics.jsonl").read_bytes()
@@ -140,7 +119,7 @@ def test_cancel_leaves_no_remote_process(sshd, tmp_path, start):  # noqa: F811
     run_dir = make_run_dir(ws, job_id, epochs=20)
     runner = SSHRunner(ws, [host])
     handle = start(runner, _request(run_dir, job_id))
-    _wait_lines(runner, handle, run_dir / "metrics.jsonl", 2)
+    wait_lines(runner, handle, run_dir / "metrics.jsonl", 2)
     marker = _Handle.parse(handle).marker
     assert _marked_pids(marker), "the remote trainer processes carry the run's marker"
     runner.stop(handle, grace_s=30)
@@ -159,7 +138,7 @@ def test_two_nodes_run_one_gloo_job(sshd, tmp_path, start):  # noqa: F811
     runner = SSHRunner(ws, nodes)
     handle = start(runner, _request(run_dir, job_id))
     assert [name for name, _ in _Handle.parse(handle).pgids] == ["node0", "node1"]
-    assert _follow(runner, handle) == 0
+    assert follow(runner, handle) == 0
     runner.collect(handle)
     assert json.loads((run_dir / "result.json").read_text())["status"] == "completed"
     assert (run_dir / "final" / "adapter_model.safetensors").exists()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from datetime import timedelta
 
 import pytest
@@ -22,6 +21,7 @@ from brightrun_cli.workspace import Workspace
 from conftest import run_brightrun
 from jobs_helpers import conversations, dataset_row, job_row
 from tracker_readers import mlflow_artifacts, mlflow_run, tensorboard_scalars
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -34,16 +34,6 @@ def ws(brightrun_home, monkeypatch) -> Workspace:
     ws = Workspace.open()
     add_dataset(ws, str(conversations(brightrun_home / "chat.jsonl", 12)), name="chat", base_model="builtin:tiny")
     return ws
-
-
-def _wait(what, predicate, timeout=240.0, every=0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _ok(result: subprocess.CompletedProcess) -> str:
@@ -169,7 +159,7 @@ def test_prune_while_a_job_runs_and_another_waits_leaves_both_to_complete(ws):
     slow = ("--preset", "tiny", "--set", "batch_size=1", "--set", "num_epochs=6", "--set", "max_seq_length=64", "--set", "packing=false")
     first = json.loads(_ok(run_brightrun("train", "--dataset", "chat", *slow, "--detach", "--json")))["id"]
     second = json.loads(_ok(run_brightrun("train", "--dataset", "chat", *FAST, "--detach", "--json")))["id"]
-    _wait("the first job to train", lambda: jobs.get_job(ws, first).status == "running" and jobs.get_job(ws, first).current_step > 0)
+    wait_for("the first job to train", lambda: jobs.get_job(ws, first).status == "running" and jobs.get_job(ws, first).current_step > 0)
     assert jobs.get_job(ws, second).status == "queued"
     dataset_id = jobs.get_job(ws, first).dataset_id
     removed = run_brightrun("dataset", "rm", "chat", "--yes")
@@ -190,7 +180,7 @@ def test_prune_while_a_job_runs_and_another_waits_leaves_both_to_complete(ws):
     assert all((ws.home / p).exists() for p in run_files)  # nothing of the running job's run dir went
 
     for job_id in (first, second):
-        _wait(f"job {job_id} to end", lambda: jobs.get_job(ws, job_id).status in ("completed", "failed", "cancelled"), timeout=600)
+        wait_for(f"job {job_id} to end", lambda: jobs.get_job(ws, job_id).status in ("completed", "failed", "cancelled"), timeout=600)
         assert jobs.get_job(ws, job_id).status == "completed", jobs.get_job(ws, job_id).error_message
     # Once no job may need it (both completed), the removed dataset's files are prune's.
     after = json.loads(_ok(run_brightrun("prune", "--json")))

@@ -245,8 +245,11 @@ def _launch_two(spec: Path, *, fsdp: bool) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("config", list(FSDP_CONFIGS))
-def test_fsdp_on_two_cpu_processes_saves_the_ddp_adapter_and_resumes_exactly(tmp_path, config):
+# DoRA under FSDP: peft computes DoRA's weight norm through the LoRA modules' forward
+# (tuners/lora/dora.py) so that it runs inside FSDP units; both FSDP versions are checked.
+@pytest.mark.parametrize(("config", "dora"), [(c, False) for c in FSDP_CONFIGS] + [(c, True) for c in FSDP_CONFIGS],
+                         ids=lambda v: {True: "dora", False: "lora"}.get(v, v))
+def test_fsdp_on_two_cpu_processes_saves_the_ddp_adapter_and_resumes_exactly(tmp_path, config, dora):
     from safetensors.torch import load_file
 
     train, held_out = split_examples()
@@ -254,7 +257,8 @@ def test_fsdp_on_two_cpu_processes_saves_the_ddp_adapter_and_resumes_exactly(tmp
     for name in ("ddp", "fsdp"):
         runs[name] = tmp_path / name
         extra = {"accelerate_config": "accelerate_config.yaml", "save_steps": 4} if name == "fsdp" else {}
-        spec = write_run_dir(runs[name], conversations=train[:64], validation=held_out[:8], batch_size=4, num_epochs=1, **extra)
+        spec = write_run_dir(runs[name], conversations=train[:64], validation=held_out[:8], batch_size=4, num_epochs=1,
+                             use_dora=dora, **extra)
         if name == "fsdp":
             (runs[name] / "accelerate_config.yaml").write_text(FSDP_CONFIGS[config])
         _launch_two(spec, fsdp=name == "fsdp")

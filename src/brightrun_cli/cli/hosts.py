@@ -129,6 +129,7 @@ def check_command(ctx: typer.Context, host: HostArg, json_output: common.JsonOpt
       brightrun hosts check gpu1 --json
     """
     from brightrun_cli.services.host_check import check_host
+    from brightrun_cli.services.hosts import OPTIONAL_PACKAGES
 
     result = check_host(common.workspace(ctx), host)
     if json_output:
@@ -151,7 +152,8 @@ def check_command(ctx: typer.Context, host: HostArg, json_output: common.JsonOpt
                 out.print(f"  partition    {slurm['partition']} ({state})", markup=False)
             out.print(f"  python       {result.python or '-'} {result.python_version or ''}".rstrip())
             for name, version in result.packages.items():
-                out.print(f"  {name:<12} {version or 'MISSING'}")
+                absent = "not installed (optional: quantization)" if name in OPTIONAL_PACKAGES else "MISSING"
+                out.print(f"  {name:<12} {version or absent}")
             out.print(f"  trainer      {'importable' if result.trainer_importable else 'NOT importable'}" + (f" (code {result.code_version})" if result.code_version else ""))
             gpus = ", ".join(g["name"] for g in result.gpus) if result.gpus else "none (CPU)"
             out.print(f"  gpus         {gpus}")

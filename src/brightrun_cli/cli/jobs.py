@@ -296,9 +296,14 @@ def cancel_cmd(ctx: typer.Context, job: JobArg, yes: common.YesOpt = False, json
     if json_output:
         common.print_json(row)
         return
+    if row.started_at is None:  # never ran: no step, no cost, no checkpoint to resume from
+        typer.echo(f"job {row.id} {row.status} before it started; nothing billed")
+        if row.status == "cancelled":
+            typer.echo(f"run it again with: brightrun jobs retry {row.id}")
+        return
     typer.echo(f"job {row.id} {row.status} at step {row.current_step}; cost {_money(row.cost)}")
     if row.status == "cancelled":
-        typer.echo(f"continue it with: brightrun jobs resume {row.id}" if row.started_at else f"run it again with: brightrun jobs retry {row.id}")
+        typer.echo(f"continue it with: brightrun jobs resume {row.id}")
 
 
 @jobs_app.command("retry")

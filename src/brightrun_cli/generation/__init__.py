@@ -6,6 +6,7 @@
     metrics.py   exact match, token F1, ROUGE-L, chrF, length ratio, stop rate
     evaluate.py  base vs tuned answers on held-out conversations -> eval.jsonl, eval_summary.json;
                  --require gates
+    quantization.py  the bitsandbytes settings of a QLoRA base, shared with the trainer
 
 It runs inside the trainer on any host as well as in the CLI, so it imports only the
 standard library, `brightrun_cli.errors` and `brightrun_cli.builtin` at module level;

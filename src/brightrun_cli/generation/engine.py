@@ -24,6 +24,7 @@ from pathlib import Path
 from brightrun_cli.errors import UsageError
 
 from . import chat
+from .quantization import bitsandbytes_installed, bnb_config, trained_quantization
 
 # KV cache one batch may fill (rows x (longest prompt + max_new_tokens) x bytes per position).
 # Bigger batches mean fewer decoding steps, which is what costs on a CPU (each step's time
@@ -66,6 +67,8 @@ class ChatModel:
 
     `model` may be one the caller already holds (the trainer's, after training); it is put
     in eval mode and, when its attention kernel ignores padding masks, switched to SDPA."""
+
+    quantization = "none"  # the base's bitsandbytes quantisation as loaded here (load_chat_model)
 
     def __init__(self, model, tokenizer):
         chat.ensure_chat_template(tokenizer)
@@ -330,14 +333,19 @@ def _set_attention(model, implementation: str) -> None:
 
 # ---------------------------------------------------------------- loading
 
-def load_chat_model(base_model: str, adapter: str | Path | None = None, *, device: str | None = None) -> ChatModel:
+def load_chat_model(base_model: str, adapter: str | Path | None = None, *, device: str | None = None,
+                    quantization: str | None = None) -> ChatModel:
     """A base model (a local directory, "builtin:<name>", a Hugging Face id, or a directory
     converted from GGUF by `gguf.convert_gguf`) with an optional peft adapter directory.
 
     The tokenizer is the adapter's when it has one (the trainer saves it with the chat
     template it trained with), else the base model's. On a CUDA GPU the weights load in
-    bf16 (fp16 without bf16 support); on the CPU in fp32. Raises UsageError for what the
-    user can fix (unknown model, no tokenizer, not an adapter)."""
+    bf16 (fp16 without bf16 support); on the CPU in fp32. An adapter trained on a quantised
+    base (QLoRA: `quantization` in the spec.json beside it, or as given) gets its base
+    quantised the same way where that is possible (CUDA and bitsandbytes), since that is
+    the base its weights were fitted to; elsewhere the unquantised base, as `models merge`
+    uses. `ChatModel.quantization` says which. Raises UsageError for what the user can fix
+    (unknown model, no tokenizer, not an adapter)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -361,8 +369,11 @@ def load_chat_model(base_model: str, adapter: str | Path | None = None, *, devic
     dtype = torch.float32
     if device.startswith("cuda"):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    wanted = quantization if quantization is not None else trained_quantization(adapter_dir)
+    loaded_as = wanted if wanted != "none" and device.startswith("cuda") and bitsandbytes_installed() else "none"
+    extra = {"quantization_config": bnb_config(loaded_as, dtype), "device_map": {"": device}} if loaded_as != "none" else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load base model {base_model!r}: {_first_line(exc)}",
                          "give a model directory, a built-in name (builtin:tiny) or a Hugging Face id reachable from here") from None
@@ -373,7 +384,9 @@ def load_chat_model(base_model: str, adapter: str | Path | None = None, *, devic
             model = PeftModel.from_pretrained(model, str(adapter_dir))
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise UsageError(f"the adapter in {adapter_dir} does not fit base model {base_model!r}: {_first_line(exc)}") from None
-    return ChatModel(model.to(device), tokenizer)
+    chat_model = ChatModel(model if loaded_as != "none" else model.to(device), tokenizer)
+    chat_model.quantization = loaded_as
+    return chat_model
 
 
 def _first_line(exc: BaseException) -> str:

@@ -43,6 +43,12 @@ HYPERPARAMETER_KEYS = (
     "gradient_checkpointing",
     "assistant_only_loss",
     "precision",
+    "use_dora",
+    "use_rslora",
+    "quantization",
+    "fused_cross_entropy",
+    "compile_layers",
+    "activation_offload",
 )
 
 
@@ -77,6 +83,20 @@ class TrainingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gradient_checkpointing: Annotated[bool, Meta(description="Recompute activations in the backward pass: less memory, about a third more compute")] = False
     assistant_only_loss: Annotated[bool, Meta(description="Compute the loss on assistant tokens only")] = True
     precision: Annotated[Literal["auto", "bf16", "fp16", "fp32"], Meta(description="Compute precision: auto = bf16 where the device supports it, else fp32")] = "auto"
+    use_dora: Annotated[bool, Meta(description=(
+        "DoRA: each adapted weight's magnitude trained apart from its LoRA direction (peft use_dora); "
+        "often better at low rank, slower per step"))] = False
+    use_rslora: Annotated[bool, Meta(description="rsLoRA: scale the update by alpha / sqrt(r) instead of alpha / r (steadier at high rank)")] = False
+    quantization: Annotated[Literal["none", "4bit", "8bit"], Meta(description=(
+        "Base weights quantised on a CUDA GPU with bitsandbytes (QLoRA): 4bit = NF4 with double quantisation, "
+        "8bit = LLM.int8; the adapter stays a standard one"))] = "none"
+    fused_cross_entropy: Annotated[bool, Meta(description=(
+        "Loss from the last hidden states in token chunks (Liger's fused kernel on CUDA when installed), "
+        "so the full logits never exist: less memory at large vocabularies"))] = True
+    compile_layers: Annotated[bool, Meta(description="torch.compile each decoder layer (a minute or two of compiling before the first step)")] = False
+    activation_offload: Annotated[bool, Meta(description=(
+        "Keep activations saved for the backward pass in CPU memory: for long sequences that do not fit, "
+        "at the cost of host-device copies"))] = False
     gpu_type: Annotated[str, Meta(min_length=1, description="GPU type from `brightrun gpus` (unset: the host's type)")] | None = None
     gpus: Annotated[int, Meta(ge=1, le=8, description="GPUs per host (unset: all of the host's)")] | None = None
 

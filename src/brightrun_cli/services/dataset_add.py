@@ -210,7 +210,7 @@ def _refuse_taken_name(ws: "Workspace", name: str) -> None:
 def _raise_name_taken(name: str, other_id: str, status: str) -> None:
     raise ConflictError(
         f"a dataset named '{name}' already exists ({other_id}, status {status})",
-        f"pick another --name, or remove it first with 'brightrun dataset rm {name}'",
+        f"pick another --name, or remove it first with 'brightrun dataset rm {other_id}'",
     )
 
 

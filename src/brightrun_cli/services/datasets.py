@@ -264,7 +264,7 @@ def drop_files(ws: "Workspace", removal: Removal) -> None:
 def split_paths(ws: "Workspace", dataset: DatasetRow) -> tuple[Path, Path]:
     """Local paths of the dataset's train and validation JSONL (fetched into the cache from a remote store)."""
     if dataset.status != "ready":
-        raise UsageError(f"dataset '{dataset.name}' is not ready (status {dataset.status})", f"see 'brightrun dataset show {dataset.name}'")
+        raise UsageError(f"dataset '{dataset.name}' is not ready (status {dataset.status})", f"see 'brightrun dataset show {dataset.id}'")
     keys = split_keys(dataset.id)
     paths = []
     for key in keys:
@@ -274,6 +274,6 @@ def split_paths(ws: "Workspace", dataset: DatasetRow) -> tuple[Path, Path]:
             if not local.exists() or local.stat().st_size != ws.storage.size(key):
                 ws.storage.fetch(key, local)
         elif not local.exists():
-            raise OperationError(f"the file {key} of dataset '{dataset.name}' is missing from storage", f"run 'brightrun dataset validate {dataset.name}'")
+            raise OperationError(f"the file {key} of dataset '{dataset.name}' is missing from storage", f"run 'brightrun dataset validate {dataset.id}'")
         paths.append(local)
     return paths[0], paths[1]

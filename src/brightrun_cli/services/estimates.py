@@ -295,7 +295,7 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
     if dataset.status != "ready":
         raise UsageError(
             f"dataset '{dataset.name}' is not ready (status: {dataset.status})",
-            f"fix it and re-add it, or run 'brightrun dataset validate {dataset.name}'",
+            f"fix it and re-add it, or run 'brightrun dataset validate {dataset.id}'",
         )
     shape = read_model_shape(require_base_model(config), model_config)
     gpu, devices = placement.gpu, placement.devices
@@ -481,14 +481,13 @@ MIN_KEPT_TOKENS = 0.5
 class MemoryOption:
     """One change that alone makes a run fit, and what a device then holds."""
 
-    kind: str  # micro_batch, gradient_checkpointing, max_seq_length, fsdp, larger_gpu, gpu, nf4_base
+    kind: str  # micro_batch, gradient_checkpointing, max_seq_length, fsdp, larger_gpu, gpu, quantization
     change: str  # what to do, as the user types or picks it
     needs: float  # bytes per device with the change
     settings: dict[str, Any] = field(default_factory=dict)  # its --set values
     gpu: str | None = None  # the GPU type it runs on (None: this one)
     devices: int | None = None  # how many (None: as asked)
     kept_tokens: float | None = None  # a shorter max_seq_length: the share of training tokens it keeps
-    in_brightrun: bool = True  # False: brightrun's trainer cannot do it itself (a 4-bit base)
 
     @property
     def text(self) -> str:
@@ -496,8 +495,7 @@ class MemoryOption:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "change": self.change, "needs_gb": round(self.needs / GIB, 2), "settings": self.settings,
-                "gpu": self.gpu, "devices": self.devices, "kept_tokens": None if self.kept_tokens is None else round(self.kept_tokens, 3),
-                "in_brightrun": self.in_brightrun}
+                "gpu": self.gpu, "devices": self.devices, "kept_tokens": None if self.kept_tokens is None else round(self.kept_tokens, 3)}
 
 
 @dataclass(frozen=True)
@@ -527,7 +525,7 @@ def memory_advice(ws: Workspace, dataset: DatasetRow, shape: ModelShape, config:
     device then holds: a smaller micro-batch (same effective batch through accumulation),
     gradient checkpointing, a shorter max_seq_length (with the share of tokens it keeps),
     FSDP over more GPUs of this type, a GPU with more memory; on a CPU, the cheapest GPU
-    that holds it; last a 4-bit base (QLoRA), which brightrun's trainer does not load."""
+    that holds it; last a 4-bit base (QLoRA)."""
     capacity = gpu.memory_gb * GIB
 
     def need(cfg: TrainingConfig, device: Gpu = gpu, devices: int = shards) -> float:
@@ -592,32 +590,23 @@ def memory_advice(ws: Workspace, dataset: DatasetRow, shape: ModelShape, config:
             if sharded:
                 g, n, how = min(sharded, key=lambda option: option[0].price_per_hour * option[1])
                 options.append(_fsdp_option(g, n, how, need(by_change[how], g, n)))
-    on = gpu if gpu.name != "cpu" else None
-    nf4 = _nf4_option(shape, config, plan, on or min(gpus, key=lambda g: g.price_per_hour, default=gpu), shards)
-    if nf4 is not None and (on is not None or not options):
-        options.append(nf4)
+    if config.quantization == "none" and shards == 1 and gpus:
+        # bitsandbytes runs on CUDA only, and not under FSDP: on a CPU host, the cheapest GPU.
+        device = gpu if gpu.name != "cpu" else min(gpus, key=lambda g: g.price_per_hour)
+        tries = [("", config)] + ([] if config.gradient_checkpointing else [(" with --set gradient_checkpointing=true", checkpointed)])
+        for how, cfg in tries:
+            quantized = cfg.replace(quantization="4bit")
+            if (gpu.name != "cpu" or not options) and fits(quantized, device, 1):
+                where = "" if device is gpu else f" on a {device.name} ({device.memory_gb:g} GB)"
+                options.append(MemoryOption("quantization", f"--set quantization=4bit{how}{where} (QLoRA: a 4-bit base, bitsandbytes on CUDA)",
+                                            need(quantized, device, 1), {"quantization": "4bit", **_settings(how)},
+                                            gpu=device.name, devices=1))
+                break
     return MemoryAdvice(need(config), capacity, gpu.name, options)
 
 
 def _settings(how: str) -> dict[str, Any]:
     return {"gradient_checkpointing": True} if "gradient_checkpointing" in how else {}
-
-
-def _nf4_option(shape: ModelShape, config: TrainingConfig, plan: TokenPlan, gpu: Gpu, shards: int) -> MemoryOption | None:
-    """A 4-bit base (QLoRA) on `gpu`, as is or with gradient checkpointing: its weights
-    shrink to ~0.56 bytes a layer weight and it computes in bf16. brightrun's trainer loads
-    bf16/fp32 bases only, so this names what a quantising trainer would need."""
-    if gpu.name == "cpu" or shards > 1:
-        return None
-    for cfg, how in ((config, ""), (config.replace(gradient_checkpointing=True), " with --set gradient_checkpointing=true")):
-        full = memory_need(shape, cfg, plan.sequence_length, weight_bytes=2, on_gpu=True)
-        needs = full.total - full.weights + shape.nf4_weight_bytes()
-        if needs <= gpu.memory_gb * GIB:
-            return MemoryOption("nf4_base", f"a 4-bit (QLoRA) base on {gpu.name}{how} (brightrun's trainer does not quantise one)",
-                                needs, _settings(how), gpu=gpu.name, devices=1, in_brightrun=False)
-        if config.gradient_checkpointing:
-            break
-    return None
 
 
 def _cheapest(candidates: list[tuple[Gpu, str]]) -> list[tuple[Gpu, str]]:

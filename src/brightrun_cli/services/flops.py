@@ -28,9 +28,20 @@ GPU_RESERVE_BYTES = 2 * GIB
 # SmolLM2-135M 1.59 GiB, its tensors 0.80 GiB and its file 0.25 GiB.
 CPU_PROCESS_BYTES = 0.52 * GIB
 CHECKPOINT_BYTES_PER_PARAM = 2
-# A 4-bit (NF4, QLoRA) base: the decoder layers' linear weights at 4 bits plus one fp32
-# scale per 64 weights (0.5625 bytes a weight); embeddings and LM head stay in bf16.
-NF4_BYTES_PER_PARAM = 0.5 + 4 / 64
+# Bytes per quantised weight (bitsandbytes, as the trainer loads them: generation/quantization.py).
+# 4bit, NF4 with double quantisation (QLoRA, Dettmers et al. 2023, section 3): 4 bits per
+# weight; one absmax constant per block of 64 weights, itself quantised to 8 bits (1/64
+# byte per weight); those constants' own fp32 scale per block of 256 absmax values
+# (4 / (64 * 256) byte per weight): 0.5 + 0.015625 + 0.000244 = 0.515869 bytes, i.e.
+# 4.127 bits (single quantisation would keep an fp32 absmax per 64: 4.5 bits).
+NF4_DOUBLE_QUANT_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
+# 8bit, LLM.int8: one byte per weight (plus one fp32 scale per output row, under 0.1%:
+# left out as the norms are).
+INT8_BYTES = 1.0
+QUANTIZED_BYTES = {"4bit": NF4_DOUBLE_QUANT_BYTES, "8bit": INT8_BYTES}
+# With fused_cross_entropy the logits exist one chunk at a time: 2**26 fp32 entries and their
+# softmax (trainer/loss.py's chunk; Liger's chunks hold about tokens x hidden entries, no more).
+FUSED_LOGITS_BYTES = 2 * 4 * 2**26
 
 
 @dataclass(frozen=True)
@@ -108,13 +119,10 @@ class ModelShape:
         return self.layers * (self.attn_params + self.experts * self.mlp_params) + self.embedding_params + head
 
     @property
-    def layer_params(self) -> int:
-        """The decoder layers' linear weights (all experts): what a 4-bit base quantises."""
+    def layer_linear_params(self) -> int:
+        """The decoder layers' linear weights: what bitsandbytes quantises (not the embeddings,
+        nor the output layer, which transformers keeps in the compute dtype)."""
         return self.layers * (self.attn_params + self.experts * self.mlp_params)
-
-    def nf4_weight_bytes(self) -> float:
-        """The base held in 4 bits (NF4, as QLoRA loads it): layers quantised, embeddings and head in bf16."""
-        return self.layer_params * NF4_BYTES_PER_PARAM + (self.total_params - self.layer_params) * 2
 
     @property
     def matmul_params_per_token(self) -> int:
@@ -151,7 +159,7 @@ class ModelShape:
         return self.layers * total
 
 
-def train_flops_per_token(shape: ModelShape, config: TrainingConfig, seq_len: int) -> float:
+def train_flops_per_token(shape: ModelShape, config: TrainingConfig, seq_len: int, *, causal: bool = False) -> float:
     """FLOPs to train on one token.
 
     Frozen weights: forward 2 FLOPs per weight, backward 2 more for the activation
@@ -159,10 +167,13 @@ def train_flops_per_token(shape: ModelShape, config: TrainingConfig, seq_len: in
     LoRA weights: the usual 6 per parameter. Attention scores and mixing: 4*L*d*s
     forward and twice that backward (the PaLM MFU convention, full s: masked kernels
     still compute the whole block). Gradient checkpointing re-runs the forward once.
+    causal: count only the causal half of the attention (a token attends to the s/2
+    positions before it on average), the work a flash kernel that skips masked blocks
+    does; what an MFU figure should count (bench/bench_trainer.py).
     """
     n_frozen = shape.matmul_params_per_token
     n_lora = _active_lora(shape, config)
-    attn_forward = 4 * shape.layers * shape.attn_dim * seq_len
+    attn_forward = (2 if causal else 4) * shape.layers * shape.attn_dim * seq_len
     total = 4 * n_frozen + 6 * n_lora + 3 * attn_forward
     if config.gradient_checkpointing:
         total += 2 * n_frozen + 2 * n_lora + attn_forward
@@ -205,17 +216,22 @@ def memory_need(shape: ModelShape, config: TrainingConfig, seq_len: int, *, weig
     """Peak memory of one device for a micro-batch: holding the whole model (DDP, one
     process), or with `shards` > 1 its 1/shards part under FSDP.
 
-    Weights in the compute dtype; LoRA params in fp32 with their gradient and two
-    AdamW moments (16 bytes each). Activations saved for backward, per token and layer
+    Weights in the compute dtype; with `config.quantization` the decoder layers' linear
+    weights at QUANTIZED_BYTES each instead (the embeddings and output layer stay in the
+    compute dtype: trainer/loop.py loads them so); the transient bf16 copy of the one
+    weight being dequantised for a matmul is within the reserve. LoRA params in fp32 with
+    their gradient and two AdamW moments (16 bytes each), quantised base or not. Activations saved for backward, per token and layer
     (frozen linears need not keep their inputs, autograd saves only what a gradient
     needs): the two norm inputs (2h), q, k, v and the attention output (2a + 2kv), the
     LoRA inputs (h for the shared q/k/v input; o_proj's is the attention output), and
     the gated MLP's gate, up and activation outputs (3i, 2i ungated). With gradient
     checkpointing only each layer's input (h) is kept, plus one layer recomputed.
-    Logits: the LM head output in the compute dtype plus its fp32 copy for the loss.
-    FSDP (the trainer's FSDP path): the base is held in fp32, sharded with the LoRA
-    weights and their optimizer state, and computed in bf16; each unit (a decoder
-    layer, or the embeddings) is gathered whole while it runs, the next one prefetched.
+    Logits: the LM head output in the compute dtype plus its fp32 copy for the loss, or
+    with `fused_cross_entropy` one chunk of them (FUSED_LOGITS_BYTES at most).
+    FSDP (the trainer's FSDP path, never with a quantised base): the base is held in fp32,
+    sharded with the LoRA weights and their optimizer state, and computed in bf16; each
+    unit (a decoder layer, or the embeddings) is gathered whole while it runs, the next
+    one prefetched.
     """
     tokens = config.batch_size * seq_len
     act_bytes = 2 if shards > 1 else weight_bytes
@@ -228,12 +244,16 @@ def memory_need(shape: ModelShape, config: TrainingConfig, seq_len: int, *, weig
     if shards > 1:
         layer_params = shape.attn_params + shape.experts * shape.mlp_params
         weights = shape.total_params * 4 / shards + act_bytes * max(2 * layer_params, shape.embedding_params)
+    elif config.quantization != "none":
+        quantized = shape.layer_linear_params
+        weights = quantized * QUANTIZED_BYTES[config.quantization] + (shape.total_params - quantized) * weight_bytes
     else:
         weights = shape.total_params * weight_bytes
+    logits = tokens * shape.vocab * (act_bytes + 4)
     return MemoryNeed(
         weights=float(weights),
         lora_and_optimizer=float(shape.lora_params(config.target_modules, config.lora_rank) * 16 / shards),
         activations=float(activations),
-        logits=float(tokens * shape.vocab * (act_bytes + 4)),
+        logits=float(min(logits, FUSED_LOGITS_BYTES) if config.fused_cross_entropy else logits),
         reserve=float(GPU_RESERVE_BYTES if on_gpu else CPU_PROCESS_BYTES + CHECKPOINT_BYTES_PER_PARAM * shape.total_params),
     )

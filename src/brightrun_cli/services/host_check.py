@@ -17,7 +17,7 @@ from brightrun_cli.registry.rows import HostRow
 from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.runners.probe import probe_local, probe_ssh
 from brightrun_cli.runners.ssh import SSHConnection, SSHFailure, remote_python, remote_workdir, ship_code
-from brightrun_cli.services.hosts import LOCAL, REQUIRED_PACKAGES, HostCheck, apply_probe, get_host, judge_probe, sync_local
+from brightrun_cli.services.hosts import LOCAL, PROBED_PACKAGES, HostCheck, apply_probe, get_host, judge_probe, missing_required, sync_local
 from brightrun_cli.services.slurm_hosts import check_slurm
 from brightrun_cli.workspace import Workspace
 
@@ -41,9 +41,9 @@ def check_host(ws: Workspace, ref: str) -> HostCheck:
 
 def _check_local(result: HostCheck) -> None:
     result.reachable = True
-    probe = probe_local(REQUIRED_PACKAGES)
+    probe = probe_local(PROBED_PACKAGES)
     apply_probe(result, probe)
-    missing = [n for n, v in result.packages.items() if v is None]
+    missing = missing_required(result.packages)
     if missing:
         result.problems.append(f"missing Python packages: {', '.join(missing)}; install them with: {sys.executable} -m pip install {' '.join(missing)}")
     result.trainer_importable = not missing and probe.trainer == "ok"
@@ -70,7 +70,7 @@ def _check_ssh(ws: Workspace, host: HostRow, result: HostCheck) -> None:
     except (SSHFailure, OperationError) as exc:
         result.problems.append(f"cannot ship the trainer code to '{host.name}': {exc.message}; install rsync there")
     try:
-        found = probe_ssh(conn, python, remote_workdir(host), code_dir, REQUIRED_PACKAGES)
+        found = probe_ssh(conn, python, remote_workdir(host), code_dir, PROBED_PACKAGES)
     except (SSHFailure, OperationError) as exc:
         result.problems.append(f"{exc.message}; {exc.hint}")
         return

@@ -37,6 +37,10 @@ SAFE_PATH_PART_RE = re.compile(r"^[A-Za-z0-9_.+@-]+$")
 COMMAND_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 # Packages the trainer imports on the remote side, and what to install for them.
 REQUIRED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors")
+# Reported by `hosts check` but needed only by some jobs: bitsandbytes by quantization=4bit|8bit
+# (`train` refuses those where the last check found it missing: services.training).
+OPTIONAL_PACKAGES = ("bitsandbytes",)
+PROBED_PACKAGES = REQUIRED_PACKAGES + OPTIONAL_PACKAGES
 MIN_PYTHON = (3, 10)
 LOCAL = "local"
 
@@ -293,6 +297,11 @@ def apply_probe(result: HostCheck, probe: Probe) -> None:
     result.tools = probe.tools
 
 
+def missing_required(packages: dict[str, str | None]) -> list[str]:
+    """The required packages a probe found missing (an optional one missing is no problem)."""
+    return [name for name, version in packages.items() if version is None and name not in OPTIONAL_PACKAGES]
+
+
 def judge_probe(result: HostCheck, host: HostRow, python: str, found: Probe) -> None:
     """Fill `result` from what the check script found (on an SSH host, or on a Slurm compute
     node), with one actionable line per problem."""
@@ -309,7 +318,7 @@ def judge_probe(result: HostCheck, host: HostRow, python: str, found: Probe) -> 
             result.problems.append(
                 f"python on '{host.name}' is {found.python_version}; brightrun's trainer needs {MIN_PYTHON[0]}.{MIN_PYTHON[1]}+ (re-add the host with --python PATH)"
             )
-        missing = [n for n, v in result.packages.items() if v is None]
+        missing = missing_required(result.packages)
         if missing:
             result.problems.append(
                 f"missing Python packages on '{host.name}': {', '.join(missing)}; install them with: {python} -m pip install {' '.join(missing)}"

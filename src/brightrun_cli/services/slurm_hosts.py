@@ -20,7 +20,7 @@ from brightrun_cli.runners.slurm_batch import SlurmSettings, gres_gpus
 from brightrun_cli.runners.ssh import SSHFailure, remote_python, remote_workdir, ship_code
 from brightrun_cli.services.gpus import get_gpu
 from brightrun_cli.services.hosts import (
-    REQUIRED_PACKAGES,
+    PROBED_PACKAGES,
     HostCheck,
     identity_path,
     judge_probe,
@@ -127,7 +127,7 @@ def check_slurm(ws: Workspace, host: HostRow, result: HostCheck) -> None:
     except (SSHFailure, OperationError) as exc:
         result.problems.append(f"cannot ship the trainer code to '{host.name}': {exc.message}")
         return
-    proc = runner.run_on_compute_node(COMPUTE_CHECK, python, remote_workdir(host), code_dir, " ".join(REQUIRED_PACKAGES))
+    proc = runner.run_on_compute_node(COMPUTE_CHECK, python, remote_workdir(host), code_dir, " ".join(PROBED_PACKAGES))
     text = proc.stdout.decode(errors="replace")
     if proc.returncode != 0 and "json " not in text:
         first = next((line.strip() for line in proc.stderr.decode(errors="replace").splitlines() if line.strip()), f"exit status {proc.returncode}")

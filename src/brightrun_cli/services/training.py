@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from brightrun_cli.builtin import absolute_base_model, names_a_path, resolve_base_model
 from brightrun_cli.errors import UsageError
+from brightrun_cli.generation import quantization as quantized_base
 from brightrun_cli.presets.files import parse_override, read_config_file
 from brightrun_cli.registry import hosts as host_rows
 from brightrun_cli.registry import jobs as job_rows
@@ -35,7 +37,7 @@ from brightrun_cli.services.notifications import notify
 from brightrun_cli.services.presets import ResolvedConfig, resolve_config
 from brightrun_cli.services.trackers import tracker_spec
 from brightrun_cli.supervisor import launch
-from brightrun_cli.trainer.spec import SpecError, load_accelerate_config
+from brightrun_cli.trainer.spec import SpecError, check_quantization_engine, load_accelerate_config
 from brightrun_cli.workspace import Workspace
 
 SEED = 42
@@ -127,7 +129,7 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
     if dataset.status != "ready" or not dataset.training_ready:
         why = f": {dataset.error_message}" if dataset.error_message else ""
         raise UsageError(f"dataset '{dataset.name}' is {dataset.status}, not ready for training{why}",
-                         f"run 'brightrun dataset show {dataset.name}' and fix or re-add it")
+                         f"run 'brightrun dataset show {dataset.id}' and fix or re-add it")
     require_stored_files(ws, dataset)
     hosts = _resolve_hosts(ws, req.hosts or (req.host or ws.config.default_host,))
     host = hosts[0]
@@ -143,6 +145,7 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
     )
     config = resolved.config
     config.base_model = _check_base_model(config.base_model, hosts)
+    check_quantization_host(config.quantization, hosts)
     if not req.force:
         _preflight_files(config.base_model, hosts)
     placement = placement_for(ws, config, hosts, nodes)
@@ -249,6 +252,10 @@ def check_accelerate_config(path: Path, hosts: list[HostRow], processes: int, hy
     if kind == "NO" and processes * machines > 1:
         raise UsageError(f"accelerate config {path}: distributed_type NO runs one process, this job launches "
                          f"{processes * machines}", "use MULTI_GPU, FSDP or DEEPSPEED, or --gpus 1")
+    try:
+        check_quantization_engine(hyperparameters.get("quantization", "none"), config)
+    except SpecError as exc:
+        raise UsageError(str(exc), "QLoRA runs on one GPU or under DDP (no --accelerate-config)") from None
     if config.sharded:
         cpu = [h.name for h in hosts if h.gpu_type == "cpu"]
         if cpu:
@@ -257,6 +264,30 @@ def check_accelerate_config(path: Path, hosts: list[HostRow], processes: int, hy
         if kind == "DEEPSPEED" and hosts[0].kind == "local" and importlib.util.find_spec("deepspeed") is None:
             raise UsageError(f"accelerate config {path} asks for DeepSpeed, which is not installed here", "pip install deepspeed")
     return config
+
+
+def check_quantization_host(quantization: str, hosts: list[HostRow]) -> None:
+    """`--set quantization=4bit|8bit` runs bitsandbytes on CUDA GPUs: refused on a CPU host, and
+    where bitsandbytes is missing (here: looked up; on an SSH or Slurm host: as its last
+    `hosts check` found it; a host never checked is left to the trainer, which exits 2)."""
+    if quantization == "none":
+        return
+    flag = f"--set quantization={quantization}"
+    cpu = next((h for h in hosts if h.gpu_type == "cpu"), None)
+    if cpu is not None:
+        where = "this machine has no GPU" if cpu.kind == "local" else f"host '{cpu.name}' has no GPU"
+        raise UsageError(f"{flag} needs a CUDA GPU (bitsandbytes), and {where}",
+                         "run it on a GPU host (--host), or drop the quantization")
+    if hosts[0].kind == "local":
+        if not quantized_base.bitsandbytes_installed():
+            raise UsageError(f"{flag} needs bitsandbytes, which is not installed here",
+                             f"install it: {sys.executable} -m pip install bitsandbytes")
+        return
+    for host in hosts:
+        found = (host.last_check or {}).get("packages") or {}
+        if "bitsandbytes" in found and found["bitsandbytes"] is None:
+            raise UsageError(f"{flag} needs bitsandbytes, which 'hosts check {host.name}' found missing there",
+                             f"install it on '{host.name}' (pip install bitsandbytes), run 'brightrun hosts check {host.name}', then train again")
 
 
 def _spec(job_id: str, config: Any, accelerate: Any = None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from . import attention
+from . import attention, loss as fused_loss
 from .data import IGNORE, Batch, Example, collate, ensure_chat_template, tokenize_file
 from .files import MetricsWriter, library_versions, write_json_atomic
 from .spec import SHARDED_TYPES, Spec, SpecError, warmup_for
@@ -62,6 +62,7 @@ class Run:
     total_steps: int
     metrics: MetricsWriter
     sharded: bool = False  # FSDP or DeepSpeed owns the parameters
+    head: object = None  # the output layer when the loss fuses it with cross-entropy (trainer/loss.py)
     state: State = field(default_factory=State)
     stop_requested: bool = False
 
@@ -118,8 +119,25 @@ def _attn_implementation(packing: bool) -> str:
     return attention.register() if packing else "sdpa"
 
 
-def load_base(spec: Spec, path: str, precision: str, log):
-    """The base model as it trains: dtype, attention kernel, Liger kernels, checkpointing."""
+def check_quantization(spec: Spec) -> None:
+    """QLoRA needs bitsandbytes on a CUDA GPU: said before anything loads. bitsandbytes has
+    CPU kernels too, but there they dequantise at every matmul, slower than fp32 weights,
+    and a CPU host is not short of the memory quantisation saves."""
+    kind = spec.hyperparameters.quantization
+    if kind == "none":
+        return
+    if not torch.cuda.is_available():
+        raise SpecError(f"hyperparameters.quantization = {kind} needs a CUDA GPU (bitsandbytes), and this host has none; "
+                        "run it on a GPU host, or set quantization=none")
+    from brightrun_cli.generation.quantization import bitsandbytes_installed
+
+    if not bitsandbytes_installed():
+        raise SpecError(f"hyperparameters.quantization = {kind} needs bitsandbytes, which is not installed on this host: "
+                        "run 'pip install bitsandbytes' there, or set quantization=none")
+
+
+def load_base(spec: Spec, path: str, precision: str, log, device=None):
+    """The base model as it trains: dtype, quantisation, attention kernel, Liger kernels, checkpointing."""
     from transformers import AutoModelForCausalLM
 
     hp = spec.hyperparameters
@@ -130,7 +148,16 @@ def load_base(spec: Spec, path: str, precision: str, log):
     bf16_base = precision == "bf16" and torch.cuda.is_available() and not sharded_fsdp
     dtype = torch.bfloat16 if bf16_base else torch.float32
     impl = _attn_implementation(hp.packing)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=impl)
+    extra = {}
+    if hp.quantization != "none":
+        from brightrun_cli.generation.quantization import bnb_config
+
+        # The quantised linears compute in the run's precision; the rest of the base (embeddings,
+        # head, norms) is held in it. Loaded straight onto this process's device: bitsandbytes
+        # quantises while placing the weights, and accelerate keeps a quantised model where it is.
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        extra = {"quantization_config": bnb_config(hp.quantization, dtype), "device_map": {"": device}}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=impl, **extra)
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions and hp.max_seq_length > max_positions:
         raise SpecError(
@@ -139,11 +166,30 @@ def load_base(spec: Spec, path: str, precision: str, log):
         )
     _apply_liger(model, log)
     model.config.use_cache = False
-    if hp.gradient_checkpointing:
+    if hp.quantization != "none":
+        _prepare_quantized(model, dtype, hp.gradient_checkpointing)
+    elif hp.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     _check_targets(hp.target_modules, model)
-    log.info("base model %s loaded: attention=%s, dtype=%s", spec.base_model, impl, dtype)
+    log.info("base model %s loaded: attention=%s, dtype=%s%s", spec.base_model, impl, dtype,
+             f", quantization={hp.quantization} (bitsandbytes)" if hp.quantization != "none" else "")
     return model
+
+
+def _prepare_quantized(model, dtype, checkpointing: bool) -> None:
+    """peft's preparation of a k-bit base (frozen weights, checkpointing with input gradients).
+    It also upcasts every non-quantised weight to fp32, which guards fp16 compute against
+    overflow; with bf16 (fp32's exponent range) those weights go back to bf16, as axolotl and
+    unsloth keep them: the fp32 copies would double the embeddings' and head's memory and
+    turn the residual stream into fp32 activations for nothing."""
+    from peft import prepare_model_for_kbit_training
+
+    prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+    if dtype == torch.bfloat16:
+        for param in model.parameters():
+            if param.dtype == torch.float32:
+                param.data = param.data.to(dtype)
 
 
 def _check_targets(targets: list[str] | str, model) -> None:
@@ -167,6 +213,7 @@ def attach_lora(spec: Spec, model, log):
     lora = LoraConfig(
         r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
         target_modules=hp.target_modules, bias="none", task_type="CAUSAL_LM",
+        use_dora=hp.use_dora, use_rslora=hp.use_rslora,
     )
     try:
         model = get_peft_model(model, lora)
@@ -177,8 +224,24 @@ def attach_lora(spec: Spec, model, log):
             p.data = p.data.float()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    log.info("model %s: %d parameters, %d trainable (LoRA r=%d)", spec.base_model, total, trainable, hp.lora_rank)
+    variant = "".join([", DoRA" if hp.use_dora else "", ", rsLoRA" if hp.use_rslora else ""])
+    log.info("model %s: %d parameters, %d trainable (LoRA r=%d%s)", spec.base_model, total, trainable, hp.lora_rank, variant)
     return model
+
+
+def compile_layers(model, log) -> None:
+    """torch.compile each decoder layer in place (regional compilation: one graph, compiled
+    once, reused by every layer; the packed row's length varies per step, hence dynamic
+    shapes rather than a recompile per length)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        log.info("compile_layers: no decoder layer list found on %s; running uncompiled", type(base).__name__)
+        return
+    for layer in layers:
+        layer.compile(dynamic=True)
+    log.info("compile_layers: %d decoder layers compiled with torch.compile", len(layers))
 
 
 def _apply_liger(model, log) -> None:
@@ -272,6 +335,7 @@ def setup(spec: Spec, log) -> Run:
     hp = spec.hyperparameters
     precision = _precision(spec)
     check_engine_installed(spec)
+    check_quantization(spec)
     # Without CUDA, accelerate only sets up gloo DDP across launched processes when told it is on CPU
     # (and told so, it never sets up FSDP or DeepSpeed).
     wants_sharding = spec.accelerate_config is not None and spec.accelerate_config.sharded
@@ -314,11 +378,16 @@ def setup(spec: Spec, log) -> Run:
 
     random.seed(spec.seed)
     torch.manual_seed(spec.seed)
-    model = load_base(spec, path, precision, log)
+    model = load_base(spec, path, precision, log, device=accelerator.device)
+    # The fused loss reads the head's weight outside the forward: not where FSDP/DeepSpeed shard it.
+    head = fused_loss.fusable_head(model) if hp.fused_cross_entropy and not wants_sharding else None
     metrics = MetricsWriter(spec.output_dir / "metrics.jsonl", accelerator.is_main_process)
     state = State()
-    _evaluate_base_early(spec, accelerator, model, validation, tokenizer, state, metrics, total_steps, log)
+    _evaluate_base_early(spec, accelerator, model, validation, tokenizer, state, metrics, total_steps, log, head)
     model = attach_lora(spec, model, log)
+    head = head if fused_loss.frozen(head) else None
+    if hp.compile_layers:
+        compile_layers(model, log)
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -335,12 +404,15 @@ def setup(spec: Spec, log) -> Run:
     else:
         model, optimizer = accelerator.prepare(model, optimizer)
     sharded = accelerator.distributed_type.value in SHARDED_TYPES
+    if head is not None:
+        log.info("loss: output layer fused with cross-entropy (%s)",
+                 "Liger kernel" if accelerator.device.type == "cuda" and fused_loss._liger() is not None else "torch chunks")
     return Run(spec, accelerator, log, tokenizer, model, optimizer, scheduler, train, validation,
-               steps_per_epoch, total_steps, metrics, sharded, state)
+               steps_per_epoch, total_steps, metrics, sharded, head, state)
 
 
 def _evaluate_base_early(spec: Spec, accelerator, model, validation, tokenizer, state: State, metrics,
-                         total_steps: int, log) -> None:
+                         total_steps: int, log, head=None) -> None:
     """The step-0 held-out loss, measured on the base model before the adapter is attached.
 
     A fresh LoRA adapter adds exactly zero (its B matrices start at zero), so this is the
@@ -351,33 +423,46 @@ def _evaluate_base_early(spec: Spec, accelerator, model, validation, tokenizer, 
     if (not validation or accelerator.distributed_type.value in SHARDED_TYPES
             or (spec.resume and _checkpoints(spec.output_dir))):
         return
-    model.to(accelerator.device)
+    if spec.hyperparameters.quantization == "none":  # a quantised base was loaded onto its device
+        model.to(accelerator.device)
     loss = evaluate_model(accelerator, model, validation, spec.hyperparameters.batch_size, tokenizer.pad_token_id,
-                          sharded=False)
+                          sharded=False, head=head)
     _record_validation(state, metrics, log, loss, 0.0, total_steps)
 
 
 # ---------------------------------------------------------------- forward
 
-def batch_loss_sum(acc, batch: Batch, model) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over the batch's target tokens (logits only where there is a target)."""
+def batch_loss_sum(acc, batch: Batch, model, head=None, offload: bool = False) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the batch's target tokens (logits only where there is a target).
+
+    head: the model's output layer, to fuse it with the loss (trainer/loss.py) instead of
+    materialising the logits. offload: tensors saved for the backward pass go to CPU memory
+    (pinned on CUDA) and come back when the backward needs them."""
     device = acc.device
     inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.model_inputs().items()}
     targets = batch.targets.to(device)
-    with acc.autocast():
-        logits = model(**inputs).logits
     keep = targets[targets != IGNORE]
-    loss = torch.nn.functional.cross_entropy(batch.target_logits(logits).float(), keep, reduction="sum")
+    saved = (torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda")
+             if offload and torch.is_grad_enabled() else _nullcontext())
+    with saved, acc.autocast():
+        if head is None:
+            logits = model(**inputs).logits
+            loss = torch.nn.functional.cross_entropy(batch.target_logits(logits).float(), keep, reduction="sum")
+        else:
+            with fused_loss.head_inputs(head) as taken:
+                model(**inputs)
+            loss = fused_loss.linear_cross_entropy_sum(batch.target_logits(taken[0]), head.weight.detach(), keep)
     return loss, int(keep.numel())
 
 
 def evaluate(run: Run) -> float | None:
     return evaluate_model(run.accelerator, run.model, run.validation, run.spec.hyperparameters.batch_size,
-                          run.tokenizer.pad_token_id, run.sharded)
+                          run.tokenizer.pad_token_id, run.sharded, run.head)
 
 
 @torch.no_grad()
-def evaluate_model(acc, model, validation: list[Example], batch_size: int, pad_id: int, sharded: bool) -> float | None:
+def evaluate_model(acc, model, validation: list[Example], batch_size: int, pad_id: int, sharded: bool,
+                   head=None) -> float | None:
     """Mean held-out loss per target token over all processes (None without held-out data)."""
     if not validation:
         return None
@@ -398,7 +483,7 @@ def evaluate_model(acc, model, validation: list[Example], batch_size: int, pad_i
     total = torch.zeros(2, dtype=torch.float64, device=acc.device)
     for chunk, weight in mine:
         batch = collate([validation[i] for i in chunk], True, pad_id)
-        loss, count = batch_loss_sum(acc, batch, model)
+        loss, count = batch_loss_sum(acc, batch, model, head)
         total += torch.tensor([loss.item() * weight, count * weight], dtype=torch.float64, device=acc.device)
     total = acc.reduce(total, reduction="sum")
     wrapped.train()
@@ -433,7 +518,7 @@ def train_step(run: Run, micro_batches: list[list[int]], step_tokens: int) -> tu
         acc.sync_gradients = last
         sync = acc.no_sync(run.model) if not last else _nullcontext()
         with sync:
-            loss, _ = batch_loss_sum(acc, batch, run.model)
+            loss, _ = batch_loss_sum(acc, batch, run.model, run.head, hp.activation_offload)
             # DDP averages gradients over processes; scaling by world size makes the result the
             # gradient of the mean over every target token of the step, on every process.
             acc.backward(loss * acc.num_processes / step_tokens)

@@ -22,6 +22,9 @@ class SpecError(Exception):
 
 SCHEDULERS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+QUANTIZATIONS = ("none", "4bit", "8bit")
+_FLAGS = ("packing", "gradient_checkpointing", "assistant_only_loss", "use_dora", "use_rslora", "fused_cross_entropy",
+          "compile_layers", "activation_offload")
 # The accelerate distributed types a passed-through config may ask for.
 DISTRIBUTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU", "FSDP", "DEEPSPEED")
 SHARDED_TYPES = ("FSDP", "DEEPSPEED")
@@ -49,6 +52,12 @@ class Hyperparameters:
     gradient_checkpointing: bool = False
     assistant_only_loss: bool = True
     precision: str = "auto"
+    use_dora: bool = False
+    use_rslora: bool = False
+    quantization: str = "none"  # bitsandbytes on CUDA: 4bit (NF4, double quantisation) or 8bit
+    fused_cross_entropy: bool = True  # chunked head + cross-entropy (trainer/loss.py)
+    compile_layers: bool = False  # torch.compile each decoder layer (CUDA)
+    activation_offload: bool = False  # saved activations in CPU memory
 
 
 def warmup_for(warmup_steps: int, max_warmup_fraction: float, total_steps: int) -> int:
@@ -115,6 +124,17 @@ def _check_sharding(path: Path, kind: str, data: dict[str, Any]) -> None:
         if str(deepspeed.get("zero_stage")) == "3" and str(deepspeed.get("zero3_save_16bit_model", False)).lower() != "true":
             raise SpecError(f"accelerate config {path}: under ZeRO-3 the adapter is saved from gathered weights: "
                             "set deepspeed_config.zero3_save_16bit_model: true")
+
+
+def check_quantization_engine(quantization: str, config: AccelerateConfig | None) -> None:
+    """QLoRA trains under one process or DDP: each process holds the whole quantised base.
+    Sharding bitsandbytes weights needs FSDP/DeepSpeed storage settings brightrun does not
+    set (bnb_4bit_quant_storage, zero.Init), so the combination is refused rather than
+    left to fail inside accelerate."""
+    if quantization != "none" and config is not None and config.sharded:
+        raise SpecError(f"hyperparameters.quantization = {quantization} with the accelerate config's "
+                        f"{config.distributed_type}: a quantised base trains on one GPU or under DDP only; "
+                        "leave out the accelerate config, or set quantization=none")
 
 
 @dataclass
@@ -195,13 +215,15 @@ def _hyperparameters(raw: Any) -> Hyperparameters:
             value = _number(f"hyperparameters.{key}", value, kind)
             if not ok(value):
                 raise SpecError(f"hyperparameters.{key} = {value} is out of range: must be {rule}")
-        elif key in ("packing", "gradient_checkpointing", "assistant_only_loss"):
+        elif key in _FLAGS:
             if not isinstance(value, bool):
                 raise SpecError(f"hyperparameters.{key} must be true or false, got {value!r}")
         elif key == "lr_scheduler" and value not in SCHEDULERS:
             raise SpecError(f"hyperparameters.lr_scheduler must be one of {', '.join(SCHEDULERS)}, got {value!r}")
         elif key == "precision" and value not in PRECISIONS:
             raise SpecError(f"hyperparameters.precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+        elif key == "quantization" and value not in QUANTIZATIONS:
+            raise SpecError(f"hyperparameters.quantization must be one of {', '.join(QUANTIZATIONS)}, got {value!r}")
         elif key == "target_modules" and not (
             value == "all-linear" or (isinstance(value, list) and value and all(isinstance(m, str) and m for m in value))
         ):
@@ -301,6 +323,7 @@ def load_spec(path: str | Path) -> Spec:
         spec.eval = _eval_settings(raw["eval"])
     if raw.get("accelerate_config") is not None:
         spec.accelerate_config = load_accelerate_config(_file(base, raw["accelerate_config"], "accelerate_config", required=True))
+    check_quantization_engine(spec.hyperparameters.quantization, spec.accelerate_config)
     try:
         spec.report_to = check_report_to([] if raw.get("report_to") is None else raw["report_to"])
         spec.trackers = check_settings({} if raw.get("trackers") is None else raw["trackers"])
