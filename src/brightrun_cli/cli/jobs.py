@@ -39,25 +39,32 @@ def train(
     max_cost: common.MaxCostOpt = None,
     accelerate_config: Annotated[Optional[Path], typer.Option("--accelerate-config", help="accelerate config file (FSDP, DeepSpeed) passed to 'accelerate launch --config_file'; brightrun's process counts, rendezvous and precision still apply.", show_default=False)] = None,
     report_to: Annotated[Optional[str], typer.Option("--report-to", help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb (default: config.toml report_to; 'none' for none).", show_default=False)] = None,
+    require: common.RequireOpt = None,
     detach: Annotated[bool, typer.Option("--detach", help="Queue the job, print its id and return.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved spec and launch command; change nothing.")] = False,
     json_output: common.JsonOpt = False,
 ) -> None:
     """Queue a LoRA training run (validated and estimated first) and follow it until it ends.
 
-    Exit codes when followed: 0 completed, 3 failed, 4 cancelled (see 'brightrun watch').
+    Exit codes when followed: 0 completed, 3 failed, 4 cancelled, 6 a --require failed on the
+    job's answer eval (see 'brightrun watch').
 
     Examples:
       brightrun train --dataset support-v1 --preset tiny --base-model builtin:tiny
+      brightrun train -d support-v1 -p tiny --base-model ./SmolLM2-135M-Instruct.Q4_1.gguf --require "rougeL>base"
       brightrun train -d support-v1 -p balanced --base-model ./Mistral-7B --max-cost 25 --detach
       brightrun train -d support-v1 --host gpu-box --gpus 2 --set learning_rate=1e-4 --dry-run
       brightrun train -d support-v1 -p tiny --base-model builtin:tiny --report-to tensorboard,mlflow
     """
     from brightrun_cli.errors import UsageError
     from brightrun_cli.services import training
+    from brightrun_cli.services.evals import parse_requirements
 
     if host and hosts:
         raise UsageError("--host and --hosts were both given", "use --host NAME for one host, --hosts a,b for a multi-node run")
+    requirements = parse_requirements(require)
+    if requirements and (detach or dry_run):
+        raise UsageError("--require is checked at the end of a followed run", "drop --detach/--dry-run, or check later with 'brightrun watch JOB --require ...'")
     ws = common.workspace(ctx)
     request = training.TrainRequest(
         dataset=dataset, preset=preset, overrides=tuple(overrides or ()), config_file=config_file, base_model=base_model,
@@ -84,7 +91,7 @@ def train(
         return
     from brightrun_cli.cli.watch import follow_job
 
-    raise typer.Exit(follow_job(ws, job.id, json_output=json_output))
+    raise typer.Exit(follow_job(ws, job.id, json_output=json_output, requirements=requirements))
 
 
 def _print_estimate(plan) -> None:

@@ -272,6 +272,8 @@ def _spec(job_id: str, config: Any, accelerate: Any = None) -> dict[str, Any]:
     return spec
 
 
+# Any of these is a tokenizer transformers' AutoTokenizer can load from a model directory.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
@@ -294,6 +296,9 @@ def _check_base_model(name: str | None, hosts: list[HostRow]) -> str:
         path = Path(absolute_base_model(resolved))
         if not (path / "config.json").is_file():
             raise UsageError(f"base model directory '{path}' has no config.json", "pass a directory saved with save_pretrained, a Hugging Face id or builtin:tiny")
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise UsageError(f"base model directory '{path}' has no tokenizer ({', '.join(TOKENIZER_FILES[:2])} missing)",
+                             "save the tokenizer beside the model (tokenizer.save_pretrained(DIR)), or pass a .gguf file or a Hugging Face id")
         return name if name.startswith("builtin:") else str(path)
     if not _HF_ID.match(resolved):
         raise UsageError(f"base model '{name}' is neither a directory nor a Hugging Face id", "pass org/name, a local directory or builtin:tiny")
