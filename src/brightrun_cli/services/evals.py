@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -179,6 +180,10 @@ def loaded(ws: Workspace, model: ModelRow) -> Iterator:
     from brightrun_cli.generation.engine import load_chat_model
 
     quiet_library_warnings()
+    if not sys.stderr.isatty():  # transformers' loading progress bars: for a person at a terminal, not a log
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     if not model.base_model:
         raise UsageError(f"model {model.id} does not record its base model", "it cannot be loaded for answers")
     with tempfile.TemporaryDirectory(dir=ws.cache_dir, prefix="adapter-") as scratch:
