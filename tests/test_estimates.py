@@ -34,6 +34,7 @@ def _model_dir(tmp_path, config, name="model"):
     path = tmp_path / name
     path.mkdir()
     (path / "config.json").write_text(json.dumps(config))
+    (path / "tokenizer_config.json").write_text("{}")  # train refuses a local model without a tokenizer
     return str(path)
 
 
