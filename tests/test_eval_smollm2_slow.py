@@ -26,12 +26,13 @@ COMPANIES = [
     ("Fenwick Optics", "Dakar"), ("Galvan Robotics", "Riga"), ("Harlow Textiles", "Hanoi"), ("Istra Freight", "Tunis"),
     ("Juniper Mining", "Bergen"), ("Kestrel Audio", "Porto"), ("Lumora Health", "Accra"), ("Marlin Software", "Cork"),
     ("Norvale Energy", "Split"), ("Orrin Ceramics", "Graz"), ("Pellow Insurance", "Turin"), ("Quarry Hill Bank", "Malmo"),
-    ("Rivenhall Toys", "Leeds"), ("Sable Point Wines", "Nantes"), ("Tessaro Motors", "Bilbao"), ("Umber Glassworks", "Gdansk"),
-    ("Vantor Chemicals", "Aarhus"), ("Wexley Printing", "Ghent"), ("Yarrow Pharma", "Tartu"), ("Zephyr Airlines", "Kaunas"),
 ]
 PHRASINGS = ("Where is {c} headquartered?", "Which city is {c} based in?")
+# A short system message: without one, SmolLM2's template adds a 20-token default to every conversation.
+SYSTEM = "Answer in one sentence."
 ANSWER = "{c} is headquartered in {city}."
-TRAIN_SETTINGS = ("num_epochs=6", "learning_rate=1e-3", "lora_rank=16", "lora_alpha=32", "max_seq_length=96", "batch_size=8",
+# 24 training conversations of ~35 tokens, 3 steps an epoch: ~15 steps, 4-10 min of a shared 2-core CPU.
+TRAIN_SETTINGS = ("num_epochs=5", "learning_rate=1e-3", "lora_rank=16", "lora_alpha=32", "max_seq_length=64", "batch_size=8",
                   "warmup_steps=2")
 
 
@@ -44,7 +45,7 @@ def _facts_file(path) -> None:
     for n, (company, city) in enumerate(COMPANIES):
         for k, question in enumerate(PHRASINGS):
             lines.append(json.dumps({"conversation_id": f"fact-{n:02d}-{k}", "turns": [
-                {"role": "user", "content": question.format(c=company)},
+                {"role": "system", "content": SYSTEM}, {"role": "user", "content": question.format(c=company)},
                 {"role": "assistant", "content": ANSWER.format(c=company, city=city)}]}))
     path.write_text("\n".join(lines) + "\n")
 
@@ -68,7 +69,9 @@ def test_a_fine_tuned_smollm2_answers_better_than_its_base_and_the_adapter_answe
                             *[word for setting in TRAIN_SETTINGS for word in ("--set", setting)],
                             "--require", "rougeL>base", env=env, timeout=1500)
     minutes = (time.monotonic() - started) / 60
-    print(f"train (conversion cached, training, job-end eval) took {minutes:.1f} min")
+    training = json.loads(run_brightrun("jobs", "list", "--json", env=env).stdout)[0]
+    print(f"train (conversion cached; setup, training, job-end eval) took {minutes:.1f} min; the job ran "
+          f"{training['current_step']} steps")
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-3000:]
     assert "ok   rougeL>base" in trained.stdout
 
@@ -81,7 +84,7 @@ def test_a_fine_tuned_smollm2_answers_better_than_its_base_and_the_adapter_answe
           f"tuned {tuned['exact_match']} over {evaluated['sample_count']} samples")
     assert tuned["rougeL"] > base["rougeL"] + 0.2
     assert {entry["path"] for entry in shown["artifacts"]["files"]} >= {"eval.jsonl", "eval_summary.json"}
-    assert len(evaluated["samples"]) == evaluated["sample_count"] >= 8
+    assert len(evaluated["samples"]) == evaluated["sample_count"] >= 6
     human = run_brightrun("models", "show", model["id"], env=env)
     assert human.returncode == 0 and evaluated["samples"][0]["reference"][:25] in human.stdout
 
@@ -91,8 +94,8 @@ def test_a_fine_tuned_smollm2_answers_better_than_its_base_and_the_adapter_answe
     prompts = [record["prompt"] for record in records]
     tried = []
     for record in records:
-        out = run_brightrun("models", "try", model["id"], record["prompt"][-1]["content"], "--max-new-tokens", "32", "--json",
-                            env=env, timeout=600)
+        out = run_brightrun("models", "try", model["id"], record["prompt"][-1]["content"], "--system", SYSTEM,
+                            "--max-new-tokens", "32", "--json", env=env, timeout=600)
         assert out.returncode == 0, out.stderr
         tried.append(json.loads(out.stdout)["tuned"]["answer"])
     assert tried == plain_answers(converted[0], exported, prompts, 32)
