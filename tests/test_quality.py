@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from brightrun_cli.services.quality import classify_convergence, quality_metrics, score
+from brightrun_cli.services.quality import classify_convergence, loss_change, quality_metrics, score
 
 
 def curve(values, start=1):
@@ -53,31 +53,47 @@ def test_noisy_end_is_not_excellent():
     assert classify_convergence(curve(noisy), [(0, 3.0), (40, 1.2)]) == "good"
 
 
+GOOD_ANSWERS = {"status": "completed", "base": {"rougeL": 0.1, "exact_match": 0.0}, "tuned": {"rougeL": 0.5, "exact_match": 0.4}}
+SAME_ANSWERS = {"status": "completed", "base": {"rougeL": 0.3, "exact_match": 0.0}, "tuned": {"rougeL": 0.29, "exact_match": 0.0}}
+SLIGHTLY_BETTER = {"status": "completed", "base": {"rougeL": 0.3, "exact_match": 0.0}, "tuned": {"rougeL": 0.35, "exact_match": 0.0}}
+
+
 @pytest.mark.parametrize(
-    ("improvement", "convergence", "expected"),
+    ("improvement", "convergence", "answers", "expected"),
     [
-        (0.45, "excellent", 5),
-        (0.20, "good", 4),
-        (0.10, "good", 3),
-        (0.01, "fair", 2),
-        (0.0, "fair", 1),
-        (-0.2, "good", 1),
-        (0.45, "overfitting", 3),
-        (0.45, "poor", 2),
-        (0.45, "diverged", 1),
-        (None, "excellent", 4),
-        (None, "poor", 1),
+        (0.45, "excellent", GOOD_ANSWERS, 5),
+        (0.45, "excellent", None, 4),  # no answer eval: the loss alone never earns a 5
+        (0.44, "excellent", SAME_ANSWERS, 2),  # issue 15: loss 44% lower, answers no better
+        (0.45, "excellent", SLIGHTLY_BETTER, 4),
+        (0.45, "excellent", {"status": "failed", "base": None, "tuned": None}, 4),
+        (0.20, "good", GOOD_ANSWERS, 4),
+        (0.10, "good", GOOD_ANSWERS, 3),
+        (0.01, "fair", GOOD_ANSWERS, 2),
+        (0.0, "fair", GOOD_ANSWERS, 1),
+        (-0.2, "good", GOOD_ANSWERS, 1),
+        (0.45, "overfitting", GOOD_ANSWERS, 3),
+        (0.45, "poor", GOOD_ANSWERS, 2),
+        (0.45, "diverged", GOOD_ANSWERS, 1),
+        (None, "excellent", None, 4),
+        (None, "poor", None, 1),
     ],
 )
-def test_score_rule(improvement, convergence, expected):
-    value, reason = score(improvement, convergence)
+def test_score_rule(improvement, convergence, answers, expected):
+    value, reason = score(improvement, convergence, answers)
     assert value == expected
     assert reason
 
 
+def test_a_loss_decrease_reads_as_a_decrease():
+    value, reason = score(0.44, "excellent", SAME_ANSWERS)
+    assert "44% lower" in reason and "+44" not in reason
+    assert "answers no better than the base model's" in reason
+    assert loss_change(-0.12) == "12% higher"
+
+
 def test_quality_metrics_measures_against_the_base_point():
     train, validation = CASES["excellent"]
-    metrics = quality_metrics(train, validation)
+    metrics = quality_metrics(train, validation, answers=GOOD_ANSWERS)
     assert metrics["base_validation_loss"] == 3.1
     assert metrics["final_validation_loss"] == 1.2
     assert metrics["best_validation_loss"] == 1.2
@@ -85,7 +101,8 @@ def test_quality_metrics_measures_against_the_base_point():
     assert metrics["perplexity"] == pytest.approx(math.exp(1.2))
     assert metrics["overall_score"] == 5
     assert metrics["convergence_quality"] == "excellent"
-    assert ">=30% -> 5" in metrics["score_rule"]
+    assert metrics["answer_gain"] == 0.4
+    assert ">=30% lower -> 5" in metrics["score_rule"]
 
 
 def test_explicit_result_values_win_over_curve_ends():

@@ -163,3 +163,17 @@ def test_a_small_size_limit_is_said_in_bytes(cli, brightrun_home, tmp_path):
     config = brightrun_home / "config.toml"
     assert (f"is {data.stat().st_size} bytes, over the dataset size limit of 10 bytes (max_dataset_bytes = 10 in {config})"
             in " ".join(result.stderr.split()))  # the limit, and where it was set
+
+
+def test_a_gguf_converted_here_is_not_sent_to_an_ssh_host_that_cannot_read_it(cli, ws, tmp_path):
+    dataset_with_stats(ws)
+    (ws.home / "cache" / "models").mkdir(parents=True)
+    converted = model_dir(ws.home / "cache" / "models", SMALL, name="gguf-0123456789abcdef")  # as local_base_model leaves it
+    from brightrun_cli.registry.tables import Host
+
+    with ws.registry.write() as session:
+        session.add(Host(name="gpu1", kind="ssh", ssh_host="gpu1.example.invalid", gpus=1, gpu_type="A10G"))
+    refused = _train(cli, converted, "--host", "gpu1")
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
+    assert f"was converted on this machine ({converted}), which host 'gpu1' cannot read" in refused.stderr
+    assert "rsync -a" in refused.stderr

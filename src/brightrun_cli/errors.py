@@ -11,6 +11,7 @@ import os
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_REQUIREMENT_FAILED = 6  # a --require gate on a model's answer eval did not hold
 
 
 def debug_enabled() -> bool:
@@ -67,3 +68,9 @@ class OperationError(BrightrunError):
 
 class RegistryError(OperationError):
     """The registry cannot be opened or used (newer schema, corrupt file, no access)."""
+
+
+class RequirementFailed(BrightrunError):
+    """A `--require` gate on a model's answer eval did not hold: exit 6 (for CI)."""
+
+    exit_code = EXIT_REQUIREMENT_FAILED

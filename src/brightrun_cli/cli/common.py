@@ -34,6 +34,8 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML, JSON 
 BaseModelOpt = Annotated[Optional[str], typer.Option("--base-model", help="Hugging Face id, local model directory, .gguf file, or builtin:tiny.", show_default=False)]
 GpusOpt = Annotated[Optional[int], typer.Option("--gpus", min=1, help="GPUs per host (default: all of the host's).", show_default=False)]
 MaxCostOpt = Annotated[Optional[float], typer.Option("--max-cost", help="Budget in USD: refuse a larger estimate, stop the job if it gets there.", show_default=False)]
+RequireOpt = Annotated[Optional[list[str]], typer.Option("--require", help="A gate on the answer eval, METRIC OP VALUE: \"exact_match>=0.5\", \"rougeL>base\" (repeatable; exit 6 when one fails).", show_default=False)]
+EvalLimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Evaluate the first N held-out samples (default: 50).", show_default=False)]
 HostOpt = Annotated[Optional[str], typer.Option("--host", help="Host to run on (default: config.toml default_host, else local; see 'brightrun hosts list').", show_default=False)]
 
 

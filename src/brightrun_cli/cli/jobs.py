@@ -39,6 +39,7 @@ def train(
     max_cost: common.MaxCostOpt = None,
     accelerate_config: Annotated[Optional[Path], typer.Option("--accelerate-config", help="accelerate config file (FSDP, DeepSpeed) passed to 'accelerate launch --config_file'; brightrun's process counts, rendezvous and precision still apply.", show_default=False)] = None,
     report_to: Annotated[Optional[str], typer.Option("--report-to", help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb (default: config.toml report_to; 'none' for none).", show_default=False)] = None,
+    require: common.RequireOpt = None,
     detach: Annotated[bool, typer.Option("--detach", help="Queue the job, print its id and return.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved spec and launch command; change nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Queue it even when the pre-flight says it cannot run (base model files missing, does not fit in memory).")] = False,
@@ -49,24 +50,31 @@ def train(
     Before queuing, the base model's files are checked (weights, tokenizer, config) and
     the estimate must fit in memory; --force queues it anyway.
 
-    Exit codes when followed: 0 completed, 3 failed, 4 cancelled (see 'brightrun watch').
+    Exit codes when followed: 0 completed, 3 failed, 4 cancelled, 6 a --require failed on the
+    job's answer eval (see 'brightrun watch').
 
     Examples:
       brightrun train --dataset support-v1 --preset tiny --base-model builtin:tiny
+      brightrun train -d support-v1 -p tiny --base-model ./SmolLM2-135M-Instruct.Q4_1.gguf --require "rougeL>base"
       brightrun train -d support-v1 -p balanced --base-model ./Mistral-7B --max-cost 25 --detach
       brightrun train -d support-v1 --host gpu-box --gpus 2 --set learning_rate=1e-4 --dry-run
       brightrun train -d support-v1 -p tiny --base-model builtin:tiny --report-to tensorboard,mlflow
     """
     from brightrun_cli.errors import UsageError
     from brightrun_cli.services import training
+    from brightrun_cli.services.evals import parse_requirements
 
     if host and hosts:
         raise UsageError("--host and --hosts were both given", "use --host NAME for one host, --hosts a,b for a multi-node run")
+    requirements = parse_requirements(require)
+    if requirements and (detach or dry_run):
+        raise UsageError("--require is checked at the end of a followed run", "drop --detach/--dry-run, or check later with 'brightrun watch JOB --require ...'")
     ws = common.workspace(ctx)
     request = training.TrainRequest(
         dataset=dataset, preset=preset, overrides=tuple(overrides or ()), config_file=config_file, base_model=base_model,
         host=host, hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else (), gpus=gpus,
         nodes=nodes, max_cost=max_cost, accelerate_config=accelerate_config, report_to=report_to, force=force,
+        gated=bool(requirements),
     )
     submitted = training.train(ws, request, dry_run=dry_run)
     plan, job = submitted.plan, submitted.job
@@ -88,7 +96,7 @@ def train(
         return
     from brightrun_cli.cli.watch import follow_job
 
-    raise typer.Exit(follow_job(ws, job.id, json_output=json_output))
+    raise typer.Exit(follow_job(ws, job.id, json_output=json_output, requirements=requirements))
 
 
 def _print_estimate(plan) -> None:

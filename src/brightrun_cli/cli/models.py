@@ -1,16 +1,17 @@
-"""`brightrun models list|show|export|merge|rm`: the adapters that completed jobs left behind."""
+"""`brightrun models list|show|eval|try|compare|export|merge|rm`: the adapters that completed jobs
+left behind, and what they answer."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from brightrun_cli.cli import common
 
 models_app = typer.Typer(
-    help="Trained adapters: measured quality, model card, export and merge.",
+    help="Trained adapters: measured quality and answers, try, compare, model card, export and merge.",
     no_args_is_help=True,
 )
 
@@ -65,18 +66,22 @@ def list_command(
 
 @models_app.command("show")
 def show_command(ctx: typer.Context, model: ModelArg, json_output: common.JsonOpt = False) -> None:
-    """Quality (against the base model), training summary, configuration and files of a model.
+    """Quality, answers on held-out prompts (base vs tuned), training, configuration and files of a model.
 
     Examples:
       brightrun models show 01jd4
       brightrun models show support-v1-2026-01-31
       brightrun models show support-v1-2026-01-31@1.1.0 --json
     """
+    from brightrun_cli.services.evals import stored_eval
     from brightrun_cli.services.models import get_model
+    from brightrun_cli.services.quality import loss_change
 
-    row = get_model(common.workspace(ctx), model)
+    ws = common.workspace(ctx)
+    row = get_model(ws, model)
+    evaluated = stored_eval(ws, row)
     if json_output:
-        common.print_json(row)
+        common.print_json({**row.to_json(), "eval": evaluated.to_json() if evaluated else None})
         return
     from rich.table import Table
 
@@ -89,11 +94,12 @@ def show_command(ctx: typer.Context, model: ModelArg, json_output: common.JsonOp
     quality.add_row("score", f"{q.get('overall_score')}/5 ({q.get('score_reason')})")
     quality.add_row("convergence", str(q.get("convergence_quality")))
     quality.add_row("validation loss", f"base {_fmt(q.get('base_validation_loss'))} -> tuned {_fmt(q.get('final_validation_loss'))}"
-                    + ("" if improvement is None else f" ({improvement:+.1%})"))
+                    + ("" if improvement is None else f" ({loss_change(improvement)}, {-improvement:+.0%})"))
     quality.add_row("perplexity", f"base {_fmt(q.get('base_perplexity'))} -> tuned {_fmt(q.get('perplexity'))}")
     quality.add_row("final training loss", _fmt(q.get("final_training_loss")))
     out.print(quality)
     out.print(f"[dim]rule: {q.get('score_rule')}[/dim]")
+    _print_answers(out, evaluated)
     training = Table("training", "", box=None)
     tokens = s.get("total_tokens")
     training.add_row("epochs / steps / tokens",
@@ -111,6 +117,243 @@ def show_command(ctx: typer.Context, model: ModelArg, json_output: common.JsonOp
         files.add_row(entry["path"], f"{entry['size']:,}", entry["sha256"][:16])
     out.print(files)
     out.print(f"storage: {row.storage_path}")
+
+
+SHOWN_SAMPLES = 10  # samples `models show` lists side by side (--json has them all)
+
+
+def _last_user(prompt: list[dict]) -> str:
+    return next((t["content"] for t in reversed(prompt or []) if t.get("role") == "user"), "")
+
+
+def _aggregate_table(title: str, columns: list[str], aggregates: list[dict | None], winners: dict | None = None):
+    from rich.table import Table
+
+    from brightrun_cli.services.evals import METRICS
+
+    table = Table(title, *columns, *(["best"] if winners is not None else []), box=None)
+    for metric in (*METRICS, "tokens"):
+        cells = [_fmt((a or {}).get(metric)) for a in aggregates]
+        table.add_row(metric, *cells, *([", ".join(winners.get(metric, []))] if winners is not None else []))
+    return table
+
+
+def _print_answers(out, evaluated) -> None:
+    """The answer eval: aggregates base vs tuned, then samples side by side."""
+    from rich.table import Table
+
+    if evaluated is None:
+        out.print("answers: no answer eval yet (run 'brightrun models eval MODEL')")
+        return
+    r = evaluated.row
+    out.print(f"answers: {r.sample_count} held-out samples ({r.source} eval, {r.created_at:%Y-%m-%d %H:%M}, dataset {r.dataset_id})")
+    out.print(_aggregate_table("answers", ["base", "tuned"], [r.base, r.tuned]))
+    if not evaluated.samples:
+        return
+    samples = Table("prompt", "reference", "base", "tuned", "match", box=None, show_lines=False)
+    for record in evaluated.samples[:SHOWN_SAMPLES]:
+        tuned = record.get("tuned") or {}
+        base = record.get("base") or {}
+        match = "yes" if (tuned.get("scores") or {}).get("exact_match") == 1.0 else "no"
+        samples.add_row(_last_user(record.get("prompt")), record.get("reference", ""), base.get("answer", ""), tuned.get("answer", ""), match)
+    out.print(samples)
+    if len(evaluated.samples) > SHOWN_SAMPLES:
+        out.print(f"[dim]{len(evaluated.samples) - SHOWN_SAMPLES} more samples in --json[/dim]")
+
+
+@models_app.command("eval")
+def eval_command(
+    ctx: typer.Context,
+    model: ModelArg,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset whose held-out split to answer (default: the model's own).", show_default=False)] = None,
+    limit: common.EvalLimitOpt = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Longest answer in tokens (default: 1.5 x the longest reference + 16).", show_default=False)] = None,
+    require: common.RequireOpt = None,
+    json_output: common.JsonOpt = False,
+) -> None:
+    """Score the base and the tuned model's answers to held-out prompts; store them; check gates.
+
+    Greedy answers to each held-out assistant turn (the model's dataset unless --dataset),
+    scored against the reference: exact match, token F1, ROUGE-L, chrF, length ratio, stop
+    rate. The samples and aggregates are stored with the model ('brightrun models show').
+
+    Exit codes: 0 every --require holds, 6 one fails, 2 bad input (nothing runs).
+
+    Examples:
+      brightrun models eval 01jd4
+      brightrun models eval 01jd4 --limit 20 --json
+      brightrun models eval 01jd4 --require "exact_match>=0.5" --require "rougeL>base"
+    """
+    import sys
+
+    from brightrun_cli.errors import RequirementFailed
+    from brightrun_cli.services.evals import evaluate_model, failure_message
+
+    def progress(line: str) -> None:
+        sys.stderr.write(line + "\n")
+
+    outcome = evaluate_model(common.workspace(ctx), model, dataset=dataset, limit=limit, max_new_tokens=max_new_tokens,
+                             requirements=require or (), log=progress)
+    row = outcome.stored.row
+    if json_output:
+        common.print_json({**outcome.stored.to_json(), "requirements": [
+            {"requirement": c.requirement.text, "holds": c.holds, "actual": c.actual, "wanted": c.wanted} for c in outcome.checks]})
+    else:
+        out = common.console()
+        out.print(f"model {outcome.model.id}: {row.sample_count} held-out samples of dataset {row.dataset_id} (eval {row.id})")
+        out.print(_aggregate_table("answers", ["base", "tuned"], [row.base, row.tuned]))
+        _print_checks(out, outcome.checks)
+    if outcome.failed:
+        raise RequirementFailed(failure_message(outcome.failed), "see the samples with 'brightrun models show " + outcome.model.id + "'")
+
+
+def _print_checks(out, checks) -> None:
+    for c in checks:
+        wanted = "base" if c.requirement.value is None else "required"
+        out.print(f"{'ok  ' if c.holds else 'FAIL'} {c.requirement.text}: tuned {_fmt(c.actual)}, {wanted} {_fmt(c.wanted)}")
+
+
+@models_app.command("try")
+def try_command(
+    ctx: typer.Context,
+    model: ModelArg,
+    prompt: Annotated[Optional[str], typer.Argument(help="One prompt to answer. Without it, on a terminal: an interactive chat.", show_default=False)] = None,
+    base: Annotated[bool, typer.Option("--base", help="Answer with the base model (adapter off) too, beside the tuned one.")] = False,
+    system: Annotated[Optional[str], typer.Option("--system", help="A system message before the prompt.", show_default=False)] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 answers greedily; higher samples more freely.")] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Sample from the smallest set of tokens this likely (with --temperature).")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest answer in tokens.")] = 256,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for sampled answers (repeatable answers).", show_default=False)] = None,
+    json_output: common.JsonOpt = False,
+) -> None:
+    """Ask a model something: one answer, or a chat on a terminal when no prompt is given.
+
+    The chat streams answers and keeps the conversation (through the model's chat template):
+    /reset forgets it, /system TEXT sets the system message, /quit ends.
+
+    Examples:
+      brightrun models try 01jd4 "How do I reset my password?"
+      brightrun models try 01jd4 "How do I reset my password?" --base --json
+      brightrun models try 01jd4 --temperature 0.7 --seed 1
+    """
+    from brightrun_cli.errors import UsageError
+    from brightrun_cli.services.evals import loaded, sampling as make_sampling
+    from brightrun_cli.services.models import get_model
+
+    settings = make_sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    if prompt is None and (json_output or not common.stdin_is_tty()):
+        raise UsageError("no prompt given and " + ("--json needs one" if json_output else "stdin is not a terminal for a chat"),
+                         'pass the prompt as an argument: brightrun models try MODEL "your question"')
+    ws = common.workspace(ctx)
+    row = get_model(ws, model)
+    history = [{"role": "system", "content": system}] if system else []
+    with loaded(ws, row) as chat_model:
+        if prompt is None:
+            _chat(chat_model, history, settings, base)
+            return
+        messages = history + [{"role": "user", "content": prompt}]
+        tuned = chat_model.answer(messages, sampling=settings)
+        base_answer = chat_model.answer(messages, base=True, sampling=settings) if base else None
+    if json_output:
+        def as_json(answer):
+            return None if answer is None else {"answer": answer.text, "stopped": answer.stopped, "tokens": answer.tokens}
+
+        common.print_json({"model_id": row.id, "messages": messages, "tuned": as_json(tuned), "base": as_json(base_answer),
+                           "sampling": {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}})
+        return
+    if base_answer is None:
+        typer.echo(tuned.text)
+        return
+    typer.echo(f"tuned: {tuned.text}")
+    typer.echo(f"base:  {base_answer.text}")
+
+
+def _chat(chat_model, history: list[dict], settings, with_base: bool) -> None:
+    """The interactive chat: streamed answers, multi-turn through the chat template."""
+    import sys
+
+    system = history[0]["content"] if history else None
+    turns: list[dict] = []
+    typer.echo("chat: /reset forgets the conversation, /system TEXT sets the system message, /quit ends", err=True)
+    while True:
+        try:
+            text = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            typer.echo("", err=True)
+            return
+        command = text.strip()
+        if not command:
+            continue
+        if command in ("/quit", "/exit"):
+            return
+        if command == "/reset":
+            turns = []
+            typer.echo("(conversation forgotten)", err=True)
+            continue
+        if command.startswith("/system"):
+            system = command[len("/system"):].strip() or None
+            turns = []
+            typer.echo(f"(system message {'set' if system else 'cleared'}; conversation forgotten)", err=True)
+            continue
+        messages = ([{"role": "system", "content": system}] if system else []) + turns + [{"role": "user", "content": text}]
+        answers = {}
+        for label, base in (("tuned", False), ("base", True)) if with_base else (("model", False),):
+            sys.stdout.write(f"{label}> ")
+            pieces = []
+            try:
+                for piece in chat_model.stream(messages, base=base, sampling=settings):
+                    pieces.append(piece)
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+            except KeyboardInterrupt:
+                sys.stdout.write(" [stopped]")
+            sys.stdout.write("\n")
+            answers[label] = "".join(pieces).strip()
+        # The conversation goes on with the tuned model's answer (the model being tried).
+        turns += [{"role": "user", "content": text}, {"role": "assistant", "content": answers.get("tuned", answers.get("model", ""))}]
+
+
+@models_app.command("compare")
+def compare_command(
+    ctx: typer.Context,
+    models: Annotated[list[str], typer.Argument(help="Two or more models (id, prefix, NAME@VERSION, NAME); base:MODEL is that model's base.", show_default=False)],
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset whose held-out split to answer (default: the first model's).", show_default=False)] = None,
+    limit: common.EvalLimitOpt = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Longest answer in tokens (default: 1.5 x the longest reference + 16).", show_default=False)] = None,
+    json_output: common.JsonOpt = False,
+) -> None:
+    """Answer the same held-out prompts with each model: aggregates, winners, disagreements.
+
+    Greedy answers of each model (base:MODEL is MODEL's base, adapter off) to the held-out
+    split of --dataset, else of the first model's dataset.
+
+    Examples:
+      brightrun models compare 01jd4 base:01jd4
+      brightrun models compare support-v1@1.0.0 support-v1@1.1.0 --limit 20 --json
+    """
+    from rich.table import Table
+
+    from brightrun_cli.services.evals import compare_models
+
+    result = compare_models(common.workspace(ctx), models, dataset=dataset, limit=limit, max_new_tokens=max_new_tokens)
+    if json_output:
+        common.print_json(result.to_json())
+        return
+    out = common.console()
+    labels = [e.label for e in result.entries]
+    out.print(f"{len(result.samples)} held-out samples of dataset {result.dataset.name} ({result.dataset.id})")
+    out.print(_aggregate_table("answers", labels, result.aggregates, result.winners))
+    if not result.disagreements:
+        out.print("the models answer every sample alike")
+        return
+    out.print(f"they answer {len(result.disagreements)} of {len(result.samples)} samples differently:")
+    table = Table("prompt", "reference", *labels, box=None)
+    for k in result.disagreements[:SHOWN_SAMPLES]:
+        sample = result.samples[k]
+        table.add_row(_last_user(sample.prompt), sample.reference, *(rows[k]["answer"] for rows in result.answers))
+    out.print(table)
+    if len(result.disagreements) > SHOWN_SAMPLES:
+        out.print(f"[dim]{len(result.disagreements) - SHOWN_SAMPLES} more in --json[/dim]")
 
 
 @models_app.command("export")

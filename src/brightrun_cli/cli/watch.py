@@ -5,7 +5,7 @@ line per change when stdout is not a terminal, NDJSON with `--json`. watch only 
 Ctrl-C leaves watch and never touches the job.
 
 Exit codes (following one job), for CI scripts:
-  0 completed · 3 failed · 4 cancelled · 5 job not found · 130 left with Ctrl-C
+  0 completed · 3 failed · 4 cancelled · 5 job not found · 6 a --require failed · 130 left with Ctrl-C
   (1 and 2 keep their usual meaning: watch itself failed / bad usage)
 """
 
@@ -200,10 +200,12 @@ def _model_line(model: "ModelRow") -> str:
             f"see 'brightrun models show {model.id}'")
 
 
-def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False) -> int:
+def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False, requirements: list | None = None) -> int:
     """Follow one job until it ends; return its exit code (see the module doc).
 
     A terminal gets the live dashboard, other outputs plain lines, `json_output` NDJSON.
+    `requirements` (services.evals.parse_requirements of --require) are checked against
+    the completed job's answer eval: 6 when one fails.
     """
     from brightrun_cli.errors import NotFoundError
     from brightrun_cli.services.jobs import get_job, wait_for_model
@@ -242,7 +244,33 @@ def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False) -> i
     except KeyboardInterrupt:
         _stderr(f"left watch; job {job_id} keeps running (brightrun watch {job_id} to follow it again, brightrun jobs cancel {job_id} to stop it)")
         return EXIT_INTERRUPTED
-    return EXIT_CODES[follower.state.job.status]
+    code = EXIT_CODES[follower.state.job.status]
+    if requirements and code == EXIT_COMPLETED:
+        return check_job_requirements(ws, job_id, requirements, json_output=json_output)
+    return code
+
+
+def check_job_requirements(ws: "Workspace", job_id: str, requirements: list, *, json_output: bool) -> int:
+    """`--require` of train/watch against the job's own answer eval: each check on stdout (a
+    JSON object with --json), `error:` on stderr and 6 when one fails, else 0."""
+    from brightrun_cli.errors import EXIT_REQUIREMENT_FAILED
+    from brightrun_cli.services.evals import failure_message, job_requirements
+
+    stored, checks = job_requirements(ws, job_id, requirements)
+    if json_output:
+        common.print_json({"job_id": job_id, "eval_id": stored.row.id, "requirements": [
+            {"requirement": c.requirement.text, "holds": c.holds, "actual": c.actual, "wanted": c.wanted} for c in checks]})
+    else:
+        for c in checks:
+            wanted = "base" if c.requirement.value is None else "required"
+            actual = "-" if c.actual is None else f"{c.actual:.4g}"
+            typer.echo(f"{'ok  ' if c.holds else 'FAIL'} {c.requirement.text}: tuned {actual}, {wanted} "
+                       f"{'-' if c.wanted is None else format(c.wanted, '.4g')}")
+    failed = [c for c in checks if not c.holds]
+    if failed:
+        _stderr(f"error: {failure_message(failed)}")
+        return EXIT_REQUIREMENT_FAILED
+    return EXIT_COMPLETED
 
 
 
@@ -361,21 +389,29 @@ def register(app: typer.Typer) -> None:
     """Add `watch` to the root app."""
 
     @app.command("watch")
-    def watch(ctx: typer.Context, job: JobOpt = None, json_output: common.JsonOpt = False) -> None:
+    def watch(ctx: typer.Context, job: JobOpt = None, require: common.RequireOpt = None, json_output: common.JsonOpt = False) -> None:
         """Follow a training job live until it ends (or all jobs, without JOB).
 
         On a terminal: a dashboard (progress, ETA, losses, learning rate, tokens/s, GPU,
         cost vs estimate and budget, loss curve, log tail). Piped: one plain line per
         change. --json: NDJSON on stdout, one object per metric point and status change.
 
-        Exit codes: 0 completed, 3 failed, 4 cancelled, 5 job not found, 130 Ctrl-C
-        (the job keeps running).
+        Exit codes: 0 completed, 3 failed, 4 cancelled, 5 job not found, 6 a --require
+        failed on the job's answer eval, 130 Ctrl-C (the job keeps running).
 
         Examples:
           brightrun watch
           brightrun watch 01jd3k
+          brightrun watch 01jd3k --require "rougeL>base"
           brightrun train --dataset support-v1 --detach && brightrun watch $JOB --json
         """
+        from brightrun_cli.errors import UsageError
+        from brightrun_cli.services.evals import parse_requirements
+
+        requirements = parse_requirements(require)
+        if requirements and job is None:
+            raise UsageError("--require needs a JOB to follow", "pass the job id: brightrun watch JOB --require ...")
         ws = common.workspace(ctx)
-        code = follow_job(ws, job, json_output=json_output) if job is not None else watch_all(ws, json_output=json_output)
+        code = (follow_job(ws, job, json_output=json_output, requirements=requirements) if job is not None
+                else watch_all(ws, json_output=json_output))
         raise typer.Exit(code)

@@ -328,4 +328,21 @@ def _m0005_job_list_json(conn: sqlite3.Connection) -> None:
                  "DELETE FROM job_list_json WHERE id = OLD.id; END")
 
 
+@migration(6, "answer-eval aggregates of models")
+def _m0006_model_evals(conn: sqlite3.Connection) -> None:
+    # One row per answer eval of a model (generation/evaluate.py): the one its job ran at the
+    # end of training (source "job"), and each `models eval` (source "command"). The
+    # aggregates are kept here so `models show`, `models list` and gates read them without
+    # the samples; the samples stay an eval.jsonl in the model's storage (`samples_path`).
+    conn.execute(
+        "CREATE TABLE model_evals ("
+        " id VARCHAR NOT NULL, model_id VARCHAR NOT NULL, dataset_id VARCHAR, source VARCHAR NOT NULL,"
+        " sample_count INTEGER NOT NULL, max_new_tokens INTEGER, base JSON, tuned JSON, samples_path VARCHAR,"
+        " created_at DATETIME NOT NULL,"
+        " PRIMARY KEY (id), FOREIGN KEY(model_id) REFERENCES model_artifacts (id),"
+        " FOREIGN KEY(dataset_id) REFERENCES datasets (id))"
+    )
+    conn.execute("CREATE INDEX ix_model_evals_model_created ON model_evals (model_id, created_at)")
+
+
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -306,6 +306,21 @@ class ModelRow(Row, frozen=True):
     deleted_at: datetime | None
 
 
+class ModelEvalRow(Row, frozen=True):
+    TABLE: ClassVar[str] = "model_evals"
+
+    id: str
+    model_id: str
+    dataset_id: str | None
+    source: str
+    sample_count: int
+    max_new_tokens: int | None
+    base: dict | None
+    tuned: dict | None
+    samples_path: str | None
+    created_at: datetime
+
+
 class CostRow(Row, frozen=True):
     TABLE: ClassVar[str] = "cost_records"
 
@@ -336,4 +351,4 @@ class NotificationRow(Row, frozen=True):
     created_at: datetime
 
 
-ROW_TYPES: tuple[type[Row], ...] = (DatasetRow, HostRow, JobRow, PointRow, ModelRow, CostRow, NotificationRow)
+ROW_TYPES: tuple[type[Row], ...] = (DatasetRow, HostRow, JobRow, PointRow, ModelRow, ModelEvalRow, CostRow, NotificationRow)

@@ -214,6 +214,24 @@ class ModelArtifact(SQLModel, table=True):
     deleted_at: datetime | None = _time()
 
 
+class ModelEval(SQLModel, table=True):
+    """brightrun: an answer eval of a model (migration 6): base and tuned aggregates per metric."""
+
+    __tablename__ = "model_evals"
+    __table_args__ = (Index("ix_model_evals_model_created", "model_id", "created_at"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    model_id: str = Field(foreign_key="model_artifacts.id")
+    dataset_id: str | None = Field(default=None, foreign_key="datasets.id")  # the held-out split evaluated on
+    source: str  # job (the eval at the end of training) | command (models eval)
+    sample_count: int
+    max_new_tokens: int | None = None
+    base: dict | None = _json()  # the base model's aggregates (generation/metrics.py names)
+    tuned: dict | None = _json()  # the tuned model's
+    samples_path: str | None = None  # storage key of the eval.jsonl
+    created_at: datetime = _time(default=True)
+
+
 class CostRecord(SQLModel, table=True):
     __tablename__ = "cost_records"
     __table_args__ = (Index("ix_cost_records_billing_period", "billing_period"),)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from brightrun_cli import lifecycle
 from brightrun_cli.errors import NotFoundError, OperationError
+from brightrun_cli.generation import evaluate as answer_eval
 from brightrun_cli.registry import datasets as dataset_rows
 from brightrun_cli.registry import jobs as job_rows
 from brightrun_cli.registry import models as model_rows
@@ -30,6 +31,7 @@ from brightrun_cli.registry.engine import DuplicateRow
 from brightrun_cli.registry.ids import new_id
 from brightrun_cli.registry.rows import DatasetRow, JobRow, ModelRow, PointRow
 from brightrun_cli.registry.timeutil import utcnow
+from brightrun_cli.services.evals import record_job_eval
 from brightrun_cli.services.model_card import render_model_card
 from brightrun_cli.services.notifications import notify
 from brightrun_cli.services.quality import quality_metrics
@@ -75,19 +77,22 @@ def create_artifact(ws: Workspace, job_id: str) -> ModelRow:
     files = staging / "files"
     shutil.rmtree(files, ignore_errors=True)
     shutil.copytree(final, files)
-    artifact = _assemble(ws, artifact_id, job, dataset, points, files)
+    artifact, answers = _assemble(ws, artifact_id, job, dataset, points, files)
 
     # A previous attempt may have uploaded part of this artifact: start its key afresh.
     ws.storage.delete(artifact.storage_path)
     ws.storage.put_dir(files, artifact.storage_path)
-    stored = _register(ws, artifact)
+    stored = _register(ws, artifact, answers)
     shutil.rmtree(staging, ignore_errors=True)
     return stored
 
 
-def _assemble(ws: Workspace, artifact_id: str, job: JobRow, dataset: DatasetRow | None, points: list[PointRow], files: Path) -> ModelRow:
-    """Add result.json, the metrics history and the model card to `files` (a copy of final/); return the row to store."""
+def _assemble(ws: Workspace, artifact_id: str, job: JobRow, dataset: DatasetRow | None, points: list[PointRow],
+              files: Path) -> tuple[ModelRow, dict]:
+    """Add result.json, the metrics history and the model card to `files` (a copy of final/,
+    with the job's answer eval when it ran); return the row to store and the eval summary."""
     result = _read_json(lifecycle.run_dir(ws.home, job) / RESULT_FILE)
+    answers = _read_json(files / answer_eval.SUMMARY_FILE)
     if result:
         (files / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     _write_metrics(files / METRICS_FILE, points)
@@ -106,21 +111,32 @@ def _assemble(ws: Workspace, artifact_id: str, job: JobRow, dataset: DatasetRow 
             base_validation_loss=result.get("base_validation_loss"),
             final_validation_loss=result.get("final_validation_loss"),
             final_training_loss=result.get("final_training_loss"),
+            answers=answers,
         ),
         training_summary=_training_summary(job, result),
         configuration={"preset_id": job.preset_id, "hyperparameters": job.hyperparameters, "gpu_config": job.gpu_config},
         artifacts={}, parent_model_id=None, created_at=now, updated_at=now, deleted_at=None,
     )
     versions = _read_json(files / "versions.json")
-    (files / CARD_FILE).write_text(render_model_card(artifact, dataset, train, validation, versions))
-    return artifact.replace(artifacts={"files": _describe(files)})
+    card = render_model_card(artifact, dataset, train, validation, versions, answers=answers, samples=_eval_samples(files))
+    (files / CARD_FILE).write_text(card)
+    return artifact.replace(artifacts={"files": _describe(files)}), answers
 
 
-def _register(ws: Workspace, artifact: ModelRow) -> ModelRow:
+def _eval_samples(files: Path) -> list[dict]:
+    try:
+        text = (files / answer_eval.EVAL_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _register(ws: Workspace, artifact: ModelRow, answers: dict) -> ModelRow:
     """Row, job link and notification in one transaction: the artifact exists only once all three do."""
     try:
         with ws.registry.write() as tx:
             stored = model_rows.insert(tx, **artifact.to_fields())
+            record_job_eval(tx, stored, answers)
             job_rows.set_fields(tx, artifact.job_id, artifact_id=artifact.id)
             score = artifact.quality_metrics["overall_score"]
             notify(

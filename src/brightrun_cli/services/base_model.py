@@ -13,6 +13,14 @@ Two callers need this before anything heavy happens:
   needs its weights (safetensors headers parse and the files are as long as their
   headers say), a tokenizer and a config. Reading headers costs milliseconds; loading
   the weights would cost the CLI seconds and gigabytes, so that is left to the trainer.
+
+It is also the one place a `.gguf` base model (a file, or a directory holding one)
+becomes a plain Hugging Face directory (`local_base_model`): converted once into
+`<home>/cache/models/gguf-<sha256[:16]>/` (generation/gguf.py), keyed by the file's
+content. Every command that accepts a base model goes through it (`train`, `estimate`
+and presets via `presets.resolve_config`, `dataset add/validate --base-model`), so a job,
+its model and later `models eval/try` name the converted directory. A damaged file is
+refused before anything is written.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from brightrun_cli.errors import UsageError
+from brightrun_cli.generation import gguf
+from brightrun_cli.workspace import Workspace
 
 # One TCP handshake to the hub (or its proxy): a reachable endpoint answers in well under
 # a second; a black-holed one is given up on after this.
@@ -223,3 +233,10 @@ def check_hub_model(repo_id: str) -> None:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def local_base_model(ws: Workspace, name: str | None) -> str | None:
+    """`name`, or for a GGUF file the directory converted from it (converting on first use)."""
+    if not name or not gguf.is_gguf(name):
+        return name
+    return str(gguf.convert_gguf(name, ws.home / "cache"))

@@ -40,6 +40,7 @@ from brightrun_cli.registry.engine import DuplicateRow
 from brightrun_cli.registry.ids import new_id
 from brightrun_cli.registry.rows import DatasetRow
 from brightrun_cli.registry.timeutil import utcnow
+from brightrun_cli.services.base_model import local_base_model
 from brightrun_cli.services.dataset_formats import FORMATS
 from brightrun_cli.services.dataset_tokens import TokenCounter, load_counter
 from brightrun_cli.services.dataset_validation import ScanResult, scan
@@ -96,7 +97,7 @@ def add_dataset(
         )
     repair_interrupted(ws)
     _refuse_taken_name(ws, name)
-    model = _model_name(base_model or ws.config.default_base_model)
+    model = _model_name(local_base_model(ws, base_model or ws.config.default_base_model))
     counter = load_counter(model)
 
     dataset_id = new_id()
@@ -412,7 +413,7 @@ def validate_dataset(ws: "Workspace", ref: str, *, base_model: str | None = None
             f"dataset '{row.name}' lost its data: {row.storage_path} is missing from storage",
             f"add the source again (the name is free now): {add_again_command(row)}",
         )
-    model = _model_name(base_model or row.base_model or ws.config.default_base_model)
+    model = _model_name(local_base_model(ws, base_model or row.base_model or ws.config.default_base_model))
     counter = load_counter(model)
     with processing_lock(ws, row.id):
         with ws.registry.write() as tx:

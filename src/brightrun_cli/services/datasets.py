@@ -59,7 +59,7 @@ def holds_name(row: DatasetRow) -> bool:
 # ------------------------------------------------------------------ stored files
 
 
-def _local_store_root(ws: "Workspace") -> Path | None:
+def local_store_root(ws: "Workspace") -> Path | None:
     """The blob store's directory when it is local, worked out without building the store
     (fsspec costs a read command ~0.2 s); None for a remote store."""
     url = ws.config.storage_url
@@ -77,7 +77,7 @@ def missing_files(ws: "Workspace", row: DatasetRow) -> list[str]:
     if row.content_sha256 is None or row.status not in ("ready", "error"):
         return []
     keys = [row.storage_path, *split_keys(row.id)]
-    root = _local_store_root(ws)
+    root = local_store_root(ws)
     if root is not None:
         return [key for key in keys if not (root / key).is_file()]
     return [key for key in keys if not ws.storage.exists(key)]

@@ -4,7 +4,10 @@ how, how well it did against its base model, and how to load it."""
 from __future__ import annotations
 
 from brightrun_cli.registry.rows import DatasetRow as Dataset, ModelRow as ModelArtifact
-from brightrun_cli.services.quality import Curve
+from brightrun_cli.services.quality import Curve, loss_change
+
+ANSWER_METRICS = ("exact_match", "token_f1", "rougeL", "chrf", "length_ratio", "stop_rate")  # generation/metrics.py
+CARD_SAMPLES = 5  # held-out samples shown side by side in the card
 
 
 def _fmt(value: object, digits: int = 4) -> str:
@@ -43,6 +46,9 @@ def render_model_card(
     train: Curve,
     validation: Curve,
     versions: dict[str, str],
+    *,
+    answers: dict | None = None,
+    samples: list[dict] | None = None,
 ) -> str:
     q = artifact.quality_metrics
     s = artifact.training_summary
@@ -61,7 +67,7 @@ def render_model_card(
                 ("convergence", q.get("convergence_quality")),
                 ("base model validation loss", q.get("base_validation_loss")),
                 ("fine-tuned validation loss", q.get("final_validation_loss")),
-                ("relative improvement", None if improvement is None else f"{improvement:+.1%}"),
+                ("validation loss change", None if improvement is None else f"{loss_change(improvement)} ({-improvement:+.0%})"),
                 ("perplexity (base -> tuned)", f"{_fmt(q.get('base_perplexity'))} -> {_fmt(q.get('perplexity'))}"),
                 ("final training loss", q.get("final_training_loss")),
             ],
@@ -70,6 +76,7 @@ def render_model_card(
         "",
         f"Score: {q.get('score_reason')}. Rule: {q.get('score_rule')}.",
         "",
+        *_answers_section(answers, samples or []),
         "## Loss curves",
         "",
         *_curve_summary(train, validation),
@@ -128,3 +135,30 @@ def _dataset_rows(artifact: ModelArtifact, dataset: Dataset | None) -> list[tupl
         ("token count method", dataset.token_count_method),
         ("sha256", dataset.content_sha256),
     ]
+
+
+def _cell(text: str, width: int = 80) -> str:
+    """Text for one Markdown table cell: one line, pipes escaped, cut at `width`."""
+    flat = " ".join(str(text).split()).replace("|", "\\|")
+    return flat if len(flat) <= width else flat[:width - 1] + "…"
+
+
+def _answers_section(answers: dict | None, samples: list[dict]) -> list[str]:
+    """The answer eval the job ran on held-out prompts: aggregates base vs tuned, and a few samples."""
+    lines = ["## Answers on held-out prompts", ""]
+    if not answers or answers.get("status") != "completed":
+        why = (answers or {}).get("error") or "the job ran no answer eval"
+        return lines + [f"No answer eval: {why}. Run `brightrun models eval MODEL` to measure one.", ""]
+    base, tuned = answers.get("base") or {}, answers.get("tuned") or {}
+    lines += [f"Greedy answers to {answers.get('samples')} held-out prompts (max {answers.get('max_new_tokens')} new tokens).", "",
+              "| metric | base | tuned |", "|---|---|---|"]
+    lines += [f"| {m} | {_fmt(base.get(m))} | {_fmt(tuned.get(m))} |" for m in ANSWER_METRICS]
+    if samples:
+        lines += ["", "| prompt | reference | base | tuned | match |", "|---|---|---|---|---|"]
+        for record in samples[:CARD_SAMPLES]:
+            prompt = next((t["content"] for t in reversed(record.get("prompt") or []) if t.get("role") == "user"), "")
+            tuned_answer = record.get("tuned") or {}
+            match = "yes" if (tuned_answer.get("scores") or {}).get("exact_match") == 1.0 else "no"
+            lines.append(f"| {_cell(prompt)} | {_cell(record.get('reference', ''))} | {_cell((record.get('base') or {}).get('answer', ''))} "
+                         f"| {_cell(tuned_answer.get('answer', ''))} | {match} |")
+    return lines + [""]

@@ -117,7 +117,7 @@ def export_model(ws: Workspace, ref: str, target: str, *, force: bool = False) -
     return Exported(target=target, files=written, bytes=total)
 
 
-def _local_artifact_dir(ws: Workspace, model: ModelRow, scratch: Path) -> Path:
+def local_artifact_dir(ws: Workspace, model: ModelRow, scratch: Path) -> Path:
     local = ws.storage.local_path(model.storage_path)
     if local is not None:
         return local
@@ -160,7 +160,7 @@ def merge_model(ws: Workspace, ref: str, out_dir: Path, *, force: bool = False) 
                 f"the base model '{model.base_model}' of model {model.id} is unavailable ({_first_line(exc)})",
                 "make it available locally (download it, or point HF_HOME at its cache) and merge again",
             ) from exc
-        adapter_dir = _local_artifact_dir(ws, model, scratch)
+        adapter_dir = local_artifact_dir(ws, model, scratch)
         with torch.no_grad():
             merged = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
         out_dir.parent.mkdir(parents=True, exist_ok=True)

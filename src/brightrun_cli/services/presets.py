@@ -21,6 +21,7 @@ from brightrun_cli.presets.files import (
     read_config_file,
 )
 from brightrun_cli.presets.schema import FIELDS, TrainingConfig, field_allowed, field_description
+from brightrun_cli.services.base_model import local_base_model
 from brightrun_cli.services.gpus import get_gpu
 from brightrun_cli.workspace import Workspace
 
@@ -106,6 +107,7 @@ def resolve_config(
             flag = "--" + {"base_model": "base-model", "gpu_type": "gpu", "gpus": "gpus"}[key]
             layers.append(({key: value}, lambda k, f=flag, v=value: f"{f} {v}"))
     config = build_config(layers)
+    config.base_model = local_base_model(ws, config.base_model)
     if config.gpu_type is not None:
         config.gpu_type = get_gpu(ws, config.gpu_type).name
     changed = config.hyperparameters() != base.config.hyperparameters()

@@ -27,9 +27,16 @@ OVERFIT_RISE = 0.02
 
 # Relative validation improvement over the base model -> score (first threshold met wins).
 SCORE_STEPS = ((0.30, 5), (0.15, 4), (0.05, 3))
+# Answers (the held-out answer eval, generation/evaluate.py): the tuned model's gain over the
+# base model in ROUGE-L or exact match, whichever is larger. A lower loss can come from
+# learning the style of the answers and none of their content (issue 15: held-out loss 44%
+# lower, not one of 5 support questions answered right), so the loss alone never earns a 5.
+ANSWER_GAIN_FOR_5 = 0.10
 SCORE_RULE = (
-    "score from the relative validation-loss improvement over the base model on the same split: "
-    ">=30% -> 5, >=15% -> 4, >=5% -> 3, >0% -> 2, no improvement -> 1; "
+    "score from the relative validation-loss decrease against the base model on the same split: "
+    ">=30% lower -> 5, >=15% -> 4, >=5% -> 3, any decrease -> 2, none -> 1; "
+    "then the held-out answers (gain of ROUGE-L or exact match over the base model's): "
+    "no gain caps the score at 2, a gain under 0.10 at 4, and without an answer eval it is capped at 4; "
     "diverged -> 1; overfitting caps the score at 3 and poor convergence at 2; "
     "without a base measurement the convergence class decides (excellent 4, good 3, fair 2, otherwise 1)"
 )
@@ -105,19 +112,51 @@ def _train_loss_near(train: Curve, step: int) -> float | None:
     return _mean(before[-3:])
 
 
-def score(improvement: float | None, convergence: str) -> tuple[int, str]:
-    """(overall score 1-5, why) following SCORE_RULE."""
+def loss_change(improvement: float | None) -> str:
+    """A relative validation-loss improvement as people read it: "44% lower", "12% higher"."""
+    if improvement is None:
+        return "n/a"
+    if round(improvement, 3) == 0:
+        return "unchanged"
+    return f"{abs(improvement):.0%} {'lower' if improvement > 0 else 'higher'}"
+
+
+def answer_gain(answers: dict | None) -> float | None:
+    """The tuned model's gain over the base model on held-out answers: the larger of the
+    ROUGE-L and exact-match differences. None without a completed eval of both."""
+    if not answers or answers.get("status", "completed") != "completed":
+        return None
+    base, tuned = answers.get("base") or {}, answers.get("tuned") or {}
+    gains = [tuned[m] - base[m] for m in ("rougeL", "exact_match") if tuned.get(m) is not None and base.get(m) is not None]
+    return round(max(gains), 4) if gains else None
+
+
+def score(improvement: float | None, convergence: str, answers: dict | None = None) -> tuple[int, str]:
+    """(overall score 1-5, why) following SCORE_RULE. `answers`: the answer eval's summary
+    (eval_summary.json: `base` and `tuned` aggregates), None when there was none."""
     if convergence == "diverged":
         return 1, "training diverged"
     if improvement is None:
         value = _SCORE_WITHOUT_BASE.get(convergence, 1)
         return value, f"no base-model measurement; convergence {convergence}"
     value = next((s for threshold, s in SCORE_STEPS if improvement >= threshold), 2 if improvement > 0 else 1)
-    reason = f"validation loss {improvement:+.1%} vs the base model"
+    reason = f"validation loss {loss_change(improvement)} than the base model's"
+    gain = answer_gain(answers)
+    if gain is None:
+        cap, why = 4, "no answer eval"
+    elif gain <= 0:
+        cap, why = 2, f"answers no better than the base model's (gain {gain:+.2f})"
+    elif gain < ANSWER_GAIN_FOR_5:
+        cap, why = 4, f"answers only slightly better than the base model's (gain {gain:+.2f})"
+    else:
+        cap, why = 5, None
+        reason += f"; answers better than the base model's (gain {gain:+.2f})"
     caps = {"overfitting": 3, "poor": 2}
-    if convergence in caps and value > caps[convergence]:
-        value = caps[convergence]
-        reason += f", capped at {value} ({convergence} convergence)"
+    if convergence in caps and caps[convergence] < cap:
+        cap, why = caps[convergence], f"{convergence} convergence"
+    if value > cap:
+        value = cap
+        reason += f", capped at {value} ({why})"
     return value, reason
 
 
@@ -139,12 +178,14 @@ def quality_metrics(
     base_validation_loss: float | None = None,
     final_validation_loss: float | None = None,
     final_training_loss: float | None = None,
+    answers: dict | None = None,
 ) -> dict:
     """The `quality_metrics` JSON of a model (reference names plus brightrun's measurements).
 
     `validation` is the validation curve including the step-0 base point; explicit
     `base_validation_loss` / `final_*` values (the trainer's result.json) win over
-    the curve ends when given.
+    the curve ends when given. `answers` is the job's answer eval summary
+    (final/eval_summary.json), when it ran.
     """
     tuned = [(s, v) for s, v in validation if s > 0]
     base_points = [v for s, v in validation if s == 0]
@@ -155,7 +196,7 @@ def quality_metrics(
     if base is not None and final_val is not None and math.isfinite(base) and math.isfinite(final_val) and base > 0:
         improvement = (base - final_val) / base
     convergence = classify_convergence(train, validation)
-    overall, reason = score(improvement, convergence)
+    overall, reason = score(improvement, convergence, answers)
     return {
         "overall_score": overall,
         "convergence_quality": convergence,
@@ -166,6 +207,7 @@ def quality_metrics(
         "base_validation_loss": _finite(base),
         "base_perplexity": _perplexity(base),
         "validation_loss_improvement": improvement,
+        "answer_gain": answer_gain(answers),
         "score_reason": reason,
         "score_rule": SCORE_RULE,
     }

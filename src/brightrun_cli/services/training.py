@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from brightrun_cli.services import queue
 from brightrun_cli.services.base_model import check_directory, check_hub_model
 from brightrun_cli.services.datasets import get_dataset, require_stored_files
 from brightrun_cli.services.estimates import Estimate, estimate_run, placement_for
+from brightrun_cli.services.evals import check_held_out
 from brightrun_cli.services.gpus import get_gpu
 from brightrun_cli.services.hosts import refresh_local_host
 from brightrun_cli.services.jobs import get_job, place_accelerate_config
@@ -37,7 +39,11 @@ from brightrun_cli.services.notifications import notify
 from brightrun_cli.services.presets import ResolvedConfig, resolve_config
 from brightrun_cli.services.trackers import tracker_spec
 from brightrun_cli.supervisor import launch
-from brightrun_cli.trainer.spec import SpecError, check_quantization_engine, load_accelerate_config
+from brightrun_cli.trainer.spec import (
+    SpecError,
+    check_quantization_engine,
+    load_accelerate_config,
+)
 from brightrun_cli.workspace import Workspace
 
 SEED = 42
@@ -58,6 +64,7 @@ class TrainRequest:
     accelerate_config: Path | None = None  # passed to `accelerate launch --config_file` (FSDP, DeepSpeed)
     force: bool = False  # queue even when the pre-flight says it cannot run (files missing, does not fit)
     report_to: str | None = None  # --report-to: comma-separated trackers, "none", or None for config.toml's report_to
+    gated: bool = False  # --require: the job's answer eval will be judged, so it needs a held-out split
 
 
 @dataclass
@@ -131,6 +138,8 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
         raise UsageError(f"dataset '{dataset.name}' is {dataset.status}, not ready for training{why}",
                          f"run 'brightrun dataset show {dataset.id}' and fix or re-add it")
     require_stored_files(ws, dataset)
+    if req.gated:
+        check_held_out(dataset, "for --require to judge the job's answers on")
     hosts = _resolve_hosts(ws, req.hosts or (req.host or ws.config.default_host,))
     host = hosts[0]
     nodes = _check_nodes(req.nodes, host)
@@ -144,7 +153,7 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
         base_model=req.base_model, gpu_type=host.gpu_type, gpus=gpus, dataset_base_model=dataset.base_model,
     )
     config = resolved.config
-    config.base_model = _check_base_model(config.base_model, hosts)
+    config.base_model = _check_base_model(ws, config.base_model, hosts)
     check_quantization_host(config.quantization, hosts)
     if not req.force:
         _preflight_files(config.base_model, hosts)
@@ -313,9 +322,10 @@ def _spec(job_id: str, config: Any, accelerate: Any = None) -> dict[str, Any]:
 _HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
-def _check_base_model(name: str | None, hosts: list[HostRow]) -> str:
+def _check_base_model(ws: Workspace, name: str | None, hosts: list[HostRow]) -> str:
     """The base model as the job will name it: a local directory made absolute (the trainer
-    runs in its run dir), checked to be a model; on SSH hosts a path must be absolute."""
+    runs in its run dir), checked to be a model; on SSH hosts a path must be absolute, and
+    cannot be a `.gguf` converted into this machine's cache (`base_model.local_base_model`)."""
     if not name:
         raise UsageError("no base model given", "pass --base-model (a Hugging Face id, a local directory or builtin:tiny)")
     try:
@@ -323,6 +333,11 @@ def _check_base_model(name: str | None, hosts: list[HostRow]) -> str:
     except (KeyError, ValueError) as exc:
         raise UsageError(f"unknown base model '{name}' ({exc})", "pass --base-model builtin:tiny, a Hugging Face id or a local directory") from exc
     local = all(h.kind == "local" for h in hosts)
+    cache = ws.home / "cache" / "models"
+    if not local and Path(resolved).is_relative_to(cache):
+        raise UsageError(f"the .gguf base model was converted on this machine ({resolved}), which host '{hosts[0].name}' cannot read",
+                         f"copy that directory to the host (e.g. rsync -a {shlex.quote(resolved)}/ HOST:/models/NAME/) "
+                         "and pass --base-model /models/NAME")
     if not local and resolved.startswith(("/", ".", "~")):  # a directory on that host: read there (plan_training)
         if not resolved.startswith("/"):
             raise UsageError(f"base model path '{name}' is not absolute, and host '{hosts[0].name}' is reached over SSH",
