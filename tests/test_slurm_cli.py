@@ -212,8 +212,8 @@ def _job(ws, job_id):
     return jobs.get_job(ws, job_id)
 
 
-def _submit(host: str, *extra: str) -> str:
-    result = run_brightrun("train", "--dataset", "chat", *FAST, "--host", host, *extra, "--detach", "--json")
+def _submit(host: str, *extra: str, dataset: str = "chat") -> str:
+    result = run_brightrun("train", "--dataset", dataset, *FAST, "--host", host, *extra, "--detach", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["id"]
 
@@ -317,7 +317,10 @@ def _watch_until(job_id: str, predicate, timeout: float = 60) -> dict:
 def test_a_second_job_waits_in_slurms_queue_with_its_reason_and_cancel_ends_both(cluster_home, slurm, tmp_path):  # noqa: F811
     ws = cluster_home
     _add_host("solo", "--slurm", "local", "--partition", "solo", "--workdir", str(tmp_path / "shared"))  # one node
-    busy = _submit("solo", "--set", "num_epochs=1000")  # trains until cancelled, however fast the machine
+    from brightrun_cli.services.dataset_add import add_dataset
+
+    add_dataset(ws, str(conversations(tmp_path / "long.jsonl", 400)), name="long", base_model="builtin:tiny")
+    busy = _submit("solo", "--set", "num_epochs=20", dataset="long")  # ~7,000 steps: trains until cancelled, however fast the machine
     wait_for("the first job training", lambda: _train_steps(ws, busy), every=1)
     waiting = _submit("solo")
 

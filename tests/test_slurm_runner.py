@@ -101,7 +101,7 @@ def test_stop_cancels_in_slurm_and_keeps_a_checkpoint(slurm, tmp_path):  # noqa:
     ws = Workspace.open()
     host = _host(ws, tmp_path)
     job_id = new_id()
-    run_dir = make_run_dir(ws, job_id, epochs=2000, n_train=24, batch_size=2)  # trains until stopped
+    run_dir = make_run_dir(ws, job_id, epochs=1000, n_train=24, batch_size=2)  # trains until stopped
     runner = SlurmRunner(ws, host, state_interval_s=1)
     handle = runner.start(_request(run_dir, job_id))
     wait_lines(runner, handle, run_dir / "metrics.jsonl", 3)
@@ -190,7 +190,7 @@ def test_a_controller_restart_is_an_outage_not_an_end(slurm, tmp_path):  # noqa:
     ws = Workspace.open()
     host = _host(ws, tmp_path)
     job_id = new_id()
-    run_dir = make_run_dir(ws, job_id, epochs=2000, n_train=24, batch_size=2)  # trains until stopped, however fast the machine
+    run_dir = make_run_dir(ws, job_id, epochs=1000, n_train=24, batch_size=2)  # trains until stopped, however fast the machine
     runner = SlurmRunner(ws, host, state_interval_s=1, backoff_max_s=1)
     handle = runner.start(_request(run_dir, job_id))
     wait_lines(runner, handle, run_dir / "metrics.jsonl", 2)

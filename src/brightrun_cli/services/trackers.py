@@ -30,6 +30,7 @@ from brightrun_cli.registry import jobs as job_rows
 from brightrun_cli.registry import models as model_rows
 from brightrun_cli.registry import points as point_rows
 from brightrun_cli.registry.rows import HostRow, JobRow, ModelRow
+from brightrun_cli.services.jobs import wait_for_model
 from brightrun_cli.trackers import TRACKERS, check_report_to
 from brightrun_cli.trackers.records import read_records, write_records
 from brightrun_cli.workspace import Workspace
@@ -168,6 +169,8 @@ def _export(ws: Workspace, job: JobRow, to: str, settings: dict[str, str], direc
     with ws.registry.reading() as conn:
         points = [p.to_json() for p in point_rows.of_job(conn, job.id)]
         model = model_rows.of_job(conn, job.id)
+    if model is None and job.status == lifecycle.COMPLETED:  # just ended: its supervisor is still storing the model
+        model = wait_for_model(ws, job.id)
     model = model if model is not None and model.deleted_at is None else None
     with tempfile.TemporaryDirectory(dir=ws.cache_dir, prefix="export-") as scratch:
         adapter = _adapter_dir(ws, model, Path(scratch))
