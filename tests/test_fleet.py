@@ -90,7 +90,7 @@ def test_status_reports_hosts_outcomes_spend_and_storage(ws, cli):
 
     text = cli("status").stdout
     assert "gpu-box" in text and "2/3 A100-80GB" in text and running.id[:12] in text
-    assert "50%" in text and "1.7 min" in text and "$1.25 this month" in text and "$0.50 last month" in text
+    assert "50%" in text and "100 s" in text and "$1.25 this month" in text and "$0.50 last month" in text
     assert "checkpoints 300 B" in text
 
 

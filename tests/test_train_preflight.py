@@ -177,3 +177,11 @@ def test_a_gguf_converted_here_is_not_sent_to_an_ssh_host_that_cannot_read_it(cl
     assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
     assert f"was converted on this machine ({converted}), which host 'gpu1' cannot read" in refused.stderr
     assert "rsync -a" in refused.stderr
+
+
+@pytest.mark.parametrize("seconds, said", [(None, "-"), (0.4, "0 s"), (21, "21 s"), (119, "119 s"), (450, "7.5 min"),
+                                           (7199, "120.0 min"), (11_700, "3.25 h"), (3 * 86400, "72.00 h")])
+def test_every_command_says_a_duration_the_same_human_way(seconds, said):
+    from brightrun_cli.cli.common import human_duration
+
+    assert human_duration(seconds) == said

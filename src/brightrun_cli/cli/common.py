@@ -157,6 +157,17 @@ def human_bytes(size: float) -> str:
     return f"{size} B"
 
 
+def human_duration(seconds: float | None) -> str:
+    """A duration as people say it: "21 s", "7.5 min", "3.25 h" (never "0.0058 h"); "-" unknown."""
+    if seconds is None or seconds < 0:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
 SHORT_ID = 12  # 10 characters of creation time + 2 random: unique in practice, and any unique prefix resolves
 
 

@@ -16,16 +16,6 @@ if TYPE_CHECKING:
 GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU type ('brightrun gpus'); default: the default host's.", show_default=False)]
 
 
-def duration_text(hours: float) -> str:
-    """A duration as people say it: "21 s", "7.5 min", "3.25 h" (never "0.0058 h")."""
-    seconds = hours * 3600
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{hours:.2f} h"
-
-
 def _warmup(est: "Estimate") -> str:
     asked = est.config.warmup_steps
     if est.warmup_steps < asked:
@@ -50,7 +40,7 @@ def render_estimate(est: "Estimate") -> "RenderableType":
         ("GPUs", f"{est.devices} x {est.gpu.name}"),
         ("steps", f"{est.steps_per_epoch:,} per epoch x {cfg.num_epochs} epochs = {est.total_steps:,}" + _warmup(est)),
         ("throughput", f"{est.tokens_per_sec:,.0f} tokens/s ({est.calibration.message})"),
-        ("duration", duration_text(est.estimated_duration_hours)),
+        ("duration", common.human_duration(est.estimated_duration_hours * 3600)),
         ("hourly rate", f"${est.hourly_rate:.2f}/h"),
         ("cost", f"${est.compute_cost:.2f} compute + ${est.storage_cost:.2f} storage = ${est.estimated_cost:.2f}"),
     ]

@@ -42,7 +42,7 @@ def status_cmd(
     for label, cell in (("completed", lambda w: str(w.completed)), ("failed", lambda w: str(w.failed)),
                         ("cancelled", lambda w: str(w.cancelled)),
                         ("success rate", lambda w: "-" if w.success_rate is None else f"{w.success_rate:.0%}"),
-                        ("avg duration", lambda w: _duration(w.avg_duration_s))):
+                        ("avg duration", lambda w: common.human_duration(w.avg_duration_s))):
         jobs.add_row(label, *(cell(w) for w in windows))
     out.print(jobs)
     out.print("")
@@ -55,16 +55,6 @@ def status_cmd(
         usage = ", ".join(f"{kind} {common.human_bytes(u.bytes)}" for kind, u in store.kinds.items() if u is not None)
         usage += f" (total {common.human_bytes(sum(u.bytes for u in store.kinds.values() if u is not None))})"
     out.print(f"storage: {usage}", markup=False)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def prune_cmd(

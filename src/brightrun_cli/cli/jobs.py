@@ -100,14 +100,13 @@ def train(
 
 
 def _print_estimate(plan) -> None:
-    from brightrun_cli.cli.estimate import duration_text
 
     est = plan.estimate.to_json()
     details = est.get("training_details") or {}
     budget = f", budget ${plan.max_cost:,.2f}" if plan.max_cost is not None else ""
     typer.echo(
         f"estimate: ${est['estimated_cost']:,.2f} (compute ${est['cost_breakdown']['compute']:,.2f} + storage ${est['cost_breakdown']['storage']:,.2f}), "
-        f"{duration_text(plan.estimate.estimated_duration_hours)}, {details.get('total_steps')} steps on {plan.gpu_config['count']}x {plan.gpu_config['type']}"
+        f"{common.human_duration(plan.estimate.estimated_duration_hours * 3600)}, {details.get('total_steps')} steps on {plan.gpu_config['count']}x {plan.gpu_config['type']}"
         + (f" on each of {plan.gpu_config['nodes']} nodes" if plan.gpu_config.get("nodes") else "") + budget
     )
     for warning in plan.estimate.warnings:

@@ -104,7 +104,7 @@ def show_command(ctx: typer.Context, model: ModelArg, json_output: common.JsonOp
     tokens = s.get("total_tokens")
     training.add_row("epochs / steps / tokens",
                      f"{s.get('epochs_completed')} / {s.get('total_steps')} / {tokens:,}" if isinstance(tokens, int) else f"{s.get('epochs_completed')} / {s.get('total_steps')} / -")
-    training.add_row("duration", f"{_fmt(s.get('duration_s'), '.1f')} s")
+    training.add_row("duration", common.human_duration(s.get("duration_s")))
     training.add_row("cost", f"${_fmt(s.get('total_cost'), '.2f')}")
     gpu = c.get("gpu_config") or {}
     rate = f" at ${gpu['hourly_rate']:.2f}/h" if isinstance(gpu.get("hourly_rate"), (int, float)) else ""
