@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
 import struct
+import sys
 import tempfile
 from pathlib import Path
 
@@ -202,6 +204,8 @@ def convert_gguf(path: str | Path, cache_root: str | Path) -> Path:
         if (target / SOURCE_FILE).is_file():  # converted by another process while this one waited
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-gguf-{digest[:16]}-", dir=models))
+        # One line instead of transformers' progress bars (carriage returns in a script's log).
+        sys.stderr.write(f"converting {source.name} into a plain model directory (once for this file): {target}\n")
         try:
             _convert(source, tmp)
             (tmp / SOURCE_FILE).write_text(json.dumps({
@@ -251,9 +255,10 @@ def _convert(source: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(source.parent), source.name
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, **_dequantized())
+    try:  # transformers' tqdm bars (one a tensor file pass) go nowhere: convert_gguf said what happens
+        with contextlib.redirect_stderr(io.StringIO()):
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, **_dequantized())
     except Exception as exc:  # the loaders raise assorted types for what they cannot map
         raise OperationError(f"converting {name} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
                              "set BRIGHTRUN_DEBUG=1 for details") from exc
@@ -266,7 +271,8 @@ def _convert(source: Path, out: Path) -> None:
     plain.load_state_dict(loaded.state_dict(), strict=True, assign=True)
     plain.tie_weights()
     plain.generation_config = loaded.generation_config
-    plain.save_pretrained(out, safe_serialization=True)
+    with contextlib.redirect_stderr(io.StringIO()):
+        plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 
 
