@@ -285,7 +285,7 @@ if where == "upload":
         real_put(self, local, key)
     BlobStore.put_file = put_file
 else:  # everything uploaded, the registry transaction not yet committed
-    artifacts._register = lambda ws, artifact: os.kill(os.getpid(), signal.SIGKILL)
+    artifacts._register = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
 artifacts.create_artifact(Workspace.open(sys.argv[1]), sys.argv[2])
 """
 
