@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -m "slow or not slow" -q "$@"
+exec .venv/bin/python -m pytest -m "slow or not slow" -q --durations=25 "$@"
