@@ -364,7 +364,7 @@ def test_a_second_job_waits_in_slurms_queue_with_its_reason_and_cancel_ends_both
 @requires_slurm
 def test_a_requeued_job_resumes_from_its_checkpoint_every_step_once_billed_while_running(cluster_home, slurm, tmp_path):  # noqa: F811
     ws = cluster_home
-    job_id = _submit("cluster", "--set", "num_epochs=4")
+    job_id = _submit("cluster", "--set", "num_epochs=12")  # ~120 steps: still training at the requeue
     wait_for("a few training steps", lambda: len(_train_steps(ws, job_id)) >= 3, every=0.5)
     slurm_id = _slurm_id(_job(ws, job_id))
     slurm.run("scontrol", "requeue", slurm_id)  # as a preemption or a node failure would
@@ -391,7 +391,7 @@ def test_the_time_limit_warning_makes_the_trainer_checkpoint_and_the_job_fails_w
     from brightrun_cli.services.dataset_add import add_dataset
 
     ws = cluster_home
-    add_dataset(ws, str(conversations(brightrun_home / "long.jsonl", 200)), name="long", base_model="builtin:tiny")
+    add_dataset(ws, str(conversations(brightrun_home / "long.jsonl", 400)), name="long", base_model="builtin:tiny")
     _add_host("short", "--slurm", "local", "--partition", "debug", "--time", "3", "--workdir", str(tmp_path / "shared"))
     result = run_brightrun("train", "--dataset", "long", *FAST, "--set", "num_epochs=20", "--host", "short", "--detach", "--json")
     assert result.returncode == 0, result.stderr
@@ -409,7 +409,7 @@ def test_the_time_limit_warning_makes_the_trainer_checkpoint_and_the_job_fails_w
 @requires_slurm
 def test_sigkill_the_supervisor_then_resume_reattaches_to_the_same_slurm_job(cluster_home, slurm, tmp_path):  # noqa: F811
     ws = cluster_home
-    job_id = _submit("cluster", "--set", "num_epochs=6")  # ~60 steps: still training once the supervisor is gone
+    job_id = _submit("cluster", "--set", "num_epochs=20")  # ~200 steps: still training once the supervisor is gone
     wait_for("a few training steps", lambda: len(_train_steps(ws, job_id)) >= 2, every=0.5)
     job = _job(ws, job_id)
     slurm_id = _slurm_id(job)

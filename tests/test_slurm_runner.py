@@ -122,7 +122,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_every_step_once(slurm, tmp_p
     ws = Workspace.open()
     host = _host(ws, tmp_path)
     job_id = new_id()
-    run_dir = make_run_dir(ws, job_id, epochs=1, n_train=24, batch_size=2)  # 12 steps
+    run_dir = make_run_dir(ws, job_id, epochs=4, n_train=24, batch_size=2)  # 48 steps: still training at the requeue, however fast the machine
     runner = SlurmRunner(ws, host, state_interval_s=1)
     handle = runner.start(_request(run_dir, job_id))
     slurm_id = _slurm_id(handle)
@@ -140,7 +140,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_every_step_once(slurm, tmp_p
     slurm.run("scontrol", "update", f"JobId={slurm_id}", "StartTime=now")  # instead of Slurm's ~2 minutes
     assert follow(runner, handle) == 0
     runner.collect(handle)
-    assert _train_steps(run_dir / "metrics.jsonl") == list(range(1, 13))
+    assert _train_steps(run_dir / "metrics.jsonl") == list(range(1, 49))
     assert "resumed from" in (run_dir / "trainer.log").read_text()
     assert f"brightrun: Slurm job {slurm_id}, run 1" in (run_dir / "launcher.log").read_text()
     assert runner.state(handle).status == "completed"
@@ -153,7 +153,7 @@ def test_the_time_limit_warning_makes_the_trainer_checkpoint_and_fails_with_time
     ws = Workspace.open()
     host = _host(ws, tmp_path, time_limit="3")
     job_id = new_id()
-    run_dir = make_run_dir(ws, job_id, epochs=100, n_train=24, batch_size=2)
+    run_dir = make_run_dir(ws, job_id, epochs=1000, n_train=24, batch_size=2)  # 12,000 steps: never done before the warning
     runner = SlurmRunner(ws, host, state_interval_s=1)
     handle = runner.start(_request(run_dir, job_id))
     started = time.monotonic()
