@@ -171,22 +171,26 @@ def _pixels_near(image, color: str, tolerance: int = 40):
     return list(zip(xs.tolist(), ys.tolist()))
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium, see scripts/system-deps.sh)")
-def test_the_report_renders_in_headless_chromium_with_its_content_and_curves(tmp_path):
-    from PIL import Image
-
-    page = tmp_path / "report.html"
-    page.write_text(render_report(report_data()), encoding="utf-8")
+def render_in_chromium(page, tmp_path):
+    """(the DOM as headless Chromium built it, its 1100x1400 screenshot's path) of `page`.
+    No network: the background-networking flags keep Chromium from reaching out at all."""
     png = tmp_path / "report.png"
-    # No network: the background-networking flags keep Chromium from reaching out at all.
     argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1400", "--hide-scrollbars",
             f"--screenshot={png}", "--dump-dom", page.as_uri()]
     shown = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr[-2000:]
+    return Elements(shown.stdout), png
 
-    dom = Elements(shown.stdout)  # the DOM as Chromium built it
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium, see scripts/system-deps.sh)")
+def test_the_report_renders_in_headless_chromium_with_its_content_and_curves(tmp_path):
+    from PIL import Image
+
+    page = tmp_path / "report.html"
+    page.write_text(render_report(report_data()), encoding="utf-8")
+    dom, png = render_in_chromium(page, tmp_path)
     text = " ".join(dom.text)
     assert "Job 01jreport" in text and f"support {EVIL}" in text and "85.5% lower than the base model" in text
     assert [tag for tag, _ in dom.tags if tag == "script"] == []

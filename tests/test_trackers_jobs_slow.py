@@ -90,18 +90,11 @@ def _renders_in_chromium(report, job_id, tmp_path):
     from PIL import Image
 
     from brightrun_cli.report.html import TRAIN_COLOR
-    from test_report import CHROMIUM, Elements, _pixels_near
+    from test_report import CHROMIUM, _pixels_near, render_in_chromium
 
     if CHROMIUM is None:
         pytest.skip("chromium is not installed")
-    png = tmp_path / "report.png"
-    argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1400", "--hide-scrollbars",
-            f"--screenshot={png}", "--dump-dom", report.as_uri()]
-    shown = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert shown.returncode == 0, shown.stderr[-2000:]
-    dom = Elements(shown.stdout)
+    dom, png = render_in_chromium(report, tmp_path)
     text = " ".join(dom.text)
     assert f"Job {job_id}" in text and "dataset chat" in text and "lower than the base model" in text
     assert "tensorboard" in text and "mlflow" in text and "job_completed" in text
