@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,17 +25,31 @@ def brightrun_home(tmp_path_factory, monkeypatch) -> Path:
     return home
 
 
+def invoke_cli(*args: str, input: str | None = None) -> Result:
+    """Run `brightrun ARGS` in-process as the executable does (cli/entry.py: the commands'
+    declarations where they read the line, else typer) -> Result (exit_code, stdout, stderr)."""
+    from brightrun_cli.cli.entry import run
+
+    runner = CliRunner()
+    code, exception = 0, None
+    with runner.isolation(input=input) as (stdout, stderr, output):
+        try:
+            run(list(args))
+        except SystemExit as exc:
+            code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+            exception = exc if code else None
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            streams = stdout.getvalue(), stderr.getvalue(), output.getvalue()
+    return Result(runner=runner, stdout_bytes=streams[0], stderr_bytes=streams[1], output_bytes=streams[2],
+                  return_value=None, exit_code=code, exception=exception)
+
+
 @pytest.fixture
 def cli():
     """Invoke the CLI in-process: cli("dataset", "list", "--json") -> Result (exit_code, stdout, stderr)."""
-    from brightrun_cli.cli.app import app
-
-    runner = CliRunner()
-
-    def invoke(*args: str, input: str | None = None):
-        return runner.invoke(app, list(args), input=input, catch_exceptions=False)
-
-    return invoke
+    return invoke_cli
 
 
 def run_brightrun(*args: str, env: dict[str, str] | None = None, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:

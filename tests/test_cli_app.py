@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import typer.main
 
-from brightrun_cli.cli.app import COMMAND_MODULES, command_of, make_app
+from brightrun_cli.cli.app import make_app
+from brightrun_cli.cli.dispatch import COMMAND_MODULES, command_of
 
 
 

@@ -24,11 +24,9 @@ MAX_NEW_TOKENS = 16
 
 
 def _invoke(*args: str):
-    from typer.testing import CliRunner
+    from conftest import invoke_cli
 
-    from brightrun_cli.cli.app import app
-
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+    return invoke_cli(*args)
 
 
 def _completed_job_with_final(ws, dataset, run_dir: Path) -> str:

@@ -3,35 +3,20 @@ become a stderr line and an exit code (0 ok, 1 operation failed, 2 bad usage/inp
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import sys
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Callable
 
 import typer
 from typer.core import TyperGroup
 
 from brightrun_cli import __version__
-from brightrun_cli.cli import common
-from brightrun_cli.errors import EXIT_FAILED, EXIT_USAGE, BrightrunError, OperationError
-
-
-def _report(message: str) -> None:
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
-
-
-def _known_failure(exc: BaseException) -> BrightrunError | None:
-    """Ordinary trouble that reaches the top as a library's exception, as a domain error:
-    a full disk, a reader that closed our stdout (handled by `run`)."""
-    import errno
-
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        where = f" ({exc.filename})" if exc.filename else ""
-        return OperationError(f"no space left on the device{where}", "free space there, or point --home / storage_url at another disk")
-    if type(exc).__name__ == "OperationalError" and "disk is full" in str(exc):  # sqlite3's (or SQLAlchemy's wrapping of it)
-        return OperationError("no space left on the device of the registry", "free space there, or point --home at another disk")
-    return None
+from brightrun_cli.cli import common, dispatch
+from brightrun_cli.errors import EXIT_FAILED, EXIT_USAGE
 
 
 # typer's own exits and usage errors pass through untouched. typer >= 0.26 vendors click
@@ -50,27 +35,49 @@ class BrightrunGroup(TyperGroup):
             return super().invoke(ctx)
         except _PASS_THROUGH:
             raise
-        except BrightrunError as exc:
-            if common.debug_enabled():
-                import traceback  # not at module level: ~20 ms of every run for a debug-only path
-
-                traceback.print_exc()
-            _report(str(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            sys.stderr.write("interrupted\n")
-            raise typer.Exit(130) from None
-        except BrokenPipeError:
-            raise typer.Exit(common.reader_left()) from None
-        except Exception as exc:
-            if common.debug_enabled():
+        except BaseException as exc:
+            code = dispatch.failure_code(exc)
+            if code is None:
                 raise
-            known = _known_failure(exc)
-            if known is not None:
-                _report(str(known))
-                raise typer.Exit(known.exit_code) from None
-            _report(f"internal error: {type(exc).__name__}: {exc}; rerun with BRIGHTRUN_DEBUG=1 for the traceback and report it")
-            raise typer.Exit(EXIT_FAILED) from None
+            raise typer.Exit(code) from None
+
+
+def _typer_callback(fn: Callable) -> Callable:
+    """`fn` as typer reads a command: its declarations (common.Opt, common.Arg,
+    common.Context) turned into typer's (typer.Option, typer.Argument, typer.Context)."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    params = []
+    for p in inspect.signature(fn).parameters.values():
+        hint = hints.get(p.name, p.annotation)
+        if hint is common.Context:
+            hint = typer.Context
+        elif typing.get_origin(hint) is Annotated:
+            base, *extras = typing.get_args(hint)
+            extras = [typer.Option(*e.decls, **e.kwargs) if isinstance(e, common.Opt)
+                      else typer.Argument(**e.kwargs) if isinstance(e, common.Arg) else e for e in extras]
+            hint = Annotated[(base, *extras)]
+        params.append(p.replace(annotation=hint))
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    command.__signature__ = inspect.signature(fn).replace(parameters=params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
+def add_group(app: typer.Typer, group: common.Group) -> None:
+    """Add a declared group's commands and subgroups to a typer app."""
+    for name, (fn, settings) in group.commands.items():
+        app.command(name, **settings)(_typer_callback(fn))
+    for name, sub in group.groups.items():
+        sub_app = typer.Typer(**{"name": sub.name, **sub.kwargs})
+        if sub.callback_fn is not None:
+            fn, settings = sub.callback_fn
+            sub_app.callback(**settings)(_typer_callback(fn))
+        add_group(sub_app, sub)
+        app.add_typer(sub_app, name=name)
 
 
 def make_app(command: str | None = None) -> typer.Typer:
@@ -90,19 +97,11 @@ def make_app(command: str | None = None) -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(root)
-    names = [COMMAND_MODULES[command]] if command in COMMAND_MODULES else list(dict.fromkeys(COMMAND_MODULES.values()))
+    modules = dispatch.COMMAND_MODULES
+    names = [modules[command]] if command in modules else list(dict.fromkeys(modules.values()))
     for name in names:
-        importlib.import_module(f"brightrun_cli.cli.{name}").register(app)
+        add_group(app, importlib.import_module(f"brightrun_cli.cli.{name}").commands)
     return app
-
-
-# Top-level command -> the cli module whose register() adds it (tests/test_cli_app.py
-# checks this against what the modules really register).
-COMMAND_MODULES = {
-    "dataset": "datasets", "presets": "presets", "estimate": "estimate", "gpus": "estimate",
-    "train": "jobs", "jobs": "jobs", "watch": "watch", "models": "models", "hosts": "hosts",
-    "costs": "costs", "notifications": "notifications", "status": "fleet", "prune": "fleet",
-}
 
 
 def run(argv: list[str]) -> None:
@@ -113,18 +112,18 @@ def run(argv: list[str]) -> None:
     that closes our stdout (`brightrun jobs list | head -1`) ends the command quietly."""
     from typer.main import get_command
 
-    argv = hoist_home(argv)
-    command = get_command(make_app(command_of(argv)))
+    argv = dispatch.hoist_home(argv)
+    command = get_command(make_app(dispatch.command_of(argv)))
     try:
         code = command.main(argv, prog_name="brightrun", standalone_mode=False)
     except typer.Abort:
         sys.stderr.write("aborted\n")
         sys.exit(1)
     except _USAGE_ERRORS as exc:
-        _report(f"{exc.format_message().rstrip('.')}; see '{_command_path(command, argv)} --help'")
+        dispatch.report(f"{exc.format_message().rstrip('.')}; see '{_command_path(command, argv)} --help'")
         sys.exit(EXIT_USAGE)
     except _CLICK_ERRORS as exc:
-        _report(exc.format_message())
+        dispatch.report(exc.format_message())
         sys.exit(getattr(exc, "exit_code", EXIT_FAILED))
     sys.exit(code if isinstance(code, int) else 0)
 
@@ -143,36 +142,6 @@ def _command_path(root, argv: list[str]) -> str:
         path.append(word)
         command = sub
     return " ".join(path)
-
-
-def hoist_home(argv: list[str]) -> list[str]:
-    """`--home DIR` is the root command's option; accept it after the subcommand too
-    (`brightrun jobs list --home DIR`) by moving it to the front (not after `--`)."""
-    out: list[str] = []
-    home: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        if arg == "--":
-            out += [arg, *args]
-            break
-        if arg == "--home":
-            home = [arg, next(args, "")]
-        elif arg.startswith("--home="):
-            home = [arg]
-        else:
-            out.append(arg)
-    return home + out
-
-
-def command_of(argv: list[str]) -> str | None:
-    """The top-level command word of argv, skipping root options (`--home DIR`, `--home=DIR`)."""
-    args = iter(argv)
-    for arg in args:
-        if arg == "--home":
-            next(args, None)
-        elif not arg.startswith("-"):
-            return arg
-    return None
 
 
 def _version(value: bool) -> None:
@@ -194,11 +163,7 @@ def root(
     """brightrun: bring data in, estimate, train, watch, and keep the adapter."""
     ctx.obj = common.AppState(home=home)
     if ctx.invoked_subcommand and not ctx.resilient_parsing:
-        # Every command reads config.toml the same way: a broken file is its one error line,
-        # a key it does not know or a hook that cannot run a warning.
-        for warning in common.workspace(ctx).config_warnings():
-            sys.stderr.write(f"warning: {warning}\n")
-        common.kick_queue(home)
+        dispatch.start(ctx, home)
 
 
 def __getattr__(name: str):

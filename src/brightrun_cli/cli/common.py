@@ -1,10 +1,14 @@
-"""What every command shares: option aliases, the workspace, JSON and console output.
+"""What every command shares: how commands are declared, option aliases, the workspace,
+JSON and console output.
 
-Options that several commands take are declared once here (as huggingface_hub's CLI
-does) and imported, so their flag, short form and help read the same everywhere.
-Only typer and the standard library at import time: `brightrun --help` must stay fast,
-so services (and through them the registry, torch, ...) are imported inside command
-bodies; that is the CLI's one exception to "imports at the top".
+Commands are declared here without typer: `Group.command` records a function, and `Opt` /
+`Arg` record what `typer.Option` / `typer.Argument` would take. cli/app.py turns the
+declarations into a typer app (help pages, usage errors); cli/dispatch.py parses an
+ordinary command line from the same declarations without importing typer, click or Rich,
+which is most of a read command's start-up. Options that several commands take are
+declared once here (as huggingface_hub's CLI does) and imported, so their flag, short form
+and help read the same everywhere. Services (and through them the registry, torch, ...) are
+imported inside command bodies; that is the CLI's one exception to "imports at the top".
 """
 
 from __future__ import annotations
@@ -14,10 +18,9 @@ import sys
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
-import typer
-
+from brightrun_cli.cli import term
 from brightrun_cli.errors import debug_enabled
 
 if TYPE_CHECKING:
@@ -25,18 +28,85 @@ if TYPE_CHECKING:
 
     from brightrun_cli.workspace import Workspace
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Dataset id, unique id prefix or name (see 'brightrun dataset list').", show_default=False)]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset name (see 'brightrun presets list'; default: balanced).", show_default=False)]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, key=value (repeatable; see 'brightrun presets show').", show_default=False)]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML, JSON or YAML file of settings, applied over the preset.", show_default=False)]
-BaseModelOpt = Annotated[Optional[str], typer.Option("--base-model", help="Hugging Face id, local model directory, .gguf file, or builtin:tiny.", show_default=False)]
-GpusOpt = Annotated[Optional[int], typer.Option("--gpus", min=1, help="GPUs per host (default: all of the host's).", show_default=False)]
-MaxCostOpt = Annotated[Optional[float], typer.Option("--max-cost", help="Budget in USD: refuse a larger estimate, stop the job if it gets there.", show_default=False)]
-RequireOpt = Annotated[Optional[list[str]], typer.Option("--require", help="A gate on the answer eval, METRIC OP VALUE: \"exact_match>=0.5\", \"rougeL>base\" (repeatable; exit 6 when one fails).", show_default=False)]
-EvalLimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Evaluate the first N held-out samples (default: 50).", show_default=False)]
-HostOpt = Annotated[Optional[str], typer.Option("--host", help="Host to run on (default: config.toml default_host, else local; see 'brightrun hosts list').", show_default=False)]
+
+class Opt:
+    """`typer.Option(*decls, **kwargs)`, recorded without importing typer."""
+
+    def __init__(self, *decls: str, **kwargs: Any):
+        self.decls, self.kwargs = decls, kwargs
+
+
+class Arg:
+    """`typer.Argument(**kwargs)`, recorded without importing typer."""
+
+    def __init__(self, **kwargs: Any):
+        self.kwargs = kwargs
+
+
+class Context:
+    """The annotation of a command's `ctx` parameter: typer passes its click Context, the
+    fast path (cli/dispatch.py) a stand-in with the same `find_root().obj` and
+    `invoked_subcommand`."""
+
+    obj: Any
+    invoked_subcommand: str | None
+
+    def find_root(self) -> Any: ...
+
+
+class Group:
+    """A command group as typer.Typer declares one (`name`, `help`, `no_args_is_help`, ...),
+    with its commands (name -> function, typer's command() arguments), subgroups and
+    callback; typer is only imported to build the app."""
+
+    def __init__(self, name: str | None = None, **kwargs: Any):
+        self.name, self.kwargs = name, kwargs
+        self.commands: dict[str, tuple[Callable, dict[str, Any]]] = {}
+        self.groups: dict[str, Group] = {}
+        self.callback_fn: tuple[Callable, dict[str, Any]] | None = None
+
+    def command(self, name: str | None = None, **kwargs: Any) -> Callable[[Callable], Callable]:
+        def add(fn: Callable) -> Callable:
+            self.commands[name or fn.__name__.replace("_", "-")] = (fn, kwargs)
+            return fn
+        return add
+
+    def callback(self, **kwargs: Any) -> Callable[[Callable], Callable]:
+        def add(fn: Callable) -> Callable:
+            self.callback_fn = (fn, kwargs)
+            return fn
+        return add
+
+    def add_group(self, group: "Group", name: str | None = None) -> None:
+        self.groups[name or group.name or ""] = group
+
+
+def echo(message: str = "", *, err: bool = False, nl: bool = True) -> None:
+    """A line for people, on stdout (or stderr), flushed: typer.echo without typer."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(message + ("\n" if nl else ""))
+    stream.flush()
+
+
+def confirm(text: str, *, default: bool = False, abort: bool = False) -> bool:
+    """Ask yes/no on the terminal (typer's prompt: only commands without --yes get here)."""
+    import typer
+
+    return typer.confirm(text, default=default, abort=abort)
+
+
+JsonOpt = Annotated[bool, Opt("--json", help="Print machine-readable JSON on stdout instead of tables.")]
+YesOpt = Annotated[bool, Opt("--yes", "-y", help="Do not ask for confirmation.")]
+DatasetOpt = Annotated[str, Opt("--dataset", "-d", help="Dataset id, unique id prefix or name (see 'brightrun dataset list').", show_default=False)]
+PresetOpt = Annotated[Optional[str], Opt("--preset", "-p", help="Preset name (see 'brightrun presets list'; default: balanced).", show_default=False)]
+SetOpt = Annotated[Optional[list[str]], Opt("--set", help="Override one setting, key=value (repeatable; see 'brightrun presets show').", show_default=False)]
+ConfigOpt = Annotated[Optional[Path], Opt("--config", help="TOML, JSON or YAML file of settings, applied over the preset.", show_default=False)]
+BaseModelOpt = Annotated[Optional[str], Opt("--base-model", help="Hugging Face id, local model directory, .gguf file, or builtin:tiny.", show_default=False)]
+GpusOpt = Annotated[Optional[int], Opt("--gpus", min=1, help="GPUs per host (default: all of the host's).", show_default=False)]
+MaxCostOpt = Annotated[Optional[float], Opt("--max-cost", help="Budget in USD: refuse a larger estimate, stop the job if it gets there.", show_default=False)]
+RequireOpt = Annotated[Optional[list[str]], Opt("--require", help="A gate on the answer eval, METRIC OP VALUE: \"exact_match>=0.5\", \"rougeL>base\" (repeatable; exit 6 when one fails).", show_default=False)]
+EvalLimitOpt = Annotated[Optional[int], Opt("--limit", help="Evaluate the first N held-out samples (default: 50).", show_default=False)]
+HostOpt = Annotated[Optional[str], Opt("--host", help="Host to run on (default: config.toml default_host, else local; see 'brightrun hosts list').", show_default=False)]
 
 
 @dataclass
@@ -52,7 +122,7 @@ class AppState:
         return self._workspace
 
 
-def workspace(ctx: typer.Context) -> "Workspace":
+def workspace(ctx: Context) -> "Workspace":
     """The Workspace for this invocation (home from --home / BRIGHTRUN_HOME / ~/.brightrun)."""
     root = ctx.find_root()
     if not isinstance(root.obj, AppState):
@@ -60,9 +130,14 @@ def workspace(ctx: typer.Context) -> "Workspace":
     return root.obj.workspace()
 
 
-def console() -> "Console":
-    """Console for human output on stdout. Rich honours NO_COLOR and non-terminals itself.
-    (Rich is imported here, not at module level: --json output never needs it.)"""
+def console() -> "term.Console":
+    """Console for human output on stdout: markup lines and tables drawn without Rich
+    (cli/term.py), which honours NO_COLOR, FORCE_COLOR and non-terminals as Rich does."""
+    return term.Console()
+
+
+def rich_console() -> "Console":
+    """A Rich console on stdout, for what only Rich draws (the live dashboard)."""
     from rich.console import Console
 
     class StdoutConsole(Console):
@@ -139,7 +214,7 @@ def print_raw_json(text: str) -> None:
 
 
 LIST_DEFAULT = 50  # rows a list table shows unless --limit says otherwise (--json: all)
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help=f"At most this many (default: {LIST_DEFAULT} in a table, all with --json).", show_default=False)]
+LimitOpt = Annotated[Optional[int], Opt("--limit", min=1, help=f"At most this many (default: {LIST_DEFAULT} in a table, all with --json).", show_default=False)]
 
 
 def more_rows_note(shown: int, total: int) -> None:
@@ -176,61 +251,9 @@ def short_id(value: str) -> str:
     return value[:SHORT_ID]
 
 
-class ListTable:
-    """A list table that reads at 80 columns: no box, one space between columns, no cell cut
-    short; columns named in `wrap` fold onto more lines when space runs out.
-
-    Drawn line by line as Rich Text, without Rich's Table: measuring every cell of a Table
-    costs about a millisecond a row, the better part of a list command's time. A cell is a
-    string, or (string, style)."""
-
-    def __init__(self, *headers: str, wrap: tuple[str, ...] = (), right: tuple[str, ...] = ()):
-        self.headers = headers
-        self.wrap = [h in wrap for h in headers]
-        self.right = [h in right for h in headers]
-        self.rows: list[tuple[tuple[str, str | None], ...]] = []
-
-    def add_row(self, *cells: "str | tuple[str, str | None]") -> None:
-        self.rows.append(tuple(c if isinstance(c, tuple) else (c, None) for c in cells))
-
-    def _widths(self, max_width: int) -> list[int]:
-        from rich.cells import cell_len
-
-        widths = [max([cell_len(h)] + [cell_len(r[i][0]) for r in self.rows]) for i, h in enumerate(self.headers)]
-        excess = sum(widths) + len(widths) - 1 - max_width
-        for i in sorted(range(len(widths)), key=lambda i: -widths[i]):
-            if excess <= 0:
-                break
-            if self.wrap[i]:
-                cut = min(excess, widths[i] - max(8, len(self.headers[i])))
-                widths[i] -= max(0, cut)
-                excess -= max(0, cut)
-        return widths
-
-    def __rich_console__(self, console, options):
-        from rich.text import Text
-
-        widths = self._widths(options.max_width)
-        header = Text(style="bold")
-        for i, (head, width) in enumerate(zip(self.headers, widths)):
-            header.append((head.rjust(width) if self.right[i] else head.ljust(width)) + (" " if i < len(widths) - 1 else ""))
-        yield header
-        for row in self.rows:
-            parts = [[text[k:k + width] for k in range(0, max(len(text), 1), width)] if self.wrap[i] else [text]
-                     for i, ((text, _), width) in enumerate(zip(row, widths))]
-            for line in range(max(len(p) for p in parts)):
-                out = Text()
-                for i, ((_, style), width) in enumerate(zip(row, widths)):
-                    piece = parts[i][line] if line < len(parts[i]) else ""
-                    out.append(piece.rjust(width) if self.right[i] else piece.ljust(width), style=style)
-                    if i < len(widths) - 1:
-                        out.append(" ")
-                out.rstrip()
-                yield out
-
-
-def list_table(*headers: str, wrap: tuple[str, ...] = (), right: tuple[str, ...] = ()) -> ListTable:
-    return ListTable(*headers, wrap=wrap, right=right)
+def list_table(*headers: str, wrap: tuple[str, ...] = (), right: tuple[str, ...] = ()) -> term.ListTable:
+    """A list table that reads at 80 columns (cli/term.py: ListTable)."""
+    return term.ListTable(*headers, wrap=wrap, right=right)
 
 
 def kick_queue(home: "Path | None") -> None:

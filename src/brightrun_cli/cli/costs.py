@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import typer
-
-from brightrun_cli.cli import common
+from brightrun_cli.cli import common, term
 
 BAR_WIDTH = 30
 
 
 def costs_cmd(
-    ctx: typer.Context,
-    period: Annotated[str | None, typer.Option("--period", help="Current calendar week, month or year (UTC).")] = None,
-    since: Annotated[str | None, typer.Option("--since", help="First day, YYYY-MM-DD.")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="Last day (inclusive), YYYY-MM-DD.")] = None,
-    by: Annotated[str, typer.Option("--by", help="Group by type, day, job or gpu.")] = "type",
+    ctx: common.Context,
+    period: Annotated[str | None, common.Opt("--period", help="Current calendar week, month or year (UTC).")] = None,
+    since: Annotated[str | None, common.Opt("--since", help="First day, YYYY-MM-DD.")] = None,
+    until: Annotated[str | None, common.Opt("--until", help="Last day (inclusive), YYYY-MM-DD.")] = None,
+    by: Annotated[str, common.Opt("--by", help="Group by type, day, job or gpu.")] = "type",
     json_output: common.JsonOpt = False,
 ) -> None:
     """Show what training cost: totals and a bar per group.
@@ -26,8 +24,6 @@ def costs_cmd(
       brightrun costs --since 2026-01-01 --until 2026-03-31 --by job
       brightrun costs --by gpu --json
     """
-    from rich.table import Table
-
     from brightrun_cli.services.costs import cost_report
 
     report = cost_report(common.workspace(ctx), period=period, since=since, until=until, by=by)
@@ -40,7 +36,7 @@ def costs_cmd(
         out.print(f"No cost records from {span}.")
         return
     top = max(g.amount for g in report.groups) or 1.0
-    table = Table(report.by, "cost", "records", "", title=f"Costs from {span}", title_justify="left")
+    table = term.Table(report.by, "cost", "records", "", title=f"Costs from {span}", title_justify="left")
     for group in report.groups:
         bar = "█" * max(1 if group.amount > 0 else 0, round(BAR_WIDTH * group.amount / top))
         table.add_row(group.key, f"${group.amount:,.2f}", str(group.records), bar)
@@ -49,6 +45,5 @@ def costs_cmd(
     out.print(f"[bold]total ${report.total:,.2f}[/bold] ({split})")
 
 
-def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
-    app.command("costs")(costs_cmd)
+commands = common.Group()  # what this module adds to the root command
+commands.command("costs")(costs_cmd)

@@ -5,17 +5,15 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
-import typer
-
-from brightrun_cli.cli import common
+from brightrun_cli.cli import common, term
 
 if TYPE_CHECKING:
     from brightrun_cli.registry.rows import DatasetRow
     from brightrun_cli.services.datasets import DatasetDetails
 
-dataset_app = typer.Typer(help="Conversation datasets: add (copy + validate + stats), list, show, validate, rm.", no_args_is_help=True)
+dataset_app = common.Group(help="Conversation datasets: add (copy + validate + stats), list, show, validate, rm.", no_args_is_help=True)
 
-DatasetArg = Annotated[str, typer.Argument(help="Dataset id, unique id prefix, or name.", show_default=False)]
+DatasetArg = Annotated[str, common.Arg(help="Dataset id, unique id prefix, or name.", show_default=False)]
 # Files below this size finish before a progress bar would be worth drawing.
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 SAMPLE_TEXT_CHARS = 160
@@ -24,13 +22,13 @@ SAMPLE_SHOWN_TURNS = 6
 
 @dataset_app.command("add")
 def add_command(
-    ctx: typer.Context,
-    source: Annotated[str, typer.Argument(help="JSONL file path or fsspec URL (s3://..., gs://..., https://...).", show_default=False)],
-    name: Annotated[str, typer.Option("--name", "-n", help="Name to refer to the dataset by (unique among live datasets).", show_default=False)],
-    format: Annotated[str, typer.Option("--format", "-f", help="auto, brightrun_lora_v4, openai, sharegpt or alpaca.")] = "auto",
-    val_split: Annotated[float, typer.Option("--val-split", help="Fraction of conversations held out for validation (by conversation id, deterministic).")] = 0.1,
+    ctx: common.Context,
+    source: Annotated[str, common.Arg(help="JSONL file path or fsspec URL (s3://..., gs://..., https://...).", show_default=False)],
+    name: Annotated[str, common.Opt("--name", "-n", help="Name to refer to the dataset by (unique among live datasets).", show_default=False)],
+    format: Annotated[str, common.Opt("--format", "-f", help="auto, brightrun_lora_v4, openai, sharegpt or alpaca.")] = "auto",
+    val_split: Annotated[float, common.Opt("--val-split", help="Fraction of conversations held out for validation (by conversation id, deterministic).")] = 0.1,
     base_model: common.BaseModelOpt = None,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Keep the valid conversations of a file whose other lines have problems (those are listed, and counted as skipped_lines).")] = False,
+    skip_invalid: Annotated[bool, common.Opt("--skip-invalid", help="Keep the valid conversations of a file whose other lines have problems (those are listed, and counted as skipped_lines).")] = False,
     json_output: common.JsonOpt = False,
 ) -> None:
     """Copy a dataset into storage, validate every line, convert it to brightrun_lora_v4 and record its stats.
@@ -57,9 +55,9 @@ def add_command(
 
 @dataset_app.command("list")
 def list_command(
-    ctx: typer.Context,
-    status: Annotated[str | None, typer.Option("--status", help="Only datasets in this status: uploading, validating, ready or error.", show_default=False)] = None,
-    search: Annotated[str | None, typer.Option("--search", help="Only datasets whose name, description or file name contains this text.", show_default=False)] = None,
+    ctx: common.Context,
+    status: Annotated[str | None, common.Opt("--status", help="Only datasets in this status: uploading, validating, ready or error.", show_default=False)] = None,
+    search: Annotated[str | None, common.Opt("--search", help="Only datasets whose name, description or file name contains this text.", show_default=False)] = None,
     limit: common.LimitOpt = None,
     json_output: common.JsonOpt = False,
 ) -> None:
@@ -93,7 +91,7 @@ def list_command(
 
 
 @dataset_app.command("show")
-def show_command(ctx: typer.Context, dataset: DatasetArg, json_output: common.JsonOpt = False) -> None:
+def show_command(ctx: common.Context, dataset: DatasetArg, json_output: common.JsonOpt = False) -> None:
     """Status, stats, length distribution, sample conversations, every stored validation problem
     and warning, and any of its files missing from storage (JSON: missing_files).
 
@@ -111,7 +109,7 @@ def show_command(ctx: typer.Context, dataset: DatasetArg, json_output: common.Js
 
 
 @dataset_app.command("validate")
-def validate_command(ctx: typer.Context, dataset: DatasetArg, base_model: common.BaseModelOpt = None, json_output: common.JsonOpt = False) -> None:
+def validate_command(ctx: common.Context, dataset: DatasetArg, base_model: common.BaseModelOpt = None, json_output: common.JsonOpt = False) -> None:
     """Re-run validation and stats on the stored data (e.g. with another base model's tokenizer and context).
 
     Checks that the stored files exist: a missing split is rewritten from the data file; a
@@ -128,7 +126,7 @@ def validate_command(ctx: typer.Context, dataset: DatasetArg, base_model: common
 
 
 @dataset_app.command("rm")
-def rm_command(ctx: typer.Context, dataset: DatasetArg, yes: common.YesOpt = False) -> None:
+def rm_command(ctx: common.Context, dataset: DatasetArg, yes: common.YesOpt = False) -> None:
     """Remove a dataset and its files (kept, marked deleted, when a job or model refers to it).
 
     Examples:
@@ -142,8 +140,8 @@ def rm_command(ctx: typer.Context, dataset: DatasetArg, yes: common.YesOpt = Fal
         if not common.stdin_is_tty():
             raise UsageError("dataset rm needs confirmation and stdin is not a terminal", "pass --yes")
         row = get_dataset(ws, dataset)
-        if not typer.confirm(f"Remove dataset '{row.name}' ({row.id})?", default=False):
-            raise typer.Exit(1)
+        if not common.confirm(f"Remove dataset '{row.name}' ({row.id})?", default=False):
+            raise SystemExit(1)
     removal = remove_dataset(ws, dataset)
     row = removal.dataset
     if removal.soft:
@@ -152,9 +150,8 @@ def rm_command(ctx: typer.Context, dataset: DatasetArg, yes: common.YesOpt = Fal
         common.console().print(f"Removed dataset '{row.name}' ({row.id}) and its files.")
 
 
-def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
-    app.add_typer(dataset_app, name="dataset")
+commands = common.Group()  # what this module adds to the root command
+commands.add_group(dataset_app, name="dataset")
 
 
 # ------------------------------------------------------------------------ rendering
@@ -237,9 +234,7 @@ def _render_dataset(details: "DatasetDetails") -> None:
         facts.append(("warnings", f"{row.validation_warning_count} (they do not block training), listed below"))
     if row.error_message:
         facts.append(("error", row.error_message))
-    from rich.table import Table
-
-    grid = Table.grid(padding=(0, 2))
+    grid = term.Table.grid(padding=(0, 2))
     for key, value in facts:
         grid.add_row(f"[dim]{key}[/dim]", str(value))
     out.print(grid)
@@ -259,10 +254,8 @@ def _render_dataset(details: "DatasetDetails") -> None:
 def _render_sample(sample: dict[str, Any]) -> None:
     """A sample's first turns, each on one line: cut before any work on the text, since rows
     stored before samples were bounded may hold a whole conversation of any length."""
-    from rich.markup import escape
-
     out = common.console()
-    out.print(f"[dim]{escape(str(sample.get('conversation_id')))}[/dim]")
+    out.print(f"[dim]{term.escape(str(sample.get('conversation_id')))}[/dim]")
     turns = sample.get("turns", [])
     for turn in turns[:SAMPLE_SHOWN_TURNS]:
         raw = str(turn.get("content", ""))[: SAMPLE_TEXT_CHARS * 4]
@@ -275,11 +268,9 @@ def _render_sample(sample: dict[str, Any]) -> None:
 
 
 def _render_findings(title: str, findings: list[dict[str, Any]], count: int, key: str, column: str) -> None:
-    from rich.table import Table
-
     more = f" (first {len(findings)} of {count})" if count > len(findings) else ""
     common.console().print(f"\n[bold]{title}{more}[/bold]")
-    table = Table("LINE", column, "HOW TO FIX", box=None)
+    table = term.Table("LINE", column, "HOW TO FIX", box=None)
     for finding in findings:
         table.add_row(str(finding["line"]), finding.get(key, ""), finding.get("suggestion") or "")
     common.console().print(table)

@@ -1,6 +1,8 @@
 """The `brightrun` executable. Standard library only until it knows what to run: a help
-page already rendered for this terminal is printed from the cache (cli/help_cache.py)
-without importing typer, click or Rich."""
+page already rendered for this terminal is printed from the cache (cli/help_cache.py),
+and an ordinary command line is run from the commands' declarations (cli/dispatch.py),
+both without importing typer or click; typer answers the rest (help pages not yet
+cached, usage errors, `--version`)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,15 @@ def _run() -> None:
     from brightrun_cli.errors import quiet_library_warnings
 
     quiet_library_warnings()
-    from brightrun_cli.cli.app import run
-
     run(sys.argv[1:])
+
+
+def run(argv: list[str]) -> None:
+    """Run the command line `argv` and exit with its code: here if the declarations can
+    read it, else through typer."""
+    from brightrun_cli.cli import dispatch
+
+    dispatch.run(argv)
+    from brightrun_cli.cli.app import run as run_typer
+
+    run_typer(argv)

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
 
-import typer
-
-from brightrun_cli.cli import common
+from brightrun_cli.cli import common, term
 
 if TYPE_CHECKING:
-    from rich.console import RenderableType
-
     from brightrun_cli.services.estimates import Estimate
 
-GpuOpt = Annotated[str | None, typer.Option("--gpu", help="GPU type ('brightrun gpus'); default: the default host's.", show_default=False)]
+GpuOpt = Annotated[str | None, common.Opt("--gpu", help="GPU type ('brightrun gpus'); default: the default host's.", show_default=False)]
 
 
 def _warmup(est: "Estimate") -> str:
@@ -23,14 +19,10 @@ def _warmup(est: "Estimate") -> str:
     return f" (warm-up {est.warmup_steps})"
 
 
-def render_estimate(est: "Estimate") -> "RenderableType":
+def render_estimate(est: "Estimate") -> term.Group:
     """The human view of an estimate (also printed by `train` before it queues)."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
     cfg = est.config
-    details = Table.grid(padding=(0, 2))
+    details = term.Table.grid(padding=(0, 2))
     details.add_column(style="bold")
     details.add_column()
     rows = [
@@ -47,16 +39,16 @@ def render_estimate(est: "Estimate") -> "RenderableType":
     for label, value in rows:
         details.add_row(label, value)
     mem = est.memory
-    fit = Text(f"{mem.total / 2**30:.1f} GB of {est.memory_capacity / 2**30:.0f} GB: ")
+    fit = term.Text(f"{mem.total / 2**30:.1f} GB of {est.memory_capacity / 2**30:.0f} GB: ")
     fit.append("fits" if est.fits_in_memory else "does not fit", style="green" if est.fits_in_memory else "bold red")
     details.add_row("memory", fit)
     parts: list = [details]  # the memory advice, when it does not fit, is one of the warnings
-    parts += [Text(f"warning: {w}", style="yellow") for w in est.warnings]
-    return Group(*parts)
+    parts += [term.Text(f"warning: {w}", style="yellow") for w in est.warnings]
+    return term.Group(*parts)
 
 
 def estimate_cmd(
-    ctx: typer.Context,
+    ctx: common.Context,
     dataset: common.DatasetOpt,
     preset: common.PresetOpt = None,
     overrides: common.SetOpt = None,
@@ -83,7 +75,7 @@ def estimate_cmd(
         common.console().print(render_estimate(est))
 
 
-def gpus_cmd(ctx: typer.Context, json_output: common.JsonOpt = False) -> None:
+def gpus_cmd(ctx: common.Context, json_output: common.JsonOpt = False) -> None:
     """List the GPU catalog: memory, dense bf16 peak, price per GPU-hour.
 
     Prices can be overridden in <home>/config.toml, e.g. gpu_prices = {H100 = 2.99}.
@@ -92,21 +84,18 @@ def gpus_cmd(ctx: typer.Context, json_output: common.JsonOpt = False) -> None:
       brightrun gpus
       brightrun gpus --json
     """
-    from rich.table import Table
-
     from brightrun_cli.services.gpus import list_gpus
 
     catalog = list_gpus(common.workspace(ctx))
     if json_output:
         common.print_json([g.to_json() for g in catalog])
         return
-    table = Table("type", "memory GB", "bf16 TFLOP/s", "$/h", "assumed MFU", "price from")
+    table = term.Table("type", "memory GB", "bf16 TFLOP/s", "$/h", "assumed MFU", "price from")
     for g in catalog:
         table.add_row(g.name, f"{g.memory_gb:g}", f"{g.bf16_tflops:g}", f"{g.price_per_hour:.2f}", f"{g.utilization:.0%}", g.price_source)
     common.console().print(table)
 
 
-def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
-    app.command("estimate")(estimate_cmd)
-    app.command("gpus")(gpus_cmd)
+commands = common.Group()  # what this module adds to the root command
+commands.command("estimate")(estimate_cmd)
+commands.command("gpus")(gpus_cmd)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import typer
-
 from brightrun_cli.cli import common
 
 PRUNE_ITEMS_SHOWN = 40  # item lines a human prune listing shows; --json has them all
 
 
 def status_cmd(
-    ctx: typer.Context,
-    storage: Annotated[bool, typer.Option("--storage", help="Also list a remote blob store (S3, ...) to measure it; a local store is always measured.")] = False,
+    ctx: common.Context,
+    storage: Annotated[bool, common.Opt("--storage", help="Also list a remote blob store (S3, ...) to measure it; a local store is always measured.")] = False,
     json_output: common.JsonOpt = False,
 ) -> None:
     """Show the fleet: per host queue and running jobs, success rate and durations, spend, storage used.
@@ -58,9 +56,9 @@ def status_cmd(
 
 
 def prune_cmd(
-    ctx: typer.Context,
-    older_than: Annotated[str, typer.Option("--older-than", help="Read notifications older than this go (30d, 12h, 2w).")] = "30d",
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove what the dry run lists (without it nothing changes).")] = False,
+    ctx: common.Context,
+    older_than: Annotated[str, common.Opt("--older-than", help="Read notifications older than this go (30d, 12h, 2w).")] = "30d",
+    yes: Annotated[bool, common.Opt("--yes", "-y", help="Remove what the dry run lists (without it nothing changes).")] = False,
     json_output: common.JsonOpt = False,
 ) -> None:
     """Free what nothing needs: old read notifications, completed jobs' checkpoints, removed data, unused remote code.
@@ -108,7 +106,6 @@ def prune_cmd(
         out.print(f"skipped host {skipped['host']}: {skipped['reason']}", markup=False)
 
 
-def register(app: typer.Typer) -> None:
-    """Add `status` and `prune` to the root app."""
-    app.command("status")(status_cmd)
-    app.command("prune")(prune_cmd)
+commands = common.Group()  # what this module adds to the root command
+commands.command("status")(status_cmd)
+commands.command("prune")(prune_cmd)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
-import typer
-
 from brightrun_cli.cli import common
 
-hosts_app = typer.Typer(help="Compute hosts: this machine ('local'), GPU machines reachable over SSH, and Slurm clusters.", no_args_is_help=True)
+hosts_app = common.Group(help="Compute hosts: this machine ('local'), GPU machines reachable over SSH, and Slurm clusters.", no_args_is_help=True)
 
-HostArg = Annotated[str, typer.Argument(help="Host name (or id prefix).", show_default=False)]
+HostArg = Annotated[str, common.Arg(help="Host name (or id prefix).", show_default=False)]
 SLURM = "Slurm (with --slurm)"
 
 
@@ -27,27 +25,27 @@ def _login(h) -> str:
 
 @hosts_app.command("add")
 def add_command(
-    ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Name to refer to the host by (letters, digits, . _ -).", show_default=False)],
-    ssh: Annotated[Optional[str], typer.Option("--ssh", help="user@host[:port] of a GPU machine (an ~/.ssh/config alias works as host).", show_default=False)] = None,
-    slurm: Annotated[Optional[str], typer.Option("--slurm", help="A Slurm cluster's login node: [user@]host[:port] over SSH, or 'local' when brightrun runs on it.", show_default=False)] = None,
-    identity: Annotated[Optional[str], typer.Option("--identity", help="Private key file for ssh -i (only its path is stored).", show_default=False)] = None,
-    gpus: Annotated[Optional[int], typer.Option("--gpus", help="GPUs on an SSH host: the queue's slots. [default: 1]", show_default=False)] = None,
-    gpu_type: Annotated[Optional[str], typer.Option("--gpu-type", help="GPU type from 'brightrun gpus' (for estimates and costs). [default: cpu]", show_default=False)] = None,
-    python: Annotated[Optional[str], typer.Option("--python", help="Python on the host, or on a cluster's compute nodes (absolute, ~/path or a command name). [default: python3]", show_default=False)] = None,
-    workdir: Annotated[Optional[str], typer.Option("--workdir", help="Directory on the host for code and runs; on a cluster, on the filesystem its nodes share. [default: ~/brightrun]", show_default=False)] = None,
-    partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition. [default: the cluster's default]", rich_help_panel=SLURM, show_default=False)] = None,
-    account: Annotated[Optional[str], typer.Option("--account", help="Slurm account to charge.", rich_help_panel=SLURM, show_default=False)] = None,
-    qos: Annotated[Optional[str], typer.Option("--qos", help="Slurm quality of service.", rich_help_panel=SLURM, show_default=False)] = None,
-    time_limit: Annotated[Optional[str], typer.Option("--time", help="Time limit of each job (minutes, HH:MM:SS or D-HH:MM:SS); the trainer checkpoints some minutes before it. [default: the partition's]", rich_help_panel=SLURM, show_default=False)] = None,
-    gpus_per_node: Annotated[Optional[int], typer.Option("--gpus-per-node", help="GPUs of one node (a job asks for them with --gpus-per-node; 'train --gpus' asks for fewer).", rich_help_panel=SLURM, show_default=False)] = None,
-    gres: Annotated[Optional[str], typer.Option("--gres", help="Ask for GPUs with Slurm's --gres instead, e.g. gpu:a100:4.", rich_help_panel=SLURM, show_default=False)] = None,
-    nodes_max: Annotated[Optional[int], typer.Option("--nodes-max", help="The most nodes one job may use ('train --nodes'). [default: 1]", rich_help_panel=SLURM, show_default=False)] = None,
-    sbatch_args: Annotated[Optional[list[str]], typer.Option("--sbatch-arg", help="A further sbatch option, as one --name=value word (repeatable), e.g. --sbatch-arg=--cpus-per-task=8.", rich_help_panel=SLURM, show_default=False)] = None,
+    ctx: common.Context,
+    name: Annotated[str, common.Arg(help="Name to refer to the host by (letters, digits, . _ -).", show_default=False)],
+    ssh: Annotated[Optional[str], common.Opt("--ssh", help="user@host[:port] of a GPU machine (an ~/.ssh/config alias works as host).", show_default=False)] = None,
+    slurm: Annotated[Optional[str], common.Opt("--slurm", help="A Slurm cluster's login node: [user@]host[:port] over SSH, or 'local' when brightrun runs on it.", show_default=False)] = None,
+    identity: Annotated[Optional[str], common.Opt("--identity", help="Private key file for ssh -i (only its path is stored).", show_default=False)] = None,
+    gpus: Annotated[Optional[int], common.Opt("--gpus", help="GPUs on an SSH host: the queue's slots. [default: 1]", show_default=False)] = None,
+    gpu_type: Annotated[Optional[str], common.Opt("--gpu-type", help="GPU type from 'brightrun gpus' (for estimates and costs). [default: cpu]", show_default=False)] = None,
+    python: Annotated[Optional[str], common.Opt("--python", help="Python on the host, or on a cluster's compute nodes (absolute, ~/path or a command name). [default: python3]", show_default=False)] = None,
+    workdir: Annotated[Optional[str], common.Opt("--workdir", help="Directory on the host for code and runs; on a cluster, on the filesystem its nodes share. [default: ~/brightrun]", show_default=False)] = None,
+    partition: Annotated[Optional[str], common.Opt("--partition", help="Slurm partition. [default: the cluster's default]", rich_help_panel=SLURM, show_default=False)] = None,
+    account: Annotated[Optional[str], common.Opt("--account", help="Slurm account to charge.", rich_help_panel=SLURM, show_default=False)] = None,
+    qos: Annotated[Optional[str], common.Opt("--qos", help="Slurm quality of service.", rich_help_panel=SLURM, show_default=False)] = None,
+    time_limit: Annotated[Optional[str], common.Opt("--time", help="Time limit of each job (minutes, HH:MM:SS or D-HH:MM:SS); the trainer checkpoints some minutes before it. [default: the partition's]", rich_help_panel=SLURM, show_default=False)] = None,
+    gpus_per_node: Annotated[Optional[int], common.Opt("--gpus-per-node", help="GPUs of one node (a job asks for them with --gpus-per-node; 'train --gpus' asks for fewer).", rich_help_panel=SLURM, show_default=False)] = None,
+    gres: Annotated[Optional[str], common.Opt("--gres", help="Ask for GPUs with Slurm's --gres instead, e.g. gpu:a100:4.", rich_help_panel=SLURM, show_default=False)] = None,
+    nodes_max: Annotated[Optional[int], common.Opt("--nodes-max", help="The most nodes one job may use ('train --nodes'). [default: 1]", rich_help_panel=SLURM, show_default=False)] = None,
+    sbatch_args: Annotated[Optional[list[str]], common.Opt("--sbatch-arg", help="A further sbatch option, as one --name=value word (repeatable), e.g. --sbatch-arg=--cpus-per-task=8.", rich_help_panel=SLURM, show_default=False)] = None,
     accept_new_host_key: Annotated[
-        bool, typer.Option("--accept-new-host-key", help="Trust the host's key on first contact (StrictHostKeyChecking=accept-new). A changed key is still refused.")
+        bool, common.Opt("--accept-new-host-key", help="Trust the host's key on first contact (StrictHostKeyChecking=accept-new). A changed key is still refused.")
     ] = False,
-    no_check: Annotated[bool, typer.Option("--no-check", help="Store the host without logging in to it first.")] = False,
+    no_check: Annotated[bool, common.Opt("--no-check", help="Store the host without logging in to it first.")] = False,
 ) -> None:
     """Add an SSH host or a Slurm cluster (logs in once to prove it works; nothing is stored if that fails).
 
@@ -94,7 +92,7 @@ def add_command(
 
 
 @hosts_app.command("list")
-def list_command(ctx: typer.Context, json_output: common.JsonOpt = False) -> None:
+def list_command(ctx: common.Context, json_output: common.JsonOpt = False) -> None:
     """List hosts ('local' is always there).
 
     Examples:
@@ -121,7 +119,7 @@ def list_command(ctx: typer.Context, json_output: common.JsonOpt = False) -> Non
 
 
 @hosts_app.command("check")
-def check_command(ctx: typer.Context, host: HostArg, json_output: common.JsonOpt = False) -> None:
+def check_command(ctx: common.Context, host: HostArg, json_output: common.JsonOpt = False) -> None:
     """Connect and report python, packages, trainer, GPUs and free disk (a Slurm host: also Slurm, its partition, a compute node); one line per problem. Exit 1 if any.
 
     Examples:
@@ -163,11 +161,11 @@ def check_command(ctx: typer.Context, host: HostArg, json_output: common.JsonOpt
         for problem in result.problems:
             err.print(f"problem: {problem}", markup=False, soft_wrap=True)
     if not result.ok:
-        raise typer.Exit(1)
+        raise SystemExit(1)
 
 
 @hosts_app.command("rm")
-def rm_command(ctx: typer.Context, host: HostArg) -> None:
+def rm_command(ctx: common.Context, host: HostArg) -> None:
     """Forget an SSH or Slurm host (refused for 'local' and while jobs are queued or running on it).
 
     Examples:
@@ -179,6 +177,5 @@ def rm_command(ctx: typer.Context, host: HostArg) -> None:
     common.console().print(f"removed host {removed.name}")
 
 
-def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
-    app.add_typer(hosts_app, name="hosts")
+commands = common.Group()  # what this module adds to the root command
+commands.add_group(hosts_app, name="hosts")

@@ -7,42 +7,39 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
-import typer
-
-from brightrun_cli.cli import common
+from brightrun_cli.cli import common, term
 
 if TYPE_CHECKING:
     from brightrun_cli.registry.rows import JobRow
 
-jobs_app = typer.Typer(name="jobs", help="Training jobs: list, show, logs, cancel, retry, resume, rm, plot, export, report.", no_args_is_help=True)
+jobs_app = common.Group(name="jobs", help="Training jobs: list, show, logs, cancel, retry, resume, rm, plot, export, report.", no_args_is_help=True)
 
-JobArg = Annotated[str, typer.Argument(help="Job id or unique id prefix (see 'brightrun jobs list').", show_default=False)]
-
-
-def register(app: typer.Typer) -> None:
-    """Add `train` and the `jobs` group to the root app."""
-    app.command("train")(train)
-    app.add_typer(jobs_app)
+JobArg = Annotated[str, common.Arg(help="Job id or unique id prefix (see 'brightrun jobs list').", show_default=False)]
 
 
+commands = common.Group()  # what this module adds to the root command: `train` and the `jobs` group
+commands.add_group(jobs_app)
+
+
+@commands.command("train")
 def train(
-    ctx: typer.Context,
+    ctx: common.Context,
     dataset: common.DatasetOpt,
     preset: common.PresetOpt = None,
     overrides: common.SetOpt = None,
     config_file: common.ConfigOpt = None,
     base_model: common.BaseModelOpt = None,
     host: common.HostOpt = None,
-    hosts: Annotated[Optional[str], typer.Option("--hosts", help="Comma-separated SSH hosts for a multi-node run (the first is the main node).", show_default=False)] = None,
+    hosts: Annotated[Optional[str], common.Opt("--hosts", help="Comma-separated SSH hosts for a multi-node run (the first is the main node).", show_default=False)] = None,
     gpus: common.GpusOpt = None,
-    nodes: Annotated[Optional[int], typer.Option("--nodes", help="Nodes of a Slurm host's job (at most the host's --nodes-max); --gpus is then per node.", show_default=False)] = None,
+    nodes: Annotated[Optional[int], common.Opt("--nodes", help="Nodes of a Slurm host's job (at most the host's --nodes-max); --gpus is then per node.", show_default=False)] = None,
     max_cost: common.MaxCostOpt = None,
-    accelerate_config: Annotated[Optional[Path], typer.Option("--accelerate-config", help="accelerate config file (FSDP, DeepSpeed) passed to 'accelerate launch --config_file'; brightrun's process counts, rendezvous and precision still apply.", show_default=False)] = None,
-    report_to: Annotated[Optional[str], typer.Option("--report-to", help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb (default: config.toml report_to; 'none' for none).", show_default=False)] = None,
+    accelerate_config: Annotated[Optional[Path], common.Opt("--accelerate-config", help="accelerate config file (FSDP, DeepSpeed) passed to 'accelerate launch --config_file'; brightrun's process counts, rendezvous and precision still apply.", show_default=False)] = None,
+    report_to: Annotated[Optional[str], common.Opt("--report-to", help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb (default: config.toml report_to; 'none' for none).", show_default=False)] = None,
     require: common.RequireOpt = None,
-    detach: Annotated[bool, typer.Option("--detach", help="Queue the job, print its id and return.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved spec and launch command; change nothing.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Queue it even when the pre-flight says it cannot run (base model files missing, does not fit in memory).")] = False,
+    detach: Annotated[bool, common.Opt("--detach", help="Queue the job, print its id and return.")] = False,
+    dry_run: Annotated[bool, common.Opt("--dry-run", help="Print the resolved spec and launch command; change nothing.")] = False,
+    force: Annotated[bool, common.Opt("--force", help="Queue it even when the pre-flight says it cannot run (base model files missing, does not fit in memory).")] = False,
     json_output: common.JsonOpt = False,
 ) -> None:
     """Queue a LoRA training run (validated and estimated first) and follow it until it ends.
@@ -89,14 +86,14 @@ def train(
     else:
         _print_estimate(plan)
         state = "started" if job.status != "queued" else "queued (waiting for a free slot)"
-        typer.echo(f"job {job.id} {state} on {', '.join(job.host_names)}")
+        common.echo(f"job {job.id} {state} on {', '.join(job.host_names)}")
     if detach:
         if not json_output:
-            typer.echo(f"follow it with: brightrun watch {job.id}")
+            common.echo(f"follow it with: brightrun watch {job.id}")
         return
     from brightrun_cli.cli.watch import follow_job
 
-    raise typer.Exit(follow_job(ws, job.id, json_output=json_output, requirements=requirements))
+    raise SystemExit(follow_job(ws, job.id, json_output=json_output, requirements=requirements))
 
 
 def _print_estimate(plan) -> None:
@@ -104,13 +101,13 @@ def _print_estimate(plan) -> None:
     est = plan.estimate.to_json()
     details = est.get("training_details") or {}
     budget = f", budget ${plan.max_cost:,.2f}" if plan.max_cost is not None else ""
-    typer.echo(
+    common.echo(
         f"estimate: ${est['estimated_cost']:,.2f} (compute ${est['cost_breakdown']['compute']:,.2f} + storage ${est['cost_breakdown']['storage']:,.2f}), "
         f"{common.human_duration(plan.estimate.estimated_duration_hours * 3600)}, {details.get('total_steps')} steps on {plan.gpu_config['count']}x {plan.gpu_config['type']}"
         + (f" on each of {plan.gpu_config['nodes']} nodes" if plan.gpu_config.get("nodes") else "") + budget
     )
     for warning in plan.estimate.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        common.echo(f"warning: {warning}", err=True)
 
 
 def _print_plan(plan) -> None:
@@ -121,15 +118,15 @@ def _print_plan(plan) -> None:
     con.print(f"dataset {plan.dataset.name} ({plan.dataset.id}), preset {plan.resolved.preset_id}, hosts {', '.join(h.name for h in plan.hosts)}")
     _print_estimate(plan)
     if plan.accelerate_config is not None:
-        typer.echo(f"accelerate config {plan.accelerate_config.path} ({plan.accelerate_config.distributed_type}), "
+        common.echo(f"accelerate config {plan.accelerate_config.path} ({plan.accelerate_config.distributed_type}), "
                    f"copied into the run dir as {plan.spec['accelerate_config']}")
     con.print("[bold]spec.json[/bold]")
-    typer.echo(json.dumps(plan.spec, indent=2))
+    common.echo(json.dumps(plan.spec, indent=2))
     con.print("[bold]launch command[/bold]")
-    typer.echo(shlex.join(plan.argv))
+    common.echo(shlex.join(plan.argv))
     if plan.batch_script is not None:
         con.print("[bold]batch script[/bold] (sbatch.sh, in the run directory)")
-        typer.echo(plan.batch_script, nl=False)
+        common.echo(plan.batch_script, nl=False)
 
 
 def _money(value: float | None) -> str:
@@ -138,8 +135,8 @@ def _money(value: float | None) -> str:
 
 @jobs_app.command("list")
 def list_cmd(
-    ctx: typer.Context,
-    status: Annotated[Optional[str], typer.Option("--status", help="Only these statuses (comma-separated), or 'active'.", show_default=False)] = None,
+    ctx: common.Context,
+    status: Annotated[Optional[str], common.Opt("--status", help="Only these statuses (comma-separated), or 'active'.", show_default=False)] = None,
     limit: common.LimitOpt = None,
     json_output: common.JsonOpt = False,
 ) -> None:
@@ -174,7 +171,7 @@ def list_cmd(
 
 
 @jobs_app.command("show")
-def show_cmd(ctx: typer.Context, job: JobArg, json_output: common.JsonOpt = False) -> None:
+def show_cmd(ctx: common.Context, job: JobArg, json_output: common.JsonOpt = False) -> None:
     """Show one job: status, progress, metrics, cost, its experiment trackers, and what to run next.
 
     Examples:
@@ -209,13 +206,11 @@ def _tracker_line(record: dict) -> str:
 
 
 def _print_job(job: "JobRow", shown: str, trackers: dict | None = None, *, resumable: bool) -> None:
-    from rich.markup import escape
-
     con = common.console()
     if shown != job.status:  # e.g. waiting in Slurm's queue: the stage says why, the status stays
-        con.print(f"[bold]job {job.id}[/bold]  [bold yellow]{escape(job.current_stage)}[/bold yellow] (status {job.status})")
+        con.print(f"[bold]job {job.id}[/bold]  [bold yellow]{term.escape(job.current_stage)}[/bold yellow] (status {job.status})")
     else:
-        con.print(f"[bold]job {job.id}[/bold]  {job.status} ({escape(job.current_stage)})")
+        con.print(f"[bold]job {job.id}[/bold]  {job.status} ({term.escape(job.current_stage)})")
     nodes = job.gpu_config.get("nodes")
     lines = [
         ("dataset", job.dataset_id), ("preset", job.preset_id), ("base model", job.base_model),
@@ -261,10 +256,10 @@ def _print_job(job: "JobRow", shown: str, trackers: dict | None = None, *, resum
 
 @jobs_app.command("logs")
 def logs_cmd(
-    ctx: typer.Context,
+    ctx: common.Context,
     job: JobArg,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the job ends.")] = False,
-    which: Annotated[str, typer.Option("--log", help="Which log: trainer, launcher (accelerate's output) or supervisor.")] = "trainer",
+    follow: Annotated[bool, common.Opt("--follow", "-f", help="Keep printing new lines until the job ends.")] = False,
+    which: Annotated[str, common.Opt("--log", help="Which log: trainer, launcher (accelerate's output) or supervisor.")] = "trainer",
 ) -> None:
     """Print a job's log (with -f, follow it until the job ends).
 
@@ -280,11 +275,11 @@ def logs_cmd(
             sys.stdout.write(chunk)
             sys.stdout.flush()
     except BrokenPipeError:
-        raise typer.Exit(0) from None
+        raise SystemExit(0) from None
 
 
 @jobs_app.command("cancel")
-def cancel_cmd(ctx: typer.Context, job: JobArg, yes: common.YesOpt = False, json_output: common.JsonOpt = False) -> None:
+def cancel_cmd(ctx: common.Context, job: JobArg, yes: common.YesOpt = False, json_output: common.JsonOpt = False) -> None:
     """Stop a job: TERM its whole process tree, wait for the checkpoint, KILL leftovers; cost so far is recorded.
 
     Asks for confirmation on a terminal; --yes (or no terminal) does not ask.
@@ -298,23 +293,23 @@ def cancel_cmd(ctx: typer.Context, job: JobArg, yes: common.YesOpt = False, json
     ws = common.workspace(ctx)
     if not yes and common.stdin_is_tty():
         row = jobs.get_job(ws, job)
-        typer.confirm(f"cancel job {row.id} ({row.status}, step {row.current_step})?", abort=True)
+        common.confirm(f"cancel job {row.id} ({row.status}, step {row.current_step})?", abort=True)
     row = jobs.cancel_job(ws, job)
     if json_output:
         common.print_json(row)
         return
     if row.started_at is None:  # never ran: no step, no cost, no checkpoint to resume from
-        typer.echo(f"job {row.id} {row.status} before it started; nothing billed")
+        common.echo(f"job {row.id} {row.status} before it started; nothing billed")
         if row.status == "cancelled":
-            typer.echo(f"run it again with: brightrun jobs retry {row.id}")
+            common.echo(f"run it again with: brightrun jobs retry {row.id}")
         return
-    typer.echo(f"job {row.id} {row.status} at step {row.current_step}; cost {_money(row.cost)}")
+    common.echo(f"job {row.id} {row.status} at step {row.current_step}; cost {_money(row.cost)}")
     if row.status == "cancelled":
-        typer.echo(f"continue it with: brightrun jobs resume {row.id}")
+        common.echo(f"continue it with: brightrun jobs resume {row.id}")
 
 
 @jobs_app.command("retry")
-def retry_cmd(ctx: typer.Context, job: JobArg, json_output: common.JsonOpt = False) -> None:
+def retry_cmd(ctx: common.Context, job: JobArg, json_output: common.JsonOpt = False) -> None:
     """Run a failed or cancelled job again from scratch, as a new job.
 
     Examples:
@@ -327,14 +322,14 @@ def retry_cmd(ctx: typer.Context, job: JobArg, json_output: common.JsonOpt = Fal
     if json_output:
         common.print_json(row)
     else:
-        typer.echo(f"job {row.id} {row.status} (retry {row.retry_count} of {job}); follow it with: brightrun watch {row.id}")
+        common.echo(f"job {row.id} {row.status} (retry {row.retry_count} of {job}); follow it with: brightrun watch {row.id}")
 
 
 @jobs_app.command("resume")
 def resume_cmd(
-    ctx: typer.Context,
+    ctx: common.Context,
     job: JobArg,
-    max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="A new budget in USD (after a budget stop).", show_default=False)] = None,
+    max_cost: Annotated[Optional[float], common.Opt("--max-cost", help="A new budget in USD (after a budget stop).", show_default=False)] = None,
     json_output: common.JsonOpt = False,
 ) -> None:
     """Continue a failed or cancelled job from its last checkpoint (same job id).
@@ -349,11 +344,11 @@ def resume_cmd(
     if json_output:
         common.print_json(row)
     else:
-        typer.echo(f"job {row.id} {row.status} (resume {row.resume_count}); follow it with: brightrun watch {row.id}")
+        common.echo(f"job {row.id} {row.status} (resume {row.resume_count}); follow it with: brightrun watch {row.id}")
 
 
 @jobs_app.command("rm")
-def rm_cmd(ctx: typer.Context, job: JobArg, yes: common.YesOpt = False, json_output: common.JsonOpt = False) -> None:
+def rm_cmd(ctx: common.Context, job: JobArg, yes: common.YesOpt = False, json_output: common.JsonOpt = False) -> None:
     """Remove a finished job, its metric points and run directory (its model and cost records stay).
 
     Examples:
@@ -367,19 +362,19 @@ def rm_cmd(ctx: typer.Context, job: JobArg, yes: common.YesOpt = False, json_out
     if not yes:
         if not common.stdin_is_tty():
             raise UsageError(f"removing job {row.id} needs confirmation", "pass --yes")
-        typer.confirm(f"remove job {row.id} ({row.status}) and its run directory?", abort=True)
+        common.confirm(f"remove job {row.id} ({row.status}) and its run directory?", abort=True)
     removed = jobs.remove_job(ws, row.id)
     if json_output:
         common.print_json({"id": removed.id, "removed": True})
     else:
-        typer.echo(f"removed job {removed.id}")
+        common.echo(f"removed job {removed.id}")
 
 
 @jobs_app.command("plot")
 def plot_cmd(
-    ctx: typer.Context,
+    ctx: common.Context,
     job: JobArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", show_default=False)],
+    out: Annotated[Path, common.Opt("--out", "-o", help="PNG file to write.", show_default=False)],
 ) -> None:
     """Write the job's loss and learning-rate curves as a picture.
 
@@ -389,15 +384,15 @@ def plot_cmd(
     from brightrun_cli.services.plots import plot_job
 
     path = plot_job(common.workspace(ctx), job, out)
-    typer.echo(f"wrote {path}")
+    common.echo(f"wrote {path}")
 
 
 @jobs_app.command("export")
 def export_cmd(
-    ctx: typer.Context,
+    ctx: common.Context,
     job: JobArg,
-    to: Annotated[str, typer.Option("--to", help="Tracker: mlflow or tensorboard.", show_default=False)],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="MLflow: a directory for a SQLite store (default: config.toml tracking_uri, else <home>/mlflow). TensorBoard: the event files' directory (default: <home>/tensorboard/<job id>).", show_default=False)] = None,
+    to: Annotated[str, common.Opt("--to", help="Tracker: mlflow or tensorboard.", show_default=False)],
+    out: Annotated[Optional[Path], common.Opt("--out", "-o", help="MLflow: a directory for a SQLite store (default: config.toml tracking_uri, else <home>/mlflow). TensorBoard: the event files' directory (default: <home>/tensorboard/<job id>).", show_default=False)] = None,
     json_output: common.JsonOpt = False,
 ) -> None:
     """Send a job (hyperparameters, every metric point, quality, eval, the adapter) to an experiment tracker.
@@ -417,17 +412,17 @@ def export_cmd(
                            "points": result.points, "artifact": result.artifact})
         return
     run = f" as run {result.run_id}" if result.run_id else ""
-    typer.echo(f"exported {result.points} points of job {job} to {result.tracker}{run}: {result.where}")
+    common.echo(f"exported {result.points} points of job {job} to {result.tracker}{run}: {result.where}")
     if result.artifact:
-        typer.echo(f"adapter: {result.artifact}")
-    typer.echo("open it with: " + trackers.EXPORT_HINT[result.tracker].format(where=shlex.quote(result.where)))
+        common.echo(f"adapter: {result.artifact}")
+    common.echo("open it with: " + trackers.EXPORT_HINT[result.tracker].format(where=shlex.quote(result.where)))
 
 
 @jobs_app.command("report")
 def report_cmd(
-    ctx: typer.Context,
+    ctx: common.Context,
     job: JobArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.", show_default=False)],
+    out: Annotated[Path, common.Opt("--out", "-o", help="HTML file to write.", show_default=False)],
 ) -> None:
     """Write one self-contained HTML page about a job: curves, quality, evals, hyperparameters, cost, timeline.
 
@@ -439,4 +434,4 @@ def report_cmd(
     from brightrun_cli.services.report import write_report
 
     path = write_report(common.workspace(ctx), job, out)
-    typer.echo(f"wrote {path}")
+    common.echo(f"wrote {path}")

@@ -6,17 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
-import typer
+from brightrun_cli.cli import common, term
 
-from brightrun_cli.cli import common
-
-models_app = typer.Typer(
+models_app = common.Group(
     help="Trained adapters: measured quality and answers, try, compare, model card, export and merge.",
     no_args_is_help=True,
 )
 
-ModelArg = Annotated[str, typer.Argument(help="Model id, unique id prefix, NAME@VERSION, or NAME (its newest version).", show_default=False)]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Write into a non-empty target, overwriting files of the same names.")]
+ModelArg = Annotated[str, common.Arg(help="Model id, unique id prefix, NAME@VERSION, or NAME (its newest version).", show_default=False)]
+ForceOpt = Annotated[bool, common.Opt("--force", help="Write into a non-empty target, overwriting files of the same names.")]
 
 
 def _fmt(value, spec: str = ".4g") -> str:
@@ -25,8 +23,8 @@ def _fmt(value, spec: str = ".4g") -> str:
 
 @models_app.command("list")
 def list_command(
-    ctx: typer.Context,
-    sort: Annotated[str, typer.Option("--sort", help="created (newest first), score (best first) or cost (cheapest first).")] = "created",
+    ctx: common.Context,
+    sort: Annotated[str, common.Opt("--sort", help="created (newest first), score (best first) or cost (cheapest first).")] = "created",
     limit: common.LimitOpt = None,
     json_output: common.JsonOpt = False,
 ) -> None:
@@ -65,7 +63,7 @@ def list_command(
 
 
 @models_app.command("show")
-def show_command(ctx: typer.Context, model: ModelArg, json_output: common.JsonOpt = False) -> None:
+def show_command(ctx: common.Context, model: ModelArg, json_output: common.JsonOpt = False) -> None:
     """Quality, answers on held-out prompts (base vs tuned), training, configuration and files of a model.
 
     Examples:
@@ -83,14 +81,12 @@ def show_command(ctx: typer.Context, model: ModelArg, json_output: common.JsonOp
     if json_output:
         common.print_json({**row.to_json(), "eval": evaluated.to_json() if evaluated else None})
         return
-    from rich.table import Table
-
     out = common.console()
     q, s, c = row.quality_metrics, row.training_summary, row.configuration
     out.print(f"[bold]{row.name}[/bold] v{row.version}  ({row.id})")
     out.print(f"base model {row.base_model}   job {row.job_id}   dataset {row.dataset_id}   status {row.status}")
     improvement = q.get("validation_loss_improvement")
-    quality = Table("quality", "", box=None)
+    quality = term.Table("quality", "", box=None)
     quality.add_row("score", f"{q.get('overall_score')}/5 ({q.get('score_reason')})")
     quality.add_row("convergence", str(q.get("convergence_quality")))
     quality.add_row("validation loss", f"base {_fmt(q.get('base_validation_loss'))} -> tuned {_fmt(q.get('final_validation_loss'))}"
@@ -100,7 +96,7 @@ def show_command(ctx: typer.Context, model: ModelArg, json_output: common.JsonOp
     out.print(quality)
     out.print(f"[dim]rule: {q.get('score_rule')}[/dim]")
     _print_answers(out, evaluated)
-    training = Table("training", "", box=None)
+    training = term.Table("training", "", box=None)
     tokens = s.get("total_tokens")
     training.add_row("epochs / steps / tokens",
                      f"{s.get('epochs_completed')} / {s.get('total_steps')} / {tokens:,}" if isinstance(tokens, int) else f"{s.get('epochs_completed')} / {s.get('total_steps')} / -")
@@ -112,7 +108,7 @@ def show_command(ctx: typer.Context, model: ModelArg, json_output: common.JsonOp
     for key, value in sorted((c.get("hyperparameters") or {}).items()):
         training.add_row(f"  {key}", str(value))
     out.print(training)
-    files = Table("file", "size", "sha256", box=None)
+    files = term.Table("file", "size", "sha256", box=None)
     for entry in row.artifacts.get("files", []):
         files.add_row(entry["path"], f"{entry['size']:,}", entry["sha256"][:16])
     out.print(files)
@@ -127,11 +123,9 @@ def _last_user(prompt: list[dict]) -> str:
 
 
 def _aggregate_table(title: str, columns: list[str], aggregates: list[dict | None], winners: dict | None = None):
-    from rich.table import Table
-
     from brightrun_cli.services.evals import METRICS
 
-    table = Table(title, *columns, *(["best"] if winners is not None else []), box=None)
+    table = term.Table(title, *columns, *(["best"] if winners is not None else []), box=None)
     for metric in (*METRICS, "tokens"):
         cells = [_fmt((a or {}).get(metric)) for a in aggregates]
         table.add_row(metric, *cells, *([", ".join(winners.get(metric, []))] if winners is not None else []))
@@ -140,8 +134,6 @@ def _aggregate_table(title: str, columns: list[str], aggregates: list[dict | Non
 
 def _print_answers(out, evaluated) -> None:
     """The answer eval: aggregates base vs tuned, then samples side by side."""
-    from rich.table import Table
-
     if evaluated is None:
         out.print("answers: no answer eval yet (run 'brightrun models eval MODEL')")
         return
@@ -150,7 +142,7 @@ def _print_answers(out, evaluated) -> None:
     out.print(_aggregate_table("answers", ["base", "tuned"], [r.base, r.tuned]))
     if not evaluated.samples:
         return
-    samples = Table("prompt", "reference", "base", "tuned", "match", box=None, show_lines=False)
+    samples = term.Table("prompt", "reference", "base", "tuned", "match", box=None, show_lines=False)
     for record in evaluated.samples[:SHOWN_SAMPLES]:
         tuned = record.get("tuned") or {}
         base = record.get("base") or {}
@@ -163,11 +155,11 @@ def _print_answers(out, evaluated) -> None:
 
 @models_app.command("eval")
 def eval_command(
-    ctx: typer.Context,
+    ctx: common.Context,
     model: ModelArg,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset whose held-out split to answer (default: the model's own).", show_default=False)] = None,
+    dataset: Annotated[Optional[str], common.Opt("--dataset", "-d", help="Dataset whose held-out split to answer (default: the model's own).", show_default=False)] = None,
     limit: common.EvalLimitOpt = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Longest answer in tokens (default: 1.5 x the longest reference + 16).", show_default=False)] = None,
+    max_new_tokens: Annotated[Optional[int], common.Opt("--max-new-tokens", help="Longest answer in tokens (default: 1.5 x the longest reference + 16).", show_default=False)] = None,
     require: common.RequireOpt = None,
     json_output: common.JsonOpt = False,
 ) -> None:
@@ -215,15 +207,15 @@ def _print_checks(out, checks) -> None:
 
 @models_app.command("try")
 def try_command(
-    ctx: typer.Context,
+    ctx: common.Context,
     model: ModelArg,
-    prompt: Annotated[Optional[str], typer.Argument(help="One prompt to answer. Without it, on a terminal: an interactive chat.", show_default=False)] = None,
-    base: Annotated[bool, typer.Option("--base", help="Answer with the base model (adapter off) too, beside the tuned one.")] = False,
-    system: Annotated[Optional[str], typer.Option("--system", help="A system message before the prompt.", show_default=False)] = None,
-    temperature: Annotated[float, typer.Option("--temperature", help="0 answers greedily; higher samples more freely.")] = 0.0,
-    top_p: Annotated[float, typer.Option("--top-p", help="Sample from the smallest set of tokens this likely (with --temperature).")] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest answer in tokens.")] = 256,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for sampled answers (repeatable answers).", show_default=False)] = None,
+    prompt: Annotated[Optional[str], common.Arg(help="One prompt to answer. Without it, on a terminal: an interactive chat.", show_default=False)] = None,
+    base: Annotated[bool, common.Opt("--base", help="Answer with the base model (adapter off) too, beside the tuned one.")] = False,
+    system: Annotated[Optional[str], common.Opt("--system", help="A system message before the prompt.", show_default=False)] = None,
+    temperature: Annotated[float, common.Opt("--temperature", help="0 answers greedily; higher samples more freely.")] = 0.0,
+    top_p: Annotated[float, common.Opt("--top-p", help="Sample from the smallest set of tokens this likely (with --temperature).")] = 1.0,
+    max_new_tokens: Annotated[int, common.Opt("--max-new-tokens", help="Longest answer in tokens.")] = 256,
+    seed: Annotated[Optional[int], common.Opt("--seed", help="Seed for sampled answers (repeatable answers).", show_default=False)] = None,
     json_output: common.JsonOpt = False,
 ) -> None:
     """Ask a model something: one answer, or a chat on a terminal when no prompt is given.
@@ -262,10 +254,10 @@ def try_command(
                            "sampling": {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}})
         return
     if base_answer is None:
-        typer.echo(tuned.text)
+        common.echo(tuned.text)
         return
-    typer.echo(f"tuned: {tuned.text}")
-    typer.echo(f"base:  {base_answer.text}")
+    common.echo(f"tuned: {tuned.text}")
+    common.echo(f"base:  {base_answer.text}")
 
 
 def _chat(chat_model, history: list[dict], settings, with_base: bool) -> None:
@@ -274,12 +266,12 @@ def _chat(chat_model, history: list[dict], settings, with_base: bool) -> None:
 
     system = history[0]["content"] if history else None
     turns: list[dict] = []
-    typer.echo("chat: /reset forgets the conversation, /system TEXT sets the system message, /quit ends", err=True)
+    common.echo("chat: /reset forgets the conversation, /system TEXT sets the system message, /quit ends", err=True)
     while True:
         try:
             text = input("you> ")
         except (EOFError, KeyboardInterrupt):
-            typer.echo("", err=True)
+            common.echo("", err=True)
             return
         command = text.strip()
         if not command:
@@ -288,12 +280,12 @@ def _chat(chat_model, history: list[dict], settings, with_base: bool) -> None:
             return
         if command == "/reset":
             turns = []
-            typer.echo("(conversation forgotten)", err=True)
+            common.echo("(conversation forgotten)", err=True)
             continue
         if command.startswith("/system"):
             system = command[len("/system"):].strip() or None
             turns = []
-            typer.echo(f"(system message {'set' if system else 'cleared'}; conversation forgotten)", err=True)
+            common.echo(f"(system message {'set' if system else 'cleared'}; conversation forgotten)", err=True)
             continue
         messages = ([{"role": "system", "content": system}] if system else []) + turns + [{"role": "user", "content": text}]
         answers = {}
@@ -315,11 +307,11 @@ def _chat(chat_model, history: list[dict], settings, with_base: bool) -> None:
 
 @models_app.command("compare")
 def compare_command(
-    ctx: typer.Context,
-    models: Annotated[list[str], typer.Argument(help="Two or more models (id, prefix, NAME@VERSION, NAME); base:MODEL is that model's base.", show_default=False)],
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset whose held-out split to answer (default: the first model's).", show_default=False)] = None,
+    ctx: common.Context,
+    models: Annotated[list[str], common.Arg(help="Two or more models (id, prefix, NAME@VERSION, NAME); base:MODEL is that model's base.", show_default=False)],
+    dataset: Annotated[Optional[str], common.Opt("--dataset", "-d", help="Dataset whose held-out split to answer (default: the first model's).", show_default=False)] = None,
     limit: common.EvalLimitOpt = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Longest answer in tokens (default: 1.5 x the longest reference + 16).", show_default=False)] = None,
+    max_new_tokens: Annotated[Optional[int], common.Opt("--max-new-tokens", help="Longest answer in tokens (default: 1.5 x the longest reference + 16).", show_default=False)] = None,
     json_output: common.JsonOpt = False,
 ) -> None:
     """Answer the same held-out prompts with each model: aggregates, winners, disagreements.
@@ -331,8 +323,6 @@ def compare_command(
       brightrun models compare 01jd4 base:01jd4
       brightrun models compare support-v1@1.0.0 support-v1@1.1.0 --limit 20 --json
     """
-    from rich.table import Table
-
     from brightrun_cli.services.evals import compare_models
 
     result = compare_models(common.workspace(ctx), models, dataset=dataset, limit=limit, max_new_tokens=max_new_tokens)
@@ -347,7 +337,7 @@ def compare_command(
         out.print("the models answer every sample alike")
         return
     out.print(f"they answer {len(result.disagreements)} of {len(result.samples)} samples differently:")
-    table = Table("prompt", "reference", *labels, box=None)
+    table = term.Table("prompt", "reference", *labels, box=None)
     for k in result.disagreements[:SHOWN_SAMPLES]:
         sample = result.samples[k]
         table.add_row(_last_user(sample.prompt), sample.reference, *(rows[k]["answer"] for rows in result.answers))
@@ -358,9 +348,9 @@ def compare_command(
 
 @models_app.command("export")
 def export_command(
-    ctx: typer.Context,
+    ctx: common.Context,
     model: ModelArg,
-    target: Annotated[str, typer.Argument(help="Local directory or fsspec URL (e.g. s3://bucket/path).", show_default=False)],
+    target: Annotated[str, common.Arg(help="Local directory or fsspec URL (e.g. s3://bucket/path).", show_default=False)],
     force: ForceOpt = False,
     json_output: common.JsonOpt = False,
 ) -> None:
@@ -385,9 +375,9 @@ def export_command(
 
 @models_app.command("merge")
 def merge_command(
-    ctx: typer.Context,
+    ctx: common.Context,
     model: ModelArg,
-    out_dir: Annotated[Path, typer.Argument(help="Directory for the merged model.", show_default=False)],
+    out_dir: Annotated[Path, common.Arg(help="Directory for the merged model.", show_default=False)],
     force: ForceOpt = False,
 ) -> None:
     """Merge base model + adapter into a standard Hugging Face model directory (safetensors).
@@ -404,7 +394,7 @@ def merge_command(
 
 
 @models_app.command("rm")
-def rm_command(ctx: typer.Context, model: ModelArg, yes: common.YesOpt = False) -> None:
+def rm_command(ctx: common.Context, model: ModelArg, yes: common.YesOpt = False) -> None:
     """Delete a model's stored files and remove it from the list (refused while another model derives from it).
 
     Examples:
@@ -419,11 +409,10 @@ def rm_command(ctx: typer.Context, model: ModelArg, yes: common.YesOpt = False) 
 
             raise UsageError("refusing to delete without confirmation (stdin is not a terminal)", "pass --yes")
         row = get_model(ws, model)
-        typer.confirm(f"delete model {row.name} v{row.version} ({row.id}) and its files?", abort=True)
+        common.confirm(f"delete model {row.name} v{row.version} ({row.id}) and its files?", abort=True)
     removed = remove_model(ws, model)
     common.console().print(f"removed model {removed.id}")
 
 
-def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
-    app.add_typer(models_app, name="models")
+commands = common.Group()  # what this module adds to the root command
+commands.add_group(models_app, name="models")

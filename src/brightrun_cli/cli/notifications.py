@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
-import typer
-
 from brightrun_cli.cli import common
 
-notifications_app = typer.Typer(name="notifications", invoke_without_command=True)
+notifications_app = common.Group(name="notifications", invoke_without_command=True)
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `notifications` group to the root app."""
-    app.add_typer(notifications_app)
+commands = common.Group()  # what this module adds to the root command
+commands.add_group(notifications_app)
 
 
 @notifications_app.callback()
 def list_cmd(
-    ctx: typer.Context,
-    unread: Annotated[bool, typer.Option("--unread", help="Only unread notifications.")] = False,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many, newest first.")] = 20,
+    ctx: common.Context,
+    unread: Annotated[bool, common.Opt("--unread", help="Only unread notifications.")] = False,
+    limit: Annotated[int, common.Opt("--limit", min=1, help="At most this many, newest first.")] = 20,
     json_output: common.JsonOpt = False,
 ) -> None:
     """What happened while you were away: job and dataset events, newest first, with the command to run next.
@@ -53,9 +50,9 @@ def list_cmd(
 
 @notifications_app.command("read")
 def read_cmd(
-    ctx: typer.Context,
-    notification: Annotated[Optional[str], typer.Argument(help="Notification id or unique prefix.", show_default=False)] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Mark every notification read.")] = False,
+    ctx: common.Context,
+    notification: Annotated[Optional[str], common.Arg(help="Notification id or unique prefix.", show_default=False)] = None,
+    all_: Annotated[bool, common.Opt("--all", help="Mark every notification read.")] = False,
     json_output: common.JsonOpt = False,
 ) -> None:
     """Mark one notification, or all of them, read.
@@ -73,4 +70,4 @@ def read_cmd(
     if json_output:
         common.print_json({"marked_read": changed})
     else:
-        typer.echo(f"marked {changed} notification{'s' if changed != 1 else ''} read")
+        common.echo(f"marked {changed} notification{'s' if changed != 1 else ''} read")

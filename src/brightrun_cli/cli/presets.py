@@ -6,11 +6,9 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import typer
+from brightrun_cli.cli import common, term
 
-from brightrun_cli.cli import common
-
-presets_app = typer.Typer(help="Training presets: shipped ones and yours in <home>/presets/.", no_args_is_help=True)
+presets_app = common.Group(help="Training presets: shipped ones and yours in <home>/presets/.", no_args_is_help=True)
 
 
 def _preset_json(preset) -> dict:
@@ -19,27 +17,22 @@ def _preset_json(preset) -> dict:
 
 
 @presets_app.command("list")
-def list_cmd(ctx: typer.Context, json_output: common.JsonOpt = False) -> None:
+def list_cmd(ctx: common.Context, json_output: common.JsonOpt = False) -> None:
     """List presets with their main values.
 
     Examples:
       brightrun presets list
       brightrun presets list --json
     """
-    from rich.table import Table
-
     from brightrun_cli.services.presets import list_presets
 
     presets = list_presets(common.workspace(ctx))
     if json_output:
         common.print_json([_preset_json(p) for p in presets])
         return
-    from rich import box
-    from rich.table import Column
-
     # Names are what a user types next: never truncated (the base model column folds instead).
-    fixed = [Column(h, no_wrap=True) for h in ("name", "source", "lr", "batch", "epochs", "rank", "alpha", "seq len")]
-    table = Table(*fixed, Column("base model", overflow="fold"), box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
+    fixed = [term.Column(h, no_wrap=True) for h in ("name", "source", "lr", "batch", "epochs", "rank", "alpha", "seq len")]
+    table = term.Table(*fixed, term.Column("base model", overflow="fold"), box=term.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     for p in presets:
         c = p.config
         table.add_row(p.name, p.source, f"{c.learning_rate:g}", str(c.batch_size), str(c.num_epochs),
@@ -48,8 +41,6 @@ def list_cmd(ctx: typer.Context, json_output: common.JsonOpt = False) -> None:
 
 
 def _show(preset, json_output: bool) -> None:
-    from rich.table import Table
-
     from brightrun_cli.services.presets import preset_fields
 
     if json_output:
@@ -62,7 +53,7 @@ def _show(preset, json_output: bool) -> None:
     out.print(f"[bold]{preset.name}[/bold] ({preset.source}: {preset.path})")
     if preset.description:
         out.print(preset.description)
-    table = Table("field", "value", "set here", "allowed", "meaning")
+    table = term.Table("field", "value", "set here", "allowed", "meaning")
     for field in preset_fields(preset):
         value = field.value
         shown = ",".join(value) if isinstance(value, list) else ("-" if value is None else str(value))
@@ -91,7 +82,7 @@ def _show_plain(preset) -> None:
 
 
 @presets_app.command("show")
-def show_cmd(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Preset name (see 'presets list').")],
+def show_cmd(ctx: common.Context, name: Annotated[str, common.Arg(help="Preset name (see 'presets list').")],
              json_output: common.JsonOpt = False) -> None:
     """Show every field of a preset, with its allowed range and meaning.
 
@@ -105,7 +96,7 @@ def show_cmd(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Prese
 
 
 @presets_app.command("validate")
-def validate_cmd(file: Annotated[Path, typer.Argument(help="A preset or config file (.toml, .json, .yaml).")],
+def validate_cmd(file: Annotated[Path, common.Arg(help="A preset or config file (.toml, .json, .yaml).")],
                  json_output: common.JsonOpt = False) -> None:
     """Check a preset/config file; exit 2 with the field and allowed range when it is wrong.
 
@@ -118,6 +109,5 @@ def validate_cmd(file: Annotated[Path, typer.Argument(help="A preset or config f
     _show(validate_preset_file(file), json_output)
 
 
-def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
-    app.add_typer(presets_app, name="presets")
+commands = common.Group()  # what this module adds to the root command
+commands.add_group(presets_app, name="presets")

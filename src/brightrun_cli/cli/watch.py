@@ -18,8 +18,6 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated
 
-import typer
-
 from brightrun_cli.cli import common
 
 if TYPE_CHECKING:
@@ -141,7 +139,7 @@ class _LiveSink(_Sink):
     def __init__(self) -> None:
         from rich.live import Live
 
-        self.console = common.console()
+        self.console = common.rich_console()
         self._live = Live(console=self.console, auto_refresh=False, redirect_stderr=False)
         self._drawn_at = 0.0
 
@@ -264,7 +262,7 @@ def check_job_requirements(ws: "Workspace", job_id: str, requirements: list, *, 
         for c in checks:
             wanted = "base" if c.requirement.value is None else "required"
             actual = "-" if c.actual is None else f"{c.actual:.4g}"
-            typer.echo(f"{'ok  ' if c.holds else 'FAIL'} {c.requirement.text}: tuned {actual}, {wanted} "
+            common.echo(f"{'ok  ' if c.holds else 'FAIL'} {c.requirement.text}: tuned {actual}, {wanted} "
                        f"{'-' if c.wanted is None else format(c.wanted, '.4g')}")
     failed = [c for c in checks if not c.holds]
     if failed:
@@ -363,7 +361,7 @@ def _live_board(board) -> str | None:
 
     from brightrun_cli.cli.watch_view import render_board
 
-    console = common.console()
+    console = common.rich_console()
     # Transient: a job picked from the table replaces it on the screen.
     with _Keys() as keys, Live(console=console, auto_refresh=False, transient=True) as live:
         drawn_at = 0.0
@@ -381,37 +379,37 @@ def _live_board(board) -> str | None:
 
 JobOpt = Annotated[
     str | None,
-    typer.Argument(help="Job id or unique id prefix. Without it: a live table of all queued and running jobs.", show_default=False),
+    common.Arg(help="Job id or unique id prefix. Without it: a live table of all queued and running jobs.", show_default=False),
 ]
 
 
-def register(app: typer.Typer) -> None:
-    """Add `watch` to the root app."""
+commands = common.Group()  # what this module adds to the root command
 
-    @app.command("watch")
-    def watch(ctx: typer.Context, job: JobOpt = None, require: common.RequireOpt = None, json_output: common.JsonOpt = False) -> None:
-        """Follow a training job live until it ends (or all jobs, without JOB).
 
-        On a terminal: a dashboard (progress, ETA, losses, learning rate, tokens/s, GPU,
-        cost vs estimate and budget, loss curve, log tail). Piped: one plain line per
-        change. --json: NDJSON on stdout, one object per metric point and status change.
+@commands.command("watch")
+def watch(ctx: common.Context, job: JobOpt = None, require: common.RequireOpt = None, json_output: common.JsonOpt = False) -> None:
+    """Follow a training job live until it ends (or all jobs, without JOB).
 
-        Exit codes: 0 completed, 3 failed, 4 cancelled, 5 job not found, 6 a --require
-        failed on the job's answer eval, 130 Ctrl-C (the job keeps running).
+    On a terminal: a dashboard (progress, ETA, losses, learning rate, tokens/s, GPU,
+    cost vs estimate and budget, loss curve, log tail). Piped: one plain line per
+    change. --json: NDJSON on stdout, one object per metric point and status change.
 
-        Examples:
-          brightrun watch
-          brightrun watch 01jd3k
-          brightrun watch 01jd3k --require "rougeL>base"
-          brightrun train --dataset support-v1 --detach && brightrun watch $JOB --json
-        """
-        from brightrun_cli.errors import UsageError
-        from brightrun_cli.services.evals import parse_requirements
+    Exit codes: 0 completed, 3 failed, 4 cancelled, 5 job not found, 6 a --require
+    failed on the job's answer eval, 130 Ctrl-C (the job keeps running).
 
-        requirements = parse_requirements(require)
-        if requirements and job is None:
-            raise UsageError("--require needs a JOB to follow", "pass the job id: brightrun watch JOB --require ...")
-        ws = common.workspace(ctx)
-        code = (follow_job(ws, job, json_output=json_output, requirements=requirements) if job is not None
-                else watch_all(ws, json_output=json_output))
-        raise typer.Exit(code)
+    Examples:
+      brightrun watch
+      brightrun watch 01jd3k
+      brightrun watch 01jd3k --require "rougeL>base"
+      brightrun train --dataset support-v1 --detach && brightrun watch $JOB --json
+    """
+    from brightrun_cli.errors import UsageError
+    from brightrun_cli.services.evals import parse_requirements
+
+    requirements = parse_requirements(require)
+    if requirements and job is None:
+        raise UsageError("--require needs a JOB to follow", "pass the job id: brightrun watch JOB --require ...")
+    ws = common.workspace(ctx)
+    code = (follow_job(ws, job, json_output=json_output, requirements=requirements) if job is not None
+            else watch_all(ws, json_output=json_output))
+    raise SystemExit(code)
