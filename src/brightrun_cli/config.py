@@ -9,9 +9,7 @@ what it most likely meant (`unknown_keys`), and ignored.
 
 from __future__ import annotations
 
-import difflib
 import shlex
-import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,11 +19,6 @@ from msgspec import Meta
 
 from brightrun_cli.errors import UsageError
 from brightrun_cli.trackers import TRACKERS, check_report_to, check_settings
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 CONFIG_FILE = "config.toml"
 DEFAULT_MAX_DATASET_BYTES = 500 * 1024 * 1024
@@ -65,6 +58,12 @@ def load_config(home: Path) -> Config:
     path = home / CONFIG_FILE
     if not path.exists():
         return Config()
+    # Imported here, not at the top: ~5 ms of every command's start, paid only where a config.toml exists.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -92,10 +91,14 @@ def warnings(config: Config, path: Path) -> list[str]:
     meant: keys this brightrun does not know, a notification hook that cannot run."""
     out = []
     for key in config.unknown_keys:
+        import difflib  # here, not at the top: every command calls this, and rarely with unknown keys
+
         close = difflib.get_close_matches(key, KEYS, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(KEYS)}"
         out.append(f"{path}: unknown key '{key}' is ignored; {hint}")
     hook = config.notification_hook
+    if hook:
+        import shutil
     if hook and shutil.which(hook[0]) is None:
         out.append(f"{path}: notification_hook '{hook[0]}' is not an executable command, so no notification reaches it; "
                    "fix notification_hook (an absolute path, or a command on PATH)")

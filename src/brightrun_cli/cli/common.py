@@ -207,10 +207,15 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def print_raw_json(text: str) -> None:
-    """JSON text already rendered (by SQLite, for long lists) straight to stdout."""
-    sys.stdout.write(text + "\n")
+def print_raw_json(data: bytes) -> None:
+    """JSON already rendered as UTF-8 (by SQLite, for long lists) straight to stdout's bytes."""
     sys.stdout.flush()
+    out = getattr(sys.stdout, "buffer", None)
+    if out is None:  # a text-only stream (an embedding program's)
+        sys.stdout.write(data.decode() + "\n")
+    else:
+        out.write(data + b"\n")
+        out.flush()
 
 
 LIST_DEFAULT = 50  # rows a list table shows unless --limit says otherwise (--json: all)

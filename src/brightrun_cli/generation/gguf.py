@@ -18,14 +18,11 @@ can call them while it validates a command.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
-import shutil
 import struct
 import sys
-import tempfile
 from pathlib import Path
 
 from brightrun_cli.errors import OperationError, UsageError
@@ -174,6 +171,7 @@ def _version(package: str) -> str:
 
 
 def file_sha256(path: Path) -> str:
+    import hashlib  # hashlib, shutil and tempfile are imported where used: every estimate imports this module, few give a .gguf
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -182,6 +180,8 @@ def file_sha256(path: Path) -> str:
 
 
 def convert_gguf(path: str | Path, cache_root: str | Path) -> Path:
+    import shutil
+    import tempfile
     """The plain Hugging Face directory for a GGUF file (or a directory holding one),
     converting it on first use: `<cache_root>/models/gguf-<sha256[:16]>/`.
 

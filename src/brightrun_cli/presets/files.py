@@ -3,7 +3,6 @@ violations into one-line errors that name the flag or file and the allowed range
 
 from __future__ import annotations
 
-import difflib
 import json
 import sys
 from dataclasses import dataclass
@@ -123,6 +122,8 @@ def _fix_hint(key: str) -> str:
 
 
 def _unknown_hint(key: str) -> str:
+    import difflib  # here, not at the top: only a misspelt key needs it, every command imports this module
+
     close = difflib.get_close_matches(key, list(FIELDS), n=1)
     if close:
         return f"did you mean '{close[0]}'? ('brightrun presets show balanced' lists the fields)"

@@ -4,6 +4,7 @@ stored model (storage), and the spend report's reads."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,16 @@ def summarize(conn: sqlite3.Connection, since: datetime | None, until: datetime 
         f"SELECT {GROUP_KEYS[by]}, sum(amount), count(*) FROM cost_records{tail} GROUP BY 1", params)]
     by_type = {k: float(a) for k, a in conn.execute(f"SELECT cost_type, sum(amount) FROM cost_records{tail} GROUP BY 1", params)}
     return groups, by_type
+
+
+def totals_between(conn: sqlite3.Connection, edges: Sequence[datetime]) -> list[float]:
+    """The amount recorded in each window [edges[i], edges[i + 1]) (the last one open-ended),
+    in one pass over the index ix_cost_records_recorded: `brightrun status`'s months."""
+    times = [_db_time(e) for e in edges]
+    sums = ", ".join(f"total(amount) FILTER (WHERE recorded_at >= ?{' AND recorded_at < ?' if i + 1 < len(times) else ''})"
+                     for i in range(len(times)))
+    params = [p for i, t in enumerate(times) for p in ([t, times[i + 1]] if i + 1 < len(times) else [t])]
+    return [float(v) for v in conn.execute(f"SELECT {sums} FROM cost_records WHERE recorded_at >= ?", (*params, min(times))).fetchone()]
 
 
 def job_by_type(conn: sqlite3.Connection, job_id: str) -> dict[str, float]:

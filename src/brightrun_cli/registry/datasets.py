@@ -46,7 +46,7 @@ def _filters(status: str | None, search: str | None) -> tuple[str, list[Any]]:
     return where, params
 
 
-def list_json(conn: sqlite3.Connection, status: str | None = None, search: str | None = None, limit: int | None = None) -> str:
+def list_json(conn: sqlite3.Connection, status: str | None = None, search: str | None = None, limit: int | None = None) -> bytes:
     """Live datasets, newest first, as a JSON array text of the rows the triggers keep
     (registry migration 3): `dataset list --json` over 10,000 datasets needs neither a
     Python object per row nor SQLite building every row's JSON again."""
@@ -54,7 +54,7 @@ def list_json(conn: sqlite3.Connection, status: str | None = None, search: str |
     sql = f"SELECT j.json FROM datasets d JOIN dataset_list_json j ON j.id = d.id WHERE {where} ORDER BY {_ORDER}"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    return "[" + ",".join(r[0] for r in conn.execute(sql, params)) + "]"
+    return read.joined_json(conn, sql, params)
 
 
 def list_live(conn: sqlite3.Connection, status: str | None = None, search: str | None = None, limit: int | None = None) -> list[DatasetRow]:

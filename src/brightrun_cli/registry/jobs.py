@@ -72,13 +72,13 @@ def list_live(conn: sqlite3.Connection, statuses: Sequence[str] = (), limit: int
     return read.fetch_all(conn, JobRow, where, params, order=_LIVE_ORDER, limit=limit)
 
 
-def list_live_json(conn: sqlite3.Connection, statuses: Sequence[str] = (), limit: int | None = None) -> str:
+def list_live_json(conn: sqlite3.Connection, statuses: Sequence[str] = (), limit: int | None = None) -> bytes:
     """`list_live` as a JSON array text: each row's JSON as registry triggers keep it (migration 5)."""
     where, params = _live_where(statuses)
     sql = (f"SELECT j.json FROM training_jobs t JOIN job_list_json j ON j.id = t.id WHERE "
            f"{where.replace('deleted_at', 't.deleted_at').replace('status IN', 't.status IN')} "
            f"ORDER BY t.queued_at DESC, t.id DESC" + (f" LIMIT {int(limit)}" if limit is not None else ""))
-    return "[" + ",".join(r[0] for r in conn.execute(sql, params)) + "]"
+    return read.joined_json(conn, sql, params)
 
 
 def count_live(conn: sqlite3.Connection, statuses: Sequence[str] = ()) -> int:
@@ -143,13 +143,29 @@ def ended_between(conn: sqlite3.Connection, since, until) -> list[JobRow]:
                           (_db_time(since), _db_time(until)), order="completed_at")
 
 
-def outcomes_since(conn: sqlite3.Connection, since, statuses: Sequence[str]) -> list[tuple[str, int, float | None]]:
-    """(status, jobs, mean seconds from start to end) of the jobs in `statuses` that ended
-    at or after `since`, removed ones included (they happened): `brightrun status`."""
-    return [(status, int(n), seconds) for status, n, seconds in conn.execute(
-        f"""SELECT status, count(*), avg((julianday(completed_at) - julianday(started_at)) * 86400.0)
-            FROM training_jobs WHERE completed_at >= ? AND status IN ({_marks(statuses)}) GROUP BY status""",
-        (_db_time(since), *statuses))]
+def outcomes_since(conn: sqlite3.Connection, sinces: Sequence, statuses: Sequence[str]) -> list[list[tuple[str, int, float | None]]]:
+    """For each start in `sinces`: (status, jobs, mean seconds from start to end) of the jobs in
+    `statuses` that ended at or after it, removed ones included (they happened): `brightrun
+    status`. One pass over the widest window (the index ix_training_jobs_ended covers it),
+    each row counted in the narrowest window it falls in, the wider ones summed from those."""
+    edges = sorted((_db_time(s) for s in sinces), reverse=True)  # newest start first
+    bucket = "CASE " + " ".join(f"WHEN completed_at >= ? THEN {i}" for i in range(len(edges))) + " END"
+    parts: dict[str, list[list[float]]] = {}  # status -> per bucket [jobs, timed jobs, seconds]
+    for status, i, n, timed, seconds in conn.execute(
+        f"""SELECT status, {bucket}, count(*), count(d), total(d) FROM (
+                SELECT status, completed_at, (julianday(completed_at) - julianday(started_at)) * 86400.0 AS d
+                FROM training_jobs WHERE status IN ({_marks(statuses)}) AND completed_at >= ?) GROUP BY 1, 2""",
+        (*edges, *statuses, edges[-1])):
+        parts.setdefault(status, [[0, 0, 0.0] for _ in edges])[i] = [n, timed, seconds]
+    by_edge = {}
+    for k, edge in enumerate(edges):
+        rows = []
+        for status, buckets in parts.items():
+            n, timed, seconds = (sum(b[j] for b in buckets[:k + 1]) for j in range(3))
+            if n:
+                rows.append((status, int(n), seconds / timed if timed else None))
+        by_edge[edge] = rows
+    return [by_edge[_db_time(s)] for s in sinces]
 
 
 def live_in(conn: sqlite3.Connection, statuses: Sequence[str]) -> list[JobRow]:

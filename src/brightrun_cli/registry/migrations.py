@@ -345,4 +345,13 @@ def _m0006_model_evals(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX ix_model_evals_model_created ON model_evals (model_id, created_at)")
 
 
+@migration(7, "indexes under `brightrun status`'s windows")
+def _m0007_status_indexes(conn: sqlite3.Connection) -> None:
+    # `status` counts the jobs that ended in the last 7 and 30 days, and sums this and last
+    # month's costs. Without these it read every job's and cost's whole row (~1 KB) to find
+    # the recent ones; the indexes hold just the columns those sums read.
+    conn.execute("CREATE INDEX ix_training_jobs_ended ON training_jobs (status, completed_at, started_at)")
+    conn.execute("CREATE INDEX ix_cost_records_recorded ON cost_records (recorded_at, amount)")
+
+
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -48,11 +48,22 @@ def count(conn: sqlite3.Connection, table: str, where: str = "", params: Sequenc
 
 
 def json_array(conn: sqlite3.Connection, cls: type[Row], where: str = "", params: Sequence[Any] = (),
-               order: str = "", limit: int | None = None, columns: tuple[str, ...] | None = None) -> str:
-    """The rows as a JSON array text, each rendered by SQLite (Row.json_sql): a `--json`
-    list of 10,000 rows without a Python object per row."""
-    sql = f"SELECT {cls.json_sql(columns=columns)} FROM {cls.TABLE}" + _tail(where, order, limit)
-    return "[" + ",".join(r[0] for r in conn.execute(sql, params)) + "]"
+               order: str = "", limit: int | None = None, columns: tuple[str, ...] | None = None) -> bytes:
+    """The rows as a JSON array, each rendered by SQLite (Row.json_sql): a `--json` list of
+    10,000 rows without a Python object per row."""
+    return joined_json(conn, f"SELECT {cls.json_sql(columns=columns)} FROM {cls.TABLE}" + _tail(where, order, limit), params)
+
+
+def joined_json(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> bytes:
+    """`[row,row,...]` of a query whose one column is each row's JSON text, as UTF-8 bytes:
+    fetched as bytes, never decoded into str and encoded again on the way to stdout (a
+    `jobs list --json` of 10,000 jobs is 11 MB: ~25 ms saved)."""
+    factory = conn.text_factory
+    conn.text_factory = bytes
+    try:
+        return b"[" + b",".join(r[0] for r in conn.execute(sql, params)) + b"]"
+    finally:
+        conn.text_factory = factory
 
 
 def resolve(conn: sqlite3.Connection, cls: type[R], ref: str, noun: str, *, by_name: bool = False,

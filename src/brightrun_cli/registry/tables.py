@@ -124,6 +124,7 @@ class TrainingJob(SQLModel, table=True):
         Index("ix_training_jobs_dataset_id", "dataset_id"),
         Index("ix_training_jobs_host_queue", "host_id", "status", "queued_at"),
         Index("ix_training_jobs_live_queued", "deleted_at", "queued_at", "id"),
+        Index("ix_training_jobs_ended", "status", "completed_at", "started_at"),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True)
@@ -234,7 +235,7 @@ class ModelEval(SQLModel, table=True):
 
 class CostRecord(SQLModel, table=True):
     __tablename__ = "cost_records"
-    __table_args__ = (Index("ix_cost_records_billing_period", "billing_period"),)
+    __table_args__ = (Index("ix_cost_records_billing_period", "billing_period"), Index("ix_cost_records_recorded", "recorded_at", "amount"))
 
     id: str = Field(default_factory=new_id, primary_key=True)
     job_id: str | None = Field(default=None, foreign_key="training_jobs.id")

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
-import secrets
 import shlex
 import stat
 import subprocess
@@ -42,7 +40,6 @@ from typing import TYPE_CHECKING
 from brightrun_cli.errors import OperationError, UsageError
 from brightrun_cli.runners.base import LaunchRequest, Runner, RunnerLost, RunnerUnreachable
 
-log = logging.getLogger("brightrun.runner.ssh")
 
 if TYPE_CHECKING:
     from brightrun_cli.registry.rows import HostRow
@@ -647,6 +644,8 @@ class SSHRunner(Runner):
 
     def start(self, request: LaunchRequest) -> str:
         inputs = run_inputs(request)
+        import secrets  # secrets and logging are imported where used: every command that reads hosts imports this module
+
         marker = f"{request.job_id}:{secrets.token_hex(4)}"
         code_dirs: dict[str, str] = {}
         pgids: list[tuple[str, int]] = []
@@ -734,7 +733,9 @@ class SSHRunner(Runner):
                 if None in codes[1:]:
                     if time.monotonic() - ended < WORKER_EXIT_GRACE_S:
                         return None  # still tearing down: the job ends when its last process does
-                    log.warning("workers of %s still running %.0f s after rank 0 ended; stopping them", h.job_id, WORKER_EXIT_GRACE_S)
+                    import logging
+
+                    logging.getLogger("brightrun.runner.ssh").warning("workers of %s still running %.0f s after rank 0 ended; stopping them", h.job_id, WORKER_EXIT_GRACE_S)
                     self.stop(handle)
                 self._rank0_ended.pop(handle, None)
                 return codes[0]

@@ -175,7 +175,7 @@ def list_datasets(ws: "Workspace", status: str | None = None, search: str | None
         return dataset_rows.list_live(conn, status, search, limit)
 
 
-def list_datasets_json(ws: "Workspace", status: str | None = None, search: str | None = None, limit: int | None = None) -> str:
+def list_datasets_json(ws: "Workspace", status: str | None = None, search: str | None = None, limit: int | None = None) -> bytes:
     """`list_datasets` as a JSON array text (timestamps ISO 8601 UTC, like `show --json`)."""
     _check_status(status)
     repair_interrupted(ws)

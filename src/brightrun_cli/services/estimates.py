@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +105,14 @@ class Placement:
             config["nodes"] = self.nodes
         return config
 
+
+
+def _median(values: list[float]) -> float:
+    """statistics.median without importing statistics (random, fractions, decimal: ~7 ms of
+    every estimate)."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 def placement_for(ws: Workspace, config: TrainingConfig, hosts: list[HostRow] | None = None, nodes: int = 1) -> Placement:
     """On `hosts`: their GPU type, `config.gpus` (or all) of each, on `nodes` nodes (a Slurm
@@ -705,8 +712,8 @@ def calibrate(ws: Workspace, gpu: Gpu, shape: ModelShape, base_model: str | None
     return Calibration(
         runs=len(kept),
         job_ids=[m.job_id for m in kept],
-        device_flops_per_s=statistics.median(steady),
-        startup_s=statistics.median(startups) if startups else None,
+        device_flops_per_s=_median(steady),
+        startup_s=_median(startups) if startups else None,
         slowed=found - len(kept),
     )
 
@@ -747,7 +754,7 @@ def _measure(conn: Any, job: JobRow) -> Measured | None:
     rates = undisturbed(point_rows.train_throughputs(conn, job.id))
     startup: float | None
     if rates:
-        flops_per_s = statistics.median(rates) * fpt * planned_tokens / job.tokens_processed
+        flops_per_s = _median(rates) * fpt * planned_tokens / job.tokens_processed
         first = point_rows.first(conn, job.id)
         startup = None
         if first is not None and first.timestamp >= job.started_at:

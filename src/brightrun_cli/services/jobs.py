@@ -53,7 +53,7 @@ def list_jobs(ws: Workspace, *, status: str | None = None, limit: int | None = N
         return job_rows.list_live(conn, statuses, limit)
 
 
-def list_jobs_json(ws: Workspace, *, status: str | None = None, limit: int | None = None) -> str:
+def list_jobs_json(ws: Workspace, *, status: str | None = None, limit: int | None = None) -> bytes:
     """`list_jobs` as a JSON array text rendered by SQLite (10,000 jobs without a Python object each)."""
     statuses = lifecycle.parse_statuses(status)
     with ws.registry.reading() as conn:

@@ -34,8 +34,8 @@ def list_models(ws: Workspace, sort: str = "created", limit: int | None = None) 
         return model_rows.live(conn, sort, limit)
 
 
-def list_models_json(ws: Workspace, sort: str = "created", limit: int | None = None) -> str:
-    """`list_models` as a JSON array text rendered by SQLite."""
+def list_models_json(ws: Workspace, sort: str = "created", limit: int | None = None) -> bytes:
+    """`list_models` as a JSON array rendered by SQLite (UTF-8)."""
     _check_sort(sort)
     with ws.registry.reading() as conn:
         return model_rows.live_json(conn, sort, limit)

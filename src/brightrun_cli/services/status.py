@@ -120,11 +120,10 @@ def fleet_status(ws: Workspace, *, measure_remote: bool = False, now: datetime |
     with ws.registry.reading() as conn:
         hosts = host_rows.all_hosts(conn)
         active = job_rows.in_status(conn, lifecycle.ACTIVE)
-        windows = [_outcomes(days, now - timedelta(days=days),
-                             job_rows.outcomes_since(conn, now - timedelta(days=days), lifecycle.TERMINAL))
-                   for days in WINDOWS_DAYS]
-        spent = sum(cost_records.summarize(conn, month, None, "type")[1].values())
-        spent_before = sum(cost_records.summarize(conn, last, month, "type")[1].values())
+        sinces = [now - timedelta(days=days) for days in WINDOWS_DAYS]
+        windows = [_outcomes(days, since, rows) for days, since, rows in
+                   zip(WINDOWS_DAYS, sinces, job_rows.outcomes_since(conn, sinces, lifecycle.TERMINAL))]
+        spent_before, spent = cost_records.totals_between(conn, [last, month])
     return FleetStatus(generated_at=now, hosts=_loads(hosts, active), windows=windows,
                        this_month=(f"{month:%Y-%m}", spent), last_month=(f"{last:%Y-%m}", spent_before),
                        storage=_storage(ws, measure_remote))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -43,6 +42,8 @@ CLAIM_GRACE_S = 30.0  # a claimed job may take this long to get its supervisor's
 
 def new_marker() -> str:
     """The token a supervisor carries on its command line: pid reuse cannot fake it."""
+    import secrets  # here, not at the top: ~7 ms (hmac, random) of every command's start, used only to launch
+
     return "brsup-" + secrets.token_hex(8)
 
 
