@@ -1,7 +1,7 @@
 """Domain errors: each carries a user-facing message and the exit code it maps to.
 
 The CLI turns these into one stderr line (what, why, what to do) at a single place
-(`cli.app.BrightrunGroup`); everything else just raises.
+(`cli.dispatch.failure_code`); everything else just raises.
 """
 
 from __future__ import annotations

@@ -142,6 +142,12 @@ class FieldInfo:
 
 
 @functools.cache
+def _hints() -> dict[str, Any]:
+    """TrainingConfig's annotations, evaluated once (each evaluation compiles every one)."""
+    return typing.get_type_hints(TrainingConfig, include_extras=True)
+
+
+@functools.cache
 def field_info(name: str) -> FieldInfo:
     metas: list[Meta] = []
     types: list[Any] = []
@@ -157,7 +163,7 @@ def field_info(name: str) -> FieldInfo:
         elif hint is not type(None):
             types.append(hint)
 
-    walk(typing.get_type_hints(TrainingConfig, include_extras=True)[name])
+    walk(_hints()[name])
     first = lambda attr: next((getattr(m, attr) for m in metas if getattr(m, attr) is not None), None)  # noqa: E731
     return FieldInfo(tuple(types), first("ge"), first("gt"), first("le"), first("lt"), first("description") or "")
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from brightrun_cli.registry import read
+from brightrun_cli.registry.migrations import MEASURED_JOBS
 from brightrun_cli.registry.rows import JobRow, iso
 from brightrun_cli.registry.timeutil import utcnow
 
@@ -117,13 +118,14 @@ def data_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA data_version").fetchone()[0]
 
 
-_MEASURED = "status = 'completed' AND started_at IS NOT NULL AND completed_at IS NOT NULL AND tokens_processed > 0"
+_MEASURED = MEASURED_JOBS
 
 
 def measured_gpu_models(conn: sqlite3.Connection) -> list[tuple[str, str]]:
     """The distinct (GPU type, base model) pairs of completed jobs with a measured run."""
-    return [(g, m) for g, m in conn.execute(
-        f"SELECT DISTINCT json_extract(gpu_config, '$.type'), base_model FROM training_jobs WHERE {_MEASURED}") if g is not None]
+    return [(g, m) for g, m in conn.execute(  # the planner, without statistics, would read every row of `ended`
+        f"SELECT DISTINCT json_extract(gpu_config, '$.type'), base_model FROM training_jobs INDEXED BY ix_training_jobs_measured "
+        f"WHERE {_MEASURED}") if g is not None]
 
 
 def measured_on(conn: sqlite3.Connection, gpu_type: str, base_models: Sequence[str], limit: int) -> list[JobRow]:

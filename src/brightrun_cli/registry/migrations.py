@@ -345,13 +345,23 @@ def _m0006_model_evals(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX ix_model_evals_model_created ON model_evals (model_id, created_at)")
 
 
-@migration(7, "indexes under `brightrun status`'s windows")
+# Completed jobs whose run was measured: what estimates calibrate on (registry/jobs.py).
+MEASURED_JOBS = "status = 'completed' AND started_at IS NOT NULL AND completed_at IS NOT NULL AND tokens_processed > 0"
+
+
+@migration(7, "indexes under `brightrun status`'s windows and the estimates' calibration")
 def _m0007_status_indexes(conn: sqlite3.Connection) -> None:
     # `status` counts the jobs that ended in the last 7 and 30 days, and sums this and last
     # month's costs. Without these it read every job's and cost's whole row (~1 KB) to find
     # the recent ones; the indexes hold just the columns those sums read.
     conn.execute("CREATE INDEX ix_training_jobs_ended ON training_jobs (status, completed_at, started_at)")
     conn.execute("CREATE INDEX ix_cost_records_recorded ON cost_records (recorded_at, amount)")
+    # An estimate calibrates on completed, measured jobs of the same GPU type and base model:
+    # these entries are all it reads to find them (registry/jobs.py: measured_gpu_models, measured_on).
+    # `models show NAME` (its newest version) and NAME@VERSION look models up by name.
+    conn.execute("CREATE INDEX ix_model_artifacts_name ON model_artifacts (name, created_at)")
+    conn.execute(f"CREATE INDEX ix_training_jobs_measured ON training_jobs (json_extract(gpu_config, '$.type'), base_model, completed_at) "
+                 f"WHERE {MEASURED_JOBS}")
 
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -24,6 +24,9 @@ def resolve(conn: sqlite3.Connection, ref: str) -> ModelRow:
     """A live model by id, unique id prefix, `NAME@VERSION` (or `NAME vVERSION`, as `models
     list` shows it), or NAME alone: its newest version."""
     text = ref.strip()
+    exact = read.fetch_one(conn, ModelRow, "id = ? AND deleted_at IS NULL", (text.lower(),))
+    if exact is not None:  # the common case, by the primary key
+        return exact
     found = _NAME_VERSION.match(text)
     if found:
         row = read.fetch_one(conn, ModelRow, "name = ? AND version = ? AND deleted_at IS NULL", (found["name"], found["version"]))

@@ -83,8 +83,11 @@ def resolve(conn: sqlite3.Connection, cls: type[R], ref: str, noun: str, *, by_n
     if row is not None:
         return row
     if len(ref) >= MIN_PREFIX:
-        escaped = ref.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        rows = fetch_all(conn, cls, "id LIKE ? ESCAPE '\\'" + live, (escaped + "%",), order="id", limit=6)
+        # The ids starting with the prefix, as a range of the primary key (LIKE, being
+        # case-insensitive, cannot use the index: 10,000 rows read for one `jobs show 01jd4`).
+        low = ref.lower()
+        high = low[:-1] + chr(ord(low[-1]) + 1)
+        rows = fetch_all(conn, cls, "id >= ? AND id < ?" + live, (low, high), order="id", limit=6)
         if len(rows) == 1:
             return rows[0]
         if rows:

@@ -18,6 +18,7 @@ from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
 
 from brightrun_cli.registry.ids import new_id
+from brightrun_cli.registry.migrations import MEASURED_JOBS
 from brightrun_cli.registry.timeutil import utcnow
 
 
@@ -125,6 +126,7 @@ class TrainingJob(SQLModel, table=True):
         Index("ix_training_jobs_host_queue", "host_id", "status", "queued_at"),
         Index("ix_training_jobs_live_queued", "deleted_at", "queued_at", "id"),
         Index("ix_training_jobs_ended", "status", "completed_at", "started_at"),
+        Index("ix_training_jobs_measured", text("json_extract(gpu_config, '$.type')"), "base_model", "completed_at", sqlite_where=text(MEASURED_JOBS)),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True)
@@ -193,7 +195,7 @@ class MetricPoint(SQLModel, table=True):
 
 class ModelArtifact(SQLModel, table=True):
     __tablename__ = "model_artifacts"
-    __table_args__ = (Index("ix_model_artifacts_live_created", "deleted_at", "created_at", "id"),)
+    __table_args__ = (Index("ix_model_artifacts_live_created", "deleted_at", "created_at", "id"), Index("ix_model_artifacts_name", "name", "created_at"))
 
     id: str = Field(default_factory=new_id, primary_key=True)
     job_id: str = Field(foreign_key="training_jobs.id", unique=True)

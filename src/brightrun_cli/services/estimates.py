@@ -427,19 +427,30 @@ _QUANTILES = (("min", 0.0), ("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1
 
 def _quantile(dist: dict[str, float], q: float) -> float:
     """Length at quantile q, linear between the stored points (min, p50, p90, p99, max)."""
+    return _quantiles(dist, [q])[0]
+
+
+def _quantiles(dist: dict[str, float], qs: list[float]) -> list[float]:
+    """_quantile at each of `qs` (ascending), the stored points read once."""
     points = [(at, float(dist[key])) for key, at in _QUANTILES if key in dist]
     if not points:
-        return float(dist.get("mean", 1.0))
-    for (q0, v0), (q1, v1) in zip(points, points[1:]):
-        if q <= q1:
-            return v0 + (v1 - v0) * (q - q0) / (q1 - q0 or 1)
-    return points[-1][1]
+        return [float(dist.get("mean", 1.0))] * len(qs)
+    out, segments, k = [], list(zip(points, points[1:])), 0
+    for q in qs:
+        while k < len(segments) and q > segments[k][1][0]:
+            k += 1
+        if k == len(segments):
+            out.append(points[-1][1])
+        else:
+            (q0, v0), (q1, v1) = segments[k]
+            out.append(v0 + (v1 - v0) * (q - q0) / (q1 - q0 or 1))
+    return out
 
 
 def _truncated_mean(dist: dict[str, float], limit: int) -> float:
     """Mean of min(length, limit) over the distribution: its lengths at 200 quantiles,
     rescaled so the untruncated mean matches the stored one."""
-    samples = [_quantile(dist, (i + 0.5) / 200) for i in range(200)]
+    samples = _quantiles(dist, [(i + 0.5) / 200 for i in range(200)])
     scale = float(dist["mean"]) / (sum(samples) / len(samples) or 1.0)
     return sum(min(v * scale, limit) for v in samples) / len(samples)
 
