@@ -188,7 +188,9 @@ class _Param:
         for decl in decls:
             first, _, second = decl.partition("/")
             if self.flag:
-                self.names[first.strip()] = True if second else not default
+                if not second and default:  # `--x` defaulting to True: click 8.1 (older typer) sets False, typer 0.28's click True
+                    raise Unparsed(f"{name}: one-name flag defaulting to True")
+                self.names[first.strip()] = True
                 if second:
                     self.names[second.strip()] = False
             else:
@@ -253,6 +255,8 @@ def parse(params: list[_Param], tokens: list[str], *, stop_at_word: bool = False
     while rest:
         token = rest.pop(0)
         if token == "--":
+            if stop_at_word:  # a group's options end here; the next word is still its command
+                return _finish(params, values, lists, []), rest
             words += rest
             rest = []
             break

@@ -115,9 +115,11 @@ def wrap(text: str, width: int) -> list[str]:
             word = word.lstrip() if lines else word
             size = cell_len(word.rstrip())
         if size > width:
-            pieces = _cut(word.rstrip(), width)
+            stripped = word.rstrip()
+            pieces = _cut(stripped, width)
             lines += pieces[:-1]
-            line, used = pieces[-1], cell_len(pieces[-1])
+            line = pieces[-1] + word[len(stripped):]  # the space after a folded word still parts it from the next
+            used = cell_len(line)
             continue
         line += word
         used += cell_len(word)
@@ -254,20 +256,26 @@ class Table:
         return [(0 if i == 0 and not self.pad_edge else self.pad_left, 0 if i == last and not self.pad_edge else self.pad_right)
                 for i in range(len(self.columns))]
 
-    def _widths(self, cells: list[list[list[Segment]]], room: int) -> list[int]:
-        widths = [max([max(cell_len(part) for part in "".join(t for t, _ in row[i]).split("\n")) for row in cells] or [0])
-                  for i in range(len(self.columns))]
-        excess = sum(widths) - room
-        while excess > 0:
-            wrappable = [i for i, c in enumerate(self.columns) if not c.no_wrap and widths[i] > 1]
-            if not wrappable:
+    def _widths(self, cells: list[list[list[Segment]]], room: int, pads: list[tuple[int, int]]) -> list[int]:
+        """Each column's width, as Rich's Table._collapse_widths chooses them: while the table
+        is too wide, the widest columns that may wrap (padding included) shrink together
+        towards the next widest, sharing the excess as Rich rounds it. Columns marked no_wrap
+        keep their width (where Rich would then cut every column evenly, they print whole)."""
+        content = [max([max(cell_len(part) for part in "".join(t for t, _ in row[i]).split("\n")) for row in cells] or [0])
+                   for i in range(len(self.columns))]
+        widths = [w + a + b for w, (a, b) in zip(content, pads)]
+        wrappable = [not c.no_wrap for c in self.columns]
+        limit = room + sum(a + b for a, b in pads)
+        excess = sum(widths) - limit
+        while excess > 0 and any(wrappable):
+            top = max(w for w, ok in zip(widths, wrappable) if ok)
+            second = max(w if ok and w != top else 0 for w, ok in zip(widths, wrappable))
+            if top == second or top <= 1:
                 break
-            widest = max(wrappable, key=lambda i: widths[i])
-            runner_up = max([widths[j] for j in wrappable if j != widest] or [1])
-            target = max(1, widths[widest] - excess, min(runner_up, widths[widest] - 1))
-            excess -= widths[widest] - target
-            widths[widest] = target
-        return widths
+            ratios = [1 if ok and w == top else 0 for w, ok in zip(widths, wrappable)]
+            widths = _ratio_reduce(excess, ratios, min(excess, top - second), widths)
+            excess = sum(widths) - limit
+        return [max(1, w - a - b) for w, (a, b) in zip(widths, pads)]
 
     def lines(self, max_width: int) -> list[list[Segment]]:
         box = _BOXES[self.box]
@@ -275,7 +283,7 @@ class Table:
         header = [_segments(c.header) for c in self.columns]
         body = [[_segments(cell) for cell in row] for row in self.rows]
         frame = sum(len(x) for x in box["head"][::2]) + len(box["head"][1]) * max(0, len(pads) - 1) + sum(a + b for a, b in pads)
-        widths = self._widths(([header] if self.show_header else []) + body, max_width - frame)
+        widths = self._widths(([header] if self.show_header else []) + body, max_width - frame, pads)
         spans = [w + a + b for w, (a, b) in zip(widths, pads)]
 
         def rule(chars: tuple[str, str, str, str]) -> list[Segment]:
@@ -291,8 +299,11 @@ class Table:
                 if style:
                     cell = [(t, f"{style} {s}" if s else style) for t, s in cell]
                 blocks.append(wrap_segments(cell, width))
+            height = max([len(b) for b in blocks] or [1])
+            if head:  # a header that wraps sits on the rule under it, as Rich aligns headers
+                blocks = [[[] for _ in range(height - len(b))] + b for b in blocks]
             out = []
-            for n in range(max([len(b) for b in blocks] or [1])):
+            for n in range(height):
                 line: list[Segment] = [(edges[0], None)]
                 for i, (column, block, width, (a, b)) in enumerate(zip(self.columns, blocks, widths, pads)):
                     piece = block[n] if n < len(block) else []
@@ -322,6 +333,19 @@ class Table:
         if box["end"]:
             lines.append(rule(box["end"]))
         return [_rstrip(line) for line in lines]
+
+
+def _ratio_reduce(total: int, ratios: list[int], most: int, values: list[int]) -> list[int]:
+    """`values` less `total` shared out by `ratios`, at most `most` off each (rich._ratio.ratio_reduce)."""
+    total_ratio, out = sum(ratios), []
+    for ratio, value in zip(ratios, values):
+        if ratio and total_ratio > 0:
+            cut = min(most, round(ratio * total / total_ratio))
+            out.append(value - cut)
+            total, total_ratio = total - cut, total_ratio - ratio
+        else:
+            out.append(value)
+    return out
 
 
 def _rstrip(line: list[Segment]) -> list[Segment]:
