@@ -3,7 +3,7 @@ models, cost records and notifications: what a user with a year of history waits
 
 Run:  PYTHONPATH=src .venv/bin/python bench/bench_startup.py [--runs 11] [--rows 10000]
 
-Prints, for each command, the median wall and CPU time over --runs runs, the goal
+Prints, for each command, the median wall and CPU time over --runs interleaved rounds, the goal
 (<= 0.15 s for a read command, <= 0.1 s for `--help`), and the ratio to two baselines
 measured in the same run: a bare interpreter (`python -c pass`, the floor no Python CLI
 beats) and `python -c "import sqlmodel"` (what any command paid before its reads moved to
@@ -46,22 +46,38 @@ def compile_sources() -> None:
     compileall.compile_dir(str(REPO / "src" / "brightrun_cli"), quiet=1)
 
 
+# What the `brightrun` executable pip writes runs (a console-script wrapper), with this
+# checkout on PYTHONPATH: `python -m brightrun_cli` would add runpy's imports (~7 ms).
+CONSOLE_SCRIPT = ("import re, sys\nfrom brightrun_cli.cli.entry import main\n"
+                  "sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\nsys.exit(main())")
+
+
 def brightrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "brightrun_cli", *args]
+    return [sys.executable, "-c", CONSOLE_SCRIPT, *args]
 
 
-def median_wall(argv: list[str], env: dict[str, str], runs: int) -> tuple[float, float]:
-    """Median wall time and median CPU time (user + sys) of the child. On a shared machine the
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall time and CPU time (user + sys) of one run of the child. On a shared machine the
     CPU time shows the work itself, the wall time also the wait for a core."""
-    walls, cpus = [], []
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def medians(argvs: list[list[str]], env: dict[str, str], runs: int) -> list[tuple[float, float]]:
+    """Median wall and CPU time of each argv over `runs` rounds. Each round runs every argv
+    once, in a fresh random order: a slow spell of a shared machine lands on all of them
+    alike instead of on whichever command was being timed then."""
+    import random
+
+    times: list[list[tuple[float, float]]] = [[] for _ in argvs]
     for _ in range(runs):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        walls.append(time.perf_counter() - start)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    return statistics.median(walls), statistics.median(cpus)
+        for i in random.sample(range(len(argvs)), len(argvs)):
+            times[i].append(timed(argvs[i], env))
+    return [(statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for t in times]
 
 
 def imported(argv: list[str], env: dict[str, str]) -> set[str]:
@@ -110,13 +126,6 @@ def main() -> None:
         env = env_for(home)
         listed = json.loads(subprocess.run(brightrun("jobs", "list", "--json"), env=env, capture_output=True, text=True, check=True).stdout)
         assert len(listed) == args.rows, len(listed)
-        floor, floor_cpu = median_wall([sys.executable, "-c", "pass"], env, args.runs)
-        orm, orm_cpu = median_wall([sys.executable, "-c", "import sqlmodel"], env, args.runs)
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.rows:,} rows per table; "
-              f"medians of {args.runs} runs (wall / cpu)")
-        print(f"{'baseline: python -c pass':<46} {floor:.3f} s / {floor_cpu:.3f} s")
-        label = 'baseline: python -c "import sqlmodel"'
-        print(f"{label:<46} {orm:.3f} s / {orm_cpu:.3f} s")
         commands = [
             (("--help",), 0.1),
             (("jobs", "list"), 0.15), (("jobs", "list", "--json"), 0.15), (("jobs", "show", job), 0.15),
@@ -127,10 +136,17 @@ def main() -> None:
             (("estimate", "--dataset", dataset, "--preset", "tiny", "--base-model", "builtin:tiny"), 0.15),
             (("status",), 0.15), (("status", "--json"), 0.15),
         ]
+        baselines = [[sys.executable, "-c", "pass"], [sys.executable, "-c", "import sqlmodel"]]
+        results = medians(baselines + [brightrun(*words) for words, _ in commands], env, args.runs)
+        (floor, floor_cpu), (orm, orm_cpu) = results[:2]
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.rows:,} rows per table; "
+              f"medians of {args.runs} interleaved runs (wall / cpu)")
+        print(f"{'baseline: python -c pass':<46} {floor:.3f} s / {floor_cpu:.3f} s")
+        label = 'baseline: python -c "import sqlmodel"'
+        print(f"{label:<46} {orm:.3f} s / {orm_cpu:.3f} s")
         over = 0
-        for words, goal in commands:
+        for (words, goal), (wall, cpu) in zip(commands, results[2:]):
             argv = brightrun(*words)
-            wall, cpu = median_wall(argv, env, args.runs)
             heavy = sorted(set(HEAVY) & imported(argv, env))
             verdict = "ok" if wall <= goal else "OVER"
             over += verdict == "OVER"

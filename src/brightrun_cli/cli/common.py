@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
+
+import msgspec
 
 from brightrun_cli.cli import term
 from brightrun_cli.errors import debug_enabled
@@ -109,8 +110,7 @@ EvalLimitOpt = Annotated[Optional[int], Opt("--limit", help="Evaluate the first 
 HostOpt = Annotated[Optional[str], Opt("--host", help="Host to run on (default: config.toml default_host, else local; see 'brightrun hosts list').", show_default=False)]
 
 
-@dataclass
-class AppState:
+class AppState(msgspec.Struct):
     home: Path | None = None
     _workspace: "Workspace | None" = None
 

@@ -16,15 +16,21 @@ def main() -> None:
     # dozens of times before the command does anything (~0.1 s of a 1 s `train`). Long
     # commands (watch, dataset add) still collect, just less often.
     gc.set_threshold(50_000, 10, 10)
-    argv = sys.argv[1:]
-    if argv and argv[-1] in ("--help", "-h"):
-        from brightrun_cli.cli import help_cache
+    try:
+        argv = sys.argv[1:]
+        if argv and argv[-1] in ("--help", "-h"):
+            from brightrun_cli.cli import help_cache
 
-        if help_cache.is_help_request(argv):
-            if not help_cache.serve(argv):
-                help_cache.render_and_store(argv, _run)
-            return
-    _run()
+            if help_cache.is_help_request(argv):
+                if not help_cache.serve(argv):
+                    help_cache.render_and_store(argv, _run)
+                return
+        _run()
+    finally:
+        # The interpreter's last collection at exit walks every object the imports made
+        # (~17 ms of a 0.15 s read command); frozen, they are left to the process's end.
+        # Everything else about exiting is unchanged: atexit handlers, flushing, modules torn down.
+        gc.freeze()
 
 
 def _run() -> None:

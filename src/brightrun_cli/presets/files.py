@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,7 @@ CONFIG_SUFFIXES = (".toml", ".json", ".yaml", ".yml")
 META_KEYS = ("description",)
 
 
-@dataclass(frozen=True)
-class Preset:
+class Preset(msgspec.Struct, frozen=True):
     name: str
     description: str
     source: str  # "shipped" | "user"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import types as types_module
 import typing
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -129,8 +128,7 @@ def validate(values: dict[str, Any]) -> TrainingConfig:
     return msgspec.convert(normalize(values), TrainingConfig)
 
 
-@dataclass(frozen=True)
-class FieldInfo:
+class FieldInfo(msgspec.Struct, frozen=True):
     """A field's declared type (without None and Meta) and its Meta's bounds and description."""
 
     types: tuple[Any, ...]

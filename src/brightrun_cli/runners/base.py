@@ -10,8 +10,9 @@ built as argument lists (never a shell string) and every argv is loggable with
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from pathlib import Path
+
+import msgspec
 
 from brightrun_cli.errors import OperationError
 
@@ -34,8 +35,7 @@ class RunnerLost(RunnerUnreachable):
     str(exc). `jobs resume` can still re-attach later if the remote trainer survived."""
 
 
-@dataclass
-class LaunchRequest:
+class LaunchRequest(msgspec.Struct):
     job_id: str
     run_dir: Path  # local run dir; holds spec.json, and receives metrics.jsonl etc.
     spec_path: Path  # run_dir / "spec.json"
@@ -44,7 +44,7 @@ class LaunchRequest:
     resume: bool = False  # continue from the newest checkpoint in the run dir
     accelerate_config: str | None = None  # an accelerate config file's name in run_dir (`--config_file`)
     distributed_type: str | None = None  # that file's distributed_type
-    env: dict[str, str] = field(default_factory=dict)  # extra environment for the trainer
+    env: dict[str, str] = msgspec.field(default_factory=dict)  # extra environment for the trainer
 
     @classmethod
     def for_job(cls, home: Path, job_id: str, *, gpus: int, gpu_type: str | None, resume: bool = False) -> "LaunchRequest":

@@ -8,22 +8,22 @@ services/hosts.py turns them into `hosts check`'s problems and advice.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import msgspec
 
 if TYPE_CHECKING:
     from brightrun_cli.runners.ssh import SSHConnection
 
 
-@dataclass
-class Probe:
+class Probe(msgspec.Struct):
     python: str | None = None  # the interpreter found (absolute path), None when missing
     python_version: str | None = None
-    packages: dict[str, str | None] = field(default_factory=dict)  # name -> version (None: missing)
+    packages: dict[str, str | None] = msgspec.field(default_factory=dict)  # name -> version (None: missing)
     trainer: str | None = None  # "ok", or why brightrun's trainer does not import
-    gpus: list[dict] = field(default_factory=list)  # [{"name", "memory_gb"}] as nvidia-smi reports them
+    gpus: list[dict] = msgspec.field(default_factory=list)  # [{"name", "memory_gb"}] as nvidia-smi reports them
     disk_free_gb: float | None = None
-    tools: dict[str, bool] = field(default_factory=dict)
+    tools: dict[str, bool] = msgspec.field(default_factory=dict)
 
 
 # $1 python, $2 workdir, $3 code dir ("" when not shipped), $4 packages (space separated).

@@ -24,18 +24,17 @@ that torch's launcher puts in sessions of their own.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shlex
 import stat
 import subprocess
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from brightrun_cli.errors import OperationError, UsageError
 from brightrun_cli.runners.base import LaunchRequest, Runner, RunnerLost, RunnerUnreachable
@@ -108,11 +107,21 @@ def classify_ssh_error(host: "HostRow", stderr: str) -> SSHFailure:
     return SSHFailure(f"ssh to '{host.name}' ({where}) failed: {detail}", "try 'brightrun hosts check " + host.name + "'")
 
 
+def _sha256(text: str) -> str:
+    """Hex SHA-256 of `text`. hashlib (OpenSSL) and tempfile are imported where used: every
+    command that reads hosts imports this module, few of them connect anywhere."""
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _control_dir(home: Path) -> Path:
     """Private directory for ControlMaster sockets, short enough for a unix socket path."""
     candidate = home / "ssh"
     if len(str(candidate)) + 1 + 3 + 20 + 25 > SOCKET_PATH_MAX or "'" in str(candidate) or " " in str(candidate):
-        digest = hashlib.sha256(str(home).encode()).hexdigest()[:10]
+        import tempfile
+
+        digest = _sha256(str(home))[:10]
         candidate = Path(tempfile.gettempdir()) / f"brightrun-{os.getuid()}-{digest}"
     candidate.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = os.lstat(candidate)
@@ -190,7 +199,7 @@ class SSHConnection:
         self.ws = ws
         self.host = host
         identity = f"{host.ssh_user}@{host.ssh_host}:{host.ssh_port}:{host.identity_file}:{ws.config.ssh_config}"
-        self.control_path = _control_dir(ws.home) / f"cm-{hashlib.sha256(identity.encode()).hexdigest()[:20]}"
+        self.control_path = _control_dir(ws.home) / f"cm-{_sha256(identity)[:20]}"
         self._master_seen = 0.0  # monotonic time the master was last known to answer
 
     # -- argv ---------------------------------------------------------------------
@@ -248,6 +257,8 @@ class SSHConnection:
             self.control_path.unlink(missing_ok=True)  # stale socket of a dead master
         # -f forks once authenticated; the forked master keeps stderr open, so it goes
         # to a file (a pipe would never reach EOF) and is read back on failure.
+        import tempfile
+
         with tempfile.TemporaryFile() as err:
             try:
                 proc = subprocess.run(
@@ -450,6 +461,8 @@ def package_dir() -> Path:
 
 def code_version(root: Path | None = None) -> str:
     """Content hash of the package source: the remote copy lives under code/<hash>."""
+    import hashlib
+
     root = root or package_dir()
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
@@ -543,8 +556,7 @@ def run_inputs(request: LaunchRequest) -> list[str]:
     return names
 
 
-@dataclass
-class _Handle:
+class _Handle(msgspec.Struct):
     job_id: str
     marker: str
     pgids: list[tuple[str, int]]  # (host name, process group id), rank 0 first
@@ -597,7 +609,7 @@ class SSHRunner(Runner):
         return f"{remote_workdir(host)}/runs/{job_id}"
 
     def _main_port(self, job_id: str) -> int:
-        return DEFAULT_MAIN_PORT_BASE + int(hashlib.sha256(job_id.encode()).hexdigest(), 16) % 2000
+        return DEFAULT_MAIN_PORT_BASE + int(_sha256(job_id), 16) % 2000
 
     def _trainer_argv(self, request: LaunchRequest, rank: int, rendezvous: tuple[str, int]) -> list[str]:
         from brightrun_cli.runners.accelerate import trainer_command

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
+
+import msgspec
 
 from brightrun_cli.errors import UsageError
 from brightrun_cli.registry import costs as cost_records
@@ -15,15 +16,13 @@ PERIODS = ("week", "month", "year")
 GROUPINGS = ("type", "day", "job", "gpu")
 
 
-@dataclass(frozen=True)
-class CostGroup:
+class CostGroup(msgspec.Struct, frozen=True):
     key: str
     amount: float
     records: int
 
 
-@dataclass(frozen=True)
-class CostReport:
+class CostReport(msgspec.Struct, frozen=True):
     by: str
     since: date | None
     until: date | None  # inclusive

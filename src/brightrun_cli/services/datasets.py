@@ -18,9 +18,10 @@ import fcntl
 import os
 import shlex
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from brightrun_cli.errors import ConflictError, NotFoundError, OperationError, UsageError
 from brightrun_cli.registry import datasets as dataset_rows
@@ -200,8 +201,7 @@ def get_dataset(ws: "Workspace", ref: str) -> DatasetRow:
         return dataset_rows.resolve(conn, ref)
 
 
-@dataclass
-class DatasetDetails:
+class DatasetDetails(msgspec.Struct):
     """What `dataset show` prints: the row, and the files of it that left storage."""
 
     dataset: DatasetRow
@@ -222,8 +222,7 @@ def require_row(row: DatasetRow | None, dataset_id: str) -> DatasetRow:
     return row
 
 
-@dataclass
-class Removal:
+class Removal(msgspec.Struct):
     dataset: DatasetRow
     soft: bool  # kept (deleted_at set) because jobs or models refer to it
     references: int

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +69,7 @@ CPU_PRIOR_TRUST = 4.0
 WARMUP_DOMINATES = 0.25
 
 
-@dataclass(frozen=True)
-class TokenPlan:
+class TokenPlan(msgspec.Struct, frozen=True):
     """What one epoch feeds the model."""
 
     train_tokens: int  # real tokens of the training split, after truncation at max_seq_length
@@ -81,8 +79,7 @@ class TokenPlan:
     validation_tokens: int
 
 
-@dataclass(frozen=True)
-class Placement:
+class Placement(msgspec.Struct, frozen=True):
     """Where a run goes, worked out once and passed down: the GPU type, how many per host
     (per node of a Slurm host), the hosts (none for a what-if estimate of a GPU type,
     `estimate --gpu`) and the nodes a Slurm job asks for."""
@@ -131,8 +128,7 @@ def _host_named(ws: Workspace, name: str) -> HostRow | None:
         return host_rows.by_name(conn, name)
 
 
-@dataclass(frozen=True)
-class Calibration:
+class Calibration(msgspec.Struct, frozen=True):
     runs: int  # the measured jobs it uses
     job_ids: list[str]
     device_flops_per_s: float | None  # measured, per device
@@ -154,14 +150,13 @@ class Calibration:
                 "device_flops_per_s": self.device_flops_per_s, "startup_s": self.startup_s, "slowed_runs_left_out": self.slowed}
 
 
-@dataclass(frozen=True)
-class EstimateWarning:
+class EstimateWarning(msgspec.Struct, frozen=True):
     """Something about a run worth knowing before it starts. `code` is stable for scripts
     (does_not_fit, no_validation, warmup_dominates); `details` its figures."""
 
     code: str
     message: str
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def __str__(self) -> str:
         return self.message
@@ -170,8 +165,7 @@ class EstimateWarning:
         return {"code": self.code, "message": self.message, **self.details}
 
 
-@dataclass
-class Estimate:
+class Estimate(msgspec.Struct):
     dataset: DatasetRow
     resolved: ResolvedConfig
     placement: Placement
@@ -192,7 +186,7 @@ class Estimate:
     advice: MemoryAdvice | None  # when it does not fit: what would
     calibration: Calibration
     reference: dict[str, Any] | None
-    warnings: list[EstimateWarning] = field(default_factory=list)
+    warnings: list[EstimateWarning] = msgspec.field(default_factory=list)
 
     @property
     def memory_advice(self) -> str | None:
@@ -495,14 +489,13 @@ GPUS_PER_HOST = 8
 MIN_KEPT_TOKENS = 0.5
 
 
-@dataclass(frozen=True)
-class MemoryOption:
+class MemoryOption(msgspec.Struct, frozen=True):
     """One change that alone makes a run fit, and what a device then holds."""
 
     kind: str  # micro_batch, gradient_checkpointing, max_seq_length, fsdp, larger_gpu, gpu, quantization
     change: str  # what to do, as the user types or picks it
     needs: float  # bytes per device with the change
-    settings: dict[str, Any] = field(default_factory=dict)  # its --set values
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)  # its --set values
     gpu: str | None = None  # the GPU type it runs on (None: this one)
     devices: int | None = None  # how many (None: as asked)
     kept_tokens: float | None = None  # a shorter max_seq_length: the share of training tokens it keeps
@@ -516,8 +509,7 @@ class MemoryOption:
                 "gpu": self.gpu, "devices": self.devices, "kept_tokens": None if self.kept_tokens is None else round(self.kept_tokens, 3)}
 
 
-@dataclass(frozen=True)
-class MemoryAdvice:
+class MemoryAdvice(msgspec.Struct, frozen=True):
     """Why a run does not fit (`needs` bytes per device against `capacity`) and what would."""
 
     needs: float
@@ -682,8 +674,7 @@ def undisturbed(values: list[float]) -> list[float]:
     return [v for v in values if v >= top / SLOWED_BY]
 
 
-@dataclass(frozen=True)
-class Measured:
+class Measured(msgspec.Struct, frozen=True):
     """One completed job as calibration sees it."""
 
     job_id: str

@@ -6,8 +6,9 @@ Pure functions of plain numbers, so the tests can pin them against hand-computed
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from brightrun_cli.presets.schema import TrainingConfig
 
@@ -44,8 +45,7 @@ QUANTIZED_BYTES = {"4bit": NF4_DOUBLE_QUANT_BYTES, "8bit": INT8_BYTES}
 FUSED_LOGITS_BYTES = 2 * 4 * 2**26
 
 
-@dataclass(frozen=True)
-class ModelShape:
+class ModelShape(msgspec.Struct, frozen=True):
     model_type: str
     hidden: int
     intermediate: int
@@ -190,8 +190,7 @@ def _active_lora(shape: ModelShape, config: TrainingConfig) -> int:
     return lora * shape.experts_active // shape.experts if shape.experts > 1 else lora
 
 
-@dataclass(frozen=True)
-class MemoryNeed:
+class MemoryNeed(msgspec.Struct, frozen=True):
     weights: float
     lora_and_optimizer: float
     activations: float

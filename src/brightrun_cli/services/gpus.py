@@ -5,20 +5,15 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from dataclasses import dataclass
+
+import msgspec
 
 from brightrun_cli.errors import UsageError
 from brightrun_cli.presets import GPU_CATALOG_FILE
 from brightrun_cli.workspace import Workspace
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
-
-@dataclass(frozen=True)
-class Gpu:
+class Gpu(msgspec.Struct, frozen=True):
     name: str
     memory_gb: float
     bf16_tflops: float  # dense peak per device
@@ -57,7 +52,12 @@ def _host_cores() -> int:
 
 @functools.cache
 def _catalog() -> dict:
-    """The shipped catalog, parsed once per process (a train plans with it several times)."""
+    """The shipped catalog, parsed once per process (a train plans with it several times).
+    tomllib is imported here: `jobs list` imports this module and never reads the catalog."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
     return tomllib.loads(GPU_CATALOG_FILE.read_text(encoding="utf-8"))
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import msgspec
 
 from brightrun_cli import lifecycle
 from brightrun_cli.errors import ConflictError, OperationError, UsageError
@@ -262,8 +263,7 @@ def remove_host(ws: Workspace, ref: str) -> HostRow:
     return host
 
 
-@dataclass
-class HostCheck:
+class HostCheck(msgspec.Struct):
     """What `hosts check` found. `problems` has one actionable line per problem."""
 
     name: str
@@ -273,18 +273,18 @@ class HostCheck:
     latency_ms: float | None = None
     python: str | None = None
     python_version: str | None = None
-    packages: dict[str, str | None] = field(default_factory=dict)
+    packages: dict[str, str | None] = msgspec.field(default_factory=dict)
     trainer_importable: bool = False
     code_version: str | None = None
-    gpus: list[dict] = field(default_factory=list)
+    gpus: list[dict] = msgspec.field(default_factory=list)
     disk_free_gb: float | None = None
     workdir: str | None = None
-    tools: dict[str, bool] = field(default_factory=dict)
-    slurm: dict = field(default_factory=dict)  # a Slurm host: version, partition, nodes, gres, time_limit
-    problems: list[str] = field(default_factory=list)
+    tools: dict[str, bool] = msgspec.field(default_factory=dict)
+    slurm: dict = msgspec.field(default_factory=dict)  # a Slurm host: version, partition, nodes, gres, time_limit
+    problems: list[str] = msgspec.field(default_factory=list)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return msgspec.structs.asdict(self)
 
 
 def apply_probe(result: HostCheck, probe: Probe) -> None:

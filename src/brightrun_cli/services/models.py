@@ -8,8 +8,9 @@ import posixpath
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from brightrun_cli.builtin import resolve_base_model
 from brightrun_cli.errors import ConflictError, OperationError, UsageError
@@ -20,8 +21,7 @@ from brightrun_cli.workspace import Workspace
 SORTS = ("created", "score", "cost")
 
 
-@dataclass
-class Exported:
+class Exported(msgspec.Struct):
     target: str  # the directory or URL written to
     files: list[str]  # relative paths written
     bytes: int

@@ -7,9 +7,10 @@ Resolution order, later wins: config.toml `default_base_model` < the preset <
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+import msgspec
 
 from brightrun_cli.errors import NotFoundError, UsageError
 from brightrun_cli.presets import SHIPPED_PRESETS_DIR
@@ -31,8 +32,7 @@ CUSTOM = "custom"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-@dataclass(frozen=True)
-class ResolvedConfig:
+class ResolvedConfig(msgspec.Struct, frozen=True):
     preset_id: str  # the preset's name, or "custom" when overrides changed a hyperparameter
     base_preset: str  # the preset the values started from
     config: TrainingConfig
@@ -124,8 +124,7 @@ def require_base_model(config: TrainingConfig) -> str:
     return config.base_model
 
 
-@dataclass(frozen=True)
-class PresetField:
+class PresetField(msgspec.Struct, frozen=True):
     """One field of a preset as `presets show` lists it."""
 
     name: str

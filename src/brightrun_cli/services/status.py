@@ -13,10 +13,11 @@ when asked (`--storage`), since a listing is network round trips.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from brightrun_cli import lifecycle
 from brightrun_cli.registry import costs as cost_records
@@ -30,8 +31,7 @@ WINDOWS_DAYS = (7, 30)
 STORAGE_KINDS = ("datasets", "models", "checkpoints")
 
 
-@dataclass(frozen=True)
-class HostLoad:
+class HostLoad(msgspec.Struct, frozen=True):
     name: str
     kind: str
     gpu_type: str
@@ -46,8 +46,7 @@ class HostLoad:
                 "queued_jobs": self.queued, "running_jobs": self.running}
 
 
-@dataclass(frozen=True)
-class Outcomes:
+class Outcomes(msgspec.Struct, frozen=True):
     days: int
     since: datetime
     completed: int = 0
@@ -71,8 +70,7 @@ class Outcomes:
                 "avg_duration_s": None if self.avg_duration_s is None else round(self.avg_duration_s, 1)}
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(msgspec.Struct, frozen=True):
     bytes: int
     files: int
 
@@ -80,11 +78,10 @@ class Usage:
         return {"bytes": self.bytes, "files": self.files}
 
 
-@dataclass(frozen=True)
-class Storage:
+class Storage(msgspec.Struct, frozen=True):
     url: str
     measured: bool  # False: a remote store not listed (pass --storage); its kinds are None
-    kinds: dict[str, Usage | None] = field(default_factory=dict)
+    kinds: dict[str, Usage | None] = msgspec.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         measured = [u.bytes for u in self.kinds.values() if u is not None]
@@ -93,8 +90,7 @@ class Storage:
                 "total_bytes": sum(measured) if self.measured else None}
 
 
-@dataclass(frozen=True)
-class FleetStatus:
+class FleetStatus(msgspec.Struct, frozen=True):
     generated_at: datetime
     hosts: list[HostLoad]
     windows: list[Outcomes]

@@ -20,9 +20,10 @@ import importlib.util
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from brightrun_cli import lifecycle
 from brightrun_cli.errors import ConflictError, UsageError
@@ -109,8 +110,7 @@ def tracker_spec(ws: Workspace, report_to: str | None, hosts: list[HostRow]) -> 
 # ---------------------------------------------------------------------------- jobs show
 
 
-@dataclass(frozen=True)
-class JobTrackers:
+class JobTrackers(msgspec.Struct, frozen=True):
     """A job and what became of each of its trackers (trackers.json records, by name)."""
 
     job: JobRow
