@@ -219,3 +219,29 @@ def test_background_checkpoints_take_the_wal_copy_off_the_writers_commits(tmp_pa
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT COUNT(*) FROM metrics_points").fetchone()[0] == 60_010
     conn.close()
+
+
+def test_json_lists_keep_the_order_and_limit_of_the_row_lists(tmp_path):
+    """`jobs/dataset/models/notifications list --json` are joined by SQLite (read.joined_json):
+    the same rows, in the same order, as the typed lists."""
+    import json
+
+    import registry_fill
+
+    from brightrun_cli.registry import datasets as dataset_rows
+    from brightrun_cli.registry import jobs as job_rows
+    from brightrun_cli.registry import models as model_rows
+    from brightrun_cli.registry import notifications as notification_rows
+
+    registry_fill.populate(tmp_path, 5)  # rows five minutes apart
+    conn = open_registry(tmp_path).connect()
+    for limit in (None, 3):
+        assert [j["id"] for j in json.loads(job_rows.list_live_json(conn, limit=limit))] == \
+            [j.id for j in job_rows.list_live(conn, limit=limit)]
+        assert [d["id"] for d in json.loads(dataset_rows.list_json(conn, limit=limit))] == \
+            [d.id for d in dataset_rows.list_live(conn, limit=limit)]
+    jobs = json.loads(job_rows.list_live_json(conn))
+    assert len(jobs) == 5 and [j["queued_at"] for j in jobs] == sorted((j["queued_at"] for j in jobs), reverse=True)
+    assert len(json.loads(model_rows.live_json(conn, "created", None))) == 5
+    assert len(json.loads(notification_rows.latest_json(conn, unread=False, limit=4))) == 4
+    assert job_rows.list_live_json(conn, statuses=("failed",)) == b"[]"

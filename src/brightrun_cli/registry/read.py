@@ -55,15 +55,20 @@ def json_array(conn: sqlite3.Connection, cls: type[Row], where: str = "", params
 
 
 def joined_json(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> bytes:
-    """`[row,row,...]` of a query whose one column is each row's JSON text, as UTF-8 bytes:
-    fetched as bytes, never decoded into str and encoded again on the way to stdout (a
-    `jobs list --json` of 10,000 jobs is 11 MB: ~25 ms saved)."""
+    """`[row,row,...]` of a query whose one column is each row's JSON text, as UTF-8 bytes.
+
+    SQLite joins the rows (group_concat) and the result comes back as bytes: no Python
+    object per row, nothing decoded into str and encoded again on the way to stdout (a
+    `jobs list --json` of 10,000 jobs is 11 MB: 83 -> 58 ms). The rows keep the query's
+    ORDER BY: an aggregate over a subquery that orders is never flattened into it (SQLite's
+    flattening rule 16), so group_concat sees them in that order."""
     factory = conn.text_factory
     conn.text_factory = bytes
     try:
-        return b"[" + b",".join(r[0] for r in conn.execute(sql, params)) + b"]"
+        joined = conn.execute(f"WITH listed(row) AS ({sql}) SELECT group_concat(row, ',') FROM listed", params).fetchone()[0]
     finally:
         conn.text_factory = factory
+    return b"[" + (joined or b"") + b"]"
 
 
 def resolve(conn: sqlite3.Connection, cls: type[R], ref: str, noun: str, *, by_name: bool = False,
