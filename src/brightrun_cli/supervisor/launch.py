@@ -18,7 +18,6 @@ import contextlib
 import fcntl
 import os
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -34,6 +33,8 @@ from brightrun_cli.registry.rows import JobRow
 from brightrun_cli.registry.timeutil import utcnow
 
 if TYPE_CHECKING:
+    import subprocess
+
     from brightrun_cli.workspace import Workspace
 
 SUPERVISOR_MODULE = "brightrun_cli.supervisor"
@@ -71,6 +72,8 @@ def record_pid(ws: "Workspace", job_id: str, marker: str, pid: int) -> None:
 
 def spawn_supervisor(ws: "Workspace", job_id: str, marker: str) -> int:
     """Start the detached supervisor of a claimed job; its pid. OSError when it cannot start."""
+    import subprocess  # here and in start_standby: every command imports this module (the queue's check), few launch
+
     argv = [sys.executable, "-m", SUPERVISOR_MODULE, job_id, "--marker", marker, "--home", str(ws.home)]
     run_dir, fd = open_supervisor_log(ws, job_id)
     try:
@@ -191,6 +194,8 @@ def start_standby(home: Path) -> Standby | None:
     and a supervisor that starts later imports in its own time)."""
     if has_active_jobs(home) is not False:
         return None
+    import subprocess
+
     marker = new_marker()
     argv = [sys.executable, "-m", SUPERVISOR_MODULE, "--standby", "--marker", marker, "--home", str(home)]
     try:
