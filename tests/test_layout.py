@@ -189,9 +189,21 @@ def _imported_by(argv: list[str], home: Path) -> set[str]:
     return {name.split(".")[0] for name in json.loads(done.stderr.rsplit("MODULES ", 1)[1])}
 
 
+# Standard-library modules that cost milliseconds each on a small CPU and serve rare paths
+# (launching, hashing files, temporary files, config files, suggestions): the modules every
+# command imports use them inside functions (docs/ARCHITECTURE.md, Imports), and value
+# objects are msgspec Structs, not dataclasses.
+RARE_STDLIB = ("subprocess", "secrets", "hashlib", "tempfile", "shutil", "tomllib", "difflib", "statistics", "logging", "dataclasses")
+LEAN_COMMANDS = [("dataset", "list"), ("models", "list"), ("costs",), ("notifications",), ("status",)]
+
+
 @pytest.mark.parametrize("command", READ_COMMANDS, ids=" ".join)
 def test_read_commands_import_no_orm_no_ml_library_and_no_typer_or_rich(command, full_home):
     ids = (full_home / "ids.txt").read_text().split()
     argv = [{"JOB": ids[0], "DATASET": ids[1], "MODEL": ids[2]}.get(word, word) for word in command]
-    heavy = sorted(set(HEAVY + CLI_FRAMEWORKS) & _imported_by(argv, full_home))
+    imported = _imported_by(argv, full_home)
+    heavy = sorted(set(HEAVY + CLI_FRAMEWORKS) & imported)
     assert not heavy, f"brightrun {' '.join(command)} imports {heavy}"
+    if command in LEAN_COMMANDS:
+        rare = sorted(set(RARE_STDLIB) & imported)
+        assert not rare, f"brightrun {' '.join(command)} imports {rare} (import them where they are used)"

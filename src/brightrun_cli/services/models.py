@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import msgspec
@@ -85,6 +82,8 @@ def export_model(ws: Workspace, ref: str, target: str, *, force: bool = False) -
     Every file is verified against its recorded sha256 while it is copied. Refuses a
     non-empty target unless `force` (then files of the same names are overwritten).
     """
+    import hashlib  # hashlib, shutil, tempfile imported where used: `models list/show` need none of them
+
     model = get_model(ws, ref)
     entries = _file_entries(model)
     fs, root = _open_target(target)
@@ -139,6 +138,9 @@ def merge_model(ws: Workspace, ref: str, out_dir: Path, *, force: bool = False) 
     Nothing is written unless the merge succeeds: the model is saved to a temporary
     directory beside `out_dir` and moved into place at the end.
     """
+    import shutil
+    import tempfile
+
     model = get_model(ws, ref)
     out_dir = Path(out_dir).expanduser()
     _check_empty(*_open_target(str(out_dir)), str(out_dir), force)
@@ -176,6 +178,8 @@ def merge_model(ws: Workspace, ref: str, out_dir: Path, *, force: bool = False) 
 
 
 def _move_into(staged: Path, out_dir: Path) -> None:
+    import shutil
+
     if not out_dir.exists():
         os.replace(staged, out_dir)
         return
