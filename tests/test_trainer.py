@@ -339,7 +339,7 @@ def test_warm_up_is_cut_to_its_fraction_of_the_run():
     """What the estimate reports and the trainer's schedule does (both call warmup_for):
     balanced's 100 steps on a 136-step run warm up for 13; a short warm-up is kept; a spec
     written before max_warmup_fraction existed keeps its warm-up within the run."""
-    from brightrun_cli.trainer.spec import warmup_for
+    from brightrun_cli.trainer.schedule import warmup_for
 
     assert warmup_for(100, 0.1, 136) == 13
     assert warmup_for(5, 0.1, 136) == 5

@@ -38,7 +38,7 @@ from brightrun_cli.services.flops import (
 from brightrun_cli.services.gpus import Gpu, get_gpu, list_gpus, normalize_gpu_name
 from brightrun_cli.services.hosts import LOCAL, refresh_local_host
 from brightrun_cli.services.presets import ResolvedConfig, require_base_model, resolve_config
-from brightrun_cli.trainer.spec import warmup_for
+from brightrun_cli.trainer.schedule import warmup_for
 from brightrun_cli.workspace import Workspace
 
 # Data-parallel efficiency per extra device (gradient all-reduce is small for LoRA).

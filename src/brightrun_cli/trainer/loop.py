@@ -30,7 +30,8 @@ import torch
 from . import attention, loss as fused_loss
 from .data import IGNORE, Batch, Example, collate, ensure_chat_template, tokenize_file
 from .files import MetricsWriter, library_versions, write_json_atomic
-from .spec import SHARDED_TYPES, Spec, SpecError, warmup_for
+from .schedule import warmup_for
+from .spec import SHARDED_TYPES, Spec, SpecError
 
 
 class Stopped(Exception):

@@ -7,7 +7,6 @@ so a bad spec costs a second and exits 2 with one line naming the field to chang
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,13 +57,6 @@ class Hyperparameters:
     fused_cross_entropy: bool = True  # chunked head + cross-entropy (trainer/loss.py)
     compile_layers: bool = False  # torch.compile each decoder layer (CUDA)
     activation_offload: bool = False  # saved activations in CPU memory
-
-
-def warmup_for(warmup_steps: int, max_warmup_fraction: float, total_steps: int) -> int:
-    """The optimizer steps of linear warm-up a run of `total_steps` does: `warmup_steps`,
-    cut to `max_warmup_fraction` of the run, so a short run is not spent mostly below its
-    peak learning rate. The trainer's schedule and the estimate both use this."""
-    return max(0, min(warmup_steps, math.floor(max_warmup_fraction * total_steps + 1e-9)))
 
 
 @dataclass
