@@ -154,6 +154,9 @@ class _Context:
 # ------------------------------------------------------------------ parsing
 
 class _Param:
+    """One declared parameter as click sees it: an argument or an option (its option strings,
+    flag values), its type, bounds and default. Unparsed for anything else."""
+
     def __init__(self, name: str, hint: Any, default: Any):
         self.name, self.default = name, default
         meta = None
