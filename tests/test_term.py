@@ -168,8 +168,8 @@ def both_tables(data, box: str, no_wrap: int | None = None) -> tuple[RichTable, 
     for i, header in enumerate(headers):
         # term folds a word longer than its column (no cell cut short); Rich's default
         # overflow is an ellipsis, so Rich is asked to fold too
-        column = {"overflow": "fold", "no_wrap": i == no_wrap, "justify": "right" if header == "n" else "left"}
-        rich.add_column(header, **column)
+        column = {"no_wrap": i == no_wrap, "justify": "right" if header == "n" else "left"}
+        rich.add_column(header, overflow="fold", **column)
         ours.add_column(header, **column)
     for row in rows:
         rich.add_row(*row)

@@ -46,8 +46,9 @@ def _typer_callback(fn: Callable) -> Callable:
     """`fn` as typer reads a command: its declarations (common.Opt, common.Arg,
     common.Context) turned into typer's (typer.Option, typer.Argument, typer.Context)."""
     hints = typing.get_type_hints(fn, include_extras=True)
+    signature = inspect.signature(fn)
     params = []
-    for p in inspect.signature(fn).parameters.values():
+    for p in signature.parameters.values():
         hint = hints.get(p.name, p.annotation)
         if hint is common.Context:
             hint = typer.Context
@@ -62,7 +63,7 @@ def _typer_callback(fn: Callable) -> Callable:
     def command(*args, **kwargs):
         return fn(*args, **kwargs)
 
-    command.__signature__ = inspect.signature(fn).replace(parameters=params)  # type: ignore[attr-defined]
+    command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     return command
 

@@ -19,8 +19,6 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
-import msgspec
-
 from brightrun_cli.cli import term
 from brightrun_cli.errors import debug_enabled
 
@@ -110,9 +108,12 @@ EvalLimitOpt = Annotated[Optional[int], Opt("--limit", help="Evaluate the first 
 HostOpt = Annotated[Optional[str], Opt("--host", help="Host to run on (default: config.toml default_host, else local; see 'brightrun hosts list').", show_default=False)]
 
 
-class AppState(msgspec.Struct):
-    home: Path | None = None
-    _workspace: "Workspace | None" = None
+class AppState:
+    """The root command's state: the home it was given, the workspace opened on first use."""
+
+    def __init__(self, home: Path | None = None):
+        self.home = home
+        self._workspace: Workspace | None = None
 
     def workspace(self) -> "Workspace":
         if self._workspace is None:

@@ -34,10 +34,12 @@ COMMAND_MODULES = {
     "costs": "costs", "notifications": "notifications", "status": "fleet", "prune": "fleet",
 }
 _HELP = ("--help", "-h")
-# typer.Option / typer.Argument / command() arguments that change only the help page; any
-# other (callback, envvar, prompt, ...) sends the command line to typer.
-_HELP_ONLY = {"help", "show_default", "rich_help_panel", "metavar", "hidden", "short_help", "epilog", "no_args_is_help",
-              "name", "invoke_without_command"}
+# typer.Option / typer.Argument / command() / group arguments this parser honours: those that
+# only shape the help page, and the group settings resolve() follows (name,
+# no_args_is_help, invoke_without_command). Any other (callback, envvar, prompt, ...) sends
+# the command line to typer.
+_MODELLED = {"help", "show_default", "rich_help_panel", "metavar", "hidden", "short_help", "epilog", "no_args_is_help",
+             "name", "invoke_without_command"}
 
 
 _Call = tuple[Callable, dict[str, Any], "str | None", str]  # function, keyword arguments, its ctx parameter, command word
@@ -166,8 +168,8 @@ class _Param:
         self.required = default is EMPTY
         self.is_argument = isinstance(meta, common.Arg) or (meta is None and self.required)
         kwargs = meta.kwargs if meta is not None else {}
-        if set(kwargs) - _HELP_ONLY - {"min", "max"}:
-            raise Unparsed(f"{name}: {sorted(set(kwargs) - _HELP_ONLY)}")
+        if set(kwargs) - _MODELLED - {"min", "max"}:
+            raise Unparsed(f"{name}: {sorted(set(kwargs) - _MODELLED)}")
         self.min, self.max = kwargs.get("min"), kwargs.get("max")
         self.is_list = False
         if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -333,8 +335,8 @@ def _finish(params: list[_Param], values: dict[str, Any], lists: dict[str, list[
 
 
 def _check_kwargs(kwargs: dict[str, Any]) -> None:
-    if set(kwargs) - _HELP_ONLY:
-        raise Unparsed(f"command settings {sorted(set(kwargs) - _HELP_ONLY)}")
+    if set(kwargs) - _MODELLED:
+        raise Unparsed(f"command settings {sorted(set(kwargs) - _MODELLED)}")
 
 
 def resolve(argv: list[str]) -> tuple[Path | None, list[_Call]]:

@@ -142,7 +142,7 @@ def _print_answers(out, evaluated) -> None:
     out.print(_aggregate_table("answers", ["base", "tuned"], [r.base, r.tuned]))
     if not evaluated.samples:
         return
-    samples = term.Table("prompt", "reference", "base", "tuned", "match", box=None, show_lines=False)
+    samples = term.Table("prompt", "reference", "base", "tuned", "match", box=None)
     for record in evaluated.samples[:SHOWN_SAMPLES]:
         tuned = record.get("tuned") or {}
         base = record.get("base") or {}

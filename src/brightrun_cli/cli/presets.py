@@ -32,7 +32,7 @@ def list_cmd(ctx: common.Context, json_output: common.JsonOpt = False) -> None:
         return
     # Names are what a user types next: never truncated (the base model column folds instead).
     fixed = [term.Column(h, no_wrap=True) for h in ("name", "source", "lr", "batch", "epochs", "rank", "alpha", "seq len")]
-    table = term.Table(*fixed, term.Column("base model", overflow="fold"), box=term.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
+    table = term.Table(*fixed, term.Column("base model"), box=term.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     for p in presets:
         c = p.config
         table.add_row(p.name, p.source, f"{c.learning_rate:g}", str(c.batch_size), str(c.num_epochs),

@@ -7,8 +7,8 @@ the header, or Rich's default heavy-head box), wrapped to the terminal's width. 
 module draws exactly that with the standard library, following Rich's decisions: styles
 only on a terminal (or FORCE_COLOR), no colours under NO_COLOR (bold and dim stay),
 nothing under TERM=dumb; width from COLUMNS, else the terminal, else 80; text wrapped at
-spaces, words longer than a line folded. Anything else handed to `Console.print` (a Rich
-renderable: the live dashboard, progress bars) is printed by Rich itself.
+spaces, words longer than a line folded. What only Rich draws (the live dashboard, progress
+bars) goes to a Rich console (`common.rich_console()`).
 """
 
 from __future__ import annotations
@@ -201,9 +201,12 @@ def _segments(cell: Any) -> list[Segment]:
 
 
 class Column:
+    """A table column: its header, style and justification; its cells wrap at spaces and fold
+    longer words (never cut short with an ellipsis), unless `no_wrap`."""
+
     def __init__(self, header: Any = "", *, style: str | None = None, justify: str = "left", no_wrap: bool = False,
-                 overflow: str = "fold", header_style: str | None = None):
-        self.header, self.style, self.justify, self.no_wrap, self.overflow = header, style, justify, no_wrap, overflow
+                 header_style: str | None = None):
+        self.header, self.style, self.justify, self.no_wrap = header, style, justify, no_wrap
         self.header_style = header_style
 
 
@@ -226,7 +229,7 @@ class Table:
 
     def __init__(self, *headers: "str | Column", title: str | None = None, title_justify: str = "center",
                  box: str | None = HEAVY_HEAD, show_header: bool = True, padding: "int | tuple[int, ...]" = 1,
-                 pad_edge: bool = True, show_lines: bool = False):
+                 pad_edge: bool = True):
         self.columns = [h if isinstance(h, Column) else Column(h) for h in headers]
         self.title, self.title_justify, self.box, self.show_header = title, title_justify, box or BOX_NONE, show_header
         pads = (padding,) * 4 if isinstance(padding, int) else tuple(padding) * (4 // len(padding))
@@ -432,25 +435,16 @@ def _width() -> int:
 
 
 class Console:
-    """`print` for markup strings, Text, Group and the tables above, to stdout (or stderr).
-    Other objects (Rich renderables) go to a Rich console made on first use."""
+    """`print` for markup strings, Text, Group and the tables above, to stdout (or stderr)."""
 
     def __init__(self, stderr: bool = False):
         self.stderr = stderr
         self.mode = _colour_mode() if not stderr else "none"
         self.width = _width()
-        self._rich = None
 
     @property
     def file(self):
         return sys.stderr if self.stderr else sys.stdout
-
-    @property
-    def is_terminal(self) -> bool:
-        try:
-            return self.file.isatty()
-        except (AttributeError, ValueError):
-            return False
 
     def _ansi(self, text: str, style: str | None) -> str:
         if not style or self.mode == "none" or not text:
@@ -461,8 +455,7 @@ class Console:
     def _write_lines(self, lines: Iterable[list[Segment]]) -> None:
         self.file.write("".join("".join(self._ansi(t, s) for t, s in line) + "\n" for line in lines))
 
-    def print(self, *objects: Any, markup: bool = True, style: str | None = None, soft_wrap: bool = False,
-              highlight: bool = False, end: str = "\n") -> None:
+    def print(self, *objects: Any, markup: bool = True, style: str | None = None, soft_wrap: bool = False) -> None:
         if not objects:
             objects = ("",)
         for obj in objects:
@@ -484,11 +477,4 @@ class Console:
             else:
                 self._write_lines(wrap_segments(segments, self.width))
         else:
-            self._rich_console().print(obj)
-
-    def _rich_console(self):
-        if self._rich is None:
-            from rich.console import Console as RichConsole
-
-            self._rich = RichConsole(stderr=self.stderr, highlight=False, soft_wrap=False)
-        return self._rich
+            raise TypeError(f"cannot print a {type(obj).__name__}: Rich renderables go to common.rich_console()")

@@ -54,10 +54,10 @@ def totals_between(conn: sqlite3.Connection, edges: Sequence[datetime]) -> list[
     """The amount recorded in each window [edges[i], edges[i + 1]) (the last one open-ended),
     in one pass over the index ix_cost_records_recorded: `brightrun status`'s months."""
     times = [_db_time(e) for e in edges]
-    sums = ", ".join(f"total(amount) FILTER (WHERE recorded_at >= ?{' AND recorded_at < ?' if i + 1 < len(times) else ''})"
-                     for i in range(len(times)))
-    params = [p for i, t in enumerate(times) for p in ([t, times[i + 1]] if i + 1 < len(times) else [t])]
-    return [float(v) for v in conn.execute(f"SELECT {sums} FROM cost_records WHERE recorded_at >= ?", (*params, min(times))).fetchone()]
+    windows = list(zip(times, [*times[1:], None]))
+    sums = ", ".join("total(amount) FILTER (WHERE recorded_at >= ?" + (" AND recorded_at < ?)" if end else ")") for _, end in windows)
+    params = [t for window in windows for t in window if t is not None]
+    return [float(v) for v in conn.execute(f"SELECT {sums} FROM cost_records WHERE recorded_at >= ?", (*params, times[0])).fetchone()]
 
 
 def job_by_type(conn: sqlite3.Connection, job_id: str) -> dict[str, float]:

@@ -118,14 +118,13 @@ def data_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA data_version").fetchone()[0]
 
 
-_MEASURED = MEASURED_JOBS
 
 
 def measured_gpu_models(conn: sqlite3.Connection) -> list[tuple[str, str]]:
     """The distinct (GPU type, base model) pairs of completed jobs with a measured run."""
     return [(g, m) for g, m in conn.execute(  # the planner, without statistics, would read every row of `ended`
         f"SELECT DISTINCT json_extract(gpu_config, '$.type'), base_model FROM training_jobs INDEXED BY ix_training_jobs_measured "
-        f"WHERE {_MEASURED}") if g is not None]
+        f"WHERE {MEASURED_JOBS}") if g is not None]
 
 
 def measured_on(conn: sqlite3.Connection, gpu_type: str, base_models: Sequence[str], limit: int) -> list[JobRow]:
@@ -134,7 +133,7 @@ def measured_on(conn: sqlite3.Connection, gpu_type: str, base_models: Sequence[s
     if not base_models:
         return []
     return read.fetch_all(
-        conn, JobRow, f"{_MEASURED} AND json_extract(gpu_config, '$.type') = ? AND base_model IN ({_marks(base_models)})",
+        conn, JobRow, f"{MEASURED_JOBS} AND json_extract(gpu_config, '$.type') = ? AND base_model IN ({_marks(base_models)})",
         (gpu_type, *base_models), order="completed_at DESC", limit=limit,
     )
 
@@ -152,21 +151,17 @@ def outcomes_since(conn: sqlite3.Connection, sinces: Sequence, statuses: Sequenc
     each row counted in the narrowest window it falls in, the wider ones summed from those."""
     edges = sorted((_db_time(s) for s in sinces), reverse=True)  # newest start first
     bucket = "CASE " + " ".join(f"WHEN completed_at >= ? THEN {i}" for i in range(len(edges))) + " END"
-    parts: dict[str, list[list[float]]] = {}  # status -> per bucket [jobs, timed jobs, seconds]
+    totals: list[dict[str, list[float]]] = [{} for _ in edges]  # per window: status -> [jobs, timed jobs, seconds]
     for status, i, n, timed, seconds in conn.execute(
         f"""SELECT status, {bucket}, count(*), count(d), total(d) FROM (
                 SELECT status, completed_at, (julianday(completed_at) - julianday(started_at)) * 86400.0 AS d
                 FROM training_jobs WHERE status IN ({_marks(statuses)}) AND completed_at >= ?) GROUP BY 1, 2""",
         (*edges, *statuses, edges[-1])):
-        parts.setdefault(status, [[0, 0, 0.0] for _ in edges])[i] = [n, timed, seconds]
-    by_edge = {}
-    for k, edge in enumerate(edges):
-        rows = []
-        for status, buckets in parts.items():
-            n, timed, seconds = (sum(b[j] for b in buckets[:k + 1]) for j in range(3))
-            if n:
-                rows.append((status, int(n), seconds / timed if timed else None))
-        by_edge[edge] = rows
+        for window in totals[i:]:  # ended in window i: inside every wider one too
+            acc = window.setdefault(status, [0, 0, 0.0])
+            acc[0], acc[1], acc[2] = acc[0] + n, acc[1] + timed, acc[2] + seconds
+    by_edge = {edge: [(status, int(n), seconds / timed if timed else None) for status, (n, timed, seconds) in window.items()]
+               for edge, window in zip(edges, totals)}
     return [by_edge[_db_time(s)] for s in sinces]
 
 
