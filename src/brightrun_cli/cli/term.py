@@ -8,7 +8,7 @@ module draws exactly that with the standard library, following Rich's decisions:
 only on a terminal (or FORCE_COLOR), no colours under NO_COLOR (bold and dim stay),
 nothing under TERM=dumb; width from COLUMNS, else the terminal, else 80; text wrapped at
 spaces, words longer than a line folded. What only Rich draws (the live dashboard, progress
-bars) goes to a Rich console (`common.rich_console()`).
+bars) goes to a Rich console (`common.rich_console()`, `common.err_console()`).
 """
 
 from __future__ import annotations
