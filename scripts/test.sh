@@ -5,4 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -m "slow or not slow" -q --durations=25 "$@"
+# Two workers (BRIGHTRUN_TEST_WORKERS to change), each on its own share of the CPUs; tests
+# sharing the Slurm cluster or the GGUF conversion stay on one worker (tests/conftest.py).
+# On this project's 2-core CI machine: 18.5 min instead of 28 in series.
+exec .venv/bin/python -m pytest -m "slow or not slow" -q --durations=25 \
+  -n "${BRIGHTRUN_TEST_WORKERS:-2}" --dist loadgroup "$@"

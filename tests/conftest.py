@@ -96,3 +96,29 @@ def s3_server():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# Under pytest-xdist (scripts/test.sh runs the suite on two workers):
+# - each worker gets its own share of the CPUs. The trainer sizes its thread pool from the
+#   CPUs it may use (trainer/loop.py), so two workers' trainers each take one share instead
+#   of both taking every core and spinning against each other (that made the suite slower
+#   in parallel than in series);
+# - the tests that share a session-wide resource run on one worker: one Slurm cluster, one
+#   GGUF conversion.
+_SHARED_SESSION_FIXTURES = {"slurm_cluster": "slurm", "smollm2": "smollm2"}
+
+
+def pytest_configure(config):
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker.startswith("gw") and count > 1 and hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= count:
+            os.sched_setaffinity(0, cpus[int(worker[2:]) % count::count])
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, group in _SHARED_SESSION_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
