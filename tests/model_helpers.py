@@ -47,8 +47,9 @@ def model_dir(tmp_path: Path, config: dict, name: str = "model") -> str:
 
 
 def dataset_with_stats(ws, name="support-v1", status="ready", conversations=1000, train_tokens=900_000, validation_tokens=100_000,
-                       tokens_per_conversation: dict | None = None) -> Dataset:
-    """A dataset row as `dataset add` leaves it, with the token statistics estimates read."""
+                       tokens_per_conversation: dict | None = None, counted_with: str | None = None) -> Dataset:
+    """A dataset row as `dataset add` leaves it, with the token statistics estimates read:
+    counted with `counted_with`'s tokenizer (`--base-model`), else approximated."""
     dist = tokens_per_conversation or {"min": 100, "p50": 800, "p90": 1500, "p99": 2500, "max": 4000}
     with ws.registry.write() as session:
         row = Dataset(
@@ -58,6 +59,7 @@ def dataset_with_stats(ws, name="support-v1", status="ready", conversations=1000
             stats={"train_conversations": conversations, "validation_conversations": 100, "train_tokens": train_tokens,
                    "validation_tokens": validation_tokens,
                    "tokens_per_conversation": {**dist, "mean": train_tokens / conversations}},
+            base_model=counted_with, token_count_method=f"tokenizer:{counted_with}" if counted_with else "approx:chars/4",
         )
         session.add(row)
     return row

@@ -401,8 +401,8 @@ def test_a_single_run_starved_all_through_does_not_calibrate(ws, tmp_path, monke
 
 def test_balanced_on_a_small_dataset_warms_up_for_a_tenth_of_the_run(cli, ws, tmp_path):
     """136 steps: warmup_steps 100 would keep 74% of the run below the peak learning rate."""
-    dataset_with_stats(ws, conversations=544, train_tokens=99_588, validation_tokens=10_200)
     model = model_dir(tmp_path, SMALL)
+    dataset_with_stats(ws, conversations=544, train_tokens=99_588, validation_tokens=10_200, counted_with=model)
     est = estimate(ws, "support-v1", preset="balanced", base_model=model, gpu_type="cpu", gpus=1, overrides=("num_epochs=1",))
     assert (est.total_steps, est.config.warmup_steps, est.warmup_steps) == (136, 100, 13)
     assert est.to_json()["training_details"]["warmup_steps"] == 13 and not est.warnings
@@ -415,3 +415,32 @@ def test_balanced_on_a_small_dataset_warms_up_for_a_tenth_of_the_run(cli, ws, tm
         "code": "warmup_dominates", "warmup_steps": 81, "total_steps": 136, "share": 0.596,
         "message": "warm-up takes 81 of the 136 steps: the learning rate is below its peak for 60% of the run; "
                    "lower --set warmup_steps or max_warmup_fraction"}]
+
+
+def test_an_estimate_from_token_counts_not_made_with_its_model_says_so_and_how_to_count_them(cli, ws, tmp_path):
+    """Durations, costs and memory follow the dataset's token counts. Counted without a
+    tokenizer (chars / 4) they are several-fold off for builtin:tiny's bytes; the estimate
+    says so and names the command that recounts them, after which it is silent."""
+    from jobs_helpers import conversations
+
+    source = conversations(tmp_path / "chat.jsonl", 40)
+    assert cli("dataset", "add", str(source), "--name", "chat one").exit_code == 0  # no base model: approximated
+    before = json.loads(cli("estimate", "-d", "chat one", "-p", "tiny", "--json").stdout)
+    command = "brightrun dataset validate 'chat one' --base-model builtin:tiny"
+    assert [(w["code"], w["token_count_method"], w["command"]) for w in before["warnings"]] == [
+        ("token_counts_not_this_models", "approx:chars/4", command)]
+    human = cli("estimate", "-d", "chat one", "-p", "tiny")
+    assert "approximated (characters / 4" in " ".join(human.stdout.split()) and command in " ".join(human.stdout.split())
+
+    assert cli("dataset", "validate", "chat one", "--base-model", "builtin:tiny").exit_code == 0
+    after = json.loads(cli("estimate", "-d", "chat one", "-p", "tiny", "--json").stdout)
+    assert after["warnings"] == []
+    # builtin:tiny reads bytes: its real counts are far above characters / 4.
+    assert after["training_details"]["train_tokens_per_epoch"] > 3 * before["training_details"]["train_tokens_per_epoch"]
+
+    # Counted with one model, estimated for another: the same warning, naming the model that counted.
+    model = model_dir(tmp_path, SMALL)
+    other = json.loads(cli("estimate", "-d", "chat one", "-p", "balanced", "--base-model", model, "--gpu", "cpu", "--json").stdout)
+    codes = {w["code"]: w for w in other["warnings"]}
+    assert codes["token_counts_not_this_models"]["counted_with"] == "builtin:tiny"
+    assert "counted with another model's tokenizer (builtin:tiny)" in codes["token_counts_not_this_models"]["message"]

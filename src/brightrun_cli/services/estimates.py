@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from brightrun_cli import lifecycle
-from brightrun_cli.builtin import resolve_base_model
+from brightrun_cli.builtin import absolute_base_model, resolve_base_model
 from brightrun_cli.errors import UsageError
 from brightrun_cli.presets.schema import FIELDS, TrainingConfig, validate
 from brightrun_cli.registry import datasets as dataset_rows
@@ -152,7 +152,8 @@ class Calibration(msgspec.Struct, frozen=True):
 
 class EstimateWarning(msgspec.Struct, frozen=True):
     """Something about a run worth knowing before it starts. `code` is stable for scripts
-    (does_not_fit, no_validation, warmup_dominates); `details` its figures."""
+    (does_not_fit, no_validation, warmup_dominates, token_counts_not_this_models: see
+    `token_count_warning`); `details` its figures."""
 
     code: str
     message: str
@@ -331,6 +332,9 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
     if not est.fits_in_memory:
         est.advice = memory_advice(ws, dataset, shape, config, plan, gpu, shards)
         est.warnings.append(EstimateWarning("does_not_fit", f"does not fit in memory: {est.advice.text}", est.advice.to_json()))
+    counted = token_count_warning(dataset, config.base_model)
+    if counted is not None:
+        est.warnings.append(counted)
     if not dataset.total_validation_pairs:
         est.warnings.append(EstimateWarning(
             "no_validation",
@@ -345,6 +349,27 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
             {"warmup_steps": est.warmup_steps, "total_steps": est.total_steps, "share": round(est.warmup_steps / est.total_steps, 3)},
         ))
     return est
+
+
+def token_count_warning(dataset: DatasetRow, base_model: str) -> EstimateWarning | None:
+    """A warning when the dataset's token counts, which the duration, cost and memory
+    follow, were not made with this run's tokenizer: approximated (no base model when it
+    was added: characters / 4, off several-fold for a byte-level or non-English tokenizer)
+    or counted with another model's. Names the command that recounts them."""
+    method = dataset.token_count_method or ""
+    if method.startswith("tokenizer:") and dataset.base_model == absolute_base_model(base_model):
+        return None
+    import shlex
+
+    how = ("approximated (characters / 4: it was added without a base model)" if not method.startswith("tokenizer:")
+           else f"counted with another model's tokenizer ({dataset.base_model})")
+    command = shlex.join(["brightrun", "dataset", "validate", dataset.name, "--base-model", base_model])
+    return EstimateWarning(
+        "token_counts_not_this_models",
+        f"dataset '{dataset.name}' has its token counts {how}, not with {base_model}'s: the sequence lengths, "
+        f"duration, cost and memory follow them; count them with this model's tokenizer: {command}",
+        {"token_count_method": method or None, "counted_with": dataset.base_model, "command": command},
+    )
 
 
 def read_model_shape(base_model: str, config: dict | None = None) -> ModelShape:
