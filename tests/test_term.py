@@ -243,3 +243,27 @@ def test_a_list_table_with_a_long_foldable_column_stays_within_80_columns():
     assert max(term.cell_len(line) for line in lines) <= 80
     assert all(any(f"01jd4abcde{i:02d}" in line for line in lines) for i in range(5))  # ids are never folded
     assert lines[0].split() == ["ID", "NAME", "STATUS", "PATH", "ROWS"]
+
+
+@pytest.mark.parametrize("columns,terminal", [(None, 0), ("0", 0), (None, 57), ("100", 57), ("0", 57), (" 90", 57), ("wide", 57),
+                                              (None, None), ("120", None), ("abc", None)])
+def test_the_width_is_richs_and_a_terminal_without_a_size_is_80_columns(monkeypatch, columns, terminal):
+    """A pseudo-terminal opened without a size (`script`, some CI runners) reports 0 columns."""
+    import os
+
+    def size(fd=1):
+        if terminal is None:
+            raise OSError("not a terminal")
+        return os.terminal_size((terminal, 24))
+
+    monkeypatch.setattr(os, "get_terminal_size", size)
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    monkeypatch.delenv("LINES", raising=False)
+    width = term.Console().width
+    if columns == "0":
+        assert width == 80  # on purpose unlike Rich, which then draws at width 0
+    else:
+        assert width == RichConsole(file=io.StringIO(), force_terminal=True).size.width > 0

@@ -422,16 +422,21 @@ def _colour_mode() -> str:
 
 
 def _width() -> int:
-    try:
-        return max(1, int(os.environ["COLUMNS"]))
-    except (KeyError, ValueError):
-        pass
+    """As Rich reads it: COLUMNS when it is digits, else the terminal's, else 80. A width of
+    0 counts as unknown: a pseudo-terminal opened without a size (`script`, some CI
+    runners and `docker exec`) reports 0 columns, which would put every character on a
+    line of its own."""
+    width = 0
     for fd in (1, 0, 2):
         try:
-            return os.get_terminal_size(fd).columns
+            width = os.get_terminal_size(fd).columns
+            break
         except OSError:
             continue
-    return 80
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit():
+        width = int(columns)
+    return width or 80
 
 
 class Console:
