@@ -137,6 +137,56 @@ def test_blank_lines_are_skipped_and_line_numbers_stay_true(cli, tmp_path):
     assert [e["line"] for e in ds["validation_errors"]] == [5]
 
 
+def _alpaca(n: int) -> list[dict]:
+    return [{"instruction": f"Add {i} and {i + 1}.", "input": "", "output": f"{2 * i + 1} ✓"} for i in range(n)]
+
+
+def test_a_json_array_file_is_read_as_its_jsonl_would_be_with_problems_at_the_line_their_record_starts(cli, tmp_path, brightrun_home):
+    """Alpaca's and many ShareGPT dumps are one JSON array in a .json file, pretty-printed."""
+    rows = _alpaca(12)
+    as_lines = add(cli, write_jsonl(tmp_path / "a.jsonl", rows), "--name", "lines", "--json")
+    as_array = add(cli, _write(tmp_path / "a.json", "\ufeff" + json.dumps(rows, indent=2, ensure_ascii=False)), "--name", "array", "--json")
+    assert as_lines.exit_code == as_array.exit_code == 0, as_array.output
+    lines, array = json.loads(as_lines.stdout), json.loads(as_array.stdout)
+    assert array["format"] == "alpaca" and array["total_conversations"] == 12
+    stored = [[json.loads(line)["turns"] for line in (brightrun_home / "storage" / ds["storage_path"]).read_text().splitlines()]
+              for ds in (lines, array)]
+    assert stored[0] == stored[1]  # the same conversations (ids without one are named by their line: line-N)
+
+    broken = [*rows[:4], "a string", rows[5] | {"output": ""}, *rows[6:]]
+    text = json.dumps(broken, indent=2)
+    starts = [n for n, line in enumerate(text.splitlines(), start=1) if line in ("  {", '  "a string",')]
+    failed = add(cli, _write(tmp_path / "b.json", text), "--name", "broken", "--json")
+    assert failed.exit_code == 2
+    assert [e["line"] for e in json.loads(failed.stdout)["validation_errors"]] == [starts[4], starts[5]]
+    kept = add(cli, tmp_path / "b.json", "--name", "broken", "--skip-invalid", "--json")
+    assert kept.exit_code == 0 and json.loads(kept.stdout)["total_conversations"] == 10
+
+    # Minified, every record on line 1: a record's "line" is its position in the array.
+    failed = add(cli, _write(tmp_path / "c.json", json.dumps(broken)), "--name", "minified", "--json")
+    assert [e["line"] for e in json.loads(failed.stdout)["validation_errors"]] == [5, 6]
+
+
+@pytest.mark.parametrize("text,where", [
+    ('[{"instruction": "a", "output": "b"},\n {"instruction": "c", "output": }]', "line 2, column 33"),
+    ('[{"instruction": "a", "output": "b"}', "the array is not closed"),
+    ('[\n{"instruction": "a", "output": "b"}\n]\n{}', "text after the array's closing ']' at line 4, column 1"),
+    ('[{"instruction": "a", "output": "b"} {"instruction": "c", "output": "d"}]', "expected ',' or ']'"),
+])
+def test_a_json_array_that_does_not_parse_is_one_error_line_and_stores_nothing(cli, tmp_path, brightrun_home, text, where):
+    result = add(cli, _write(tmp_path / "bad.json", text), "--name", "bad")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: bad.json: the JSON array does not parse: ") and where in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "write it as JSONL" in result.stderr
+    assert json.loads(cli("dataset", "list", "--json").stdout) == []
+    assert not list((brightrun_home / "storage").glob("datasets/*"))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 # ----------------------------------------------------------------- content problems
 
 

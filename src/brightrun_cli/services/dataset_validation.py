@@ -25,7 +25,7 @@ import math
 import re
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import compress
@@ -154,7 +154,7 @@ def scan(
     result = ScanResult(format=fmt)
     counting = _Counting(counter, result, keep_problems)
     try:
-        number, read = _scan_lines(lines, out, file_name, keep_problems, progress, result, counting)
+        number, read = _scan_lines(json_lines(lines, file_name), out, file_name, keep_problems, progress, result, counting)
         counting.finish()
     finally:
         counting.close()
@@ -168,6 +168,99 @@ def scan(
     result.samples = [s for s, i in zip(result.samples, result._sample_index) if result.kept[i]]
     choose_held_out(result, val_split)
     return result
+
+
+def json_lines(lines: Iterable[bytes], file_name: str) -> Iterator[bytes]:
+    """`lines` as they are (JSONL), or, for a file holding one JSON array of records (how
+    Alpaca's and many ShareGPT dumps ship, as `.json`), one compact line per record.
+
+    A record's problems are reported at the line it starts on: each sits at that line of
+    the stream, blank lines in between (which the scan skips). When records share lines
+    (a minified array), a record's "line" is its position in the array instead. The array
+    is read whole (JSONL streams): within the dataset size limit, as every file is. A file
+    whose first line is a complete array with more lines after it is JSONL (that line is
+    then a problem, as any line that is not an object)."""
+    lines = iter(lines)
+    head: list[bytes] = []
+    for raw in lines:
+        head.append(raw)
+        stripped = (raw[len(_BOM):] if len(head) == 1 and raw.startswith(_BOM) else raw).strip()
+        if stripped:
+            break
+    if not head or not stripped.startswith(b"["):
+        yield from head
+        yield from lines
+        return
+    try:
+        json.loads(stripped)
+    except ValueError:
+        pass  # an array over several lines (or a broken one): read as one
+    else:  # a whole array on the first line: the file is that array only if nothing follows
+        for raw in lines:
+            head.append(raw)
+            if raw.strip():  # JSONL whose first line is an array (a problem on line 1)
+                yield from head
+                yield from lines
+                return
+    data = b"".join([*head, *lines])
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UsageError(f"{file_name}: line {line} is not valid UTF-8 (byte 0x{data[exc.start]:02x})",
+                         "re-save the file as UTF-8 (e.g. iconv -t UTF-8)") from None
+    records = _array_records(text, file_name)
+    starts = [line for line, _ in records]
+    if any(b <= a for a, b in zip(starts, starts[1:])):
+        starts = list(range(1, len(records) + 1))
+    last = 0
+    for line, (_, record) in zip(starts, records):
+        for _ in range(line - last - 1):
+            yield b"\n"
+        yield json.dumps(record, ensure_ascii=False).encode() + b"\n"
+        last = line
+
+
+def _array_records(text: str, file_name: str) -> list[tuple[int, Any]]:
+    """(line the record starts on, record) for each element of the JSON array `text`."""
+    from json.decoder import WHITESPACE
+
+    decoder = json.JSONDecoder()
+    records: list[tuple[int, Any]] = []
+    line, counted = 1, 0
+
+    def skip(at: int) -> int:
+        return WHITESPACE.match(text, at).end()
+
+    def fail(at: int, what: str) -> UsageError:
+        row = text.count("\n", 0, at) + 1
+        column = at - (text.rfind("\n", 0, at) + 1) + 1
+        return UsageError(f"{file_name}: the JSON array does not parse: {what} at line {row}, column {column}",
+                          "fix the file, or write it as JSONL (one conversation per line)")
+
+    at = skip(text.index("[") + 1)
+    if text.startswith("]", at):
+        at = skip(at + 1)
+    else:
+        while True:
+            try:
+                record, end = decoder.raw_decode(text, at)
+            except json.JSONDecodeError as exc:
+                raise fail(exc.pos, exc.msg) from None
+            line += text.count("\n", counted, at)
+            counted = at
+            records.append((line, record))
+            at = skip(end)
+            if text.startswith(",", at):
+                at = skip(at + 1)
+            elif text.startswith("]", at):
+                at = skip(at + 1)
+                break
+            else:
+                raise fail(at, "expected ',' or ']' after a record" if at < len(text) else "the array is not closed with ']'")
+    if at < len(text):
+        raise fail(at, "text after the array's closing ']'")
+    return records
 
 
 def _scan_lines(
