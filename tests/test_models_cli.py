@@ -45,7 +45,8 @@ def test_unknown_model_is_one_line_exit_2(cli):
     for command in (("show", "nope"), ("export", "nope", "somewhere"), ("merge", "nope", "out"), ("rm", "nope", "--yes")):
         result = cli("models", *command)
         assert result.exit_code == 2, command
-        assert result.stderr.startswith("error: no model matches 'nope'") and result.stderr.count("\n") == 1
+        assert result.stderr.startswith("error: no model matches 'nope' (by id, id prefix, name or NAME@VERSION)")
+        assert result.stderr.count("\n") == 1
 
 
 def test_list_empty_and_bad_sort(cli):

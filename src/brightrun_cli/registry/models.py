@@ -35,7 +35,7 @@ def resolve(conn: sqlite3.Connection, ref: str) -> ModelRow:
     newest = read.fetch_all(conn, ModelRow, "name = ? AND deleted_at IS NULL", (text,), order=_ORDER, limit=1)
     if newest:
         return newest[0]
-    return read.resolve(conn, ModelRow, ref, "model")
+    return read.resolve(conn, ModelRow, ref, "model", tried="id, id prefix, name or NAME@VERSION")
 
 
 _SORTS = {

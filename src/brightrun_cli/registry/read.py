@@ -72,10 +72,11 @@ def joined_json(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) 
 
 
 def resolve(conn: sqlite3.Connection, cls: type[R], ref: str, noun: str, *, by_name: bool = False,
-            include_deleted: bool = False) -> R:
+            include_deleted: bool = False, tried: str | None = None) -> R:
     """One row of `cls` by exact id, exact live name (when `by_name`), or unique id prefix.
 
-    Raises NotFoundError (exit 2) naming the `noun`, the candidates of an ambiguous prefix,
+    Raises NotFoundError (exit 2) naming the `noun`, what was `tried` (when the caller
+    looked further than this), the candidates of an ambiguous prefix,
     and the `brightrun ... list` to run."""
     ref = ref.strip()
     soft = "deleted_at" in cls.columns() and not include_deleted
@@ -99,6 +100,6 @@ def resolve(conn: sqlite3.Connection, cls: type[R], ref: str, noun: str, *, by_n
             shown = ", ".join(r.id for r in rows[:5])
             raise AmbiguousError(f"{noun} prefix '{ref}' is ambiguous ({shown}{', ...' if len(rows) > 5 else ''})",
                                  "type more characters of the id")
-    what = "id, id prefix or name" if by_name else "id or id prefix"
+    what = tried or ("id, id prefix or name" if by_name else "id or id prefix")
     listing = LIST_COMMANDS.get(noun, f"{noun} list")
     raise NotFoundError(f"no {noun} matches '{ref}' (by {what})", f"run 'brightrun {listing}' to see them")
