@@ -13,6 +13,7 @@ from brightrun_cli.builtin import resolve_base_model
 from brightrun_cli.errors import ConflictError, OperationError, UsageError
 from brightrun_cli.registry import models as model_rows
 from brightrun_cli.registry.rows import ModelRow
+from brightrun_cli.services.output_files import umask
 from brightrun_cli.workspace import Workspace
 
 SORTS = ("created", "score", "cost")
@@ -167,7 +168,7 @@ def merge_model(ws: Workspace, ref: str, out_dir: Path, *, force: bool = False) 
             merged = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staged = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.merge-"))
-        staged.chmod(0o777 & ~_umask())  # mkdtemp's 0700 is for the scratch phase, not the user's result
+        staged.chmod(0o777 & ~umask())  # mkdtemp's 0700 is for the scratch phase, not the user's result
         try:
             merged.save_pretrained(staged)
             AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(staged)
@@ -188,12 +189,6 @@ def _move_into(staged: Path, out_dir: Path) -> None:
         if dest.is_dir() and not dest.is_symlink():
             shutil.rmtree(dest)
         os.replace(item, dest)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,11 +7,10 @@ leaves a half-written picture behind.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from brightrun_cli.errors import ConflictError, UsageError
+from brightrun_cli.services.output_files import write_atomically
 
 
 def plot_job(ws, job_ref: str, out: Path) -> Path:
@@ -31,15 +30,7 @@ def plot_job(ws, job_ref: str, out: Path) -> Path:
     if not state.points:
         raise ConflictError(f"job {job.id} has no metric points yet ({state.job.status})", "plot it once training has logged a step")
     figure = _figure(state)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=120)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return write_atomically(out, lambda handle: figure.savefig(handle, format="png", dpi=120))
 
 
 def _figure(state):

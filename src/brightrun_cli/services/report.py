@@ -11,7 +11,6 @@ stored with its model), its cost records by type, its notifications (the timelin
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from brightrun_cli.registry import notifications as notification_rows
 from brightrun_cli.registry import points as point_rows
 from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.report import EvalSample, ReportData, ReportPoint, TimelineEvent, render_report
+from brightrun_cli.services.output_files import write_atomically
 from brightrun_cli.services.trackers import eval_summary, model_file
 from brightrun_cli.trackers.records import read_records
 from brightrun_cli.workspace import Workspace
@@ -103,10 +103,4 @@ def write_report(ws: Workspace, ref: str, out: Path) -> Path:
         raise UsageError(f"--out {out} is a directory", "pass a file name, e.g. --out report.html")
     page = render_report(build_report(ws, ref))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return write_atomically(out, lambda handle: handle.write(page.encode("utf-8")))
