@@ -77,8 +77,9 @@ def test_add_v4_stores_normalised_data_split_stats_and_notification(cli, tmp_pat
     assert len(data) == 40 and len(train) + len(val) == 40
     by_fraction = sorted((c["conversation_id"] for c in data), key=split_fraction)
     assert {c["conversation_id"] for c in val} == set(by_fraction[:4]), "10% of 40, the ids with the smallest split fractions"
-    notes = sqlite3.connect(brightrun_home / "registry.db").execute("SELECT type, dataset_id FROM notifications").fetchall()
-    assert notes == [("dataset_ready", ds["id"])]
+    notes = sqlite3.connect(brightrun_home / "registry.db").execute("SELECT type, dataset_id, message FROM notifications").fetchall()
+    assert notes == [("dataset_ready", ds["id"], f'Dataset "support-v1" is ready for training: 40 conversations, '
+                                                  f'~{ds["total_tokens"]:,} tokens (approximated)')]
 
 
 def test_split_is_deterministic_and_follows_val_split(cli, tmp_path):
