@@ -118,8 +118,6 @@ def data_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA data_version").fetchone()[0]
 
 
-
-
 def measured_gpu_models(conn: sqlite3.Connection) -> list[tuple[str, str]]:
     """The distinct (GPU type, base model) pairs of completed jobs with a measured run."""
     return [(g, m) for g, m in conn.execute(  # the planner, without statistics, would read every row of `ended`

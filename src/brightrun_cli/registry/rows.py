@@ -185,6 +185,12 @@ class DatasetRow(Row, frozen=True):
     validation_warning_count: int
     skipped_lines: int
 
+    @property
+    def tokens_counted(self) -> bool:
+        """Whether its token counts came from a tokenizer (`tokenizer:<model>`, of
+        `base_model`), not the characters / 4 approximation."""
+        return (self.token_count_method or "").startswith("tokenizer:")
+
 
 class HostRow(Row, frozen=True):
     TABLE: ClassVar[str] = "hosts"

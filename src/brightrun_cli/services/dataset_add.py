@@ -340,7 +340,7 @@ def _finish(ws: "Workspace", row: DatasetRow, result: ScanResult, method: str, *
         values.update(_stats(result), content_sha256=sha256, status="ready", training_ready=True, error_message=None)
         row = require_row(dataset_rows.update(tx, row.id, **values), row.id)
         left_out = f" ({row.skipped_lines} line(s) with problems left out)" if row.skipped_lines else ""
-        tokens = f"{row.total_tokens:,} tokens" if method.startswith("tokenizer:") else f"~{row.total_tokens:,} tokens (approximated)"
+        tokens = f"{row.total_tokens:,} tokens" if row.tokens_counted else f"~{row.total_tokens:,} tokens (approximated)"
         notify(
             tx, "dataset_ready", "Dataset ready",
             f'Dataset "{row.name}" is ready for training: {row.total_conversations:,} conversations, {tokens}{left_out}',

@@ -356,19 +356,18 @@ def token_count_warning(dataset: DatasetRow, base_model: str) -> EstimateWarning
     follow, were not made with this run's tokenizer: approximated (no base model when it
     was added: characters / 4, off several-fold for a byte-level or non-English tokenizer)
     or counted with another model's. Names the command that recounts them."""
-    method = dataset.token_count_method or ""
-    if method.startswith("tokenizer:") and dataset.base_model == absolute_base_model(base_model):
+    if dataset.tokens_counted and dataset.base_model == absolute_base_model(base_model):
         return None
     import shlex
 
-    how = ("approximated (characters / 4: it was added without a base model)" if not method.startswith("tokenizer:")
-           else f"counted with another model's tokenizer ({dataset.base_model})")
+    how = (f"counted with another model's tokenizer ({dataset.base_model})" if dataset.tokens_counted
+           else "approximated (characters / 4: it was added without a base model)")
     command = shlex.join(["brightrun", "dataset", "validate", dataset.name, "--base-model", base_model])
     return EstimateWarning(
         "token_counts_not_this_models",
         f"dataset '{dataset.name}' has its token counts {how}, not with {base_model}'s: the sequence lengths, "
         f"duration, cost and memory follow them; count them with this model's tokenizer: {command}",
-        {"token_count_method": method or None, "counted_with": dataset.base_model, "command": command},
+        {"token_count_method": dataset.token_count_method, "counted_with": dataset.base_model, "command": command},
     )
 
 
