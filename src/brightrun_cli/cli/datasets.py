@@ -23,7 +23,7 @@ SAMPLE_SHOWN_TURNS = 6
 @dataset_app.command("add")
 def add_command(
     ctx: common.Context,
-    source: Annotated[str, common.Arg(help="JSONL file path or fsspec URL (s3://..., gs://..., https://...).", show_default=False)],
+    source: Annotated[str, common.Arg(help="Data file path or fsspec URL (s3://..., gs://..., https://...): JSONL, a JSON array, either one compressed (gzip, bzip2, xz, zstd), Parquet or Arrow.", show_default=False)],
     name: Annotated[str, common.Opt("--name", "-n", help="Name to refer to the dataset by (unique among live datasets).", show_default=False)],
     format: Annotated[str, common.Opt("--format", "-f", help="auto, brightrun_lora_v4, openai, sharegpt or alpaca.")] = "auto",
     val_split: Annotated[float, common.Opt("--val-split", help="Fraction of conversations held out for validation (by conversation id, deterministic).")] = 0.1,
@@ -43,6 +43,7 @@ def add_command(
       brightrun dataset add chats.jsonl --name chats --format openai --val-split 0.05 --base-model builtin:tiny
       brightrun dataset add scraped.jsonl --name scraped --skip-invalid
       brightrun dataset add s3://bucket/data/support.jsonl --name support-s3 --json
+      brightrun dataset add train-00000-of-00001.parquet --name hub-chats   # a Hugging Face Hub download
     """
     from brightrun_cli.services.dataset_add import add_dataset
 

@@ -25,12 +25,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import stat
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from brightrun_cli.builtin import absolute_base_model
 from brightrun_cli.config import CONFIG_FILE, DEFAULT_MAX_DATASET_BYTES
@@ -42,6 +40,7 @@ from brightrun_cli.registry.rows import DatasetRow
 from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.services.base_model import local_base_model
 from brightrun_cli.services.dataset_formats import FORMATS
+from brightrun_cli.services.dataset_sources import Source
 from brightrun_cli.services.dataset_tokens import TokenCounter, load_counter
 from brightrun_cli.services.dataset_validation import ScanResult, scan
 from brightrun_cli.services.datasets import (
@@ -86,15 +85,9 @@ def add_dataset(
         raise UsageError(f"--format {format}: unknown format", f"use auto or one of {', '.join(FORMATS)}")
     if not 0 <= val_split <= MAX_VAL_SPLIT:
         raise UsageError(f"--val-split {val_split}: must be between 0 and {MAX_VAL_SPLIT}", "pass a fraction such as 0.1")
-    src = _Source.open(ws, source)
+    src = Source.open(ws, source)
     if src.size > ws.config.max_dataset_bytes:
-        config_file = ws.home / CONFIG_FILE
-        origin = ("brightrun's default" if ws.config.max_dataset_bytes == DEFAULT_MAX_DATASET_BYTES
-                  else f"max_dataset_bytes = {ws.config.max_dataset_bytes} in {config_file}")
-        raise UsageError(
-            f"{src.display} is {_size(src.size)}, over the dataset size limit of {_size(ws.config.max_dataset_bytes)} ({origin})",
-            f"split the file, or raise max_dataset_bytes (bytes) in {config_file}",
-        )
+        raise _over_size_limit(ws, f"{src.display} is {_size(src.size)}, over")
     repair_interrupted(ws)
     _refuse_taken_name(ws, name)
     model = _model_name(local_base_model(ws, base_model or ws.config.default_base_model))
@@ -105,93 +98,23 @@ def add_dataset(
         row = _insert(ws, dataset_id, name=name, src=src, format=format, val_split=val_split, base_model=model)
         try:
             _set_status(ws, dataset_id, "validating")
-            with src.stream() as lines:
-                outcome = _ingest(ws, row, lines, fmt=format, counter=counter, progress=progress, total=src.size, skip_invalid=skip_invalid)
+            over = lambda: _over_size_limit(ws, f"{src.display} unpacks to more than")  # noqa: E731
+            with src.stream(max_text_bytes=ws.config.max_dataset_bytes, over_limit=over) as stream:
+                # Progress in stored bytes: the bar's total is the file's size, whatever it unpacks to.
+                tick = (lambda _text_bytes: progress(stream.consumed, src.size)) if progress is not None else None
+                outcome = _ingest(ws, row, stream.lines, fmt=format, counter=counter, progress=tick, skip_invalid=skip_invalid)
         except BaseException:
             _discard(ws, dataset_id)
             raise
     return outcome
 
 
-@dataclass
-class _Source:
-    uri: str  # what the user gave (a path or URL), stored as source_uri
-    display: str  # how messages name it
-    file_name: str
-    size: int
-    opener: Callable[[], IO[bytes]]
-
-    @classmethod
-    def open(cls, ws: "Workspace", source: str) -> "_Source":
-        if "://" in source:
-            return cls._remote(ws, source)
-        path = Path(source).expanduser()
-        size = _regular_file_size(path, source)
-        if size == 0:
-            raise UsageError(f"{source} is empty", "pass a JSONL file with one conversation per line")
-        return cls(str(path.absolute()), source, path.name, size, lambda: open(path, "rb"))
-
-    @classmethod
-    def _remote(cls, ws: "Workspace", url: str) -> "_Source":
-        import fsspec
-
-        protocol = url.split("://", 1)[0]
-        # A source on the same service as the blob store uses the store's options (endpoint, ...).
-        storage_url = ws.config.storage_url or ""
-        options = ws.config.storage_options if storage_url.startswith(f"{protocol}://") else {}
-        try:
-            fs, path = fsspec.core.url_to_fs(url, **options)
-            info = fs.info(path)
-        except FileNotFoundError:
-            raise UsageError(f"{url}: no such file", "check the URL") from None
-        except (ImportError, ValueError) as exc:
-            raise UsageError(f"{url}: unsupported URL ({exc})", "use a local path or an fsspec URL whose backend is installed (e.g. s3fs for s3://)") from exc
-        except Exception as exc:  # network and permission errors come in many classes
-            raise OperationError(f"cannot read {url} ({type(exc).__name__}: {exc})", "check the URL, the credentials and the network") from exc
-        if info.get("type") == "directory":
-            raise UsageError(f"{url} is a directory", "pass the JSONL file inside it")
-        size = int(info.get("size") or 0)
-        if size == 0:
-            raise UsageError(f"{url} is empty", "pass a JSONL file with one conversation per line")
-        return cls(url, url, url.rstrip("/").rsplit("/", 1)[-1], size, lambda: fs.open(path, "rb"))
-
-    @contextlib.contextmanager
-    def stream(self) -> Iterator[Iterator[bytes]]:
-        with self.opener() as handle:
-            yield _limited_lines(handle, self.size, self.display)
-
-
-def _regular_file_size(path: Path, source: str) -> int:
-    """The size of a readable regular file. Opened without blocking and checked on the open
-    descriptor: opening a FIFO for reading would wait for a writer forever, and a device
-    such as /dev/zero never ends."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise UsageError(f"{source}: no such file", "check the path (or pass an fsspec URL such as s3://bucket/data.jsonl)") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read {source} ({exc.strerror})", "check the file's permissions") from exc
-    try:
-        info = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if stat.S_ISDIR(info.st_mode):
-        raise UsageError(f"{source} is a directory", "pass the JSONL file inside it")
-    if not stat.S_ISREG(info.st_mode):
-        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a character device" if stat.S_ISCHR(info.st_mode)
-                else "a block device" if stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "a special file")
-        raise UsageError(f"{source} is not a regular file ({kind})", "save the data to a JSONL file first, then add that file")
-    return info.st_size
-
-
-def _limited_lines(handle: IO[bytes], size: int, display: str) -> Iterator[bytes]:
-    """Lines of `handle`, refusing to read past the size measured up front (a file growing meanwhile)."""
-    read = 0
-    for raw in handle:
-        read += len(raw)
-        if read > size:
-            raise UsageError(f"{display} grew while it was being read", "add it again once it is complete")
-        yield raw
+def _over_size_limit(ws: "Workspace", what: str) -> UsageError:
+    config_file = ws.home / CONFIG_FILE
+    limit = ws.config.max_dataset_bytes
+    origin = "brightrun's default" if limit == DEFAULT_MAX_DATASET_BYTES else f"max_dataset_bytes = {limit} in {config_file}"
+    return UsageError(f"{what} the dataset size limit of {_size(limit)} ({origin})",
+                      f"split the file, or raise max_dataset_bytes (bytes) in {config_file}")
 
 
 def _check_name(name: str) -> str:
@@ -221,7 +144,7 @@ def _model_name(name: str | None) -> str | None:
     return absolute_base_model(name) if name else name
 
 
-def _insert(ws: "Workspace", dataset_id: str, *, name: str, src: _Source, format: str, val_split: float, base_model: str | None) -> DatasetRow:
+def _insert(ws: "Workspace", dataset_id: str, *, name: str, src: Source, format: str, val_split: float, base_model: str | None) -> DatasetRow:
     try:
         with ws.registry.write() as tx:
             replaced = _replace_failed_add(tx, name)
@@ -266,19 +189,18 @@ def _discard(ws: "Workspace", dataset_id: str) -> None:
 
 
 def _ingest(
-    ws: "Workspace", row: DatasetRow, lines: Iterator[bytes], *, fmt: str, counter: TokenCounter, progress: Progress | None,
-    total: int | None, skip_invalid: bool = False,
+    ws: "Workspace", row: DatasetRow, lines: Iterator[bytes], *, fmt: str, counter: TokenCounter,
+    progress: Callable[[int], None] | None, skip_invalid: bool = False,
 ) -> DatasetRow:
     """Validate `lines` into a local v4 file; store it and its split if valid (or, with
     `skip_invalid`, its valid part); record the outcome."""
-    tick = (lambda done: progress(done, total)) if progress is not None else None
     fd, tmp_name = tempfile.mkstemp(prefix=f"dataset-{row.id}-", suffix=".jsonl", dir=ws.cache_dir)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
             result = scan(
                 lines, out, file_name=row.file_name, fmt=fmt, val_split=row.val_split, counter=counter,
-                keep_problems=ws.config.max_stored_validation_errors, progress=tick,
+                keep_problems=ws.config.max_stored_validation_errors, progress=progress,
             )
         if result.problem_count and not (skip_invalid and result.conversations):
             return _finish(ws, row, result, counter.method, sha256=None, skipped=0)
@@ -424,7 +346,7 @@ def validate_dataset(ws: "Workspace", ref: str, *, base_model: str | None = None
             dataset_rows.update(tx, row.id, status="validating", base_model=model)
         try:
             with ws.storage.open(row.storage_path) as handle:
-                return _ingest(ws, current, iter(handle), fmt="brightrun_lora_v4", counter=counter, progress=None, total=None)
+                return _ingest(ws, current, iter(handle), fmt="brightrun_lora_v4", counter=counter, progress=None)
         except BaseException as exc:
             _mark_error(ws, row.id, f"validation failed: {exc}")
             raise

@@ -1,0 +1,157 @@
+"""`dataset add` on data as it ships: compressed JSONL, Parquet (the Hugging Face Hub's
+format) and Arrow (`datasets.save_to_disk`), recognised by their bytes, not their names."""
+
+from __future__ import annotations
+
+import bz2
+import datetime
+import gzip
+import json
+import lzma
+import sys
+import zipfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from brightrun_cli.services.dataset_add import add_dataset
+from brightrun_cli.workspace import Workspace
+from tests.test_datasets import add, conv, good_lines, show_json, snapshot, write_jsonl
+
+
+def _openai_rows(n: int) -> list[dict]:
+    return [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"question {i}? ü"},
+                          {"role": "assistant", "content": f"answer {i}."}]} for i in range(n)]
+
+
+def _stored(home: Path, added: dict) -> list[dict]:
+    return [json.loads(line) for line in (home / "storage" / added["storage_path"]).read_text().splitlines()]
+
+
+def _added(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress], ids=["gzip", "bzip2", "xz"])
+def test_compressed_jsonl_or_json_array_is_stored_as_the_plain_file_would_be(cli, tmp_path, brightrun_home, compress):
+    rows = _openai_rows(30)
+    plain = _added(add(cli, write_jsonl(tmp_path / "chats.jsonl", rows), "--name", "plain", "--json"))
+    # Named .jsonl on purpose: the bytes say what the file is.
+    packed = tmp_path / "chats-packed.jsonl"
+    packed.write_bytes(compress((tmp_path / "chats.jsonl").read_bytes()))
+    unpacked = _added(add(cli, packed, "--name", "packed", "--json"))
+    assert unpacked["content_sha256"] == plain["content_sha256"]
+    assert (unpacked["format"], unpacked["total_conversations"], unpacked["file_size"]) == ("openai", 30, packed.stat().st_size)
+
+    array = tmp_path / "alpaca.json.gz"
+    array.write_bytes(compress(json.dumps([{"instruction": f"Say {i}.", "output": f"{i}"} for i in range(5)], indent=2).encode()))
+    assert _added(add(cli, array, "--name", "array", "--json"))["total_conversations"] == 5
+
+
+def _table_files(tmp_path: Path, rows: list[dict]) -> dict[str, Path]:
+    table = pa.Table.from_pylist(rows)
+    files = {"parquet": tmp_path / "train-00000-of-00001.parquet", "arrow": tmp_path / "data.arrow",
+             "arrow-stream": tmp_path / "data-00000-of-00001.arrow"}
+    pq.write_table(table, files["parquet"], row_group_size=7)  # several row groups
+    with pa.ipc.new_file(files["arrow"], table.schema) as writer:
+        writer.write_table(table, max_chunksize=5)
+    with pa.ipc.new_stream(files["arrow-stream"], table.schema) as writer:  # what datasets' save_to_disk writes
+        writer.write_table(table, max_chunksize=5)
+    return files
+
+
+@pytest.mark.parametrize("kind", ["parquet", "arrow", "arrow-stream"])
+def test_parquet_and_arrow_rows_are_conversations_with_row_n_reported_as_line_n(cli, tmp_path, brightrun_home, kind):
+    rows = _openai_rows(23)
+    plain = _added(add(cli, write_jsonl(tmp_path / "chats.jsonl", rows), "--name", "plain", "--json"))
+    table = _added(add(cli, _table_files(tmp_path, rows)[kind], "--name", kind, "--json"))
+    assert table["format"] == "openai" and table["content_sha256"] == plain["content_sha256"]
+
+    # A problem names its row: row 3 (counting from 1) has an empty answer, row 20 a tool message.
+    bad = [dict(r) for r in rows]
+    bad[2] = {"messages": [*rows[2]["messages"][:2], {"role": "assistant", "content": ""}]}
+    bad[19] = {"messages": [*rows[19]["messages"], {"role": "tool", "content": "42"}]}
+    (tmp_path / "bad").mkdir()
+    before = snapshot(brightrun_home)
+    failed = add(cli, _table_files(tmp_path / "bad", bad)[kind], "--name", "bad", "--json")
+    assert failed.exit_code == 2
+    assert [e["line"] for e in json.loads(failed.stdout)["validation_errors"]] == [3, 20]
+    assert snapshot(brightrun_home)[1] == before[1]  # no blobs stored
+
+
+def test_table_columns_json_has_no_type_for_are_kept_as_text_or_null(cli, tmp_path, brightrun_home):
+    """A native-format table keeps its extra columns, as a JSONL line keeps its extra keys."""
+    rows = [conv(f"c{i}", ("user", f"q{i}"), ("assistant", f"a{i}"), created=datetime.datetime(2024, 5, 1, 12, i),
+                 score=float("nan") if i == 0 else 0.5, raw=b"\x00\x01") for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "native.parquet")
+    added = _added(add(cli, tmp_path / "native.parquet", "--name", "native", "--json"))
+    first = _stored(brightrun_home, added)[0]
+    assert first["conversation_id"] == "c0" and first["turns"][1] == {"role": "assistant", "content": "a0"}
+    assert (first["created"], first["score"], first["raw"]) == ("2024-05-01T12:00:00", None, "AAE=")
+
+
+@pytest.mark.parametrize("damage,expected", [
+    (lambda data: gzip.compress(data)[:-40], "cannot decompress it as gzip"),
+    (lambda data: b"BZh9" + b"garbage" * 20, "cannot decompress it as bzip2"),
+    ("parquet-cut", "cannot read it as Parquet"),
+    ("zip", "is a zip archive; unzip it"),
+])
+def test_a_damaged_or_archived_file_is_one_error_line_and_stores_nothing(cli, tmp_path, brightrun_home, damage, expected):
+    source = write_jsonl(tmp_path / "chats.jsonl", good_lines(200))
+    target = tmp_path / "data.bin"
+    if damage == "parquet-cut":
+        pq.write_table(pa.Table.from_pylist(good_lines(200)), tmp_path / "whole.parquet")
+        whole = (tmp_path / "whole.parquet").read_bytes()
+        target.write_bytes(whole[: len(whole) // 2])
+    elif damage == "zip":
+        with zipfile.ZipFile(target, "w") as archive:
+            archive.write(source, "chats.jsonl")
+    else:
+        target.write_bytes(damage(source.read_bytes()))
+    result = add(cli, target, "--name", "damaged")
+    assert result.exit_code == 2 and expected in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert json.loads(cli("dataset", "list", "--json").stdout) == []
+    assert not list((brightrun_home / "storage").glob("datasets/*"))
+
+
+def test_what_a_file_unpacks_to_is_held_to_the_size_limit(cli, tmp_path, brightrun_home):
+    """A 1 MB gzip file can unpack to gigabytes: the limit counts the text, not only the file."""
+    text = "".join(json.dumps(r) + "\n" for r in good_lines(3000))  # ~240 KB of text, a few KB packed
+    bomb = tmp_path / "chats.jsonl.gz"
+    bomb.write_bytes(gzip.compress(text.encode()))
+    (brightrun_home / "config.toml").write_text(f"max_dataset_bytes = {len(text) // 2}\n")
+    assert bomb.stat().st_size < len(text) // 2
+    result = add(cli, bomb, "--name", "bomb")
+    assert result.exit_code == 2
+    assert "chats.jsonl.gz unpacks to more than the dataset size limit" in result.stderr and "max_dataset_bytes" in result.stderr
+    assert json.loads(cli("dataset", "list", "--json").stdout) == []
+    assert not list((brightrun_home / "storage").glob("datasets/*"))
+
+
+def test_zstd_without_its_package_says_how_to_proceed(cli, tmp_path, brightrun_home, monkeypatch):
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # import fails, as where it is not installed
+    (tmp_path / "chats.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 32)
+    result = add(cli, tmp_path / "chats.jsonl.zst", "--name", "z")
+    assert result.exit_code == 2
+    assert "zstd-compressed, and the zstandard package is not installed; pip install zstandard, or decompress it first" in result.stderr
+
+
+def test_progress_counts_stored_bytes_up_to_the_file_size(tmp_path, brightrun_home):
+    """The bar's total is the file's size: progress must reach it, not the size of the text inside."""
+    source = tmp_path / "chats.jsonl.gz"
+    source.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in good_lines(40_000)).encode()))
+    seen: list[tuple[int, int | None]] = []
+    row = add_dataset(Workspace.open(brightrun_home), str(source), name="big", progress=lambda done, total: seen.append((done, total)))
+    assert row.status == "ready" and len(seen) > 2
+    assert {total for _, total in seen} == {source.stat().st_size}
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen) and seen[-1][0] == source.stat().st_size
+
+
+def test_a_text_file_starting_like_no_container_is_read_as_text(cli, tmp_path, brightrun_home):
+    """Plain JSONL stays on the text path: its first bytes match no container's."""
+    added = _added(add(cli, write_jsonl(tmp_path / "chats.jsonl.gz", good_lines(5)), "--name", "named-gz", "--json"))
+    assert added["total_conversations"] == 5 and show_json(cli, "named-gz")["status"] == "ready"
