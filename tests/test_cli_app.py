@@ -103,3 +103,32 @@ def test_every_command_has_examples_that_parse():
                 broken.append(f"{line}: {exc}")
     assert not missing, f"commands without an Examples section: {missing}"
     assert not broken, "examples that do not parse:\n" + "\n".join(broken)
+
+
+def test_help_prose_is_rewrapped_for_the_terminal_while_examples_and_items_keep_their_lines(brightrun_home):
+    """Docstrings are wrapped at the source's width; on an 80-column terminal the page must
+    not read ragged (a line broken every few words), and examples stay one per line."""
+    from brightrun_cli.cli.app import help_text
+
+    doc = """Do a thing.
+
+        First paragraph wrapped
+        in the source.
+
+        - an item that
+          goes on
+        - another item
+
+        Examples:
+          brightrun thing --flag
+        """
+    assert help_text(doc) == ("Do a thing.\n\nFirst paragraph wrapped in the source.\n\n"
+                              "- an item that goes on\n- another item\n\nExamples:\n  brightrun thing --flag")
+
+    from conftest import run_brightrun
+
+    page = run_brightrun("dataset", "add", "--help", env={"COLUMNS": "80"}).stdout
+    prose = page[page.index("When lines have problems"):page.index("Examples:")]
+    lines = [line.strip() for line in prose.strip().splitlines()]
+    assert len(lines) >= 3 and all(len(line) > 60 for line in lines[:-1]), page  # filled to the width, not broken at 88
+    assert "\n   brightrun dataset add support.jsonl --name support-v1 " in page

@@ -68,15 +68,41 @@ def _typer_callback(fn: Callable) -> Callable:
     return command
 
 
+def help_text(doc: str | None) -> str | None:
+    """A command's docstring as its help page shows it: each prose paragraph one line, for
+    Rich to wrap at the terminal's width (typer >= 0.26 keeps every line break of the
+    source, so text wrapped at 88 columns there reads ragged on an 80-column terminal).
+    A paragraph with indented lines (examples) or items ("- ...") keeps its breaks;
+    an item's continuation lines join the item."""
+    if not doc:
+        return doc
+    paragraphs = []
+    for paragraph in inspect.cleandoc(doc).split("\n\n"):
+        lines = paragraph.split("\n")
+        if lines[0].startswith("- "):
+            items: list[str] = []
+            for line in lines:
+                if line.startswith("- ") or not items:
+                    items.append(line.rstrip())
+                else:
+                    items[-1] += " " + line.strip()
+            paragraphs.append("\n".join(items))
+        elif any(line.startswith(" ") for line in lines) or lines[0].rstrip().endswith(":"):
+            paragraphs.append(paragraph)
+        else:
+            paragraphs.append(" ".join(line.strip() for line in lines))
+    return "\n\n".join(paragraphs)
+
+
 def add_group(app: typer.Typer, group: common.Group) -> None:
     """Add a declared group's commands and subgroups to a typer app."""
     for name, (fn, settings) in group.commands.items():
-        app.command(name, **settings)(_typer_callback(fn))
+        app.command(name, **{"help": help_text(fn.__doc__), **settings})(_typer_callback(fn))
     for name, sub in group.groups.items():
         sub_app = typer.Typer(**{"name": sub.name, **sub.kwargs})
         if sub.callback_fn is not None:
             fn, settings = sub.callback_fn
-            sub_app.callback(**settings)(_typer_callback(fn))
+            sub_app.callback(**{"help": help_text(fn.__doc__), **settings})(_typer_callback(fn))
         add_group(sub_app, sub)
         app.add_typer(sub_app, name=name)
 

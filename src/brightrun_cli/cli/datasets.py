@@ -43,7 +43,7 @@ def add_command(
       brightrun dataset add chats.jsonl --name chats --format openai --val-split 0.05 --base-model builtin:tiny
       brightrun dataset add scraped.jsonl --name scraped --skip-invalid
       brightrun dataset add s3://bucket/data/support.jsonl --name support-s3 --json
-      brightrun dataset add train-00000-of-00001.parquet --name hub-chats   # a Hugging Face Hub download
+      brightrun dataset add train-00000-of-00001.parquet --name hub-chats
     """
     from brightrun_cli.services.dataset_add import add_dataset
 
