@@ -104,6 +104,13 @@ def test_tiny_dataset_still_gets_a_validation_conversation(cli, tmp_path):
         ("openai", {"messages": [{"role": "developer", "content": "sys"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "assistant", "content": "yo"}]}, ["system", "user", "assistant"]),
         ("sharegpt", {"id": "s1", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}, ["user", "assistant"]),
         ("alpaca", {"instruction": "Translate", "input": "chat", "output": "cat", "system": "sys"}, ["system", "user", "assistant"]),
+        # ShareGPT-shaped files often hold OpenAI-style role/content messages under "conversations".
+        ("sharegpt", {"id": "s1", "conversations": [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"},
+                                                    {"from": "gpt", "value": "yo"}]}, ["system", "user", "assistant"]),
+        # TRL's prompt-completion format, as text and as messages.
+        ("prompt_completion", {"prompt": "Translate chat", "completion": "cat"}, ["user", "assistant"]),
+        ("prompt_completion", {"prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}],
+                               "completion": [{"role": "assistant", "content": "yo"}]}, ["system", "user", "assistant"]),
     ],
 )
 def test_other_formats_are_detected_and_converted(cli, tmp_path, brightrun_home, fmt, row, expected_roles):
@@ -117,8 +124,23 @@ def test_other_formats_are_detected_and_converted(cli, tmp_path, brightrun_home,
     assert set(stored) >= {"conversation_id", "turns"}
     if fmt == "alpaca":
         assert stored["turns"][1]["content"] == "Translate\n\nchat"
+    if fmt == "prompt_completion":
+        assert stored["turns"][-1]["content"] in ("cat", "yo")
     forced = add(cli, path, "--name", f"{fmt}-forced", "--format", fmt)
     assert forced.exit_code == 0, forced.output
+
+
+def test_prompt_completion_problems_name_the_field_and_a_raw_text_file_is_told_what_it_lacks(cli, tmp_path, brightrun_home):
+    rows = [{"prompt": "q", "completion": "a"}, {"prompt": "q", "completion": [{"role": "user", "content": "no"}]},
+            {"prompt": "", "completion": 3}, {"prompt": [], "completion": "a"}]
+    failed = add(cli, write_jsonl(tmp_path / "pc.jsonl", rows), "--name", "pc", "--json")
+    assert failed.exit_code == 2
+    errors = [(e["line"], e["error"]) for e in json.loads(failed.stdout)["validation_errors"]]
+    assert errors == [(2, "completion[0] is a user message"), (3, "empty 'prompt'"),
+                      (3, "'completion' must be a string or a list of messages (got a number)"), (4, "empty 'prompt'")]
+
+    raw = add(cli, write_jsonl(tmp_path / "raw.jsonl", [{"text": "### Human: hi ### Assistant: hello"}]), "--name", "raw")
+    assert raw.exit_code == 2 and "'text' holds raw text, not a conversation" in raw.stderr and "prompt/completion" in raw.stderr
 
 
 def test_bom_and_crlf_are_accepted(cli, tmp_path):
@@ -488,7 +510,7 @@ def test_malformed_lines_never_crash_and_every_problem_has_a_line(lines):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.text(max_size=12), st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=10), max_size=5), st.sampled_from(["brightrun_lora_v4", "openai", "sharegpt", "alpaca"]))
+@given(st.dictionaries(st.text(max_size=12), st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=10), max_size=5), st.sampled_from(["brightrun_lora_v4", "openai", "sharegpt", "alpaca", "prompt_completion"]))
 def test_to_v4_returns_a_conversation_xor_problems(obj, fmt):
     record, problems = to_v4(obj, fmt, 7)
     assert (record is None) == bool(problems)

@@ -25,7 +25,7 @@ def add_command(
     ctx: common.Context,
     source: Annotated[str, common.Arg(help="Data file path or fsspec URL (s3://..., gs://..., https://...): JSONL, a JSON array, either one compressed (gzip, bzip2, xz, zstd), Parquet or Arrow.", show_default=False)],
     name: Annotated[str, common.Opt("--name", "-n", help="Name to refer to the dataset by (unique among live datasets).", show_default=False)],
-    format: Annotated[str, common.Opt("--format", "-f", help="auto, brightrun_lora_v4, openai, sharegpt or alpaca.")] = "auto",
+    format: Annotated[str, common.Opt("--format", "-f", help="auto, brightrun_lora_v4, openai, sharegpt, alpaca or prompt_completion.")] = "auto",
     val_split: Annotated[float, common.Opt("--val-split", help="Fraction of conversations held out for validation (by conversation id, deterministic).")] = 0.1,
     base_model: common.BaseModelOpt = None,
     skip_invalid: Annotated[bool, common.Opt("--skip-invalid", help="Keep the valid conversations of a file whose other lines have problems (those are listed, and counted as skipped_lines).")] = False,

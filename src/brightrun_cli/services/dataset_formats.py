@@ -1,4 +1,4 @@
-"""The four input formats and their conversion to the native `brightrun_lora_v4` form.
+"""The five input formats and their conversion to the native `brightrun_lora_v4` form.
 
 A record is checked and converted in one step: `to_v4` returns the v4 conversation
 (or None) and the problems found, each with the line, what is wrong and how to fix it.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 V4 = "brightrun_lora_v4"
-FORMATS = (V4, "openai", "sharegpt", "alpaca")
+FORMATS = (V4, "openai", "sharegpt", "alpaca", "prompt_completion")
 ROLES = ("system", "user", "assistant")
 
 # ShareGPT exports name the speakers in many ways; these are the ones seen in the wild.
@@ -55,6 +55,8 @@ def detect_format(obj: dict[str, Any]) -> str | None:
         return "sharegpt"
     if "instruction" in obj and "output" in obj:
         return "alpaca"
+    if "prompt" in obj and "completion" in obj:
+        return "prompt_completion"
     return None
 
 
@@ -63,6 +65,8 @@ def to_v4(obj: dict[str, Any], fmt: str, line: int) -> tuple[dict[str, Any] | No
     problems: list[Problem] = []
     if fmt == "alpaca":
         turns = _alpaca_turns(obj, line, problems)
+    elif fmt == "prompt_completion":
+        turns = _prompt_completion_turns(obj, line, problems)
     else:
         key = {V4: "turns", "openai": "messages", "sharegpt": "conversations"}[fmt]
         turns = _chat_turns(obj, key, fmt, line, problems)
@@ -130,6 +134,8 @@ def _chat_turn(item: Any, fmt: str, where: str, line: int, problems: list[Proble
         "openai": ("role", "content", _OPENAI_ROLES),
         "sharegpt": ("from", "value", _SHAREGPT_ROLES),
     }[fmt]
+    if fmt == "sharegpt" and "from" not in item and "role" in item:
+        role_key, content_key = "role", "content"  # ShareGPT-shaped files often carry OpenAI-style messages
     ok = True
     raw_role = item.get(role_key)
     role = roles.get(raw_role.strip().lower()) if isinstance(raw_role, str) else None
@@ -185,6 +191,37 @@ def _alpaca_turns(obj: dict[str, Any], line: int, problems: list[Problem]) -> li
     turns = [{"role": "system", "content": fields["system"]}] if fields.get("system", "").strip() else []
     turns += [{"role": "user", "content": prompt}, {"role": "assistant", "content": fields["output"]}]
     return turns
+
+
+def _prompt_completion_turns(obj: dict[str, Any], line: int, problems: list[Problem]) -> list[dict[str, str]] | None:
+    """TRL's prompt-completion format: `prompt` and `completion` as text (a user turn and the
+    assistant's answer) or as lists of messages (conversational: the completion's are the
+    assistant's)."""
+    turns: list[dict[str, str]] = []
+    for key, role in (("prompt", "user"), ("completion", "assistant")):
+        value = obj.get(key)
+        if value is None:
+            problems.append(Problem(line, f"missing field '{key}'", f"each prompt_completion line needs '{key}' as a string or a list of messages"))
+        elif isinstance(value, str):
+            if value.strip():
+                turns.append({"role": role, "content": value})
+            else:
+                problems.append(Problem(line, f"empty '{key}'", "fill it in, or remove the line"))
+        elif isinstance(value, list) and value:
+            for index, item in enumerate(value):
+                turn = _chat_turn(item, "openai", f"{key}[{index}]", line, problems)
+                if turn is None:
+                    continue
+                if key == "completion" and turn["role"] != "assistant":
+                    problems.append(Problem(line, f"{key}[{index}] is a {turn['role']} message",
+                                            "a completion holds the assistant's answer: move other messages into 'prompt'"))
+                turns.append(turn)
+        elif isinstance(value, list):
+            problems.append(Problem(line, f"empty '{key}'", "add its messages, or remove the line"))
+        else:
+            problems.append(Problem(line, f"'{key}' must be a string or a list of messages (got {_json_type(value)})",
+                                    f"write '{key}' as a JSON string, or as a list of {{\"role\", \"content\"}} messages"))
+    return None if problems else turns
 
 
 def _format_hint(obj: dict[str, Any], fmt: str) -> str:

@@ -414,9 +414,12 @@ def _detect(obj: dict[str, Any], number: int, file_name: str) -> str:
     fmt = detect_format(obj)
     if fmt is None:
         keys = ", ".join(sorted(obj)[:6]) or "none"
+        raw_text = (" ('text' holds raw text, not a conversation: split it into user and assistant turns)"
+                    if "text" in obj else "")
         raise UsageError(
-            f"{file_name}: cannot tell the format from line {number} (keys: {keys})",
-            "expected turns (brightrun_lora_v4), messages (openai), conversations (sharegpt) or instruction/output (alpaca); or pass --format",
+            f"{file_name}: cannot tell the format from line {number} (keys: {keys}){raw_text}",
+            "expected turns (brightrun_lora_v4), messages (openai), conversations (sharegpt), instruction/output (alpaca) "
+            "or prompt/completion (prompt_completion); or pass --format",
         )
     return fmt
 
