@@ -155,3 +155,88 @@ def test_a_text_file_starting_like_no_container_is_read_as_text(cli, tmp_path, b
     """Plain JSONL stays on the text path: its first bytes match no container's."""
     added = _added(add(cli, write_jsonl(tmp_path / "chats.jsonl.gz", good_lines(5)), "--name", "named-gz", "--json"))
     assert added["total_conversations"] == 5 and show_json(cli, "named-gz")["status"] == "ready"
+
+
+# ------------------------------------------------------------------ several files (shards)
+
+
+def _shards(tmp_path: Path, rows: list[dict], cuts: list[int]) -> list[Path]:
+    """`rows` split at `cuts` into Parquet shards named as the Hub names them."""
+    bounds = [0, *cuts, len(rows)]
+    paths = []
+    for index, (start, end) in enumerate(zip(bounds, bounds[1:])):
+        path = tmp_path / f"train-{index:05d}-of-{len(bounds) - 1:05d}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows[start:end]), path)
+        paths.append(path)
+    return paths
+
+
+def test_shards_added_together_are_one_dataset_in_the_order_given(cli, tmp_path, brightrun_home):
+    rows = [conv(f"c{i}", ("user", f"q{i}"), ("assistant", f"a{i}")) for i in range(50)]
+    whole = _added(add(cli, write_jsonl(tmp_path / "all.jsonl", rows), "--name", "whole", "--json"))
+    shards = _shards(tmp_path, rows, [20, 35])
+    added = _added(cli("dataset", "add", *map(str, shards), "--name", "shards", "--json"))
+    assert added["content_sha256"] == whole["content_sha256"]  # same conversations, same order, same split
+    assert added["file_size"] == sum(p.stat().st_size for p in shards)
+    assert added["file_name"] == "train-00000-of-00003.parquet (+2 more)"
+    assert json.loads(added["source_uri"]) == [str(p) for p in shards]
+
+    # Records without ids of their own are told apart by file: line 1 of each shard is no duplicate.
+    (tmp_path / "unnamed").mkdir()
+    unnamed = _shards(tmp_path / "unnamed", _openai_rows(30), [10])
+    ids = [c["conversation_id"] for c in _stored(brightrun_home, _added(cli("dataset", "add", *map(str, unnamed), "--name", "unnamed", "--json")))]
+    assert len(ids) == 30 and "train-00001-of-00002.parquet:line-1" in ids
+
+
+def test_a_problem_in_a_shard_names_its_file_and_line(cli, tmp_path, brightrun_home):
+    rows = [conv(f"c{i}", ("user", f"q{i}"), ("assistant", f"a{i}")) for i in range(30)]
+    rows[24] = conv("c3", ("user", "again"), ("assistant", "a duplicate id"))  # c3 is in the first shard
+    rows[27] = conv("c27", ("user", "no answer"))
+    shards = _shards(tmp_path, rows, [20])
+    failed = cli("dataset", "add", *map(str, shards), "--name", "shards", "--json")
+    assert failed.exit_code == 2
+    found = json.loads(failed.stdout)
+    assert [(e["file"], e["line"], e["error"]) for e in found["validation_errors"]] == [
+        ("train-00001-of-00002.parquet", 5, "duplicate conversation_id 'c3' (first on train-00000-of-00002.parquet line 4)"),
+        ("train-00001-of-00002.parquet", 8, "no assistant turn"),
+    ]
+    assert found["error_message"] == "2 validation problem(s); first on train-00001-of-00002.parquet line 5: " + found["validation_errors"][0]["error"]
+    shown = cli("dataset", "show", found["id"]).stdout
+    assert "train-00001-of-00002.parquet:8" in shown.replace("\n", "").replace(" ", "")
+    # One file keeps the findings as they always were: no "file" key.
+    single = json.loads(add(cli, shards[1], "--name", "one", "--json").stdout)
+    assert single["validation_errors"] == [{"line": 8, "error": "no assistant turn", "suggestion": found["validation_errors"][1]["suggestion"]}]
+
+
+def test_shards_are_held_to_the_size_limit_together_and_each_is_given_once(cli, tmp_path, brightrun_home):
+    a = write_jsonl(tmp_path / "a.jsonl", good_lines(20))
+    b = write_jsonl(tmp_path / "b.jsonl", good_lines(20))
+    twice = cli("dataset", "add", str(a), str(a), "--name", "twice")
+    assert twice.exit_code == 2 and "is given more than once" in twice.stderr
+    (brightrun_home / "config.toml").write_text(f"max_dataset_bytes = {a.stat().st_size + b.stat().st_size - 1}\n")
+    over = cli("dataset", "add", str(a), str(b), "--name", "over")
+    assert over.exit_code == 2 and "the 2 files are" in over.stderr and "together, over the dataset size limit" in over.stderr
+    # What compressed shards unpack to counts together too.
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(a.read_bytes()))
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b.read_bytes()))
+    packed = cli("dataset", "add", str(tmp_path / "a.jsonl.gz"), str(tmp_path / "b.jsonl.gz"), "--name", "packed")
+    assert packed.exit_code == 2 and "the 2 files unpack to more than the dataset size limit" in packed.stderr
+    assert json.loads(cli("dataset", "list", "--json").stdout) == []
+
+
+def test_shards_progress_counts_every_file_and_the_again_command_names_them_all(tmp_path, brightrun_home):
+    from brightrun_cli.services.datasets import add_again_command
+
+    shards = []
+    for index in range(2):
+        path = tmp_path / f"part {index}.jsonl.gz"  # a space: the command must quote it
+        path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in good_lines(20_000)).replace('"conversation_id": "c', f'"conversation_id": "s{index}-c').encode()))
+        shards.append(path)
+    seen: list[tuple[int, int | None]] = []
+    row = add_dataset(Workspace.open(brightrun_home), [str(p) for p in shards], name="parts",
+                      progress=lambda done, total: seen.append((done, total)))
+    total = sum(p.stat().st_size for p in shards)
+    assert row.status == "ready" and row.total_conversations == 40_000
+    assert {t for _, t in seen} == {total} and seen[-1][0] == total
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert add_again_command(row) == f"brightrun dataset add '{shards[0]}' '{shards[1]}' --name parts"

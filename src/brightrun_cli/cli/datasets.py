@@ -23,7 +23,7 @@ SAMPLE_SHOWN_TURNS = 6
 @dataset_app.command("add")
 def add_command(
     ctx: common.Context,
-    source: Annotated[str, common.Arg(help="Data file path or fsspec URL (s3://..., gs://..., https://...): JSONL, a JSON array, either one compressed (gzip, bzip2, xz, zstd), Parquet or Arrow.", show_default=False)],
+    source: Annotated[list[str], common.Arg(help="Data file path or fsspec URL (s3://..., gs://..., https://...): JSONL, a JSON array, either one compressed (gzip, bzip2, xz, zstd), Parquet or Arrow. Several (shards) are read in the order given, as one dataset.", show_default=False)],
     name: Annotated[str, common.Opt("--name", "-n", help="Name to refer to the dataset by (unique among live datasets).", show_default=False)],
     format: Annotated[str, common.Opt("--format", "-f", help="auto, brightrun_lora_v4, openai, sharegpt, alpaca or prompt_completion.")] = "auto",
     val_split: Annotated[float, common.Opt("--val-split", help="Fraction of conversations held out for validation (by conversation id, deterministic).")] = 0.1,
@@ -44,6 +44,7 @@ def add_command(
       brightrun dataset add scraped.jsonl --name scraped --skip-invalid
       brightrun dataset add s3://bucket/data/support.jsonl --name support-s3 --json
       brightrun dataset add train-00000-of-00001.parquet --name hub-chats
+      brightrun dataset add data/train-*.parquet --name hub-chats-all
     """
     from brightrun_cli.services.dataset_add import add_dataset
 
@@ -211,7 +212,7 @@ def _render_dataset(details: "DatasetDetails") -> None:
     out.print(f"[bold]{row.name}[/bold]  ({row.id})  {_status(row.status)}")
     stored = row.storage_path if row.content_sha256 else "nothing stored (a failed add: its name is free for the next add)"
     facts = [
-        ("source", f"{row.source_uri or row.file_name} ({common.human_bytes(row.file_size)}, format {row.format})"),
+        ("source", f"{term.escape(', '.join(row.sources))} ({common.human_bytes(row.file_size)}, format {row.format})"),
         ("stored as", stored),
         ("validated", f"{row.validated_at:%Y-%m-%d %H:%M:%S} UTC" if row.validated_at else "-"),
     ]
@@ -273,7 +274,8 @@ def _render_findings(title: str, findings: list[dict[str, Any]], count: int, key
     common.console().print(f"\n[bold]{title}{more}[/bold]")
     table = term.Table("LINE", column, "HOW TO FIX", box=None)
     for finding in findings:
-        table.add_row(str(finding["line"]), finding.get(key, ""), finding.get("suggestion") or "")
+        where = f"{finding['file']}:{finding['line']}" if finding.get("file") else str(finding["line"])
+        table.add_row(where, finding.get(key, ""), finding.get("suggestion") or "")
     common.console().print(table)
 
 

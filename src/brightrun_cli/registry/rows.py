@@ -186,6 +186,18 @@ class DatasetRow(Row, frozen=True):
     skipped_lines: int
 
     @property
+    def sources(self) -> list[str]:
+        """What it was added from: one path or URL, or, for shards added together, each in
+        order (stored as a JSON list; a single source is a path, made absolute, or a URL,
+        so it never starts with '[')."""
+        uri = self.source_uri or self.file_name
+        if uri.startswith("["):
+            import json
+
+            return json.loads(uri)
+        return [uri]
+
+    @property
     def tokens_counted(self) -> bool:
         """Whether its token counts came from a tokenizer (`tokenizer:<model>`, of
         `base_model`), not the characters / 4 approximation."""

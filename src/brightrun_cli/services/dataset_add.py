@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,9 +42,9 @@ from brightrun_cli.registry.rows import DatasetRow
 from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.services.base_model import local_base_model
 from brightrun_cli.services.dataset_formats import FORMATS
-from brightrun_cli.services.dataset_sources import Source
+from brightrun_cli.services.dataset_sources import Source, Stream
 from brightrun_cli.services.dataset_tokens import TokenCounter, load_counter
-from brightrun_cli.services.dataset_validation import ScanResult, scan
+from brightrun_cli.services.dataset_validation import ScanResult, scan_files
 from brightrun_cli.services.datasets import (
     Removal,
     add_again_command,
@@ -69,7 +71,7 @@ Progress = Callable[[int, int | None], None]  # (bytes read, total bytes or None
 
 def add_dataset(
     ws: "Workspace",
-    source: str,
+    source: str | Sequence[str],
     *,
     name: str,
     format: str = "auto",
@@ -79,15 +81,14 @@ def add_dataset(
     progress: Progress | None = None,
 ) -> DatasetRow:
     """Copy, validate and describe a dataset. Returns the row (status `ready` or `error`).
+    `source`: a path or URL, or several (shards, read in order as one dataset).
     `skip_invalid`: store the valid conversations of a file whose other lines have problems."""
     name = _check_name(name)
     if format != "auto" and format not in FORMATS:
         raise UsageError(f"--format {format}: unknown format", f"use auto or one of {', '.join(FORMATS)}")
     if not 0 <= val_split <= MAX_VAL_SPLIT:
         raise UsageError(f"--val-split {val_split}: must be between 0 and {MAX_VAL_SPLIT}", "pass a fraction such as 0.1")
-    src = Source.open(ws, source)
-    if src.size > ws.config.max_dataset_bytes:
-        raise _over_size_limit(ws, f"{src.display} is {_size(src.size)}, over")
+    sources = _Sources.open(ws, [source] if isinstance(source, str) else list(source))
     repair_interrupted(ws)
     _refuse_taken_name(ws, name)
     model = _model_name(local_base_model(ws, base_model or ws.config.default_base_model))
@@ -95,18 +96,77 @@ def add_dataset(
 
     dataset_id = new_id()
     with processing_lock(ws, dataset_id):
-        row = _insert(ws, dataset_id, name=name, src=src, format=format, val_split=val_split, base_model=model)
+        row = _insert(ws, dataset_id, name=name, sources=sources, format=format, val_split=val_split, base_model=model)
         try:
             _set_status(ws, dataset_id, "validating")
-            over = lambda: _over_size_limit(ws, f"{src.display} unpacks to more than")  # noqa: E731
-            with src.stream(max_text_bytes=ws.config.max_dataset_bytes, over_limit=over) as stream:
-                # Progress in stored bytes: the bar's total is the file's size, whatever it unpacks to.
-                tick = (lambda _text_bytes: progress(stream.consumed, src.size)) if progress is not None else None
-                outcome = _ingest(ws, row, stream.lines, fmt=format, counter=counter, progress=tick, skip_invalid=skip_invalid)
+            with contextlib.closing(sources.read(ws)) as files:
+                # Progress in stored bytes: the bar's total is the files' size, whatever they unpack to.
+                tick = (lambda _text_bytes: progress(sources.consumed, sources.size)) if progress is not None else None
+                outcome = _ingest(ws, row, files, several=len(sources.items) > 1, fmt=format, counter=counter,
+                                  progress=tick, skip_invalid=skip_invalid)
         except BaseException:
             _discard(ws, dataset_id)
             raise
     return outcome
+
+
+@dataclass
+class _Sources:
+    """The files a dataset is added from, read one after another; each is named in findings
+    by its file name (by the path given, when two share a name)."""
+
+    items: list[Source]
+    labels: list[str]
+    done: int = 0  # stored bytes of the files read to the end
+    current: Stream | None = None
+
+    @classmethod
+    def open(cls, ws: "Workspace", given: list[str]) -> "_Sources":
+        if not given:
+            raise UsageError("no source given", "pass the data file (or several shards) to add")
+        repeated = sorted({s for s in given if given.count(s) > 1})
+        if repeated:
+            raise UsageError(f"{repeated[0]} is given more than once", "pass each file once")
+        items = [Source.open(ws, s) for s in given]
+        names = [item.file_name for item in items]
+        labels = [item.file_name if names.count(item.file_name) == 1 else item.display for item in items]
+        sources = cls(items, labels)
+        if sources.size > ws.config.max_dataset_bytes:
+            what = items[0].display if len(items) == 1 else f"the {len(items)} files"
+            raise _over_size_limit(ws, f"{what} {'is' if len(items) == 1 else 'are'} {_size(sources.size)}{'' if len(items) == 1 else ' together'}, over")
+        return sources
+
+    @property
+    def size(self) -> int:
+        return sum(item.size for item in self.items)
+
+    @property
+    def consumed(self) -> int:
+        return self.done + (self.current.consumed if self.current is not None else 0)
+
+    @property
+    def file_name(self) -> str:
+        first = self.items[0].file_name
+        return first if len(self.items) == 1 else f"{first} (+{len(self.items) - 1} more)"
+
+    @property
+    def uri(self) -> str:
+        """As stored in source_uri: the one path or URL, or a JSON list of them (DatasetRow.sources)."""
+        return self.items[0].uri if len(self.items) == 1 else json.dumps([item.uri for item in self.items])
+
+    def read(self, ws: "Workspace") -> Iterator[tuple[str, Iterator[bytes]]]:
+        """(label, lines) per file, each open only while it is read; what compressed or
+        columnar files unpack to is held to the size limit together."""
+        limit = ws.config.max_dataset_bytes
+        used = 0
+        for item, label in zip(self.items, self.labels):
+            what = f"{item.display} unpacks to more than" if len(self.items) == 1 else f"the {len(self.items)} files unpack to more than"
+            with item.stream(max_text_bytes=limit - used, over_limit=lambda what=what: _over_size_limit(ws, what)) as stream:
+                self.current = stream
+                yield label, stream.lines
+                used += stream.text_bytes
+            self.current = None
+            self.done += item.size
 
 
 def _over_size_limit(ws: "Workspace", what: str) -> UsageError:
@@ -144,13 +204,13 @@ def _model_name(name: str | None) -> str | None:
     return absolute_base_model(name) if name else name
 
 
-def _insert(ws: "Workspace", dataset_id: str, *, name: str, src: Source, format: str, val_split: float, base_model: str | None) -> DatasetRow:
+def _insert(ws: "Workspace", dataset_id: str, *, name: str, sources: _Sources, format: str, val_split: float, base_model: str | None) -> DatasetRow:
     try:
         with ws.registry.write() as tx:
             replaced = _replace_failed_add(tx, name)
             row = dataset_rows.insert(
                 tx, id=dataset_id, name=name, format=format, status="uploading", storage_path=data_key(dataset_id),
-                file_name=src.file_name, file_size=src.size, source_uri=src.uri, base_model=base_model, val_split=val_split,
+                file_name=sources.file_name, file_size=sources.size, source_uri=sources.uri, base_model=base_model, val_split=val_split,
             )
     except DuplicateRow:
         # Another process took the name between our check and this insert.
@@ -189,18 +249,18 @@ def _discard(ws: "Workspace", dataset_id: str) -> None:
 
 
 def _ingest(
-    ws: "Workspace", row: DatasetRow, lines: Iterator[bytes], *, fmt: str, counter: TokenCounter,
-    progress: Callable[[int], None] | None, skip_invalid: bool = False,
+    ws: "Workspace", row: DatasetRow, files: Iterable[tuple[str, Iterable[bytes]]], *, fmt: str, counter: TokenCounter,
+    progress: Callable[[int], None] | None, skip_invalid: bool = False, several: bool = False,
 ) -> DatasetRow:
-    """Validate `lines` into a local v4 file; store it and its split if valid (or, with
-    `skip_invalid`, its valid part); record the outcome."""
+    """Validate the (file name, lines) of `files` into a local v4 file; store it and its
+    split if valid (or, with `skip_invalid`, its valid part); record the outcome."""
     fd, tmp_name = tempfile.mkstemp(prefix=f"dataset-{row.id}-", suffix=".jsonl", dir=ws.cache_dir)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            result = scan(
-                lines, out, file_name=row.file_name, fmt=fmt, val_split=row.val_split, counter=counter,
-                keep_problems=ws.config.max_stored_validation_errors, progress=progress,
+            result = scan_files(
+                files, out, fmt=fmt, val_split=row.val_split, counter=counter,
+                keep_problems=ws.config.max_stored_validation_errors, progress=progress, several=several,
             )
         if result.problem_count and not (skip_invalid and result.conversations):
             return _finish(ws, row, result, counter.method, sha256=None, skipped=0)
@@ -246,12 +306,13 @@ def _finish(ws: "Workspace", row: DatasetRow, result: ScanResult, method: str, *
     with ws.registry.write() as tx:
         if sha256 is None:
             first = result.problems[0]
+            where = f"{first.file} line {first.line}" if first.file else f"line {first.line}"
             values.update(status="error", training_ready=False,
-                          error_message=f"{result.problem_count} validation problem(s); first on line {first.line}: {first.error}")
+                          error_message=f"{result.problem_count} validation problem(s); first on {where}: {first.error}")
             row = require_row(dataset_rows.update(tx, row.id, **values), row.id)
             notify(
                 tx, "dataset_error", "Dataset has problems",
-                f'Dataset "{row.name}" has {result.problem_count} validation problem(s), first on line {first.line}: {first.error}',
+                f'Dataset "{row.name}" has {result.problem_count} validation problem(s), first on {where}: {first.error}',
                 priority="high", action_command=f"brightrun dataset show {row.id}", dataset_id=row.id,
             )
             return row
@@ -346,7 +407,7 @@ def validate_dataset(ws: "Workspace", ref: str, *, base_model: str | None = None
             dataset_rows.update(tx, row.id, status="validating", base_model=model)
         try:
             with ws.storage.open(row.storage_path) as handle:
-                return _ingest(ws, current, iter(handle), fmt="brightrun_lora_v4", counter=counter, progress=None)
+                return _ingest(ws, current, [(row.file_name, iter(handle))], fmt="brightrun_lora_v4", counter=counter, progress=None)
         except BaseException as exc:
             _mark_error(ws, row.id, f"validation failed: {exc}")
             raise

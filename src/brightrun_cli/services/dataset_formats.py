@@ -35,14 +35,17 @@ _OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "ass
 @dataclass(frozen=True)
 class Problem:
     """One validation finding, stored on the dataset as {line, error, suggestion} (a problem)
-    or {line, warning, suggestion} (a warning: kept, and it does not block training)."""
+    or {line, warning, suggestion} (a warning: kept, and it does not block training), with
+    the file it is in when the dataset came from several."""
 
     line: int
     error: str
     suggestion: str
+    file: str = ""  # which file, when a dataset is added from several (shards)
 
     def to_json(self, kind: str = "error") -> dict[str, Any]:
-        return {"line": self.line, kind: self.error, "suggestion": self.suggestion}
+        found = {"line": self.line, kind: self.error, "suggestion": self.suggestion}
+        return {**found, "file": self.file} if self.file else found
 
 
 def detect_format(obj: dict[str, Any]) -> str | None:
@@ -60,8 +63,10 @@ def detect_format(obj: dict[str, Any]) -> str | None:
     return None
 
 
-def to_v4(obj: dict[str, Any], fmt: str, line: int) -> tuple[dict[str, Any] | None, list[Problem]]:
-    """Check one record written in `fmt` and convert it to v4. Returns (conversation or None, problems)."""
+def to_v4(obj: dict[str, Any], fmt: str, line: int, file: str = "") -> tuple[dict[str, Any] | None, list[Problem]]:
+    """Check one record written in `fmt` and convert it to v4. Returns (conversation or None, problems).
+    `file`: the record's file, when a dataset is read from several (it names records without
+    an id of their own: `FILE:line-N`, where one file gives `line-N`)."""
     problems: list[Problem] = []
     if fmt == "alpaca":
         turns = _alpaca_turns(obj, line, problems)
@@ -70,7 +75,7 @@ def to_v4(obj: dict[str, Any], fmt: str, line: int) -> tuple[dict[str, Any] | No
     else:
         key = {V4: "turns", "openai": "messages", "sharegpt": "conversations"}[fmt]
         turns = _chat_turns(obj, key, fmt, line, problems)
-    cid = _conversation_id(obj, fmt, line, problems)
+    cid = _conversation_id(obj, fmt, line, problems, file)
     if turns is not None and not problems and not any(t["role"] == "assistant" for t in turns):
         problems.append(Problem(line, "no assistant turn", "add at least one assistant turn: it is what the model learns to write"))
     if problems:
@@ -91,11 +96,13 @@ def conversation_warnings(record: dict[str, Any], line: int) -> list[Problem]:
     return []
 
 
-def _conversation_id(obj: dict[str, Any], fmt: str, line: int, problems: list[Problem]) -> str:
+def _conversation_id(obj: dict[str, Any], fmt: str, line: int, problems: list[Problem], file: str = "") -> str:
     if fmt != V4:
         # Other formats have no id of their own; a stable one keeps the split deterministic.
         given = obj.get("conversation_id", obj.get("id"))
-        return str(given) if isinstance(given, (str, int)) and not isinstance(given, bool) and str(given) else f"line-{line}"
+        if isinstance(given, (str, int)) and not isinstance(given, bool) and str(given):
+            return str(given)
+        return f"{file}:line-{line}" if file else f"line-{line}"
     if "conversation_id" not in obj:
         problems.append(Problem(line, "missing field 'conversation_id'", 'give each line a unique "conversation_id" string'))
         return ""

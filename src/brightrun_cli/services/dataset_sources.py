@@ -22,8 +22,8 @@ import contextlib
 import io
 import os
 import stat
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -101,19 +101,29 @@ class Source:
             counted = _Counted(handle)
             buffered = io.BufferedReader(counted, READ_BUFFER)
             kind = _container(buffered.peek(8)[:8])
+            stream = Stream(counted, kind)
             if kind is None:
-                lines = _limited(buffered, self.size, lambda: UsageError(
+                stream.lines = stream.limited(buffered, self.size, lambda: UsageError(
                     f"{self.display} grew while it was being read", "add it again once it is complete"))
             else:
-                lines = _limited(_decoded(kind, buffered, self.display), max_text_bytes, over_limit)
-            yield Stream(lines, counted, kind)
+                stream.lines = stream.limited(_decoded(kind, buffered, self.display), max_text_bytes, over_limit)
+            yield stream
 
 
 @dataclass
 class Stream:
-    lines: Iterator[bytes]
     _counted: "_Counted"
     container: str | None  # None: plain text
+    lines: Iterator[bytes] = field(default_factory=lambda: iter(()))
+    text_bytes: int = 0  # of the lines read so far
+
+    def limited(self, lines: Iterable[bytes], limit: int, over: Callable[[], UsageError]) -> Iterator[bytes]:
+        """`lines`, counted, refusing to go on past `limit` bytes of them."""
+        for raw in lines:
+            self.text_bytes += len(raw)
+            if self.text_bytes > limit:
+                raise over()
+            yield raw
 
     @property
     def consumed(self) -> int:
@@ -153,16 +163,6 @@ def _container(head: bytes) -> str | None:
         if head.startswith(magic):
             return kind
     return None
-
-
-def _limited(lines: Iterator[bytes], limit: int, over: Callable[[], UsageError]) -> Iterator[bytes]:
-    """`lines`, refusing to go on past `limit` bytes of them."""
-    read = 0
-    for raw in lines:
-        read += len(raw)
-        if read > limit:
-            raise over()
-        yield raw
 
 
 def _decoded(kind: str, handle: io.BufferedReader, display: str) -> Iterator[bytes]:

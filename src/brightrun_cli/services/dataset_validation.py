@@ -27,7 +27,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import compress
 from typing import IO, Any
 
@@ -70,16 +70,18 @@ class ScanResult:
     assistant_turns: array = field(default_factory=lambda: array("l"))
     user_turns: array = field(default_factory=lambda: array("l"))
     _sample_index: list[int] = field(default_factory=list)
+    file: str = ""  # the file being read, named in findings when there are several
+    _seen: dict[str, tuple[str, int]] = field(default_factory=dict)  # conversation id -> (file, line)
 
     def add_problem(self, problem: Problem, keep: int) -> None:
         self.problem_count += 1
         if len(self.problems) < keep:
-            self.problems.append(problem)
+            self.problems.append(problem if problem.file or not self.file else replace(problem, file=self.file))
 
     def add_warning(self, warning: Problem, keep: int) -> None:
         self.warning_count += 1
         if len(self.warnings) < keep:
-            self.warnings.append(warning)
+            self.warnings.append(warning if warning.file or not self.file else replace(warning, file=self.file))
 
     @property
     def conversations(self) -> int:
@@ -149,22 +151,51 @@ def scan(
     progress: Progress | None = None,
 ) -> ScanResult:
     """Validate and convert every line; write valid conversations (v4) to `out`."""
+    return scan_files([(file_name, lines)], out, fmt=fmt, val_split=val_split, counter=counter,
+                      keep_problems=keep_problems, progress=progress)
+
+
+def scan_files(
+    files: Iterable[tuple[str, Iterable[bytes]]],
+    out: IO[bytes],
+    *,
+    fmt: str,
+    val_split: float,
+    counter: TokenCounter,
+    keep_problems: int,
+    progress: Progress | None = None,
+    several: bool = False,
+) -> ScanResult:
+    """`scan` over files read one after another as one dataset (shards): one format, ids
+    unique across them, lines counted in each file. `several`: findings name their file."""
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'", f"use --format auto or one of {', '.join(FORMATS)}")
     result = ScanResult(format=fmt)
     counting = _Counting(counter, result, keep_problems)
+    names: list[str] = []
+    lines_read = read = 0
     try:
-        number, read = _scan_lines(json_lines(lines, file_name), out, file_name, keep_problems, progress, result, counting)
+        for file_name, lines in files:
+            names.append(file_name)
+            result.file = file_name if several else ""
+            base = read
+            tick = (lambda done, base=base: progress(base + done)) if progress is not None else None
+            number, part = _scan_lines(json_lines(lines, file_name), out, file_name, keep_problems, tick, result, counting)
+            lines_read += number
+            read += part
         counting.finish()
     finally:
         counting.close()
     if progress is not None:
         progress(read)
-    if number == 0 or (not result.kept and result.problem_count == 0):
-        raise UsageError(f"{file_name} contains no data lines", "pass a JSONL file with one conversation per line")
+    if lines_read == 0 or (not result.kept and result.problem_count == 0):
+        what = names[0] if len(names) == 1 else f"none of the {len(names)} files"
+        raise UsageError(f"{what} contains no data lines", "pass a JSONL file with one conversation per line")
     if result.format == "auto":
         result.format = "brightrun_lora_v4"
-    result.problems.sort(key=lambda p: p.line)  # token problems arrive a batch or two late
+    order = {name: index for index, name in enumerate(names)}
+    # Token problems arrive a batch or two late.
+    result.problems.sort(key=lambda p: (order.get(p.file, 0), p.line))
     result.samples = [s for s, i in zip(result.samples, result._sample_index) if result.kept[i]]
     choose_held_out(result, val_split)
     return result
@@ -268,7 +299,7 @@ def _scan_lines(
     result: ScanResult, counting: "_Counting",
 ) -> tuple[int, int]:
     """The per-line loop of `scan`. Returns (lines read, bytes read)."""
-    seen: dict[str, int] = {}
+    seen = result._seen
     read = last_progress = number = 0
     for number, raw in enumerate(lines, start=1):
         read += len(raw)
@@ -280,16 +311,18 @@ def _scan_lines(
             continue
         if result.format == "auto":
             result.format = _detect(obj, number, file_name)
-        record, problems = to_v4(obj, result.format, number)
+        record, problems = to_v4(obj, result.format, number, result.file)
         for problem in problems:
             result.add_problem(problem, keep)
         if record is None:
             continue
         cid = record["conversation_id"]
         if cid in seen:
-            result.add_problem(Problem(number, f"duplicate conversation_id {cid!r} (first on line {seen[cid]})", "give every conversation its own id"), keep)
+            first_file, first_line = seen[cid]
+            where = f"line {first_line}" if first_file == result.file else f"{first_file} line {first_line}"
+            result.add_problem(Problem(number, f"duplicate conversation_id {cid!r} (first on {where})", "give every conversation its own id"), keep)
             continue
-        seen[cid] = number
+        seen[cid] = (result.file, number)
         for warning in conversation_warnings(record, number):
             result.add_warning(warning, keep)
         index = len(result.kept)
@@ -448,12 +481,12 @@ class _Counting:
         self.result = result
         self.keep = keep
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brightrun-tokens")
-        # (conversation index, line, turns) per conversation of a batch.
-        self.pending: deque[tuple[list[tuple[int, int, list[dict[str, str]]]], Future[list[int]]]] = deque()
-        self.batch: list[tuple[int, int, list[dict[str, str]]]] = []
+        # (conversation index, (file, line), turns) per conversation of a batch.
+        self.pending: deque[tuple[list[tuple[int, tuple[str, int], list[dict[str, str]]]], Future[list[int]]]] = deque()
+        self.batch: list[tuple[int, tuple[str, int], list[dict[str, str]]]] = []
 
     def add(self, index: int, line: int, turns: list[dict[str, str]]) -> None:
-        self.batch.append((index, line, turns))
+        self.batch.append((index, (self.result.file, line), turns))
         if len(self.batch) >= TOKEN_BATCH:
             self._submit()
 
@@ -478,10 +511,11 @@ class _Counting:
         self.result.tokens.extend(counts)
         limit = self.counter.context_length
         if limit:
-            for (index, number, _), tokens in zip(batch, counts):
+            for (index, (file, number), _), tokens in zip(batch, counts):
                 if tokens > limit:
                     self.result.kept[index] = 0
                     self.result.add_problem(
-                        Problem(number, f"conversation is {tokens} tokens, longer than the model's context of {limit}", "split it into shorter conversations or drop early turns"),
+                        Problem(number, f"conversation is {tokens} tokens, longer than the model's context of {limit}",
+                                "split it into shorter conversations or drop early turns", file),
                         self.keep,
                     )

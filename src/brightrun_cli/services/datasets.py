@@ -48,7 +48,7 @@ def split_keys(dataset_id: str) -> tuple[str, str]:
 
 def add_again_command(row: DatasetRow) -> str:
     """The command that adds a dataset's source again under its name (shell-quoted)."""
-    return shlex.join(["brightrun", "dataset", "add", row.source_uri or row.file_name, "--name", row.name])
+    return shlex.join(["brightrun", "dataset", "add", *row.sources, "--name", row.name])
 
 
 def holds_name(row: DatasetRow) -> bool:

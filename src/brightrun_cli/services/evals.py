@@ -159,10 +159,10 @@ def check_held_out(dataset: DatasetRow, purpose: str) -> None:
     """A UsageError, saying how to get one, when `dataset` holds nothing out."""
     if dataset.total_validation_pairs:
         return
-    source = dataset.source_uri or dataset.file_name
+    source = shlex.join(dataset.sources)
     raise UsageError(
         f"dataset '{dataset.name}' has no held-out split {purpose} (it was added with --val-split 0 or is too small)",
-        f"add it again with one, e.g. 'brightrun dataset add {shlex.quote(source)} "
+        f"add it again with one, e.g. 'brightrun dataset add {source} "
         f"--name {shlex.quote(dataset.name + '-eval')} --val-split 0.1', and pass that dataset",
     )
 
