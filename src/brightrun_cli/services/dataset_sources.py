@@ -87,7 +87,7 @@ class Source:
         except Exception as exc:  # network and permission errors come in many classes
             raise OperationError(f"cannot read {url} ({type(exc).__name__}: {exc})", "check the URL, the credentials and the network") from exc
         if info.get("type") == "directory":
-            raise UsageError(f"{url} is a directory", "pass the JSONL file inside it")
+            raise UsageError(f"{url} is a directory", f"pass the data file inside it, or all its shards (e.g. {url.rstrip('/')}/train-*)")
         size = int(info.get("size") or 0)
         if size == 0:
             raise UsageError(f"{url} is empty", "pass a JSONL file with one conversation per line")
@@ -251,7 +251,7 @@ def _regular_file_size(path: Path, source: str) -> int:
     finally:
         os.close(fd)
     if stat.S_ISDIR(info.st_mode):
-        raise UsageError(f"{source} is a directory", "pass the JSONL file inside it")
+        raise UsageError(f"{source} is a directory", f"pass the data file inside it, or all its shards (e.g. {source.rstrip('/')}/train-*)")
     if not stat.S_ISREG(info.st_mode):
         kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a character device" if stat.S_ISCHR(info.st_mode)
                 else "a block device" if stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "a special file")
