@@ -6,6 +6,7 @@ from __future__ import annotations
 import bz2
 import datetime
 import gzip
+import io
 import json
 import lzma
 import sys
@@ -16,8 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from brightrun_cli.errors import UsageError
 from brightrun_cli.services.dataset_add import add_dataset
 from brightrun_cli.workspace import Workspace
+from tests.conftest import run_brightrun
 from tests.test_datasets import add, conv, good_lines, show_json, snapshot, write_jsonl
 
 
@@ -240,3 +243,45 @@ def test_shards_progress_counts_every_file_and_the_again_command_names_them_all(
     assert {t for _, t in seen} == {total} and seen[-1][0] == total
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     assert add_again_command(row) == f"brightrun dataset add '{shards[0]}' '{shards[1]}' --name parts"
+
+
+# ------------------------------------------------------------------ standard input
+
+
+def _pipe(brightrun_home: Path, data: bytes, *args: str):
+    import os
+    import subprocess
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run([sys.executable, "-m", "brightrun_cli", "dataset", "add", "-", *args], input=data, env=env,
+                          capture_output=True, timeout=120)
+
+
+def test_dash_reads_standard_input_compressed_or_not_and_leaves_no_spool(tmp_path, brightrun_home):
+    text = "".join(json.dumps(r) + "\n" for r in good_lines(25)).encode()
+    piped = _pipe(brightrun_home, gzip.compress(text), "--name", "piped", "--json")
+    assert piped.returncode == 0, piped.stderr
+    added = json.loads(piped.stdout)
+    assert (added["source_uri"], added["file_name"], added["total_conversations"]) == ("-", "stdin", 25)
+    assert _stored(brightrun_home, added) == [json.loads(line) for line in text.splitlines()]
+    assert not list((brightrun_home / "cache").glob("stdin-*"))
+
+    (brightrun_home / "config.toml").write_text("max_dataset_bytes = 500\n")
+    over = _pipe(brightrun_home, text, "--name", "over")
+    assert over.returncode == 2 and b"standard input holds more than the dataset size limit of 500 bytes" in over.stderr
+    empty = _pipe(brightrun_home, b"", "--name", "empty")
+    assert empty.returncode == 2 and b"standard input is empty" in empty.stderr
+    assert not list((brightrun_home / "cache").glob("stdin-*"))
+    assert [d["name"] for d in json.loads(run_brightrun("dataset", "list", "--json").stdout)] == ["piped"]
+
+
+def test_dash_on_a_terminal_says_to_pipe_the_data_in(brightrun_home, monkeypatch):
+    class Terminal(io.BytesIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(Terminal()))
+    with pytest.raises(UsageError, match="standard input, which is a terminal"):
+        add_dataset(Workspace.open(brightrun_home), "-", name="tty")

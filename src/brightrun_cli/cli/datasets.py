@@ -23,7 +23,7 @@ SAMPLE_SHOWN_TURNS = 6
 @dataset_app.command("add")
 def add_command(
     ctx: common.Context,
-    source: Annotated[list[str], common.Arg(help="Data file path or fsspec URL (s3://..., gs://..., https://...): JSONL, a JSON array, either one compressed (gzip, bzip2, xz, zstd), Parquet or Arrow. Several (shards) are read in the order given, as one dataset.", show_default=False)],
+    source: Annotated[list[str], common.Arg(help="Data file path or fsspec URL (s3://..., gs://..., https://...): JSONL, a JSON array, either one compressed (gzip, bzip2, xz, zstd), Parquet or Arrow; - reads standard input. Several (shards) are read in the order given, as one dataset.", show_default=False)],
     name: Annotated[str, common.Opt("--name", "-n", help="Name to refer to the dataset by (unique among live datasets).", show_default=False)],
     format: Annotated[str, common.Opt("--format", "-f", help="auto, brightrun_lora_v4, openai, sharegpt, alpaca or prompt_completion.")] = "auto",
     val_split: Annotated[float, common.Opt("--val-split", help="Fraction of conversations held out for validation (by conversation id, deterministic).")] = 0.1,
@@ -45,6 +45,7 @@ def add_command(
       brightrun dataset add s3://bucket/data/support.jsonl --name support-s3 --json
       brightrun dataset add train-00000-of-00001.parquet --name hub-chats
       brightrun dataset add data/train-*.parquet --name hub-chats-all
+      jq -c . chats.json | brightrun dataset add - --name piped
     """
     from brightrun_cli.services.dataset_add import add_dataset
 

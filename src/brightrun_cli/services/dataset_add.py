@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brightrun_cli.builtin import absolute_base_model
-from brightrun_cli.config import CONFIG_FILE, DEFAULT_MAX_DATASET_BYTES
 from brightrun_cli.errors import ConflictError, OperationError, UsageError
 from brightrun_cli.registry import datasets as dataset_rows
 from brightrun_cli.registry.engine import DuplicateRow
@@ -42,7 +41,8 @@ from brightrun_cli.registry.rows import DatasetRow
 from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.services.base_model import local_base_model
 from brightrun_cli.services.dataset_formats import FORMATS
-from brightrun_cli.services.dataset_sources import Source, Stream
+from brightrun_cli.services.dataset_sources import Source, Stream, over_size_limit
+from brightrun_cli.services.dataset_sources import size_text as _size
 from brightrun_cli.services.dataset_tokens import TokenCounter, load_counter
 from brightrun_cli.services.dataset_validation import ScanResult, scan_files
 from brightrun_cli.services.datasets import (
@@ -89,6 +89,15 @@ def add_dataset(
     if not 0 <= val_split <= MAX_VAL_SPLIT:
         raise UsageError(f"--val-split {val_split}: must be between 0 and {MAX_VAL_SPLIT}", "pass a fraction such as 0.1")
     sources = _Sources.open(ws, [source] if isinstance(source, str) else list(source))
+    try:
+        return _add(ws, sources, name=name, format=format, val_split=val_split, base_model=base_model,
+                    skip_invalid=skip_invalid, progress=progress)
+    finally:
+        sources.close()
+
+
+def _add(ws: "Workspace", sources: "_Sources", *, name: str, format: str, val_split: float, base_model: str | None,
+         skip_invalid: bool, progress: Progress | None) -> DatasetRow:
     repair_interrupted(ws)
     _refuse_taken_name(ws, name)
     model = _model_name(local_base_model(ws, base_model or ws.config.default_base_model))
@@ -127,14 +136,24 @@ class _Sources:
         repeated = sorted({s for s in given if given.count(s) > 1})
         if repeated:
             raise UsageError(f"{repeated[0]} is given more than once", "pass each file once")
-        items = [Source.open(ws, s) for s in given]
+        items: list[Source] = []
+        try:
+            for one in given:
+                items.append(Source.open(ws, one))
+        except BaseException:
+            cls(items, []).close()
+            raise
         names = [item.file_name for item in items]
         labels = [item.file_name if names.count(item.file_name) == 1 else item.display for item in items]
         sources = cls(items, labels)
         if sources.size > ws.config.max_dataset_bytes:
             what = items[0].display if len(items) == 1 else f"the {len(items)} files"
-            raise _over_size_limit(ws, f"{what} {'is' if len(items) == 1 else 'are'} {_size(sources.size)}{'' if len(items) == 1 else ' together'}, over")
+            raise over_size_limit(ws, f"{what} {'is' if len(items) == 1 else 'are'} {_size(sources.size)}{'' if len(items) == 1 else ' together'}, over")
         return sources
+
+    def close(self) -> None:
+        for item in self.items:
+            item.close()
 
     @property
     def size(self) -> int:
@@ -161,20 +180,12 @@ class _Sources:
         used = 0
         for item, label in zip(self.items, self.labels):
             what = f"{item.display} unpacks to more than" if len(self.items) == 1 else f"the {len(self.items)} files unpack to more than"
-            with item.stream(max_text_bytes=limit - used, over_limit=lambda what=what: _over_size_limit(ws, what)) as stream:
+            with item.stream(max_text_bytes=limit - used, over_limit=lambda what=what: over_size_limit(ws, what)) as stream:
                 self.current = stream
                 yield label, stream.lines
                 used += stream.text_bytes
             self.current = None
             self.done += item.size
-
-
-def _over_size_limit(ws: "Workspace", what: str) -> UsageError:
-    config_file = ws.home / CONFIG_FILE
-    limit = ws.config.max_dataset_bytes
-    origin = "brightrun's default" if limit == DEFAULT_MAX_DATASET_BYTES else f"max_dataset_bytes = {limit} in {config_file}"
-    return UsageError(f"{what} the dataset size limit of {_size(limit)} ({origin})",
-                      f"split the file, or raise max_dataset_bytes (bytes) in {config_file}")
 
 
 def _check_name(name: str) -> str:
@@ -421,14 +432,3 @@ def _mark_error(ws: "Workspace", dataset_id: str, reason: str, *, lost: bool = F
             row = require_row(dataset_rows.update(tx, dataset_id, status="error", training_ready=False, error_message=reason, **lost_data), dataset_id)
             notify(tx, "dataset_error", "Dataset failed", f'Dataset "{row.name}": {reason}', priority="high",
                    action_command=f"brightrun dataset show {row.id}", dataset_id=row.id)
-
-
-def _size(size: int) -> str:
-    """A size as people read it: "20 bytes", "4.2 KB", "312.5 MB", "1.3 GB" (a small limit is not "0.0 MB")."""
-    if size < 1000:
-        return f"{size} byte{'s' if size != 1 else ''}"
-    for unit in ("KB", "MB", "GB"):
-        size /= 1000
-        if size < 1000 or unit == "GB":
-            break
-    return f"{size:.1f} {unit}"

@@ -9,7 +9,7 @@ bytes, not by its name (a `.jsonl` that is really gzip is read as gzip):
   `datasets.Dataset.save_to_disk` writes: read a batch of rows at a time, each row one
   JSON object on its own line, so row N is "line N" in every report (counting from 1).
 A zip archive is refused: it may hold any number of files, and which one is meant is the
-user's to say.
+user's to say. `-` is standard input (saved to a private file first, then read as a file).
 
 The size limit holds twice: for the file as stored (checked before reading) and for
 the text it turns into, counted as it streams (a 1 MB gzip file may unpack to 10 GB).
@@ -22,17 +22,21 @@ import contextlib
 import io
 import os
 import stat
+import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from brightrun_cli.config import CONFIG_FILE, DEFAULT_MAX_DATASET_BYTES
 from brightrun_cli.errors import OperationError, UsageError
 
 if TYPE_CHECKING:
     from brightrun_cli.workspace import Workspace
 
 READ_BUFFER = 1 << 20
+STDIN = "-"
 ROW_BATCH = 512
 # First bytes of each container format; a UTF-8 text file can start with none of them
 # (0x1f and 0x28 are not JSON's first byte, and 0xfd / 0xff are never UTF-8).
@@ -58,9 +62,12 @@ class Source:
     file_name: str
     size: int  # bytes as stored
     opener: Callable[[], IO[bytes]]
+    spooled: Path | None = None  # standard input, saved to a private file first (removed by `close`)
 
     @classmethod
     def open(cls, ws: "Workspace", source: str) -> "Source":
+        if source == STDIN:
+            return cls._stdin(ws)
         if "://" in source:
             return cls._remote(ws, source)
         path = Path(source).expanduser()
@@ -68,6 +75,36 @@ class Source:
         if size == 0:
             raise UsageError(f"{source} is empty", "pass a JSONL file with one conversation per line")
         return cls(str(path.absolute()), source, path.name, size, lambda: open(path, "rb", buffering=0))
+
+    @classmethod
+    def _stdin(cls, ws: "Workspace") -> "Source":
+        """`-`: the data piped in, saved to a private file in the cache first, so that it is
+        read as any file is (its size known, a Parquet file seekable), up to the size limit."""
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("'-' reads the data from standard input, which is a terminal", "pipe the data in, e.g. jq -c ... | brightrun dataset add - --name NAME")
+        limit = ws.config.max_dataset_bytes
+        ws.cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="stdin-", suffix=".data", dir=ws.cache_dir)
+        path = Path(name)
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                source = sys.stdin.buffer
+                while chunk := source.read(READ_BUFFER):
+                    size += len(chunk)
+                    if size > limit:
+                        raise over_size_limit(ws, "standard input holds more than")
+                    out.write(chunk)
+            if size == 0:
+                raise UsageError("standard input is empty", "pipe a JSONL file with one conversation per line into it")
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return cls(STDIN, "standard input", "stdin", size, lambda: open(path, "rb", buffering=0), spooled=path)
+
+    def close(self) -> None:
+        if self.spooled is not None:
+            self.spooled.unlink(missing_ok=True)
 
     @classmethod
     def _remote(cls, ws: "Workspace", url: str) -> "Source":
@@ -255,5 +292,24 @@ def _regular_file_size(path: Path, source: str) -> int:
     if not stat.S_ISREG(info.st_mode):
         kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a character device" if stat.S_ISCHR(info.st_mode)
                 else "a block device" if stat.S_ISBLK(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode) else "a special file")
-        raise UsageError(f"{source} is not a regular file ({kind})", "save the data to a JSONL file first, then add that file")
+        raise UsageError(f"{source} is not a regular file ({kind})", "pipe it in instead: cat SOURCE | brightrun dataset add - --name NAME")
     return info.st_size
+
+
+def over_size_limit(ws: "Workspace", what: str) -> UsageError:
+    config_file = ws.home / CONFIG_FILE
+    limit = ws.config.max_dataset_bytes
+    origin = "brightrun's default" if limit == DEFAULT_MAX_DATASET_BYTES else f"max_dataset_bytes = {limit} in {config_file}"
+    return UsageError(f"{what} the dataset size limit of {size_text(limit)} ({origin})",
+                      f"split the file, or raise max_dataset_bytes (bytes) in {config_file}")
+
+
+def size_text(size: int) -> str:
+    """A size as people read it: "20 bytes", "4.2 KB", "312.5 MB", "1.3 GB" (a small limit is not "0.0 MB")."""
+    if size < 1000:
+        return f"{size} byte{'s' if size != 1 else ''}"
+    for unit in ("KB", "MB", "GB"):
+        size /= 1000
+        if size < 1000 or unit == "GB":
+            break
+    return f"{size:.1f} {unit}"
