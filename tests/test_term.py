@@ -245,6 +245,19 @@ def test_a_list_table_with_a_long_foldable_column_stays_within_80_columns():
     assert lines[0].split() == ["ID", "NAME", "STATUS", "PATH", "ROWS"]
 
 
+def test_a_folded_name_breaks_after_its_separators_so_each_piece_reads_as_a_word():
+    """`models list` at 80 columns: "customer-suppo" / "rt-conversatio" / ... was unreadable."""
+    table = term.ListTable("ID", "NAME", "VERSION", "SCORE", "CONVERGENCE", "VAL LOSS", "COST", "CREATED", wrap=("NAME",))
+    table.add_row("01m8znqqy8cc", "customer-support-conversations-v2-2026-12-04", "1.0.0", "4/5", "good", "2→0.6", "$0.00", "12-04 04:38")
+    lines = term_lines(table, 80)
+    assert [line[13:28].rstrip() for line in lines[1:]] == ["customer-", "support-", "conversations-", "v2-2026-12-04"]
+    assert "".join(line[13:28].rstrip() for line in lines[1:]) == "customer-support-conversations-v2-2026-12-04"
+    # Spaces and paths break the same way; a part longer than the line is cut; nothing is lost.
+    assert term.fold("/home/user/work dir/file.jsonl", 10) == ["/home/", "user/work", "dir/file.", "jsonl"]
+    assert term.fold("a" * 20 + "-b", 8) == ["aaaaaaaa", "aaaaaaaa", "aaaa-b"]
+    assert term.fold("short", 8) == ["short"]
+
+
 @pytest.mark.parametrize("columns,terminal", [(None, 0), ("0", 0), (None, 57), ("100", 57), ("0", 57), (" 90", 57), ("wide", 57),
                                               (None, None), ("120", None), ("abc", None)])
 def test_the_width_is_richs_and_a_terminal_without_a_size_is_80_columns(monkeypatch, columns, terminal):

@@ -19,6 +19,7 @@ import sys
 import unicodedata
 from typing import Any, Iterable
 
+_FOLD_PARTS = re.compile(r"[^-_/.@: ]*[-_/.@: ]|[^-_/.@: ]+")  # each part ends after its separator
 _TAG = re.compile(r"((\\*)\[([a-z#/@][^[]*?)])")  # Rich's markup tag, escapes included
 _ESCAPE = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
 _SGR = {
@@ -97,6 +98,31 @@ def _cut(text: str, width: int) -> list[str]:
         piece += c
         used += w
     return pieces + [piece]
+
+
+def fold(text: str, width: int) -> list[str]:
+    """A name, id or path folded into pieces of at most `width` columns, each broken after
+    a separator (- _ / . @ : or a space) where one falls in the line, so that
+    "support-chats-v2-2026-12-04" reads "support-chats-" / "v2-2026-12-04", not
+    "support-chat" / "s-v2-2026-12-" / "04"; a part longer than a line is cut."""
+    width = max(1, width)
+    if cell_len(text) <= width:
+        return [text]
+    lines: list[str] = []
+    line, used = "", 0
+    for part in _FOLD_PARTS.findall(text):
+        size = cell_len(part)
+        if used and used + size > width and used + cell_len(part.rstrip(" ")) > width:
+            lines.append(line.rstrip(" "))  # a space at a break is dropped, as wrap does
+            line, used = "", 0
+        if size > width and cell_len(part.rstrip(" ")) > width:
+            pieces = _cut(part, width)
+            lines += pieces[:-1]
+            line, used = pieces[-1], cell_len(pieces[-1])
+            continue
+        line += part
+        used += size
+    return lines + [line] if line else lines
 
 
 def wrap(text: str, width: int) -> list[str]:
@@ -395,7 +421,7 @@ class ListTable:
                          for i, (h, w) in enumerate(zip(self.headers, widths)))
         out: list[list[Segment]] = [[(header.rstrip(), "bold")]]
         for row in self.rows:
-            parts = [_cut(text, width) if self.wrap[i] else [text] for i, ((text, _), width) in enumerate(zip(row, widths))]
+            parts = [fold(text, width) if self.wrap[i] else [text] for i, ((text, _), width) in enumerate(zip(row, widths))]
             for n in range(max(len(p) for p in parts)):
                 line: list[Segment] = []
                 for i, ((_, style), width) in enumerate(zip(row, widths)):
