@@ -17,6 +17,16 @@ from brightrun_cli.trainer import loop
 
 loop.check_quantization = lambda spec: None
 
+# On CPUs with AVX512-BF16, bitsandbytes >= 0.50 repacks a 4-bit weight for its fused CPU
+# inference kernel on the first no-grad forward, and that repacking assumes in-features a
+# multiple of its 64-value block (builtin:tiny's MLP has 352): off, as on any other CPU.
+try:
+    import bitsandbytes.nn.modules as bnb_modules
+
+    bnb_modules.has_avx512bf16 = lambda: False
+except ImportError:
+    pass
+
 if __name__ == "__main__":
     from brightrun_cli.trainer.main import main
 
