@@ -22,16 +22,22 @@ def debug_enabled() -> bool:
 def quiet_library_warnings() -> None:
     """Unless debugging: drop the ML libraries' deprecation notices to each other's
     developers (peft asking transformers for a renamed attribute, say), which say nothing
-    a brightrun user can act on. Also bitsandbytes' log line on CPUs with AVX512-BF16, which
-    every peft import prints where the `qlora` extra is installed: it fails to fetch an
-    optional CPU inference kernel from the Hugging Face Hub (offline, or an untrusted
-    publisher) and falls back to its own, which changes nothing on a CUDA run."""
+    a brightrun user can act on."""
     if not debug_enabled():
-        import logging
         import warnings
 
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def quiet_library_logs() -> None:
+    """Unless debugging, before importing peft: bitsandbytes' log line on CPUs with
+    AVX512-BF16, which every peft import prints where the `qlora` extra is installed (it
+    fails to fetch an optional CPU inference kernel from the Hugging Face Hub, offline or
+    from an unverified publisher, and falls back to its own; a CUDA run is unaffected)."""
+    if not debug_enabled():
+        import logging
+
         for library in ("bitsandbytes", "kernels"):
             logging.getLogger(library).setLevel(logging.ERROR)
 

@@ -378,6 +378,9 @@ def load_chat_model(base_model: str, adapter: str | Path | None = None, *, devic
         raise UsageError(f"cannot load base model {base_model!r}: {_first_line(exc)}",
                          "give a model directory, a built-in name (builtin:tiny) or a Hugging Face id reachable from here") from None
     if adapter_dir is not None:
+        from brightrun_cli.errors import quiet_library_logs
+
+        quiet_library_logs()
         from peft import PeftModel
 
         try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 
 from brightrun_cli.builtin import resolve_base_model
-from brightrun_cli.errors import ConflictError, OperationError, UsageError
+from brightrun_cli.errors import ConflictError, OperationError, UsageError, quiet_library_logs
 from brightrun_cli.registry import models as model_rows
 from brightrun_cli.registry.rows import ModelRow
 from brightrun_cli.services.output_files import umask
@@ -148,6 +148,8 @@ def merge_model(ws: Workspace, ref: str, out_dir: Path, *, force: bool = False) 
     base = _resolve_base(model.base_model)
 
     import torch
+
+    quiet_library_logs()
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

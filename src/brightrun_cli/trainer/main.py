@@ -21,10 +21,11 @@ USAGE = "usage: accelerate launch -m brightrun_cli.trainer SPEC.json  (or: pytho
 def _quiet_libraries() -> None:
     """The trainer's output goes to log files: no progress bars (carriage-return redraws
     of every weight shard), and no library deprecation notices unless debugging."""
-    from brightrun_cli.errors import quiet_library_warnings
+    from brightrun_cli.errors import quiet_library_logs, quiet_library_warnings
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers follows it (read at its import)
     quiet_library_warnings()
+    quiet_library_logs()
 
 
 def main(argv: list[str], *, own_process: bool = False) -> int:
