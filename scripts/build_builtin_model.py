@@ -25,14 +25,13 @@ import random
 import string
 from pathlib import Path
 
+from brightrun_cli.generation.chat import chatml_template
+
 SEED = 1234
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+# ChatML closing turns with <|im_end|>, with tools and tool calls (a conversation without
+# them renders as plain ChatML, which the corpus is written in).
+CHAT_TEMPLATE = chatml_template("'<|im_end|>'")
 MODEL_CONFIG = dict(
     hidden_size=128,
     intermediate_size=352,

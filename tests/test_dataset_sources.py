@@ -73,10 +73,10 @@ def test_parquet_and_arrow_rows_are_conversations_with_row_n_reported_as_line_n(
     table = _added(add(cli, _table_files(tmp_path, rows)[kind], "--name", kind, "--json"))
     assert table["format"] == "openai" and table["content_sha256"] == plain["content_sha256"]
 
-    # A problem names its row: row 3 (counting from 1) has an empty answer, row 20 a tool message.
+    # A problem names its row: row 3 (counting from 1) has an empty answer, row 20 an unknown role.
     bad = [dict(r) for r in rows]
     bad[2] = {"messages": [*rows[2]["messages"][:2], {"role": "assistant", "content": ""}]}
-    bad[19] = {"messages": [*rows[19]["messages"], {"role": "tool", "content": "42"}]}
+    bad[19] = {"messages": [*rows[19]["messages"], {"role": "narrator", "content": "42"}]}
     (tmp_path / "bad").mkdir()
     before = snapshot(brightrun_home)
     failed = add(cli, _table_files(tmp_path / "bad", bad)[kind], "--name", "bad", "--json")

@@ -402,7 +402,8 @@ def test_a_single_run_starved_all_through_does_not_calibrate(ws, tmp_path, monke
 def test_balanced_on_a_small_dataset_warms_up_for_a_tenth_of_the_run(cli, ws, tmp_path):
     """136 steps: warmup_steps 100 would keep 74% of the run below the peak learning rate."""
     model = model_dir(tmp_path, SMALL)
-    dataset_with_stats(ws, conversations=544, train_tokens=99_588, validation_tokens=10_200, counted_with=model)
+    dataset_with_stats(ws, conversations=544, train_tokens=99_588, validation_tokens=10_200, counted_with=model,
+                       tokens_per_conversation={"min": 40, "p50": 170, "p90": 300, "p99": 500, "max": 900})
     est = estimate(ws, "support-v1", preset="balanced", base_model=model, gpu_type="cpu", gpus=1, overrides=("num_epochs=1",))
     assert (est.total_steps, est.config.warmup_steps, est.warmup_steps) == (136, 100, 13)
     assert est.to_json()["training_details"]["warmup_steps"] == 13 and not est.warnings
@@ -415,6 +416,27 @@ def test_balanced_on_a_small_dataset_warms_up_for_a_tenth_of_the_run(cli, ws, tm
         "code": "warmup_dominates", "warmup_steps": 81, "total_steps": 136, "share": 0.596,
         "message": "warm-up takes 81 of the 136 steps: the learning rate is below its peak for 60% of the run; "
                    "lower --set warmup_steps or max_warmup_fraction"}]
+
+
+def test_conversations_longer_than_max_seq_length_are_a_warning_with_their_share_and_a_length_that_fits(ws, tmp_path):
+    """The trainer cuts each conversation at max_seq_length: what comes after (every answer,
+    behind a long tool list) is never learned. The share is read from the stored lengths."""
+    model = model_dir(tmp_path, SMALL)
+    dataset_with_stats(ws, counted_with=model, tokens_per_conversation={"min": 100, "p50": 800, "p90": 1500, "p99": 2500, "max": 4000})
+
+    def truncated(limit: int) -> list[dict]:
+        est = estimate(ws, "support-v1", preset="balanced", base_model=model, gpu_type="cpu", gpus=1,
+                       overrides=(f"max_seq_length={limit}",))
+        return [w.to_json() for w in est.warnings if w.code == "sequences_truncated"]
+
+    assert truncated(4096) == []
+    [half] = truncated(800)
+    assert (half["share"], half["longest"], half["suggested_max_seq_length"]) == (0.5, 4000, 4096)
+    assert half["message"].startswith("about 50% of the conversations of dataset 'support-v1' are longer than max_seq_length 800 "
+                                      "(median 800 tokens, longest 4,000)")
+    assert truncated(64)[0]["message"].startswith("all of the conversations")
+    [tail] = truncated(3000)  # a tail under 1%: still named, as a small share
+    assert tail["share"] == 0.005 and tail["message"].startswith("under 1% of the conversations")
 
 
 def test_an_estimate_from_token_counts_not_made_with_its_model_says_so_and_how_to_count_them(cli, ws, tmp_path):

@@ -340,7 +340,7 @@ def compare_command(
     table = term.Table("prompt", "reference", *labels, box=None)
     for k in result.disagreements[:SHOWN_SAMPLES]:
         sample = result.samples[k]
-        table.add_row(_last_user(sample.prompt), sample.reference, *(rows[k]["answer"] for rows in result.answers))
+        table.add_row(_last_user(sample.prompt), result.references[k], *(rows[k]["answer"] for rows in result.answers))
     out.print(table)
     if len(result.disagreements) > SHOWN_SAMPLES:
         out.print(f"[dim]{len(result.disagreements) - SHOWN_SAMPLES} more in --json[/dim]")

@@ -10,24 +10,40 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from brightrun_cli.errors import UsageError
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def chatml_template(end: str) -> str:
+    """ChatML, with tools: the functions a conversation may call (as JSON, in a `tools` turn
+    first) and each assistant tool call as `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
+    after its text. `end`: the Jinja expression that closes a turn. A conversation without
+    tools renders exactly as plain ChatML."""
+    return (
+        "{% if tools %}{{ '<|im_start|>tools\n' + (tools | tojson) + " + end + " + '\n' }}{% endif %}"
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+        "{% if message.tool_calls is defined and message.tool_calls %}{% for call in message.tool_calls %}"
+        "{{ '<tool_call>' + (call['function'] | tojson) + '</tool_call>' }}"
+        "{% endfor %}{% endif %}"
+        "{{ " + end + " + '\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+
+
 # Used when a tokenizer has no chat template of its own. Turns end with the tokenizer's
 # EOS so that generation stops after an answer without adding tokens to the vocabulary.
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + eos_token + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+FALLBACK_CHAT_TEMPLATE = chatml_template("eos_token")
 
 
 class Conversation(NamedTuple):
     conversation_id: str
-    turns: list[dict[str, str]]  # [{"role", "content"}], roles from ROLES
+    turns: list[dict[str, Any]]  # [{"role", "content", ...}], roles from ROLES (dataset_formats: tool_calls, weight)
+    tools: list[dict[str, Any]] | None = None  # the functions it may call (function schemas)
 
 
 def read_conversations(path: Path) -> list[Conversation]:
@@ -50,14 +66,23 @@ def read_conversations(path: Path) -> list[Conversation]:
                     raise UsageError(
                         f"{path.name} line {number}: each turn needs a role ({', '.join(ROLES)}) and string content"
                     )
+                if not isinstance(turn.get("tool_calls", []), list):
+                    raise UsageError(f"{path.name} line {number}: 'tool_calls' must be a list")
+            tools = record.get("tools")
+            if tools is not None and not isinstance(tools, list):
+                raise UsageError(f"{path.name} line {number}: 'tools' must be a list of function schemas")
             conversation_id = record.get("conversation_id")
             conversations.append(Conversation(
                 str(conversation_id) if conversation_id not in (None, "") else f"line-{number}",
-                [{"role": t["role"], "content": t["content"]} for t in turns],
+                [{key: t[key] for key in _TURN_KEYS if key in t} for t in turns],
+                tools or None,
             ))
     if not conversations:
         raise UsageError(f"{path.name} holds no conversations")
     return conversations
+
+
+_TURN_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name", "weight")
 
 
 def ensure_chat_template(tokenizer) -> None:
@@ -72,8 +97,37 @@ def ensure_chat_template(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def render(tokenizer, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+def render(tokenizer, messages: list[dict[str, Any]], generation_prompt: bool, tools: list[dict[str, Any]] | None = None) -> str:
+    """The conversation as the chat template writes it (with the functions it may call, if any)."""
+    if tools:
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def answer_text(tokenizer, messages: list[dict[str, Any]], index: int, tools: list[dict[str, Any]] | None = None) -> str:
+    """What the template writes for the assistant turn `messages[index]` after its generation
+    prompt (its text and tool calls), without the end-of-turn marker: the reference a generated
+    answer is compared with when the turn calls tools."""
+    prompt = render(tokenizer, messages[:index], True, tools)
+    through = render(tokenizer, messages[: index + 1], False, tools).rstrip()
+    text = through[len(prompt):] if through.startswith(prompt) else messages[index]["content"]
+    end = end_of_turn(tokenizer)
+    return (text[: -len(end)] if end and text.endswith(end) else text).strip()
+
+
+_PROBE_CALL = {"type": "function", "function": {"name": "brightrun_probe_function", "arguments": {"brightrun_probe_argument": 1}}}
+
+
+def renders_tool_calls(tokenizer) -> bool:
+    """Whether the chat template writes an assistant's tool calls (function name and
+    arguments) into the text: many older templates print only `content`, and would train a
+    model on empty answers where the data holds calls."""
+    messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "", "tool_calls": [_PROBE_CALL]}]
+    try:
+        text = render(tokenizer, messages, False, [{"type": "function", "function": {"name": "brightrun_probe_function", "parameters": {}}}])
+    except Exception:  # a template that raises on tool calls does not render them
+        return False
+    return "brightrun_probe_function" in text and "brightrun_probe_argument" in text
 
 
 def end_of_turn(tokenizer) -> str:

@@ -87,10 +87,11 @@ class ChatModel:
 
     # ------------------------------------------------------------ prompts
 
-    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of the conversation so far plus the assistant's generation prompt, as the
-        trainer tokenizes them (rendered text, no extra special tokens)."""
-        text = chat.render(self.tokenizer, messages, True)
+    def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """Token ids of the conversation so far (with the functions it may call) plus the
+        assistant's generation prompt, as the trainer tokenizes them (rendered text, no extra
+        special tokens)."""
+        text = chat.render(self.tokenizer, messages, True, tools)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _fit(self, ids: list[int], max_new_tokens: int) -> list[int]:
@@ -110,14 +111,17 @@ class ChatModel:
 
     # ------------------------------------------------------------ batched greedy
 
-    def answers(self, prompts: list[list[dict[str, str]]], *, base: bool = False, max_new_tokens: int = 256,
-                kv_cache_bytes: int = KV_CACHE_BYTES, progress: Callable[[int, int], None] | None = None) -> list[Answer]:
+    def answers(self, prompts: list[list[dict]], *, base: bool = False, max_new_tokens: int = 256,
+                kv_cache_bytes: int = KV_CACHE_BYTES, progress: Callable[[int, int], None] | None = None,
+                tools: list[list[dict] | None] | None = None) -> list[Answer]:
         """Greedy answers to many conversation prefixes, in their order. base: with the
-        adapter switched off. progress(done, total) is called after each batch."""
+        adapter switched off. progress(done, total) is called after each batch. tools: per
+        prompt, the functions its conversation may call (None: none)."""
         import torch
 
         Sampling(max_new_tokens=max_new_tokens).check()
-        encoded = [self._fit(self.prompt_ids(p), max_new_tokens) for p in prompts]
+        tools = tools or [None] * len(prompts)
+        encoded = [self._fit(self.prompt_ids(p, t), max_new_tokens) for p, t in zip(prompts, tools)]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Answer | None] = [None] * len(encoded)
         done = 0

@@ -2,9 +2,13 @@
 
 Samples. Each assistant turn of each held-out conversation (brightrun_lora_v4 JSONL) is
 one sample: the prompt is the conversation up to that turn, rendered through the chat
-template with the assistant's generation prompt; the reference is that turn's content.
-Order: conversations as in the file, turns in order; `limit` keeps the first N. An
-assistant turn with no user turn before it (a greeting) is not a question and is skipped.
+template with the assistant's generation prompt (and the functions the conversation may
+call); the reference is that turn's content. A turn that calls tools is answered by its
+calls: its reference is what the model's template writes for the turn (text and calls),
+as the model would write it (special tokens left out), so a right call scores exact_match
+1. Order: conversations as in the file, turns in order; `limit` keeps the first N. An
+assistant turn with no user turn before it (a greeting) is not a question, and one with
+weight 0 is not trained on: both are skipped.
 
 Answers are greedy, batched (engine.ChatModel.answers), from the base model (adapter
 off) and the tuned one (adapter on), each cut at the template's end of turn or at
@@ -61,7 +65,7 @@ from typing import NamedTuple
 
 from brightrun_cli.errors import OperationError, UsageError
 
-from . import metrics
+from . import chat, metrics
 from .chat import read_conversations
 
 FORMAT = 1
@@ -76,8 +80,19 @@ VERSIONED = ("brightrun-cli", "torch", "transformers", "peft", "tokenizers", "ro
 class Sample:
     conversation_id: str
     turn: int  # index of the assistant turn in the conversation's turns
-    prompt: list[dict[str, str]]
-    reference: str
+    prompt: list[dict]
+    reference: str  # the turn's content (see reference_for when it calls tools)
+    tools: list[dict] | None = None  # the functions the conversation may call
+    calls: list[dict] | None = None  # the turn's tool calls
+
+    def reference_for(self, tokenizer) -> str:
+        """The reference as a model with this tokenizer writes it: the content, or for a turn
+        with tool calls the template's text for the turn, decoded as answers are."""
+        if not self.calls:
+            return self.reference
+        turn = {"role": "assistant", "content": self.reference, "tool_calls": self.calls}
+        text = chat.answer_text(tokenizer, [*self.prompt, turn], len(self.prompt), self.tools)
+        return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"], skip_special_tokens=True).strip()
 
 
 def held_out_samples(path: Path, limit: int | None = None) -> list[Sample]:
@@ -87,8 +102,10 @@ def held_out_samples(path: Path, limit: int | None = None) -> list[Sample]:
     samples = []
     for conversation in read_conversations(Path(path)):
         for i, turn in enumerate(conversation.turns):
-            if turn["role"] == "assistant" and any(t["role"] == "user" for t in conversation.turns[:i]):
-                samples.append(Sample(conversation.conversation_id, i, conversation.turns[:i], turn["content"]))
+            if (turn["role"] == "assistant" and turn.get("weight") != 0
+                    and any(t["role"] == "user" for t in conversation.turns[:i])):
+                samples.append(Sample(conversation.conversation_id, i, conversation.turns[:i], turn["content"],
+                                      conversation.tools, turn.get("tool_calls")))
                 if limit is not None and len(samples) == limit:
                     return samples
     if not samples:
@@ -97,7 +114,7 @@ def held_out_samples(path: Path, limit: int | None = None) -> list[Sample]:
 
 
 def default_max_new_tokens(tokenizer, samples: list[Sample]) -> int:
-    longest = max(len(tokenizer(s.reference, add_special_tokens=False)["input_ids"]) for s in samples)
+    longest = max(len(tokenizer(s.reference_for(tokenizer), add_special_tokens=False)["input_ids"]) for s in samples)
     return min(1024, max(16, math.ceil(1.5 * longest) + 16))
 
 
@@ -111,16 +128,19 @@ def evaluate(chat_model, samples: list[Sample], *, max_new_tokens: int | None = 
         max_new_tokens = default_max_new_tokens(chat_model.tokenizer, samples)
     say = log or (lambda message: None)
     prompts = [s.prompt for s in samples]
+    references = [s.reference_for(chat_model.tokenizer) for s in samples]
     started = time.perf_counter()
-    records = [{"conversation_id": s.conversation_id, "turn": s.turn, "prompt": s.prompt, "reference": s.reference,
-                "base": None, "tuned": None} for s in samples]
+    records = [{"conversation_id": s.conversation_id, "turn": s.turn, "prompt": s.prompt, "reference": reference,
+                **({"tools": s.tools} if s.tools else {}), "base": None, "tuned": None}
+               for s, reference in zip(samples, references)]
     aggregates: dict[str, dict | None] = {"base": None, "tuned": None}
     for name in MODELS if chat_model.has_adapter else MODELS[:1]:
         say(f"eval: {name} model answering {len(samples)} held-out prompts (max_new_tokens {max_new_tokens})")
         pass_started = time.perf_counter()
         answers = chat_model.answers(prompts, base=name == "base", max_new_tokens=max_new_tokens,
-                                     progress=lambda done, total, name=name: say(f"eval: {name} {done}/{total}"))
-        scores = [metrics.score_sample(a.text, s.reference) for a, s in zip(answers, samples)]
+                                     progress=lambda done, total, name=name: say(f"eval: {name} {done}/{total}"),
+                                     tools=[s.tools for s in samples])
+        scores = [metrics.score_sample(a.text, reference) for a, reference in zip(answers, references)]
         for record, answer, score in zip(records, answers, scores):
             record[name] = {"answer": answer.text, "stopped": answer.stopped, "tokens": answer.tokens, "scores": score}
         seconds = time.perf_counter() - pass_started

@@ -1,5 +1,15 @@
 """The five input formats and their conversion to the native `brightrun_lora_v4` form.
 
+Tool use is kept, in the form Hugging Face chat templates render (and OpenAI's
+fine-tuning files use): an assistant turn may carry `tool_calls`
+(`[{"type": "function", "function": {"name", "arguments": {...}}, "id"?}]`, its
+content then may be empty), a `tool` turn holds what a call returned (`tool_call_id`
+and `name` optional), and a conversation may list the `tools` it could call (function
+schemas). OpenAI's legacy `function_call` / `function` messages and `functions` list,
+and ShareGPT's `function_call` / `observation` turns with a `tools` JSON string (as
+LLaMA-Factory and Glaive ship them) become the same. An assistant turn with
+`"weight": 0` (OpenAI's fine-tuning key) is context: shown to the model, not trained on.
+
 A record is checked and converted in one step: `to_v4` returns the v4 conversation
 (or None) and the problems found, each with the line, what is wrong and how to fix it.
 `conversation_warnings` then names what is allowed but probably a mistake. Messages
@@ -9,12 +19,13 @@ and columns count from 1, as editors do.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 V4 = "brightrun_lora_v4"
 FORMATS = (V4, "openai", "sharegpt", "alpaca", "prompt_completion")
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 # ShareGPT exports name the speakers in many ways; these are the ones seen in the wild.
 _SHAREGPT_ROLES = {
@@ -27,9 +38,15 @@ _SHAREGPT_ROLES = {
     "bard": "assistant",
     "bing": "assistant",
     "model": "assistant",
+    "function_call": "assistant",  # LLaMA-Factory / Glaive: the value is the call as JSON
+    "observation": "tool",
+    "tool": "tool",
 }
 # OpenAI's newer models call the system prompt "developer"; it plays the same part.
-_OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# "function" is the legacy name of a tool result.
+_OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+                 "tool": "tool", "function": "tool"}
+_V4_ROLES = {r: r for r in ROLES}
 
 
 @dataclass(frozen=True)
@@ -76,24 +93,45 @@ def to_v4(obj: dict[str, Any], fmt: str, line: int, file: str = "") -> tuple[dic
         key = {V4: "turns", "openai": "messages", "sharegpt": "conversations"}[fmt]
         turns = _chat_turns(obj, key, fmt, line, problems)
     cid = _conversation_id(obj, fmt, line, problems, file)
-    if turns is not None and not problems and not any(t["role"] == "assistant" for t in turns):
-        problems.append(Problem(line, "no assistant turn", "add at least one assistant turn: it is what the model learns to write"))
+    tools = _tools(obj, fmt, line, problems)
+    if turns is not None and not problems:
+        if not any(t["role"] == "assistant" for t in turns):
+            problems.append(Problem(line, "no assistant turn", "add at least one assistant turn: it is what the model learns to write"))
+        elif all(t.get("weight") == 0 for t in turns if t["role"] == "assistant"):
+            problems.append(Problem(line, "every assistant turn has weight 0: nothing to train on",
+                                    "set \"weight\": 1 on the turns the model should learn, or remove the line"))
     if problems:
         return None, problems
     if fmt == V4:
         record = dict(obj)
         record["conversation_id"] = cid
         record["turns"] = turns
-        return record, problems
-    return {"conversation_id": cid, "turns": turns}, problems
+    else:
+        record = {"conversation_id": cid, "turns": turns}
+    record.pop("tools", None)
+    if tools:
+        record["tools"] = tools
+    return record, problems
 
 
 def conversation_warnings(record: dict[str, Any], line: int) -> list[Problem]:
     """What a valid conversation allows but a user probably did not mean."""
-    if not any(t["role"] == "user" for t in record["turns"]):
+    turns = record["turns"]
+    if not any(t["role"] == "user" for t in turns):
         return [Problem(line, "no user turn: the assistant answers no prompt",
                         "add the user message the assistant replies to (trained as is otherwise)")]
+    for index, turn in enumerate(turns):
+        if turn["role"] == "tool" and not any("tool_calls" in t for t in turns[:index]):
+            return [Problem(line, f"turns[{index}] is a tool result with no tool call before it",
+                            "put the assistant turn that made the call (its 'tool_calls') before the result")]
     return []
+
+
+def turn_text(turn: dict[str, Any]) -> str:
+    """A turn as a person reads it: its content, then each tool call as name({arguments})."""
+    calls = "".join(f"{c['function']['name']}({json.dumps(c['function']['arguments'], ensure_ascii=False)})"
+                    for c in turn.get("tool_calls", ()))
+    return f"{turn['content']} {calls}".strip() if turn["content"] and calls else turn["content"] or calls
 
 
 def _conversation_id(obj: dict[str, Any], fmt: str, line: int, problems: list[Problem], file: str = "") -> str:
@@ -132,17 +170,17 @@ def _chat_turns(obj: dict[str, Any], key: str, fmt: str, line: int, problems: li
     return turns if len(turns) == len(items) else None
 
 
-def _chat_turn(item: Any, fmt: str, where: str, line: int, problems: list[Problem]) -> dict[str, str] | None:
+def _chat_turn(item: Any, fmt: str, where: str, line: int, problems: list[Problem]) -> dict[str, Any] | None:
     if not isinstance(item, dict):
         problems.append(Problem(line, f"{where} is not an object (got {_json_type(item)})", 'write each message as {"role": ..., "content": ...}'))
         return None
     role_key, content_key, roles = {
-        V4: ("role", "content", {r: r for r in ROLES}),
+        V4: ("role", "content", _V4_ROLES),
         "openai": ("role", "content", _OPENAI_ROLES),
         "sharegpt": ("from", "value", _SHAREGPT_ROLES),
     }[fmt]
     if fmt == "sharegpt" and "from" not in item and "role" in item:
-        role_key, content_key = "role", "content"  # ShareGPT-shaped files often carry OpenAI-style messages
+        role_key, content_key, roles = "role", "content", _OPENAI_ROLES  # ShareGPT-shaped files often carry OpenAI-style messages
     ok = True
     raw_role = item.get(role_key)
     role = roles.get(raw_role.strip().lower()) if isinstance(raw_role, str) else None
@@ -150,21 +188,147 @@ def _chat_turn(item: Any, fmt: str, where: str, line: int, problems: list[Proble
         problems.append(Problem(line, f"{where} has no '{role_key}'", f"set '{role_key}' to one of {', '.join(sorted(set(roles)))}"))
         ok = False
     elif role is None:
-        problems.append(Problem(line, f"{where} has unknown role {_short(raw_role)}", f"use one of {', '.join(sorted(set(roles)))} (drop tool/function messages)"))
+        problems.append(Problem(line, f"{where} has unknown role {_short(raw_role)}", f"use one of {', '.join(sorted(set(roles)))}"))
         ok = False
+    if ok and fmt == "sharegpt" and role_key == "from" and raw_role.strip().lower() == "function_call":
+        return _sharegpt_call(item.get(content_key), where, line, problems)
+    calls = _tool_calls(item, where, line, problems) if role == "assistant" else None
     content = item.get(content_key)
-    if fmt == "openai" and isinstance(content, list):
+    if fmt != "sharegpt" and isinstance(content, list):
         content = _openai_parts(content)
-    if content_key not in item:
+    if calls is not None and content is None:
+        content = ""  # a tool call without text: templates render the call alone
+    elif content_key not in item:
         problems.append(Problem(line, f"{where} has no '{content_key}'", f"add the message text as '{content_key}'"))
         ok = False
     elif not isinstance(content, str):
         problems.append(Problem(line, f"{where} '{content_key}' is not a string (got {_json_type(item[content_key])})", "write the message text as a JSON string"))
         ok = False
-    elif not content.strip():
+    elif not content.strip() and not calls and role != "tool":  # a tool may well return nothing
         problems.append(Problem(line, f"{where} has empty '{content_key}'", "write the message text, or remove the message"))
         ok = False
-    return {"role": role, "content": content} if ok else None
+    if calls is False:
+        ok = False
+    if not ok:
+        return None
+    turn: dict[str, Any] = {"role": role, "content": content}
+    if calls:
+        turn["tool_calls"] = calls
+    if role == "tool":
+        for key in ("tool_call_id", "name"):
+            if isinstance(item.get(key), str) and item[key]:
+                turn[key] = item[key]
+    if role == "assistant" and "weight" in item:
+        weight = item["weight"]
+        if weight not in (0, 1) or isinstance(weight, bool):
+            problems.append(Problem(line, f"{where} 'weight' must be 0 or 1 (got {_short(weight)})",
+                                    "use 0 for a turn that is only context, 1 (or no weight) for one to learn"))
+            return None
+        if weight == 0:
+            turn["weight"] = 0
+    return turn
+
+
+def _tool_calls(item: dict[str, Any], where: str, line: int, problems: list[Problem]) -> list[dict[str, Any]] | None | bool:
+    """An assistant message's calls as [{"type": "function", "function": {"name", "arguments": {...}}, "id"?}]:
+    from `tool_calls`, or a legacy `function_call`. None: no calls; False: a problem was reported."""
+    if item.get("tool_calls") is not None:
+        raw, name = item["tool_calls"], "tool_calls"
+        if not isinstance(raw, list):
+            problems.append(Problem(line, f"{where} 'tool_calls' must be a list (got {_json_type(raw)})",
+                                    'write it as [{"type": "function", "function": {"name": ..., "arguments": ...}}]'))
+            return False
+        if not raw:
+            return None
+    elif item.get("function_call") is not None:
+        raw, name = [{"type": "function", "function": item["function_call"]}], "function_call"
+    else:
+        return None
+    calls = []
+    for index, call in enumerate(raw):
+        at = f"{where} {name}[{index}]" if name == "tool_calls" else f"{where} function_call"
+        function = call.get("function", call) if isinstance(call, dict) else None  # {"name", "arguments"} given bare, too
+        normal = _function_call(function, at, line, problems)
+        if normal is None:
+            return False
+        entry: dict[str, Any] = {"type": "function", "function": normal}
+        if isinstance(call, dict) and isinstance(call.get("id"), str) and call["id"]:
+            entry["id"] = call["id"]
+        calls.append(entry)
+    return calls
+
+
+def _function_call(function: Any, at: str, line: int, problems: list[Problem]) -> dict[str, Any] | None:
+    """{"name", "arguments"} with the arguments as an object (given as one, or as the JSON text of one)."""
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"].strip():
+        problems.append(Problem(line, f"{at} has no function name", 'write each call as {"name": "...", "arguments": {...}}'))
+        return None
+    arguments = function.get("arguments", function.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(line, f"{at} arguments are not valid JSON ({exc.msg} at column {exc.colno})",
+                                    "write the arguments as a JSON object, or as the text of one"))
+            return None
+    if not isinstance(arguments, dict):
+        problems.append(Problem(line, f"{at} arguments must be an object (got {_json_type(arguments)})",
+                                'write them as {"name_of_parameter": value, ...}'))
+        return None
+    return {"name": function["name"], "arguments": arguments}
+
+
+def _sharegpt_call(value: Any, where: str, line: int, problems: list[Problem]) -> dict[str, Any] | None:
+    """A ShareGPT `function_call` turn: its value is the JSON of one call or of a list of calls."""
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else None
+    except json.JSONDecodeError as exc:
+        problems.append(Problem(line, f"{where} function_call value is not valid JSON ({exc.msg} at column {exc.colno})",
+                                'write the call as the JSON text of {"name": ..., "arguments": {...}}'))
+        return None
+    if parsed is None:
+        problems.append(Problem(line, f"{where} function_call value must be a JSON string (got {_json_type(value)})",
+                                'write the call as the JSON text of {"name": ..., "arguments": {...}}'))
+        return None
+    calls = []
+    for index, function in enumerate(parsed if isinstance(parsed, list) else [parsed]):
+        normal = _function_call(function, f"{where} call {index}", line, problems)
+        if normal is None:
+            return None
+        calls.append({"type": "function", "function": normal})
+    if not calls:
+        problems.append(Problem(line, f"{where} function_call holds no call", "write at least one call, or remove the turn"))
+        return None
+    return {"role": "assistant", "content": "", "tool_calls": calls}
+
+
+def _tools(obj: dict[str, Any], fmt: str, line: int, problems: list[Problem]) -> list[dict[str, Any]] | None:
+    """The functions a conversation may call, as [{"type": "function", "function": {"name", ...}}]:
+    `tools` (a list, or its JSON text as ShareGPT files store it) or OpenAI's legacy `functions`."""
+    key = "tools" if obj.get("tools") is not None else "functions" if fmt == "openai" and obj.get("functions") is not None else None
+    if key is None:
+        return None
+    raw = obj[key]
+    if isinstance(raw, str):
+        if not raw.strip():
+            return None
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(line, f"'{key}' is not valid JSON ({exc.msg} at column {exc.colno})", f"write '{key}' as a list of function schemas"))
+            return None
+    if not isinstance(raw, list):
+        problems.append(Problem(line, f"'{key}' must be a list (got {_json_type(raw)})", f"write '{key}' as a list of function schemas"))
+        return None
+    tools = []
+    for index, tool in enumerate(raw):
+        function = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"].strip():
+            problems.append(Problem(line, f"{key}[{index}] has no function name",
+                                    'write each tool as {"type": "function", "function": {"name": ..., "description": ..., "parameters": {...}}}'))
+            return None
+        tools.append({"type": "function", "function": function})
+    return tools or None
 
 
 def _openai_parts(parts: list[Any]) -> str | None:

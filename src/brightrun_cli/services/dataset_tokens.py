@@ -10,6 +10,7 @@ which is where the speed over a per-example `datasets.map` comes from.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 from brightrun_cli.errors import UsageError
 from brightrun_cli.services.base_model import cached_file, require_hub
+from brightrun_cli.services.dataset_formats import turn_text
 
 # Approximation used when no tokenizer is available: ~4 characters per token is the
 # usual figure for English text with BPE vocabularies of 32k-100k entries.
@@ -28,7 +30,8 @@ class TokenCounter(Protocol):
     method: str  # stored as datasets.token_count_method
     context_length: int | None  # the model's context, None when unknown
 
-    def count(self, conversations: Sequence[list[dict[str, str]]]) -> list[int]: ...
+    def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
+        """Tokens of each brightrun_lora_v4 conversation ({"turns", "tools"?})."""
 
 
 class ApproxCounter:
@@ -37,8 +40,8 @@ class ApproxCounter:
     method = APPROX_METHOD
     context_length = None
 
-    def count(self, conversations: Sequence[list[dict[str, str]]]) -> list[int]:
-        return [max(1, round(sum(len(t["content"]) for t in turns) / CHARS_PER_TOKEN)) for turns in conversations]
+    def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
+        return [max(1, round(_characters(c) / CHARS_PER_TOKEN)) for c in conversations]
 
 
 class TokenizerCounter:
@@ -51,17 +54,37 @@ class TokenizerCounter:
         suffix = "" if self.has_template else " (turn contents only: the tokenizer has no chat template)"
         self.method = f"tokenizer:{name}{suffix}"
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._writes_tool_calls: bool | None = None
 
-    def count(self, conversations: Sequence[list[dict[str, str]]]) -> list[int]:
+    @property
+    def writes_tool_calls(self) -> bool:
+        """Whether the chat template writes tool calls (generation.chat.renders_tool_calls):
+        the trainer refuses data with calls for a base model whose template drops them.
+        Without a template the trainer's ChatML fallback writes them."""
+        if self._writes_tool_calls is None:
+            from brightrun_cli.generation.chat import renders_tool_calls
+
+            self._writes_tool_calls = not self.has_template or renders_tool_calls(self.tokenizer)
+        return self._writes_tool_calls
+
+    def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
         if not conversations:
             return []
-        if self.has_template:
-            texts = self.tokenizer.apply_chat_template(list(conversations), tokenize=False)
-        else:
-            texts = ["".join(t["content"] for t in turns) for turns in conversations]
+        if not self.has_template:
+            texts = ["".join(turn_text(t) for t in c["turns"]) for c in conversations]
+        elif not any(c.get("tools") for c in conversations):
+            texts = self.tokenizer.apply_chat_template([c["turns"] for c in conversations], tokenize=False)
+        else:  # the functions a conversation may call are its own: rendered one by one
+            texts = [self.tokenizer.apply_chat_template(c["turns"], tools=c.get("tools") or None, tokenize=False)
+                     for c in conversations]
         if self._backend is not None:
             return [len(e) for e in self._backend.encode_batch_fast(texts, add_special_tokens=False)]
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _characters(conversation: dict[str, Any]) -> int:
+    tools = conversation.get("tools")
+    return sum(len(turn_text(t)) for t in conversation["turns"]) + (len(json.dumps(tools)) if tools else 0)
 
 
 def resolve_model_path(base_model: str) -> str:

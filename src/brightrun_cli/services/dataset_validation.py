@@ -32,7 +32,7 @@ from itertools import compress
 from typing import IO, Any
 
 from brightrun_cli.errors import UsageError
-from brightrun_cli.services.dataset_formats import FORMATS, Problem, conversation_warnings, detect_format, to_v4
+from brightrun_cli.services.dataset_formats import FORMATS, Problem, conversation_warnings, detect_format, to_v4, turn_text
 from brightrun_cli.services.dataset_tokens import TokenCounter
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # one conversation; anything longer is not a chat transcript
@@ -72,6 +72,7 @@ class ScanResult:
     _sample_index: list[int] = field(default_factory=list)
     file: str = ""  # the file being read, named in findings when there are several
     _seen: dict[str, tuple[str, int]] = field(default_factory=dict)  # conversation id -> (file, line)
+    _tools_checked: bool = False  # whether the token counter was asked if its template writes tool calls
 
     def add_problem(self, problem: Problem, keep: int) -> None:
         self.problem_count += 1
@@ -325,13 +326,20 @@ def _scan_lines(
         seen[cid] = (result.file, number)
         for warning in conversation_warnings(record, number):
             result.add_warning(warning, keep)
+        if (not result._tools_checked and any("tool_calls" in t for t in record["turns"])):
+            result._tools_checked = True
+            if not getattr(counting.counter, "writes_tool_calls", True):
+                result.add_warning(Problem(
+                    number, "conversations call tools, and the base model's chat template does not write tool calls: "
+                    "the token counts leave them out, and training on this base model is refused",
+                    "train a base model whose template writes tool calls (Qwen2.5/3, Llama 3.1+, Mistral, Hermes)"), keep)
         index = len(result.kept)
         _account(result, record)
         if len(result.samples) < SAMPLE_CONVERSATIONS:
             result.samples.append(_sample(record))
             result._sample_index.append(index)
         out.write(_ENCODER.encode(record).encode("utf-8") + b"\n")
-        counting.add(index, number, record["turns"])
+        counting.add(index, number, record)
     return number, read
 
 
@@ -438,8 +446,9 @@ def _has_lone_surrogate(value: Any) -> bool:
 def _sample(record: dict[str, Any]) -> dict[str, Any]:
     """The start of a conversation, bounded: SAMPLE_TURNS turns of at most SAMPLE_CHARS characters."""
     turns = record["turns"]
-    shown = [{"role": t["role"], "content": t["content"][:SAMPLE_CHARS]} for t in turns[:SAMPLE_TURNS]]
-    truncated = len(turns) > SAMPLE_TURNS or any(len(t["content"]) > SAMPLE_CHARS for t in turns[:SAMPLE_TURNS])
+    texts = [turn_text(t) for t in turns[:SAMPLE_TURNS]]
+    shown = [{"role": t["role"], "content": text[:SAMPLE_CHARS]} for t, text in zip(turns, texts)]
+    truncated = len(turns) > SAMPLE_TURNS or any(len(text) > SAMPLE_CHARS for text in texts)
     return {"conversation_id": record["conversation_id"], "turns": shown, "turn_count": len(turns), "truncated": truncated}
 
 
@@ -481,18 +490,18 @@ class _Counting:
         self.result = result
         self.keep = keep
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brightrun-tokens")
-        # (conversation index, (file, line), turns) per conversation of a batch.
-        self.pending: deque[tuple[list[tuple[int, tuple[str, int], list[dict[str, str]]]], Future[list[int]]]] = deque()
-        self.batch: list[tuple[int, tuple[str, int], list[dict[str, str]]]] = []
+        # (conversation index, (file, line), conversation) per conversation of a batch.
+        self.pending: deque[tuple[list[tuple[int, tuple[str, int], dict[str, Any]]], Future[list[int]]]] = deque()
+        self.batch: list[tuple[int, tuple[str, int], dict[str, Any]]] = []
 
-    def add(self, index: int, line: int, turns: list[dict[str, str]]) -> None:
-        self.batch.append((index, (self.result.file, line), turns))
+    def add(self, index: int, line: int, conversation: dict[str, Any]) -> None:
+        self.batch.append((index, (self.result.file, line), conversation))
         if len(self.batch) >= TOKEN_BATCH:
             self._submit()
 
     def _submit(self) -> None:
         if self.batch:
-            self.pending.append((self.batch, self.pool.submit(self.counter.count, [turns for _, _, turns in self.batch])))
+            self.pending.append((self.batch, self.pool.submit(self.counter.count, [conversation for _, _, conversation in self.batch])))
             self.batch = []
         while len(self.pending) > 2:
             self._apply()

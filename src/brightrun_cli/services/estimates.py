@@ -152,8 +152,8 @@ class Calibration(msgspec.Struct, frozen=True):
 
 class EstimateWarning(msgspec.Struct, frozen=True):
     """Something about a run worth knowing before it starts. `code` is stable for scripts
-    (does_not_fit, no_validation, warmup_dominates, token_counts_not_this_models: see
-    `token_count_warning`); `details` its figures."""
+    (does_not_fit, no_validation, warmup_dominates, sequences_truncated, token_counts_not_this_models:
+    see `token_count_warning`); `details` its figures."""
 
     code: str
     message: str
@@ -335,6 +335,9 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
     counted = token_count_warning(dataset, config.base_model)
     if counted is not None:
         est.warnings.append(counted)
+    truncated = truncation_warning(dataset, config.max_seq_length)
+    if truncated is not None:
+        est.warnings.append(truncated)
     if not dataset.total_validation_pairs:
         est.warnings.append(EstimateWarning(
             "no_validation",
@@ -349,6 +352,27 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
             {"warmup_steps": est.warmup_steps, "total_steps": est.total_steps, "share": round(est.warmup_steps / est.total_steps, 3)},
         ))
     return est
+
+
+def truncation_warning(dataset: DatasetRow, limit: int) -> EstimateWarning | None:
+    """A warning when conversations are longer than max_seq_length: the trainer cuts each at
+    the limit, so what lies beyond it (later answers; all of them when a long system prompt
+    or tool list comes first) is never learned. The share is read from the stored length
+    distribution, as token_plan reads it."""
+    dist = (dataset.stats or {}).get("tokens_per_conversation") or {}
+    if not dist.get("max") or float(dist["max"]) <= limit:
+        return None
+    samples = _quantiles(dist, [(i + 0.5) / 200 for i in range(200)])
+    share = max(sum(v > limit for v in samples) / len(samples), 0.005)
+    longest = int(dist["max"])
+    suggestion = 1 << (longest - 1).bit_length()
+    return EstimateWarning(
+        "sequences_truncated",
+        f"{'all' if share >= 0.995 else 'under 1%' if share < 0.01 else 'about ' + format(share, '.0%')} of the conversations of dataset '{dataset.name}' are longer "
+        f"than max_seq_length {limit} (median {int(float(dist.get('p50', 0))):,} tokens, longest {longest:,}): the trainer cuts "
+        f"each at {limit} tokens and never learns what comes after; raise it, e.g. --set max_seq_length={suggestion}",
+        {"max_seq_length": limit, "share": round(share, 3), "longest": longest, "suggested_max_seq_length": suggestion},
+    )
 
 
 def token_count_warning(dataset: DatasetRow, base_model: str) -> EstimateWarning | None:

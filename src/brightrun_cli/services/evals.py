@@ -256,6 +256,7 @@ class Comparison:
     aggregates: list[dict]  # per entry: metrics.aggregate + tokens
     winners: dict[str, list[str]]  # metric -> labels of the best entries
     disagreements: list[int]  # sample indexes where the entries' answers differ
+    references: list[str]  # per sample, as the first entry's model writes it (Sample.reference_for)
 
     def to_json(self) -> dict:
         return {
@@ -263,7 +264,7 @@ class Comparison:
             "entries": [{"label": e.label, "model_id": e.model.id, "base": e.base, "aggregates": a}
                         for e, a in zip(self.entries, self.aggregates)],
             "winners": self.winners,
-            "samples": [{"conversation_id": s.conversation_id, "turn": s.turn, "prompt": s.prompt, "reference": s.reference,
+            "samples": [{"conversation_id": s.conversation_id, "turn": s.turn, "prompt": s.prompt, "reference": self.references[i],
                          "answers": {e.label: answers[i] for e, answers in zip(self.entries, self.answers)},
                          "disagree": i in self.disagreements}
                         for i, s in enumerate(self.samples)],
@@ -293,21 +294,26 @@ def compare_models(ws: Workspace, refs: Sequence[str], *, dataset: str | None = 
     data, samples = _samples(ws, entries[0].model, dataset, limit)
     prompts = [s.prompt for s in samples]
     answers: list[list[dict]] = [[] for _ in entries]
+    first_references: list[str] = []
     by_model: dict[str, list[int]] = {}
     for i, entry in enumerate(entries):
         by_model.setdefault(entry.model.id, []).append(i)
     for indexes in by_model.values():
         with loaded(ws, entries[indexes[0]].model) as chat_model:
             budget = max_new_tokens or answer_eval.default_max_new_tokens(chat_model.tokenizer, samples)
+            references = [s.reference_for(chat_model.tokenizer) for s in samples]
+            first_references = first_references or references
             for i in indexes:
-                for answer, sample in zip(chat_model.answers(prompts, base=entries[i].base, max_new_tokens=budget), samples):
+                generated = chat_model.answers(prompts, base=entries[i].base, max_new_tokens=budget, tools=[s.tools for s in samples])
+                for answer, reference in zip(generated, references):
                     answers[i].append({"answer": answer.text, "stopped": answer.stopped, "tokens": answer.tokens,
-                                       "scores": metrics.score_sample(answer.text, sample.reference)})
+                                       "scores": metrics.score_sample(answer.text, reference)})
     aggregates = [{**metrics.aggregate([a["scores"] for a in rows], [a["stopped"] for a in rows]),
                    "tokens": sum(a["tokens"] for a in rows)} for rows in answers]
     disagreements = [k for k in range(len(samples))
                      if len({metrics.normalise(rows[k]["answer"]) for rows in answers}) > 1]
-    return Comparison(entries, data, samples, answers, aggregates, winners([e.label for e in entries], aggregates), disagreements)
+    return Comparison(entries, data, samples, answers, aggregates, winners([e.label for e in entries], aggregates), disagreements,
+                      first_references)
 
 
 def winners(labels: list[str], aggregates: list[dict]) -> dict[str, list[str]]:

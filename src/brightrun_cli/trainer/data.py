@@ -6,6 +6,10 @@ a prefix of the text up to and including the turn, and the difference is exactly
 the model must produce: the answer plus the template's end-of-turn marker (so the tuned
 model learns to stop). Character spans map to tokens through the fast tokenizer's
 offsets, which works for any template and any tokenizer.
+
+Tool calls are answers like any other (the call's text is what the model must write);
+tool results, like user turns, are context. An assistant turn with weight 0 is context
+too. Conversations listing tools are rendered with them, as the model will be prompted.
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ class Example:
         return sum(t != IGNORE for t in self.targets)
 
 
-def read_conversations(path: Path) -> list[list[dict[str, str]]]:
+def read_conversations(path: Path) -> list[chat.Conversation]:
     """Read brightrun_lora_v4 JSONL; a malformed line is a SpecError naming the line."""
     try:
-        return [conversation.turns for conversation in chat.read_conversations(path)]
+        return chat.read_conversations(path)
     except UsageError as exc:
         raise SpecError(exc.message) from None
 
@@ -48,20 +52,20 @@ def ensure_chat_template(tokenizer) -> None:
         raise SpecError(exc.message) from None
 
 
-def assistant_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans the model is trained to produce."""
-    text = chat.render(tokenizer, messages, False)
+    text = chat.render(tokenizer, messages, False, tools)
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or message.get("weight") == 0:
             continue
-        prompt = chat.render(tokenizer, messages[:i], True)
-        through = chat.render(tokenizer, messages[: i + 1], False)
+        prompt = chat.render(tokenizer, messages[:i], True, tools)
+        through = chat.render(tokenizer, messages[: i + 1], False, tools)
         if text.startswith(through) and through.startswith(prompt):
             start, end = len(prompt), len(through.rstrip())
         else:
             # A template that rewrites earlier turns (e.g. drops reasoning): find the answer itself.
-            start = text.find(message["content"], spans[-1][1] if spans else 0)
+            start = text.find(message["content"], spans[-1][1] if spans else 0) if message["content"] else -1
             if start < 0:
                 continue
             end = start + len(message["content"])
@@ -73,8 +77,8 @@ def assistant_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, lis
     return text, spans
 
 
-def tokenize(tokenizer, messages, max_length: int, assistant_only: bool) -> Example:
-    text, spans = assistant_spans(tokenizer, messages)
+def tokenize(tokenizer, messages, max_length: int, assistant_only: bool, tools: list[dict] | None = None) -> Example:
+    text, spans = assistant_spans(tokenizer, messages, tools)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"][:max_length], enc["offset_mapping"][:max_length]
     if assistant_only:
@@ -88,9 +92,16 @@ def tokenize(tokenizer, messages, max_length: int, assistant_only: bool) -> Exam
 
 def tokenize_file(tokenizer, path: Path, max_length: int, assistant_only: bool) -> tuple[list[Example], int]:
     """Tokenized conversations with at least one loss token, and how many were truncated."""
+    from jinja2 import TemplateError
+
     examples, truncated = [], 0
-    for messages in read_conversations(path):
-        example = tokenize(tokenizer, messages, max_length, assistant_only)
+    conversations = read_conversations(path)
+    check_tool_calls(tokenizer, conversations, path)
+    for conversation in conversations:
+        try:
+            example = tokenize(tokenizer, conversation.turns, max_length, assistant_only, conversation.tools)
+        except TemplateError as exc:  # a template's own refusal (roles must alternate, one tool call at a time, ...)
+            raise SpecError(f"{path.name}: conversation {conversation.conversation_id!r}: the chat template refused it ({exc})") from None
         truncated += len(example.input_ids) == max_length
         if example.loss_tokens:
             examples.append(example)
@@ -100,6 +111,18 @@ def tokenize_file(tokenizer, path: Path, max_length: int, assistant_only: bool) 
             "or every answer lies beyond max_seq_length); add assistant turns or raise max_seq_length"
         )
     return examples, truncated
+
+
+def check_tool_calls(tokenizer, conversations: list[chat.Conversation], path: Path) -> None:
+    """Data with tool calls needs a template that writes them: one that prints only the text
+    would train the model on empty answers."""
+    calling = next((c for c in conversations if any("tool_calls" in t for t in c.turns)), None)
+    if calling is not None and not chat.renders_tool_calls(tokenizer):
+        raise SpecError(
+            f"{path.name}: conversation {calling.conversation_id!r} calls tools, and the base model's chat template does "
+            "not write tool calls; use a base model whose template does (Qwen2.5/3, Llama 3.1+, Mistral, Hermes) "
+            "or a tokenizer without a chat template (brightrun's ChatML fallback writes them)"
+        )
 
 
 @dataclass

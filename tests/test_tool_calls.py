@@ -1,0 +1,202 @@
+"""Conversations that call tools: kept through `dataset add` in the form chat templates
+render, trained on (the calls, not the tool results), counted and evaluated with the
+functions each conversation may call."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from brightrun_cli.builtin import resolve_base_model
+from brightrun_cli.services.dataset_formats import to_v4
+from tests.test_datasets import add, show_json, write_jsonl
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+
+
+def openai_row(i: int) -> dict:
+    return {"messages": [
+        {"role": "system", "content": "You answer with the weather tool."},
+        {"role": "user", "content": f"Weather in Paris, day {i}?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": f"call_{i}", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": f"call_{i}", "content": "{\"temp\": 12}"},
+        {"role": "assistant", "content": "It is 12 C in Paris."},
+    ], "tools": [WEATHER]}
+
+
+def v4(row: dict, fmt: str) -> dict:
+    record, problems = to_v4(row, fmt, 1)
+    assert not problems, problems
+    return record
+
+
+def test_openai_tool_calls_are_kept_with_their_arguments_as_objects(cli, tmp_path, brightrun_home):
+    added = add(cli, write_jsonl(tmp_path / "tools.jsonl", [openai_row(i) for i in range(12)]), "--name", "tools", "--json")
+    assert added.exit_code == 0, added.output
+    stored = json.loads(added.stdout)
+    record = json.loads((brightrun_home / "storage" / stored["storage_path"]).read_text().splitlines()[0])
+    assert record["tools"] == [WEATHER]
+    call, result = record["turns"][2], record["turns"][3]
+    assert call == {"role": "assistant", "content": "", "tool_calls": [{**CALL, "id": "call_0"}]}
+    assert result == {"role": "tool", "content": "{\"temp\": 12}", "tool_call_id": "call_0"}
+    shown = show_json(cli, "tools")
+    assert shown["validation_errors"] == [] and shown["validation_warnings"] == []
+    assert shown["sample_data"][0]["turns"][2]["content"] == 'get_weather({"city": "Paris"})'
+
+
+@pytest.mark.parametrize("fmt,row", [
+    ("openai", {"functions": [WEATHER["function"]], "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+        {"role": "function", "name": "get_weather", "content": "{\"temp\": 12}"},
+        {"role": "assistant", "content": "It is 12 C in Paris."}]}),
+    ("sharegpt", {"tools": json.dumps([WEATHER["function"]]), "conversations": [
+        {"from": "human", "value": "Weather in Paris?"},
+        {"from": "function_call", "value": "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}"},
+        {"from": "observation", "value": "{\"temp\": 12}"},
+        {"from": "gpt", "value": "It is 12 C in Paris."}]}),
+], ids=["openai-legacy-functions", "sharegpt-llama-factory"])
+def test_legacy_and_sharegpt_function_calls_become_the_same_tool_calls(fmt, row):
+    record = v4(row, fmt)
+    assert record["tools"] == [WEATHER]
+    assert [t["role"] for t in record["turns"]] == ["user", "assistant", "tool", "assistant"]
+    assert record["turns"][1] == {"role": "assistant", "content": "", "tool_calls": [CALL]}
+    assert record["turns"][2]["content"] == "{\"temp\": 12}"
+
+
+@pytest.mark.parametrize("change,error", [
+    (lambda m: m[2]["tool_calls"][0]["function"].update(arguments="{city: Paris}"), "messages[2] tool_calls[0] arguments are not valid JSON"),
+    (lambda m: m[2]["tool_calls"][0]["function"].update(arguments="[1, 2]"), "messages[2] tool_calls[0] arguments must be an object (got a list)"),
+    (lambda m: m[2]["tool_calls"][0]["function"].pop("name"), "messages[2] tool_calls[0] has no function name"),
+    (lambda m: m[2].update(tool_calls={"name": "x"}), "messages[2] 'tool_calls' must be a list (got an object)"),
+    (lambda m: m[4].update(weight=0.5), "messages[4] 'weight' must be 0 or 1 (got 0.5)"),
+    (lambda m: [t.update(weight=0) for t in m if t["role"] == "assistant"], "every assistant turn has weight 0: nothing to train on"),
+])
+def test_a_malformed_call_or_weight_is_a_problem_on_its_line(change, error):
+    row = openai_row(0)
+    change(row["messages"])
+    record, problems = to_v4(row, "openai", 7)
+    assert record is None
+    assert [(p.line, p.error[: len(error)]) for p in problems] == [(7, error)]
+
+
+def test_weight_0_keeps_a_turn_as_context_and_a_stray_tool_result_is_a_warning(cli, tmp_path):
+    record = v4({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Wrong", "weight": 0},
+                              {"role": "user", "content": "Hi again"}, {"role": "assistant", "content": "Hello!", "weight": 1}]}, "openai")
+    assert [t.get("weight") for t in record["turns"]] == [None, 0, None, None]
+    stray = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "tool", "content": "42"},
+                           {"role": "assistant", "content": f"a{i}"}]} for i in range(10)]
+    added = add(cli, write_jsonl(tmp_path / "stray.jsonl", stray), "--name", "stray", "--json")
+    assert added.exit_code == 0, added.output
+    warnings = show_json(cli, "stray")["validation_warnings"]
+    assert warnings[0]["warning"] == "turns[1] is a tool result with no tool call before it"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_base_model("builtin:tiny"))
+
+
+def test_the_trainer_learns_the_calls_and_the_answers_not_the_tool_results_or_weight_0_turns(tiny):
+    from brightrun_cli.trainer.data import IGNORE, tokenize
+
+    record = v4(openai_row(0), "openai")
+    example = tokenize(tiny, record["turns"], 1024, True, record["tools"])
+    text = tiny.decode(example.input_ids)
+    assert text.startswith('<|im_start|>tools\n[{"type": "function", "function": {"name": "get_weather"')
+    learned = tiny.decode([t for t in example.targets if t != IGNORE])
+    assert learned == '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call><|im_end|>It is 12 C in Paris.<|im_end|>'
+
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Wrong", "weight": 0},
+             {"role": "user", "content": "Hi again"}, {"role": "assistant", "content": "Hello!"}]
+    example = tokenize(tiny, turns, 1024, True)
+    assert tiny.decode([t for t in example.targets if t != IGNORE]) == "Hello!<|im_end|>"
+
+
+def test_a_template_that_drops_tool_calls_is_refused_before_training(tiny, tmp_path):
+    from brightrun_cli.trainer.data import tokenize_file
+    from brightrun_cli.trainer.spec import SpecError
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps({**v4(openai_row(i), "openai"), "conversation_id": f"c{i}"}) for i in range(3)) + "\n")
+    plain = tiny.__class__.from_pretrained(resolve_base_model("builtin:tiny"))
+    plain.chat_template = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                           "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    with pytest.raises(SpecError, match=r"conversation 'c0' calls tools, and the base model's chat template does not write tool calls"):
+        tokenize_file(plain, path, 1024, True)
+    examples, truncated = tokenize_file(tiny, path, 1024, True)
+    assert len(examples) == 3 and truncated == 0
+
+
+def test_token_counts_include_the_tools_and_calls(tiny):
+    from brightrun_cli.services.dataset_tokens import ApproxCounter, TokenizerCounter
+
+    with_tools, plain = v4(openai_row(0), "openai"), v4({"messages": [{"role": "user", "content": "Hi"},
+                                                                      {"role": "assistant", "content": "Hello!"}]}, "openai")
+    counts = TokenizerCounter(tiny, "builtin:tiny", 2048).count([with_tools, plain])
+    expected = [len(tiny.apply_chat_template(with_tools["turns"], tools=with_tools["tools"])["input_ids"]),
+                len(tiny.apply_chat_template(plain["turns"])["input_ids"])]
+    assert counts == expected
+    no_tools = dict(with_tools, tools=None)
+    assert ApproxCounter().count([with_tools])[0] > ApproxCounter().count([no_tools])[0] > ApproxCounter().count([plain])[0]
+
+
+def test_an_eval_sample_that_calls_a_tool_is_judged_by_the_call_the_model_writes(tiny, tmp_path):
+    from brightrun_cli.generation.evaluate import held_out_samples
+
+    path = tmp_path / "validation.jsonl"
+    record = v4(openai_row(0), "openai")
+    record["turns"].insert(1, {"role": "assistant", "content": "Context only.", "weight": 0})
+    path.write_text(json.dumps({**record, "conversation_id": "c0"}) + "\n")
+    samples = held_out_samples(path)
+    assert [s.turn for s in samples] == [3, 5]  # the weight-0 turn is not a sample
+    call, answer = samples
+    assert call.tools == [WEATHER] and call.reference == ""
+    assert call.reference_for(tiny) == '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    assert answer.reference_for(tiny) == "It is 12 C in Paris." and answer.prompt[-1]["role"] == "tool"
+
+
+def test_adding_calls_for_a_base_model_whose_template_drops_them_is_a_warning(cli, tmp_path, monkeypatch):
+    from brightrun_cli.generation import chat
+
+    rows = [openai_row(i) for i in range(10)]
+    monkeypatch.setattr(chat, "renders_tool_calls", lambda tokenizer: False)
+    added = add(cli, write_jsonl(tmp_path / "tools.jsonl", rows), "--name", "dropped", "--base-model", "builtin:tiny", "--json")
+    assert added.exit_code == 0, added.output
+    [warning] = show_json(cli, "dropped")["validation_warnings"]
+    assert warning["line"] == 1 and warning["warning"].startswith("conversations call tools, and the base model's chat template does not")
+    monkeypatch.undo()
+    added = add(cli, write_jsonl(tmp_path / "tools.jsonl", rows), "--name", "written", "--base-model", "builtin:tiny", "--json")
+    assert show_json(cli, "written")["validation_warnings"] == []
+
+
+@pytest.mark.slow
+def test_a_tool_calling_dataset_trains_builtin_tiny_and_its_answers_are_judged_call_by_call(brightrun_home, tmp_path):
+    """The whole loop on examples/support_tools_openai.jsonl: added, trained, and the job-end
+    eval answers each held-out call with the tool list in its prompt, scored against the call
+    as the template writes it."""
+    from tests.conftest import REPO, run_brightrun
+
+    env = {"BRIGHTRUN_HOME": str(brightrun_home), "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "200"}
+    data = tmp_path / "tools.jsonl"
+    data.write_text("\n".join((REPO / "examples" / "support_tools_openai.jsonl").read_text().splitlines()[:120]) + "\n")
+    added = run_brightrun("dataset", "add", str(data), "--name", "tools", "--val-split", "0.15", "--base-model", "builtin:tiny", env=env)
+    assert added.returncode == 0, added.stderr
+    trained = run_brightrun("train", "--dataset", "tools", "--preset", "tiny", "--set", "max_seq_length=1024",
+                            "--require", "rougeL>base", env=env, timeout=900)
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-3000:]
+    assert "ok   rougeL>base" in trained.stdout
+
+    model = json.loads(run_brightrun("models", "list", "--json", env=env).stdout)[0]
+    samples = json.loads(run_brightrun("models", "show", model["id"], "--json", env=env).stdout)["eval"]["samples"]
+    calls = [s for s in samples if s["reference"].startswith('<tool_call>{"name": "')]
+    answers = [s for s in samples if s["prompt"][-1]["role"] == "tool"]
+    assert calls and answers and len(calls) + len(answers) <= len(samples)
+    assert all(s["tools"][0]["function"]["name"] == "order_status" for s in calls + answers)
+    assert all(s["prompt"][-1]["role"] in ("user", "tool") and s["tuned"]["answer"] != s["base"]["answer"] for s in samples)
