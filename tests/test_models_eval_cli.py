@@ -273,6 +273,25 @@ def test_models_try_answers_once_and_with_the_base_beside_it(cli, prepared):
     assert sampled[0] == sampled[1]
 
 
+def test_models_try_with_tools_prompts_with_them_and_a_bad_tools_file_is_one_error_line(cli, prepared, tmp_path):
+    model = prepared["model_id"]
+    functions = [{"type": "function", "function": {"name": "order_status", "parameters": {"type": "object"}}}]
+    (tmp_path / "tools.json").write_text(json.dumps(functions))
+    ask = (model, "Where is my order 80239?", "--max-new-tokens", "12", "--json")
+    plain = json.loads(cli("models", "try", *ask).stdout)
+    with_tools = cli("models", "try", *ask, "--tools", str(tmp_path / "tools.json"))
+    assert with_tools.exit_code == 0, with_tools.stderr
+    out = json.loads(with_tools.stdout)
+    assert out["tools"] == functions and "tools" not in plain
+    assert out["tuned"]["answer"] != plain["tuned"]["answer"]  # the prompt now starts with the tool list
+    for text, expected in (("[{\"type\": \"function\"}]", "--tools " + str(tmp_path / "bad.json") + ": tools[0] has no function name"),
+                           ("{not json", "not valid JSON"), ("[]", "lists no function")):
+        (tmp_path / "bad.json").write_text(text)
+        bad = cli("models", "try", model, "Hi", "--tools", str(tmp_path / "bad.json"))
+        assert bad.exit_code == 2 and expected in bad.stderr
+        _one_error_line(bad)
+
+
 def test_models_try_without_a_prompt_off_a_terminal_is_a_usage_error(cli, prepared):
     result = cli("models", "try", prepared["model_id"])
     assert result.exit_code == 2

@@ -212,6 +212,7 @@ def try_command(
     prompt: Annotated[Optional[str], common.Arg(help="One prompt to answer. Without it, on a terminal: an interactive chat.", show_default=False)] = None,
     base: Annotated[bool, common.Opt("--base", help="Answer with the base model (adapter off) too, beside the tuned one.")] = False,
     system: Annotated[Optional[str], common.Opt("--system", help="A system message before the prompt.", show_default=False)] = None,
+    tools: Annotated[Optional[Path], common.Opt("--tools", help="A JSON file listing the functions the model may call (OpenAI's tools list), rendered into the prompt as in training.", show_default=False)] = None,
     temperature: Annotated[float, common.Opt("--temperature", help="0 answers greedily; higher samples more freely.")] = 0.0,
     top_p: Annotated[float, common.Opt("--top-p", help="Sample from the smallest set of tokens this likely (with --temperature).")] = 1.0,
     max_new_tokens: Annotated[int, common.Opt("--max-new-tokens", help="Longest answer in tokens.")] = 256,
@@ -227,6 +228,7 @@ def try_command(
       brightrun models try 01jd4 "How do I reset my password?"
       brightrun models try 01jd4 "How do I reset my password?" --base --json
       brightrun models try 01jd4 --temperature 0.7 --seed 1
+      brightrun models try 01jd4 "Where is order 37618?" --tools tools.json
     """
     from brightrun_cli.errors import UsageError
     from brightrun_cli.services.evals import loaded, sampling as make_sampling
@@ -236,21 +238,23 @@ def try_command(
     if prompt is None and (json_output or not common.stdin_is_tty()):
         raise UsageError("no prompt given and " + ("--json needs one" if json_output else "stdin is not a terminal for a chat"),
                          'pass the prompt as an argument: brightrun models try MODEL "your question"')
+    functions = _read_tools(tools) if tools is not None else None
     ws = common.workspace(ctx)
     row = get_model(ws, model)
     history = [{"role": "system", "content": system}] if system else []
     with loaded(ws, row) as chat_model:
         if prompt is None:
-            _chat(chat_model, history, settings, base)
+            _chat(chat_model, history, settings, base, functions)
             return
         messages = history + [{"role": "user", "content": prompt}]
-        tuned = chat_model.answer(messages, sampling=settings)
-        base_answer = chat_model.answer(messages, base=True, sampling=settings) if base else None
+        tuned = chat_model.answer(messages, sampling=settings, tools=functions)
+        base_answer = chat_model.answer(messages, base=True, sampling=settings, tools=functions) if base else None
     if json_output:
         def as_json(answer):
             return None if answer is None else {"answer": answer.text, "stopped": answer.stopped, "tokens": answer.tokens}
 
-        common.print_json({"model_id": row.id, "messages": messages, "tuned": as_json(tuned), "base": as_json(base_answer),
+        common.print_json({"model_id": row.id, "messages": messages, **({"tools": functions} if functions else {}),
+                           "tuned": as_json(tuned), "base": as_json(base_answer),
                            "sampling": {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}})
         return
     if base_answer is None:
@@ -260,7 +264,28 @@ def try_command(
     common.echo(f"base:  {base_answer.text}")
 
 
-def _chat(chat_model, history: list[dict], settings, with_base: bool) -> None:
+def _read_tools(path: Path) -> list[dict]:
+    """`--tools FILE`: a JSON list of function schemas, checked as a dataset's `tools` are."""
+    import json
+
+    from brightrun_cli.errors import UsageError
+    from brightrun_cli.services.dataset_formats import parse_tools
+
+    try:
+        value = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"--tools {path}: cannot read it ({exc.strerror or exc})", "pass a JSON file listing the functions") from None
+    except ValueError as exc:
+        raise UsageError(f"--tools {path}: not valid JSON ({exc})", "write the functions as a JSON list") from None
+    functions, problems = parse_tools(value)
+    if problems:
+        raise UsageError(f"--tools {path}: {problems[0].error}", problems[0].suggestion)
+    if not functions:
+        raise UsageError(f"--tools {path}: lists no function", "write at least one function schema, or leave --tools out")
+    return functions
+
+
+def _chat(chat_model, history: list[dict], settings, with_base: bool, tools: list[dict] | None = None) -> None:
     """The interactive chat: streamed answers, multi-turn through the chat template."""
     import sys
 
@@ -293,7 +318,7 @@ def _chat(chat_model, history: list[dict], settings, with_base: bool) -> None:
             sys.stdout.write(f"{label}> ")
             pieces = []
             try:
-                for piece in chat_model.stream(messages, base=base, sampling=settings):
+                for piece in chat_model.stream(messages, base=base, sampling=settings, tools=tools):
                     pieces.append(piece)
                     sys.stdout.write(piece)
                     sys.stdout.flush()

@@ -177,19 +177,21 @@ class ChatModel:
 
     # ------------------------------------------------------------ one answer, sampled or streamed
 
-    def answer(self, messages: list[dict[str, str]], *, base: bool = False, sampling: Sampling = Sampling()) -> Answer:
-        """One answer (greedy, or sampled as `sampling` says)."""
+    def answer(self, messages: list[dict], *, base: bool = False, sampling: Sampling = Sampling(),
+               tools: list[dict] | None = None) -> Answer:
+        """One answer (greedy, or sampled as `sampling` says), with `tools` the functions it may call."""
         import torch
 
         sampling.check()
-        ids = torch.tensor([self._fit(self.prompt_ids(messages), sampling.max_new_tokens)], device=self.device)
+        ids = torch.tensor([self._fit(self.prompt_ids(messages, tools), sampling.max_new_tokens)], device=self.device)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         with self._generating(base):
             out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **self._generate_kwargs(sampling))
         return self._answer(out[0, ids.shape[1]:].tolist(), sampling.max_new_tokens)
 
-    def stream(self, messages: list[dict[str, str]], *, base: bool = False, sampling: Sampling = Sampling()) -> Iterator[str]:
+    def stream(self, messages: list[dict], *, base: bool = False, sampling: Sampling = Sampling(),
+               tools: list[dict] | None = None) -> Iterator[str]:
         """The answer as text pieces while it is generated (for `models try`). Special tokens
         (the end-of-turn marker of ChatML, Llama 3 and the fallback template) are left out.
         An error in generation is raised here, in the caller; a caller that stops iterating
@@ -198,7 +200,7 @@ class ChatModel:
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         sampling.check()
-        ids = torch.tensor([self._fit(self.prompt_ids(messages), sampling.max_new_tokens)], device=self.device)
+        ids = torch.tensor([self._fit(self.prompt_ids(messages, tools), sampling.max_new_tokens)], device=self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = self._generate_kwargs(sampling)
         cancelled = threading.Event()

@@ -302,6 +302,13 @@ def _sharegpt_call(value: Any, where: str, line: int, problems: list[Problem]) -
     return {"role": "assistant", "content": "", "tool_calls": calls}
 
 
+def parse_tools(value: Any) -> tuple[list[dict[str, Any]] | None, list[Problem]]:
+    """A list of function schemas given on its own (`models try --tools FILE`): the tools
+    as a conversation's `tools` are normalised, or the problems found."""
+    problems: list[Problem] = []
+    return _tools({"tools": value}, "openai", 1, problems), problems
+
+
 def _tools(obj: dict[str, Any], fmt: str, line: int, problems: list[Problem]) -> list[dict[str, Any]] | None:
     """The functions a conversation may call, as [{"type": "function", "function": {"name", ...}}]:
     `tools` (a list, or its JSON text as ShareGPT files store it) or OpenAI's legacy `functions`."""
