@@ -73,6 +73,7 @@ def test_legacy_and_sharegpt_function_calls_become_the_same_tool_calls(fmt, row)
     (lambda m: m[2]["tool_calls"][0]["function"].update(arguments="[1, 2]"), "messages[2] tool_calls[0] arguments must be an object (got a list)"),
     (lambda m: m[2]["tool_calls"][0]["function"].pop("name"), "messages[2] tool_calls[0] has no function name"),
     (lambda m: m[2].update(tool_calls={"name": "x"}), "messages[2] 'tool_calls' must be a list (got an object)"),
+    (lambda m: m[2].pop("tool_calls"), "messages[2] 'content' is not a string (got null)"),
     (lambda m: m[4].update(weight=0.5), "messages[4] 'weight' must be 0 or 1 (got 0.5)"),
     (lambda m: [t.update(weight=0) for t in m if t["role"] == "assistant"], "every assistant turn has weight 0: nothing to train on"),
 ])

@@ -202,7 +202,9 @@ def _chat_turn(item: Any, fmt: str, where: str, line: int, problems: list[Proble
         problems.append(Problem(line, f"{where} has no '{content_key}'", f"add the message text as '{content_key}'"))
         ok = False
     elif not isinstance(content, str):
-        problems.append(Problem(line, f"{where} '{content_key}' is not a string (got {_json_type(item[content_key])})", "write the message text as a JSON string"))
+        problems.append(Problem(line, f"{where} '{content_key}' is not a string (got {_json_type(item[content_key])})",
+                                "write the message text as a JSON string" + (" (null content is for a turn with 'tool_calls')"
+                                                                             if role == "assistant" and content is None else "")))
         ok = False
     elif not content.strip() and not calls and role != "tool":  # a tool may well return nothing
         problems.append(Problem(line, f"{where} has empty '{content_key}'", "write the message text, or remove the message"))
