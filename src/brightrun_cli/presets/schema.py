@@ -48,6 +48,7 @@ HYPERPARAMETER_KEYS = (
     "fused_cross_entropy",
     "compile_layers",
     "activation_offload",
+    "chat_template",
 )
 
 
@@ -96,6 +97,9 @@ class TrainingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     activation_offload: Annotated[bool, Meta(description=(
         "Keep activations saved for the backward pass in CPU memory: for long sequences that do not fit, "
         "at the cost of host-device copies"))] = False
+    chat_template: Annotated[Literal["model", "chatml"], Meta(description=(
+        "How conversations are written for the model: model = its tokenizer's chat template (ChatML when it has none), "
+        "chatml = ChatML with tools and tool calls, for a base whose own template drops them; saved with the adapter"))] = "model"
     gpu_type: Annotated[str, Meta(min_length=1, description="GPU type from `brightrun gpus` (unset: the host's type)")] | None = None
     gpus: Annotated[int, Meta(ge=1, le=8, description="GPUs per host (unset: all of the host's)")] | None = None
 

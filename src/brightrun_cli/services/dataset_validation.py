@@ -331,8 +331,8 @@ def _scan_lines(
             if not getattr(counting.counter, "writes_tool_calls", True):
                 result.add_warning(Problem(
                     number, "conversations call tools, and the base model's chat template does not write tool calls: "
-                    "the token counts leave them out, and training on this base model is refused",
-                    "train a base model whose template writes tool calls (Qwen2.5/3, Llama 3.1+, Mistral, Hermes)"), keep)
+                    "the token counts leave them out, and training with that template is refused",
+                    "train with --set chat_template=chatml, or a base model whose template writes tool calls"), keep)
         index = len(result.kept)
         _account(result, record)
         if len(result.samples) < SAMPLE_CONVERSATIONS:

@@ -120,8 +120,8 @@ def check_tool_calls(tokenizer, conversations: list[chat.Conversation], path: Pa
     if calling is not None and not chat.renders_tool_calls(tokenizer):
         raise SpecError(
             f"{path.name}: conversation {calling.conversation_id!r} calls tools, and the base model's chat template does "
-            "not write tool calls; use a base model whose template does (Qwen2.5/3, Llama 3.1+, Mistral, Hermes) "
-            "or a tokenizer without a chat template (brightrun's ChatML fallback writes them)"
+            "not write tool calls; train with --set chat_template=chatml (ChatML with tools), or use a base model whose "
+            "template writes them (Qwen2.5/3, Llama 3.1+, Mistral, Hermes)"
         )
 
 

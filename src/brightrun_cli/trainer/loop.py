@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from . import attention, loss as fused_loss
-from .data import IGNORE, Batch, Example, collate, ensure_chat_template, tokenize_file
+from .data import FALLBACK_CHAT_TEMPLATE, IGNORE, Batch, Example, collate, ensure_chat_template, tokenize_file
 from .files import MetricsWriter, library_versions, write_json_atomic
 from .schedule import warmup_for
 from .spec import SHARDED_TYPES, Spec, SpecError
@@ -361,6 +361,8 @@ def setup(spec: Spec, log) -> Run:
         raise SpecError(f"cannot load the tokenizer of {spec.base_model!r}: {whole_message(exc)}") from None
     if not tokenizer.is_fast:
         raise SpecError(f"base model {spec.base_model!r} has no fast tokenizer (needed for assistant-token masks)")
+    if hp.chat_template == "chatml":
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE  # saved with the adapter: evals and `models try` write as trained
     ensure_chat_template(tokenizer)
     train, truncated = tokenize_file(tokenizer, spec.train_file, hp.max_seq_length, hp.assistant_only_loss)
     validation = []

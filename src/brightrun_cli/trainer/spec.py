@@ -22,6 +22,7 @@ class SpecError(Exception):
 SCHEDULERS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 QUANTIZATIONS = ("none", "4bit", "8bit")
+CHAT_TEMPLATES = ("model", "chatml")
 _FLAGS = ("packing", "gradient_checkpointing", "assistant_only_loss", "use_dora", "use_rslora", "fused_cross_entropy",
           "compile_layers", "activation_offload")
 # The accelerate distributed types a passed-through config may ask for.
@@ -57,6 +58,7 @@ class Hyperparameters:
     fused_cross_entropy: bool = True  # chunked head + cross-entropy (trainer/loss.py)
     compile_layers: bool = False  # torch.compile each decoder layer (CUDA)
     activation_offload: bool = False  # saved activations in CPU memory
+    chat_template: str = "model"  # "chatml": brightrun's tool-aware ChatML instead of the tokenizer's own
 
 
 @dataclass
@@ -216,6 +218,8 @@ def _hyperparameters(raw: Any) -> Hyperparameters:
             raise SpecError(f"hyperparameters.precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
         elif key == "quantization" and value not in QUANTIZATIONS:
             raise SpecError(f"hyperparameters.quantization must be one of {', '.join(QUANTIZATIONS)}, got {value!r}")
+        elif key == "chat_template" and value not in CHAT_TEMPLATES:
+            raise SpecError(f"hyperparameters.chat_template must be one of {', '.join(CHAT_TEMPLATES)}, got {value!r}")
         elif key == "target_modules" and not (
             value == "all-linear" or (isinstance(value, list) and value and all(isinstance(m, str) and m for m in value))
         ):
