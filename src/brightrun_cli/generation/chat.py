@@ -40,6 +40,10 @@ def chatml_template(end: str) -> str:
 FALLBACK_CHAT_TEMPLATE = chatml_template("eos_token")
 
 
+# What a stored turn may hold besides role and content (dataset_formats writes them).
+_TURN_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name", "weight")
+
+
 class Conversation(NamedTuple):
     conversation_id: str
     turns: list[dict[str, Any]]  # [{"role", "content", ...}], roles from ROLES (dataset_formats: tool_calls, weight)
@@ -80,9 +84,6 @@ def read_conversations(path: Path) -> list[Conversation]:
     if not conversations:
         raise UsageError(f"{path.name} holds no conversations")
     return conversations
-
-
-_TURN_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name", "weight")
 
 
 def ensure_chat_template(tokenizer) -> None:

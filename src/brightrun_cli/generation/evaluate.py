@@ -113,8 +113,9 @@ def held_out_samples(path: Path, limit: int | None = None) -> list[Sample]:
     return samples
 
 
-def default_max_new_tokens(tokenizer, samples: list[Sample]) -> int:
-    longest = max(len(tokenizer(s.reference_for(tokenizer), add_special_tokens=False)["input_ids"]) for s in samples)
+def default_max_new_tokens(tokenizer, references: list[str]) -> int:
+    """1.5 x the longest reference (Sample.reference_for) in tokens + 16, in [16, 1024]."""
+    longest = max(len(tokenizer(reference, add_special_tokens=False)["input_ids"]) for reference in references)
     return min(1024, max(16, math.ceil(1.5 * longest) + 16))
 
 
@@ -124,11 +125,11 @@ def evaluate(chat_model, samples: list[Sample], *, max_new_tokens: int | None = 
     score them. Returns (eval.jsonl records, summary), in the formats of the module docstring."""
     if not samples:
         raise UsageError("no samples to evaluate")
+    references = [s.reference_for(chat_model.tokenizer) for s in samples]
     if max_new_tokens is None:
-        max_new_tokens = default_max_new_tokens(chat_model.tokenizer, samples)
+        max_new_tokens = default_max_new_tokens(chat_model.tokenizer, references)
     say = log or (lambda message: None)
     prompts = [s.prompt for s in samples]
-    references = [s.reference_for(chat_model.tokenizer) for s in samples]
     started = time.perf_counter()
     records = [{"conversation_id": s.conversation_id, "turn": s.turn, "prompt": s.prompt, "reference": reference,
                 **({"tools": s.tools} if s.tools else {}), "base": None, "tuned": None}

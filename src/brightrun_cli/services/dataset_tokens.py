@@ -29,6 +29,7 @@ APPROX_METHOD = f"approx:chars/{CHARS_PER_TOKEN}"
 class TokenCounter(Protocol):
     method: str  # stored as datasets.token_count_method
     context_length: int | None  # the model's context, None when unknown
+    writes_tool_calls: bool  # whether the counted text holds tool calls (a chat template may drop them)
 
     def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
         """Tokens of each brightrun_lora_v4 conversation ({"turns", "tools"?})."""
@@ -39,6 +40,7 @@ class ApproxCounter:
 
     method = APPROX_METHOD
     context_length = None
+    writes_tool_calls = True  # turn_text counts every call
 
     def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
         return [max(1, round(_characters(c) / CHARS_PER_TOKEN)) for c in conversations]

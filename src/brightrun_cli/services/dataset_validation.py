@@ -326,9 +326,9 @@ def _scan_lines(
         seen[cid] = (result.file, number)
         for warning in conversation_warnings(record, number):
             result.add_warning(warning, keep)
-        if (not result._tools_checked and any("tool_calls" in t for t in record["turns"])):
+        if not result._tools_checked and any("tool_calls" in t for t in record["turns"]):
             result._tools_checked = True
-            if not getattr(counting.counter, "writes_tool_calls", True):
+            if not counting.counter.writes_tool_calls:
                 result.add_warning(Problem(
                     number, "conversations call tools, and the base model's chat template does not write tool calls: "
                     "the token counts leave them out, and training with that template is refused",

@@ -300,8 +300,8 @@ def compare_models(ws: Workspace, refs: Sequence[str], *, dataset: str | None = 
         by_model.setdefault(entry.model.id, []).append(i)
     for indexes in by_model.values():
         with loaded(ws, entries[indexes[0]].model) as chat_model:
-            budget = max_new_tokens or answer_eval.default_max_new_tokens(chat_model.tokenizer, samples)
             references = [s.reference_for(chat_model.tokenizer) for s in samples]
+            budget = max_new_tokens or answer_eval.default_max_new_tokens(chat_model.tokenizer, references)
             first_references = first_references or references
             for i in indexes:
                 generated = chat_model.answers(prompts, base=entries[i].base, max_new_tokens=budget, tools=[s.tools for s in samples])
