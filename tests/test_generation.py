@@ -28,7 +28,8 @@ def test_exact_match_ignores_case_and_whitespace_only():
 
 def test_similarity_scores_on_known_strings():
     same = metrics.score_sample("Go to Account > Billing.", "Go to Account > Billing.")
-    assert same == {"exact_match": 1.0, "token_f1": 1.0, "rougeL": 1.0, "chrf": 1.0, "length_ratio": 1.0}
+    assert same == {"exact_match": 1.0, "token_f1": 1.0, "rougeL": 1.0, "chrf": 1.0, "length_ratio": 1.0,
+                    "tool_name_match": None, "tool_call_match": None}  # no tools offered: not measured
     # 3 of 3 answer words in a 6-word reference: precision 1, recall 1/2 -> F1 2/3; the LCS is the same 3 words.
     partial = metrics.score_sample("the cat sat", "the cat sat on the mat")
     assert partial["token_f1"] == partial["rougeL"] == pytest.approx(2 / 3, abs=1e-4)
@@ -38,7 +39,8 @@ def test_similarity_scores_on_known_strings():
     shuffled = metrics.score_sample("mat the on sat cat the", "the cat sat on the mat")
     assert shuffled["token_f1"] == 1.0 and shuffled["rougeL"] == 0.5  # LCS "the cat the": 3 of 6
     nothing = metrics.score_sample("", "Yes, we ship to Canada.")
-    assert nothing == {"exact_match": 0.0, "token_f1": 0.0, "rougeL": 0.0, "chrf": 0.0, "length_ratio": 0.0}
+    assert nothing == {"exact_match": 0.0, "token_f1": 0.0, "rougeL": 0.0, "chrf": 0.0, "length_ratio": 0.0,
+                       "tool_name_match": None, "tool_call_match": None}
     assert metrics.score_sample("", "")["token_f1"] == 1.0
 
 
@@ -52,7 +54,8 @@ def test_aggregate_means_skip_unmeasured_values_and_count_stops():
     scores = [{"exact_match": 1.0, "token_f1": 1.0, "rougeL": 1.0, "chrf": 1.0, "length_ratio": None},
               {"exact_match": 0.0, "token_f1": 0.5, "rougeL": 0.25, "chrf": 0.5, "length_ratio": 2.0}]
     assert metrics.aggregate(scores, [True, False]) == {
-        "exact_match": 0.5, "token_f1": 0.75, "rougeL": 0.625, "chrf": 0.75, "length_ratio": 2.0, "stop_rate": 0.5}
+        "exact_match": 0.5, "token_f1": 0.75, "rougeL": 0.625, "chrf": 0.75, "length_ratio": 2.0,
+        "tool_name_match": None, "tool_call_match": None, "stop_rate": 0.5}
 
 
 # ---------------------------------------------------------------- gates

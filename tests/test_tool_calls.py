@@ -163,6 +163,94 @@ def test_an_eval_sample_that_calls_a_tool_is_judged_by_the_call_the_model_writes
     assert answer.reference_for(tiny) == "It is 12 C in Paris." and answer.prompt[-1]["role"] == "tool"
 
 
+@pytest.mark.parametrize("answer", [
+    '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>',  # Hermes / Qwen / brightrun ChatML
+    '{"name": "get_weather", "parameters": {"city": "Paris"}}',  # Llama 3.1
+    '[{"name": "get_weather", "arguments": {"city": "Paris"}}]',  # Mistral, [TOOL_CALLS] skipped as a special token
+    'Let me check. {"type": "function", "function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}}',
+])
+def test_calls_are_read_from_the_answer_in_each_templates_wrapping(answer):
+    from brightrun_cli.generation.metrics import calls_in
+
+    assert calls_in(answer) == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+
+
+def test_text_that_is_not_a_call_holds_no_calls():
+    from brightrun_cli.generation.metrics import calls_in
+
+    assert calls_in("It is 12 C in Paris {today}.") == []
+    assert calls_in('<tool_call>{"name": "get_weather", "arguments": {"city": "Par') == []  # cut at max_new_tokens
+    assert calls_in('[1, 2] {"name": "x"} {"name": "", "arguments": {}} {"name": "f", "arguments": "not json"}') == []
+
+
+def _call(name: str, **arguments) -> dict:
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+@pytest.mark.parametrize("answer,expected,name_match,call_match", [
+    # The same call: key order, 2 vs 2.0 and parallel-call order do not matter.
+    ('<tool_call>{"name": "book", "arguments": {"seats": 2.0, "city": "Oslo"}}</tool_call>', [_call("book", city="Oslo", seats=2)], 1.0, 1.0),
+    ('[{"name": "b", "arguments": {}}, {"name": "a", "arguments": {"x": [1, {"y": 1}]}}]',
+     [_call("a", x=[1, {"y": 1}]), _call("b")], 1.0, 1.0),
+    ('{"name": "book", "arguments": {"city": "Bergen"}}', [_call("book", city="Oslo")], 1.0, 0.0),  # wrong argument
+    ('{"name": "cancel", "arguments": {"city": "Oslo"}}', [_call("book", city="Oslo")], 0.0, 0.0),  # wrong function
+    ('{"name": "book", "arguments": {}}', [_call("book"), _call("book")], 0.0, 0.0),  # one call of two
+    ("Booked it for you.", [_call("book")], 0.0, 0.0),  # a claim, no call
+    ("It is 12 C.", [], None, None),  # a turn answered in words: the text metrics judge it
+])
+def test_tool_metrics_compare_the_calls_written_with_the_turns_calls(answer, expected, name_match, call_match):
+    from brightrun_cli.generation.metrics import score_sample
+
+    calls = [c["function"] for c in expected]
+    scores = score_sample(answer, "reference", calls)
+    assert (scores["tool_name_match"], scores["tool_call_match"]) == (name_match, call_match)
+
+
+def test_the_eval_scores_calls_only_where_tools_are_offered_and_records_what_was_called(tiny, tmp_path):
+    """Held-out data mixing tool conversations and plain ones: the tool metrics are means over
+    the turns that call tools, each record of a conversation with tools names the calls
+    wanted and those written, and a gate on tool_call_match judges them."""
+    from types import SimpleNamespace
+
+    from brightrun_cli.generation import evaluate
+
+    path = tmp_path / "validation.jsonl"
+    plain = {"conversation_id": "plain", "turns": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}
+    path.write_text("".join(json.dumps(r) + "\n" for r in (
+        {**v4(openai_row(0), "openai"), "conversation_id": "c0"}, {**v4(openai_row(1), "openai"), "conversation_id": "c1"}, plain)))
+    samples = evaluate.held_out_samples(path)
+    right = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    tuned_answers = {0: right, 1: "It is 12 C in Paris.", 2: right, 3: "It is 12 C in Paris.", 4: "Hello."}
+    base_answers = {0: '{"name": "get_weather", "arguments": {"city": "Rome"}}', 1: right, 2: right, 3: "Sunny.", 4: "Hi."}
+
+    class Model:
+        tokenizer, has_adapter = tiny, True
+
+        def answers(self, prompts, *, base, max_new_tokens, progress, tools):
+            assert tools == [s.tools for s in samples]
+            texts = base_answers if base else tuned_answers
+            return [SimpleNamespace(text=texts[i], stopped=True, tokens=3) for i in range(len(prompts))]
+
+    records, summary = evaluate.evaluate(Model(), samples, max_new_tokens=32)
+    assert summary["tuned"]["tool_name_match"] == summary["tuned"]["tool_call_match"] == 1.0  # over the 2 call turns
+    assert summary["base"]["tool_name_match"] == 1.0 and summary["base"]["tool_call_match"] == 0.5
+    call, answer, _, _, hello = records
+    assert call["calls"] == [CALL["function"]] and answer["calls"] == [] and "calls" not in hello
+    assert call["base"]["calls"] == [{"name": "get_weather", "arguments": {"city": "Rome"}}]
+    assert answer["base"]["calls"] == [CALL["function"]] and answer["base"]["scores"]["tool_call_match"] is None  # a stray call
+    assert answer["base"]["scores"]["rougeL"] < 0.2 and hello["tuned"]["scores"]["tool_call_match"] is None
+    assert "calls" not in hello["tuned"]
+    [check] = evaluate.check_requirements(summary, [evaluate.parse_requirement("tool_call_match>base")])
+    assert check.holds and (check.actual, check.wanted) == (1.0, 0.5)
+
+
+def test_tables_show_tool_metrics_only_when_some_sample_offered_tools():
+    from brightrun_cli.generation.metrics import METRICS, TOOL_METRICS, shown
+
+    assert not set(TOOL_METRICS) & set(shown([{"exact_match": 1.0, "tool_call_match": None}, None]))
+    assert shown([None, {"tool_call_match": 0.0}]) == METRICS
+
+
 def test_adding_calls_for_a_base_model_whose_template_drops_them_is_a_warning(cli, tmp_path, monkeypatch):
     from brightrun_cli.generation import chat
 
@@ -201,6 +289,16 @@ def test_a_tool_calling_dataset_trains_builtin_tiny_and_its_answers_are_judged_c
     assert calls and answers and len(calls) + len(answers) <= len(samples)
     assert all(s["tools"][0]["function"]["name"] == "order_status" for s in calls + answers)
     assert all(s["prompt"][-1]["role"] in ("user", "tool") and s["tuned"]["answer"] != s["base"]["answer"] for s in samples)
+    offered = {t["function"]["name"] for t in calls[0]["tools"]}
+    assert all(s["calls"] and {c["name"] for c in s["calls"]} <= offered for s in calls) and all(s["calls"] == [] for s in answers)
+    evaluated = json.loads(run_brightrun("models", "show", model["id"], "--json", env=env).stdout)["eval"]
+    for name in ("base", "tuned"):  # means over the turns that call tools
+        expected = sum(s[name]["scores"]["tool_call_match"] for s in calls) / len(calls)
+        assert evaluated[name]["tool_call_match"] == pytest.approx(expected, abs=1e-4)
+        assert all(s[name]["scores"]["tool_call_match"] is None for s in answers)
+    print("tool metrics:", {n: {m: evaluated[n][m] for m in ("tool_name_match", "tool_call_match", "rougeL")} for n in ("base", "tuned")})
+    shown = run_brightrun("models", "show", model["id"], env=env).stdout
+    assert "tool_call_match" in shown and "tool_name_match" in shown
 
 
 @pytest.mark.slow

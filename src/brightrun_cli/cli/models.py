@@ -123,10 +123,10 @@ def _last_user(prompt: list[dict]) -> str:
 
 
 def _aggregate_table(title: str, columns: list[str], aggregates: list[dict | None], winners: dict | None = None):
-    from brightrun_cli.services.evals import METRICS
+    from brightrun_cli.services.evals import shown_metrics
 
     table = term.Table(title, *columns, *(["best"] if winners is not None else []), box=None)
-    for metric in (*METRICS, "tokens"):
+    for metric in (*shown_metrics(aggregates), "tokens"):
         cells = [_fmt((a or {}).get(metric)) for a in aggregates]
         table.add_row(metric, *cells, *([", ".join(winners.get(metric, []))] if winners is not None else []))
     return table
@@ -134,6 +134,8 @@ def _aggregate_table(title: str, columns: list[str], aggregates: list[dict | Non
 
 def _print_answers(out, evaluated) -> None:
     """The answer eval: aggregates base vs tuned, then samples side by side."""
+    from brightrun_cli.services.evals import matched
+
     if evaluated is None:
         out.print("answers: no answer eval yet (run 'brightrun models eval MODEL')")
         return
@@ -146,7 +148,7 @@ def _print_answers(out, evaluated) -> None:
     for record in evaluated.samples[:SHOWN_SAMPLES]:
         tuned = record.get("tuned") or {}
         base = record.get("base") or {}
-        match = "yes" if (tuned.get("scores") or {}).get("exact_match") == 1.0 else "no"
+        match = "yes" if matched(tuned.get("scores")) else "no"
         samples.add_row(_last_user(record.get("prompt")), record.get("reference", ""), base.get("answer", ""), tuned.get("answer", ""), match)
     out.print(samples)
     if len(evaluated.samples) > SHOWN_SAMPLES:
@@ -167,7 +169,8 @@ def eval_command(
 
     Greedy answers to each held-out assistant turn (the model's dataset unless --dataset),
     scored against the reference: exact match, token F1, ROUGE-L, chrF, length ratio, stop
-    rate. The samples and aggregates are stored with the model ('brightrun models show').
+    rate; where tools are offered, the calls written against the turn's (tool_name_match,
+    tool_call_match). The samples and aggregates are stored with the model ('brightrun models show').
 
     Exit codes: 0 every --require holds, 6 one fails, 2 bad input (nothing runs).
 

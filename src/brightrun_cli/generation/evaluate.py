@@ -25,6 +25,12 @@ rambles on to a fixed large cap.
                "scores": {"exact_match": 0.0, "token_f1": 0.42, "rougeL": 0.38, "chrf": 0.51, "length_ratio": 1.2}},
      "tuned": {... as base ...}}
 
+A conversation that offers tools adds `tools` and `calls` (the turn's calls, as
+[{"name", "arguments"}], [] when it calls nothing) to its record and `calls` (those the
+answer writes, metrics.calls_in) to each model's entry; a turn that calls tools is also
+scored tool_name_match and tool_call_match (None elsewhere; their aggregates are means
+over such turns, None when there are none).
+
 `turn` indexes `turns` of the conversation; `stopped` is false when the answer ran into
 max_new_tokens; `tokens` counts generated tokens including the end-of-turn marker.
 `tuned` is null when the model has no adapter (a base model evaluated on its own).
@@ -94,6 +100,10 @@ class Sample:
         text = chat.answer_text(tokenizer, [*self.prompt, turn], len(self.prompt), self.tools)
         return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"], skip_special_tokens=True).strip()
 
+    def functions_called(self) -> list[dict]:
+        """The turn's calls as [{"name", "arguments"}] ([] when it calls nothing)."""
+        return [call.get("function", call) for call in self.calls or ()]
+
 
 def held_out_samples(path: Path, limit: int | None = None) -> list[Sample]:
     """The samples of a held-out file (see the module docstring), the first `limit` of them."""
@@ -132,7 +142,7 @@ def evaluate(chat_model, samples: list[Sample], *, max_new_tokens: int | None = 
     prompts = [s.prompt for s in samples]
     started = time.perf_counter()
     records = [{"conversation_id": s.conversation_id, "turn": s.turn, "prompt": s.prompt, "reference": reference,
-                **({"tools": s.tools} if s.tools else {}), "base": None, "tuned": None}
+                **({"tools": s.tools, "calls": s.functions_called()} if s.tools else {}), "base": None, "tuned": None}
                for s, reference in zip(samples, references)]
     aggregates: dict[str, dict | None] = {"base": None, "tuned": None}
     for name in MODELS if chat_model.has_adapter else MODELS[:1]:
@@ -141,14 +151,16 @@ def evaluate(chat_model, samples: list[Sample], *, max_new_tokens: int | None = 
         answers = chat_model.answers(prompts, base=name == "base", max_new_tokens=max_new_tokens,
                                      progress=lambda done, total, name=name: say(f"eval: {name} {done}/{total}"),
                                      tools=[s.tools for s in samples])
-        scores = [metrics.score_sample(a.text, reference) for a, reference in zip(answers, references)]
-        for record, answer, score in zip(records, answers, scores):
-            record[name] = {"answer": answer.text, "stopped": answer.stopped, "tokens": answer.tokens, "scores": score}
+        scores = [metrics.score_sample(a.text, reference, s.functions_called())
+                  for a, reference, s in zip(answers, references, samples)]
+        for record, answer, score, sample in zip(records, answers, scores, samples):
+            record[name] = {"answer": answer.text, "stopped": answer.stopped, "tokens": answer.tokens,
+                            **({"calls": metrics.calls_in(answer.text)} if sample.tools else {}), "scores": score}
         seconds = time.perf_counter() - pass_started
         tokens = sum(a.tokens for a in answers)
         aggregates[name] = {**metrics.aggregate(scores, [a.stopped for a in answers]), "tokens": tokens,
                             "seconds": round(seconds, 3), "tokens_per_sec": round(tokens / max(seconds, 1e-9), 1)}
-        say(f"eval: {name} " + ", ".join(f"{m} {aggregates[name][m]}" for m in metrics.METRICS))
+        say(f"eval: {name} " + ", ".join(f"{m} {aggregates[name][m]}" for m in metrics.shown([aggregates[name]])))
     seconds = time.perf_counter() - started
     tokens = sum(a["tokens"] for a in aggregates.values() if a)
     summary = _summary("completed", None, samples=len(samples), limit=None, max_new_tokens=max_new_tokens)

@@ -40,7 +40,8 @@ from brightrun_cli.services.models import get_model, local_artifact_dir
 from brightrun_cli.workspace import Workspace
 
 BASE_PREFIX = "base:"  # `models compare base:MODEL`: the model's base, adapter off
-METRICS = metrics.METRICS  # the answer metrics, in the order tables show them
+shown_metrics = metrics.shown  # the answer metrics a table of aggregates shows, in order
+matched = metrics.matched  # whether a sample's scores say its answer is right
 Requirement = answer_eval.Requirement
 Check = answer_eval.Check
 
@@ -305,9 +306,9 @@ def compare_models(ws: Workspace, refs: Sequence[str], *, dataset: str | None = 
             first_references = first_references or references
             for i in indexes:
                 generated = chat_model.answers(prompts, base=entries[i].base, max_new_tokens=budget, tools=[s.tools for s in samples])
-                for answer, reference in zip(generated, references):
+                for answer, reference, sample in zip(generated, references, samples):
                     answers[i].append({"answer": answer.text, "stopped": answer.stopped, "tokens": answer.tokens,
-                                       "scores": metrics.score_sample(answer.text, reference)})
+                                       "scores": metrics.score_sample(answer.text, reference, sample.functions_called())})
     aggregates = [{**metrics.aggregate([a["scores"] for a in rows], [a["stopped"] for a in rows]),
                    "tokens": sum(a["tokens"] for a in rows)} for rows in answers]
     disagreements = [k for k in range(len(samples))

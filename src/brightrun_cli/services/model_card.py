@@ -3,10 +3,10 @@ how, how well it did against its base model, and how to load it."""
 
 from __future__ import annotations
 
+from brightrun_cli.generation import metrics
 from brightrun_cli.registry.rows import DatasetRow as Dataset, ModelRow as ModelArtifact
 from brightrun_cli.services.quality import Curve, loss_change
 
-ANSWER_METRICS = ("exact_match", "token_f1", "rougeL", "chrf", "length_ratio", "stop_rate")  # generation/metrics.py
 CARD_SAMPLES = 5  # held-out samples shown side by side in the card
 
 
@@ -152,13 +152,13 @@ def _answers_section(answers: dict | None, samples: list[dict]) -> list[str]:
     base, tuned = answers.get("base") or {}, answers.get("tuned") or {}
     lines += [f"Greedy answers to {answers.get('samples')} held-out prompts (max {answers.get('max_new_tokens')} new tokens).", "",
               "| metric | base | tuned |", "|---|---|---|"]
-    lines += [f"| {m} | {_fmt(base.get(m))} | {_fmt(tuned.get(m))} |" for m in ANSWER_METRICS]
+    lines += [f"| {m} | {_fmt(base.get(m))} | {_fmt(tuned.get(m))} |" for m in metrics.shown([base, tuned])]
     if samples:
         lines += ["", "| prompt | reference | base | tuned | match |", "|---|---|---|---|---|"]
         for record in samples[:CARD_SAMPLES]:
             prompt = next((t["content"] for t in reversed(record.get("prompt") or []) if t.get("role") == "user"), "")
             tuned_answer = record.get("tuned") or {}
-            match = "yes" if (tuned_answer.get("scores") or {}).get("exact_match") == 1.0 else "no"
+            match = "yes" if metrics.matched(tuned_answer.get("scores")) else "no"
             lines.append(f"| {_cell(prompt)} | {_cell(record.get('reference', ''))} | {_cell((record.get('base') or {}).get('answer', ''))} "
                          f"| {_cell(tuned_answer.get('answer', ''))} | {match} |")
     return lines + [""]
