@@ -265,6 +265,32 @@ def test_adding_calls_for_a_base_model_whose_template_drops_them_is_a_warning(cl
     assert show_json(cli, "written")["validation_warnings"] == []
 
 
+def test_train_refuses_calls_its_base_models_template_drops_before_anything_is_queued(cli, tmp_path, monkeypatch):
+    """`dataset add` found that builtin:tiny's template (made to drop calls here) cannot write
+    them: `train` with that template is refused (exit 2) before a job exists, with the flag
+    that fixes it; with --set chat_template=chatml, or for a dataset without calls, it plans."""
+    from brightrun_cli.generation import chat
+
+    monkeypatch.setattr(chat, "renders_tool_calls", lambda tokenizer: False)
+    rows = [openai_row(i) for i in range(10)]
+    assert add(cli, write_jsonl(tmp_path / "tools.jsonl", rows), "--name", "dropped", "--base-model", "builtin:tiny").exit_code == 0
+    stats = show_json(cli, "dropped")["stats"]
+    assert stats["tool_call_turns"] == 10 and stats["template_drops_tool_calls"] is True
+    assert stats["turns_by_role"] == {"system": 10, "user": 10, "assistant": 20, "tool": 10}
+    refused = cli("train", "-d", "dropped", "-p", "tiny", "--base-model", "builtin:tiny", "--detach")
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr.startswith("error: dataset 'dropped' calls tools (10 assistant turns), and base model 'builtin:tiny' "
+                                     "has a chat template that does not write tool calls")
+    assert "--set chat_template=chatml" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert json.loads(cli("jobs", "list", "--json").stdout) == []  # nothing queued
+    planned = cli("train", "-d", "dropped", "-p", "tiny", "--set", "chat_template=chatml", "--dry-run")
+    assert planned.exit_code == 0, planned.output
+    plain = [{"messages": [{"role": "user", "content": f"Hi {i}?"}, {"role": "assistant", "content": "Hello."}]} for i in range(10)]
+    assert add(cli, write_jsonl(tmp_path / "plain.jsonl", plain), "--name", "plain", "--base-model", "builtin:tiny").exit_code == 0
+    assert show_json(cli, "plain")["stats"]["template_drops_tool_calls"] is False
+    assert cli("train", "-d", "plain", "-p", "tiny", "--dry-run").exit_code == 0
+
+
 @pytest.mark.slow
 def test_a_tool_calling_dataset_trains_builtin_tiny_and_its_answers_are_judged_call_by_call(brightrun_home, tmp_path):
     """The whole loop on examples/support_tools_openai.jsonl: added, trained, and the job-end

@@ -116,6 +116,10 @@ def answer_text(tokenizer, messages: list[dict[str, Any]], index: int, tools: li
     return (text[: -len(end)] if end and text.endswith(end) else text).strip()
 
 
+# What to do about data with tool calls and a base model whose template drops them.
+DROPPED_CALLS_HINT = ("train with --set chat_template=chatml (ChatML with tools), or use a base model whose template "
+                      "writes them (Qwen2.5/3, Llama 3.1+, Mistral, Hermes)")
+
 _PROBE_CALL = {"type": "function", "function": {"name": "brightrun_probe_function", "arguments": {"brightrun_probe_argument": 1}}}
 
 

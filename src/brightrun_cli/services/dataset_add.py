@@ -364,6 +364,10 @@ def _stats(result: ScanResult) -> dict[str, Any]:
             "validation_tokens": validation_tokens,
             "turns": turns,
             "turns_by_role": result.roles,
+            "tool_call_turns": result.tool_call_turns,
+            # Counted with a chat template that drops those calls: training with it is refused
+            # (services.training.check_tool_call_template), and the counts leave the calls out.
+            "template_drops_tool_calls": result.template_drops_calls,
             "tokens_per_conversation": _distribution(tokens),
             "length_histogram": _histogram(tokens),
         },

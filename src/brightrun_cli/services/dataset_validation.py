@@ -72,7 +72,10 @@ class ScanResult:
     _sample_index: list[int] = field(default_factory=list)
     file: str = ""  # the file being read, named in findings when there are several
     _seen: dict[str, tuple[str, int]] = field(default_factory=dict)  # conversation id -> (file, line)
+    tool_turns: array = field(default_factory=lambda: array("l"))  # tool/function results
+    call_turns: array = field(default_factory=lambda: array("l"))  # assistant turns with tool_calls
     _tools_checked: bool = False  # whether the token counter was asked if its template writes tool calls
+    template_drops_calls: bool = False  # the counter's chat template does not write the calls the data holds
 
     def add_problem(self, problem: Problem, keep: int) -> None:
         self.problem_count += 1
@@ -95,8 +98,13 @@ class ScanResult:
 
     @property
     def roles(self) -> dict[str, int]:
-        turns, users, assistants = self.turns, sum(compress(self.user_turns, self.kept)), sum(compress(self.assistant_turns, self.kept))
-        return {"system": turns - users - assistants, "user": users, "assistant": assistants}
+        users, assistants, tools = (sum(compress(counts, self.kept)) for counts in (self.user_turns, self.assistant_turns, self.tool_turns))
+        return {"system": self.turns - users - assistants - tools, "user": users, "assistant": assistants, "tool": tools}
+
+    @property
+    def tool_call_turns(self) -> int:
+        """Assistant turns (of kept conversations) that call tools."""
+        return sum(compress(self.call_turns, self.kept))
 
     def kept_values(self, values: array, *, held_out: bool | None = None) -> Iterable[int]:
         """`values` of the kept conversations (only the held-out or only the training ones when told)."""
@@ -329,6 +337,7 @@ def _scan_lines(
         if not result._tools_checked and any("tool_calls" in t for t in record["turns"]):
             result._tools_checked = True
             if not counting.counter.writes_tool_calls:
+                result.template_drops_calls = True
                 result.add_warning(Problem(
                     number, "conversations call tools, and the base model's chat template does not write tool calls: "
                     "the token counts leave them out, and training with that template is refused",
@@ -471,13 +480,17 @@ def _account(result: ScanResult, record: dict[str, Any]) -> None:
     result.kept.append(1)
     result.fractions.append(split_fraction(record["conversation_id"]))
     result.turn_counts.append(len(turns))
-    assistant = user = 0
+    assistant = user = tool = calls = 0
     for turn in turns:
         role = turn["role"]
         assistant += role == "assistant"
         user += role == "user"
+        tool += role == "tool"
+        calls += "tool_calls" in turn
     result.assistant_turns.append(assistant)
     result.user_turns.append(user)
+    result.tool_turns.append(tool)
+    result.call_turns.append(calls)
 
 
 class _Counting:

@@ -154,6 +154,7 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
     )
     config = resolved.config
     config.base_model = _check_base_model(ws, config.base_model, hosts)
+    check_tool_call_template(dataset, config.base_model, config.hyperparameters().get("chat_template"))
     check_quantization_host(config.quantization, hosts)
     if not req.force:
         _preflight_files(config.base_model, hosts)
@@ -351,6 +352,24 @@ def _check_base_model(ws: Workspace, name: str | None, hosts: list[HostRow]) -> 
     if not _HF_ID.match(resolved):
         raise UsageError(f"base model '{name}' is neither a directory nor a Hugging Face id", "pass org/name, a local directory or builtin:tiny")
     return name
+
+
+def check_tool_call_template(dataset: DatasetRow, base_model: str, chat_template: str | None) -> None:
+    """Refuse, before anything is queued, data with tool calls for the base model its
+    tokens were counted with when that model's chat template drops the calls (`dataset add`
+    found it out: stats.template_drops_tool_calls) and the run keeps that template. With
+    another base model the trainer checks its template (trainer/data.check_tool_calls)."""
+    stats = dataset.stats or {}
+    if not stats.get("template_drops_tool_calls") or chat_template == "chatml" or not dataset.base_model:
+        return
+    if absolute_base_model(dataset.base_model) != absolute_base_model(base_model):
+        return
+    from brightrun_cli.generation.chat import DROPPED_CALLS_HINT
+
+    turns = stats.get("tool_call_turns")
+    raise UsageError(f"dataset '{dataset.name}' calls tools{f' ({turns:,} assistant turns)' if turns else ''}, and base model "
+                     f"'{base_model}' has a chat template that does not write tool calls: it would learn empty answers",
+                     DROPPED_CALLS_HINT)
 
 
 def _preflight_files(name: str, hosts: list[HostRow]) -> None:

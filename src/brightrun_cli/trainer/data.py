@@ -120,8 +120,7 @@ def check_tool_calls(tokenizer, conversations: list[chat.Conversation], path: Pa
     if calling is not None and not chat.renders_tool_calls(tokenizer):
         raise SpecError(
             f"{path.name}: conversation {calling.conversation_id!r} calls tools, and the base model's chat template does "
-            "not write tool calls; train with --set chat_template=chatml (ChatML with tools), or use a base model whose "
-            "template writes them (Qwen2.5/3, Llama 3.1+, Mistral, Hermes)"
+            f"not write tool calls; {chat.DROPPED_CALLS_HINT}"
         )
 
 
