@@ -120,6 +120,39 @@ def test_the_trainer_learns_the_calls_and_the_answers_not_the_tool_results_or_we
     assert tiny.decode([t for t in example.targets if t != IGNORE]) == "Hello!<|im_end|>"
 
 
+# Like Qwen3's: an empty reasoning block only in the last assistant turn, tool results in a
+# user turn, calls on lines of their own after the text. The turn a template renders depends
+# on what follows it, so the conversation's text does not start with the text up to a turn.
+LAST_TURN_REASONS = (
+    "{% if tools %}{{ '<|im_start|>system\n' + (tools | tojson) + '<|im_end|>\n' }}{% endif %}"
+    "{% for m in messages %}"
+    "{% if m.role == 'assistant' %}{{ '<|im_start|>assistant\n' }}{% if loop.last %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
+    "{{ m.content }}{% for c in m.tool_calls or [] %}{% if m.content or not loop.first %}{{ '\n' }}{% endif %}"
+    "{{ '<tool_call>\n' + (c.function | tojson) + '\n</tool_call>' }}{% endfor %}{{ '<|im_end|>\n' }}"
+    "{% elif m.role == 'tool' %}{{ '<|im_start|>user\n<tool_response>\n' + m.content + '\n</tool_response><|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_a_template_that_writes_a_turn_differently_once_others_follow_still_trains_every_call(tiny):
+    """The turn as the whole conversation renders it is learned: its calls and end of turn,
+    not only the text it starts with (a call turn's text is often empty)."""
+    from brightrun_cli.trainer.data import IGNORE, tokenize
+
+    tokenizer = tiny.__class__.from_pretrained(resolve_base_model("builtin:tiny"))
+    tokenizer.chat_template = LAST_TURN_REASONS
+    turns = [*v4(openai_row(0), "openai")["turns"], {"role": "user", "content": "And Rome?"},
+             {"role": "assistant", "content": "Looking.", "tool_calls": [_call("get_weather", city="Rome")]},
+             {"role": "tool", "content": "{\"temp\": 20}"}, {"role": "assistant", "content": "20 C in Rome."}]
+    example = tokenize(tokenizer, turns, 2048, True, [WEATHER])
+    learned = tokenizer.decode([t for t in example.targets if t != IGNORE])
+    assert learned == ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'
+                       "It is 12 C in Paris.<|im_end|>"
+                       'Looking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call><|im_end|>'
+                       "<think>\n\n</think>\n\n20 C in Rome.<|im_end|>")
+
+
 def test_a_template_that_drops_tool_calls_is_refused_before_training(tiny, tmp_path):
     from brightrun_cli.trainer.data import tokenize_file
     from brightrun_cli.trainer.spec import SpecError

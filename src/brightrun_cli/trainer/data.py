@@ -14,6 +14,7 @@ too. Conversations listing tools are rendered with them, as the model will be pr
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def ensure_chat_template(tokenizer) -> None:
 def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans the model is trained to produce."""
     text = chat.render(tokenizer, messages, False, tools)
-    spans = []
+    spans: list[tuple[int, int]] = []
+    end_marker = None
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or message.get("weight") == 0:
             continue
@@ -64,17 +66,52 @@ def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = 
         if text.startswith(through) and through.startswith(prompt):
             start, end = len(prompt), len(through.rstrip())
         else:
-            # A template that rewrites earlier turns (e.g. drops reasoning): find the answer itself.
-            start = text.find(message["content"], spans[-1][1] if spans else 0) if message["content"] else -1
-            if start < 0:
+            # A template that writes a turn differently once others follow it (Qwen3 writes an
+            # empty reasoning block only into the last one, drops earlier reasoning): find
+            # what it writes for this turn in the whole conversation.
+            if end_marker is None:
+                end_marker = chat.end_of_turn(tokenizer) or tokenizer.eos_token or ""
+            span = _turn_in_context(tokenizer, messages, i, tools, text, end_marker, spans[-1][1] if spans else 0)
+            if span is None:
                 continue
-            end = start + len(message["content"])
-            eos = tokenizer.eos_token or ""
-            if eos and text.startswith(eos, end):
-                end += len(eos)
+            start, end = span
+            if end_marker and text.startswith(end_marker, end):
+                end += len(end_marker)
         if end > start:
             spans.append((start, end))
     return text, spans
+
+
+def _turn_in_context(tokenizer, messages: list[dict], index: int, tools: list[dict] | None, text: str,
+                     end_marker: str, after: int) -> tuple[int, int] | None:
+    """The characters of `text` (the whole conversation rendered) that messages[index] (an
+    assistant turn) puts there: its text and tool calls, up to its end of turn (`end_marker`).
+    Found by rendering the conversation again with placeholders for the turn's text and its
+    calls' names (arguments emptied, ids kept, so templates that check calls still render
+    it): the turn is what the two renderings do not share before the first placeholder,
+    through the end of turn after the last one."""
+    from jinja2 import TemplateError
+
+    placeholder = "brightrun-answer-placeholder"
+    message = messages[index]
+    stand_in = {"role": "assistant", "content": placeholder}
+    if message.get("tool_calls"):
+        stand_in["tool_calls"] = [{**call, "function": {"name": placeholder, "arguments": {}}} for call in message["tool_calls"]]
+    try:
+        other = chat.render(tokenizer, [*messages[:index], stand_in, *messages[index + 1:]], False, tools)
+    except TemplateError:
+        other = ""
+    first, last = other.find(placeholder), other.rfind(placeholder)
+    if first < 0:  # the template refused or hid the stand-in: look for the turn's text alone
+        content = message["content"]
+        start = text.find(content, after) if content else -1
+        return (start, start + len(content)) if start >= 0 else None
+    start = min(len(os.path.commonprefix([text, other])), first)
+    turn_end = other.find(end_marker, last) if end_marker else -1
+    after_turn = len(other) - (turn_end if turn_end >= 0 else last + len(placeholder))  # what follows the turn
+    shared_end = len(os.path.commonprefix([text[::-1], other[::-1]]))
+    end = len(text) - min(shared_end, after_turn)
+    return (start, end) if end > start else None
 
 
 def tokenize(tokenizer, messages, max_length: int, assistant_only: bool, tools: list[dict] | None = None) -> Example:
