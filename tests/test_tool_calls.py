@@ -310,6 +310,8 @@ def test_train_refuses_calls_its_base_models_template_drops_before_anything_is_q
     stats = show_json(cli, "dropped")["stats"]
     assert stats["tool_call_turns"] == 10 and stats["template_drops_tool_calls"] is True
     assert stats["turns_by_role"] == {"system": 10, "user": 10, "assistant": 20, "tool": 10}
+    shown = " ".join(cli("dataset", "show", "dropped").stdout.split())
+    assert "tool calls 10 assistant turns call tools, 10 tool results; the base model's template drops them" in shown
     refused = cli("train", "-d", "dropped", "-p", "tiny", "--base-model", "builtin:tiny", "--detach")
     assert refused.exit_code == 2, refused.output
     assert refused.stderr.startswith("error: dataset 'dropped' calls tools (10 assistant turns), and base model 'builtin:tiny' "

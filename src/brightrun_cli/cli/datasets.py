@@ -231,6 +231,11 @@ def _render_dataset(details: "DatasetDetails") -> None:
         dist = stats.get("tokens_per_conversation")
         if dist:
             facts.append(("tokens/conv", "  ".join(f"{k} {v:g}" for k, v in dist.items())))
+        if stats.get("tool_call_turns"):
+            results = (stats.get("turns_by_role") or {}).get("tool", 0)
+            dropped = "; [yellow]the base model's template drops them[/yellow] (train with --set chat_template=chatml)" \
+                if stats.get("template_drops_tool_calls") else ""
+            facts.append(("tool calls", f"{stats['tool_call_turns']:,} assistant turns call tools, {results:,} tool results{dropped}"))
     if row.skipped_lines:
         facts.append(("left out", f"{row.skipped_lines} line(s) with problems (--skip-invalid), listed below"))
     if row.validation_warning_count:
