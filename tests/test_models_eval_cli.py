@@ -284,12 +284,25 @@ def test_models_try_with_tools_prompts_with_them_and_a_bad_tools_file_is_one_err
     out = json.loads(with_tools.stdout)
     assert out["tools"] == functions and "tools" not in plain
     assert out["tuned"]["answer"] != plain["tuned"]["answer"]  # the prompt now starts with the tool list
+    assert out["tuned"]["calls"] == [] and "calls" not in plain["tuned"]  # the toy writes no call
     for text, expected in (("[{\"type\": \"function\"}]", "--tools " + str(tmp_path / "bad.json") + ": tools[0] has no function name"),
                            ("{not json", "not valid JSON"), ("[]", "lists no function")):
         (tmp_path / "bad.json").write_text(text)
         bad = cli("models", "try", model, "Hi", "--tools", str(tmp_path / "bad.json"))
         assert bad.exit_code == 2 and expected in bad.stderr
         _one_error_line(bad)
+
+
+def test_models_try_json_lists_the_calls_an_answer_writes(cli, prepared, tmp_path, monkeypatch):
+    from brightrun_cli.generation.engine import Answer, ChatModel
+
+    (tmp_path / "tools.json").write_text(json.dumps([{"type": "function", "function": {"name": "order_status"}}]))
+    text = 'Checking.<tool_call>{"name": "order_status", "arguments": {"order": "80239"}}</tool_call>'
+    monkeypatch.setattr(ChatModel, "answer", lambda self, messages, **kw: Answer(text, True, 20))
+    out = json.loads(cli("models", "try", prepared["model_id"], "Where is 80239?", "--tools", str(tmp_path / "tools.json"),
+                         "--json").stdout)
+    assert out["tuned"] == {"answer": text, "stopped": True, "tokens": 20,
+                            "calls": [{"name": "order_status", "arguments": {"order": "80239"}}]}
 
 
 def test_models_try_without_a_prompt_off_a_terminal_is_a_usage_error(cli, prepared):

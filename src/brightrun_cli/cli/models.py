@@ -253,8 +253,13 @@ def try_command(
         tuned = chat_model.answer(messages, sampling=settings, tools=functions)
         base_answer = chat_model.answer(messages, base=True, sampling=settings, tools=functions) if base else None
     if json_output:
+        from brightrun_cli.services.evals import calls_in
+
         def as_json(answer):
-            return None if answer is None else {"answer": answer.text, "stopped": answer.stopped, "tokens": answer.tokens}
+            if answer is None:
+                return None
+            calls = {"calls": calls_in(answer.text)} if functions else {}  # the tool calls it wrote, parsed
+            return {"answer": answer.text, "stopped": answer.stopped, "tokens": answer.tokens, **calls}
 
         common.print_json({"model_id": row.id, "messages": messages, **({"tools": functions} if functions else {}),
                            "tuned": as_json(tuned), "base": as_json(base_answer),

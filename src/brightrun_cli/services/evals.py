@@ -42,6 +42,7 @@ from brightrun_cli.workspace import Workspace
 BASE_PREFIX = "base:"  # `models compare base:MODEL`: the model's base, adapter off
 shown_metrics = metrics.shown  # the answer metrics a table of aggregates shows, in order
 matched = metrics.matched  # whether a sample's scores say its answer is right
+calls_in = metrics.calls_in  # the tool calls an answer writes, parsed
 Requirement = answer_eval.Requirement
 Check = answer_eval.Check
 
