@@ -18,14 +18,18 @@ ROLES = ("system", "user", "assistant", "tool")
 
 
 def chatml_template(end: str) -> str:
-    """ChatML, with tools: the functions a conversation may call (as JSON, in a `tools` turn
-    first) and each assistant tool call as `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
-    after its text. `end`: the Jinja expression that closes a turn. A conversation without
-    tools renders exactly as plain ChatML."""
+    """ChatML, with tools and reasoning: the functions a conversation may call (as JSON, in a
+    `tools` turn first), an assistant turn's `reasoning_content` as `<think>\n...\n</think>\n\n`
+    before its text, and each tool call as `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
+    after it. `end`: the Jinja expression that closes a turn. A conversation without tools
+    or reasoning renders exactly as plain ChatML."""
     return (
         "{% if tools %}{{ '<|im_start|>tools\n' + (tools | tojson) + " + end + " + '\n' }}{% endif %}"
         "{% for message in messages %}"
-        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+        "{{ '<|im_start|>' + message['role'] + '\n' }}"
+        "{% if message.reasoning_content is defined and message.reasoning_content %}"
+        "{{ '<think>\n' + message.reasoning_content + '\n</think>\n\n' }}{% endif %}"
+        "{{ message['content'] }}"
         "{% if message.tool_calls is defined and message.tool_calls %}{% for call in message.tool_calls %}"
         "{{ '<tool_call>' + (call['function'] | tojson) + '</tool_call>' }}"
         "{% endfor %}{% endif %}"
@@ -41,7 +45,7 @@ FALLBACK_CHAT_TEMPLATE = chatml_template("eos_token")
 
 
 # What a stored turn may hold besides role and content (dataset_formats writes them).
-_TURN_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name", "weight")
+_TURN_KEYS = ("role", "content", "reasoning_content", "tool_calls", "tool_call_id", "name", "weight")
 
 
 class Conversation(NamedTuple):
@@ -72,6 +76,8 @@ def read_conversations(path: Path) -> list[Conversation]:
                     )
                 if not isinstance(turn.get("tool_calls", []), list):
                     raise UsageError(f"{path.name} line {number}: 'tool_calls' must be a list")
+                if not isinstance(turn.get("reasoning_content", ""), str):
+                    raise UsageError(f"{path.name} line {number}: 'reasoning_content' must be a string")
             tools = record.get("tools")
             if tools is not None and not isinstance(tools, list):
                 raise UsageError(f"{path.name} line {number}: 'tools' must be a list of function schemas")
@@ -99,7 +105,10 @@ def ensure_chat_template(tokenizer) -> None:
 
 
 def render(tokenizer, messages: list[dict[str, Any]], generation_prompt: bool, tools: list[dict[str, Any]] | None = None) -> str:
-    """The conversation as the chat template writes it (with the functions it may call, if any)."""
+    """The conversation as the chat template writes it (with the functions it may call, if any).
+    A turn's reasoning is passed as `reasoning_content` and, for gpt-oss's template, `thinking`."""
+    if any("reasoning_content" in m for m in messages):
+        messages = [{**m, "thinking": m["reasoning_content"]} if "reasoning_content" in m else m for m in messages]
     if tools:
         return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
@@ -133,6 +142,17 @@ def renders_tool_calls(tokenizer) -> bool:
     except Exception:  # a template that raises on tool calls does not render them
         return False
     return "brightrun_probe_function" in text and "brightrun_probe_argument" in text
+
+
+def renders_reasoning(tokenizer) -> bool:
+    """Whether the chat template writes an assistant turn's `reasoning_content` (Qwen3's,
+    SmolLM3's, DeepSeek-R1's and brightrun's ChatML do; most others print only `content`)."""
+    messages = [{"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "hi", "reasoning_content": "brightrun-probe-reasoning"}]
+    try:
+        return "brightrun-probe-reasoning" in render(tokenizer, messages, False)
+    except Exception:  # a template that raises on it does not write it
+        return False
 
 
 def end_of_turn(tokenizer) -> str:

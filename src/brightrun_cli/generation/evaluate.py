@@ -6,9 +6,12 @@ template with the assistant's generation prompt (and the functions the conversat
 call); the reference is that turn's content. A turn that calls tools is answered by its
 calls: its reference is what the model's template writes for the turn (text and calls),
 as the model would write it (special tokens left out), so a right call scores exact_match
-1. Order: conversations as in the file, turns in order; `limit` keeps the first N. An
-assistant turn with no user turn before it (a greeting) is not a question, and one with
-weight 0 is not trained on: both are skipped.
+1. A turn with reasoning (`reasoning_content`) is likewise referenced by the template's
+text for it; answers and references are scored without their reasoning block (metrics.py),
+so a model that thinks first is judged by its answer. Order: conversations as in the
+file, turns in order; `limit` keeps the first N. An assistant turn with no user turn
+before it (a greeting) is not a question, and one with weight 0 is not trained on: both
+are skipped.
 
 Answers are greedy, batched (engine.ChatModel.answers), from the base model (adapter
 off) and the tuned one (adapter on), each cut at the template's end of turn or at
@@ -90,13 +93,16 @@ class Sample:
     reference: str  # the turn's content (see reference_for when it calls tools)
     tools: list[dict] | None = None  # the functions the conversation may call
     calls: list[dict] | None = None  # the turn's tool calls
+    reasoning: str | None = None  # the turn's reasoning_content
 
     def reference_for(self, tokenizer) -> str:
         """The reference as a model with this tokenizer writes it: the content, or for a turn
-        with tool calls the template's text for the turn, decoded as answers are."""
-        if not self.calls:
+        with tool calls or reasoning the template's text for the turn, decoded as answers are
+        (scores leave the reasoning out, metrics.without_reasoning; it sizes max_new_tokens)."""
+        if not self.calls and not self.reasoning:
             return self.reference
-        turn = {"role": "assistant", "content": self.reference, "tool_calls": self.calls}
+        turn = {"role": "assistant", "content": self.reference, **({"tool_calls": self.calls} if self.calls else {}),
+                **({"reasoning_content": self.reasoning} if self.reasoning else {})}
         text = chat.answer_text(tokenizer, [*self.prompt, turn], len(self.prompt), self.tools)
         return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"], skip_special_tokens=True).strip()
 
@@ -115,7 +121,7 @@ def held_out_samples(path: Path, limit: int | None = None) -> list[Sample]:
             if (turn["role"] == "assistant" and turn.get("weight") != 0
                     and any(t["role"] == "user" for t in conversation.turns[:i])):
                 samples.append(Sample(conversation.conversation_id, i, conversation.turns[:i], turn["content"],
-                                      conversation.tools, turn.get("tool_calls")))
+                                      conversation.tools, turn.get("tool_calls"), turn.get("reasoning_content")))
                 if limit is not None and len(samples) == limit:
                     return samples
     if not samples:

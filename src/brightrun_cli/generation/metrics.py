@@ -18,6 +18,9 @@ Every score lies in [0, 1] (length_ratio excepted), higher is better:
 - stop_rate (aggregate only): the share of answers that ended at the chat template's
   end of turn rather than running into max_new_tokens.
 
+Answers and references are scored on what a reader sees: a reasoning block
+(`<think>...</think>`, `[THINK]...[/THINK]`) is left out (`without_reasoning`).
+
 Word tokens are Unicode word characters, lowercased (rouge-score's default tokenizer
 keeps only ASCII letters and digits, which would score every non-English answer 0).
 An empty answer to an empty reference scores 1.0 everywhere (the libraries give 0).
@@ -35,6 +38,18 @@ TOOL_METRICS = ("tool_name_match", "tool_call_match")  # None unless the turn ca
 METRICS = ("exact_match", "token_f1", "rougeL", "chrf", "length_ratio", *TOOL_METRICS, "stop_rate")
 SAMPLE_METRICS = METRICS[:-1]  # stop_rate is aggregated from each sample's `stopped` flag
 _WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def without_reasoning(text: str) -> str:
+    """An answer as its reader sees it: what follows the reasoning block (`<think>...</think>`,
+    or Magistral's `[THINK]...[/THINK]`), surrounding whitespace stripped. An answer still
+    inside its reasoning (it ran into max_new_tokens there) has no visible part."""
+    for opening, closing in (("<think>", "</think>"), ("[THINK]", "[/THINK]")):
+        if closing in text:
+            return text.rsplit(closing, 1)[1].strip()
+        if text.lstrip().startswith(opening):
+            return ""
+    return text.strip()
 
 
 def normalise(text: str) -> str:
@@ -69,7 +84,7 @@ def score_sample(answer: str, reference: str, calls: list[dict[str, Any]] | None
     `calls`: the turn's tool calls as [{"name", "arguments"}]; the tool metrics are None
     without them."""
     tool_scores = _tool_scores(answer, calls)
-    answer, reference = answer.strip(), reference.strip()
+    answer, reference = without_reasoning(answer), without_reasoning(reference)
     if not answer and not reference:
         return {"exact_match": 1.0, "token_f1": 1.0, "rougeL": 1.0, "chrf": 1.0, "length_ratio": None, **tool_scores}
     rouge = _rouge().score(reference, answer)
@@ -117,8 +132,10 @@ def calls_in(text: str) -> list[dict[str, Any]]:
     brightrun's ChatML `<tool_call>{"name", "arguments"}</tool_call>`, Llama 3.1
     `{"name", "parameters"}`, Mistral `[TOOL_CALLS][{...}, ...]`, OpenAI-shaped
     `{"type": "function", "function": {...}}`; arguments may be an object or the JSON text
-    of one. So: every JSON object or list in the text, read where it starts, and each
-    object in it (or it) with a string `name` and object `arguments`/`parameters`."""
+    of one. So: every JSON object or list in the text after its reasoning, read where it
+    starts, and each object in it (or it) with a string `name` and object
+    `arguments`/`parameters`."""
+    text = without_reasoning(text)
     decoder = json.JSONDecoder()
     found: list[dict[str, Any]] = []
     at = 0

@@ -99,7 +99,7 @@ class TrainingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         "at the cost of host-device copies"))] = False
     chat_template: Annotated[Literal["model", "chatml"], Meta(description=(
         "How conversations are written for the model: model = its tokenizer's chat template (ChatML when it has none), "
-        "chatml = ChatML with tools and tool calls, for a base whose own template drops them; saved with the adapter"))] = "model"
+        "chatml = ChatML with tools, tool calls and reasoning, for a base whose own template drops them; saved with the adapter"))] = "model"
     gpu_type: Annotated[str, Meta(min_length=1, description="GPU type from `brightrun gpus` (unset: the host's type)")] | None = None
     gpus: Annotated[int, Meta(ge=1, le=8, description="GPUs per host (unset: all of the host's)")] | None = None
 

@@ -9,6 +9,10 @@ schemas). OpenAI's legacy `function_call` / `function` messages and `functions` 
 and ShareGPT's `function_call` / `observation` turns with a `tools` JSON string (as
 LLaMA-Factory and Glaive ship them) become the same. An assistant turn with
 `"weight": 0` (OpenAI's fine-tuning key) is context: shown to the model, not trained on.
+An assistant turn's reasoning, given as `reasoning_content` (DeepSeek, vLLM, the Qwen3 /
+SmolLM3 / DeepSeek-R1 chat templates), `reasoning` or `thinking` (gpt-oss), is kept as
+`reasoning_content`, which templates that think render before the answer; reasoning
+inline in the content (`<think>...</think>`) is left there, as those templates read it.
 
 A record is checked and converted in one step: `to_v4` returns the v4 conversation
 (or None) and the problems found, each with the line, what is wrong and how to fix it.
@@ -128,10 +132,12 @@ def conversation_warnings(record: dict[str, Any], line: int) -> list[Problem]:
 
 
 def turn_text(turn: dict[str, Any]) -> str:
-    """A turn as a person reads it: its content, then each tool call as name({arguments})."""
+    """A turn as a person reads it: its reasoning as <think>...</think>, its content, then
+    each tool call as name({arguments})."""
     calls = "".join(f"{c['function']['name']}({json.dumps(c['function']['arguments'], ensure_ascii=False)})"
                     for c in turn.get("tool_calls", ()))
-    return f"{turn['content']} {calls}".strip() if turn["content"] and calls else turn["content"] or calls
+    reasoning = turn.get("reasoning_content")
+    return " ".join(part for part in (f"<think>{reasoning}</think>" if reasoning else "", turn["content"], calls) if part)
 
 
 def _conversation_id(obj: dict[str, Any], fmt: str, line: int, problems: list[Problem], file: str = "") -> str:
@@ -211,9 +217,14 @@ def _chat_turn(item: Any, fmt: str, where: str, line: int, problems: list[Proble
         ok = False
     if calls is False:
         ok = False
+    reasoning = _reasoning(item, where, line, problems) if role == "assistant" else None
+    if reasoning is False:
+        ok = False
     if not ok:
         return None
     turn: dict[str, Any] = {"role": role, "content": content}
+    if reasoning:
+        turn["reasoning_content"] = reasoning
     if calls:
         turn["tool_calls"] = calls
     if role == "tool":
@@ -258,6 +269,21 @@ def _tool_calls(item: dict[str, Any], where: str, line: int, problems: list[Prob
             entry["id"] = call["id"]
         calls.append(entry)
     return calls
+
+
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # the names an assistant turn's reasoning goes by
+
+
+def _reasoning(item: dict[str, Any], where: str, line: int, problems: list[Problem]) -> str | None | bool:
+    """An assistant message's reasoning text (None: none; False: a problem was reported)."""
+    key = next((k for k in REASONING_KEYS if item.get(k) is not None), None)
+    if key is None:
+        return None
+    if not isinstance(item[key], str):
+        problems.append(Problem(line, f"{where} '{key}' is not a string (got {_json_type(item[key])})",
+                                "write the reasoning as a JSON string, or leave it out"))
+        return False
+    return item[key].strip() or None
 
 
 def _function_call(function: Any, at: str, line: int, problems: list[Problem]) -> dict[str, Any] | None:

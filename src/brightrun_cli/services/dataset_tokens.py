@@ -30,6 +30,7 @@ class TokenCounter(Protocol):
     method: str  # stored as datasets.token_count_method
     context_length: int | None  # the model's context, None when unknown
     writes_tool_calls: bool  # whether the counted text holds tool calls (a chat template may drop them)
+    writes_reasoning: bool  # whether it holds an assistant turn's reasoning_content (likewise)
 
     def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
         """Tokens of each brightrun_lora_v4 conversation ({"turns", "tools"?})."""
@@ -41,6 +42,7 @@ class ApproxCounter:
     method = APPROX_METHOD
     context_length = None
     writes_tool_calls = True  # turn_text counts every call
+    writes_reasoning = True  # and every turn's reasoning
 
     def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
         return [max(1, round(_characters(c) / CHARS_PER_TOKEN)) for c in conversations]
@@ -57,6 +59,7 @@ class TokenizerCounter:
         self.method = f"tokenizer:{name}{suffix}"
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
         self._writes_tool_calls: bool | None = None
+        self._writes_reasoning: bool | None = None
 
     @property
     def writes_tool_calls(self) -> bool:
@@ -68,6 +71,16 @@ class TokenizerCounter:
 
             self._writes_tool_calls = not self.has_template or renders_tool_calls(self.tokenizer)
         return self._writes_tool_calls
+
+    @property
+    def writes_reasoning(self) -> bool:
+        """Whether the chat template writes an assistant turn's reasoning_content
+        (generation.chat.renders_reasoning); without a template the fallback does."""
+        if self._writes_reasoning is None:
+            from brightrun_cli.generation.chat import renders_reasoning
+
+            self._writes_reasoning = not self.has_template or renders_reasoning(self.tokenizer)
+        return self._writes_reasoning
 
     def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
         if not conversations:

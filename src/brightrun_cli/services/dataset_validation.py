@@ -75,6 +75,7 @@ class ScanResult:
     tool_turns: array = field(default_factory=lambda: array("l"))  # tool/function results
     call_turns: array = field(default_factory=lambda: array("l"))  # assistant turns with tool_calls
     _tools_checked: bool = False  # whether the token counter was asked if its template writes tool calls
+    _reasoning_checked: bool = False  # ... and whether it writes reasoning
     template_drops_calls: bool = False  # the counter's chat template does not write the calls the data holds
 
     def add_problem(self, problem: Problem, keep: int) -> None:
@@ -342,6 +343,14 @@ def _scan_lines(
                     number, "conversations call tools, and the base model's chat template does not write tool calls: "
                     "the token counts leave them out, and training with that template is refused",
                     "train with --set chat_template=chatml, or a base model whose template writes tool calls"), keep)
+        if not result._reasoning_checked and any("reasoning_content" in t for t in record["turns"]):
+            result._reasoning_checked = True
+            if not counting.counter.writes_reasoning:
+                result.add_warning(Problem(
+                    number, "conversations carry reasoning (reasoning_content), and the base model's chat template does not "
+                    "write it: the model learns the answers without it, and the token counts leave it out",
+                    "train with --set chat_template=chatml to learn the reasoning too, or use a base model whose template "
+                    "writes it (Qwen3, SmolLM3, DeepSeek-R1)"), keep)
         index = len(result.kept)
         _account(result, record)
         if len(result.samples) < SAMPLE_CONVERSATIONS:

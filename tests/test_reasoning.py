@@ -1,0 +1,107 @@
+"""Conversations whose assistant turns reason before answering (DeepSeek/vLLM
+`reasoning_content`, `reasoning`, gpt-oss `thinking`): kept through `dataset add`, written
+by templates that think (and brightrun's ChatML), learned with the answer, and judged by
+the answer a reader sees."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from brightrun_cli.builtin import resolve_base_model
+from brightrun_cli.generation import metrics
+from brightrun_cli.services.dataset_formats import to_v4
+from tests.test_datasets import add, show_json, write_jsonl
+
+
+def row(i: int, key: str = "reasoning_content") -> dict:
+    return {"messages": [
+        {"role": "user", "content": f"What is {i} + 1?"},
+        {"role": "assistant", "content": f"{i + 1}.", key: f"{i} plus one is {i + 1}."},
+    ]}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_base_model("builtin:tiny"))
+
+
+@pytest.mark.parametrize("key", ["reasoning_content", "reasoning", "thinking"])
+def test_each_name_of_a_turns_reasoning_is_kept_as_reasoning_content(key):
+    record, problems = to_v4(row(4, key), "openai", 1)
+    assert not problems
+    assert record["turns"][1] == {"role": "assistant", "content": "5.", "reasoning_content": "4 plus one is 5."}
+
+
+def test_reasoning_that_is_not_text_is_a_problem_on_its_line_and_empty_reasoning_is_none():
+    bad = row(1)
+    bad["messages"][1]["reasoning_content"] = {"steps": 2}
+    record, problems = to_v4(bad, "openai", 7)
+    assert record is None and problems[0].line == 7
+    assert problems[0].error == "messages[1] 'reasoning_content' is not a string (got an object)"
+    empty = row(1)
+    empty["messages"][1]["reasoning_content"] = "  "
+    record, problems = to_v4(empty, "openai", 1)
+    assert not problems and "reasoning_content" not in record["turns"][1]
+
+
+def test_dataset_add_keeps_reasoning_and_shows_it(cli, tmp_path):
+    added = add(cli, write_jsonl(tmp_path / "r.jsonl", [row(i) for i in range(12)]), "--name", "r", "--base-model", "builtin:tiny")
+    assert added.exit_code == 0, added.output
+    shown = show_json(cli, "r")
+    assert shown["validation_warnings"] == []  # builtin:tiny's ChatML writes reasoning
+    assert shown["sample_data"][0]["turns"][1]["content"] == "<think>0 plus one is 1.</think> 1."
+
+
+def test_a_base_whose_template_drops_reasoning_is_a_warning_with_the_way_out(cli, tmp_path, monkeypatch):
+    from brightrun_cli.generation import chat
+
+    monkeypatch.setattr(chat, "renders_reasoning", lambda tokenizer: False)
+    added = add(cli, write_jsonl(tmp_path / "r.jsonl", [row(i) for i in range(12)]), "--name", "r", "--base-model", "builtin:tiny")
+    assert added.exit_code == 0, added.output
+    [warning] = show_json(cli, "r")["validation_warnings"]
+    assert warning["line"] == 1 and "does not write it: the model learns the answers without it" in warning["warning"]
+    assert "--set chat_template=chatml" in warning["suggestion"]
+
+
+def test_the_trainer_learns_the_reasoning_with_the_answer(tiny):
+    from brightrun_cli.trainer.data import IGNORE, tokenize
+
+    turns = to_v4(row(2), "openai", 1)[0]["turns"]
+    example = tokenize(tiny, turns, 512, True)
+    learned = tiny.decode([t for t in example.targets if t != IGNORE])
+    assert learned == "<think>\n2 plus one is 3.\n</think>\n\n3.<|im_end|>"
+
+
+@pytest.mark.parametrize("answer,visible", [
+    ("<think>\nlong thought\n</think>\n\nThe answer.", "The answer."),
+    ("<think>\n\n</think>\n\nThe answer.", "The answer."),  # Qwen3's empty block
+    ("[THINK]hmm[/THINK]The answer.", "The answer."),  # Magistral
+    ("<think>\nstill thinking when max_new_tokens ran out", ""),
+    ("The answer, no reasoning.", "The answer, no reasoning."),
+])
+def test_answers_are_read_without_their_reasoning(answer, visible):
+    assert metrics.without_reasoning(answer) == visible
+
+
+def test_a_thinking_answer_is_scored_by_its_answer_and_calls_drafted_in_thought_do_not_count():
+    scores = metrics.score_sample("<think>The user wants 3.</think>\n\n3.", "<think>\n2 plus one\n</think>\n\n3.")
+    assert scores["exact_match"] == 1.0 and scores["length_ratio"] == 1.0
+    drafted = '<think>maybe {"name": "add", "arguments": {"a": 2}}</think>No call needed.'
+    assert metrics.calls_in(drafted) == []
+    assert metrics.score_sample(drafted, "x", [{"name": "add", "arguments": {"a": 2}}])["tool_call_match"] == 0.0
+
+
+def test_an_eval_sample_with_reasoning_is_referenced_as_the_template_writes_it(tiny, tmp_path):
+    from brightrun_cli.generation.evaluate import default_max_new_tokens, held_out_samples
+
+    path = tmp_path / "validation.jsonl"
+    path.write_text(json.dumps({**to_v4(row(2), "openai", 1)[0], "conversation_id": "c0"}) + "\n")
+    [sample] = held_out_samples(path)
+    reference = sample.reference_for(tiny)
+    assert sample.reasoning == "2 plus one is 3." and reference == "<think>\n2 plus one is 3.\n</think>\n\n3."
+    # The answer budget has room for the reasoning, not only the answer.
+    assert default_max_new_tokens(tiny, [reference]) > default_max_new_tokens(tiny, [sample.reference])
