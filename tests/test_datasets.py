@@ -130,6 +130,25 @@ def test_other_formats_are_detected_and_converted(cli, tmp_path, brightrun_home,
     assert forced.exit_code == 0, forced.output
 
 
+def test_alpaca_history_becomes_the_earlier_turns_and_a_malformed_one_is_a_problem_on_its_line():
+    """LLaMA-Factory's multi-turn alpaca: `history` holds the exchanges before the instruction."""
+    from brightrun_cli.services.dataset_formats import to_v4
+
+    row = {"system": "Be brief.", "instruction": "And in French?", "input": "", "output": "Chat.",
+           "history": [["Translate cat to German.", "Katze."], ["And to Spanish?", "Gato."]]}
+    record, problems = to_v4(row, "alpaca", 1)
+    assert not problems
+    assert [(t["role"], t["content"]) for t in record["turns"]] == [
+        ("system", "Be brief."), ("user", "Translate cat to German."), ("assistant", "Katze."),
+        ("user", "And to Spanish?"), ("assistant", "Gato."), ("user", "And in French?"), ("assistant", "Chat.")]
+    assert to_v4({**row, "history": []}, "alpaca", 1)[0]["turns"][1]["content"] == "And in French?"
+    for history, error in (({"q": "a"}, "'history' must be a list of [query, response] pairs (got an object)"),
+                           ([["only a question"]], "history[0] is not a [query, response] pair of non-empty strings"),
+                           ([["q", "a"], ["q", ""]], "history[1] is not a [query, response] pair of non-empty strings")):
+        record, problems = to_v4({**row, "history": history}, "alpaca", 4)
+        assert record is None and [(p.line, p.error) for p in problems] == [(4, error)]
+
+
 def test_prompt_completion_problems_name_the_field_and_a_raw_text_file_is_told_what_it_lacks(cli, tmp_path, brightrun_home):
     rows = [{"prompt": "q", "completion": "a"}, {"prompt": "q", "completion": [{"role": "user", "content": "no"}]},
             {"prompt": "", "completion": 3}, {"prompt": [], "completion": "a"}]

@@ -393,9 +393,30 @@ def _alpaca_turns(obj: dict[str, Any], line: int, problems: list[Problem]) -> li
     if not fields["instruction"].strip() or not fields["output"].strip():
         problems.append(Problem(line, "empty 'instruction' or 'output'", "fill in both, or remove the line"))
         return None
+    history = _alpaca_history(obj.get("history"), line, problems)
+    if history is None:
+        return None
     prompt = fields["instruction"] + (f"\n\n{fields['input']}" if fields.get("input", "").strip() else "")
     turns = [{"role": "system", "content": fields["system"]}] if fields.get("system", "").strip() else []
-    turns += [{"role": "user", "content": prompt}, {"role": "assistant", "content": fields["output"]}]
+    turns += history + [{"role": "user", "content": prompt}, {"role": "assistant", "content": fields["output"]}]
+    return turns
+
+
+def _alpaca_history(value: Any, line: int, problems: list[Problem]) -> list[dict[str, str]] | None:
+    """LLaMA-Factory's alpaca `history`: the earlier exchanges, [[query, response], ...],
+    as user and assistant turns before the instruction (None: a problem was reported)."""
+    if value is None:
+        return []
+    how = 'write it as [["earlier question", "earlier answer"], ...]'
+    if not isinstance(value, list):
+        problems.append(Problem(line, f"'history' must be a list of [query, response] pairs (got {_json_type(value)})", how))
+        return None
+    turns = []
+    for index, pair in enumerate(value):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) and t.strip() for t in pair)):
+            problems.append(Problem(line, f"history[{index}] is not a [query, response] pair of non-empty strings", how))
+            return None
+        turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     return turns
 
 
