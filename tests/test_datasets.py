@@ -438,7 +438,7 @@ def test_validate_reruns_with_another_tokenizer_context(cli, tmp_path, brightrun
         method = "approx:test-short-context"
         context_length = 64
 
-    monkeypatch.setattr(dataset_service, "load_counter", lambda model: ShortContext())
+    monkeypatch.setattr(dataset_service, "load_counter", lambda model, chat_template="model": ShortContext())
     result = cli("dataset", "validate", "d", "--base-model", "short", "--json")
     assert result.exit_code == 2
     again = json.loads(result.stdout)
@@ -446,7 +446,7 @@ def test_validate_reruns_with_another_tokenizer_context(cli, tmp_path, brightrun
     assert [e["line"] for e in again["validation_errors"]] == [6]
     assert "longer than the model's context of 64" in again["validation_errors"][0]["error"]
     assert (brightrun_home / "storage" / ds["storage_path"]).exists(), "re-validation keeps the stored data"
-    monkeypatch.setattr(dataset_service, "load_counter", lambda model: ApproxCounter())
+    monkeypatch.setattr(dataset_service, "load_counter", lambda model, chat_template="model": ApproxCounter())
     fixed = cli("dataset", "validate", "d", "--json")
     assert fixed.exit_code == 0 and json.loads(fixed.stdout)["status"] == "ready"
 

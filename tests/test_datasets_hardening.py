@@ -85,7 +85,7 @@ def test_a_dataset_that_failed_revalidation_keeps_its_data_and_its_name(cli, tmp
     class ShortContext(ApproxCounter):
         context_length = 64
 
-    monkeypatch.setattr(dataset_add, "load_counter", lambda model: ShortContext())
+    monkeypatch.setattr(dataset_add, "load_counter", lambda model, chat_template="model": ShortContext())
     failed = cli("dataset", "validate", "d")
     assert failed.exit_code == 2 and "validate again" in failed.stderr
     taken = add(cli, path, "--name", "d")
@@ -118,7 +118,7 @@ def test_skip_invalid_keeps_the_valid_conversations_and_lists_the_lines_it_left_
     rows.append(json.dumps(conv("c0", ("user", "again"), ("assistant", "dup"))))  # 14: duplicate id
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(rows) + "\n")
-    monkeypatch.setattr(dataset_add, "load_counter", lambda model: ShortContext())
+    monkeypatch.setattr(dataset_add, "load_counter", lambda model, chat_template="model": ShortContext())
     result = add(cli, path, "--name", "d", "--skip-invalid", "--json")
     assert result.exit_code == 0, result.output
     ds = json.loads(result.stdout)
@@ -135,7 +135,7 @@ def test_skip_invalid_keeps_the_valid_conversations_and_lists_the_lines_it_left_
     human = cli("dataset", "show", "d").stdout
     assert "4 line(s) with problems (--skip-invalid)" in human and "Lines left out" in human
     # A passing re-validation keeps the list of what the add left out.
-    monkeypatch.setattr(dataset_add, "load_counter", lambda model: ApproxCounter())
+    monkeypatch.setattr(dataset_add, "load_counter", lambda model, chat_template="model": ApproxCounter())
     again = json.loads(cli("dataset", "validate", "d", "--json").stdout)
     assert again["status"] == "ready" and again["skipped_lines"] == 4 and again["validation_error_count"] == 5
     # Nothing valid at all: still an error.

@@ -326,6 +326,49 @@ def test_train_refuses_calls_its_base_models_template_drops_before_anything_is_q
     assert cli("train", "-d", "plain", "-p", "tiny", "--dry-run").exit_code == 0
 
 
+PLAIN_CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_tokens_are_counted_as_a_chatml_run_writes_them_with_chat_template_chatml(cli, tmp_path):
+    """A base whose template drops calls: its own counts leave the calls out, and the estimate
+    of a chatml run says so and names the recount; counted with --chat-template chatml the
+    calls are in, and the same estimate has nothing to say about it."""
+    import shutil
+
+    model = tmp_path / "plain-model"
+    shutil.copytree(resolve_base_model("builtin:tiny"), model)
+    (model / "chat_template.jinja").write_text(PLAIN_CHATML)
+    data = write_jsonl(tmp_path / "tools.jsonl", [openai_row(i) for i in range(10)])
+    assert add(cli, data, "--name", "own", "--base-model", str(model)).exit_code == 0
+    added = add(cli, data, "--name", "chatml", "--base-model", str(model), "--chat-template", "chatml", "--json")
+    assert added.exit_code == 0, added.output
+    own, chatml = show_json(cli, "own"), json.loads(added.stdout)
+    assert own["stats"]["chat_template"] == "model" and own["stats"]["template_drops_tool_calls"] is True
+    assert chatml["stats"]["chat_template"] == "chatml" and chatml["validation_warnings"] == []
+    assert chatml["token_count_method"] == f"tokenizer:{model} (chat_template=chatml)"
+    assert chatml["total_tokens"] > own["total_tokens"]  # the tools list and the calls are counted
+
+    def warnings(dataset: str, *extra: str) -> dict:
+        result = cli("estimate", "-d", dataset, "-p", "tiny", "--gpu", "cpu", "--base-model", str(model), *extra, "--json")
+        assert result.exit_code == 0, result.output
+        return {w["code"]: w for w in json.loads(result.stdout)["warnings"]}
+
+    chatml_run = ("--set", "chat_template=chatml")
+    warned = warnings("own", *chatml_run)["token_counts_not_this_models"]
+    assert "written with the base model's own chat template, and this run writes its conversations with brightrun's ChatML" in warned["message"]
+    assert warned["command"] == f"brightrun dataset validate own --base-model {model} --chat-template chatml"
+    assert "token_counts_not_this_models" not in warnings("chatml", *chatml_run)
+    assert warnings("chatml")["token_counts_not_this_models"]["command"].endswith("--chat-template model")
+
+    recounted = cli("dataset", "validate", "own", "--chat-template", "chatml", "--json")
+    assert recounted.exit_code == 0 and json.loads(recounted.stdout)["total_tokens"] == chatml["total_tokens"]
+    again = json.loads(cli("dataset", "validate", "own", "--json").stdout)  # keeps the template it was counted with
+    assert again["stats"]["chat_template"] == "chatml" and again["total_tokens"] == chatml["total_tokens"]
+    bad = add(cli, data, "--name", "bad", "--base-model", str(model), "--chat-template", "jinja")
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: --chat-template jinja: unknown") and "model, chatml" in bad.stderr
+
+
 @pytest.mark.slow
 def test_a_tool_calling_dataset_trains_builtin_tiny_and_its_answers_are_judged_call_by_call(brightrun_home, tmp_path):
     """The whole loop on examples/support_tools_openai.jsonl: added, trained, and the job-end

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 from brightrun_cli.cli import common, term
 
@@ -28,6 +28,7 @@ def add_command(
     format: Annotated[str, common.Opt("--format", "-f", help="auto, brightrun_lora_v4, openai, sharegpt, alpaca or prompt_completion.")] = "auto",
     val_split: Annotated[float, common.Opt("--val-split", help="Fraction of conversations held out for validation (by conversation id, deterministic).")] = 0.1,
     base_model: common.BaseModelOpt = None,
+    chat_template: Annotated[str, common.Opt("--chat-template", help="Count tokens as the base model's own chat template (model) or brightrun's ChatML (chatml: for runs with --set chat_template=chatml) writes the conversations.")] = "model",
     skip_invalid: Annotated[bool, common.Opt("--skip-invalid", help="Keep the valid conversations of a file whose other lines have problems (those are listed, and counted as skipped_lines).")] = False,
     json_output: common.JsonOpt = False,
 ) -> None:
@@ -52,7 +53,7 @@ def add_command(
     ws = common.workspace(ctx)
     with _progress(json_output) as progress:
         row = add_dataset(ws, source, name=name, format=format, val_split=val_split, base_model=base_model,
-                          skip_invalid=skip_invalid, progress=progress)
+                          chat_template=chat_template, skip_invalid=skip_invalid, progress=progress)
     _render_outcome(row, json_output)
 
 
@@ -112,7 +113,13 @@ def show_command(ctx: common.Context, dataset: DatasetArg, json_output: common.J
 
 
 @dataset_app.command("validate")
-def validate_command(ctx: common.Context, dataset: DatasetArg, base_model: common.BaseModelOpt = None, json_output: common.JsonOpt = False) -> None:
+def validate_command(
+    ctx: common.Context,
+    dataset: DatasetArg,
+    base_model: common.BaseModelOpt = None,
+    chat_template: Annotated[Optional[str], common.Opt("--chat-template", help="Count tokens with the base model's own chat template (model) or brightrun's ChatML (chatml) (default: as counted before).", show_default=False)] = None,
+    json_output: common.JsonOpt = False,
+) -> None:
     """Re-run validation and stats on the stored data (e.g. with another base model's tokenizer and context).
 
     Checks that the stored files exist: a missing split is rewritten from the data file; a
@@ -121,10 +128,11 @@ def validate_command(ctx: common.Context, dataset: DatasetArg, base_model: commo
     Examples:
       brightrun dataset validate support-v1
       brightrun dataset validate support-v1 --base-model ./models/llama-3-8b
+      brightrun dataset validate tools-v1 --chat-template chatml
     """
     from brightrun_cli.services.dataset_add import validate_dataset
 
-    row = validate_dataset(common.workspace(ctx), dataset, base_model=base_model)
+    row = validate_dataset(common.workspace(ctx), dataset, base_model=base_model, chat_template=chat_template)
     _render_outcome(row, json_output)
 
 

@@ -203,6 +203,12 @@ class DatasetRow(Row, frozen=True):
         `base_model`), not the characters / 4 approximation."""
         return (self.token_count_method or "").startswith("tokenizer:")
 
+    @property
+    def counted_chat_template(self) -> str:
+        """The chat template its tokens were counted with: "model" (the base model's own) or
+        "chatml" (`dataset add/validate --chat-template chatml`)."""
+        return (self.stats or {}).get("chat_template") or "model"
+
 
 class HostRow(Row, frozen=True):
     TABLE: ClassVar[str] = "hosts"

@@ -77,11 +77,14 @@ def add_dataset(
     format: str = "auto",
     val_split: float = 0.1,
     base_model: str | None = None,
+    chat_template: str = "model",
     skip_invalid: bool = False,
     progress: Progress | None = None,
 ) -> DatasetRow:
     """Copy, validate and describe a dataset. Returns the row (status `ready` or `error`).
     `source`: a path or URL, or several (shards, read in order as one dataset).
+    `chat_template`: count tokens as the base model's own template ("model") or brightrun's
+    ChatML ("chatml") writes the conversations, as a run with that hyperparameter will.
     `skip_invalid`: store the valid conversations of a file whose other lines have problems."""
     name = _check_name(name)
     if format != "auto" and format not in FORMATS:
@@ -91,17 +94,17 @@ def add_dataset(
     sources = _Sources.open(ws, [source] if isinstance(source, str) else list(source))
     try:
         return _add(ws, sources, name=name, format=format, val_split=val_split, base_model=base_model,
-                    skip_invalid=skip_invalid, progress=progress)
+                    chat_template=chat_template, skip_invalid=skip_invalid, progress=progress)
     finally:
         sources.close()
 
 
 def _add(ws: "Workspace", sources: "_Sources", *, name: str, format: str, val_split: float, base_model: str | None,
-         skip_invalid: bool, progress: Progress | None) -> DatasetRow:
+         chat_template: str, skip_invalid: bool, progress: Progress | None) -> DatasetRow:
     repair_interrupted(ws)
     _refuse_taken_name(ws, name)
     model = _model_name(local_base_model(ws, base_model or ws.config.default_base_model))
-    counter = load_counter(model)
+    counter = load_counter(model, chat_template)
 
     dataset_id = new_id()
     with processing_lock(ws, dataset_id):
@@ -363,6 +366,7 @@ def _stats(result: ScanResult) -> dict[str, Any]:
             "train_tokens": train_tokens,
             "validation_tokens": validation_tokens,
             "turns": turns,
+            "chat_template": result.chat_template,  # what the token counts were written with (DatasetRow.counted_chat_template)
             "turns_by_role": result.roles,
             "tool_call_turns": result.tool_call_turns,
             # Counted with a chat template that drops those calls: training with it is refused
@@ -395,9 +399,10 @@ def _histogram(values: Any) -> list[dict[str, int]]:
     return [{"max_tokens": bound, "conversations": counts[bound]} for bound in sorted(counts)]
 
 
-def validate_dataset(ws: "Workspace", ref: str, *, base_model: str | None = None) -> DatasetRow:
+def validate_dataset(ws: "Workspace", ref: str, *, base_model: str | None = None, chat_template: str | None = None) -> DatasetRow:
     """Re-run validation and stats on the stored data (optionally with another base model's
-    tokenizer). A dataset whose data file left storage is marked `error` (freeing its name)."""
+    tokenizer, or another chat template: unless given, the one it was counted with). A
+    dataset whose data file left storage is marked `error` (freeing its name)."""
     row = get_dataset(ws, ref)
     if row.status in ("uploading", "validating"):
         raise ConflictError(f"dataset '{row.name}' is being {row.status[:-3]}ed by another command", "wait for it to finish")
@@ -413,7 +418,7 @@ def validate_dataset(ws: "Workspace", ref: str, *, base_model: str | None = None
             f"add the source again (the name is free now): {add_again_command(row)}",
         )
     model = _model_name(local_base_model(ws, base_model or row.base_model or ws.config.default_base_model))
-    counter = load_counter(model)
+    counter = load_counter(model, chat_template or row.counted_chat_template)
     with processing_lock(ws, row.id):
         with ws.registry.write() as tx:
             current = require_row(dataset_rows.get_in(tx, row.id), row.id)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from brightrun_cli.errors import UsageError
 from brightrun_cli.services.base_model import cached_file, require_hub
 from brightrun_cli.services.dataset_formats import turn_text
+from brightrun_cli.trainer.spec import CHAT_TEMPLATES
 
 # Approximation used when no tokenizer is available: ~4 characters per token is the
 # usual figure for English text with BPE vocabularies of 32k-100k entries.
@@ -31,6 +32,7 @@ class TokenCounter(Protocol):
     context_length: int | None  # the model's context, None when unknown
     writes_tool_calls: bool  # whether the counted text holds tool calls (a chat template may drop them)
     writes_reasoning: bool  # whether it holds an assistant turn's reasoning_content (likewise)
+    chat_template: str  # "model" (the tokenizer's own template) or "chatml" (brightrun's)
 
     def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
         """Tokens of each brightrun_lora_v4 conversation ({"turns", "tools"?})."""
@@ -43,6 +45,7 @@ class ApproxCounter:
     context_length = None
     writes_tool_calls = True  # turn_text counts every call
     writes_reasoning = True  # and every turn's reasoning
+    chat_template = "model"
 
     def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
         return [max(1, round(_characters(c) / CHARS_PER_TOKEN)) for c in conversations]
@@ -51,11 +54,17 @@ class ApproxCounter:
 class TokenizerCounter:
     """Exact counts with a Hugging Face tokenizer (chat template applied when it has one)."""
 
-    def __init__(self, tokenizer: Any, name: str, context_length: int | None):
+    def __init__(self, tokenizer: Any, name: str, context_length: int | None, chat_template: str = "model"):
         self.tokenizer = tokenizer
         self.context_length = context_length
+        self.chat_template = chat_template  # "model": the tokenizer's own; "chatml": brightrun's, as a run with it writes
+        if chat_template == "chatml":
+            from brightrun_cli.generation.chat import FALLBACK_CHAT_TEMPLATE
+
+            tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE  # as trainer/loop.py sets it for chat_template=chatml
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
-        suffix = "" if self.has_template else " (turn contents only: the tokenizer has no chat template)"
+        suffix = (" (chat_template=chatml)" if chat_template == "chatml"
+                  else "" if self.has_template else " (turn contents only: the tokenizer has no chat template)")
         self.method = f"tokenizer:{name}{suffix}"
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
         self._writes_tool_calls: bool | None = None
@@ -116,16 +125,20 @@ def resolve_model_path(base_model: str) -> str:
     return os.path.expanduser(base_model) if base_model.startswith(("~", ".", "/")) else base_model
 
 
-def load_counter(base_model: str | None) -> TokenCounter:
-    """The counter for `base_model` (None: the approximation). Loads offline from a local
-    directory or the HF cache first; downloads only when the hub is reachable and allowed."""
+def load_counter(base_model: str | None, chat_template: str = "model") -> TokenCounter:
+    """The counter for `base_model` (None: the approximation), writing conversations with its
+    own chat template or, for "chatml", brightrun's (as a run with --set chat_template=chatml).
+    Loads offline from a local directory or the HF cache first; downloads only when the hub
+    is reachable and allowed."""
+    if chat_template not in CHAT_TEMPLATES:
+        raise UsageError(f"--chat-template {chat_template}: unknown", f"use one of {', '.join(CHAT_TEMPLATES)}")
     if not base_model:
         return ApproxCounter()
     path = resolve_model_path(base_model)
     if path.startswith(("/", ".")) and not Path(path).is_dir():
         raise UsageError(f"--base-model {base_model}: {path} is not a directory", "pass an existing model directory or a Hugging Face model id")
     tokenizer = _load(path, base_model)
-    return TokenizerCounter(tokenizer, base_model, _context_length(path, tokenizer))
+    return TokenizerCounter(tokenizer, base_model, _context_length(path, tokenizer), chat_template)
 
 
 def _load(path: str, base_model: str) -> Any:

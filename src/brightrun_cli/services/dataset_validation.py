@@ -77,6 +77,7 @@ class ScanResult:
     _tools_checked: bool = False  # whether the token counter was asked if its template writes tool calls
     _reasoning_checked: bool = False  # ... and whether it writes reasoning
     template_drops_calls: bool = False  # the counter's chat template does not write the calls the data holds
+    chat_template: str = "model"  # the counter's: the base model's own, or "chatml"
 
     def add_problem(self, problem: Problem, keep: int) -> None:
         self.problem_count += 1
@@ -180,7 +181,7 @@ def scan_files(
     unique across them, lines counted in each file. `several`: findings name their file."""
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'", f"use --format auto or one of {', '.join(FORMATS)}")
-    result = ScanResult(format=fmt)
+    result = ScanResult(format=fmt, chat_template=counter.chat_template)
     counting = _Counting(counter, result, keep_problems)
     names: list[str] = []
     lines_read = read = 0
@@ -342,15 +343,17 @@ def _scan_lines(
                 result.add_warning(Problem(
                     number, "conversations call tools, and the base model's chat template does not write tool calls: "
                     "the token counts leave them out, and training with that template is refused",
-                    "train with --set chat_template=chatml, or a base model whose template writes tool calls"), keep)
+                    "train with --set chat_template=chatml (and add the dataset with --chat-template chatml to count its tokens "
+                    "as that run writes them), or use a base model whose template writes tool calls"), keep)
         if not result._reasoning_checked and any("reasoning_content" in t for t in record["turns"]):
             result._reasoning_checked = True
             if not counting.counter.writes_reasoning:
                 result.add_warning(Problem(
                     number, "conversations carry reasoning (reasoning_content), and the base model's chat template does not "
                     "write it: the model learns the answers without it, and the token counts leave it out",
-                    "train with --set chat_template=chatml to learn the reasoning too, or use a base model whose template "
-                    "writes it (Qwen3, SmolLM3, DeepSeek-R1)"), keep)
+                    "train with --set chat_template=chatml to learn the reasoning too (and add the dataset with --chat-template "
+                    "chatml to count its tokens as that run writes them), or use a base model whose template writes it "
+                    "(Qwen3, SmolLM3, DeepSeek-R1)"), keep)
         index = len(result.kept)
         _account(result, record)
         if len(result.samples) < SAMPLE_CONVERSATIONS:

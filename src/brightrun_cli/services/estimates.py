@@ -332,7 +332,7 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
     if not est.fits_in_memory:
         est.advice = memory_advice(ws, dataset, shape, config, plan, gpu, shards)
         est.warnings.append(EstimateWarning("does_not_fit", f"does not fit in memory: {est.advice.text}", est.advice.to_json()))
-    counted = token_count_warning(dataset, config.base_model)
+    counted = token_count_warning(dataset, config.base_model, config.hyperparameters().get("chat_template") or "model")
     if counted is not None:
         est.warnings.append(counted)
     truncated = truncation_warning(dataset, config.max_seq_length)
@@ -375,23 +375,36 @@ def truncation_warning(dataset: DatasetRow, limit: int) -> EstimateWarning | Non
     )
 
 
-def token_count_warning(dataset: DatasetRow, base_model: str) -> EstimateWarning | None:
+def token_count_warning(dataset: DatasetRow, base_model: str, chat_template: str = "model") -> EstimateWarning | None:
     """A warning when the dataset's token counts, which the duration, cost and memory
-    follow, were not made with this run's tokenizer: approximated (no base model when it
-    was added: characters / 4, off several-fold for a byte-level or non-English tokenizer)
-    or counted with another model's. Names the command that recounts them."""
-    if dataset.tokens_counted and dataset.base_model == absolute_base_model(base_model):
+    follow, were not made as this run writes the conversations: approximated (no base
+    model when it was added: characters / 4, off several-fold for a byte-level or
+    non-English tokenizer), counted with another model's tokenizer, or with another chat
+    template than the run's `chat_template` (a base model's own may drop the tool calls or
+    reasoning brightrun's ChatML writes). Names the command that recounts them."""
+    same_model = dataset.tokens_counted and dataset.base_model == absolute_base_model(base_model)
+    counted_template = dataset.counted_chat_template
+    if same_model and counted_template == chat_template:
         return None
     import shlex
 
-    how = (f"counted with another model's tokenizer ({dataset.base_model})" if dataset.tokens_counted
-           else "approximated (characters / 4: it was added without a base model)")
-    command = shlex.join(["brightrun", "dataset", "validate", dataset.name, "--base-model", base_model])
+    template = ["--chat-template", chat_template] if chat_template != "model" or counted_template != "model" else []
+    command = shlex.join(["brightrun", "dataset", "validate", dataset.name, "--base-model", base_model, *template])
+    if same_model:
+        counted = "brightrun's ChatML" if counted_template == "chatml" else "the base model's own chat template"
+        written = "brightrun's ChatML (chat_template=chatml)" if chat_template == "chatml" else "the base model's own template"
+        message = (f"dataset '{dataset.name}' has its token counts written with {counted}, and this run writes its "
+                   f"conversations with {written}: the sequence lengths, duration, cost and memory follow the counts; "
+                   f"count them as this run writes them: {command}")
+    else:
+        how = (f"counted with another model's tokenizer ({dataset.base_model})" if dataset.tokens_counted
+               else "approximated (characters / 4: it was added without a base model)")
+        message = (f"dataset '{dataset.name}' has its token counts {how}, not with {base_model}'s: the sequence lengths, "
+                   f"duration, cost and memory follow them; count them with this model's tokenizer: {command}")
     return EstimateWarning(
-        "token_counts_not_this_models",
-        f"dataset '{dataset.name}' has its token counts {how}, not with {base_model}'s: the sequence lengths, "
-        f"duration, cost and memory follow them; count them with this model's tokenizer: {command}",
-        {"token_count_method": dataset.token_count_method, "counted_with": dataset.base_model, "command": command},
+        "token_counts_not_this_models", message,
+        {"token_count_method": dataset.token_count_method, "counted_with": dataset.base_model,
+         "counted_chat_template": counted_template, "command": command},
     )
 
 
