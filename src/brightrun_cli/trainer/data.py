@@ -4,8 +4,11 @@ The loss mask comes from the chat template itself: for each assistant turn, the 
 the template renders for the conversation up to that turn with a generation prompt is
 a prefix of the text up to and including the turn, and the difference is exactly what
 the model must produce: the answer plus the template's end-of-turn marker (so the tuned
-model learns to stop). Character spans map to tokens through the fast tokenizer's
-offsets, which works for any template and any tokenizer.
+model learns to stop). A template that writes a turn differently once others follow it
+(Qwen3 puts an empty reasoning block only into the last turn) breaks that prefix; the
+turn is then found in the whole conversation by rendering it again with placeholders
+for the turn's text and calls (`_turn_in_context`). Character spans map to tokens
+through the fast tokenizer's offsets, which works for any template and any tokenizer.
 
 Tool calls are answers like any other (the call's text is what the model must write);
 tool results, like user turns, are context. An assistant turn with weight 0 is context
