@@ -364,7 +364,7 @@ def test_eval_files_hold_the_documented_fields(tiny_with_adapter, tmp_path):
     assert [r["tuned"]["answer"] for r in records] == [a.text for a in chat_model.answers([s.prompt for s in samples], max_new_tokens=24)]
     assert summary["status"] == "completed" and summary["error"] is None
     for name in ("base", "tuned"):
-        assert set(summary[name]) == set(metrics.METRICS) | {"tokens", "seconds", "tokens_per_sec"}
+        assert set(summary[name]) == set(metrics.METRICS) | {"cut_in_reasoning", "tokens", "seconds", "tokens_per_sec"}
         assert summary[name]["tokens"] == sum(r[name]["tokens"] for r in records)
         assert summary[name]["exact_match"] == pytest.approx(sum(r[name]["scores"]["exact_match"] for r in records) / 6, abs=1e-4)
     assert {"torch", "transformers", "peft", "rouge-score", "sacrebleu"} <= set(summary["versions"])

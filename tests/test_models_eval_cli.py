@@ -352,3 +352,22 @@ def test_models_compare_answers_the_same_prompts_and_names_winners(cli, prepared
     assert [s["answers"]["base:" + model]["answer"] for s in out["samples"]] == [r["base"]["answer"] for r in recorded[:3]]
     human = cli("models", "compare", model, "base:" + model, "--limit", "3", "--max-new-tokens", "12")
     assert human.exit_code == 0 and "best" in human.stdout
+
+
+def test_answers_cut_inside_their_reasoning_are_counted_and_the_eval_says_how_to_give_them_room(cli, prepared, monkeypatch):
+    """A model that thinks first and runs out of max_new_tokens while thinking has no answer:
+    it scores as empty, and the eval says so instead of leaving a mystery zero."""
+    from brightrun_cli.generation.engine import Answer, ChatModel
+
+    def answers(self, prompts, *, base=False, **kw):
+        return [Answer("<think>\nLet me think about this at length" if base else "<think>\n\n</think>\n\nHello.", not base, 9)
+                for _ in prompts]
+
+    monkeypatch.setattr(ChatModel, "answers", answers)
+    evaluated = cli("models", "eval", prepared["model_id"], "--limit", "4")
+    assert evaluated.exit_code == 0, evaluated.output
+    text = " ".join(evaluated.stdout.split())
+    assert "answers ran out of max_new_tokens inside their reasoning (base 4), so they have no answer to score" in text
+    stored = json.loads(cli("models", "show", prepared["model_id"], "--json").stdout)["eval"]
+    assert stored["base"]["cut_in_reasoning"] == 4 and stored["tuned"]["cut_in_reasoning"] == 0
+    assert stored["base"]["token_f1"] == 0.0 and stored["samples"][0]["base"]["answer"].startswith("<think>")

@@ -122,14 +122,19 @@ def _last_user(prompt: list[dict]) -> str:
     return next((t["content"] for t in reversed(prompt or []) if t.get("role") == "user"), "")
 
 
-def _aggregate_table(title: str, columns: list[str], aggregates: list[dict | None], winners: dict | None = None):
-    from brightrun_cli.services.evals import shown_metrics
+def _print_aggregates(out, columns: list[str], aggregates: list[dict | None], winners: dict | None = None) -> None:
+    """The answer metrics of each model side by side (with the best per metric when
+    comparing), then a hint when answers ran out of tokens inside their reasoning."""
+    from brightrun_cli.services.evals import reasoning_cut_hint, shown_metrics
 
-    table = term.Table(title, *columns, *(["best"] if winners is not None else []), box=None)
+    table = term.Table("answers", *columns, *(["best"] if winners is not None else []), box=None)
     for metric in (*shown_metrics(aggregates), "tokens"):
         cells = [_fmt((a or {}).get(metric)) for a in aggregates]
         table.add_row(metric, *cells, *([", ".join(winners.get(metric, []))] if winners is not None else []))
-    return table
+    out.print(table)
+    hint = reasoning_cut_hint(dict(zip(columns, aggregates)))
+    if hint:
+        out.print(f"[yellow]{term.escape(hint)}[/yellow]")
 
 
 def _print_answers(out, evaluated) -> None:
@@ -141,7 +146,7 @@ def _print_answers(out, evaluated) -> None:
         return
     r = evaluated.row
     out.print(f"answers: {r.sample_count} held-out samples ({r.source} eval, {r.created_at:%Y-%m-%d %H:%M}, dataset {r.dataset_id})")
-    out.print(_aggregate_table("answers", ["base", "tuned"], [r.base, r.tuned]))
+    _print_aggregates(out, ["base", "tuned"], [r.base, r.tuned])
     if not evaluated.samples:
         return
     samples = term.Table("prompt", "reference", "base", "tuned", "match", box=None)
@@ -196,7 +201,7 @@ def eval_command(
     else:
         out = common.console()
         out.print(f"model {outcome.model.id}: {row.sample_count} held-out samples of dataset {row.dataset_id} (eval {row.id})")
-        out.print(_aggregate_table("answers", ["base", "tuned"], [row.base, row.tuned]))
+        _print_aggregates(out, ["base", "tuned"], [row.base, row.tuned])
         _print_checks(out, outcome.checks)
     if outcome.failed:
         raise RequirementFailed(failure_message(outcome.failed), "see the samples with 'brightrun models show " + outcome.model.id + "'")
@@ -365,7 +370,7 @@ def compare_command(
     out = common.console()
     labels = [e.label for e in result.entries]
     out.print(f"{len(result.samples)} held-out samples of dataset {result.dataset.name} ({result.dataset.id})")
-    out.print(_aggregate_table("answers", labels, result.aggregates, result.winners))
+    _print_aggregates(out, labels, result.aggregates, result.winners)
     if not result.disagreements:
         out.print("the models answer every sample alike")
         return

@@ -44,7 +44,8 @@ Scores are defined in metrics.py.
     {"format": 1, "status": "completed", "error": null,
      "samples": 50, "conversations": 41, "limit": 50, "max_new_tokens": 166,
      "base":  {"exact_match": 0.0, "token_f1": 0.21, "rougeL": 0.18, "chrf": 0.25,
-               "length_ratio": 1.4, "stop_rate": 0.6, "tokens": 6120, "seconds": 4.1, "tokens_per_sec": 1492.7},
+               "length_ratio": 1.4, "stop_rate": 0.6, "cut_in_reasoning": 0, "tokens": 6120, "seconds": 4.1,
+               "tokens_per_sec": 1492.7},
      "tuned": {... as base ...},
      "seconds": 9.3, "tokens_per_sec": 1260.2,
      "versions": {"python": "3.11.9", "torch": "...", "transformers": "...", ...},
@@ -164,9 +165,12 @@ def evaluate(chat_model, samples: list[Sample], *, max_new_tokens: int | None = 
                             **({"calls": metrics.calls_in(answer.text)} if sample.tools else {}), "scores": score}
         seconds = time.perf_counter() - pass_started
         tokens = sum(a.tokens for a in answers)
-        aggregates[name] = {**metrics.aggregate(scores, [a.stopped for a in answers]), "tokens": tokens,
+        aggregates[name] = {**metrics.aggregate(scores, [a.stopped for a in answers], [a.text for a in answers]), "tokens": tokens,
                             "seconds": round(seconds, 3), "tokens_per_sec": round(tokens / max(seconds, 1e-9), 1)}
         say(f"eval: {name} " + ", ".join(f"{m} {aggregates[name][m]}" for m in metrics.shown([aggregates[name]])))
+    hint = metrics.reasoning_cut_hint(aggregates)
+    if hint:
+        say(f"eval: {hint}")
     seconds = time.perf_counter() - started
     tokens = sum(a["tokens"] for a in aggregates.values() if a)
     summary = _summary("completed", None, samples=len(samples), limit=None, max_new_tokens=max_new_tokens)

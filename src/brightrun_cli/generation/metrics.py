@@ -190,11 +190,26 @@ def shown(aggregates: list[dict | None]) -> tuple[str, ...]:
     return tuple(m for m in METRICS if measured or m not in TOOL_METRICS)
 
 
-def aggregate(scores: list[dict[str, float | None]], stopped: list[bool]) -> dict[str, float | None]:
-    """Means of each metric over the samples (None values skipped) plus stop_rate."""
+def aggregate(scores: list[dict[str, float | None]], stopped: list[bool], answers: list[str] | None = None) -> dict[str, float | None]:
+    """Means of each metric over the samples (None values skipped) plus stop_rate; with the
+    answers, `cut_in_reasoning`: how many ran into max_new_tokens inside their reasoning
+    block (no visible answer: scored as empty, and a sign the budget is too small)."""
     means: dict[str, float | None] = {}
     for metric in SAMPLE_METRICS:
         values = [s[metric] for s in scores if s.get(metric) is not None]
         means[metric] = round(sum(values) / len(values), 4) if values else None
     means["stop_rate"] = round(sum(stopped) / len(stopped), 4) if stopped else None
+    if answers is not None:
+        means["cut_in_reasoning"] = sum(1 for text, done in zip(answers, stopped)
+                                        if not done and text.strip() and not without_reasoning(text))
     return means
+
+
+def reasoning_cut_hint(aggregates: dict[str, dict | None]) -> str | None:
+    """One line when answers ran out of tokens inside their reasoning (`aggregate`), naming
+    the models and how many; None when none did."""
+    cut = {name: a["cut_in_reasoning"] for name, a in aggregates.items() if a and a.get("cut_in_reasoning")}
+    if not cut:
+        return None
+    return ("answers ran out of max_new_tokens inside their reasoning (" + ", ".join(f"{name} {n}" for name, n in cut.items())
+            + "), so they have no answer to score: give them room with --max-new-tokens")

@@ -43,6 +43,7 @@ BASE_PREFIX = "base:"  # `models compare base:MODEL`: the model's base, adapter 
 shown_metrics = metrics.shown  # the answer metrics a table of aggregates shows, in order
 matched = metrics.matched  # whether a sample's scores say its answer is right
 calls_in = metrics.calls_in  # the tool calls an answer writes, parsed
+reasoning_cut_hint = metrics.reasoning_cut_hint  # a line when answers ran out of tokens inside their reasoning
 Requirement = answer_eval.Requirement
 Check = answer_eval.Check
 
@@ -310,7 +311,7 @@ def compare_models(ws: Workspace, refs: Sequence[str], *, dataset: str | None = 
                 for answer, reference, sample in zip(generated, references, samples):
                     answers[i].append({"answer": answer.text, "stopped": answer.stopped, "tokens": answer.tokens,
                                        "scores": metrics.score_sample(answer.text, reference, sample.functions_called())})
-    aggregates = [{**metrics.aggregate([a["scores"] for a in rows], [a["stopped"] for a in rows]),
+    aggregates = [{**metrics.aggregate([a["scores"] for a in rows], [a["stopped"] for a in rows], [a["answer"] for a in rows]),
                    "tokens": sum(a["tokens"] for a in rows)} for rows in answers]
     disagreements = [k for k in range(len(samples))
                      if len({metrics.normalise(rows[k]["answer"]) for rows in answers}) > 1]
