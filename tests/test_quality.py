@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from brightrun_cli.services.quality import classify_convergence, loss_change, quality_metrics, score
+from brightrun_cli.services.quality import answer_gain, classify_convergence, loss_change, quality_metrics, score
 
 
 def curve(values, start=1):
@@ -118,3 +118,14 @@ def test_without_base_measurement_convergence_decides():
     assert metrics["base_validation_loss"] is None
     assert metrics["validation_loss_improvement"] is None
     assert metrics["overall_score"] == 3
+
+
+def test_a_tool_calling_fine_tune_earns_its_5_by_the_calls_it_gets_right():
+    """Call turns' text barely moves ROUGE-L when the answer is a call; the calls are the gain."""
+    calls = {"status": "completed", "base": {"rougeL": 0.30, "exact_match": 0.0, "tool_call_match": 0.0},
+             "tuned": {"rougeL": 0.33, "exact_match": 0.02, "tool_call_match": 0.8}}
+    assert answer_gain(calls) == 0.8
+    assert score(0.44, "excellent", calls)[0] == 5
+    words = {"status": "completed", "base": {"rougeL": 0.30, "exact_match": 0.0, "tool_call_match": None},
+             "tuned": {"rougeL": 0.33, "exact_match": 0.02, "tool_call_match": None}}
+    assert answer_gain(words) == 0.03 and score(0.44, "excellent", words)[0] == 4

@@ -28,14 +28,15 @@ OVERFIT_RISE = 0.02
 # Relative validation improvement over the base model -> score (first threshold met wins).
 SCORE_STEPS = ((0.30, 5), (0.15, 4), (0.05, 3))
 # Answers (the held-out answer eval, generation/evaluate.py): the tuned model's gain over the
-# base model in ROUGE-L or exact match, whichever is larger. A lower loss can come from
+# base model in ROUGE-L, exact match or (on turns that call tools) tool-call match, whichever
+# is larger. A lower loss can come from
 # learning the style of the answers and none of their content (issue 15: held-out loss 44%
 # lower, not one of 5 support questions answered right), so the loss alone never earns a 5.
 ANSWER_GAIN_FOR_5 = 0.10
 SCORE_RULE = (
     "score from the relative validation-loss decrease against the base model on the same split: "
     ">=30% lower -> 5, >=15% -> 4, >=5% -> 3, any decrease -> 2, none -> 1; "
-    "then the held-out answers (gain of ROUGE-L or exact match over the base model's): "
+    "then the held-out answers (gain of ROUGE-L, exact match or tool-call match over the base model's): "
     "no gain caps the score at 2, a gain under 0.10 at 4, and without an answer eval it is capped at 4; "
     "diverged -> 1; overfitting caps the score at 3 and poor convergence at 2; "
     "without a base measurement the convergence class decides (excellent 4, good 3, fair 2, otherwise 1)"
@@ -122,12 +123,13 @@ def loss_change(improvement: float | None) -> str:
 
 
 def answer_gain(answers: dict | None) -> float | None:
-    """The tuned model's gain over the base model on held-out answers: the larger of the
-    ROUGE-L and exact-match differences. None without a completed eval of both."""
+    """The tuned model's gain over the base model on held-out answers: the largest of the
+    ROUGE-L, exact-match and tool-call-match differences (the last only where turns call
+    tools). None without a completed eval of both."""
     if not answers or answers.get("status", "completed") != "completed":
         return None
     base, tuned = answers.get("base") or {}, answers.get("tuned") or {}
-    gains = [tuned[m] - base[m] for m in ("rougeL", "exact_match") if tuned.get(m) is not None and base.get(m) is not None]
+    gains = [tuned[m] - base[m] for m in ("rougeL", "exact_match", "tool_call_match") if tuned.get(m) is not None and base.get(m) is not None]
     return round(max(gains), 4) if gains else None
 
 
