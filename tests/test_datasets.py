@@ -627,3 +627,10 @@ def test_hints_name_a_dataset_by_id_so_a_hostile_name_is_never_pasted_into_a_she
     taken = add(cli, path, "--name", hostile)
     assert taken.exit_code == 2 and f"'brightrun dataset rm {first['id']}'" in taken.stderr
     assert "$(" not in taken.stderr.split(";", 1)[1]  # the hint holds only the id, never the name
+
+
+def test_findings_quote_the_data_as_written_not_as_terminal_markup(cli, tmp_path):
+    rows = [{"messages": [{"role": "[bot]", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]
+    assert add(cli, write_jsonl(tmp_path / "bad.jsonl", rows), "--name", "brackets").exit_code == 2
+    shown = cli("dataset", "show", "brackets")
+    assert "messages[0] has unknown role '[bot]'" in " ".join(shown.stdout.split())

@@ -371,3 +371,16 @@ def test_answers_cut_inside_their_reasoning_are_counted_and_the_eval_says_how_to
     stored = json.loads(cli("models", "show", prepared["model_id"], "--json").stdout)["eval"]
     assert stored["base"]["cut_in_reasoning"] == 4 and stored["tuned"]["cut_in_reasoning"] == 0
     assert stored["base"]["token_f1"] == 0.0 and stored["samples"][0]["base"]["answer"].startswith("<think>")
+
+
+def test_answers_with_brackets_print_as_written_not_as_terminal_markup(cli, prepared, monkeypatch):
+    """Models write [b], [/THINK], [TOOL_CALLS]: the sample table prints them, it does not
+    read them as styles (a closing tag without its opening one would vanish with its text)."""
+    from brightrun_cli.generation.engine import Answer, ChatModel
+
+    written = "[TOOL_CALLS] [b]42[/b] [/THINK] [red]done"
+    monkeypatch.setattr(ChatModel, "answers", lambda self, prompts, **kw: [Answer(written, True, 9) for _ in prompts])
+    assert cli("models", "eval", prepared["model_id"], "--limit", "2").exit_code == 0
+    monkeypatch.setenv("COLUMNS", "400")
+    shown = cli("models", "show", prepared["model_id"])
+    assert shown.exit_code == 0 and written in shown.stdout

@@ -289,7 +289,7 @@ def _render_findings(title: str, findings: list[dict[str, Any]], count: int, key
     table = term.Table("LINE", column, "HOW TO FIX", box=None)
     for finding in findings:
         where = f"{finding['file']}:{finding['line']}" if finding.get("file") else str(finding["line"])
-        table.add_row(where, finding.get(key, ""), finding.get("suggestion") or "")
+        table.add_row(term.escape(where), term.escape(finding.get(key, "")), term.escape(finding.get("suggestion") or ""))
     common.console().print(table)
 
 

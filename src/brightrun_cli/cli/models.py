@@ -154,7 +154,8 @@ def _print_answers(out, evaluated) -> None:
         tuned = record.get("tuned") or {}
         base = record.get("base") or {}
         match = "yes" if matched(tuned.get("scores")) else "no"
-        samples.add_row(_last_user(record.get("prompt")), record.get("reference", ""), base.get("answer", ""), tuned.get("answer", ""), match)
+        samples.add_row(*map(term.escape, (_last_user(record.get("prompt")), record.get("reference", ""), base.get("answer", ""),
+                                           tuned.get("answer", ""))), match)
     out.print(samples)
     if len(evaluated.samples) > SHOWN_SAMPLES:
         out.print(f"[dim]{len(evaluated.samples) - SHOWN_SAMPLES} more samples in --json[/dim]")
@@ -378,7 +379,7 @@ def compare_command(
     table = term.Table("prompt", "reference", *labels, box=None)
     for k in result.disagreements[:SHOWN_SAMPLES]:
         sample = result.samples[k]
-        table.add_row(_last_user(sample.prompt), result.references[k], *(rows[k]["answer"] for rows in result.answers))
+        table.add_row(*map(term.escape, (_last_user(sample.prompt), result.references[k], *(rows[k]["answer"] for rows in result.answers))))
     out.print(table)
     if len(result.disagreements) > SHOWN_SAMPLES:
         out.print(f"[dim]{len(result.disagreements) - SHOWN_SAMPLES} more in --json[/dim]")
