@@ -148,7 +148,7 @@ def check_command(ctx: common.Context, host: HostArg, json_output: common.JsonOp
                 gres = ",".join(slurm.get("gres") or []) or "no GRES"
                 state = f"{slurm.get('available')}, {slurm.get('nodes')} node(s), {gres}, time limit {slurm.get('time_limit')}" if slurm.get("available") else "not found"
                 out.print(f"  partition    {slurm['partition']} ({state})", markup=False)
-            out.print(f"  python       {result.python or '-'} {result.python_version or ''}".rstrip())
+            out.print(f"  python       {result.python or '-'} {result.python_version or ''}".rstrip(), markup=False)
             for name, version in result.packages.items():
                 absent = "not installed (optional: quantization)" if name in OPTIONAL_PACKAGES else "MISSING"
                 out.print(f"  {name:<12} {version or absent}")
@@ -156,7 +156,7 @@ def check_command(ctx: common.Context, host: HostArg, json_output: common.JsonOp
             gpus = ", ".join(g["name"] for g in result.gpus) if result.gpus else "none (CPU)"
             out.print(f"  gpus         {gpus}")
             if result.disk_free_gb is not None:
-                out.print(f"  free disk    {result.disk_free_gb:.1f} GiB" + (f" in {result.workdir}" if result.workdir else ""))
+                out.print(f"  free disk    {result.disk_free_gb:.1f} GiB" + (f" in {result.workdir}" if result.workdir else ""), markup=False)
         err = common.err_console()
         for problem in result.problems:
             err.print(f"problem: {problem}", markup=False, soft_wrap=True)

@@ -84,7 +84,7 @@ def show_command(ctx: common.Context, model: ModelArg, json_output: common.JsonO
     out = common.console()
     q, s, c = row.quality_metrics, row.training_summary, row.configuration
     out.print(f"[bold]{row.name}[/bold] v{row.version}  ({row.id})")
-    out.print(f"base model {row.base_model}   job {row.job_id}   dataset {row.dataset_id}   status {row.status}")
+    out.print(f"base model {term.escape(str(row.base_model))}   job {row.job_id}   dataset {row.dataset_id}   status {row.status}")
     improvement = q.get("validation_loss_improvement")
     quality = term.Table("quality", "", box=None)
     quality.add_row("score", f"{q.get('overall_score')}/5 ({q.get('score_reason')})")
@@ -112,7 +112,7 @@ def show_command(ctx: common.Context, model: ModelArg, json_output: common.JsonO
     for entry in row.artifacts.get("files", []):
         files.add_row(entry["path"], f"{entry['size']:,}", entry["sha256"][:16])
     out.print(files)
-    out.print(f"storage: {row.storage_path}")
+    out.print(f"storage: {term.escape(row.storage_path)}")
 
 
 SHOWN_SAMPLES = 10  # samples `models show` lists side by side (--json has them all)
@@ -409,7 +409,7 @@ def export_command(
     if json_output:
         common.print_json({"target": exported.target, "files": exported.files, "bytes": exported.bytes})
         return
-    common.console().print(f"exported {len(exported.files)} files ({exported.bytes:,} bytes) to {exported.target}")
+    common.console().print(f"exported {len(exported.files)} files ({exported.bytes:,} bytes) to {term.escape(str(exported.target))}")
 
 
 @models_app.command("merge")
@@ -429,7 +429,7 @@ def merge_command(
     from brightrun_cli.services.models import merge_model
 
     path = merge_model(common.workspace(ctx), model, out_dir, force=force)
-    common.console().print(f"merged model written to {path}")
+    common.console().print(f"merged model written to {term.escape(str(path))}")
 
 
 @models_app.command("rm")

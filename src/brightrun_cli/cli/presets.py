@@ -50,7 +50,7 @@ def _show(preset, json_output: bool) -> None:
         _show_plain(preset)
         return
     out = common.console()
-    out.print(f"[bold]{preset.name}[/bold] ({preset.source}: {preset.path})")
+    out.print(f"[bold]{preset.name}[/bold] ({preset.source}: {term.escape(str(preset.path))})")
     if preset.description:
         out.print(preset.description)
     table = term.Table("field", "value", "set here", "allowed", "meaning")
