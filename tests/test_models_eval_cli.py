@@ -384,3 +384,15 @@ def test_answers_with_brackets_print_as_written_not_as_terminal_markup(cli, prep
     monkeypatch.setenv("COLUMNS", "400")
     shown = cli("models", "show", prepared["model_id"])
     assert shown.exit_code == 0 and written in shown.stdout
+
+
+def test_compare_judges_disagreement_by_the_answers_not_the_reasoning_before_them(cli, prepared, monkeypatch):
+    from brightrun_cli.generation.engine import Answer, ChatModel
+
+    def answers(self, prompts, *, base=False, **kw):
+        return [Answer(f"<think>{'short' if base else 'a much longer line of thought'}</think>\n\nHello.", True, 9) for _ in prompts]
+
+    monkeypatch.setattr(ChatModel, "answers", answers)
+    compared = cli("models", "compare", prepared["model_id"], f"base:{prepared['model_id']}", "--limit", "3")
+    assert compared.exit_code == 0, compared.output
+    assert "the models answer every sample alike" in compared.stdout

@@ -313,8 +313,8 @@ def compare_models(ws: Workspace, refs: Sequence[str], *, dataset: str | None = 
                                        "scores": metrics.score_sample(answer.text, reference, sample.functions_called())})
     aggregates = [{**metrics.aggregate([a["scores"] for a in rows], [a["stopped"] for a in rows], [a["answer"] for a in rows]),
                    "tokens": sum(a["tokens"] for a in rows)} for rows in answers]
-    disagreements = [k for k in range(len(samples))
-                     if len({metrics.normalise(rows[k]["answer"]) for rows in answers}) > 1]
+    disagreements = [k for k in range(len(samples))  # by the answers a reader sees (reasoning left out)
+                     if len({metrics.normalise(metrics.without_reasoning(rows[k]["answer"])) for rows in answers}) > 1]
     return Comparison(entries, data, samples, answers, aggregates, winners([e.label for e in entries], aggregates), disagreements,
                       first_references)
 
