@@ -246,3 +246,33 @@ def test_the_trainer_fuses_the_head_by_default_and_both_losses_agree(tmp_path):
         losses[fused] = [m["training_loss"] for m in lines if m["split"] == "train"] + [
             m["validation_loss"] for m in lines if m["split"] == "validation"]
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+KEEP_OUT = """
+import sys
+from brightrun_cli.errors import own_the_process
+from brightrun_cli.generation.quantization import keep_bitsandbytes_out
+if sys.argv[1] == "owned":
+    own_the_process()
+keep_bitsandbytes_out()
+import peft, transformers.utils.import_utils as hf
+print(sys.modules.get("bitsandbytes", "absent") is None, hf.is_bitsandbytes_available())
+"""
+
+
+@pytest.mark.parametrize("owned,kept_out", [("owned", True), ("not-owned", False)])
+def test_a_process_that_loads_no_quantised_model_keeps_bitsandbytes_out_only_when_it_owns_the_process(owned, kept_out):
+    """peft imports bitsandbytes eagerly where it is installed (1-2 s; on AVX512-BF16 CPUs a
+    kernel fetched from the Hub). The brightrun executable and the trainer keep it out when
+    nothing will be quantised; code running inside another program (here: not owned) does not."""
+    import subprocess
+    import sys
+
+    from brightrun_cli.generation.quantization import bitsandbytes_installed
+
+    if not bitsandbytes_installed():
+        pytest.skip("bitsandbytes is not installed: nothing to keep out")
+    proc = subprocess.run([sys.executable, "-c", KEEP_OUT, owned], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == (["True", "False"] if kept_out else ["False", "True"])

@@ -19,6 +19,22 @@ def debug_enabled() -> bool:
     return os.environ.get("BRIGHTRUN_DEBUG", "") not in ("", "0")
 
 
+_SOLE_OWNER = False  # set by a program entry point that has its process to itself
+
+
+def own_the_process() -> None:
+    """Called by the `brightrun` executable and the trainer's `python -m` entry: nothing else
+    runs in this process, so process-wide library settings may be made in it
+    (generation.quantization.keep_bitsandbytes_out). Code run inside another program (a test
+    session, a notebook) leaves them alone."""
+    global _SOLE_OWNER
+    _SOLE_OWNER = True
+
+
+def owns_the_process() -> bool:
+    return _SOLE_OWNER
+
+
 def quiet_library_warnings() -> None:
     """Unless debugging: drop the ML libraries' deprecation notices to each other's
     developers (peft asking transformers for a renamed attribute, say), which say nothing

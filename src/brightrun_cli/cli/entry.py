@@ -34,8 +34,9 @@ def main() -> None:
 
 
 def _run() -> None:
-    from brightrun_cli.errors import quiet_library_warnings
+    from brightrun_cli.errors import own_the_process, quiet_library_warnings
 
+    own_the_process()
     quiet_library_warnings()
     run(sys.argv[1:])
 

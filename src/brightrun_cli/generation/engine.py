@@ -24,7 +24,7 @@ from pathlib import Path
 from brightrun_cli.errors import UsageError
 
 from . import chat
-from .quantization import bitsandbytes_installed, bnb_config, trained_quantization
+from .quantization import bitsandbytes_installed, bnb_config, keep_bitsandbytes_out, trained_quantization
 
 # KV cache one batch may fill (rows x (longest prompt + max_new_tokens) x bytes per position).
 # Bigger batches mean fewer decoding steps, which is what costs on a CPU (each step's time
@@ -387,6 +387,8 @@ def load_chat_model(base_model: str, adapter: str | Path | None = None, *, devic
         from brightrun_cli.errors import quiet_library_logs
 
         quiet_library_logs()
+        if not device.startswith("cuda"):  # no quantised model is ever loaded here
+            keep_bitsandbytes_out()
         from peft import PeftModel
 
         try:

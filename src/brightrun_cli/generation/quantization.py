@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 QUANTIZATIONS = ("none", "4bit", "8bit")
@@ -31,6 +32,19 @@ def bnb_config(kind: str, compute_dtype):
 
 def bitsandbytes_installed() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def keep_bitsandbytes_out() -> None:
+    """For a process that loads no quantised model: peft, transformers and accelerate then
+    see bitsandbytes as absent and do not import it (importlib's find_spec answers None for
+    a module set to None in sys.modules). Where the `qlora` extra is installed, peft imports
+    it eagerly: 1-2 s of a CPU's start-up, and on CPUs with AVX512-BF16 a compiled kernel
+    fetched from the Hugging Face Hub for CPU inference. Only in a process brightrun owns
+    (errors.own_the_process), and never once it is imported."""
+    from brightrun_cli.errors import owns_the_process
+
+    if owns_the_process():
+        sys.modules.setdefault("bitsandbytes", None)
 
 
 def trained_quantization(adapter_dir: str | Path | None) -> str:

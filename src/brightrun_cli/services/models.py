@@ -149,7 +149,10 @@ def merge_model(ws: Workspace, ref: str, out_dir: Path, *, force: bool = False) 
 
     import torch
 
+    from brightrun_cli.generation.quantization import keep_bitsandbytes_out
+
     quiet_library_logs()
+    keep_bitsandbytes_out()  # the adapter is merged onto the unquantised base
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

@@ -48,6 +48,13 @@ def main(argv: list[str], *, own_process: bool = False) -> int:
     log = setup_logging(spec.output_dir, rank, rank == 0)
     log.info("brightrun trainer: spec %s (job %s)", spec.path, spec.job_id or "-")
     _quiet_libraries()
+    if own_process:
+        from brightrun_cli.errors import own_the_process
+        from brightrun_cli.generation.quantization import keep_bitsandbytes_out
+
+        own_the_process()
+        if spec.hyperparameters.quantization == "none":
+            keep_bitsandbytes_out()  # its base loads unquantised, and so does the answer eval's
     # A process of its own (trainer/trackers.py), started once setup has written the first
     # metric point: on a busy CPU its imports (mlflow, wandb: seconds) would delay that point.
     # The handle is made now, so that it sends this attempt's points from the first one.
