@@ -634,3 +634,24 @@ def test_findings_quote_the_data_as_written_not_as_terminal_markup(cli, tmp_path
     assert add(cli, write_jsonl(tmp_path / "bad.jsonl", rows), "--name", "brackets").exit_code == 2
     shown = cli("dataset", "show", "brackets")
     assert "messages[0] has unknown role '[bot]'" in " ".join(shown.stdout.split())
+
+
+@pytest.mark.parametrize("fmt,row", [
+    ("sharegpt", {"system": "Be brief.", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}),
+    ("openai", {"system": "Be brief.", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}),
+])
+def test_a_record_level_system_prompt_becomes_the_first_turn(fmt, row):
+    """LLaMA-Factory's ShareGPT files carry the system prompt beside the messages."""
+    from brightrun_cli.services.dataset_formats import to_v4
+
+    record, problems = to_v4(row, fmt, 1)
+    assert not problems and record["turns"][0] == {"role": "system", "content": "Be brief."} and len(record["turns"]) == 3
+    key = "conversations" if fmt == "sharegpt" else "messages"
+    first = {"from": "system", "value": "Be brief."} if fmt == "sharegpt" else {"role": "system", "content": "Be brief."}
+    same, problems = to_v4({**row, key: [first, *row[key]]}, fmt, 1)
+    assert not problems and len(same["turns"]) == 3  # the same prompt twice is one
+    other = {**first, ("value" if fmt == "sharegpt" else "content"): "Be long."}
+    record, problems = to_v4({**row, key: [other, *row[key]]}, fmt, 5)
+    assert record is None and [(p.line, p.error) for p in problems] == [(5, "both a 'system' field and a different system message")]
+    record, problems = to_v4({**row, "system": 3}, fmt, 2)
+    assert record is None and problems[0].error == "'system' is not a string (got a number)"

@@ -96,6 +96,8 @@ def to_v4(obj: dict[str, Any], fmt: str, line: int, file: str = "") -> tuple[dic
     else:
         key = {V4: "turns", "openai": "messages", "sharegpt": "conversations"}[fmt]
         turns = _chat_turns(obj, key, fmt, line, problems)
+        if turns is not None and fmt != V4:
+            turns = _with_system_field(obj, turns, line, problems)
     cid = _conversation_id(obj, fmt, line, problems, file)
     tools = _tools(obj, fmt, line, problems)
     if turns is not None and not problems:
@@ -400,6 +402,24 @@ def _alpaca_turns(obj: dict[str, Any], line: int, problems: list[Problem]) -> li
     turns = [{"role": "system", "content": fields["system"]}] if fields.get("system", "").strip() else []
     turns += history + [{"role": "user", "content": prompt}, {"role": "assistant", "content": fields["output"]}]
     return turns
+
+
+def _with_system_field(obj: dict[str, Any], turns: list[dict[str, Any]], line: int, problems: list[Problem]) -> list[dict[str, Any]] | None:
+    """A record-level `system` prompt (LLaMA-Factory's ShareGPT and OpenAI-style files) as the
+    conversation's first turn; None: a problem was reported."""
+    system = obj.get("system")
+    if system is None or (isinstance(system, str) and not system.strip()):
+        return turns
+    if not isinstance(system, str):
+        problems.append(Problem(line, f"'system' is not a string (got {_json_type(system)})", "write the system prompt as a JSON string"))
+        return None
+    if turns and turns[0]["role"] == "system":
+        if turns[0]["content"].strip() == system.strip():
+            return turns
+        problems.append(Problem(line, "both a 'system' field and a different system message",
+                                "keep one system prompt: the field or the first message"))
+        return None
+    return [{"role": "system", "content": system}, *turns]
 
 
 def _alpaca_history(value: Any, line: int, problems: list[Problem]) -> list[dict[str, str]] | None:
