@@ -160,6 +160,10 @@ def test_prompt_completion_problems_name_the_field_and_a_raw_text_file_is_told_w
 
     raw = add(cli, write_jsonl(tmp_path / "raw.jsonl", [{"text": "### Human: hi ### Assistant: hello"}]), "--name", "raw")
     assert raw.exit_code == 2 and "'text' holds raw text, not a conversation" in raw.stderr and "prompt/completion" in raw.stderr
+    preference = add(cli, write_jsonl(tmp_path / "dpo.jsonl", [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}]),
+                     "--name", "dpo")
+    assert preference.exit_code == 2 and "chosen/rejected pairs are preference data, for DPO" in preference.stderr
+    assert "name them 'completion' beside the 'prompt'" in preference.stderr and len(preference.stderr.strip().splitlines()) == 1
 
 
 def test_bom_and_crlf_are_accepted(cli, tmp_path):

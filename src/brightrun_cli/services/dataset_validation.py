@@ -478,7 +478,10 @@ def _detect(obj: dict[str, Any], number: int, file_name: str) -> str:
     if fmt is None:
         keys = ", ".join(sorted(obj)[:6]) or "none"
         raw_text = (" ('text' holds raw text, not a conversation: split it into user and assistant turns)"
-                    if "text" in obj else "")
+                    if "text" in obj else
+                    " (chosen/rejected pairs are preference data, for DPO: brightrun fine-tunes on conversations; "
+                    "to learn the chosen answers, name them 'completion' beside the 'prompt')"
+                    if "chosen" in obj and "rejected" in obj else "")
         raise UsageError(
             f"{file_name}: cannot tell the format from line {number} (keys: {keys}){raw_text}",
             "expected turns (brightrun_lora_v4), messages (openai), conversations (sharegpt), instruction/output (alpaca) "
