@@ -137,11 +137,8 @@ def renders_tool_calls(tokenizer) -> bool:
     arguments) into the text: many older templates print only `content`, and would train a
     model on empty answers where the data holds calls."""
     messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "", "tool_calls": [_PROBE_CALL]}]
-    try:
-        text = render(tokenizer, messages, False, [{"type": "function", "function": {"name": "brightrun_probe_function", "parameters": {}}}])
-    except Exception:  # a template that raises on tool calls does not render them
-        return False
-    return "brightrun_probe_function" in text and "brightrun_probe_argument" in text
+    tools = [{"type": "function", "function": {"name": "brightrun_probe_function", "parameters": {}}}]
+    return _writes(tokenizer, messages, tools, "brightrun_probe_function", "brightrun_probe_argument")
 
 
 def renders_reasoning(tokenizer) -> bool:
@@ -149,10 +146,17 @@ def renders_reasoning(tokenizer) -> bool:
     SmolLM3's, DeepSeek-R1's and brightrun's ChatML do; most others print only `content`)."""
     messages = [{"role": "user", "content": "hello"},
                 {"role": "assistant", "content": "hi", "reasoning_content": "brightrun-probe-reasoning"}]
+    return _writes(tokenizer, messages, None, "brightrun-probe-reasoning")
+
+
+def _writes(tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, *probes: str) -> bool:
+    """Whether the template renders `messages` with every probe string in the text (a template
+    that raises on them does not write them)."""
     try:
-        return "brightrun-probe-reasoning" in render(tokenizer, messages, False)
-    except Exception:  # a template that raises on it does not write it
+        text = render(tokenizer, messages, False, tools)
+    except Exception:
         return False
+    return all(probe in text for probe in probes)
 
 
 def end_of_turn(tokenizer) -> str:

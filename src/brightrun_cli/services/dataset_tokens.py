@@ -10,6 +10,7 @@ which is where the speed over a per-example `datasets.map` comes from.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -67,29 +68,23 @@ class TokenizerCounter:
                   else "" if self.has_template else " (turn contents only: the tokenizer has no chat template)")
         self.method = f"tokenizer:{name}{suffix}"
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._writes_tool_calls: bool | None = None
-        self._writes_reasoning: bool | None = None
 
-    @property
+    @functools.cached_property
     def writes_tool_calls(self) -> bool:
         """Whether the chat template writes tool calls (generation.chat.renders_tool_calls):
         the trainer refuses data with calls for a base model whose template drops them.
         Without a template the trainer's ChatML fallback writes them."""
-        if self._writes_tool_calls is None:
-            from brightrun_cli.generation.chat import renders_tool_calls
+        from brightrun_cli.generation.chat import renders_tool_calls
 
-            self._writes_tool_calls = not self.has_template or renders_tool_calls(self.tokenizer)
-        return self._writes_tool_calls
+        return not self.has_template or renders_tool_calls(self.tokenizer)
 
-    @property
+    @functools.cached_property
     def writes_reasoning(self) -> bool:
         """Whether the chat template writes an assistant turn's reasoning_content
         (generation.chat.renders_reasoning); without a template the fallback does."""
-        if self._writes_reasoning is None:
-            from brightrun_cli.generation.chat import renders_reasoning
+        from brightrun_cli.generation.chat import renders_reasoning
 
-            self._writes_reasoning = not self.has_template or renders_reasoning(self.tokenizer)
-        return self._writes_reasoning
+        return not self.has_template or renders_reasoning(self.tokenizer)
 
     def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
         if not conversations:

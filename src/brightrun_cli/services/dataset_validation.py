@@ -74,9 +74,8 @@ class ScanResult:
     _seen: dict[str, tuple[str, int]] = field(default_factory=dict)  # conversation id -> (file, line)
     tool_turns: array = field(default_factory=lambda: array("l"))  # tool/function results
     call_turns: array = field(default_factory=lambda: array("l"))  # assistant turns with tool_calls
-    _tools_checked: bool = False  # whether the token counter was asked if its template writes tool calls
-    _reasoning_checked: bool = False  # ... and whether it writes reasoning
-    template_drops_calls: bool = False  # the counter's chat template does not write the calls the data holds
+    _probed: set[str] = field(default_factory=set)  # turn keys (_TEMPLATE_DROPS) the counter's template was probed for
+    dropped: set[str] = field(default_factory=set)  # ... and those of them it does not write
     chat_template: str = "model"  # the counter's: the base model's own, or "chatml"
 
     def add_problem(self, problem: Problem, keep: int) -> None:
@@ -102,6 +101,11 @@ class ScanResult:
     def roles(self) -> dict[str, int]:
         users, assistants, tools = (sum(compress(counts, self.kept)) for counts in (self.user_turns, self.assistant_turns, self.tool_turns))
         return {"system": self.turns - users - assistants - tools, "user": users, "assistant": assistants, "tool": tools}
+
+    @property
+    def template_drops_calls(self) -> bool:
+        """The data holds tool calls that the counter's chat template does not write."""
+        return "tool_calls" in self.dropped
 
     @property
     def tool_call_turns(self) -> int:
@@ -336,24 +340,12 @@ def _scan_lines(
         seen[cid] = (result.file, number)
         for warning in conversation_warnings(record, number):
             result.add_warning(warning, keep)
-        if not result._tools_checked and any("tool_calls" in t for t in record["turns"]):
-            result._tools_checked = True
-            if not counting.counter.writes_tool_calls:
-                result.template_drops_calls = True
-                result.add_warning(Problem(
-                    number, "conversations call tools, and the base model's chat template does not write tool calls: "
-                    "the token counts leave them out, and training with that template is refused",
-                    "train with --set chat_template=chatml (and add the dataset with --chat-template chatml to count its tokens "
-                    "as that run writes them), or use a base model whose template writes tool calls"), keep)
-        if not result._reasoning_checked and any("reasoning_content" in t for t in record["turns"]):
-            result._reasoning_checked = True
-            if not counting.counter.writes_reasoning:
-                result.add_warning(Problem(
-                    number, "conversations carry reasoning (reasoning_content), and the base model's chat template does not "
-                    "write it: the model learns the answers without it, and the token counts leave it out",
-                    "train with --set chat_template=chatml to learn the reasoning too (and add the dataset with --chat-template "
-                    "chatml to count its tokens as that run writes them), or use a base model whose template writes it "
-                    "(Qwen3, SmolLM3, DeepSeek-R1)"), keep)
+        for key, (writes, warning, suggestion) in _TEMPLATE_DROPS.items():
+            if key not in result._probed and any(key in t for t in record["turns"]):
+                result._probed.add(key)
+                if not getattr(counting.counter, writes):
+                    result.dropped.add(key)
+                    result.add_warning(Problem(number, warning, suggestion), keep)
         index = len(result.kept)
         _account(result, record)
         if len(result.samples) < SAMPLE_CONVERSATIONS:
@@ -362,6 +354,22 @@ def _scan_lines(
         out.write(_ENCODER.encode(record).encode("utf-8") + b"\n")
         counting.add(index, number, record)
     return number, read
+
+
+# What a turn may hold that a base model's chat template may not write: the turn key ->
+# (the TokenCounter attribute that says whether it is written, the warning, what to do).
+_RECOUNT = "and add the dataset with --chat-template chatml to count its tokens as that run writes them"
+_TEMPLATE_DROPS = {
+    "tool_calls": ("writes_tool_calls",
+                   "conversations call tools, and the base model's chat template does not write tool calls: "
+                   "the token counts leave them out, and training with that template is refused",
+                   f"train with --set chat_template=chatml ({_RECOUNT}), or use a base model whose template writes tool calls"),
+    "reasoning_content": ("writes_reasoning",
+                          "conversations carry reasoning (reasoning_content), and the base model's chat template does not "
+                          "write it: the model learns the answers without it, and the token counts leave it out",
+                          f"train with --set chat_template=chatml to learn the reasoning too ({_RECOUNT}), or use a base "
+                          "model whose template writes it (Qwen3, SmolLM3, DeepSeek-R1)"),
+}
 
 
 class _NotStandardJSON(ValueError):
