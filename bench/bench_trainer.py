@@ -55,12 +55,12 @@ sys.path.insert(0, str(REPO / "scripts"))
 LORA = dict(r=16, alpha=32, targets="all-linear")
 LR = 1e-4
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
-METHODS = ("brightrun", "hf", "trl")
-KNOBS = {  # name -> hyperparameter overrides of the brightrun run (rows=fit is handled apart)
-    "fused_cross_entropy=false": {"fused_cross_entropy": False},
-    "compile_layers=true": {"compile_layers": True},
-    "activation_offload=true": {"activation_offload": True},
+METHODS = ("brightrun", "trl", "hf")
+KNOBS = {  # name -> hyperparameter overrides of the brightrun run (rows=fit is handled apart); the likeliest gain first
     "rows=fit": {},
+    "compile_layers=true": {"compile_layers": True},
+    "fused_cross_entropy=false": {"fused_cross_entropy": False},
+    "activation_offload=true": {"activation_offload": True},
 }
 FIT_FRACTION = 0.85  # of the GPU's memory the fitted micro-batch may plan for (the model is an estimate)
 
@@ -204,8 +204,26 @@ def run_hf(job: dict, work: Path) -> dict:
 
 
 def run_trl(job: dict, work: Path) -> dict:
+    """TRL with Liger when it is installed; should Liger fail on this stack (its kernels patch
+    transformers' model classes, which move between releases), TRL again without it, said in the row."""
     import importlib.util
 
+    import torch
+
+    liger = importlib.util.find_spec("liger_kernel") is not None and job["cuda"]
+    if not liger:
+        return {**_trl_once(job, work, False), "liger": False}
+    try:
+        return {**_trl_once(job, work, True), "liger": True}
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        torch.cuda.empty_cache()
+        (work / "without-liger").mkdir()
+        return {**_trl_once(job, work / "without-liger", False), "liger": False,
+                "liger_error": f"{type(exc).__name__}: {first[:160]}"}
+
+
+def _trl_once(job: dict, work: Path, liger: bool) -> dict:
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -215,13 +233,12 @@ def run_trl(job: dict, work: Path) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(job["model"]))
     ensure_chat_template(tokenizer)
-    liger = importlib.util.find_spec("liger_kernel") is not None and job["cuda"]
     args = SFTConfig(per_device_train_batch_size=job["trl_rows"], packing=True, max_length=job["trl_length"],
                      use_liger_kernel=liger, **_common_args(job, work))
     trainer = SFTTrainer(model=_lora_model(job), args=args, processing_class=tokenizer,
                          train_dataset=Dataset.from_list([{"messages": c} for c in _messages(job)]))
     trainer.data_collator = _Counter(trainer.data_collator)
-    return {**_timed(trainer, trainer.data_collator, job["warmup"]), "liger": liger}
+    return _timed(trainer, trainer.data_collator, job["warmup"])
 
 
 def child(job_file: str) -> None:
@@ -296,8 +313,12 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--knobs", default="", help=f"comma-separated, or all: {', '.join(KNOBS)}")
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto", help="cpu: hide the GPU (smoke runs)")
-    parser.add_argument("--json", type=Path, help="write the table's rows here too")
+    parser.add_argument("--json", type=Path, help="write the table's rows here too (after each configuration)")
+    parser.add_argument("--deadline-s", type=float,
+                        help="seconds this whole run may take: a configuration that would not finish in what is left "
+                             "(judged by the median so far) is skipped, one still running at the deadline is stopped")
     args = parser.parse_args()
+    began = time.perf_counter()
     if args.child:
         child(args.child)
         return
@@ -344,9 +365,25 @@ def main() -> None:
     runs = [(m, m, {}, args.rows) for m in args.methods.split(",")]
     runs += [("brightrun", f"brightrun {k}", KNOBS[k], "fit" if k == "rows=fit" else args.rows) for k in knobs]
     table = []
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps({"model": model, "shape": args.shape, "device": device,
+                                             "flops_per_token": flops_per_token, "mean_tokens": mean_len,
+                                             "attention_length": attention_len, "rows": table}, indent=1))
+
     with tempfile.TemporaryDirectory() as tmp:
         for i, (method, label, overrides, rows) in enumerate(runs):
             batch, n_rows = batch_for(rows)
+            left = None if args.deadline_s is None else args.deadline_s - (time.perf_counter() - began)
+            walls = sorted(r["wall_s"] for r in table if r["wall_s"])
+            typical = walls[len(walls) // 2] if walls else 0.0  # the median configuration's wall time so far
+            if left is not None and left < max(20.0, 1.2 * typical):
+                table.append({"label": label, "batch": batch, "rows": n_rows, "wall_s": 0.0, "skipped": True,
+                              "error": f"{left:.0f} s left of --deadline-s, a configuration takes ~{typical:.0f} s"})
+                print(_row(table[-1]), flush=True)
+                save()
+                continue
             data = Path(tmp) / f"data-{i}.jsonl"
             chats = conversations(batch * (args.warmup_steps + args.steps + 1), 1, median)
             data.write_text("".join(json.dumps({"conversation_id": str(j), "turns": c}) + "\n" for j, c in enumerate(chats)))
@@ -355,10 +392,12 @@ def main() -> None:
                    "warmup": args.warmup_steps, "steps": args.steps, "result": str(Path(tmp) / f"result-{i}.json")}
             (Path(tmp) / f"job-{i}.json").write_text(json.dumps(job))
             started = time.perf_counter()
-            proc = subprocess.run([sys.executable, __file__, "--child", str(Path(tmp) / f"job-{i}.json")], env=env,
-                                  capture_output=True, text=True)
             try:
+                proc = subprocess.run([sys.executable, __file__, "--child", str(Path(tmp) / f"job-{i}.json")], env=env,
+                                      capture_output=True, text=True, timeout=left)
                 result = json.loads(Path(job["result"]).read_text())
+            except subprocess.TimeoutExpired:
+                result = {"error": f"stopped at --deadline-s after {time.perf_counter() - started:.0f} s"}
             except (OSError, ValueError):
                 result = {"error": f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1][:160]}"}
             result.update(label=label, batch=batch, rows=n_rows, wall_s=round(time.perf_counter() - started, 1))
@@ -368,20 +407,22 @@ def main() -> None:
                 result["padding_efficiency"] = result["real_tokens"] / result["processed_tokens"]
             table.append(result)
             print(_row(result), flush=True)
+            save()
     _summary(table, args.shape)
-    if args.json:
-        args.json.write_text(json.dumps({"model": model, "shape": args.shape, "device": device, "flops_per_token": flops_per_token,
-                                         "mean_tokens": mean_len, "attention_length": attention_len, "rows": table}, indent=1))
 
 
 def _row(r: dict) -> str:
     head = f"{r['label']:38s} batch {r['batch']:4d} conv ({r['rows']:3d} x seq)"
+    if r.get("skipped"):
+        return f"{head}  SKIPPED {r['error']}"
     if "error" in r:
         return f"{head}  FAILED {r['error']}  ({r['wall_s']} s)"
     mfu = f"MFU {r['mfu']:6.1%}" if r.get("mfu") is not None else "MFU    -  "
     peak = f"peak {r['peak_gib']:6.1f} GiB" if r.get("peak_gib") else "peak      -   "
+    liger = {True: ", Liger", False: ", no Liger"}.get(r.get("liger"), "")
+    failed = f"; Liger failed: {r['liger_error']}" if r.get("liger_error") else ""
     return (f"{head}  {r['tokens_per_sec']:10.0f} real tok/s  {mfu}  {peak}  padding eff {r['padding_efficiency']:6.1%}"
-            f"  ({r['real_tokens']} tok, {r['seconds']:.1f} s measured, {r['wall_s']} s wall)")
+            f"  ({r['real_tokens']} tok, {r['seconds']:.1f} s measured, {r['wall_s']} s wall{liger}{failed})")
 
 
 def _summary(table: list[dict], shape: str | None) -> None:

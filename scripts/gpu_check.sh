@@ -18,8 +18,22 @@
 # Issue 18 in two calls: `qlora bench-1b`, then `bench-8b` (bench/RESULTS.md says what to carry).
 # Logs and the benches' JSON go to $OUT (or ./gpu-check-out). Python packages the machine lacks
 # travel as wheels in .whl/ (scripts/gpu_wheels.sh fills it; carry ".whl").
+# DEADLINE_S=N: the whole script ends within N seconds: each section's timeout is cut to what is
+# left, a section that cannot start in time is skipped, and the benches skip configurations that
+# would not finish (their rows so far are already in $OUT), so a lease's last minutes are not lost.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+BEGAN=$(date +%s)
+# budget N: N seconds, or what is left before DEADLINE_S less a margin to report, if that is less
+budget() {
+  local n=$1
+  if [ -n "${DEADLINE_S:-}" ]; then
+    local left=$(( DEADLINE_S - ($(date +%s) - BEGAN) - 10 ))
+    [ "$left" -lt "$n" ] && n=$left
+  fi
+  [ "$n" -lt 1 ] && n=1
+  echo "$n"
+}
 OUT=${OUT:-$PWD/gpu-check-out}; mkdir -p "$OUT"
 SECTIONS=${*:-tests cli bench-tiny}
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -29,17 +43,19 @@ fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi -L; python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
 python3 -c "import importlib.metadata as m
-for p in ('bitsandbytes', 'liger-kernel', 'trl', 'deepspeed'):
+for p in ('bitsandbytes', 'liger-kernel', 'trl', 'deepspeed', 'datasets', 'pyarrow', 'huggingface_hub', 'triton'):
     try: print(p, m.version(p))
     except m.PackageNotFoundError: print(p, 'not installed')"
 QUIET="warn|it/s|examples/s|Loading weights|Writing model"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -o -E "H100|H200" || echo H100)
-section() { echo "== $1 ($(date -u +%H:%M:%S))"; SECONDS=0; }
+section() { echo "== $1 ($(date -u +%H:%M:%S), $(( $(date +%s) - BEGAN )) s in)"; SECONDS=0; }
 
-for s in $SECTIONS; do case $s in
+for s in $SECTIONS; do
+if [ "$(budget 30)" -lt 30 ]; then echo "== $s skipped: DEADLINE_S=$DEADLINE_S reached"; continue; fi
+case $s in
 tests)
   section "GPU tests"
-  timeout 500 python3 -m pytest -p no:cacheprovider -q -s -m gpu -rs --durations=0 tests/test_trainer_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | grep -v -i warn
+  timeout "$(budget 500)" python3 -m pytest -p no:cacheprovider -q -s -m gpu -rs --durations=0 tests/test_trainer_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | grep -v -i warn
   echo "GPU tests took ${SECONDS}s" ;;
 cli)
   section "the CLI loop on the GPU"
@@ -49,20 +65,20 @@ cli)
     br hosts check local
     br dataset add examples/support_conversations.jsonl --name support --base-model builtin:tiny >/dev/null
     job=$(br train --dataset support --preset tiny --set precision=bf16 --set gpu_type="$gpu" --detach --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-    timeout 90 python3 -m brightrun_cli watch "$job" --json | tail -c 1500; echo
+    timeout "$(budget 90)" python3 -m brightrun_cli watch "$job" --json | tail -c 1500; echo
     br jobs show "$job"
     grep -E "device|precision|attention|liger" "$BRIGHTRUN_HOME"/runs/*/trainer.log | head
   ) 2>&1 | tee "$OUT/gpu_cli.log"
   echo "CLI loop took ${SECONDS}s" ;;
 bench-tiny)
   section "trainer benchmark, builtin:tiny"
-  timeout 120 python3 bench/bench_trainer.py --steps 30 --warmup-steps 3 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_tiny.log"
+  timeout "$(budget 120)" python3 bench/bench_trainer.py --steps 30 --warmup-steps 3 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_tiny.log"
   section "trainer benchmark, random Llama ~200M"
   python3 scripts/make_random_llama.py /tmp/llama-200m --hidden 1024 --layers 16 --heads 16 --kv-heads 4
-  timeout 180 python3 bench/bench_trainer.py --steps 40 --warmup-steps 3 --batch 32 --base-model /tmp/llama-200m 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_200m.log" ;;
+  timeout "$(budget 180)" python3 bench/bench_trainer.py --steps 40 --warmup-steps 3 --batch 32 --base-model /tmp/llama-200m 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_200m.log" ;;
 qlora)
   section "QLoRA, QDoRA and the fused loss: GPU tests"
-  timeout 400 python3 -m pytest -p no:cacheprovider -q -s -m gpu -rs --durations=0 tests/test_trainer_gpu.py -k "fused_head or qlora" 2>&1 | tee "$OUT/qlora_tests.log" | grep -v -i warn
+  timeout "$(budget 300)" python3 -m pytest -p no:cacheprovider -q -s -m gpu -rs --durations=0 tests/test_trainer_gpu.py -k "fused_head or qlora" 2>&1 | tee "$OUT/qlora_tests.log" | grep -v -i warn
   echo "QLoRA tests took ${SECONDS}s"
   section "QLoRA through the CLI: train --set quantization=4bit, then models merge"
   (
@@ -71,7 +87,7 @@ qlora)
     br hosts check local | grep -E "bitsandbytes|gpus"
     br dataset add examples/support_conversations.jsonl --name support --base-model builtin:tiny >/dev/null
     job=$(br train --dataset support --preset tiny --set precision=bf16 --set quantization=4bit --set use_dora=true --set gpu_type="$gpu" --detach --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-    timeout 120 python3 -m brightrun_cli watch "$job" --json | tail -c 600; echo
+    timeout "$(budget 120)" python3 -m brightrun_cli watch "$job" --json | tail -c 600; echo
     br jobs show "$job" | head -20
     grep -E "quantization|DoRA|fused" "$BRIGHTRUN_HOME"/runs/*/trainer.log | head
     model=$(br models list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
@@ -80,11 +96,11 @@ qlora)
   echo "QLoRA CLI took ${SECONDS}s" ;;
 bench-1b)
   section "LoRA throughput: random Llama-3.2-1B shape, bf16, packed to 2048"
-  timeout 560 python3 bench/bench_trainer.py --shape llama-3.2-1b --models-dir /tmp/bench-models --rows 8 --seq 2048 \
-    --steps 6 --warmup-steps 3 --knobs all --json "$OUT/bench_1b.json" 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_1b.log" ;;
+  b=$(budget 560); timeout $((b + 5)) python3 bench/bench_trainer.py --shape llama-3.2-1b --models-dir /tmp/bench-models \
+    --rows 8 --seq 2048 --steps 6 --warmup-steps 3 --knobs all --deadline-s "$b" --json "$OUT/bench_1b.json" 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_1b.log" ;;
 bench-8b)
   section "LoRA throughput: random Llama-3.1-8B shape, bf16, packed to 2048"
-  timeout 560 python3 bench/bench_trainer.py --shape llama-3.1-8b --models-dir /tmp/bench-models --rows 2 --seq 2048 \
-    --steps 5 --warmup-steps 3 --knobs rows=fit --json "$OUT/bench_8b.json" 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_8b.log" ;;
+  b=$(budget 560); timeout $((b + 5)) python3 bench/bench_trainer.py --shape llama-3.1-8b --models-dir /tmp/bench-models \
+    --rows 2 --seq 2048 --steps 5 --warmup-steps 3 --knobs rows=fit --deadline-s "$b" --json "$OUT/bench_8b.json" 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_8b.log" ;;
 *) echo "unknown section '$s' (tests, cli, bench-tiny, qlora, bench-1b, bench-8b)"; exit 2 ;;
 esac; done
