@@ -15,6 +15,8 @@
 #   bench-1b    bench_trainer.py on a random Llama-3.2-1B shape: brightrun, Trainer+peft, TRL, and
 #               each knob (fused loss off, compiled layers, activation offload, micro-batch fitted) ~240 (planned)
 #   bench-8b    the same on a random Llama-3.1-8B shape: the three methods and the fitted micro-batch ~270 (planned)
+# BENCH_1B_S / BENCH_8B_S cap a bench's seconds; BENCH_{1B,8B}_METHODS and _KNOBS choose its rows
+# (bench_trainer.py --methods / --knobs; an empty knobs list runs the methods only).
 # Issue 18 in two calls: `qlora bench-1b`, then `bench-8b` (bench/RESULTS.md says what to carry).
 # Logs and the benches' JSON go to $OUT (or ./gpu-check-out). Python packages the machine lacks
 # travel as wheels in .whl/ (scripts/gpu_wheels.sh fills it; carry ".whl").
@@ -96,11 +98,13 @@ qlora)
   echo "QLoRA CLI took ${SECONDS}s" ;;
 bench-1b)
   section "LoRA throughput: random Llama-3.2-1B shape, bf16, packed to 2048"
-  b=$(budget 560); timeout $((b + 5)) python3 bench/bench_trainer.py --shape llama-3.2-1b --models-dir /tmp/bench-models \
-    --rows 8 --seq 2048 --steps 6 --warmup-steps 3 --knobs all --deadline-s "$b" --json "$OUT/bench_1b.json" 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_1b.log" ;;
+  b=$(budget "${BENCH_1B_S:-560}"); timeout $((b + 5)) python3 bench/bench_trainer.py --shape llama-3.2-1b --models-dir /tmp/bench-models \
+    --rows 8 --seq 2048 --steps 6 --warmup-steps 3 --methods "${BENCH_1B_METHODS:-brightrun,trl,hf}" \
+    --knobs "${BENCH_1B_KNOBS-all}" --deadline-s "$b" --json "$OUT/bench_1b.json" 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_1b.log" ;;
 bench-8b)
   section "LoRA throughput: random Llama-3.1-8B shape, bf16, packed to 2048"
-  b=$(budget 560); timeout $((b + 5)) python3 bench/bench_trainer.py --shape llama-3.1-8b --models-dir /tmp/bench-models \
-    --rows 2 --seq 2048 --steps 5 --warmup-steps 3 --knobs rows=fit --deadline-s "$b" --json "$OUT/bench_8b.json" 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_8b.log" ;;
+  b=$(budget "${BENCH_8B_S:-560}"); timeout $((b + 5)) python3 bench/bench_trainer.py --shape llama-3.1-8b --models-dir /tmp/bench-models \
+    --rows 2 --seq 2048 --steps 5 --warmup-steps 3 --methods "${BENCH_8B_METHODS:-brightrun,trl,hf}" \
+    --knobs "${BENCH_8B_KNOBS-rows=fit}" --deadline-s "$b" --json "$OUT/bench_8b.json" 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_8b.log" ;;
 *) echo "unknown section '$s' (tests, cli, bench-tiny, qlora, bench-1b, bench-8b)"; exit 2 ;;
 esac; done
