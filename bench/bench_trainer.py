@@ -183,6 +183,10 @@ def _messages(job: dict) -> list[list[dict[str, str]]]:
 
 
 def run_hf(job: dict, work: Path) -> dict:
+    """Trainer + peft at the job's conversations per optimizer step; where that micro-batch
+    runs out of GPU memory (padded logits in fp32 grow with the longest conversation), half
+    of it with twice the gradient accumulation, as a user of Trainer would, said in the row."""
+    import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
@@ -197,10 +201,20 @@ def run_hf(job: dict, work: Path) -> dict:
         # Trainer's causal LM loss shifts labels itself: labels are the token ids, masked where no target.
         labels = [IGNORE] + [e.input_ids[t] if e.targets[t - 1] != IGNORE else IGNORE for t in range(1, len(e.input_ids))]
         rows.append({"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": labels})
-    collator = _Counter(DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE))
-    args = TrainingArguments(per_device_train_batch_size=job["batch"], **_common_args(job, work))
-    trainer = Trainer(model=_lora_model(job), args=args, train_dataset=Dataset.from_list(rows), data_collator=collator)
-    return _timed(trainer, collator, job["warmup"])
+    accumulation = 1
+    while True:
+        collator = _Counter(DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE))
+        args = TrainingArguments(per_device_train_batch_size=max(1, job["batch"] // accumulation),
+                                 gradient_accumulation_steps=accumulation, **_common_args(job, work))
+        trainer = Trainer(model=_lora_model(job), args=args, train_dataset=Dataset.from_list(rows), data_collator=collator)
+        try:
+            return {**_timed(trainer, collator, job["warmup"]), "accumulation": accumulation}
+        except torch.cuda.OutOfMemoryError:
+            if job["batch"] // accumulation <= 1:
+                raise
+        del trainer
+        torch.cuda.empty_cache()
+        accumulation *= 2
 
 
 def run_trl(job: dict, work: Path) -> dict:
@@ -262,11 +276,12 @@ def _shape_and_model(args, models_dir: Path) -> tuple[str, object]:
     if args.shape:
         model = str(models_dir / args.shape)
         if not (Path(model) / "config.json").is_file():
-            from make_random_llama import make_random_llama
-
+            # In a process of its own: made on the GPU, the model would otherwise stay in this
+            # process's memory while every configuration runs.
             started = time.perf_counter()
-            params = make_random_llama(Path(model), args.shape)
-            print(f"random {args.shape}: {params / 1e9:.2f}B parameters in {time.perf_counter() - started:.0f} s", flush=True)
+            subprocess.run([sys.executable, str(REPO / "scripts" / "make_random_llama.py"), model, "--shape", args.shape],
+                           check=True, stdout=subprocess.DEVNULL)
+            print(f"random {args.shape} made in {time.perf_counter() - started:.0f} s", flush=True)
     config = json.loads((Path(resolve_base_model(model)) / "config.json").read_text())
     return model, ModelShape.from_config(config)
 
@@ -274,17 +289,19 @@ def _shape_and_model(args, models_dir: Path) -> tuple[str, object]:
 def _fitted_rows(shape, seq: int, overrides: dict, capacity: float, cuda: bool) -> int:
     """The most rows of `seq` tokens whose planned memory (services.flops.memory_need) stays
     within FIT_FRACTION of the device."""
-    from brightrun_cli.presets.schema import TrainingConfig
-    from brightrun_cli.services.flops import memory_need
+    from brightrun_cli.services.flops import GIB
 
-    best = 1
-    for rows in range(1, 129):
-        config = TrainingConfig(batch_size=rows, lora_rank=LORA["r"], target_modules=LORA["targets"], max_seq_length=seq,
-                                **{k: v for k, v in overrides.items() if k in ("fused_cross_entropy", "gradient_checkpointing")})
-        need = memory_need(shape, config, seq, weight_bytes=2 if cuda else 4, on_gpu=cuda)
-        if need.total <= FIT_FRACTION * capacity:
-            best = rows
-    return best
+    fits = [rows for rows in range(1, 129) if _planned_gib(shape, seq, rows, overrides, cuda) * GIB <= FIT_FRACTION * capacity]
+    return max(fits, default=1)
+
+
+def _planned_gib(shape, seq: int, rows: int, overrides: dict, cuda: bool) -> float:
+    from brightrun_cli.presets.schema import TrainingConfig
+    from brightrun_cli.services.flops import GIB, memory_need
+
+    config = TrainingConfig(batch_size=rows, lora_rank=LORA["r"], target_modules=LORA["targets"], max_seq_length=seq,
+                            **{k: v for k, v in overrides.items() if k in ("fused_cross_entropy", "gradient_checkpointing")})
+    return memory_need(shape, config, seq, weight_bytes=2 if cuda else 4, on_gpu=cuda).total / GIB
 
 
 def _device_info(cuda: bool) -> tuple[str, float | None, float]:
@@ -401,6 +418,8 @@ def main() -> None:
             except (OSError, ValueError):
                 result = {"error": f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1][:160]}"}
             result.update(label=label, batch=batch, rows=n_rows, wall_s=round(time.perf_counter() - started, 1))
+            if method == "brightrun":  # what the estimate's memory model plans for this micro-batch
+                result["planned_gib"] = round(_planned_gib(shape, args.seq, n_rows, overrides, cuda), 1)
             if "error" not in result:
                 result["tokens_per_sec"] = result["real_tokens"] / result["seconds"]
                 result["mfu"] = result["tokens_per_sec"] * flops_per_token / (peak * 1e12) if peak else None
@@ -419,8 +438,12 @@ def _row(r: dict) -> str:
         return f"{head}  FAILED {r['error']}  ({r['wall_s']} s)"
     mfu = f"MFU {r['mfu']:6.1%}" if r.get("mfu") is not None else "MFU    -  "
     peak = f"peak {r['peak_gib']:6.1f} GiB" if r.get("peak_gib") else "peak      -   "
+    if r.get("planned_gib") is not None:
+        peak += f" (plan {r['planned_gib']:.1f})"
     liger = {True: ", Liger", False: ", no Liger"}.get(r.get("liger"), "")
     failed = f"; Liger failed: {r['liger_error']}" if r.get("liger_error") else ""
+    if r.get("accumulation", 1) > 1:
+        failed += f"; {r['batch'] // r['accumulation']} conv x {r['accumulation']} accumulated (out of memory at {r['batch']})"
     return (f"{head}  {r['tokens_per_sec']:10.0f} real tok/s  {mfu}  {peak}  padding eff {r['padding_efficiency']:6.1%}"
             f"  ({r['real_tokens']} tok, {r['seconds']:.1f} s measured, {r['wall_s']} s wall{liger}{failed})")
 

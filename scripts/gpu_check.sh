@@ -10,14 +10,16 @@
 #   cli         the whole CLI loop on the GPU (dataset add, train, watch, jobs show)             ~40
 #   bench-tiny  bench_trainer.py on builtin:tiny and a ~200M random Llama                          ~120
 #   qlora       issue 18's GPU tests (fused loss in bf16, QLoRA 4bit/8bit/QDoRA on builtin:tiny and
-#               a random Llama-3.2-1B shape: trains, loads with peft, merges) and `train --set
-#               quantization=4bit` through the CLI, then `models merge`                      ~200 (planned)
-#   bench-1b    bench_trainer.py on a random Llama-3.2-1B shape: brightrun, Trainer+peft, TRL, and
-#               each knob (fused loss off, compiled layers, activation offload, micro-batch fitted) ~240 (planned)
-#   bench-8b    the same on a random Llama-3.1-8B shape: the three methods and the fitted micro-batch ~270 (planned)
+#               a random Llama-3.2-1B shape: trains, loads with peft, merges; 204 s on 2026-12-04, QDoRA
+#               142 s of it) and `train --set quantization=4bit` through the CLI, then `models merge`  ~260
+#   bench-1b    bench_trainer.py on a random Llama-3.2-1B shape: brightrun, TRL, Trainer+peft, and
+#               each knob (micro-batch fitted, compiled layers, fused loss off, activation offload);
+#               one configuration takes 25-45 s, compiled layers over 65 s                     ~330
+#   bench-8b    the same on a random Llama-3.1-8B shape (made and saved in 19 s): the three methods
+#               and the fitted micro-batch; 30-42 s a configuration                               ~200
 # BENCH_1B_S / BENCH_8B_S cap a bench's seconds; BENCH_{1B,8B}_METHODS and _KNOBS choose its rows
 # (bench_trainer.py --methods / --knobs; an empty knobs list runs the methods only).
-# Issue 18 in two calls: `qlora bench-1b`, then `bench-8b` (bench/RESULTS.md says what to carry).
+# A 15-minute lease holds about two of qlora, bench-1b, bench-8b (bench/RESULTS.md: what ran on 2026-12-04).
 # Logs and the benches' JSON go to $OUT (or ./gpu-check-out). Python packages the machine lacks
 # travel as wheels in .whl/ (scripts/gpu_wheels.sh fills it; carry ".whl").
 # DEADLINE_S=N: the whole script ends within N seconds: each section's timeout is cut to what is
@@ -88,7 +90,7 @@ qlora)
     br() { python3 -m brightrun_cli "$@"; }
     br hosts check local | grep -E "bitsandbytes|gpus"
     br dataset add examples/support_conversations.jsonl --name support --base-model builtin:tiny >/dev/null
-    job=$(br train --dataset support --preset tiny --set precision=bf16 --set quantization=4bit --set use_dora=true --set gpu_type="$gpu" --detach --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+    job=$(br train --dataset support --preset tiny --set precision=bf16 --set quantization=4bit --set num_epochs=1 --set gpu_type="$gpu" --detach --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
     timeout "$(budget 120)" python3 -m brightrun_cli watch "$job" --json | tail -c 600; echo
     br jobs show "$job" | head -20
     grep -E "quantization|DoRA|fused" "$BRIGHTRUN_HOME"/runs/*/trainer.log | head

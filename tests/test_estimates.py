@@ -43,13 +43,29 @@ def test_flops_model_7b_llama_one_million_tokens_on_h100(ws):
     assert with_gc - per_token == 2 * frozen + 2 * lora + attention // 3
 
 
-def test_memory_fit_7b_lora_batch8_2k_fits_80gb_not_16gb(ws):
+def test_memory_fit_7b_lora_batch8_2k_needs_checkpointing_on_80gb(ws):
     shape = ModelShape.from_config(LLAMA_7B)
-    need = memory_need(shape, TrainingConfig(batch_size=8, max_seq_length=2048), 2048, weight_bytes=2, on_gpu=True)
+    config = TrainingConfig(batch_size=8, max_seq_length=2048)
+    need = memory_need(shape, config, 2048, weight_bytes=2, on_gpu=True)
     assert need.weights == pytest.approx(6_738_149_376 * 2)
-    assert need.total <= 80 * GIB
-    assert need.total > 16 * GIB
-    assert need.total > 40 * GIB  # and not an A100-40GB either, without checkpointing
+    # 16k tokens a micro-batch keep > 80 GB of activations (an H200 measured a Llama-3.1-8B
+    # step of 3,087 tokens at 54.9 GiB); each layer's input alone fits.
+    assert need.total > 80 * GIB
+    checkpointed = memory_need(shape, config.replace(gradient_checkpointing=True), 2048, weight_bytes=2, on_gpu=True)
+    assert 16 * GIB < checkpointed.total <= 40 * GIB
+
+
+def test_memory_plan_is_within_10_percent_of_a_measured_h200_step(ws):
+    """bench/RESULTS.md, 2026-12-04: a random Llama-3.2-1B shape, bf16, LoRA r=16 on every
+    linear, 8 rows of 2,048 (15,260 real tokens a step, packed), fused loss: 31.6 GiB peak.
+    Counting the q/k/v LoRA input once (as before) planned 22.5 GiB: rows=fit then chose 52
+    rows, which ran out of memory."""
+    config_json = dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                       num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True)
+    shape = ModelShape.from_config(config_json)
+    config = TrainingConfig(batch_size=8, lora_rank=16, target_modules="all-linear", max_seq_length=2048)
+    planned = memory_need(shape, config, 2048, weight_bytes=2, on_gpu=True).total / GIB
+    assert planned == pytest.approx(31.6, rel=0.1)
 
 
 def test_estimate_says_what_fits_when_it_does_not(ws, tmp_path):

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -272,8 +273,6 @@ def test_qlora_trains_builtin_tiny_and_its_adapter_loads_and_merges(tmp_path, va
 
 
 def test_qlora_4bit_trains_a_random_llama_1b_in_a_fraction_of_its_bf16_memory(tmp_path):
-    import sys
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from make_random_llama import make_random_llama
 
@@ -286,7 +285,11 @@ def test_qlora_4bit_trains_a_random_llama_1b_in_a_fraction_of_its_bf16_memory(tm
         spec = write_run_dir(run, conversations=train[:96], validation=held_out[:8], base_model=str(model_dir),
                              precision="bf16", batch_size=8, max_steps=6, max_seq_length=512, quantization=quantization,
                              target_modules="all-linear", eval=None)
-        assert trainer_main([str(spec)]) == 0
+        # Each in a process of its own, as `train` runs it: the peak is per process, and one
+        # process training both would count the first run's leftovers in the second's peak.
+        proc = subprocess.run([sys.executable, "-m", "brightrun_cli.trainer", str(spec)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))})
+        assert proc.returncode == 0, proc.stderr[-2000:]
         res = result(run)
         assert res["status"] == "completed" and res["steps"] == 6
         peaks[quantization] = max(m["gpu_memory"] for m in metrics(run) if m["split"] == "train")

@@ -222,8 +222,11 @@ def memory_need(shape: ModelShape, config: TrainingConfig, seq_len: int, *, weig
     their gradient and two AdamW moments (16 bytes each), quantised base or not. Activations saved for backward, per token and layer
     (frozen linears need not keep their inputs, autograd saves only what a gradient
     needs): the two norm inputs (2h), q, k, v and the attention output (2a + 2kv), the
-    LoRA inputs (h for the shared q/k/v input; o_proj's is the attention output), and
-    the gated MLP's gate, up and activation outputs (3i, 2i ungated). With gradient
+    gated MLP's gate, up and activation outputs (3i, 2i ungated), and each LoRA module's
+    own copy of its input (its in-features: peft casts the input to the adapter's dtype
+    per module, and autocast casts it back, so q, k and v keep three copies, not one
+    shared: measured with saved_tensors_hooks, and on an H200 where counting one shared
+    copy planned a Llama-3.2-1B step at 22.5 GiB that peaked at 31.6). With gradient
     checkpointing only each layer's input (h) is kept, plus one layer recomputed.
     Logits: the LM head output in the compute dtype plus its fp32 copy for the loss, or
     with `fused_cross_entropy` one chunk of them (FUSED_LOGITS_BYTES at most).
@@ -235,7 +238,10 @@ def memory_need(shape: ModelShape, config: TrainingConfig, seq_len: int, *, weig
     tokens = config.batch_size * seq_len
     act_bytes = 2 if shards > 1 else weight_bytes
     mlp_saved = (3 if shape.gated_mlp else 2) * shape.intermediate * shape.experts_active
-    per_layer = 3 * shape.hidden + 2 * shape.attn_dim + 2 * shape.kv_dim + mlp_saved
+    lora_inputs = sum((shape.module_dims(name) or (shape.hidden, shape.hidden))[0]
+                      * (shape.experts_active if name in ("gate_proj", "up_proj", "down_proj") else 1)
+                      for name in shape.targeted_modules(config.target_modules))
+    per_layer = 2 * shape.hidden + 2 * shape.attn_dim + 2 * shape.kv_dim + mlp_saved + lora_inputs
     if config.gradient_checkpointing:
         activations = tokens * act_bytes * (shape.layers * shape.hidden + per_layer)
     else:
