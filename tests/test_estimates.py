@@ -63,9 +63,22 @@ def test_memory_plan_is_within_10_percent_of_a_measured_h200_step(ws):
     config_json = dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True)
     shape = ModelShape.from_config(config_json)
-    config = TrainingConfig(batch_size=8, lora_rank=16, target_modules="all-linear", max_seq_length=2048)
+    config = TrainingConfig(batch_size=8, lora_rank=16, lora_dropout=0.0, target_modules="all-linear", max_seq_length=2048)
     planned = memory_need(shape, config, 2048, weight_bytes=2, on_gpu=True).total / GIB
     assert planned == pytest.approx(31.6, rel=0.1)
+
+
+def test_each_lora_module_keeps_its_own_input_and_dropout_its_mask(ws):
+    shape = ModelShape.from_config(LLAMA_7B)
+    qv = TrainingConfig(batch_size=1, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    plain = memory_need(shape, qv, 1024, weight_bytes=2, on_gpu=True).activations
+    # q and v each keep a bf16 copy of the layer's input (one h each, not one shared h)...
+    qkvo = memory_need(shape, qv.replace(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]), 1024,
+                       weight_bytes=2, on_gpu=True).activations
+    assert qkvo - plain == 1024 * 2 * 32 * (2 * 4096)
+    # ... and with dropout a byte-per-element mask beside each copy.
+    dropped = memory_need(shape, qv.replace(lora_dropout=0.05), 1024, weight_bytes=2, on_gpu=True).activations
+    assert dropped - plain == 1024 * 2 * 32 * 4096
 
 
 def test_estimate_says_what_fits_when_it_does_not(ws, tmp_path):

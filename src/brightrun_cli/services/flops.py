@@ -226,7 +226,9 @@ def memory_need(shape: ModelShape, config: TrainingConfig, seq_len: int, *, weig
     own copy of its input (its in-features: peft casts the input to the adapter's dtype
     per module, and autocast casts it back, so q, k and v keep three copies, not one
     shared: measured with saved_tensors_hooks, and on an H200 where counting one shared
-    copy planned a Llama-3.2-1B step at 22.5 GiB that peaked at 31.6). With gradient
+    copy planned a Llama-3.2-1B step at 22.5 GiB that peaked at 31.6), and with
+    lora_dropout its dropout mask (a byte an element on CUDA; the CPU's dropout keeps a
+    noise tensor of the input's size). With gradient
     checkpointing only each layer's input (h) is kept, plus one layer recomputed.
     Logits: the LM head output in the compute dtype plus its fp32 copy for the loss, or
     with `fused_cross_entropy` one chunk of them (FUSED_LOGITS_BYTES at most).
@@ -241,6 +243,8 @@ def memory_need(shape: ModelShape, config: TrainingConfig, seq_len: int, *, weig
     lora_inputs = sum((shape.module_dims(name) or (shape.hidden, shape.hidden))[0]
                       * (shape.experts_active if name in ("gate_proj", "up_proj", "down_proj") else 1)
                       for name in shape.targeted_modules(config.target_modules))
+    if config.lora_dropout > 0:  # each module's dropout keeps its mask: a byte an element on CUDA, a full noise tensor on a CPU
+        lora_inputs *= 1.5 if on_gpu else 2
     per_layer = 2 * shape.hidden + 2 * shape.attn_dim + 2 * shape.kv_dim + mlp_saved + lora_inputs
     if config.gradient_checkpointing:
         activations = tokens * act_bytes * (shape.layers * shape.hidden + per_layer)
