@@ -96,6 +96,8 @@ def run_brightrun(job: dict, work: Path) -> dict:
         "logging_steps": 1, "max_steps": job["warmup"] + job["steps"], "eval": None,
     }
     (work / "spec.json").write_text(json.dumps(spec))
+    if job.get("profile") and job["warmup"] >= 1:  # the last warm-up step: out of the timed ones
+        os.environ["BRIGHTRUN_PROFILE_STEP"] = str(job["warmup"])
     code = trainer_main([str(work / "spec.json")])
     if code != 0:
         raise RuntimeError(json.loads((work / "result.json").read_text()).get("error") or f"trainer exit {code}")
@@ -105,7 +107,9 @@ def run_brightrun(job: dict, work: Path) -> dict:
     tokens = sum(this["tokens_seen"] - previous["tokens_seen"] for previous, this in steps)
     seconds = sum((this["tokens_seen"] - previous["tokens_seen"]) / this["tokens_per_sec"] for previous, this in steps)
     memory = max((line.get("gpu_memory") or 0.0) for line in lines)
-    return {"real_tokens": tokens, "processed_tokens": tokens, "seconds": seconds, "peak_gib": memory or None}
+    profile = (work / "profile.txt").read_text() if (work / "profile.txt").is_file() else None
+    return {"real_tokens": tokens, "processed_tokens": tokens, "seconds": seconds, "peak_gib": memory or None,
+            "profile": profile}
 
 
 class _Counter:
@@ -331,6 +335,8 @@ def main() -> None:
     parser.add_argument("--knobs", default="", help=f"comma-separated, or all: {', '.join(KNOBS)}")
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto", help="cpu: hide the GPU (smoke runs)")
     parser.add_argument("--json", type=Path, help="write the table's rows here too (after each configuration)")
+    parser.add_argument("--profile", type=Path, help="profile the last warm-up step of each brightrun row "
+                        "(BRIGHTRUN_PROFILE_STEP) and write the profiles to this file; needs --warmup-steps >= 1")
     parser.add_argument("--deadline-s", type=float,
                         help="seconds this whole run may take: a configuration that would not finish in what is left "
                              "(judged by the median so far) is skipped, one still running at the deadline is stopped")
@@ -406,7 +412,8 @@ def main() -> None:
             data.write_text("".join(json.dumps({"conversation_id": str(j), "turns": c}) + "\n" for j, c in enumerate(chats)))
             job = {"method": method, "model": model, "data": str(data), "batch": batch, "seq": args.seq, "cuda": cuda,
                    "trl_rows": n_rows, "trl_length": min(args.seq, round(batch * mean_len)), "overrides": overrides,
-                   "warmup": args.warmup_steps, "steps": args.steps, "result": str(Path(tmp) / f"result-{i}.json")}
+                   "warmup": args.warmup_steps, "steps": args.steps, "result": str(Path(tmp) / f"result-{i}.json"),
+                   "profile": bool(args.profile)}
             (Path(tmp) / f"job-{i}.json").write_text(json.dumps(job))
             started = time.perf_counter()
             try:
@@ -424,8 +431,14 @@ def main() -> None:
                 result["tokens_per_sec"] = result["real_tokens"] / result["seconds"]
                 result["mfu"] = result["tokens_per_sec"] * flops_per_token / (peak * 1e12) if peak else None
                 result["padding_efficiency"] = result["real_tokens"] / result["processed_tokens"]
+            profile = result.pop("profile", None)
             table.append(result)
             print(_row(result), flush=True)
+            if profile:
+                result["profile"] = profile.splitlines()[0]
+                print(f"{'':38s} profile: {result['profile']}", flush=True)
+                with args.profile.open("a") as out:
+                    out.write(f"== {label}\n{profile}\n")
             save()
     _summary(table, args.shape)
 

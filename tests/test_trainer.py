@@ -345,3 +345,28 @@ def test_warm_up_is_cut_to_its_fraction_of_the_run():
     assert warmup_for(5, 0.1, 136) == 5
     assert warmup_for(100, 0.0, 136) == 0
     assert Hyperparameters().max_warmup_fraction == 1.0 and warmup_for(100, 1.0, 50) == 50
+
+
+def test_a_profiled_step_says_where_its_time_went_and_trains_as_any_other(tmp_path, monkeypatch):
+    from brightrun_cli.trainer.main import main as trainer_main
+
+    monkeypatch.setenv("BRIGHTRUN_PROFILE_STEP", "2")
+    spec = write_run_dir(tmp_path, max_steps=3, eval=None)
+    assert trainer_main([str(spec)]) == 0
+    profile = (tmp_path / "profile.txt").read_text()
+    first = profile.splitlines()[0]
+    assert first.startswith("step 2: ") and " s wall, " in first and "real tokens" in first
+    assert "aten::" in profile and "Self CPU" in profile  # the operator table, by time
+    steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert steps == [1, 2, 3] and result(tmp_path)["status"] == "completed"
+    assert "profile of step 2" in (tmp_path / "trainer.log").read_text()
+
+
+def test_a_profile_step_that_is_not_a_step_number_is_ignored_with_a_word(tmp_path, monkeypatch):
+    from brightrun_cli.trainer.main import main as trainer_main
+
+    monkeypatch.setenv("BRIGHTRUN_PROFILE_STEP", "last")
+    spec = write_run_dir(tmp_path, max_steps=1, eval=None)
+    assert trainer_main([str(spec)]) == 0
+    assert not (tmp_path / "profile.txt").exists()
+    assert "BRIGHTRUN_PROFILE_STEP=last ignored" in (tmp_path / "trainer.log").read_text()

@@ -538,6 +538,51 @@ def train_step(run: Run, micro_batches: list[list[int]], step_tokens: int) -> tu
     return float(shared[0]) / step_tokens, grad_norm, int(shared[1]), bool(shared[2] > 0)
 
 
+PROFILE_ENV = "BRIGHTRUN_PROFILE_STEP"
+
+
+def _profile_step(log) -> int | None:
+    """The optimizer step to profile, from BRIGHTRUN_PROFILE_STEP (1 is the first step; a
+    later one leaves start-up and compiling out), or None."""
+    value = os.environ.get(PROFILE_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        log.info("%s=%s ignored: give the number of an optimizer step (1, 2, ...)", PROFILE_ENV, value)
+        return None
+    return int(value)
+
+
+def profiled_step(run: Run, micro_batches: list[list[int]], step_tokens: int) -> tuple[float, float, int, bool]:
+    """train_step under torch.profiler; writes profile.txt beside the metrics: the step's wall
+    time, how much of it the GPU was busy and with how many kernels, and the operators that
+    took the most device (or, without a GPU, CPU) time. For a step far from its FLOP floor:
+    a GPU idle between kernels points at the host (launches, syncs), a busy one at kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    with profile(activities=activities, record_shapes=False) as prof:
+        result = train_step(run, micro_batches, step_tokens)
+        if cuda:
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - started
+    events = prof.events()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA] if cuda else []
+    busy = sum(e.time_range.elapsed_us() for e in kernels) / 1e6
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=40)
+    summary = (f"step {run.state.step + 1}: {wall:.3f} s wall, {result[2]} real tokens"
+               + (f"; GPU busy {busy:.3f} s ({busy / wall:.0%}) in {len(kernels)} kernels" if cuda else ""))
+    path = run.spec.output_dir / "profile.txt"
+    path.write_text(summary + "\n\n" + table + "\n")
+    run.log.info("profile of %s, written to %s", summary, path)
+    return result
+
+
 class _nullcontext:
     def __enter__(self):
         return None
@@ -695,6 +740,7 @@ def fit(run: Run) -> None:
             save_checkpoint(run)
             raise Stopped()
         run.model.train()
+        profile_step = _profile_step(run.log)
         window_tokens, window_start = 0, time.perf_counter()
         while run.state.step < run.total_steps:
             epoch, index = divmod(run.state.step, run.steps_per_epoch)
@@ -702,7 +748,10 @@ def fit(run: Run) -> None:
                               acc.num_processes, spec.seed, epoch)
             step_groups = plan[index]
             step_tokens = sum(run.train[j].loss_tokens for group in step_groups for mb in group for j in mb)
-            loss, grad_norm, real, stop = train_step(run, step_groups[acc.process_index], step_tokens)
+            if run.state.step + 1 == profile_step and acc.is_main_process:
+                loss, grad_norm, real, stop = profiled_step(run, step_groups[acc.process_index], step_tokens)
+            else:
+                loss, grad_norm, real, stop = train_step(run, step_groups[acc.process_index], step_tokens)
             run.state.step += 1
             run.state.tokens_seen += real
             run.state.training_loss = loss
