@@ -493,3 +493,69 @@ def test_a_stream_left_early_stops_generating(tiny_with_adapter):
     started = time.monotonic()
     pieces.close()  # what Ctrl-C in `models try` does to the loop reading it
     assert time.monotonic() - started < 5
+
+
+# ---------------------------------------------------------------- harmony (gpt-oss)
+
+
+def test_a_harmony_answer_reads_as_reasoning_then_the_final_text():
+    from brightrun_cli.generation.chat import harmony_answer
+
+    raw = ("<|channel|>analysis<|message|>The user wants the order status.<|end|>"
+           "<|start|>assistant<|channel|>final<|message|>Order 12345 has shipped.")
+    text = harmony_answer(raw)
+    assert text == "<think>\nThe user wants the order status.\n</think>\n\nOrder 12345 has shipped."
+    assert metrics.without_reasoning(text) == "Order 12345 has shipped."
+    # Decoded without its special tokens the same answer read "analysisThe user ...assistantfinalOrder ...".
+    still_thinking = harmony_answer("<|channel|>analysis<|message|>Let me think about")
+    assert metrics.without_reasoning(still_thinking) == "" and "Let me think about" in still_thinking
+    assert harmony_answer("Plain text, no channels<|return|>") == "Plain text, no channels"
+
+
+def test_a_harmony_function_call_is_a_call_the_metrics_read_wherever_its_recipient_is_written():
+    from brightrun_cli.generation.chat import harmony_answer
+
+    in_channel = ("<|channel|>analysis<|message|>Look it up.<|end|><|start|>assistant<|channel|>commentary "
+                  "to=functions.get_order <|constrain|>json<|message|>{\"order_id\": \"12345\"}")
+    in_role = "<|start|>assistant to=functions.get_order<|channel|>commentary json<|message|>{\"order_id\": \"12345\"}<|call|>"
+    for raw in (in_channel, in_role):
+        assert metrics.calls_in(harmony_answer(raw)) == [{"name": "get_order", "arguments": {"order_id": "12345"}}]
+    # A commentary preamble (no recipient) is text the user sees.
+    preamble = "<|channel|>commentary<|message|>Checking that for you.<|end|>"
+    assert harmony_answer(preamble + in_role).startswith("Checking that for you.\n<tool_call>")
+
+
+def test_a_harmony_stream_shows_the_parsed_answer_and_a_call_only_once_whole():
+    from brightrun_cli.generation.chat import harmony_answer
+    from brightrun_cli.generation.engine import _harmony_pieces
+
+    raw = ("<|channel|>analysis<|message|>Need the order.<|end|><|start|>assistant<|channel|>final<|message|>"
+           "Let me check.<|end|><|start|>assistant to=functions.get_order<|channel|>commentary json<|message|>"
+           "{\"order_id\": \"1\"}<|call|>")
+    pieces = [raw[i:i + 7] for i in range(0, len(raw), 7)]
+    shown = list(_harmony_pieces(iter(pieces)))
+    assert "".join(shown) == harmony_answer(raw)
+    assert not any("<tool_call>" in p for p in shown[:-1]) and shown[-1].endswith("</tool_call>")
+
+
+def test_a_harmony_model_answers_through_its_channels_and_stops_at_return_not_end():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from brightrun_cli.builtin import resolve_base_model
+    from brightrun_cli.generation.engine import ChatModel
+
+    path = resolve_base_model("builtin:tiny")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|start|>", "<|channel|>", "<|message|>", "<|end|>",
+                                                                "<|return|>", "<|call|>"]})
+    model = AutoModelForCausalLM.from_pretrained(path)
+    model.resize_token_embeddings(len(tokenizer))
+    engine = ChatModel(model, tokenizer)
+    assert engine.harmony
+    added = tokenizer.get_added_vocab()
+    stops = {seq for seq in engine.stop_sequences if len(seq) == 1}
+    assert (added["<|return|>"],) in stops and (added["<|call|>"],) in stops and (added["<|end|>"],) not in stops
+    generated = tokenizer("<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>"
+                          "Shipped.<|return|>padding", add_special_tokens=False)["input_ids"]
+    answer = engine._answer(generated, 64)
+    assert answer.stopped and answer.text == "<think>\nThink.\n</think>\n\nShipped."

@@ -9,6 +9,7 @@ none, `FALLBACK_CHAT_TEMPLATE`, which the trainer also saves with the tuned mode
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -171,3 +172,64 @@ def end_of_turn(tokenizer) -> str:
     # A template may rewrite the answer's surroundings (e.g. an empty reasoning block): find the answer itself.
     at = through.find(sentinel, len(prompt) if through.startswith(prompt) else 0)
     return through[at + len(sentinel):] if at >= 0 else ""
+
+
+# OpenAI's harmony format (gpt-oss): an answer is a run of messages, each
+# `<|channel|>NAME<|message|>TEXT` ended by <|end|>, <|return|> or (a tool call) <|call|>, the
+# next one opened by `<|start|>assistant`. Decoded without its special tokens it reads
+# "analysisREASONING...assistantfinalANSWER", so it is parsed from the tokens instead.
+HARMONY_MARKERS = ("<|channel|>", "<|message|>")
+_HARMONY_END = re.compile(r"<\|(?:end|return|call)\|>")
+_HARMONY_CHANNEL = re.compile(r"<\|channel\|>\s*([A-Za-z_]+)")
+_HARMONY_RECIPIENT = re.compile(r"to=functions\.([^\s<]+)")
+_HARMONY_TOKEN = re.compile(r"<\|[a-z_]+\|>")
+_HARMONY_PARTIAL = re.compile(r"<(\|[a-z_]*\|?)?$")
+
+
+def uses_harmony(tokenizer) -> bool:
+    """Whether the tokenizer has harmony's channel and message tokens (gpt-oss)."""
+    added = tokenizer.get_added_vocab() if hasattr(tokenizer, "get_added_vocab") else {}
+    return all(marker in added for marker in HARMONY_MARKERS)
+
+
+def harmony_answer(raw: str, *, streaming: bool = False) -> str:
+    """A harmony answer (decoded with its special tokens) in the form the rest of brightrun
+    reads: the `analysis` channel as a `<think>...</think>` block first (left open when the
+    answer ends inside it), the user-visible text (`final`, and `commentary` preambles), and
+    each function call (`to=functions.NAME`, its message the JSON arguments) as a
+    `<tool_call>{"name", "arguments"}</tool_call>`. Text with no harmony message in it is
+    returned with its special tokens removed. streaming (the text so far of an answer still
+    being generated): nothing before the first message starts, no call before its message
+    ends (its arguments are not JSON yet), and no marker cut in half at the end."""
+    reasoning: list[str] = []
+    visible: list[str] = []
+    open_reasoning = False
+    at = 0
+    while (start := raw.find("<|message|>", at)) >= 0:
+        header = raw[at:start]
+        end = _HARMONY_END.search(raw, start)
+        body = raw[start + len("<|message|>"):end.start() if end else len(raw)]
+        if end is None and streaming:
+            body = _HARMONY_PARTIAL.sub("", body)
+        at = end.end() if end else len(raw)
+        channel = _HARMONY_CHANNEL.search(header)
+        recipient = _HARMONY_RECIPIENT.search(header)
+        if recipient:
+            if end is None and streaming:
+                continue
+            try:
+                arguments: Any = json.loads(body)
+            except ValueError:
+                arguments = body.strip()
+            visible.append("<tool_call>" + json.dumps({"name": recipient.group(1), "arguments": arguments}) + "</tool_call>")
+        elif channel and channel.group(1) == "analysis":
+            reasoning.append(body.strip())
+            open_reasoning = end is None
+        else:
+            visible.append(body.strip())
+    if not at:
+        return "" if streaming else _HARMONY_TOKEN.sub("", raw).strip()
+    think = ""
+    if reasoning:
+        think = "<think>\n" + "\n".join(reasoning) + ("" if open_reasoning else "\n</think>\n\n")
+    return (think + "\n".join(v for v in visible if v)).strip()

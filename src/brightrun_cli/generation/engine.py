@@ -80,7 +80,8 @@ class ChatModel:
         if getattr(config, "_attn_implementation", "sdpa") not in MASKED_ATTENTION:
             _set_attention(model, "sdpa")
         self.device = next(model.parameters()).device
-        self.stop_sequences = _stop_sequences(tokenizer, model)
+        self.harmony = chat.uses_harmony(tokenizer)  # gpt-oss: answers are parsed from their channel tokens
+        self.stop_sequences = _stop_sequences(tokenizer, model, self.harmony)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.max_positions = getattr(config, "max_position_embeddings", None)
         self.kv_bytes_per_position = _kv_bytes_per_position(config, next(model.parameters()).element_size())
@@ -170,10 +171,14 @@ class ChatModel:
         for end in range(1, len(generated) + 1):
             for seq in self.stop_sequences:
                 if end >= len(seq) and tuple(generated[end - len(seq):end]) == seq:
-                    text = self.tokenizer.decode(generated[:end - len(seq)], skip_special_tokens=True)
-                    return Answer(text.strip(), True, end)
+                    return Answer(self._decode(generated[:end - len(seq)]), True, end)
         generated = generated[:max_new_tokens]
-        return Answer(self.tokenizer.decode(generated, skip_special_tokens=True).strip(), False, len(generated))
+        return Answer(self._decode(generated), False, len(generated))
+
+    def _decode(self, ids: list[int]) -> str:
+        if self.harmony:
+            return chat.harmony_answer(self.tokenizer.decode(ids, skip_special_tokens=False))
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     # ------------------------------------------------------------ one answer, sampled or streamed
 
@@ -201,7 +206,7 @@ class ChatModel:
 
         sampling.check()
         ids = torch.tensor([self._fit(self.prompt_ids(messages, tools), sampling.max_new_tokens)], device=self.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=not self.harmony)
         kwargs = self._generate_kwargs(sampling)
         cancelled = threading.Event()
         kwargs["stopping_criteria"] = StoppingCriteriaList([*kwargs.get("stopping_criteria", []), _Cancelled(cancelled)])
@@ -220,14 +225,28 @@ class ChatModel:
         worker = threading.Thread(target=generate, name="brightrun-generate", daemon=True)
         worker.start()
         try:
-            for piece in streamer:
-                if piece:
-                    yield piece
+            yield from (_harmony_pieces(streamer) if self.harmony else (piece for piece in streamer if piece))
         finally:
             cancelled.set()
             worker.join()
         if failure:
             raise failure[0]
+
+
+def _harmony_pieces(raw_pieces: Iterator[str]) -> Iterator[str]:
+    """A harmony answer streamed as brightrun shows answers (chat.harmony_answer): each new
+    piece is what the parse of the text so far adds; a tool call appears once its message
+    is complete (its arguments are not JSON before that)."""
+    raw, shown = "", ""
+    for piece in raw_pieces:
+        raw += piece
+        text = chat.harmony_answer(raw, streaming=True)
+        if text.startswith(shown) and len(text) > len(shown):
+            yield text[len(shown):]
+            shown = text
+    text = chat.harmony_answer(raw)  # whole now; an answer with no harmony message at all shows here
+    if text.startswith(shown) and len(text) > len(shown):
+        yield text[len(shown):]
 
 
 @contextlib.contextmanager
@@ -313,11 +332,16 @@ def _kv_bytes_per_position(config, element_size: int) -> int:
     return max(1, 2 * layers * kv_heads * head_dim * element_size)
 
 
-def _stop_sequences(tokenizer, model) -> list[tuple[int, ...]]:
+def _stop_sequences(tokenizer, model, harmony: bool = False) -> list[tuple[int, ...]]:
     """Token sequences that end an answer: the template's end-of-turn marker, the tokenizer's
-    EOS and the model's generation EOS ids."""
+    EOS and the model's generation EOS ids. In harmony (gpt-oss) a message's <|end|> is not
+    the answer's end (the reasoning message ends with it, the final one follows): <|return|>
+    and a tool call's <|call|> are."""
     sequences: set[tuple[int, ...]] = set()
-    marker = chat.end_of_turn(tokenizer)
+    marker = None if harmony else chat.end_of_turn(tokenizer)
+    if harmony:
+        added = tokenizer.get_added_vocab()
+        sequences.update((added[t],) for t in ("<|return|>", "<|call|>") if t in added)
     if marker:
         ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
         if ids:
