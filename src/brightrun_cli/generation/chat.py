@@ -130,6 +130,10 @@ def answer_text(tokenizer, messages: list[dict[str, Any]], index: int, tools: li
 DROPPED_CALLS_HINT = ("train with --set chat_template=chatml (ChatML with tools), or use a base model whose template "
                       "writes them (Qwen2.5/3, Llama 3.1+, Mistral, Hermes)")
 
+# A whole function schema: templates read its description and parameters (gpt-oss's raises without them).
+_PROBE_TOOL = {"type": "function", "function": {
+    "name": "brightrun_probe_function", "description": "A probe of the chat template.",
+    "parameters": {"type": "object", "properties": {"brightrun_probe_argument": {"type": "integer"}}}}}
 _PROBE_CALL = {"type": "function", "function": {"name": "brightrun_probe_function", "arguments": {"brightrun_probe_argument": 1}}}
 
 
@@ -138,8 +142,7 @@ def renders_tool_calls(tokenizer) -> bool:
     arguments) into the text: many older templates print only `content`, and would train a
     model on empty answers where the data holds calls."""
     messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "", "tool_calls": [_PROBE_CALL]}]
-    tools = [{"type": "function", "function": {"name": "brightrun_probe_function", "parameters": {}}}]
-    return _writes(tokenizer, messages, tools, "brightrun_probe_function", "brightrun_probe_argument")
+    return _writes(tokenizer, messages, [_PROBE_TOOL], "brightrun_probe_function", "brightrun_probe_argument")
 
 
 def renders_reasoning(tokenizer) -> bool:
@@ -172,6 +175,35 @@ def end_of_turn(tokenizer) -> str:
     # A template may rewrite the answer's surroundings (e.g. an empty reasoning block): find the answer itself.
     at = through.find(sentinel, len(prompt) if through.startswith(prompt) else 0)
     return through[at + len(sentinel):] if at >= 0 else ""
+
+
+def end_of_turn_between(tokenizer) -> str:
+    """The token a template writes right after an assistant's answer when another turn
+    follows it, where that differs from `end_of_turn` (gpt-oss closes a message in the
+    middle of a conversation with <|end|>, the last one with <|return|>); "" when the
+    template refuses the probe or writes nothing there."""
+    sentinel = "brightrun-answer-sentinel"
+    messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": sentinel},
+                {"role": "user", "content": "again"}]
+    try:
+        text = render(tokenizer, messages, False)
+    except Exception:
+        return ""
+    at = text.find(sentinel)
+    if at < 0:
+        return ""
+    after = text[at + len(sentinel):]
+    last = end_of_turn(tokenizer)
+    if last and after.startswith(last):
+        return last
+    tag = _TAG.match(after)  # a marker tag whole, also where the tokenizer splits it into pieces
+    if tag:
+        return tag.group(0)
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    return tokenizer.decode(ids[:1]) if ids else ""
+
+
+_TAG = re.compile(r"<\|?/?[A-Za-z_][\w.-]*\|?>")
 
 
 # OpenAI's harmony format (gpt-oss): an answer is a run of messages, each

@@ -105,7 +105,10 @@ class Sample:
         turn = {"role": "assistant", "content": self.reference, **({"tool_calls": self.calls} if self.calls else {}),
                 **({"reasoning_content": self.reasoning} if self.reasoning else {})}
         text = chat.answer_text(tokenizer, [*self.prompt, turn], len(self.prompt), self.tools)
-        return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"], skip_special_tokens=True).strip()
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if chat.uses_harmony(tokenizer):  # gpt-oss: read from its channels, as its answers are (ChatModel._decode)
+            return chat.harmony_answer(tokenizer.decode(ids, skip_special_tokens=False))
+        return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     def functions_called(self) -> list[dict]:
         """The turn's calls as [{"name", "arguments"}] ([] when it calls nothing)."""

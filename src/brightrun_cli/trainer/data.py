@@ -60,7 +60,7 @@ def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = 
     """The rendered conversation and the character spans the model is trained to produce."""
     text = chat.render(tokenizer, messages, False, tools)
     spans: list[tuple[int, int]] = []
-    end_marker = None
+    end_markers = None
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or message.get("weight") == 0:
             continue
@@ -72,23 +72,24 @@ def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = 
             # A template that writes a turn differently once others follow it (Qwen3 writes an
             # empty reasoning block only into the last one, drops earlier reasoning): find
             # what it writes for this turn in the whole conversation.
-            if end_marker is None:
-                end_marker = chat.end_of_turn(tokenizer) or tokenizer.eos_token or ""
-            span = _turn_in_context(tokenizer, messages, i, tools, text, end_marker, spans[-1][1] if spans else 0)
+            if end_markers is None:  # how a turn ends last, and with others after it (gpt-oss: <|return|>, <|end|>)
+                last = chat.end_of_turn(tokenizer) or tokenizer.eos_token or ""
+                end_markers = [m for m in dict.fromkeys([last, chat.end_of_turn_between(tokenizer)]) if m.strip()]
+            span = _turn_in_context(tokenizer, messages, i, tools, text, end_markers, spans[-1][1] if spans else 0)
             if span is None:
                 continue
             start, end = span
-            if end_marker and text.startswith(end_marker, end):
-                end += len(end_marker)
+            end += next((len(m) for m in end_markers if text.startswith(m, end)), 0)
         if end > start:
             spans.append((start, end))
     return text, spans
 
 
 def _turn_in_context(tokenizer, messages: list[dict], index: int, tools: list[dict] | None, text: str,
-                     end_marker: str, after: int) -> tuple[int, int] | None:
+                     end_markers: list[str], after: int) -> tuple[int, int] | None:
     """The characters of `text` (the whole conversation rendered) that messages[index] (an
-    assistant turn) puts there: its text and tool calls, up to its end of turn (`end_marker`).
+    assistant turn) puts there: its text and tool calls, up to its end of turn (the first
+    of `end_markers` after it).
     Found by rendering the conversation again with placeholders for the turn's text and its
     calls' names (arguments emptied, ids kept, so templates that check calls still render
     it): the turn is what the two renderings do not share before the first placeholder,
@@ -110,7 +111,7 @@ def _turn_in_context(tokenizer, messages: list[dict], index: int, tools: list[di
         start = text.find(content, after) if content else -1
         return (start, start + len(content)) if start >= 0 else None
     start = min(len(os.path.commonprefix([text, other])), first)
-    turn_end = other.find(end_marker, last) if end_marker else -1
+    turn_end = min((at for at in (other.find(m, last) for m in end_markers) if at >= 0), default=-1)
     after_turn = len(other) - (turn_end if turn_end >= 0 else last + len(placeholder))  # what follows the turn
     shared_end = len(os.path.commonprefix([text[::-1], other[::-1]]))
     end = len(text) - min(shared_end, after_turn)
