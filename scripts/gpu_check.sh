@@ -101,12 +101,12 @@ qlora)
 bench-1b)
   section "LoRA throughput: random Llama-3.2-1B shape, bf16, packed to 2048"
   b=$(budget "${BENCH_1B_S:-560}"); timeout $((b + 5)) python3 bench/bench_trainer.py --shape llama-3.2-1b --models-dir /tmp/bench-models \
-    --rows 8 --seq 2048 --steps 6 --warmup-steps 3 --methods "${BENCH_1B_METHODS:-brightrun,trl,hf}" \
+    --rows 8 --seq 2048 --steps 6 --warmup-steps 3 --methods "${BENCH_1B_METHODS:-brightrun,trl-flex,trl,hf}" \
     --knobs "${BENCH_1B_KNOBS-all}" --deadline-s "$b" --json "$OUT/bench_1b.json" --profile "$OUT/profile_1b.txt" 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_1b.log" ;;
 bench-8b)
   section "LoRA throughput: random Llama-3.1-8B shape, bf16, packed to 2048"
   b=$(budget "${BENCH_8B_S:-560}"); timeout $((b + 5)) python3 bench/bench_trainer.py --shape llama-3.1-8b --models-dir /tmp/bench-models \
-    --rows 2 --seq 2048 --steps 5 --warmup-steps 3 --methods "${BENCH_8B_METHODS:-brightrun,trl,hf}" \
+    --rows 2 --seq 2048 --steps 5 --warmup-steps 3 --methods "${BENCH_8B_METHODS:-brightrun,trl-flex,trl,hf}" \
     --knobs "${BENCH_8B_KNOBS-rows=fit}" --deadline-s "$b" --json "$OUT/bench_8b.json" --profile "$OUT/profile_8b.txt" 2>&1 | grep -v -i -E "$QUIET" | tee "$OUT/bench_8b.log" ;;
 *) echo "unknown section '$s' (tests, cli, bench-tiny, qlora, bench-1b, bench-8b)"; exit 2 ;;
 esac; done
