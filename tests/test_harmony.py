@@ -77,3 +77,22 @@ def test_references_are_read_from_their_channels_as_answers_are(gpt_oss):
     assert metrics.without_reasoning(reasoned) == "It shipped."
     calling = evaluate.Sample("c2", 1, prompt, "", tools=[GET_ORDER], calls=[CALL])
     assert metrics.calls_in(calling.reference_for(gpt_oss)) == calling.functions_called()
+
+
+def test_an_earlier_turns_analysis_is_learned_from_a_copy_ending_with_it(gpt_oss, tmp_path):
+    import json
+
+    from brightrun_cli.trainer.data import tokenize_file
+
+    turns = [{"role": "user", "content": "Where is order 1?"},
+             {"role": "assistant", "content": "It shipped.", "reasoning_content": "Look it up."},
+             {"role": "user", "content": "Thanks"},
+             {"role": "assistant", "content": "Welcome!", "reasoning_content": "Be polite."}]
+    assert chat.drops_earlier_reasoning(gpt_oss)
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"conversation_id": "c", "turns": turns}) + "\n")
+    examples, _ = tokenize_file(gpt_oss, path, 2048, True)
+    assert [learned(gpt_oss, e) for e in examples] == [
+        ["<|channel|>analysis<|message|>Look it up.<|end|><|start|>assistant<|channel|>final<|message|>It shipped.<|return|>"],
+        ["<|channel|>analysis<|message|>Be polite.<|end|><|start|>assistant<|channel|>final<|message|>Welcome!<|return|>"],
+    ]

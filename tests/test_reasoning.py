@@ -135,3 +135,61 @@ def test_smollm2_learns_to_reason_in_chatml_and_is_judged_by_its_answer(brightru
     sample = evaluated["samples"][0]
     assert sample["reference"].startswith("<think>\n") and sample["tuned"]["answer"].startswith("<think>\n")
     assert metrics.without_reasoning(sample["tuned"]["answer"]) == metrics.without_reasoning(sample["reference"])
+
+
+# Like Qwen3's and gpt-oss's: an assistant turn's reasoning only while it is the last turn.
+LAST_TURN_THINKS = (
+    "{% for m in messages %}{{ '<|im_start|>' + m.role + '\n' }}"
+    "{% if m.role == 'assistant' and loop.last and m.reasoning_content %}"
+    "{{ '<think>\n' + m.reasoning_content + '\n</think>\n\n' }}{% endif %}"
+    "{{ m.content + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def two_reasoned_turns() -> list[dict]:
+    return [{"role": "user", "content": "What is 1 + 1?"},
+            {"role": "assistant", "content": "2.", "reasoning_content": "One plus one."},
+            {"role": "user", "content": "And 2 + 2?"},
+            {"role": "assistant", "content": "4.", "reasoning_content": "Two plus two."}]
+
+
+def test_earlier_turns_reasoning_is_learned_from_a_copy_that_ends_with_the_turn(tmp_path):
+    """The template writes no reasoning into a turn that others follow, so the whole
+    conversation alone would teach "2." without its thinking: that turn is learned from the
+    conversation up to it, reasoning first, as the model will answer it."""
+    from transformers import AutoTokenizer
+
+    from brightrun_cli.generation import chat
+    from brightrun_cli.trainer.data import IGNORE, tokenize_file
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("builtin:tiny"))
+    tokenizer.chat_template = LAST_TURN_THINKS
+    assert chat.drops_earlier_reasoning(tokenizer)
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"conversation_id": "c", "turns": two_reasoned_turns()}) + "\n"
+                    + json.dumps({"conversation_id": "d", "turns": two_reasoned_turns()[:2]}) + "\n")
+    counts: dict[str, int] = {}
+    examples, _ = tokenize_file(tokenizer, path, 1024, True, counts)
+    learned = [tokenizer.decode([t for t in e.targets if t != IGNORE]) for e in examples]
+    assert learned == ["<think>\nOne plus one.\n</think>\n\n2.<|im_end|>",  # c up to its first answer
+                       "<think>\nTwo plus two.\n</think>\n\n4.<|im_end|>",  # c whole: the earlier turn is context
+                       "<think>\nOne plus one.\n</think>\n\n2.<|im_end|>"]  # d: one turn, nothing to split
+    assert counts == {"conversations": 2, "reasoning_copies": 1}
+    # A template that writes every turn's reasoning learns a conversation once.
+    plain = AutoTokenizer.from_pretrained(resolve_base_model("builtin:tiny"))
+    assert not chat.drops_earlier_reasoning(plain)
+    assert chat.training_views(plain, two_reasoned_turns()) == [two_reasoned_turns()]
+
+
+def test_dataset_add_says_what_a_last_turn_template_does_with_earlier_reasoning(cli, tmp_path, monkeypatch):
+    from brightrun_cli.generation import chat
+
+    monkeypatch.setattr(chat, "drops_earlier_reasoning", lambda tokenizer: True)
+    rows = [{"messages": two_reasoned_turns()} for _ in range(6)] + [row(i) for i in range(6)]
+    added = add(cli, write_jsonl(tmp_path / "r.jsonl", rows), "--name", "r", "--base-model", "builtin:tiny")
+    assert added.exit_code == 0, added.output
+    [warning] = show_json(cli, "r")["validation_warnings"]
+    assert warning["line"] == 1 and "learns each such turn from a copy of the conversation" in warning["warning"]
+    single = add(cli, write_jsonl(tmp_path / "s.jsonl", [row(i) for i in range(12)]), "--name", "s", "--base-model", "builtin:tiny")
+    assert single.exit_code == 0 and show_json(cli, "s")["validation_warnings"] == []

@@ -153,6 +153,42 @@ def renders_reasoning(tokenizer) -> bool:
     return _writes(tokenizer, messages, None, "brightrun-probe-reasoning")
 
 
+def drops_earlier_reasoning(tokenizer) -> bool:
+    """Whether the template writes an assistant turn's reasoning only while it is the last
+    turn (Qwen3 and gpt-oss leave it out of the history, as their models never see their
+    earlier reasoning when answering). Cached on the tokenizer."""
+    cached = getattr(tokenizer, "_brightrun_drops_earlier_reasoning", None)
+    if cached is None:
+        messages = [{"role": "user", "content": "hello"},
+                    {"role": "assistant", "content": "hi", "reasoning_content": "brightrun-probe-reasoning"},
+                    {"role": "user", "content": "again"}, {"role": "assistant", "content": "ok"}]
+        cached = renders_reasoning(tokenizer) and not _writes(tokenizer, messages, None, "brightrun-probe-reasoning")
+        tokenizer._brightrun_drops_earlier_reasoning = cached
+    return cached
+
+
+def reasoning_in_history(messages: list[dict[str, Any]]) -> list[int]:
+    """Indices of the assistant turns (learned, weight not 0) that carry reasoning and have
+    another assistant turn after them: the ones such a template writes without it."""
+    assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    return [i for i in assistants[:-1] if messages[i].get("weight") != 0 and (messages[i].get("reasoning_content") or "").strip()]
+
+
+def training_views(tokenizer, messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The conversations the trainer learns `messages` from. Where the template keeps a turn's
+    reasoning only while it is the last turn (drops_earlier_reasoning), each earlier turn with
+    reasoning is learned as the last turn of its own copy of the conversation up to it (the
+    turns before it context only), as the model will produce it: reasoning first. The whole
+    conversation then teaches the other turns. Otherwise the conversation as it is."""
+    earlier = reasoning_in_history(messages)
+    if not earlier or not drops_earlier_reasoning(tokenizer):
+        return [messages]
+    views = [[{**m, "weight": 0} if m["role"] == "assistant" and j != i else m for j, m in enumerate(messages[: i + 1])]
+             for i in earlier]
+    whole = [{**m, "weight": 0} if j in earlier else m for j, m in enumerate(messages)]
+    return views + [whole]
+
+
 def _writes(tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, *probes: str) -> bool:
     """Whether the template renders `messages` with every probe string in the text (a template
     that raises on them does not write them)."""

@@ -33,6 +33,7 @@ class TokenCounter(Protocol):
     context_length: int | None  # the model's context, None when unknown
     writes_tool_calls: bool  # whether the counted text holds tool calls (a chat template may drop them)
     writes_reasoning: bool  # whether it holds an assistant turn's reasoning_content (likewise)
+    drops_earlier_reasoning: bool  # whether the template writes reasoning only into the last turn (Qwen3, gpt-oss)
     chat_template: str  # "model" (the tokenizer's own template) or "chatml" (brightrun's)
 
     def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
@@ -46,6 +47,7 @@ class ApproxCounter:
     context_length = None
     writes_tool_calls = True  # turn_text counts every call
     writes_reasoning = True  # and every turn's reasoning
+    drops_earlier_reasoning = False
     chat_template = "model"
 
     def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
@@ -85,6 +87,15 @@ class TokenizerCounter:
         from brightrun_cli.generation.chat import renders_reasoning
 
         return not self.has_template or renders_reasoning(self.tokenizer)
+
+    @functools.cached_property
+    def drops_earlier_reasoning(self) -> bool:
+        """Whether the template writes reasoning only into the last assistant turn
+        (generation.chat.drops_earlier_reasoning): a run learns each earlier turn with
+        reasoning from a copy of the conversation ending with it (chat.training_views)."""
+        from brightrun_cli.generation.chat import drops_earlier_reasoning
+
+        return self.has_template and drops_earlier_reasoning(self.tokenizer)
 
     def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
         if not conversations:

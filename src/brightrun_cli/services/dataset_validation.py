@@ -32,6 +32,7 @@ from itertools import compress
 from typing import IO, Any
 
 from brightrun_cli.errors import UsageError
+from brightrun_cli.generation.chat import reasoning_in_history
 from brightrun_cli.services.dataset_formats import FORMATS, Problem, conversation_warnings, detect_format, to_v4, turn_text
 from brightrun_cli.services.dataset_tokens import TokenCounter
 
@@ -346,6 +347,11 @@ def _scan_lines(
                 if not getattr(counting.counter, writes):
                     result.dropped.add(key)
                     result.add_warning(Problem(number, warning, suggestion), keep)
+        if _EARLIER not in result._probed and "reasoning_content" not in result.dropped and reasoning_in_history(record["turns"]):
+            result._probed.add(_EARLIER)
+            if getattr(counting.counter, "drops_earlier_reasoning", False):
+                result.dropped.add(_EARLIER)
+                result.add_warning(Problem(number, _EARLIER_WARNING, _EARLIER_SUGGESTION), keep)
         index = len(result.kept)
         _account(result, record)
         if len(result.samples) < SAMPLE_CONVERSATIONS:
@@ -370,6 +376,15 @@ _TEMPLATE_DROPS = {
                           f"train with --set chat_template=chatml to learn the reasoning too ({_RECOUNT}), or use a base "
                           "model whose template writes it (Qwen3, SmolLM3, DeepSeek-R1)"),
 }
+
+
+# Reasoning on a turn before the conversation's last, with a template that writes it only into the last.
+_EARLIER = "reasoning_in_history"
+_EARLIER_WARNING = ("conversations carry reasoning on turns before their last, and the base model's chat template writes "
+                    "reasoning only into the last turn: a run learns each such turn from a copy of the conversation that "
+                    "ends with it, tokens that the counts and the estimate leave out")
+_EARLIER_SUGGESTION = ("nothing to do for the run; to price it, count one conversation per such turn, or train with "
+                       "--set chat_template=chatml, which writes every turn's reasoning")
 
 
 class _NotStandardJSON(ValueError):

@@ -131,21 +131,30 @@ def tokenize(tokenizer, messages, max_length: int, assistant_only: bool, tools: 
     return Example(ids, targets)
 
 
-def tokenize_file(tokenizer, path: Path, max_length: int, assistant_only: bool) -> tuple[list[Example], int]:
-    """Tokenized conversations with at least one loss token, and how many were truncated."""
+def tokenize_file(tokenizer, path: Path, max_length: int, assistant_only: bool,
+                  counts: dict[str, int] | None = None) -> tuple[list[Example], int]:
+    """Tokenized conversations with at least one loss token, and how many were truncated.
+    counts, when given, gets "conversations" and "reasoning_copies" (chat.training_views)."""
     from jinja2 import TemplateError
 
     examples, truncated = [], 0
     conversations = read_conversations(path)
     check_tool_calls(tokenizer, conversations, path)
     for conversation in conversations:
-        try:
-            example = tokenize(tokenizer, conversation.turns, max_length, assistant_only, conversation.tools)
-        except TemplateError as exc:  # a template's own refusal (roles must alternate, one tool call at a time, ...)
-            raise SpecError(f"{path.name}: conversation {conversation.conversation_id!r}: the chat template refused it ({exc})") from None
-        truncated += len(example.input_ids) == max_length
-        if example.loss_tokens:
-            examples.append(example)
+        # A template that writes reasoning only into the last turn: earlier turns with reasoning
+        # are each learned from a copy of the conversation that ends with them (chat.training_views).
+        views = chat.training_views(tokenizer, conversation.turns) if assistant_only else [conversation.turns]
+        if counts is not None:
+            counts["conversations"] = counts.get("conversations", 0) + 1
+            counts["reasoning_copies"] = counts.get("reasoning_copies", 0) + len(views) - 1
+        for turns in views:
+            try:
+                example = tokenize(tokenizer, turns, max_length, assistant_only, conversation.tools)
+            except TemplateError as exc:  # a template's own refusal (roles must alternate, one tool call at a time, ...)
+                raise SpecError(f"{path.name}: conversation {conversation.conversation_id!r}: the chat template refused it ({exc})") from None
+            truncated += len(example.input_ids) == max_length
+            if example.loss_tokens:
+                examples.append(example)
     if not examples:
         raise SpecError(
             f"{path.name}: no assistant tokens to train on (the chat template yields no assistant turns, "

@@ -364,12 +364,17 @@ def setup(spec: Spec, log) -> Run:
     if hp.chat_template == "chatml":
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE  # saved with the adapter: evals and `models try` write as trained
     ensure_chat_template(tokenizer)
-    train, truncated = tokenize_file(tokenizer, spec.train_file, hp.max_seq_length, hp.assistant_only_loss)
+    counts: dict[str, int] = {}
+    train, truncated = tokenize_file(tokenizer, spec.train_file, hp.max_seq_length, hp.assistant_only_loss, counts)
     validation = []
     if spec.validation_file is not None:
         validation, _ = tokenize_file(tokenizer, spec.validation_file, hp.max_seq_length, hp.assistant_only_loss)
     log.info("data: %d training conversations (%d truncated to %d tokens), %d held-out",
              len(train), truncated, hp.max_seq_length, len(validation))
+    if counts.get("reasoning_copies"):
+        log.info("data: the chat template writes reasoning only into a conversation's last turn, so %d earlier "
+                 "turns with reasoning are each learned from a copy of the conversation that ends with them "
+                 "(%d examples from %d conversations)", counts["reasoning_copies"], len(train), counts["conversations"])
 
     steps_per_epoch = len(epoch_plan(len(train), hp.batch_size, hp.gradient_accumulation_steps,
                                      accelerator.num_processes, spec.seed, 0))
