@@ -495,3 +495,15 @@ def test_an_estimate_from_token_counts_not_made_with_its_model_says_so_and_how_t
     codes = {w["code"]: w for w in other["warnings"]}
     assert codes["token_counts_not_this_models"]["counted_with"] == "builtin:tiny"
     assert "counted with another model's tokenizer (builtin:tiny)" in codes["token_counts_not_this_models"]["message"]
+
+
+def test_a_dataset_learned_from_more_examples_than_conversations_is_planned_by_its_examples(ws, tmp_path):
+    """Reasoning on earlier turns, with a template that writes it only into the last turn:
+    `dataset add` records train_examples (each such turn a copy of its conversation)."""
+    row = dataset_with_stats(ws)
+    with ws.registry.write() as session:
+        row = session.get(Dataset, row.id)
+        row.stats = {**row.stats, "train_examples": 2000}
+        session.add(row)
+    est = estimate(ws, "support-v1", preset="fast", base_model=model_dir(tmp_path, LLAMA_7B), gpu_type="A100-80GB", gpus=1)
+    assert est.steps_per_epoch == trainer_steps_per_epoch(2000, est.config, 1)

@@ -182,14 +182,23 @@ def test_earlier_turns_reasoning_is_learned_from_a_copy_that_ends_with_the_turn(
     assert chat.training_views(plain, two_reasoned_turns()) == [two_reasoned_turns()]
 
 
-def test_dataset_add_says_what_a_last_turn_template_does_with_earlier_reasoning(cli, tmp_path, monkeypatch):
+def test_dataset_add_counts_the_copies_a_last_turn_template_makes_and_says_so(cli, tmp_path, monkeypatch):
     from brightrun_cli.generation import chat
 
-    monkeypatch.setattr(chat, "drops_earlier_reasoning", lambda tokenizer: True)
     rows = [{"messages": two_reasoned_turns()} for _ in range(6)] + [row(i) for i in range(6)]
+    added = add(cli, write_jsonl(tmp_path / "plain.jsonl", rows), "--name", "plain", "--base-model", "builtin:tiny")
+    assert added.exit_code == 0, added.output
+    plain = show_json(cli, "plain")  # builtin:tiny's ChatML writes every turn's reasoning: one example each
+    assert plain["validation_warnings"] == [] and "train_examples" not in plain["stats"]
+
+    monkeypatch.setattr(chat, "drops_earlier_reasoning", lambda tokenizer: True)
     added = add(cli, write_jsonl(tmp_path / "r.jsonl", rows), "--name", "r", "--base-model", "builtin:tiny")
     assert added.exit_code == 0, added.output
-    [warning] = show_json(cli, "r")["validation_warnings"]
+    shown = show_json(cli, "r")
+    [warning] = shown["validation_warnings"]
     assert warning["line"] == 1 and "learns each such turn from a copy of the conversation" in warning["warning"]
+    stats = shown["stats"]  # each two-turn conversation in the training split is learned from 2 examples
+    assert 0 < stats["train_examples"] - stats["train_conversations"] <= 6
+    assert stats["train_tokens"] > plain["stats"]["train_tokens"]  # the copies' tokens are counted
     single = add(cli, write_jsonl(tmp_path / "s.jsonl", [row(i) for i in range(12)]), "--name", "s", "--base-model", "builtin:tiny")
     assert single.exit_code == 0 and show_json(cli, "s")["validation_warnings"] == []

@@ -105,11 +105,17 @@ def ensure_chat_template(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def render(tokenizer, messages: list[dict[str, Any]], generation_prompt: bool, tools: list[dict[str, Any]] | None = None) -> str:
-    """The conversation as the chat template writes it (with the functions it may call, if any).
-    A turn's reasoning is passed as `reasoning_content` and, for gpt-oss's template, `thinking`."""
+def template_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Turns as a chat template reads them: a turn's reasoning as `reasoning_content` and, for
+    gpt-oss's template, `thinking`."""
     if any("reasoning_content" in m for m in messages):
-        messages = [{**m, "thinking": m["reasoning_content"]} if "reasoning_content" in m else m for m in messages]
+        return [{**m, "thinking": m["reasoning_content"]} if "reasoning_content" in m else m for m in messages]
+    return messages
+
+
+def render(tokenizer, messages: list[dict[str, Any]], generation_prompt: bool, tools: list[dict[str, Any]] | None = None) -> str:
+    """The conversation as the chat template writes it (with the functions it may call, if any)."""
+    messages = template_turns(messages)
     if tools:
         return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)

@@ -352,6 +352,7 @@ def _stats(result: ScanResult) -> dict[str, Any]:
     validation_tokens = sum(result.kept_values(result.tokens, held_out=True))
     conversations, turns = result.conversations, result.turns
     validation_conversations = sum(result.held_out)
+    train_examples = sum(result.kept_values(result.examples, held_out=False))
     return {
         "total_conversations": conversations,
         "total_training_pairs": sum(result.kept_values(result.assistant_turns, held_out=False)),
@@ -372,6 +373,8 @@ def _stats(result: ScanResult) -> dict[str, Any]:
             # Counted with a chat template that drops those calls: training with it is refused
             # (services.training.check_tool_call_template), and the counts leave the calls out.
             "template_drops_tool_calls": result.template_drops_calls,
+            # A run learns some conversations from several examples (dataset_tokens.count_views).
+            **({"train_examples": train_examples} if train_examples != conversations - validation_conversations else {}),
             "tokens_per_conversation": _distribution(tokens),
             "length_histogram": _histogram(tokens),
         },

@@ -39,6 +39,9 @@ class TokenCounter(Protocol):
     def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
         """Tokens of each brightrun_lora_v4 conversation ({"turns", "tools"?})."""
 
+    def count_views(self, conversations: Sequence[dict[str, Any]]) -> list[tuple[int, int, int]]:
+        """(tokens, longest example, examples) per conversation: TokenizerCounter.count_views."""
+
 
 class ApproxCounter:
     """No tokenizer: characters / 4, clearly labelled as such; context unknown."""
@@ -52,6 +55,9 @@ class ApproxCounter:
 
     def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
         return [max(1, round(_characters(c) / CHARS_PER_TOKEN)) for c in conversations]
+
+    def count_views(self, conversations: Sequence[dict[str, Any]]) -> list[tuple[int, int, int]]:
+        return [(n, n, 1) for n in self.count(conversations)]
 
 
 class TokenizerCounter:
@@ -98,18 +104,36 @@ class TokenizerCounter:
         return self.has_template and drops_earlier_reasoning(self.tokenizer)
 
     def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
+        return [total for total, _, _ in self.count_views(conversations)]
+
+    def count_views(self, conversations: Sequence[dict[str, Any]]) -> list[tuple[int, int, int]]:
+        """Per conversation: the tokens a run learns it from, the longest example among them,
+        and how many examples. One, unless the template writes reasoning only into the last
+        turn: then each earlier turn with reasoning is a copy of the conversation ending with
+        it (generation.chat.training_views), whose tokens a run trains on too."""
+        from brightrun_cli.generation.chat import template_turns, training_views
+
         if not conversations:
             return []
+        views = ([training_views(self.tokenizer, c["turns"]) for c in conversations] if self.drops_earlier_reasoning
+                 else [[c["turns"]] for c in conversations])
+        flat = [(c.get("tools") or None, turns) for c, ones in zip(conversations, views) for turns in ones]
         if not self.has_template:
-            texts = ["".join(turn_text(t) for t in c["turns"]) for c in conversations]
-        elif not any(c.get("tools") for c in conversations):
-            texts = self.tokenizer.apply_chat_template([c["turns"] for c in conversations], tokenize=False)
+            texts = ["".join(turn_text(t) for t in turns) for _, turns in flat]
+        elif not any(tools for tools, _ in flat):
+            texts = self.tokenizer.apply_chat_template([template_turns(turns) for _, turns in flat], tokenize=False)
         else:  # the functions a conversation may call are its own: rendered one by one
-            texts = [self.tokenizer.apply_chat_template(c["turns"], tools=c.get("tools") or None, tokenize=False)
-                     for c in conversations]
+            texts = [self.tokenizer.apply_chat_template(template_turns(turns), tools=tools, tokenize=False) for tools, turns in flat]
         if self._backend is not None:
-            return [len(e) for e in self._backend.encode_batch_fast(texts, add_special_tokens=False)]
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            lengths = [len(e) for e in self._backend.encode_batch_fast(texts, add_special_tokens=False)]
+        else:
+            lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        out, at = [], 0
+        for ones in views:
+            chunk = lengths[at:at + len(ones)]
+            at += len(ones)
+            out.append((sum(chunk), max(chunk), len(ones)))
+        return out
 
 
 def _characters(conversation: dict[str, Any]) -> int:

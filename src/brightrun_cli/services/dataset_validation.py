@@ -66,7 +66,8 @@ class ScanResult:
     kept: bytearray = field(default_factory=bytearray)  # 0: dropped after it was written (too long)
     held_out: bytearray = field(default_factory=bytearray)  # set by `choose_held_out` once all are read
     fractions: array = field(default_factory=lambda: array("d"))
-    tokens: array = field(default_factory=lambda: array("q"))
+    tokens: array = field(default_factory=lambda: array("q"))  # a run's tokens of each: its copies too (count_views)
+    examples: array = field(default_factory=lambda: array("l"))  # examples a run learns each from (usually 1)
     turn_counts: array = field(default_factory=lambda: array("l"))
     assistant_turns: array = field(default_factory=lambda: array("l"))
     user_turns: array = field(default_factory=lambda: array("l"))
@@ -382,9 +383,9 @@ _TEMPLATE_DROPS = {
 _EARLIER = "reasoning_in_history"
 _EARLIER_WARNING = ("conversations carry reasoning on turns before their last, and the base model's chat template writes "
                     "reasoning only into the last turn: a run learns each such turn from a copy of the conversation that "
-                    "ends with it, tokens that the counts and the estimate leave out")
-_EARLIER_SUGGESTION = ("nothing to do for the run; to price it, count one conversation per such turn, or train with "
-                       "--set chat_template=chatml, which writes every turn's reasoning")
+                    "ends with it (counted in the tokens and examples)")
+_EARLIER_SUGGESTION = ("nothing to do; to learn each conversation once instead, train with --set chat_template=chatml, "
+                       "which writes every turn's reasoning")
 
 
 class _NotStandardJSON(ValueError):
@@ -552,7 +553,8 @@ class _Counting:
 
     def _submit(self) -> None:
         if self.batch:
-            self.pending.append((self.batch, self.pool.submit(self.counter.count, [conversation for _, _, conversation in self.batch])))
+            self.pending.append((self.batch, self.pool.submit(self.counter.count_views,
+                                                              [conversation for _, _, conversation in self.batch])))
             self.batch = []
         while len(self.pending) > 2:
             self._apply()
@@ -567,11 +569,12 @@ class _Counting:
 
     def _apply(self) -> None:
         batch, future = self.pending.popleft()
-        counts = future.result()
-        self.result.tokens.extend(counts)
+        counts = future.result()  # (tokens, longest example, examples) per conversation
+        self.result.tokens.extend(total for total, _, _ in counts)
+        self.result.examples.extend(examples for _, _, examples in counts)
         limit = self.counter.context_length
         if limit:
-            for (index, (file, number), _), tokens in zip(batch, counts):
+            for (index, (file, number), _), (_, tokens, _) in zip(batch, counts):
                 if tokens > limit:
                     self.result.kept[index] = 0
                     self.result.add_problem(

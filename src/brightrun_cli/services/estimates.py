@@ -452,7 +452,10 @@ def token_plan(dataset: DatasetRow, config: TrainingConfig) -> TokenPlan:
     stats = dataset.stats or {}
     dist = stats.get("tokens_per_conversation") or {}
     limit = config.max_seq_length
-    conversations = max(1, int(stats.get("train_conversations") or round((dataset.total_conversations or 1) * (1 - dataset.val_split))))
+    # Examples the trainer learns from: a conversation each, or more where its template writes
+    # reasoning only into the last turn (dataset_tokens.count_views); train_tokens counts them all.
+    conversations = max(1, int(stats.get("train_examples") or stats.get("train_conversations")
+                               or round((dataset.total_conversations or 1) * (1 - dataset.val_split))))
     raw_train = int(stats.get("train_tokens") or (dataset.total_tokens or 0) * (1 - dataset.val_split))
     raw_validation = int(stats.get("validation_tokens") or (dataset.total_tokens or 0) * dataset.val_split)
     raw_mean = max(1.0, raw_train / conversations)
