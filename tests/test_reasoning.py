@@ -200,5 +200,7 @@ def test_dataset_add_counts_the_copies_a_last_turn_template_makes_and_says_so(cl
     stats = shown["stats"]  # each two-turn conversation in the training split is learned from 2 examples
     assert 0 < stats["train_examples"] - stats["train_conversations"] <= 6
     assert stats["train_tokens"] > plain["stats"]["train_tokens"]  # the copies' tokens are counted
+    assert f"{stats['train_examples']:,} (earlier turns with reasoning" in cli("dataset", "show", "r").stdout
+    assert "train examples" not in cli("dataset", "show", "plain").stdout
     single = add(cli, write_jsonl(tmp_path / "s.jsonl", [row(i) for i in range(12)]), "--name", "s", "--base-model", "builtin:tiny")
     assert single.exit_code == 0 and show_json(cli, "s")["validation_warnings"] == []

@@ -231,6 +231,9 @@ def _render_dataset(details: "DatasetDetails") -> None:
         stats = row.stats or {}
         facts += [
             ("conversations", f"{row.total_conversations} ({stats.get('train_conversations')} train / {stats.get('validation_conversations')} validation, val split {row.val_split:g})"),
+            *([("train examples", f"{stats['train_examples']:,} (earlier turns with reasoning each learned from a copy of "
+                                  "their conversation: the template writes reasoning only into the last turn)")]
+              if stats.get("train_examples") else []),
             ("training pairs", f"{row.total_training_pairs} assistant turns (+{row.total_validation_pairs} held out)"),
             ("tokens", _tokens(row.total_tokens, row.token_count_method) + f"  [{row.token_count_method}]"),
             ("avg turns/conv", f"{row.avg_turns_per_conversation:g}"),
