@@ -152,7 +152,7 @@ class Calibration(msgspec.Struct, frozen=True):
 
 class EstimateWarning(msgspec.Struct, frozen=True):
     """Something about a run worth knowing before it starts. `code` is stable for scripts
-    (does_not_fit, no_validation, warmup_dominates, sequences_truncated, token_counts_not_this_models:
+    (does_not_fit, no_validation, warmup_dominates, sequences_truncated, dora_dropout, token_counts_not_this_models:
     see `token_count_warning`); `details` its figures."""
 
     code: str
@@ -247,7 +247,7 @@ class Estimate(msgspec.Struct):
                 "tokens_processed": self.plan.computed_tokens * cfg.num_epochs,
                 "validation_tokens": self.plan.validation_tokens,
                 "model_parameters": self.shape.total_params,
-                "lora_parameters": self.shape.lora_params(cfg.target_modules, cfg.lora_rank),
+                "lora_parameters": self.shape.lora_params(cfg.target_modules, cfg.lora_rank, dora=cfg.use_dora),
                 "train_flops": self.train_flops,
                 "eval_flops": self.eval_flops,
                 "sustained_flops_per_sec": self.flops_per_s,
@@ -344,6 +344,9 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
             f"dataset '{dataset.name}' holds out no conversation for validation: the run's quality (held-out loss) cannot be "
             "measured; add it again with --val-split above 0 (and at least 2 conversations)",
         ))
+    dora = dora_dropout_warning(shape, config, plan, weight_bytes=weight_bytes, on_gpu=gpu.name != "cpu", shards=shards)
+    if dora is not None:
+        est.warnings.append(dora)
     if est.warmup_steps > WARMUP_DOMINATES * est.total_steps:
         est.warnings.append(EstimateWarning(
             "warmup_dominates",
@@ -352,6 +355,28 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
             {"warmup_steps": est.warmup_steps, "total_steps": est.total_steps, "share": round(est.warmup_steps / est.total_steps, 3)},
         ))
     return est
+
+
+def dora_dropout_warning(shape: ModelShape, config: TrainingConfig, plan: TokenPlan, *, weight_bytes: int, on_gpu: bool,
+                         shards: int) -> EstimateWarning | None:
+    """A warning for DoRA with lora_dropout > 0: peft then runs every adapted weight a
+    second time on the dropped input (it cannot reuse the base layer's output), which
+    costs compute and, in bf16, a copy of those weights (`flops.dora_flops_per_token`),
+    where lora_dropout=0 costs neither."""
+    if not config.use_dora or config.lora_dropout == 0:
+        return None
+    without = config.replace(lora_dropout=0.0)
+    seq = plan.sequence_length
+    compute = train_flops_per_token(shape, config, seq) / train_flops_per_token(shape, without, seq) - 1
+    memory = (memory_need(shape, config, seq, weight_bytes=weight_bytes, on_gpu=on_gpu, shards=shards).total
+              - memory_need(shape, without, seq, weight_bytes=weight_bytes, on_gpu=on_gpu, shards=shards).total)
+    return EstimateWarning(
+        "dora_dropout",
+        f"DoRA with lora_dropout={config.lora_dropout:g} runs each adapted weight twice (peft applies the dropout to the base "
+        f"output too, so it cannot reuse it): {compute:+.0%} compute and {memory / GIB:+.2f} GiB a device; "
+        "--set lora_dropout=0 avoids both",
+        {"extra_compute": round(compute, 3), "extra_memory_gb": round(memory / GIB, 2)},
+    )
 
 
 def truncation_warning(dataset: DatasetRow, limit: int) -> EstimateWarning | None:
@@ -542,7 +567,7 @@ def _storage_cost(ws: Workspace, shape: ModelShape, config: TrainingConfig) -> f
     url = ws.config.storage_url or ""
     if "://" not in url or url.startswith("file://"):
         return 0.0
-    adapter_gb = shape.lora_params(config.target_modules, config.lora_rank) * 4 / 1e9
+    adapter_gb = shape.lora_params(config.target_modules, config.lora_rank, dora=config.use_dora) * 4 / 1e9
     return adapter_gb * REMOTE_STORAGE_PRICE_GB_MONTH
 
 
@@ -597,7 +622,7 @@ def memory_advice(ws: Workspace, dataset: DatasetRow, shape: ModelShape, config:
                   gpu: Gpu, shards: int = 1) -> MemoryAdvice:
     """Why the run does not fit, and each change that alone would make it fit, with what a
     device then holds: a smaller micro-batch (same effective batch through accumulation),
-    gradient checkpointing, a shorter max_seq_length (with the share of tokens it keeps),
+    for DoRA lora_dropout=0, gradient checkpointing, a shorter max_seq_length (with the share of tokens it keeps),
     FSDP over more GPUs of this type, a GPU with more memory; on a CPU, the cheapest GPU
     that holds it; last a 4-bit base (QLoRA)."""
     capacity = gpu.memory_gb * GIB
@@ -621,6 +646,9 @@ def memory_advice(ws: Workspace, dataset: DatasetRow, shape: ModelShape, config:
             options.append(MemoryOption("micro_batch", f"--set batch_size={batch} --set gradient_accumulation_steps={accumulate}",
                                         need(smaller), {"batch_size": batch, "gradient_accumulation_steps": accumulate}))
             break
+    if config.use_dora and config.lora_dropout > 0 and fits(undropped := config.replace(lora_dropout=0.0)):
+        options.append(MemoryOption("lora_dropout", "--set lora_dropout=0 (DoRA then reuses each base output instead of a weight copy)",
+                                    need(undropped), {"lora_dropout": 0.0}))
     if not config.gradient_checkpointing:
         if fits(checkpointed):
             options.append(MemoryOption("gradient_checkpointing", "--set gradient_checkpointing=true", need(checkpointed),

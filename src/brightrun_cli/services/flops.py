@@ -147,16 +147,22 @@ class ModelShape(msgspec.Struct, frozen=True):
             return names + (["gate_proj"] if self.gated_mlp else [])
         return targets
 
-    def lora_params(self, targets: list[str] | str, rank: int) -> int:
-        """Trainable parameters: r * (in + out) per targeted module per layer (MLP modules once per expert)."""
-        total = 0
+    def adapted(self, targets: list[str] | str) -> list[tuple[int, int, int, int]]:
+        """Each targeted module of one layer: (in, out) features, how many copies a layer
+        holds and how many a token runs through (MLP modules once per expert; an unknown
+        name counts as a square projection, the typical case)."""
+        modules = []
         for name in self.targeted_modules(targets):
-            dims = self.module_dims(name)
-            if dims is None:
-                dims = (self.hidden, self.hidden)  # unknown name: a square projection is the typical case
-            copies = self.experts if name in ("gate_proj", "up_proj", "down_proj") else 1
-            total += copies * rank * (dims[0] + dims[1])
-        return self.layers * total
+            fan_in, fan_out = self.module_dims(name) or (self.hidden, self.hidden)
+            mlp = name in ("gate_proj", "up_proj", "down_proj")
+            modules.append((fan_in, fan_out, self.experts if mlp else 1, self.experts_active if mlp else 1))
+        return modules
+
+    def lora_params(self, targets: list[str] | str, rank: int, *, dora: bool = False) -> int:
+        """Trainable parameters: r * (in + out) per targeted module per layer, and with DoRA
+        its magnitude vector (out) too."""
+        return self.layers * sum(held * (rank * (fan_in + fan_out) + (fan_out if dora else 0))
+                                 for fan_in, fan_out, held, _ in self.adapted(targets))
 
 
 def train_flops_per_token(shape: ModelShape, config: TrainingConfig, seq_len: int, *, causal: bool = False) -> float:
@@ -167,6 +173,7 @@ def train_flops_per_token(shape: ModelShape, config: TrainingConfig, seq_len: in
     LoRA weights: the usual 6 per parameter. Attention scores and mixing: 4*L*d*s
     forward and twice that backward (the PaLM MFU convention, full s: masked kernels
     still compute the whole block). Gradient checkpointing re-runs the forward once.
+    DoRA: `dora_flops_per_token`.
     causal: count only the causal half of the attention (a token attends to the s/2
     positions before it on average), the work a flash kernel that skips masked blocks
     does; what an MFU figure should count (bench/bench_trainer.py).
@@ -177,12 +184,38 @@ def train_flops_per_token(shape: ModelShape, config: TrainingConfig, seq_len: in
     total = 4 * n_frozen + 6 * n_lora + 3 * attn_forward
     if config.gradient_checkpointing:
         total += 2 * n_frozen + 2 * n_lora + attn_forward
-    return float(total)
+    return float(total) + dora_flops_per_token(shape, config, seq_len, training=True)
 
 
 def eval_flops_per_token(shape: ModelShape, config: TrainingConfig, seq_len: int) -> float:
     """Forward only (validation loss)."""
-    return float(2 * shape.matmul_params_per_token + 2 * _active_lora(shape, config) + 4 * shape.layers * shape.attn_dim * seq_len)
+    return (float(2 * shape.matmul_params_per_token + 2 * _active_lora(shape, config) + 4 * shape.layers * shape.attn_dim * seq_len)
+            + dora_flops_per_token(shape, config, seq_len, training=False))
+
+
+def dora_flops_per_token(shape: ModelShape, config: TrainingConfig, seq_len: int, *, training: bool) -> float:
+    """What DoRA adds to a token's FLOPs, as peft computes it (tuners/lora/dora.py).
+
+    Every forward of every adapted module rebuilds its LoRA weight B @ A by passing an
+    identity matrix through A and B (2 * in * r * (in + out)), once per micro-batch, so
+    shared by its batch_size * seq_len tokens. And in training with lora_dropout > 0 peft
+    cannot reuse the base layer's output (the dropout applies to the base path too): it
+    runs the adapted weight again on the dropped input, forward (2 per weight) and
+    backward to that input (2 more), so the adapted frozen weights cost 8 per token where
+    LoRA's cost 4 (10 and 6 with gradient checkpointing). The weight norm and the rescaling
+    of outputs are elementwise (memory-bound, no FLOPs counted).
+    0 without use_dora. Measured with torch's FlopCounterMode in tests/test_estimates.py.
+    """
+    if not config.use_dora:
+        return 0.0
+    forwards = 2 if training and config.gradient_checkpointing else 1
+    modules = shape.adapted(config.target_modules)
+    identity = shape.layers * sum(held * 2 * fan_in * config.lora_rank * (fan_in + fan_out) for fan_in, fan_out, held, _ in modules)
+    total = forwards * identity / max(1, config.batch_size * seq_len)
+    if training and config.lora_dropout > 0:
+        adapted = shape.layers * sum(active * fan_in * fan_out for fan_in, fan_out, _, active in modules)
+        total += (2 * forwards + 2) * adapted
+    return float(total)
 
 
 def _active_lora(shape: ModelShape, config: TrainingConfig) -> int:
@@ -228,7 +261,10 @@ def memory_need(shape: ModelShape, config: TrainingConfig, seq_len: int, *, weig
     shared: measured with saved_tensors_hooks, and on an H200 where counting one shared
     copy planned a Llama-3.2-1B step at 22.5 GiB that peaked at 31.6), and with
     lora_dropout its dropout mask (a byte an element on CUDA; the CPU's dropout keeps a
-    noise tensor of the input's size). With gradient
+    noise tensor of the input's size). DoRA: each module's base output and LoRA output
+    (2 x out), and with lora_dropout in bf16 a copy of every adapted weight (peft runs the
+    dropped input through the weight again: measured with saved_tensors_hooks, the test
+    re-measures it). With gradient
     checkpointing only each layer's input (h) is kept, plus one layer recomputed.
     Logits: the LM head output in the compute dtype plus its fp32 copy for the loss, or
     with `fused_cross_entropy` one chunk of them (FUSED_LOGITS_BYTES at most).
@@ -240,16 +276,23 @@ def memory_need(shape: ModelShape, config: TrainingConfig, seq_len: int, *, weig
     tokens = config.batch_size * seq_len
     act_bytes = 2 if shards > 1 else weight_bytes
     mlp_saved = (3 if shape.gated_mlp else 2) * shape.intermediate * shape.experts_active
-    lora_inputs = sum((shape.module_dims(name) or (shape.hidden, shape.hidden))[0]
-                      * (shape.experts_active if name in ("gate_proj", "up_proj", "down_proj") else 1)
-                      for name in shape.targeted_modules(config.target_modules))
+    modules = shape.adapted(config.target_modules)
+    lora_inputs = sum(fan_in * active for fan_in, _, _, active in modules)
     if config.lora_dropout > 0:  # each module's dropout keeps its mask: a byte an element on CUDA, a full noise tensor on a CPU
         lora_inputs *= 1.5 if on_gpu else 2
     per_layer = 2 * shape.hidden + 2 * shape.attn_dim + 2 * shape.kv_dim + mlp_saved + lora_inputs
+    layer_weight_copies = 0
+    if config.use_dora:
+        # DoRA keeps each module's base and LoRA outputs for its magnitude's gradient; with
+        # lora_dropout under mixed precision, also the compute-dtype copy of the adapted
+        # weight it runs the dropped input through (dora_flops_per_token).
+        per_layer += 2 * sum(fan_out * active for _, fan_out, _, active in modules)
+        if config.lora_dropout > 0 and act_bytes == 2:
+            layer_weight_copies = act_bytes * sum(held * fan_in * fan_out for fan_in, fan_out, held, _ in modules)
     if config.gradient_checkpointing:
-        activations = tokens * act_bytes * (shape.layers * shape.hidden + per_layer)
+        activations = tokens * act_bytes * (shape.layers * shape.hidden + per_layer) + layer_weight_copies
     else:
-        activations = tokens * act_bytes * shape.layers * per_layer
+        activations = tokens * act_bytes * shape.layers * per_layer + shape.layers * layer_weight_copies
     if shards > 1:
         layer_params = shape.attn_params + shape.experts * shape.mlp_params
         weights = shape.total_params * 4 / shards + act_bytes * max(2 * layer_params, shape.embedding_params)
@@ -261,7 +304,7 @@ def memory_need(shape: ModelShape, config: TrainingConfig, seq_len: int, *, weig
     logits = tokens * shape.vocab * (act_bytes + 4)
     return MemoryNeed(
         weights=float(weights),
-        lora_and_optimizer=float(shape.lora_params(config.target_modules, config.lora_rank) * 16 / shards),
+        lora_and_optimizer=float(shape.lora_params(config.target_modules, config.lora_rank, dora=config.use_dora) * 16 / shards),
         activations=float(activations),
         logits=float(min(logits, FUSED_LOGITS_BYTES) if config.fused_cross_entropy else logits),
         reserve=float(GPU_RESERVE_BYTES if on_gpu else CPU_PROCESS_BYTES + CHECKPOINT_BYTES_PER_PARAM * shape.total_params),
