@@ -109,7 +109,10 @@ def test_dora_memory_matches_what_autograd_keeps(dropout, dtype):
     planned_per_token = (planned[1] - planned[0]) / (TOKENS[1] - TOKENS[0])
     assert planned_per_token == pytest.approx(per_token, rel=0.05)
     fixed = measured[0] - per_token * TOKENS[0]
-    planned_fixed = planned[0] - planned_per_token * TOKENS[0]
+    # The plan also holds the identity peft rebuilds B @ A from (in x in, fp32 and its bf16
+    # cast): a transient, not kept for backward.
+    identity = CONFIG["intermediate_size"] ** 2 * (6 if dtype == "bf16" else 4)
+    planned_fixed = planned[0] - planned_per_token * TOKENS[0] - identity
     if dtype == "bf16" and dropout > 0:
         assert fixed > 0.5 * shape.layer_linear_params * 2  # a copy of the adapted weights is really kept ...
         assert planned_fixed == pytest.approx(fixed, rel=0.15)  # ... and planned

@@ -281,7 +281,7 @@ def memory_need(shape: ModelShape, config: TrainingConfig, seq_len: int, *, weig
     if config.lora_dropout > 0:  # each module's dropout keeps its mask: a byte an element on CUDA, a full noise tensor on a CPU
         lora_inputs *= 1.5 if on_gpu else 2
     per_layer = 2 * shape.hidden + 2 * shape.attn_dim + 2 * shape.kv_dim + mlp_saved + lora_inputs
-    layer_weight_copies = 0
+    layer_weight_copies = identity = 0
     if config.use_dora:
         # DoRA keeps each module's base and LoRA outputs for its magnitude's gradient; with
         # lora_dropout under mixed precision, also the compute-dtype copy of the adapted
@@ -289,10 +289,13 @@ def memory_need(shape: ModelShape, config: TrainingConfig, seq_len: int, *, weig
         per_layer += 2 * sum(fan_out * active for _, fan_out, _, active in modules)
         if config.lora_dropout > 0 and act_bytes == 2:
             layer_weight_copies = act_bytes * sum(held * fan_in * fan_out for fan_in, fan_out, held, _ in modules)
+        # The identity it rebuilds B @ A from: in x in in the adapter's fp32, and its cast
+        # under autocast; one module's at a time (28672^2 for a 70B model's down_proj: 4.6 GiB).
+        identity = max(fan_in for fan_in, _, _, _ in modules) ** 2 * (4 + (2 if act_bytes == 2 else 0))
     if config.gradient_checkpointing:
-        activations = tokens * act_bytes * (shape.layers * shape.hidden + per_layer) + layer_weight_copies
+        activations = tokens * act_bytes * (shape.layers * shape.hidden + per_layer) + layer_weight_copies + identity
     else:
-        activations = tokens * act_bytes * shape.layers * per_layer + shape.layers * layer_weight_copies
+        activations = tokens * act_bytes * shape.layers * per_layer + shape.layers * layer_weight_copies + identity
     if shards > 1:
         layer_params = shape.attn_params + shape.experts * shape.mlp_params
         weights = shape.total_params * 4 / shards + act_bytes * max(2 * layer_params, shape.embedding_params)
