@@ -258,6 +258,33 @@ def test_two_conversions_at_once_convert_once_and_a_failed_one_leaves_nothing(tm
     assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == [results[0].name]
 
 
+def test_a_converted_gguf_is_shown_by_its_file_name_not_only_its_cache_directory(tmp_path, monkeypatch, cli):
+    """Jobs, datasets and estimates name the converted directory (that is what loads); people
+    see the file they passed, with the directory where there is room for it."""
+    from brightrun_cli.workspace import Workspace
+    from model_helpers import dataset_with_stats
+    from watch_sim import make_job
+
+    monkeypatch.setattr(gguf, "_check_loadable", lambda source, architecture: None)
+    monkeypatch.setattr(gguf, "_convert", lambda src, out: (out / "config.json").write_text("{}"))
+    ws = Workspace.open()
+    converted = str(gguf.convert_gguf(_write_gguf(tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"), ws.home / "cache"))
+    assert gguf.describe(converted) == f"SmolLM2-135M-Instruct.Q4_1.gguf (converted: {converted})"
+    assert gguf.describe(converted, short=True) == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert gguf.describe("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+    assert gguf.describe(str(tmp_path)) == str(tmp_path)  # a plain directory
+
+    dataset_with_stats(ws, name="support-v1", counted_with=converted)
+    shown = cli("dataset", "show", "support-v1")
+    assert shown.exit_code == 0, shown.output
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf's tokenizer" in " ".join(shown.stdout.split())
+    job = make_job(ws, base_model=converted)
+    shown = cli("jobs", "show", job)
+    assert shown.exit_code == 0, shown.output
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf (converted:" in shown.stdout
+    assert cli("jobs", "show", job, "--json").stdout.count(converted) >= 1  # scripts keep the loadable path
+
+
 # ---------------------------------------------------------------- chat template and engine (builtin:tiny)
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import sys
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 from brightrun_cli.cli import common, term
+from brightrun_cli.generation import gguf
 
 if TYPE_CHECKING:
     from brightrun_cli.registry.rows import DatasetRow
@@ -235,9 +236,9 @@ def _render_dataset(details: "DatasetDetails") -> None:
                                   "their conversation: the template writes reasoning only into the last turn)")]
               if stats.get("train_examples") else []),
             ("training pairs", f"{row.total_training_pairs} assistant turns (+{row.total_validation_pairs} held out)"),
-            ("tokens", _tokens(row.total_tokens, row.token_count_method) + f"  [{row.token_count_method}]"),
-            ("avg turns/conv", f"{row.avg_turns_per_conversation:g}"),
-            ("avg tokens/turn", f"{row.avg_tokens_per_turn:g}"),
+            ("tokens", _tokens(row.total_tokens, row.token_count_method) + f"  ({term.escape(_counted_with(row.token_count_method))})"),
+            ("avg turns/conv", "-" if row.avg_turns_per_conversation is None else f"{row.avg_turns_per_conversation:g}"),
+            ("avg tokens/turn", "-" if row.avg_tokens_per_turn is None else f"{row.avg_tokens_per_turn:g}"),
         ]
         dist = stats.get("tokens_per_conversation")
         if dist:
@@ -315,6 +316,19 @@ def _status(status: str) -> str:
 
 def _num(value: Any) -> str:
     return "-" if value is None else f"{value:,}"
+
+
+def _counted_with(method: str | None) -> str:
+    """How the tokens were counted, for people: the tokenizer's model (a converted .gguf by its
+    file name), or the approximation."""
+    if not method:
+        return "not counted"
+    if method.startswith("approx"):
+        return f"approximated as {method.partition(':')[2].replace('/', ' / ') or method}: added without a base model"
+    if method.startswith("tokenizer:"):
+        name, _, suffix = method.removeprefix("tokenizer:").partition(" (")
+        return f"{gguf.describe(name, short=True)}'s tokenizer" + (f", {suffix.removesuffix(')')}" if suffix else "")
+    return method
 
 
 def _tokens(total: int | None, method: str | None) -> str:

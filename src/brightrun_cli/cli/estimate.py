@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 from brightrun_cli.cli import common, term
+from brightrun_cli.generation import gguf
 
 if TYPE_CHECKING:
     from brightrun_cli.services.estimates import Estimate
@@ -28,7 +29,7 @@ def render_estimate(est: "Estimate") -> term.Group:
     rows = [
         ("dataset", f"{est.dataset.name} ({est.plan.train_tokens:,} training tokens, {est.plan.sequences:,} sequences/epoch of {est.plan.sequence_length})"),
         ("preset", f"{est.resolved.preset_id}" + (f" (from {est.resolved.base_preset})" if est.resolved.preset_id != est.resolved.base_preset else "")),
-        ("base model", f"{cfg.base_model} ({est.shape.total_params / 1e6:,.1f}M params, LoRA {est.shape.lora_params(cfg.target_modules, cfg.lora_rank, dora=cfg.use_dora) / 1e6:,.2f}M)"),
+        ("base model", f"{gguf.describe(cfg.base_model, short=True)} ({est.shape.total_params / 1e6:,.1f}M params, LoRA {est.shape.lora_params(cfg.target_modules, cfg.lora_rank, dora=cfg.use_dora) / 1e6:,.2f}M)"),
         ("GPUs", f"{est.devices} x {est.gpu.name}"),
         ("steps", f"{est.steps_per_epoch:,} per epoch x {cfg.num_epochs} epochs = {est.total_steps:,}" + _warmup(est)),
         ("throughput", f"{est.tokens_per_sec:,.0f} tokens/s ({est.calibration.message})"),

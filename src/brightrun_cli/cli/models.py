@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 from brightrun_cli.cli import common, term
+from brightrun_cli.generation import gguf
 
 models_app = common.Group(
     help="Trained adapters: measured quality and answers, try, compare, model card, export and merge.",
@@ -84,7 +85,7 @@ def show_command(ctx: common.Context, model: ModelArg, json_output: common.JsonO
     out = common.console()
     q, s, c = row.quality_metrics, row.training_summary, row.configuration
     out.print(f"[bold]{row.name}[/bold] v{row.version}  ({row.id})")
-    out.print(f"base model {term.escape(str(row.base_model))}   job {row.job_id}   dataset {row.dataset_id}   status {row.status}")
+    out.print(f"base model {term.escape(gguf.describe(row.base_model))}   job {row.job_id}   dataset {row.dataset_id}   status {row.status}")
     improvement = q.get("validation_loss_improvement")
     quality = term.Table("quality", "", box=None)
     quality.add_row("score", f"{q.get('overall_score')}/5 ({q.get('score_reason')})")

@@ -18,6 +18,7 @@ can call them while it validates a command.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -42,6 +43,27 @@ def is_gguf(name: str) -> bool:
     if name.lower().endswith(SUFFIX):
         return True
     return path.is_dir() and not (path / "config.json").exists() and any(_gguf_files(path))
+
+
+@functools.lru_cache(maxsize=64)  # a converted directory never changes; watch redraws often
+def source_name(model: str | None) -> str | None:
+    """The .gguf file a converted directory was made from (its `gguf_source.json`), or None
+    for any other base model: what a user typed is shown beside the cache path it became."""
+    if not model or not model.startswith(("/", "~")) or "gguf-" not in model:
+        return None
+    try:
+        return str(json.loads((Path(model).expanduser() / SOURCE_FILE).read_text())["file"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def describe(model: str | None, *, short: bool = False) -> str:
+    """A base model for people: `X.gguf (converted: DIR)` for a converted GGUF file (`X.gguf`
+    when `short`), the name itself otherwise."""
+    source = source_name(model)
+    if source is None:
+        return str(model) if model is not None else "-"
+    return source if short else f"{source} (converted: {model})"
 
 
 def _gguf_files(directory: Path) -> list[Path]:

@@ -20,6 +20,7 @@ import msgspec
 from brightrun_cli import lifecycle
 from brightrun_cli.builtin import absolute_base_model, resolve_base_model
 from brightrun_cli.errors import UsageError
+from brightrun_cli.generation import gguf
 from brightrun_cli.presets.schema import FIELDS, TrainingConfig, validate
 from brightrun_cli.registry import datasets as dataset_rows
 from brightrun_cli.registry import hosts as host_rows
@@ -422,9 +423,9 @@ def token_count_warning(dataset: DatasetRow, base_model: str, chat_template: str
                    f"conversations with {written}: the sequence lengths, duration, cost and memory follow the counts; "
                    f"count them as this run writes them: {command}")
     else:
-        how = (f"counted with another model's tokenizer ({dataset.base_model})" if dataset.tokens_counted
+        how = (f"counted with another model's tokenizer ({gguf.describe(dataset.base_model, short=True)})" if dataset.tokens_counted
                else "approximated (characters / 4: it was added without a base model)")
-        message = (f"dataset '{dataset.name}' has its token counts {how}, not with {base_model}'s: the sequence lengths, "
+        message = (f"dataset '{dataset.name}' has its token counts {how}, not with {gguf.describe(base_model, short=True)}'s: the sequence lengths, "
                    f"duration, cost and memory follow them; count them with this model's tokenizer: {command}")
     return EstimateWarning(
         "token_counts_not_this_models", message,

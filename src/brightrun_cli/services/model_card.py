@@ -3,7 +3,7 @@ how, how well it did against its base model, and how to load it."""
 
 from __future__ import annotations
 
-from brightrun_cli.generation import metrics
+from brightrun_cli.generation import gguf, metrics
 from brightrun_cli.registry.rows import DatasetRow as Dataset, ModelRow as ModelArtifact
 from brightrun_cli.services.quality import Curve, loss_change
 
@@ -57,7 +57,7 @@ def render_model_card(
     lines = [
         f"# {artifact.name} (v{artifact.version})",
         "",
-        f"LoRA adapter for `{artifact.base_model}`, trained by brightrun job `{artifact.job_id}`.",
+        f"LoRA adapter for `{gguf.describe(artifact.base_model)}`, trained by brightrun job `{artifact.job_id}`.",
         "",
         "## Quality",
         "",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from brightrun_cli.errors import ConflictError, UsageError
+from brightrun_cli.generation import gguf
 from brightrun_cli.services.output_files import write_atomically
 
 
@@ -53,7 +54,7 @@ def _figure(state):
     loss_ax.grid(alpha=0.3)
     loss_ax.legend(loc="upper right")
     dataset = job.dataset_name or job.dataset_id
-    loss_ax.set_title(f"job {job.id} · {dataset} · preset {job.preset_id} · {job.base_model} · {job.status}", fontsize=9)
+    loss_ax.set_title(f"job {job.id} · {dataset} · preset {job.preset_id} · {gguf.describe(job.base_model, short=True)} · {job.status}", fontsize=9)
     if rates:
         lr_ax.plot([p.step for p in rates], [p.learning_rate for p in rates], color="tab:green", linewidth=1.2)
         lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))

@@ -16,6 +16,7 @@ from typing import Any
 
 from brightrun_cli import __version__, lifecycle
 from brightrun_cli.errors import UsageError
+from brightrun_cli.generation import gguf
 from brightrun_cli.registry import costs as cost_records
 from brightrun_cli.registry import datasets as dataset_rows
 from brightrun_cli.registry import jobs as job_rows
@@ -47,7 +48,7 @@ def build_report(ws: Workspace, ref: str) -> ReportData:
     if error and job.error_stack:
         error = f"{error}\n\n{job.error_stack}"
     return ReportData(
-        job_id=job.id, status=job.status, base_model=job.base_model, dataset=dataset.name if dataset else None,
+        job_id=job.id, status=job.status, base_model=gguf.describe(job.base_model), dataset=dataset.name if dataset else None,
         host=", ".join(job.host_names) or None, gpu_type=gpu.get("type"), gpu_count=gpu.get("count"),
         hyperparameters=dict(job.hyperparameters or {}),
         points=[ReportPoint.from_row(p.to_fields()) for p in points],
