@@ -154,6 +154,19 @@ def test_models_eval_stores_a_new_eval_and_prints_the_aggregates(cli, prepared):
     assert human.exit_code == 0 and "exact_match" in human.stdout and "rougeL" in human.stdout
 
 
+def test_a_model_is_still_evaluated_on_its_dataset_after_dataset_rm(cli, prepared):
+    """`dataset rm` keeps a dataset's files while a model refers to it, so the model's own
+    held-out split keeps serving `models eval` and `compare`."""
+    removed = cli("dataset", "rm", "support", "--yes")
+    assert removed.exit_code == 0 and "kept" in removed.output
+    assert cli("dataset", "show", "support").exit_code != 0  # gone from the user's list
+    result = cli("models", "eval", prepared["model_id"], "--limit", "2", "--max-new-tokens", "8", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["sample_count"] == 2
+    compared = cli("models", "compare", prepared["model_id"], f"base:{prepared['model_id']}", "--limit", "2", "--max-new-tokens", "8")
+    assert compared.exit_code == 0, compared.stderr
+
+
 def test_a_failing_requirement_exits_6_a_holding_one_0(cli, prepared):
     model = prepared["model_id"]
     holds = cli("models", "eval", model, "--limit", "2", "--max-new-tokens", "8", "--require", "stop_rate>=0", "--require", "chrf>=0")

@@ -30,6 +30,7 @@ from brightrun_cli.errors import OperationError, RequirementFailed, UsageError
 from brightrun_cli.generation import evaluate as answer_eval
 from brightrun_cli.generation import metrics
 from brightrun_cli.generation.engine import Sampling
+from brightrun_cli.registry import datasets as dataset_rows
 from brightrun_cli.registry import evals as eval_rows
 from brightrun_cli.registry import models as model_rows
 from brightrun_cli.registry.ids import new_id
@@ -179,9 +180,20 @@ def held_out_file(ws: Workspace, dataset: DatasetRow) -> Path:
 def _samples(ws: Workspace, model: ModelRow, dataset_ref: str | None, limit: int | None):
     if limit is not None and limit < 1:
         raise UsageError(f"--limit {limit}: must be at least 1", "pass the number of held-out samples to evaluate, e.g. --limit 20")
-    dataset = get_dataset(ws, dataset_ref if dataset_ref is not None else model.dataset_id)
+    dataset = get_dataset(ws, dataset_ref) if dataset_ref is not None else _own_dataset(ws, model)
     samples = answer_eval.held_out_samples(held_out_file(ws, dataset), limit or answer_eval.DEFAULT_LIMIT)
     return dataset, samples
+
+
+def _own_dataset(ws: Workspace, model: ModelRow) -> DatasetRow:
+    """The dataset a model was trained on, also after `dataset rm` (its files are kept while
+    a model refers to it, so its held-out split still serves)."""
+    with ws.registry.reading() as conn:
+        dataset = dataset_rows.get(conn, model.dataset_id) if model.dataset_id else None
+    if dataset is None:
+        raise UsageError(f"the dataset model {model.id} was trained on is gone from the registry",
+                         "pass --dataset NAME to evaluate on another dataset's held-out split")
+    return dataset
 
 
 @contextlib.contextmanager
