@@ -415,3 +415,31 @@ def test_a_listed_job_reads_as_its_show_json_and_follows_every_change(cli, ws):
     assert listed == [shown] and shown["status"] == "cancelled" and shown["spec"] == {"seed": 42}
     assert cli("jobs", "rm", job.id, "--yes").exit_code == 0
     assert json.loads(cli("jobs", "list", "--json").stdout) == []
+
+
+@pytest.mark.parametrize("trainer_status, expected", [("completed", "completed"), (None, "cancelled")])
+def test_a_budget_stop_after_the_adapter_was_saved_keeps_the_training(ws, monkeypatch, trainer_status, expected):
+    """Over --max-cost during the answer eval (the adapter saved, result.json says completed):
+    the job completes with its model; over budget while training, it is cancelled as before."""
+    from brightrun_cli.supervisor import run as supervisor_run
+
+    job = job_row(ws, dataset_row(ws), max_cost=0.01)
+    with ws.registry.write() as s:
+        assert lifecycle.transition(s, job.id, lifecycle.INITIALIZING, supervisor_marker="m1")
+        assert lifecycle.transition(s, job.id, lifecycle.RUNNING, marker="m1", started_at=utcnow())
+    run_dir = ws.home / job.run_dir
+    run_dir.mkdir(parents=True)
+    if trainer_status:
+        (run_dir / "result.json").write_text(json.dumps({"status": trainer_status, "exit_code": 0}))
+    made = []
+    monkeypatch.setattr(supervisor_run.Supervisor, "_artifact", lambda self: made.append(self.job_id))
+    sup = supervisor_run.Supervisor(ws, job.id, "m1")
+    sup.job = _get(ws, job.id)
+    sup.stop_reason = "budget"
+    sup._end(MetricsTail(run_dir / "metrics.jsonl"), None)  # the trainer was stopped: no exit code of its own
+    row = _get(ws, job.id)
+    assert row.status == expected
+    assert made == ([job.id] if expected == "completed" else [])
+    with ws.registry.write() as s:
+        kinds = {n.type for n in s.exec(select(Notification).where(Notification.job_id == job.id))}
+    assert kinds == ({"job_completed"} if expected == "completed" else {"budget_exceeded"})

@@ -376,6 +376,11 @@ class Supervisor:
             log.warning("%d unreadable metrics.jsonl lines were skipped", tail.bad_lines)
         if code == 0 and result.get("status", "completed") == "completed":
             return self._finish(lifecycle.COMPLETED, None)
+        if code is None and self.stop_reason and result.get("status") == "completed":
+            # Stopped (budget, cancel) after the adapter was saved: only the answer eval was
+            # cut short (recorded in final/eval_summary.json), so the training is not lost.
+            log.info("the trainer had saved its adapter when it was stopped (%s): the job completed", self.stop_reason)
+            return self._finish(lifecycle.COMPLETED, None)
         if self.stop_reason == "budget":
             return self._finish(lifecycle.CANCELLED, f"stopped: running cost went over --max-cost ${self.job.max_cost:,.2f}", budget=True)
         if self.stop_reason == "cancelled":
