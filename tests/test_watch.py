@@ -146,6 +146,16 @@ def test_cancelled_job_and_budget_exceeded(ws):
     assert "■ cancelled" in out and "budget $5.00 exceeded" in out
 
 
+def test_the_end_line_says_why_a_job_was_stopped_but_not_a_plain_cancel(ws):
+    from brightrun_cli.cli.watch_view import status_line
+
+    over = finished(ws, "cancelled", final_cost=6.0, error_message="stopped: running cost went over --max-cost $5.00")
+    line = status_line(state_of(ws, over).job, utcnow())
+    assert line.startswith(f"job {over} cancelled after") and line.endswith(": stopped: running cost went over --max-cost $5.00")
+    plain = finished(ws, "cancelled", error_message="cancelled by the user")
+    assert "by the user" not in status_line(state_of(ws, plain).job, utcnow())
+
+
 def test_loss_curve_rescales_as_the_loss_falls(ws):
     job_id = running_job(ws, done=3)
     early = screen(render_job(state_of(ws, job_id), utcnow()))

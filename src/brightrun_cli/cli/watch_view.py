@@ -371,8 +371,8 @@ def status_line(job: JobView, now: datetime) -> str:
         return text
     if job.terminal:
         text += f" after {duration(job.elapsed(now))}, step {_steps(job)}, cost {money(job.cost)}"
-        if job.status == "failed" and job.error_message:
-            text += f": {job.error_message}"
+        if job.status in ("failed", "cancelled") and job.error_message and job.error_message != "cancelled by the user":
+            text += f": {job.error_message}"  # why it ended: e.g. over --max-cost, or cancelled in Slurm
         return text
     return text + f" on {job.host_name or 'local'} ({_gpus(job)})"
 
