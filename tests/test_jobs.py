@@ -443,3 +443,18 @@ def test_a_budget_stop_after_the_adapter_was_saved_keeps_the_training(ws, monkey
     with ws.registry.write() as s:
         kinds = {n.type for n in s.exec(select(Notification).where(Notification.job_id == job.id))}
     assert kinds == ({"job_completed"} if expected == "completed" else {"budget_exceeded"})
+
+
+def test_cancel_of_a_started_job_suggests_resume_only_with_a_checkpoint(cli, ws, monkeypatch):
+    job = job_row(ws, dataset_row(ws))
+    with ws.registry.write() as s:
+        assert lifecycle.transition(s, job.id, lifecycle.INITIALIZING, supervisor_marker="m1")
+        assert lifecycle.transition(s, job.id, lifecycle.RUNNING, marker="m1", started_at=utcnow())
+        assert lifecycle.transition(s, job.id, lifecycle.CANCELLED, marker="m1", error_message="cancelled by the user")
+    monkeypatch.setattr(jobs, "cancel_job", lambda ws, ref: _get(ws, job.id))  # as the supervisor leaves it
+    result = cli("jobs", "cancel", job.id, "--yes")
+    assert result.exit_code == 0 and f"run it again with: brightrun jobs retry {job.id}" in result.stdout
+    assert "jobs resume" not in result.stdout
+    (ws.home / job.run_dir / "checkpoints" / "step-3").mkdir(parents=True)
+    result = cli("jobs", "cancel", job.id, "--yes")
+    assert f"continue it with: brightrun jobs resume {job.id}" in result.stdout

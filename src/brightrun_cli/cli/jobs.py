@@ -306,7 +306,10 @@ def cancel_cmd(ctx: common.Context, job: JobArg, yes: common.YesOpt = False, jso
         return
     common.echo(f"job {row.id} {row.status} at step {row.current_step}; cost {_money(row.cost)}")
     if row.status == "cancelled":
-        common.echo(f"continue it with: brightrun jobs resume {row.id}")
+        if jobs.has_progress_to_resume(ws, row):
+            common.echo(f"continue it with: brightrun jobs resume {row.id}")
+        else:  # stopped before the trainer saved a checkpoint: only a fresh start can follow
+            common.echo(f"no checkpoint was saved; run it again with: brightrun jobs retry {row.id}")
 
 
 @jobs_app.command("retry")
