@@ -268,6 +268,20 @@ def test_schedule_warms_up_then_decays(kind):
         assert f(19) < 0.1 and all(f(s) >= f(s + 1) for s in range(4, 19))
 
 
+def test_each_logged_learning_rate_is_the_one_its_step_used(tmp_path):
+    """Step N is trained at the schedule's rate for N-1 optimizer steps taken; the log, watch,
+    plots and trackers show that rate, not the next step's."""
+    from brightrun_cli.trainer.loop import lr_lambda
+    from brightrun_cli.trainer.main import main as trainer_main
+
+    spec = write_run_dir(tmp_path, max_steps=4, warmup_steps=2, lr_scheduler="linear", eval=None)
+    assert trainer_main([str(spec)]) == 0
+    logged = [json.loads(l)["learning_rate"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    f = lr_lambda(warmup=2, total=4, kind="linear")
+    assert logged == [pytest.approx(3e-3 * f(step)) for step in range(4)]
+    assert logged[0] < 3e-3 and logged[-1] > 0  # warming up at the first step; still learning at the last
+
+
 def test_python_module_usage_line():
     import subprocess
 

@@ -753,6 +753,7 @@ def fit(run: Run) -> None:
                               acc.num_processes, spec.seed, epoch)
             step_groups = plan[index]
             step_tokens = sum(run.train[j].loss_tokens for group in step_groups for mb in group for j in mb)
+            learning_rate = run.scheduler.get_last_lr()[0]  # the rate this step uses (the step advances the schedule)
             if run.state.step + 1 == profile_step and acc.is_main_process:
                 loss, grad_norm, real, stop = profiled_step(run, step_groups[acc.process_index], step_tokens)
             else:
@@ -768,7 +769,7 @@ def fit(run: Run) -> None:
                 run.metrics.write(
                     split="train", epoch=round(run.state.step / run.steps_per_epoch, 4), step=run.state.step,
                     total_steps=run.total_steps, training_loss=round(loss, 6),
-                    learning_rate=run.scheduler.get_last_lr()[0], grad_norm=round(grad_norm, 6),
+                    learning_rate=learning_rate, grad_norm=round(grad_norm, 6),
                     tokens_per_sec=round(window_tokens / max(elapsed, 1e-9), 1), tokens_seen=run.state.tokens_seen,
                     gpu_utilization=utilization, gpu_memory=memory,
                 )
