@@ -153,6 +153,17 @@ def test_train_says_short_durations_in_seconds_or_minutes(cli, ws, tmp_path):
     assert duration.endswith((" s", " min")) and " h" not in line, line
 
 
+def test_save_steps_reaches_the_trainer_spec_and_is_checked(cli, ws):
+    dataset_with_stats(ws, conversations=500, train_tokens=90_000, validation_tokens=10_000)
+    plan = cli("train", "-d", "support-v1", "-p", "tiny", "--set", "save_steps=50", "--dry-run", "--json")
+    assert plan.exit_code == 0, plan.stderr
+    assert json.loads(plan.stdout)["spec"]["save_steps"] == 50
+    default = json.loads(cli("train", "-d", "support-v1", "-p", "tiny", "--dry-run", "--json").stdout)
+    assert default["spec"]["save_steps"] == 0
+    bad = cli("train", "-d", "support-v1", "-p", "tiny", "--set", "save_steps=-1", "--dry-run")
+    assert bad.exit_code == 2 and "save_steps must be in 0..1000000" in bad.stderr
+
+
 def test_a_small_size_limit_is_said_in_bytes(cli, brightrun_home, tmp_path):
     """Not "0.0 MB over the limit of 0.0 MB": the sizes in bytes, and where the limit comes from."""
     (brightrun_home / "config.toml").write_text("max_dataset_bytes = 10\n")

@@ -282,6 +282,18 @@ def test_each_logged_learning_rate_is_the_one_its_step_used(tmp_path):
     assert logged[0] < 3e-3 and logged[-1] > 0  # warming up at the first step; still learning at the last
 
 
+def test_save_steps_checkpoints_periodically_and_keeps_the_newest_two(tmp_path):
+    from brightrun_cli import lifecycle
+    from brightrun_cli.trainer.main import main as trainer_main
+
+    spec = write_run_dir(tmp_path, max_steps=5, save_steps=1, eval=None)
+    assert trainer_main([str(spec)]) == 0
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["step-3", "step-4"]  # every step but the last saved; older ones pruned
+    assert lifecycle.latest_checkpoint(tmp_path).name == "step-4"
+    assert (tmp_path / "checkpoints" / "step-4" / "adapter_model.safetensors").is_file()
+
+
 def test_python_module_usage_line():
     import subprocess
 

@@ -100,6 +100,9 @@ class TrainingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     chat_template: Annotated[Literal["model", "chatml"], Meta(description=(
         "How conversations are written for the model: model = its tokenizer's chat template (ChatML when it has none), "
         "chatml = ChatML with tools, tool calls and reasoning, for a base whose own template drops them; saved with the adapter"))] = "model"
+    save_steps: Annotated[int, Meta(ge=0, le=1_000_000, description=(
+        "Also checkpoint every N optimizer steps (the newest two kept), so a run killed without warning "
+        "(node failure, out of memory, a Slurm requeue) resumes from there; 0 = only when stopped (cancel, budget, SIGTERM)"))] = 0
     gpu_type: Annotated[str, Meta(min_length=1, description="GPU type from `brightrun gpus` (unset: the host's type)")] | None = None
     gpus: Annotated[int, Meta(ge=1, le=8, description="GPUs per host (unset: all of the host's)")] | None = None
 

@@ -311,7 +311,7 @@ def _spec(job_id: str, config: Any, accelerate: Any = None) -> dict[str, Any]:
         "seed": SEED,
         "hyperparameters": config.hyperparameters(),
         "logging_steps": 1,  # every optimizer step: the curves and the ETA want them all
-        "save_steps": 0,  # the trainer checkpoints on SIGTERM (cancel, budget, a reaped job): what resume needs
+        "save_steps": config.save_steps,  # 0: the trainer checkpoints only on SIGTERM (cancel, budget, a reaped job)
         "max_steps": None,
         "resume": False,
     }

@@ -598,6 +598,9 @@ class _nullcontext:
 
 # ---------------------------------------------------------------- checkpoints
 
+KEEP_CHECKPOINTS = 2  # the newest (what resume loads) and the one before it
+
+
 def _checkpoints(run_dir: Path) -> list[Path]:
     found = [p for p in (run_dir / "checkpoints").glob("step-*") if p.name.split("-", 1)[1].isdigit()]
     return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
@@ -627,6 +630,8 @@ def save_checkpoint(run: Run) -> Path:
     if acc.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        for old in _checkpoints(run.spec.output_dir)[:-KEEP_CHECKPOINTS]:  # periodic saves would pile up
+            shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
     run.log.info("checkpoint saved: %s", final)
     return final
