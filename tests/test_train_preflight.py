@@ -164,6 +164,18 @@ def test_save_steps_reaches_the_trainer_spec_and_is_checked(cli, ws):
     assert bad.exit_code == 2 and "save_steps must be in 0..1000000" in bad.stderr
 
 
+def test_a_target_module_the_base_model_lacks_is_refused_before_pricing_or_queueing(cli, ws):
+    """A typo would be priced as a tiny adapter, queued, and fail when the trainer starts."""
+    dataset_with_stats(ws, conversations=500, train_tokens=90_000, validation_tokens=10_000)
+    for command in (("estimate",), ("train", "--dry-run")):
+        bad = cli(*command, "-d", "support-v1", "-p", "tiny", "--set", "target_modules=q_porj,v_proj")
+        assert bad.exit_code == 2 and bad.stderr.count("\n") == 1, bad.stderr
+        assert "target_modules q_porj: no module of base model 'builtin:tiny'" in bad.stderr and "did you mean q_proj?" in bad.stderr
+    # peft's own matching: a dotted suffix of a module path names it too.
+    assert cli("estimate", "-d", "support-v1", "-p", "tiny", "--set", "target_modules=self_attn.q_proj,mlp.down_proj").exit_code == 0
+    assert not json.loads(cli("train", "-d", "support-v1", "-p", "tiny", "--dry-run", "--json").stdout).get("error")
+
+
 def test_a_small_size_limit_is_said_in_bytes(cli, brightrun_home, tmp_path):
     """Not "0.0 MB over the limit of 0.0 MB": the sizes in bytes, and where the limit comes from."""
     (brightrun_home / "config.toml").write_text("max_dataset_bytes = 10\n")

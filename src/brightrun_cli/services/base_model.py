@@ -30,6 +30,7 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from brightrun_cli.errors import UsageError
@@ -240,3 +241,67 @@ def local_base_model(ws: Workspace, name: str | None) -> str | None:
     if not name or not gguf.is_gguf(name):
         return name
     return str(gguf.convert_gguf(name, ws.home / "cache"))
+
+
+def weight_module_names(path: Path) -> list[str] | None:
+    """The modules of a model directory that hold a weight matrix (safetensors keys ending in
+    `.weight` with two dimensions), from the index or the headers alone; None when the weights
+    are not safetensors or cannot be read (nothing to check against then)."""
+    keys: dict[str, Any] = {}
+    index = path / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        elif (path / "model.safetensors").is_file():
+            shards = ["model.safetensors"]
+        else:
+            return None
+        for shard in shards:
+            with (path / shard).open("rb") as handle:
+                (length,) = struct.unpack("<Q", handle.read(8))
+                if length > MAX_SAFETENSORS_HEADER:
+                    return None
+                keys.update(json.loads(handle.read(length)))
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+    return sorted(key[: -len(".weight")] for key, tensor in keys.items()
+                  if key.endswith(".weight") and isinstance(tensor, dict) and len(tensor.get("shape") or ()) == 2)
+
+
+def check_target_modules(name: str | None, targets: list[str] | str) -> None:
+    """Refuse LoRA target modules that no module of the base model is named (peft matches a
+    name against the end of each module's path), before a job is queued or priced: a typo
+    would otherwise be priced as a tiny adapter, queued, and fail when the trainer starts.
+    A model that cannot be looked at here (a hub id not cached, weights not in safetensors)
+    is left to the trainer."""
+    if not name or targets == "all-linear":
+        return
+    from brightrun_cli.builtin import names_a_path, resolve_base_model
+
+    try:
+        location = resolve_base_model(name)
+    except ValueError:
+        return
+    if names_a_path(location):
+        directory = Path(location).expanduser()
+    else:
+        config = cached_file(location, "config.json")
+        if config is None:
+            return
+        directory = Path(config).parent
+    modules = weight_module_names(directory)
+    if not modules:
+        return
+    missing = [t for t in targets if not any(m == t or m.endswith("." + t) for m in modules)]
+    if not missing:
+        return
+    import difflib
+
+    leaves = sorted({m.rsplit(".", 1)[-1] for m in modules if ".layers." in m or ".h." in m or ".blocks." in m} or
+                    {m.rsplit(".", 1)[-1] for m in modules})
+    close = [c for t in missing for c in difflib.get_close_matches(t, leaves, n=1)]
+    raise UsageError(
+        f"target_modules {', '.join(missing)}: no module of base model '{gguf.describe(name, short=True)}' is named so "
+        f"(its layers' weight modules: {', '.join(leaves[:12])}{', ...' if len(leaves) > 12 else ''})",
+        (f"did you mean {', '.join(close)}? " if close else "") + "fix --set target_modules=..., or use target_modules=all-linear",
+    )

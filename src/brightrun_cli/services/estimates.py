@@ -27,7 +27,7 @@ from brightrun_cli.registry import hosts as host_rows
 from brightrun_cli.registry import jobs as job_rows
 from brightrun_cli.registry import points as point_rows
 from brightrun_cli.registry.rows import DatasetRow, HostRow, JobRow
-from brightrun_cli.services.base_model import hub_config
+from brightrun_cli.services.base_model import check_target_modules, hub_config
 from brightrun_cli.services.flops import (
     GIB,
     ModelShape,
@@ -301,6 +301,8 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
             f"fix it and re-add it, or run 'brightrun dataset validate {dataset.id}'",
         )
     shape = read_model_shape(require_base_model(config), model_config)
+    if model_config is None:  # the model is here to look at (on an SSH host, the trainer checks it there)
+        check_target_modules(config.base_model, config.target_modules)
     gpu, devices = placement.gpu, placement.devices
     plan = token_plan(dataset, config)
     steps_per_epoch = trainer_steps_per_epoch(plan.sequences, config, devices)
