@@ -7,6 +7,7 @@ import json
 from datetime import timedelta
 
 import pytest
+from sqlmodel import select
 
 from brightrun_cli.presets.schema import TrainingConfig
 from brightrun_cli.registry.tables import Dataset, MetricPoint, TrainingJob
@@ -155,7 +156,9 @@ def test_calibration_uses_measured_throughput_of_completed_jobs(ws, tmp_path, mo
     # its first metric point) before the compute at that rate.
     assert after.tokens_per_sec == pytest.approx(5000.0, rel=1e-6)
     assert after.startup_s == pytest.approx(21.0)
-    assert after.duration_s == pytest.approx(21.0 + (after.train_flops + after.eval_flops) / after.flops_per_s, rel=1e-6)
+    # Its finish (from its last metric point, at 20 + 5 s, to its completion at 100 s) too.
+    assert after.finish_s == pytest.approx(75.0, abs=1e-3)
+    assert after.duration_s == pytest.approx(21.0 + (after.train_flops + after.eval_flops) / after.flops_per_s + 75.0, rel=1e-6)
     assert after.duration_s != pytest.approx(before.duration_s, rel=0.01)
 
 
@@ -507,3 +510,29 @@ def test_a_dataset_learned_from_more_examples_than_conversations_is_planned_by_i
         session.add(row)
     est = estimate(ws, "support-v1", preset="fast", base_model=model_dir(tmp_path, LLAMA_7B), gpu_type="A100-80GB", gpus=1)
     assert est.steps_per_epoch == trainer_steps_per_epoch(2000, est.config, 1)
+
+
+def test_a_small_model_on_a_big_gpu_is_priced_at_its_step_floor_and_the_answer_eval_is_counted(ws, tmp_path):
+    """FLOPs alone put tens of thousands of a 135M model's steps into seconds on an H100
+    (hundreds of steps a second, which no eager trainer launches); and every job ends with
+    an answer eval of its held-out prompts that the duration and the cost must include."""
+    from brightrun_cli.services.estimates import FINISH_FIXED_S, GPU_MICRO_STEP_S_PER_LAYER
+
+    dataset_with_stats(ws, conversations=45_000, train_tokens=1_350_000, validation_tokens=150_000,
+                       tokens_per_conversation={"min": 20, "p50": 30, "p90": 40, "p99": 45, "max": 50})
+    model = model_dir(tmp_path, SMOLLM2_135M)
+    est = estimate(ws, "support-v1", preset="balanced", overrides=("batch_size=2",), base_model=model, gpu_type="H100", gpus=1)
+    floor = est.total_steps * SMOLLM2_135M["num_hidden_layers"] * GPU_MICRO_STEP_S_PER_LAYER
+    assert est.train_s >= floor > est.train_flops / est.flops_per_s  # the floor, not the FLOPs, bounds it
+    assert est.duration_s >= est.startup_s + est.train_s + est.finish_s
+    assert est.finish_s > FINISH_FIXED_S  # held-out prompts to answer, base and tuned
+    details = est.to_json()["training_details"]
+    assert details["training_seconds"] == round(est.train_s, 1) and details["finish_seconds"] == round(est.finish_s, 1)
+    # Without a held-out split there is no answer eval: only the save.
+    dataset_with_stats(ws, name="no-held-out", conversations=1000, validation_tokens=0)
+    with ws.registry.write() as session:
+        row = session.exec(select(Dataset).where(Dataset.name == "no-held-out")).one()
+        row.stats = {**row.stats, "validation_conversations": 0}
+        row.total_validation_pairs = 0
+    bare = estimate(ws, "no-held-out", preset="balanced", base_model=model, gpu_type="H100", gpus=1)
+    assert bare.finish_s == FINISH_FIXED_S

@@ -41,6 +41,13 @@ def latest_train(conn: sqlite3.Connection, job_id: str) -> tuple[float | None, f
     return (row[0], row[1]) if row else (None, None)
 
 
+def last_time(conn: sqlite3.Connection, job_id: str):
+    """When the job's newest point was written (its last held-out loss, ending the training):
+    what follows it until completion (the saved adapter, the answer eval) is the run's finish."""
+    rows = read.fetch_all(conn, PointRow, "job_id = ?", (job_id,), order="step DESC, split DESC", limit=1)
+    return rows[0].timestamp if rows else None
+
+
 def first(conn: sqlite3.Connection, job_id: str) -> PointRow | None:
     """The job's first point: the base model's held-out loss at step 0 (or its first step).
     Its time ends the run's start-up, for the estimates' calibration."""

@@ -48,6 +48,19 @@ MULTI_DEVICE_EFFICIENCY = 0.92
 # split; plus reading the weights at this rate.
 STARTUP_FIXED_S = 20.0
 WEIGHT_LOAD_BYTES_PER_S = 1e9
+# Each micro-batch's forward and backward launch a few hundred kernels per decoder layer
+# (LoRA adds several per adapted module), and the optimizer step one more pass: a floor
+# under the step time that FLOPs alone miss, which is what a small model on a large GPU
+# runs into (eager PyTorch, ~10 us a launch). On a CPU the utilisation curve covers it.
+GPU_MICRO_STEP_S_PER_LAYER = 0.6e-3
+GPU_OPTIMIZER_STEP_S = 2e-3
+# The finish after the last held-out loss: the adapter saved, then the answer eval
+# (base and tuned greedy answers to up to `DEFAULT_EVAL_LIMIT` held-out prompts, in
+# batches of about EVAL_BATCH) decoding token by token: each decoding step costs a
+# per-layer launch floor plus its FLOPs. Calibrated runs replace it with what they took.
+FINISH_FIXED_S = 3.0
+EVAL_BATCH = 16
+DECODE_S_PER_LAYER = {"gpu": 0.25e-3, "cpu": 5e-3}
 # Object storage list price (USD per GB-month) for adapters kept on a remote store;
 # a local store costs nothing.
 REMOTE_STORAGE_PRICE_GB_MONTH = 0.023
@@ -135,6 +148,7 @@ class Calibration(msgspec.Struct, frozen=True):
     device_flops_per_s: float | None  # measured, per device
     startup_s: float | None
     slowed: int = 0  # measured jobs left out: much slower than the others (a busy machine)
+    finish_s: float | None = None  # measured: from the last held-out loss to completion
 
     @property
     def message(self) -> str:
@@ -148,7 +162,7 @@ class Calibration(msgspec.Struct, frozen=True):
 
     def to_json(self) -> dict[str, Any]:
         return {"calibrated": self.runs > 0, "runs": self.runs, "job_ids": self.job_ids, "message": self.message,
-                "device_flops_per_s": self.device_flops_per_s, "startup_s": self.startup_s, "slowed_runs_left_out": self.slowed}
+                "device_flops_per_s": self.device_flops_per_s, "startup_s": self.startup_s, "finish_s": self.finish_s, "slowed_runs_left_out": self.slowed}
 
 
 class EstimateWarning(msgspec.Struct, frozen=True):
@@ -180,6 +194,8 @@ class Estimate(msgspec.Struct):
     flops_per_s: float
     startup_s: float
     duration_s: float
+    train_s: float  # the training steps: their FLOPs at the rate, or the per-step launch floor when higher
+    finish_s: float  # after the last held-out loss: saving the adapter, the answer eval
     hourly_rate: float
     compute_cost: float
     storage_cost: float
@@ -253,6 +269,8 @@ class Estimate(msgspec.Struct):
                 "eval_flops": self.eval_flops,
                 "sustained_flops_per_sec": self.flops_per_s,
                 "startup_seconds": round(self.startup_s, 1),
+                "training_seconds": round(self.train_s, 1),
+                "finish_seconds": round(self.finish_s, 1),
                 "estimated_duration_seconds": round(self.duration_s, 1),
             },
             "preset_id": self.resolved.preset_id,
@@ -318,7 +336,11 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
     else:
         flops_per_s = gpu.bf16_tflops * 1e12 * assumed_utilization(gpu, shape) * scale
         startup_s = _assumed_startup(shape, weight_bytes)
-    duration_s = startup_s + (train_flops + eval_flops) / flops_per_s
+    total_steps = steps_per_epoch * config.num_epochs
+    train_s = max(train_flops / flops_per_s, step_floor_s(shape, config, gpu.name, total_steps))
+    finish_s = calibration.finish_s if calibration.finish_s is not None else assumed_finish_s(
+        shape, dataset, gpu.name, flops_per_s / scale)
+    duration_s = startup_s + train_s + eval_flops / flops_per_s + finish_s
     hourly_rate = gpu.price_per_hour * devices
     shards = devices if fsdp and devices > 1 else 1
     need = memory_need(shape, config, plan.sequence_length, weight_bytes=weight_bytes, on_gpu=gpu.name != "cpu", shards=shards)
@@ -327,7 +349,7 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
         dataset=dataset, resolved=resolved, placement=placement, plan=plan, shape=shape,
         steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * config.num_epochs,
         train_flops=train_flops, eval_flops=eval_flops, flops_per_s=flops_per_s, startup_s=startup_s,
-        duration_s=duration_s, hourly_rate=hourly_rate, compute_cost=hourly_rate * duration_s / 3600,
+        duration_s=duration_s, train_s=train_s, finish_s=finish_s, hourly_rate=hourly_rate, compute_cost=hourly_rate * duration_s / 3600,
         storage_cost=_storage_cost(ws, shape, config), memory=need, memory_capacity=capacity,
         advice=None, calibration=calibration,
         reference=reference_estimate(dataset, config, gpu, devices),
@@ -565,6 +587,35 @@ def _assumed_startup(shape: ModelShape, weight_bytes: int) -> float:
     return STARTUP_FIXED_S + shape.total_params * weight_bytes / WEIGHT_LOAD_BYTES_PER_S
 
 
+def step_floor_s(shape: ModelShape, config: TrainingConfig, gpu_name: str, total_steps: int) -> float:
+    """The least time `total_steps` optimizer steps take on a GPU whatever their FLOPs: kernel
+    launches per layer per micro-batch, and the optimizer step (0 on a CPU)."""
+    if normalize_gpu_name(gpu_name) == "cpu":
+        return 0.0
+    micro = config.gradient_accumulation_steps * (2 if config.gradient_checkpointing else 1)
+    return total_steps * (micro * shape.layers * GPU_MICRO_STEP_S_PER_LAYER + GPU_OPTIMIZER_STEP_S)
+
+
+def assumed_finish_s(shape: ModelShape, dataset: DatasetRow, gpu_name: str, device_flops_per_s: float) -> float:
+    """Saving the adapter and the answer eval, before any run on this GPU type measured it:
+    base and tuned answers to the held-out prompts (at most the eval's limit), decoded in
+    batches for as many steps as the longest answers (about twice the mean turn), each
+    step a per-layer floor plus its FLOPs."""
+    from brightrun_cli.trainer.spec import DEFAULT_EVAL_LIMIT
+
+    stats = dataset.stats or {}
+    held_out = int(stats.get("validation_conversations") or dataset.total_validation_pairs or 0)
+    samples = min(DEFAULT_EVAL_LIMIT, held_out)
+    if samples == 0:
+        return FINISH_FIXED_S
+    answer_tokens = min(512, max(16, 2 * int(dataset.avg_tokens_per_turn or 64)))
+    rows = min(samples, EVAL_BATCH)
+    floor = DECODE_S_PER_LAYER["cpu" if normalize_gpu_name(gpu_name) == "cpu" else "gpu"] * shape.layers
+    step_s = floor + 2 * shape.matmul_params_per_token * rows / device_flops_per_s
+    batches = -(-samples // rows)
+    return FINISH_FIXED_S + 2 * batches * answer_tokens * step_s
+
+
 def _storage_cost(ws: Workspace, shape: ModelShape, config: TrainingConfig) -> float:
     """One month of the adapter (fp32 safetensors) on the blob store."""
     url = ws.config.storage_url or ""
@@ -775,6 +826,7 @@ class Measured(msgspec.Struct, frozen=True):
     job_id: str
     device_flops_per_s: float  # steady-state training rate per device
     startup_s: float | None  # from its start to its first metric point (None: not measurable, e.g. resumed)
+    finish_s: float | None = None  # from its last metric point to its completion
 
 
 def calibrate(ws: Workspace, gpu: Gpu, shape: ModelShape, base_model: str | None) -> Calibration:
@@ -806,12 +858,14 @@ def calibrate(ws: Workspace, gpu: Gpu, shape: ModelShape, base_model: str | None
     steady = undisturbed([m.device_flops_per_s for m in measured])
     kept = [m for m in measured if m.device_flops_per_s >= min(steady)]
     startups = [m.startup_s for m in kept if m.startup_s is not None]
+    finishes = [m.finish_s for m in kept if m.finish_s is not None]
     return Calibration(
         runs=len(kept),
         job_ids=[m.job_id for m in kept],
         device_flops_per_s=_median(steady),
         startup_s=_median(startups) if startups else None,
         slowed=found - len(kept),
+        finish_s=_median(finishes) if finishes else None,
     )
 
 
@@ -849,6 +903,9 @@ def _measure(conn: Any, job: JobRow) -> Measured | None:
     # its own tokens, so its rate is scaled by planned/counted to stay in one unit.
     planned_tokens = config.num_epochs * plan.computed_tokens
     rates = undisturbed(point_rows.train_throughputs(conn, job.id))
+    ended_training = point_rows.last_time(conn, job.id)
+    finish = ((job.completed_at - ended_training).total_seconds()
+              if ended_training is not None and job.started_at <= ended_training <= job.completed_at else None)
     startup: float | None
     if rates:
         flops_per_s = _median(rates) * fpt * planned_tokens / job.tokens_processed
@@ -860,8 +917,8 @@ def _measure(conn: Any, job: JobRow) -> Measured | None:
                 startup = max(0.0, startup - base_eval_flops / flops_per_s)
     else:
         startup = _assumed_startup(shape, _weight_bytes(config, str(job.gpu_config.get("type", ""))))
-        if wall <= startup:
+        if wall <= startup + (finish or 0.0):
             return None
-        flops_per_s = (planned_tokens * fpt + (config.num_epochs + 1) * base_eval_flops) / (wall - startup)
+        flops_per_s = (planned_tokens * fpt + (config.num_epochs + 1) * base_eval_flops) / (wall - startup - (finish or 0.0))
     scale = devices * (MULTI_DEVICE_EFFICIENCY ** (devices - 1))
-    return Measured(job.id, flops_per_s / scale, startup)
+    return Measured(job.id, flops_per_s / scale, startup, finish)
