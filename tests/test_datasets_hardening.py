@@ -300,12 +300,17 @@ def test_files_gone_from_storage_are_shown_refused_by_train_and_handled_by_valid
     assert refused.stderr.count("\n") == 1
     repaired = cli("dataset", "validate", "d", "--json")
     assert repaired.exit_code == 0 and (root / "train.jsonl").exists() and show_json(cli, "d")["missing_files"] == []
-    # The data file itself gone: validate says so, marks it error and frees the name.
+    # The data file itself gone: validate says so and how to go on, and leaves the dataset as it was
+    # (a storage_url typo or an outage looks the same); with the file back, validate works again.
+    data = (root / "data.jsonl").read_bytes()
     (root / "data.jsonl").unlink()
     lost = cli("dataset", "validate", "d")
-    assert lost.exit_code == 1 and "lost its data" in lost.stderr and f"brightrun dataset add {path} --name d" in lost.stderr
-    assert show_json(cli, "d")["status"] == "error"
-    assert add(cli, path, "--name", "d").exit_code == 0
+    assert lost.exit_code == 1 and "is not in storage" in lost.stderr and "storage_url" in lost.stderr
+    assert f"brightrun dataset rm {ds['id']}" in lost.stderr and f"brightrun dataset add {path} --name d" in lost.stderr
+    assert lost.stderr.count("\n") == 1 and "Traceback" not in lost.output
+    assert show_json(cli, "d")["status"] == "ready"
+    (root / "data.jsonl").write_bytes(data)
+    assert cli("dataset", "validate", "d").exit_code == 0 and show_json(cli, "d")["missing_files"] == []
 
 
 def test_missing_files_of_a_remote_store_are_found_too(tmp_path, brightrun_home, s3_server, cli):

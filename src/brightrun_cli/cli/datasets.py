@@ -1,12 +1,18 @@
-"""`brightrun dataset add|list|show|validate|rm`: conversation data in, validated, described."""
+"""`brightrun dataset add|list|show|validate|rm`: conversation data in, validated, described.
+
+Text that comes from the data (sample turns, ids, findings) is printed with its control
+characters shown as escapes (`_visible`: ESC as \\x1b), so a dataset cannot drive the
+terminal, and with markup escaped.
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 from brightrun_cli.cli import common, term
-from brightrun_cli.generation import gguf
+from brightrun_cli.services.base_model import display_name
 
 if TYPE_CHECKING:
     from brightrun_cli.registry.rows import DatasetRow
@@ -80,7 +86,12 @@ def list_command(
         return
     rows = list_datasets(ws, status=status, search=search, limit=limit or common.LIST_DEFAULT)
     if not rows:
-        common.console().print("No datasets. Add one: brightrun dataset add FILE.jsonl --name NAME")
+        if search is not None or status is not None:
+            what = " and ".join(filter(None, [f"match the search {search!r}" if search is not None else "",
+                                              f"are in status {status}" if status is not None else ""]))
+            common.console().print(f"No datasets {what} (brightrun dataset list shows them all).", markup=False)
+        else:
+            common.console().print("No datasets. Add one: brightrun dataset add FILE.jsonl --name NAME")
         return
     table = common.list_table("ID", "NAME", "STATUS", "CONVS", "PAIRS T/V", "TOKENS", "SIZE", "CREATED",
                               wrap=("NAME",), right=("CONVS", "PAIRS T/V", "TOKENS", "SIZE"))
@@ -124,7 +135,8 @@ def validate_command(
     """Re-run validation and stats on the stored data (e.g. with another base model's tokenizer and context).
 
     Checks that the stored files exist: a missing split is rewritten from the data file; a
-    missing data file marks the dataset error (exit 1) and frees its name for a new add.
+    data file storage does not have (a wrong storage_url, an outage, or a lost file) exits 1
+    and leaves the dataset as it was: once storage is right, validate again.
 
     Examples:
       brightrun dataset validate support-v1
@@ -231,11 +243,17 @@ def _render_dataset(details: "DatasetDetails") -> None:
     if row.status == "ready":
         stats = row.stats or {}
         facts += [
-            ("conversations", f"{row.total_conversations} ({stats.get('train_conversations')} train / {stats.get('validation_conversations')} validation, val split {row.val_split:g})"),
+            ("conversations", f"{_num(row.total_conversations)} ({_num(stats.get('train_conversations'))} train / "
+                              f"{_num(stats.get('validation_conversations'))} validation, val split {row.val_split:g})"),
+            *([("duplicates", f"[yellow]{stats['duplicate_conversations']:,} exact duplicate conversation(s)[/yellow] "
+                              "(kept, each on the same side of the split as its original: remove them unless they are meant to weigh more)")]
+              if stats.get("duplicate_conversations") else []),
             *([("train examples", f"{stats['train_examples']:,} (earlier turns with reasoning each learned from a copy of "
                                   "their conversation: the template writes reasoning only into the last turn)")]
               if stats.get("train_examples") else []),
-            ("training pairs", f"{row.total_training_pairs} assistant turns (+{row.total_validation_pairs} held out)"),
+            ("training pairs", f"{_num(row.total_training_pairs)} assistant turns (+{_num(row.total_validation_pairs)} held out)"
+                               + (f"; {stats['context_only_turns']:,} more are context only (weight 0), not learned"
+                                  if stats.get("context_only_turns") else "")),
             ("tokens", _tokens(row.total_tokens, row.token_count_method) + f"  ({term.escape(_counted_with(row.token_count_method))})"),
             ("avg turns/conv", "-" if row.avg_turns_per_conversation is None else f"{row.avg_turns_per_conversation:g}"),
             ("avg tokens/turn", "-" if row.avg_tokens_per_turn is None else f"{row.avg_tokens_per_turn:g}"),
@@ -253,7 +271,7 @@ def _render_dataset(details: "DatasetDetails") -> None:
     if row.validation_warning_count:
         facts.append(("warnings", f"{row.validation_warning_count} (they do not block training), listed below"))
     if row.error_message:
-        facts.append(("error", row.error_message))
+        facts.append(("error", term.escape(_visible(row.error_message))))
     grid = term.Table.grid(padding=(0, 2))
     for key, value in facts:
         grid.add_row(f"[dim]{key}[/dim]", str(value))
@@ -275,13 +293,13 @@ def _render_sample(sample: dict[str, Any]) -> None:
     """A sample's first turns, each on one line: cut before any work on the text, since rows
     stored before samples were bounded may hold a whole conversation of any length."""
     out = common.console()
-    out.print(f"[dim]{term.escape(str(sample.get('conversation_id')))}[/dim]")
+    out.print(f"[dim]{term.escape(_visible(str(sample.get('conversation_id'))))}[/dim]")
     turns = sample.get("turns", [])
     for turn in turns[:SAMPLE_SHOWN_TURNS]:
         raw = str(turn.get("content", ""))[: SAMPLE_TEXT_CHARS * 4]
         text = " ".join(raw.split())
         text = text if len(text) <= SAMPLE_TEXT_CHARS else text[: SAMPLE_TEXT_CHARS - 3] + "..."
-        out.print(f"  {turn.get('role')}: {text}", markup=False)
+        out.print(_visible(f"  {turn.get('role')}: {text}"), markup=False)
     total = sample.get("turn_count", len(turns))
     if total > SAMPLE_SHOWN_TURNS:
         out.print(f"  ... {total - SAMPLE_SHOWN_TURNS:,} more turn(s)", markup=False)
@@ -293,7 +311,7 @@ def _render_findings(title: str, findings: list[dict[str, Any]], count: int, key
     table = term.Table("LINE", column, "HOW TO FIX", box=None)
     for finding in findings:
         where = f"{finding['file']}:{finding['line']}" if finding.get("file") else str(finding["line"])
-        table.add_row(term.escape(where), term.escape(finding.get(key, "")), term.escape(finding.get("suggestion") or ""))
+        table.add_row(*(term.escape(_visible(str(text))) for text in (where, finding.get(key, ""), finding.get("suggestion") or "")))
     common.console().print(table)
 
 
@@ -304,6 +322,16 @@ def _render_histogram(buckets: list[dict[str, int]]) -> None:
     for bucket in buckets:
         bar = "#" * max(1, round(30 * bucket["conversations"] / peak))
         out.print(f"  <= {bucket['max_tokens']:>7}  {bar} {bucket['conversations']}", markup=False)
+
+
+# Control characters (C0 but newline and tab, DEL, C1) and the bidi overrides that reorder a line.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(text: str) -> str:
+    """`text` with control characters written as escapes (ESC -> \\x1b): data cannot move the
+    cursor, recolour or retitle the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
 
 
 def _colour(status: str) -> str:
@@ -323,11 +351,13 @@ def _counted_with(method: str | None) -> str:
     file name), or the approximation."""
     if not method:
         return "not counted"
+    if method == "approx:chars+template":
+        return "approximated (characters by script, plus a chat template's tokens per message): added without a base model"
     if method.startswith("approx"):
         return f"approximated as {method.partition(':')[2].replace('/', ' / ') or method}: added without a base model"
     if method.startswith("tokenizer:"):
         name, _, suffix = method.removeprefix("tokenizer:").partition(" (")
-        return f"{gguf.describe(name, short=True)}'s tokenizer" + (f", {suffix.removesuffix(')')}" if suffix else "")
+        return f"{display_name(name, short=True)}'s tokenizer" + (f", {suffix.removesuffix(')')}" if suffix else "")
     return method
 
 

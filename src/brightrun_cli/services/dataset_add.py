@@ -18,6 +18,13 @@
      storage, then status `ready`, the stats and a `dataset_ready` notification.
 A process killed mid-way leaves its row in `uploading`/`validating` with its lock
 released by the kernel: `datasets.repair_interrupted` deals with it.
+
+`validate_dataset` re-reads the stored data file. A data file storage does not have (or
+cannot be reached for) is not a finding about the data: the dataset is left as it was
+and the message points at storage_url, since a typo or an outage looks the same as a
+lost file; once storage is back, validating again makes it ready. A dataset that an
+older brightrun marked lost (error, nothing recorded as stored) whose data file is back
+in storage is validated again too.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from brightrun_cli.builtin import absolute_base_model
 from brightrun_cli.errors import ConflictError, OperationError, UsageError
 from brightrun_cli.registry import datasets as dataset_rows
 from brightrun_cli.registry.engine import DuplicateRow
-from brightrun_cli.registry.ids import new_id
+from brightrun_cli.registry.ids import check_name, new_id
 from brightrun_cli.registry.rows import DatasetRow
 from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.services.base_model import local_base_model
@@ -195,6 +202,7 @@ def _check_name(name: str) -> str:
     cleaned = name.strip()
     if not cleaned or len(cleaned) > MAX_NAME_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in cleaned):
         raise UsageError(f"--name {name!r}: names are 1-{MAX_NAME_LENGTH} printable characters", "pass e.g. --name support-v1")
+    check_name(cleaned, "dataset")  # nothing a later lookup would misread (an id prefix, an option)
     return cleaned
 
 
@@ -355,8 +363,9 @@ def _stats(result: ScanResult) -> dict[str, Any]:
     train_examples = sum(result.kept_values(result.examples, held_out=False))
     return {
         "total_conversations": conversations,
-        "total_training_pairs": sum(result.kept_values(result.assistant_turns, held_out=False)),
-        "total_validation_pairs": sum(result.kept_values(result.assistant_turns, held_out=True)),
+        # Pairs a run learns: assistant turns with weight 0 are context (stats: context_only_turns).
+        "total_training_pairs": sum(result.kept_values(result.learned_turns, held_out=False)),
+        "total_validation_pairs": sum(result.kept_values(result.learned_turns, held_out=True)),
         "total_tokens": train_tokens + validation_tokens,
         "avg_turns_per_conversation": round(turns / conversations, 3),
         "avg_tokens_per_turn": round((train_tokens + validation_tokens) / turns, 3),
@@ -370,6 +379,8 @@ def _stats(result: ScanResult) -> dict[str, Any]:
             "chat_template": result.chat_template,  # what the token counts were written with (DatasetRow.counted_chat_template)
             "turns_by_role": result.roles,
             "tool_call_turns": result.tool_call_turns,
+            "context_only_turns": result.context_turns,  # assistant turns with weight 0: not training pairs
+            "duplicate_conversations": result.duplicates,  # exact copies of an earlier one (same split side)
             # Counted with a chat template that drops those calls: training with it is refused
             # (services.training.check_tool_call_template), and the counts leave the calls out.
             "template_drops_tool_calls": result.template_drops_calls,
@@ -405,20 +416,22 @@ def _histogram(values: Any) -> list[dict[str, int]]:
 def validate_dataset(ws: "Workspace", ref: str, *, base_model: str | None = None, chat_template: str | None = None) -> DatasetRow:
     """Re-run validation and stats on the stored data (optionally with another base model's
     tokenizer, or another chat template: unless given, the one it was counted with). A
-    dataset whose data file left storage is marked `error` (freeing its name)."""
+    dataset whose data file is not in storage is left as it was (module docstring)."""
     row = get_dataset(ws, ref)
     if row.status in ("uploading", "validating"):
         raise ConflictError(f"dataset '{row.name}' is being {row.status[:-3]}ed by another command", "wait for it to finish")
-    if row.content_sha256 is None:
+    stored = _data_in_storage(ws, row)
+    if row.content_sha256 is None and not (row.validated_at is not None and stored):
         raise UsageError(
             f"dataset '{row.name}' has no stored data ({row.error_message})",
             f"fix the source file, then add it again under the same name: {add_again_command(row)}",
         )
-    if not ws.storage.exists(row.storage_path):
-        _mark_error(ws, row.id, f"its data file {row.storage_path} is missing from storage", lost=True)
+    if not stored:
         raise OperationError(
-            f"dataset '{row.name}' lost its data: {row.storage_path} is missing from storage",
-            f"add the source again (the name is free now): {add_again_command(row)}",
+            f"dataset '{row.name}': its data file {row.storage_path} is not in storage at {_storage_place(ws)} "
+            f"(status left {row.status})",
+            f"check storage_url in the config and that the store is reachable, then validate again; if the file is "
+            f"really gone, remove the dataset ('brightrun dataset rm {row.id}') and add the source again: {add_again_command(row)}",
         )
     model = _model_name(local_base_model(ws, base_model or row.base_model or ws.config.default_base_model))
     counter = load_counter(model, chat_template or row.counted_chat_template)
@@ -431,9 +444,37 @@ def validate_dataset(ws: "Workspace", ref: str, *, base_model: str | None = None
         try:
             with ws.storage.open(row.storage_path) as handle:
                 return _ingest(ws, current, [(row.file_name, iter(handle))], fmt="brightrun_lora_v4", counter=counter, progress=None)
+        except OSError as exc:  # storage went away meanwhile: not a finding about the data
+            with contextlib.suppress(Exception), ws.registry.write() as tx:
+                dataset_rows.update(tx, row.id, status=current.status)
+            raise OperationError(
+                f"dataset '{row.name}': cannot read {row.storage_path} from storage at {_storage_place(ws)} ({_first_line(exc)}); "
+                f"status left {current.status}",
+                "check storage_url in the config and that the store is reachable, then validate again",
+            ) from None
         except BaseException as exc:
             _mark_error(ws, row.id, f"validation failed: {exc}")
             raise
+
+
+def _data_in_storage(ws: "Workspace", row: DatasetRow) -> bool:
+    """Whether the dataset's data file is in storage; a store that cannot be reached is an OperationError."""
+    try:
+        return ws.storage.exists(row.storage_path)
+    except Exception as exc:
+        raise OperationError(
+            f"cannot reach storage at {_storage_place(ws)} to read dataset '{row.name}' ({_first_line(exc)}); nothing was changed",
+            "check storage_url in the config and that the store is reachable, then validate again",
+        ) from None
+
+
+def _storage_place(ws: "Workspace") -> str:
+    return ws.config.storage_url or str(ws.home / "storage")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _mark_error(ws: "Workspace", dataset_id: str, reason: str, *, lost: bool = False) -> None:

@@ -153,7 +153,11 @@ def _conversation_id(obj: dict[str, Any], fmt: str, line: int, problems: list[Pr
         problems.append(Problem(line, "missing field 'conversation_id'", 'give each line a unique "conversation_id" string'))
         return ""
     cid = obj["conversation_id"]
-    if isinstance(cid, bool) or not isinstance(cid, (str, int)) or str(cid).strip() == "":
+    if isinstance(cid, str) and not cid.strip():
+        problems.append(Problem(line, "'conversation_id' is empty" if not cid else "'conversation_id' is only whitespace",
+                                'use a unique non-empty string such as "conv-0001"'))
+        return ""
+    if isinstance(cid, bool) or not isinstance(cid, (str, int)):
         problems.append(Problem(line, f"'conversation_id' must be a non-empty string (got {_json_type(cid)})", 'use a unique string such as "conv-0001"'))
         return ""
     return str(cid)
@@ -203,7 +207,9 @@ def _chat_turn(item: Any, fmt: str, where: str, line: int, problems: list[Proble
     calls = _tool_calls(item, where, line, problems) if role == "assistant" else None
     content = item.get(content_key)
     if fmt != "sharegpt" and isinstance(content, list):
-        content = _openai_parts(content)
+        content = _openai_parts(content, where, line, problems)
+        if content is None:
+            return None
     if calls is not None and content is None:
         content = ""  # a tool call without text: templates render the call alone
     elif content_key not in item:
@@ -368,13 +374,21 @@ def _tools(obj: dict[str, Any], fmt: str, line: int, problems: list[Problem]) ->
     return tools or None
 
 
-def _openai_parts(parts: list[Any]) -> str | None:
-    """OpenAI content given as parts: text parts are joined; any other part makes it unusable."""
+def _openai_parts(parts: list[Any], where: str, line: int, problems: list[Problem]) -> str | None:
+    """OpenAI content given as parts: text parts are joined; any other part (an image, audio)
+    is a problem, named by its number (from 1) and type (None: a problem was reported)."""
     texts = []
-    for part in parts:
-        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-            return None
-        texts.append(part["text"])
+    for number, part in enumerate(parts, start=1):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+            continue
+        if isinstance(kind, str) and kind != "text":
+            error = f"{where} content part {number} has type {_short(kind)}: only text parts are supported (this is a text-only LoRA trainer)"
+        else:
+            error = f"{where} content part {number} is not a text part (got {_json_type(part)})"
+        problems.append(Problem(line, error, 'keep only {"type": "text", "text": ...} parts (drop the others, or the line)'))
+        return None
     return "".join(texts)
 
 
@@ -392,8 +406,10 @@ def _alpaca_turns(obj: dict[str, Any], line: int, problems: list[Problem]) -> li
         fields[key] = value
     if problems:
         return None
-    if not fields["instruction"].strip() or not fields["output"].strip():
-        problems.append(Problem(line, "empty 'instruction' or 'output'", "fill in both, or remove the line"))
+    empty = [key for key in ("instruction", "output") if not fields[key].strip()]
+    if empty:
+        problems.append(Problem(line, f"empty {' and '.join(repr(k) for k in empty)}",
+                                f"fill in {'both' if len(empty) == 2 else repr(empty[0])}, or remove the line"))
         return None
     history = _alpaca_history(obj.get("history"), line, problems)
     if history is None:

@@ -6,6 +6,16 @@ extra special tokens (the template adds them), which is exactly what
 `apply_chat_template(tokenize=True)` returns. Conversations are rendered and
 tokenized in batches through the Rust tokenizer (`encode_batch_fast`, no offsets),
 which is where the speed over a per-example `datasets.map` comes from.
+
+Without a tokenizer (no base model) the count is an approximation, `APPROX_METHOD`,
+built to be near what a BPE tokenizer and a ChatML-like template give:
+- text: ASCII at 4 characters a token; CJK characters (Han, kana, Hangul) 1 token
+  each; emoji and other characters outside the Basic Multilingual Plane 3 each
+  (byte-level BPE splits their 4 UTF-8 bytes); any other non-ASCII character
+  (accented Latin, Cyrillic, Arabic, ...) half a token;
+- template: `TEMPLATE_TOKENS_PER_MESSAGE` per turn (`<|im_start|>role\n ... <|im_end|>\n`)
+  and `TEMPLATE_TOKENS_PER_CONVERSATION` per conversation.
+Rows counted before this rule carry the method `approx:chars/4` (characters / 4 only).
 """
 
 from __future__ import annotations
@@ -22,10 +32,16 @@ from brightrun_cli.services.base_model import cached_file, require_hub
 from brightrun_cli.services.dataset_formats import turn_text
 from brightrun_cli.trainer.spec import CHAT_TEMPLATES
 
-# Approximation used when no tokenizer is available: ~4 characters per token is the
-# usual figure for English text with BPE vocabularies of 32k-100k entries.
+# Approximation used when no tokenizer is available (see the module docstring): ~4
+# characters per token is the usual figure for English text with BPE vocabularies of
+# 32k-100k entries; other scripts and the chat template cost more.
 CHARS_PER_TOKEN = 4
-APPROX_METHOD = f"approx:chars/{CHARS_PER_TOKEN}"
+CJK_TOKENS_PER_CHAR = 1.0
+ASTRAL_TOKENS_PER_CHAR = 3.0  # emoji and other characters beyond U+FFFF
+OTHER_TOKENS_PER_CHAR = 0.5  # other non-ASCII characters
+TEMPLATE_TOKENS_PER_MESSAGE = 5
+TEMPLATE_TOKENS_PER_CONVERSATION = 3
+APPROX_METHOD = "approx:chars+template"
 
 
 class TokenCounter(Protocol):
@@ -44,7 +60,7 @@ class TokenCounter(Protocol):
 
 
 class ApproxCounter:
-    """No tokenizer: characters / 4, clearly labelled as such; context unknown."""
+    """No tokenizer: the approximation of the module docstring, clearly labelled as such; context unknown."""
 
     method = APPROX_METHOD
     context_length = None
@@ -54,7 +70,7 @@ class ApproxCounter:
     chat_template = "model"
 
     def count(self, conversations: Sequence[dict[str, Any]]) -> list[int]:
-        return [max(1, round(_characters(c) / CHARS_PER_TOKEN)) for c in conversations]
+        return [max(1, round(approx_tokens(c))) for c in conversations]
 
     def count_views(self, conversations: Sequence[dict[str, Any]]) -> list[tuple[int, int, int]]:
         return [(n, n, 1) for n in self.count(conversations)]
@@ -136,9 +152,31 @@ class TokenizerCounter:
         return out
 
 
-def _characters(conversation: dict[str, Any]) -> int:
+def approx_tokens(conversation: dict[str, Any]) -> float:
+    """The approximate tokens of a conversation written with a ChatML-like template."""
     tools = conversation.get("tools")
-    return sum(len(turn_text(t)) for t in conversation["turns"]) + (len(json.dumps(tools)) if tools else 0)
+    turns = conversation["turns"]
+    text = sum(text_tokens(turn_text(t)) for t in turns) + (text_tokens(json.dumps(tools, ensure_ascii=False)) if tools else 0)
+    return text + TEMPLATE_TOKENS_PER_MESSAGE * len(turns) + TEMPLATE_TOKENS_PER_CONVERSATION
+
+
+def text_tokens(text: str) -> float:
+    """Approximate tokens of `text`: ASCII by characters / 4, other scripts per character."""
+    if text.isascii():
+        return len(text) / CHARS_PER_TOKEN
+    ascii_chars = 0
+    other = 0.0
+    for char in text:
+        code = ord(char)
+        if code < 0x80:
+            ascii_chars += 1
+        elif code > 0xFFFF:
+            other += ASTRAL_TOKENS_PER_CHAR
+        elif 0x2E80 <= code <= 0x9FFF or 0xAC00 <= code <= 0xD7AF or 0xF900 <= code <= 0xFAFF or 0xFF00 <= code <= 0xFFEF:
+            other += CJK_TOKENS_PER_CHAR
+        else:
+            other += OTHER_TOKENS_PER_CHAR
+    return ascii_chars / CHARS_PER_TOKEN + other
 
 
 def resolve_model_path(base_model: str) -> str:

@@ -1,16 +1,23 @@
 """Streaming validation of a JSONL dataset: one pass, bounded memory per line.
 
 Two kinds of findings:
-- the file cannot be read as JSON Lines (binary or invalid UTF-8, a line over the limit,
-  a cut-off last line, a format that cannot be recognised): `UsageError` naming the
-  file and line, nothing is kept;
+- the file cannot be read as JSON Lines (binary or UTF-16, CSV, JSON pretty-printed over
+  several lines, a line over the limit, a cut-off last line, a format that cannot be
+  recognised): `UsageError` naming the file and line and what it is, nothing is kept;
 - problems of single lines (invalid JSON, JSON that is not an object, numbers or text
   that JSON cannot carry on (NaN, Infinity, out-of-range numbers, integers over
-  Python's 4,300 digits, unpaired UTF-16 surrogate escapes), missing fields, empty
+  Python's 4,300 digits, unpaired UTF-16 surrogate escapes), bytes that are not UTF-8,
+  several JSON objects on one line, missing fields, empty
   turns or content, unknown roles, no assistant turn, non-string content, duplicate
   ids, conversations longer than the model's context): every one is counted, the first
   N are kept as `Problem`s. Warnings (a conversation without a user turn) likewise,
   apart: they do not block training.
+
+A byte-order mark at the start of any line is dropped (`cat a.jsonl b.jsonl` of files
+saved with one puts it mid-file, where it is as invisible). Exact duplicates (the same
+turns and tools under any id) are counted (`ScanResult.duplicates`, a line in `dataset
+show`) and share their split fraction, so a split never puts one copy in training and
+another in validation (`choose_held_out` keeps groups together).
 
 Valid conversations are written, normalised to v4 and as standard JSON, one per line
 to `out`. A conversation found too long once its tokens are counted has been written
@@ -70,6 +77,7 @@ class ScanResult:
     examples: array = field(default_factory=lambda: array("l"))  # examples a run learns each from (usually 1)
     turn_counts: array = field(default_factory=lambda: array("l"))
     assistant_turns: array = field(default_factory=lambda: array("l"))
+    learned_turns: array = field(default_factory=lambda: array("l"))  # assistant turns trained on (not weight 0)
     user_turns: array = field(default_factory=lambda: array("l"))
     _sample_index: list[int] = field(default_factory=list)
     file: str = ""  # the file being read, named in findings when there are several
@@ -79,6 +87,8 @@ class ScanResult:
     _probed: set[str] = field(default_factory=set)  # turn keys (_TEMPLATE_DROPS) the counter's template was probed for
     dropped: set[str] = field(default_factory=set)  # ... and those of them it does not write
     chat_template: str = "model"  # the counter's: the base model's own, or "chatml"
+    _contents: dict[int, int] = field(default_factory=dict)  # content digest -> index of its first conversation
+    duplicate_flags: bytearray = field(default_factory=bytearray)  # 1: an exact duplicate of an earlier conversation
 
     def add_problem(self, problem: Problem, keep: int) -> None:
         self.problem_count += 1
@@ -103,6 +113,16 @@ class ScanResult:
     def roles(self) -> dict[str, int]:
         users, assistants, tools = (sum(compress(counts, self.kept)) for counts in (self.user_turns, self.assistant_turns, self.tool_turns))
         return {"system": self.turns - users - assistants - tools, "user": users, "assistant": assistants, "tool": tools}
+
+    @property
+    def duplicates(self) -> int:
+        """Kept conversations that repeat an earlier one exactly (same turns and tools)."""
+        return sum(compress(self.duplicate_flags, self.kept))
+
+    @property
+    def context_turns(self) -> int:
+        """Assistant turns of kept conversations with weight 0: context, not trained on."""
+        return sum(compress(self.assistant_turns, self.kept)) - sum(compress(self.learned_turns, self.kept))
 
     @property
     def template_drops_calls(self) -> bool:
@@ -139,20 +159,33 @@ def held_out_count(conversations: int, val_split: float) -> int:
 
 def choose_held_out(result: ScanResult, val_split: float) -> None:
     """Hold out the kept conversations with the smallest `split_fraction`s: deterministic by
-    conversation id, and exactly `held_out_count` of them."""
+    conversation id, and `held_out_count` of them. Conversations sharing a fraction (exact
+    duplicates, `_account`) go to the same side: a group that would overshoot the count is
+    passed over for the next ones; when every group does, the smallest one that leaves
+    something to train on is held out (none, when all are copies of one)."""
     result.held_out = bytearray(len(result.kept))
-    count = held_out_count(result.conversations, val_split)
+    conversations = result.conversations
+    count = held_out_count(conversations, val_split)
     if count == 0:
         return
-    ordered = sorted(compress(result.fractions, result.kept))
-    threshold = ordered[count - 1]
-    ties_left = count - sum(1 for f in ordered[:count] if f < threshold)  # equal fractions: 2^-64 odds, still exact
+    groups: dict[float, int] = {}
+    for fraction in compress(result.fractions, result.kept):
+        groups[fraction] = groups.get(fraction, 0) + 1
+    held = 0
+    chosen: set[float] = set()
+    ordered = sorted(groups)
+    for fraction in ordered:
+        if held + groups[fraction] <= count:
+            chosen.add(fraction)
+            held += groups[fraction]
+            if held == count:
+                break
+    if not chosen:
+        smallest = min(ordered, key=lambda f: groups[f])
+        if groups[smallest] < conversations:
+            chosen.add(smallest)
     for index, (fraction, kept) in enumerate(zip(result.fractions, result.kept)):
-        if kept and fraction <= threshold:
-            if fraction == threshold:
-                if ties_left == 0:
-                    continue
-                ties_left -= 1
+        if kept and fraction in chosen:
             result.held_out[index] = 1
 
 
@@ -415,29 +448,45 @@ def _parse_line(raw: bytes, number: int, file_name: str, result: ScanResult, kee
             f"{file_name}: line {number} is {len(raw) / 2**20:.1f} MiB, over the {MAX_LINE_BYTES // 2**20} MiB limit for one conversation",
             "split it into several conversations (one JSON object per line)",
         )
-    if number == 1 and raw.startswith(_BOM):
+    if raw.startswith(_BOM):  # any line's: `cat` of files saved with one puts it mid-file
         raw = raw[len(_BOM):]
     if b"\x00" in raw:
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or _looks_utf16(raw):
+            raise UsageError(f"{file_name}: the file is UTF-16 text (line {number}), not UTF-8",
+                             "re-save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8 FILE > FILE.utf8.jsonl)")
         raise UsageError(f"{file_name}: line {number} contains NUL bytes: this looks like a binary file", "pass a UTF-8 JSONL text file")
+    first = result.data_lines == 0 and not result.kept and result.problem_count == 0  # the file's first data line (of its first file)
+
+    def problem(error: str, suggestion: str) -> None:
+        result.add_problem(Problem(number, error, suggestion), keep)
+
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UsageError(
-            f"{file_name}: line {number} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
-            "re-save the file as UTF-8 (e.g. iconv -t UTF-8)",
-        ) from None
+        if not raw.strip():
+            return None
+        result.data_lines += 1
+        problem(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+                "re-save the file as UTF-8 (e.g. iconv -f latin1 -t UTF-8), or leave the line out with --skip-invalid")
+        return None
     # Without its line ending: an error at the end of the line would read "line 2, column 1".
     text = text.rstrip("\r\n")
     if not text.strip():
         return None
     result.data_lines += 1
 
-    def problem(error: str, suggestion: str) -> None:
-        result.add_problem(Problem(number, error, suggestion), keep)
-
     try:
         obj = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
+        if first:
+            _refuse_other_format(text, exc, number, file_name, more_lines=raw.endswith(b"\n"))
+        if exc.msg == "Extra data":
+            if text.startswith(("{", "["), exc.pos):
+                problem(f"several JSON objects on one line (the second starts at column {exc.pos + 1})",
+                        "put each conversation on its own line (e.g. jq -c . FILE > FILE.jsonl)")
+            else:
+                problem(f"text after the JSON object, at column {exc.pos + 1}", "remove it: one JSON object per line, nothing else")
+            return None
         if not raw.endswith(b"\n"):
             raise UsageError(
                 f"{file_name}: the last line ({number}) is cut off (it is not complete JSON and has no newline)",
@@ -467,6 +516,31 @@ def _parse_line(raw: bytes, number: int, file_name: str, result: ScanResult, kee
                 "remove it, or pair it: a high \\ud800-\\udbff escape followed by a low \\udc00-\\udfff one")
         return None
     return obj
+
+
+def _looks_utf16(raw: bytes) -> bool:
+    """Text in UTF-16: every other byte NUL (ASCII characters), as a UTF-8 reader splits it into lines."""
+    body = raw.strip(b"\x00\r\n")
+    half = len(body) // 2
+    return half >= 1 and max(body[0::2].count(0), body[1::2].count(0)) >= 0.8 * half
+
+
+_CSV_SUFFIX = re.compile(r"\.(csv|tsv)(\.(gz|bz2|xz|zst))?$", re.IGNORECASE)
+_CSV_HEADER = re.compile(r'^\s*"?[A-Za-z_][\w .-]*"?(\s*[,;\t]\s*"?[A-Za-z_][\w .-]*"?)+\s*$')
+
+
+def _refuse_other_format(text: str, exc: json.JSONDecodeError, number: int, file_name: str, *, more_lines: bool) -> None:
+    """The first data line does not parse: say so once when the file is another format (CSV,
+    JSON pretty-printed over several lines), rather than a parse error on every line."""
+    if _CSV_SUFFIX.search(file_name) or _CSV_HEADER.match(text):
+        raise UsageError(f"{file_name}: CSV is not a supported format (line {number} reads as a CSV header or row)",
+                         'convert it to JSONL with messages, one object per line: {"messages": [{"role": "user", "content": ...}, '
+                         '{"role": "assistant", "content": ...}]}')
+    stripped = text.strip()
+    if more_lines and (stripped in ("{", "[") or (stripped.startswith("{") and exc.pos >= len(text.rstrip()) - 1
+                                                  and exc.msg != "Extra data")):
+        raise UsageError(f"{file_name}: line {number} starts a JSON object that goes on over the next lines (pretty-printed JSON)",
+                         "JSONL holds one JSON object per line (e.g. jq -c . FILE > FILE.jsonl), or pass a .json file holding an array")
 
 
 def _has_lone_surrogate(value: Any) -> bool:
@@ -517,16 +591,28 @@ def _detect(obj: dict[str, Any], number: int, file_name: str) -> str:
 def _account(result: ScanResult, record: dict[str, Any]) -> None:
     turns = record["turns"]
     result.kept.append(1)
-    result.fractions.append(split_fraction(record["conversation_id"]))
+    content = {key: value for key, value in record.items() if key != "conversation_id"}
+    text = json.dumps(content, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    digest = int.from_bytes(hashlib.blake2b(text, digest_size=12).digest(), "big")
+    first = result._contents.setdefault(digest, len(result.kept) - 1)
+    if first == len(result.kept) - 1:
+        fraction = split_fraction(record["conversation_id"])
+        result.duplicate_flags.append(0)
+    else:  # an exact duplicate: the same fraction, so the same side of the split
+        fraction = result.fractions[first]
+        result.duplicate_flags.append(1)
+    result.fractions.append(fraction)
     result.turn_counts.append(len(turns))
-    assistant = user = tool = calls = 0
+    assistant = user = tool = calls = learned = 0
     for turn in turns:
         role = turn["role"]
         assistant += role == "assistant"
+        learned += role == "assistant" and turn.get("weight") != 0
         user += role == "user"
         tool += role == "tool"
         calls += "tool_calls" in turn
     result.assistant_turns.append(assistant)
+    result.learned_turns.append(learned)
     result.user_turns.append(user)
     result.tool_turns.append(tool)
     result.call_turns.append(calls)
