@@ -16,11 +16,14 @@ def test_dataset_list_at_80_columns_keeps_ids_and_long_names_whole(cli, monkeypa
     result = cli("dataset", "list")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert all(len(line.rstrip()) <= 80 for line in lines)
+    # A name folds only after its separators, never inside a part: the line may then run
+    # past 80 columns rather than cut "conversations-" in two.
+    assert all(len(line.rstrip()) <= 80 + len("conversations-") for line in lines)
     assert "…" not in result.stdout
     assert row.id[:12] in result.stdout
     name_column = "".join(line[13:].split(" ")[0] for line in lines[1:])  # a long name folds onto more lines
     assert name_column == name
+    assert all(piece.endswith("-") for piece in (line[13:].split(" ")[0] for line in lines[1:-1]))
 
 
 def test_presets_list_at_80_columns_shows_every_name(cli, monkeypatch):

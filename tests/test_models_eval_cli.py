@@ -224,8 +224,8 @@ def test_bad_eval_input_is_one_error_line_and_writes_nothing(cli, prepared):
         ("models", "eval", "nope"): "no model matches 'nope'",
         ("models", "try", "nope", "hi"): "no model matches 'nope'",
         ("models", "compare", model, "base:nope"): "no model matches 'nope'",
-        ("models", "eval", model, "--limit", "0"): "--limit 0: must be at least 1",
-        ("models", "compare", model, "base:" + model, "--limit", "0"): "--limit 0: must be at least 1",
+        ("models", "eval", model, "--limit", "0"): "0 is not in the range 1<=x",
+        ("models", "compare", model, "base:" + model, "--limit", "0"): "0 is not in the range 1<=x",
         ("models", "eval", model, "--dataset", "no-held-out"): "has no held-out split",
         ("models", "eval", model, "--dataset", "missing"): "no dataset",
         ("train", "--dataset", "no-held-out", "--preset", "tiny", "--require", "rougeL>base"):

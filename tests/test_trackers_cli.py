@@ -198,6 +198,8 @@ def test_jobs_report_gathers_the_registry_and_run_dir_into_one_page(ws, cli, tmp
     write_records(final.parent, {"tensorboard": {"status": "done", "where": "/runs/x/tensorboard", "error": None}})
 
     out = tmp_path / "reports" / "past.html"
+    assert cli("jobs", "report", job.id[:8], "--out", str(out)).exit_code == 2  # a missing directory is refused, as by `jobs plot`
+    out.parent.mkdir()
     result = cli("jobs", "report", job.id[:8], "--out", str(out))
     assert result.exit_code == 0 and result.stdout.strip() == f"wrote {out}"
     page = out.read_text()

@@ -9,6 +9,7 @@ what it most likely meant (`unknown_keys`), and ignored.
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -72,11 +73,16 @@ def load_config(home: Path) -> Config:
     known = {key: value for key, value in data.items() if key in KEYS}
     if isinstance(known.get("notification_hook"), str):
         known["notification_hook"] = shlex.split(known["notification_hook"])
+    try:  # trackers first: its messages name the tracker and the setting (msgspec's a JSON path)
+        if "trackers" in known:
+            check_settings(known["trackers"])
+    except ValueError as exc:
+        raise UsageError(f"{path}: {exc}", "fix that key in config.toml (README: 'Experiment trackers')") from None
     try:
         config = msgspec.convert({**known, "unknown_keys": unknown}, Config)
     except msgspec.ValidationError as exc:
         message, _, where = str(exc).rpartition(" - at `$.")
-        key = where.rstrip("`") or "(file)"
+        key = re.sub(r"\[['\"]?([^\]'\"]+)['\"]?\]", r".\1", where.rstrip("`")) or "(file)"
         raise UsageError(f"{path}: key '{key}': {message or exc}", "fix that key in config.toml") from None
     try:  # the trainer checks the same values in its spec: one vocabulary, one set of messages
         check_report_to(config.report_to)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import math
 import sys
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Callable
@@ -42,6 +44,17 @@ class BrightrunGroup(TyperGroup):
             raise typer.Exit(code) from None
 
 
+def _is_float(hint) -> bool:
+    return hint is float or (typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint))
+
+
+def _finite(value):
+    """Every float option: nan and inf are no number a setting or a budget can be."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number; give an ordinary number such as 25 or 0.5")
+    return value
+
+
 def _typer_callback(fn: Callable) -> Callable:
     """`fn` as typer reads a command: its declarations (common.Opt, common.Arg,
     common.Context) turned into typer's (typer.Option, typer.Argument, typer.Context)."""
@@ -54,8 +67,9 @@ def _typer_callback(fn: Callable) -> Callable:
             hint = typer.Context
         elif typing.get_origin(hint) is Annotated:
             base, *extras = typing.get_args(hint)
-            extras = [typer.Option(*e.decls, **e.kwargs) if isinstance(e, common.Opt)
-                      else typer.Argument(**e.kwargs) if isinstance(e, common.Arg) else e for e in extras]
+            checks = {"callback": _finite} if _is_float(base) else {}
+            extras = [typer.Option(*e.decls, **{**checks, **e.kwargs}) if isinstance(e, common.Opt)
+                      else typer.Argument(**{**checks, **e.kwargs}) if isinstance(e, common.Arg) else e for e in extras]
             hint = Annotated[(base, *extras)]
         params.append(p.replace(annotation=hint))
 
@@ -140,6 +154,9 @@ def run(argv: list[str]) -> None:
     from typer.main import get_command
 
     argv = dispatch.hoist_home(argv)
+    if dispatch.empty_home(argv):
+        dispatch.report("empty --home: give a directory (or leave --home out for $BRIGHTRUN_HOME or ~/.brightrun)")
+        sys.exit(EXIT_USAGE)
     command = get_command(make_app(dispatch.command_of(argv)))
     try:
         code = command.main(argv, prog_name="brightrun", standalone_mode=False)
@@ -162,7 +179,8 @@ _USAGE_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "Us
 def _command_path(root, argv: list[str]) -> str:
     """`brightrun jobs show` for argv `jobs show --bad`: the deepest command argv names."""
     path, command = ["brightrun"], root
-    for word in (a for a in argv if not a.startswith("-")):
+    words = [a for i, a in enumerate(argv) if not a.startswith("-") and not (i and argv[i - 1] == "--home")]
+    for word in words:
         sub = getattr(command, "commands", {}).get(word)
         if sub is None:
             break

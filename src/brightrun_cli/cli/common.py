@@ -104,7 +104,7 @@ BaseModelOpt = Annotated[Optional[str], Opt("--base-model", help="Hugging Face i
 GpusOpt = Annotated[Optional[int], Opt("--gpus", min=1, help="GPUs per host (default: all of the host's).", show_default=False)]
 MaxCostOpt = Annotated[Optional[float], Opt("--max-cost", help="Budget in USD: refuse a larger estimate, stop the job if it gets there.", show_default=False)]
 RequireOpt = Annotated[Optional[list[str]], Opt("--require", help="A gate on the answer eval, METRIC OP VALUE: \"exact_match>=0.5\", \"rougeL>base\" (repeatable; exit 6 when one fails).", show_default=False)]
-EvalLimitOpt = Annotated[Optional[int], Opt("--limit", help="Evaluate the first N held-out samples (default: 50).", show_default=False)]
+EvalLimitOpt = Annotated[Optional[int], Opt("--limit", min=1, max=1_000_000_000, help="Evaluate the first N held-out samples (default: 50).", show_default=False)]
 HostOpt = Annotated[Optional[str], Opt("--host", help="Host to run on (default: config.toml default_host, else local; see 'brightrun hosts list').", show_default=False)]
 
 
@@ -220,7 +220,8 @@ def print_raw_json(data: bytes) -> None:
 
 
 LIST_DEFAULT = 50  # rows a list table shows unless --limit says otherwise (--json: all)
-LimitOpt = Annotated[Optional[int], Opt("--limit", min=1, help=f"At most this many (default: {LIST_DEFAULT} in a table, all with --json).", show_default=False)]
+MAX_LIMIT = 1_000_000_000  # --limit's upper bound (SQLite's LIMIT takes 64-bit integers; no list is longer)
+LimitOpt = Annotated[Optional[int], Opt("--limit", min=1, max=MAX_LIMIT, help=f"At most this many (default: {LIST_DEFAULT} in a table, all with --json).", show_default=False)]
 
 
 def more_rows_note(shown: int, total: int) -> None:

@@ -36,7 +36,9 @@ def costs_cmd(
         out.print(f"No cost records from {span}.")
         return
     top = max(g.amount for g in report.groups) or 1.0
-    table = term.Table(report.by, "cost", "records", "", title=f"Costs from {span}", title_justify="left")
+    # Keys (job ids, names, dates) and amounts are never cut in two; the bar gives way first.
+    table = term.Table(term.Column(report.by, no_wrap=True), term.Column("cost", no_wrap=True), "records", "",
+                       title=f"Costs from {span}", title_justify="left")
     for group in report.groups:
         bar = "█" * max(1 if group.amount > 0 else 0, round(BAR_WIDTH * group.amount / top))
         table.add_row(group.key, f"${group.amount:,.2f}", str(group.records), bar)

@@ -69,12 +69,29 @@ def _known_failure(exc: BaseException) -> BrightrunError | None:
     a full disk, a reader that closed our stdout (handled by the caller)."""
     import errno
 
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) and exc.filename is None and _stdout_failed():
+        return OperationError("could not write the output: no space left on the device of stdout",
+                              "send stdout somewhere with room (or to a pipe), or free space there")
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" ({exc.filename})" if exc.filename else ""
         return OperationError(f"no space left on the device{where}", "free space there, or point --home / storage_url at another disk")
     if type(exc).__name__ == "OperationalError" and "disk is full" in str(exc):  # sqlite3's (or SQLAlchemy's wrapping of it)
         return OperationError("no space left on the device of the registry", "free space there, or point --home at another disk")
     return None
+
+
+def _stdout_failed() -> bool:
+    """Whether stdout is what cannot take more: flushing it fails, or it is a full device."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        return True
+    try:
+        import os
+
+        return os.fstat(sys.stdout.fileno()).st_rdev == os.stat("/dev/full").st_rdev and os.path.exists("/dev/full")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def failure_code(exc: BaseException) -> int | None:
@@ -121,6 +138,18 @@ def hoist_home(argv: list[str]) -> list[str]:
         else:
             out.append(arg)
     return home + out
+
+
+def empty_home(argv: list[str]) -> bool:
+    """`--home ''`, `--home=` or a trailing `--home` with its value left off (after hoist_home)."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return False
+        if arg == "--home":
+            return i + 1 >= len(argv) or not argv[i + 1].strip()
+        if arg.startswith("--home="):
+            return not arg.partition("=")[2].strip()
+    return False
 
 
 def command_of(argv: list[str]) -> str | None:
@@ -207,6 +236,8 @@ class _Param:
             value: Any = self.type(text) if self.type is not Path else text
         except ValueError:
             raise Unparsed(self.name) from None
+        if self.type is float and value - value != 0:  # nan or inf: typer refuses them (cli/app.py)
+            raise Unparsed(self.name)
         if self.type in (int, float):
             if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
                 raise Unparsed(self.name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 from brightrun_cli.cli import common, term
-from brightrun_cli.generation import gguf
+from brightrun_cli.services.base_model import display_name
 
 if TYPE_CHECKING:
     from brightrun_cli.services.estimates import Estimate
@@ -29,11 +29,13 @@ def render_estimate(est: "Estimate") -> term.Group:
     rows = [
         ("dataset", f"{est.dataset.name} ({est.plan.train_tokens:,} training tokens, {est.plan.sequences:,} sequences/epoch of {est.plan.sequence_length})"),
         ("preset", f"{est.resolved.preset_id}" + (f" (from {est.resolved.base_preset})" if est.resolved.preset_id != est.resolved.base_preset else "")),
-        ("base model", f"{gguf.describe(cfg.base_model, short=True)} ({est.shape.total_params / 1e6:,.1f}M params, LoRA {est.shape.lora_params(cfg.target_modules, cfg.lora_rank, dora=cfg.use_dora) / 1e6:,.2f}M)"),
+        ("base model", f"{display_name(cfg.base_model, short=True)} ({est.shape.total_params / 1e6:,.1f}M params, LoRA {est.shape.lora_params(cfg.target_modules, cfg.lora_rank, dora=cfg.use_dora) / 1e6:,.2f}M)"),
         ("GPUs", f"{est.devices} x {est.gpu.name}"),
         ("steps", f"{est.steps_per_epoch:,} per epoch x {cfg.num_epochs} epochs = {est.total_steps:,}" + _warmup(est)),
         ("throughput", f"{est.tokens_per_sec:,.0f} tokens/s ({est.calibration.message})"),
-        ("duration", common.human_duration(est.estimated_duration_hours * 3600)),
+        ("duration", common.human_duration(est.estimated_duration_hours * 3600)
+                     + f" (start-up {common.human_duration(est.startup_s)}, training {common.human_duration(est.train_s)}, "
+                     f"held-out loss and answer eval {common.human_duration(est.duration_s - est.startup_s - est.train_s)})"),
         ("hourly rate", f"${est.hourly_rate:.2f}/h"),
         ("cost", f"${est.compute_cost:.2f} compute + ${est.storage_cost:.2f} storage = ${est.estimated_cost:.2f}"),
     ]
@@ -91,9 +93,12 @@ def gpus_cmd(ctx: common.Context, json_output: common.JsonOpt = False) -> None:
     if json_output:
         common.print_json([g.to_json() for g in catalog])
         return
-    table = term.Table("type", "memory GB", "bf16 TFLOP/s", "$/h", "assumed MFU", "price from")
-    for g in catalog:
-        table.add_row(g.name, f"{g.memory_gb:g}", f"{g.bf16_tflops:g}", f"{g.price_per_hour:.2f}", f"{g.utilization:.0%}", g.price_source)
+    rows = [(g.name, f"{g.memory_gb:g}", f"{g.bf16_tflops:g}", f"{g.price_per_hour:.2f}", f"{g.utilization:.0%}", g.price_source)
+            for g in catalog]
+    # Types (what --gpu takes) and numbers are never cut in two on a narrow terminal; the headers wrap instead.
+    table = term.Table(*term.value_columns(("type", "memory GB", "bf16 TFLOP/s", "$/h", "assumed MFU", "price from"), rows))
+    for row in rows:
+        table.add_row(*row)
     common.console().print(table)
 
 

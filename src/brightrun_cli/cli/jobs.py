@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 from brightrun_cli.cli import common, term
-from brightrun_cli.generation import gguf
+from brightrun_cli.services.base_model import display_name
 
 if TYPE_CHECKING:
     from brightrun_cli.registry.rows import JobRow
@@ -214,7 +214,7 @@ def _print_job(job: "JobRow", shown: str, trackers: dict | None = None, *, resum
         con.print(f"[bold]job {job.id}[/bold]  {job.status} ({term.escape(job.current_stage)})")
     nodes = job.gpu_config.get("nodes")
     lines = [
-        ("dataset", job.dataset_id), ("preset", job.preset_id), ("base model", gguf.describe(job.base_model)),
+        ("dataset", job.dataset_id), ("preset", job.preset_id), ("base model", display_name(job.base_model)),
         ("hosts", ", ".join(job.host_names)),
         ("gpus", f"{job.gpu_config.get('count')}x {job.gpu_config.get('type')}" + (f" on each of {nodes} nodes" if nodes else "")),
         ("progress", f"{job.progress:.1f}%  epoch {job.current_epoch}/{job.total_epochs}  step {job.current_step}/{job.total_steps or '?'}"),

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 from brightrun_cli.cli import common, term
-from brightrun_cli.generation import gguf
+from brightrun_cli.services.base_model import display_name
 
 models_app = common.Group(
     help="Trained adapters: measured quality and answers, try, compare, model card, export and merge.",
@@ -85,7 +85,7 @@ def show_command(ctx: common.Context, model: ModelArg, json_output: common.JsonO
     out = common.console()
     q, s, c = row.quality_metrics, row.training_summary, row.configuration
     out.print(f"[bold]{row.name}[/bold] v{row.version}  ({row.id})")
-    out.print(f"base model {term.escape(gguf.describe(row.base_model))}   job {row.job_id}   dataset {row.dataset_id}   status {row.status}")
+    out.print(f"base model {term.escape(display_name(row.base_model))}   job {row.job_id}   dataset {row.dataset_id}   status {row.status}")
     improvement = q.get("validation_loss_improvement")
     quality = term.Table("quality", "", box=None)
     quality.add_row("score", f"{q.get('overall_score')}/5 ({q.get('score_reason')})")
@@ -96,7 +96,7 @@ def show_command(ctx: common.Context, model: ModelArg, json_output: common.JsonO
     quality.add_row("final training loss", _fmt(q.get("final_training_loss")))
     out.print(quality)
     out.print(f"[dim]rule: {q.get('score_rule')}[/dim]")
-    _print_answers(out, evaluated)
+    _print_answers(out, evaluated, common.short_id(row.id))
     training = term.Table("training", "", box=None)
     tokens = s.get("total_tokens")
     training.add_row("epochs / steps / tokens",
@@ -138,12 +138,12 @@ def _print_aggregates(out, columns: list[str], aggregates: list[dict | None], wi
         out.print(f"[yellow]{term.escape(hint)}[/yellow]")
 
 
-def _print_answers(out, evaluated) -> None:
+def _print_answers(out, evaluated, ref: str = "MODEL") -> None:
     """The answer eval: aggregates base vs tuned, then samples side by side."""
     from brightrun_cli.services.evals import matched
 
     if evaluated is None:
-        out.print("answers: no answer eval yet (run 'brightrun models eval MODEL')")
+        out.print(f"answers: no answer eval yet (run 'brightrun models eval {term.escape(ref)}')")
         return
     r = evaluated.row
     out.print(f"answers: {r.sample_count} held-out samples ({r.source} eval, {r.created_at:%Y-%m-%d %H:%M}, dataset {r.dataset_id})")
@@ -226,7 +226,7 @@ def try_command(
     temperature: Annotated[float, common.Opt("--temperature", help="0 answers greedily; higher samples more freely.")] = 0.0,
     top_p: Annotated[float, common.Opt("--top-p", help="Sample from the smallest set of tokens this likely (with --temperature).")] = 1.0,
     max_new_tokens: Annotated[int, common.Opt("--max-new-tokens", help="Longest answer in tokens.")] = 256,
-    seed: Annotated[Optional[int], common.Opt("--seed", help="Seed for sampled answers (repeatable answers).", show_default=False)] = None,
+    seed: Annotated[Optional[int], common.Opt("--seed", min=0, max=2**32 - 1, help="Seed for sampled answers (repeatable answers).", show_default=False)] = None,
     json_output: common.JsonOpt = False,
 ) -> None:
     """Ask a model something: one answer, or a chat on a terminal when no prompt is given.

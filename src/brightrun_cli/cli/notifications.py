@@ -13,11 +13,14 @@ commands = common.Group()  # what this module adds to the root command
 commands.add_group(notifications_app)
 
 
+FEED_DEFAULT = 20  # notifications on screen unless --limit says otherwise (--json: all, like every list)
+
+
 @notifications_app.callback()
 def list_cmd(
     ctx: common.Context,
     unread: Annotated[bool, common.Opt("--unread", help="Only unread notifications.")] = False,
-    limit: Annotated[int, common.Opt("--limit", min=1, help="At most this many, newest first.")] = 20,
+    limit: Annotated[Optional[int], common.Opt("--limit", min=1, max=common.MAX_LIMIT, help=f"At most this many, newest first (default: {FEED_DEFAULT} on screen, all with --json).", show_default=False)] = None,
     json_output: common.JsonOpt = False,
 ) -> None:
     """What happened while you were away: job and dataset events, newest first, with the command to run next.
@@ -34,7 +37,7 @@ def list_cmd(
     if json_output:  # an array like every other list (unread ones: --unread --json)
         common.print_raw_json(list_notifications_json(ws, unread=unread, limit=limit))
         return
-    rows, unread_count = list_notifications(ws, unread=unread, limit=limit)
+    rows, unread_count = list_notifications(ws, unread=unread, limit=limit or FEED_DEFAULT)
     con = common.console()
     if not rows:
         con.print("no unread notifications" if unread else "no notifications yet")

@@ -24,18 +24,23 @@ def list_cmd(ctx: common.Context, json_output: common.JsonOpt = False) -> None:
       brightrun presets list
       brightrun presets list --json
     """
-    from brightrun_cli.services.presets import list_presets
+    from brightrun_cli.services.presets import shipped_names, survey_presets
 
-    presets = list_presets(common.workspace(ctx))
+    presets, problems = survey_presets(common.workspace(ctx))
+    shipped = shipped_names()
+    for problem in problems:
+        common.echo(f"warning: {problem.error}", err=True)
     if json_output:
-        common.print_json([_preset_json(p) for p in presets])
+        common.print_json([{**_preset_json(p), "overrides_shipped": p.source == "user" and p.name in shipped} for p in presets]
+                          + [{"path": str(x.path), "error": x.error} for x in problems])
         return
     # Names are what a user types next: never truncated (the base model column folds instead).
     fixed = [term.Column(h, no_wrap=True) for h in ("name", "source", "lr", "batch", "epochs", "rank", "alpha", "seq len")]
     table = term.Table(*fixed, term.Column("base model"), box=term.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
     for p in presets:
         c = p.config
-        table.add_row(p.name, p.source, f"{c.learning_rate:g}", str(c.batch_size), str(c.num_epochs),
+        source = "yours, overrides shipped" if p.source == "user" and p.name in shipped else p.source
+        table.add_row(p.name, source, f"{c.learning_rate:g}", str(c.batch_size), str(c.num_epochs),
                       str(c.lora_rank), str(c.lora_alpha), str(c.max_seq_length), c.base_model or "-")
     common.console().print(table)
 

@@ -231,9 +231,9 @@ class Column:
     longer words (never cut short with an ellipsis), unless `no_wrap`."""
 
     def __init__(self, header: Any = "", *, style: str | None = None, justify: str = "left", no_wrap: bool = False,
-                 header_style: str | None = None):
+                 header_style: str | None = None, min_width: int | None = None):
         self.header, self.style, self.justify, self.no_wrap = header, style, justify, no_wrap
-        self.header_style = header_style
+        self.header_style, self.min_width = header_style, min_width
 
 
 BOX_NONE, SIMPLE_HEAD, HEAVY_HEAD = "none", "simple_head", "heavy_head"
@@ -245,6 +245,13 @@ _BOXES = {
     HEAVY_HEAD: {"head": ("┃", "┃", "┃"), "body": ("│", "│", "│"), "top": ("┏", "━", "┳", "┓"),
                  "under": ("┡", "━", "╇", "┩"), "end": ("└", "─", "┴", "┘")},
 }
+
+
+def value_columns(headers: tuple[str, ...], rows: list[tuple[str, ...]], wrap: tuple[str, ...] = ()) -> list["Column"]:
+    """Columns for `headers` whose values are never cut (min_width: the longest value), for
+    tables of ids, names and numbers; headers wrap, and so do the columns named in `wrap`."""
+    return [Column(h) if h in wrap else Column(h, min_width=max([cell_len(str(r[i])) for r in rows] or [0]))
+            for i, h in enumerate(headers)]
 
 
 class Table:
@@ -293,7 +300,10 @@ class Table:
         content = [max([max(cell_len(part) for part in "".join(t for t, _ in row[i]).split("\n")) for row in cells] or [0])
                    for i in range(len(self.columns))]
         widths = [w + a + b for w, (a, b) in zip(content, pads)]
-        wrappable = [not c.no_wrap for c in self.columns]
+        # A column's min_width (Rich's) is a floor: its values (ids, "A100-80GB", numbers) are never cut in two.
+        floors = [(c.min_width or 0) + a + b for c, (a, b) in zip(self.columns, pads)]
+        widths = [max(w, f) for w, f in zip(widths, floors)]
+        wrappable = [not c.no_wrap and w > f for c, w, f in zip(self.columns, widths, floors)]
         limit = room + sum(a + b for a, b in pads)
         excess = sum(widths) - limit
         while excess > 0 and any(wrappable):
@@ -303,6 +313,8 @@ class Table:
                 break
             ratios = [1 if ok and w == top else 0 for w, ok in zip(widths, wrappable)]
             widths = _ratio_reduce(excess, ratios, min(excess, top - second), widths)
+            widths = [max(w, f) for w, f in zip(widths, floors)]
+            wrappable = [ok and w > f for ok, w, f in zip(wrappable, widths, floors)]
             excess = sum(widths) - limit
         return [max(1, w - a - b) for w, (a, b) in zip(widths, pads)]
 
@@ -387,6 +399,9 @@ def _rstrip(line: list[Segment]) -> list[Segment]:
     return line
 
 
+FOLD_PART_MAX = 24
+
+
 class ListTable:
     """A list table that reads at 80 columns: no box, one space between columns, no cell cut
     short; columns named in `wrap` fold onto more lines when space runs out. A cell is a
@@ -403,13 +418,17 @@ class ListTable:
 
     def _widths(self, max_width: int) -> list[int]:
         widths = [max([cell_len(h)] + [cell_len(r[i][0]) for r in self.rows]) for i, h in enumerate(self.headers)]
+        # A folded value breaks only after a separator, never inside a part ("customer-" /
+        # "support-", not "custo" / "mer-su..."), unless a part is longer than FOLD_PART_MAX (a hash).
+        parts = [min(FOLD_PART_MAX, max([cell_len(p.rstrip(" ")) for r in self.rows for p in _FOLD_PARTS.findall(r[i][0])] or [0]))
+                 if self.wrap[i] else 0 for i in range(len(self.headers))]
         excess = sum(widths) + len(widths) - 1 - max_width
         for floor in (8, 1):  # folded columns keep 8 characters if they can, else their header's width
             for i in sorted(range(len(widths)), key=lambda i: -widths[i]):
                 if excess <= 0:
                     break
                 if self.wrap[i]:
-                    cut = max(0, min(excess, widths[i] - max(floor, cell_len(self.headers[i]))))
+                    cut = max(0, min(excess, widths[i] - max(floor, cell_len(self.headers[i]), parts[i])))
                     widths[i] -= cut
                     excess -= cut
         return widths
@@ -472,6 +491,16 @@ class Console:
         self.stderr = stderr
         self.mode = _colour_mode() if not stderr else "none"
         self.width = _width()
+        # A table for a program or a file (`brightrun models list | cat`, `> out.txt`) is not
+        # wrapped at all: a value split over two lines is no value to grep or cut; COLUMNS,
+        # when set, still says how wide the reader is.
+        self.table_width = self.width if self._to_terminal() or os.environ.get("COLUMNS", "").isdigit() else 1_000_000
+
+    def _to_terminal(self) -> bool:
+        try:
+            return self.file.isatty()
+        except (AttributeError, ValueError):
+            return False
 
     @property
     def file(self):
@@ -498,7 +527,7 @@ class Console:
             for item in obj.items:
                 self._print(item, markup=markup, style=style, soft_wrap=soft_wrap)
         elif isinstance(obj, (Table, ListTable)):
-            self._write_lines(obj.lines(self.width))
+            self._write_lines(obj.lines(self.table_width))
         elif isinstance(obj, (str, Text)):
             segments = (parse_markup(obj) if markup else [(obj, None)]) if isinstance(obj, str) else list(obj.segments)
             if style:

@@ -17,7 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from brightrun_cli.generation import gguf
+from brightrun_cli.services.base_model import display_name
 
 if TYPE_CHECKING:
     from brightrun_cli.services.watch import BoardRow, JobView, Point, WatchState
@@ -97,7 +97,7 @@ def header(job: JobView, now: datetime) -> RenderableType:
         line.append(f"  ({job.current_stage})", style="dim")
     grid.add_row(Text("job", style="dim"), Text(job.id, style="bold"))
     grid.add_row(Text("status", style="dim"), line)
-    grid.add_row(Text("data", style="dim"), Text(f"{job.dataset_name or job.dataset_id} · preset {job.preset_id} · {gguf.describe(job.base_model, short=True)}"))
+    grid.add_row(Text("data", style="dim"), Text(f"{job.dataset_name or job.dataset_id} · preset {job.preset_id} · {display_name(job.base_model, short=True)}"))
     hosts = ", ".join(job.host_names) or job.host_name or "local"
     grid.add_row(Text("on", style="dim"), Text(f"{hosts} · {_gpus(job)}"))
     return grid

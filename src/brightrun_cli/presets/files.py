@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from brightrun_cli.errors import UsageError
-from brightrun_cli.presets.schema import FIELDS, TrainingConfig, field_description, field_range, validate
+from brightrun_cli.presets.schema import FIELDS, TrainingConfig, field_allowed, field_description, field_range, validate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -109,6 +109,8 @@ def _explain(key: str, message: str, got: Any) -> str:
     allowed = field_range(key)
     if allowed and any(op in message for op in ("<=", ">=", " < ", " > ")):
         return f"{key} must be in {allowed} (got {got!r})"
+    if "invalid enum value" in message.lower() and key in FIELDS:
+        return f"{key} must be one of {field_allowed(key).replace('|', ', ')} (got {got!r})"
     return f"{key}: {message[0].lower() + message[1:]} (got {got!r})"
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from brightrun_cli.registry import read
 from brightrun_cli.registry.engine import DuplicateRow, insert_unique
+from brightrun_cli.registry.ids import check_name
 from brightrun_cli.registry.rows import DatasetRow
 from brightrun_cli.registry.timeutil import utcnow
 
@@ -81,6 +82,7 @@ def all_ids(conn: sqlite3.Connection) -> set[str]:
 
 def insert(tx: "Tx", **fields: Any) -> DatasetRow:
     """Raises DuplicateRow when a live dataset already has the name."""
+    check_name(str(fields.get("name", "")), "dataset")
     from brightrun_cli.registry.tables import Dataset
 
     return DatasetRow.from_model(insert_unique(tx, Dataset(**fields), DuplicateRow(f"a dataset named '{fields.get('name')}' was added meanwhile", "pick another --name")))

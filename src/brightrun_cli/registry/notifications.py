@@ -20,7 +20,7 @@ def latest(conn: sqlite3.Connection, *, unread: bool = False, limit: int = 20) -
     return read.fetch_all(conn, NotificationRow, "read = 0" if unread else "", order=_ORDER, limit=limit)
 
 
-def latest_json(conn: sqlite3.Connection, *, unread: bool = False, limit: int = 20) -> str:
+def latest_json(conn: sqlite3.Connection, *, unread: bool = False, limit: int | None = None) -> bytes:
     return read.json_array(conn, NotificationRow, "read = 0" if unread else "", order=_ORDER, limit=limit)
 
 

@@ -100,6 +100,9 @@ def resolve(conn: sqlite3.Connection, cls: type[R], ref: str, noun: str, *, by_n
             shown = ", ".join(r.id for r in rows[:5])
             raise AmbiguousError(f"{noun} prefix '{ref}' is ambiguous ({shown}{', ...' if len(rows) > 5 else ''})",
                                  "type more characters of the id")
+    elif fetch_one(conn, cls, "id >= ? AND id < ?" + live, (ref.lower(), ref.lower()[:-1] + chr(ord(ref.lower()[-1]) + 1))) is not None:
+        raise AmbiguousError(f"'{ref}' is too short to name one {noun}: give at least {MIN_PREFIX} characters of its id",
+                             f"run 'brightrun {LIST_COMMANDS.get(noun, f'{noun} list')}' to see them")
     what = tried or ("id, id prefix or name" if by_name else "id or id prefix")
     listing = LIST_COMMANDS.get(noun, f"{noun} list")
     raise NotFoundError(f"no {noun} matches '{ref}' (by {what})", f"run 'brightrun {listing}' to see them")

@@ -305,3 +305,8 @@ def check_target_modules(name: str | None, targets: list[str] | str) -> None:
         f"(its layers' weight modules: {', '.join(leaves[:12])}{', ...' if len(leaves) > 12 else ''})",
         (f"did you mean {', '.join(close)}? " if close else "") + "fix --set target_modules=..., or use target_modules=all-linear",
     )
+
+
+def display_name(name: str | None, *, short: bool = False) -> str:
+    """A base model as people read it: a converted .gguf by its file name (`gguf.describe`)."""
+    return gguf.describe(name, short=short)

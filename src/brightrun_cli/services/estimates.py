@@ -448,7 +448,7 @@ def token_count_warning(dataset: DatasetRow, base_model: str, chat_template: str
                    f"count them as this run writes them: {command}")
     else:
         how = (f"counted with another model's tokenizer ({gguf.describe(dataset.base_model, short=True)})" if dataset.tokens_counted
-               else "approximated (characters / 4: it was added without a base model)")
+               else "approximated (from characters and message counts: it was added without a base model)")
         message = (f"dataset '{dataset.name}' has its token counts {how}, not with {gguf.describe(base_model, short=True)}'s: the sequence lengths, "
                    f"duration, cost and memory follow them; count them with this model's tokenizer: {command}")
     return EstimateWarning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import posixpath
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
@@ -13,7 +14,7 @@ from brightrun_cli.builtin import resolve_base_model
 from brightrun_cli.errors import ConflictError, OperationError, UsageError, quiet_library_logs
 from brightrun_cli.registry import models as model_rows
 from brightrun_cli.registry.rows import ModelRow
-from brightrun_cli.services.output_files import umask
+from brightrun_cli.services.output_files import check_parent, umask, user_path
 from brightrun_cli.workspace import Workspace
 
 SORTS = ("created", "score", "cost")
@@ -68,6 +69,25 @@ def _open_target(target: str):
         raise UsageError(f"cannot write to '{target}': {exc}", "give a local directory or an fsspec URL such as s3://bucket/path") from exc
 
 
+_CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError", "DefaultCredentialsError")
+
+
+@contextmanager
+def _target_errors(target: str):
+    """Trouble with a target the user named as one usage error: no credentials for a
+    bucket, an unwritable or misplaced local path."""
+    try:
+        with user_path(target, "to"):
+            yield
+    except Exception as exc:
+        if type(exc).__name__ in _CREDENTIAL_ERRORS:
+            raise UsageError(
+                f"cannot write to '{target}': no credentials for it ({type(exc).__name__})",
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE; the store's own variables for gs:// or az://) and export again",
+            ) from exc
+        raise
+
+
 def _check_empty(fs, root: str, target: str, force: bool) -> None:
     if not fs.exists(root):
         return
@@ -89,7 +109,11 @@ def export_model(ws: Workspace, ref: str, target: str, *, force: bool = False) -
     entries = _file_entries(model)
     fs, root = _open_target(target)
     root = root.rstrip("/") or "/"
-    _check_empty(fs, root, target, force)
+    local = "://" not in target
+    if local:
+        check_parent(Path(target).expanduser().absolute(), "to")
+    with _target_errors(target):
+        _check_empty(fs, root, target, force)
     missing = [e["path"] for e in entries if not ws.storage.exists(f"{model.storage_path}/{e['path']}")]
     if missing:
         raise OperationError(
@@ -97,12 +121,15 @@ def export_model(ws: Workspace, ref: str, target: str, *, force: bool = False) -
             "the storage was changed outside brightrun; retrain or restore the files",
         )
     written, total = [], 0
-    fs.makedirs(root, exist_ok=True)
+    with _target_errors(target):
+        fs.makedirs(root, exist_ok=True)
     for entry in entries:
         dest = posixpath.join(root, entry["path"])
-        fs.makedirs(posixpath.dirname(dest), exist_ok=True)
+        with _target_errors(target):
+            fs.makedirs(posixpath.dirname(dest), exist_ok=True)
+            out = fs.open(dest, "wb")
         digest = hashlib.sha256()
-        with ws.storage.open(f"{model.storage_path}/{entry['path']}") as src, fs.open(dest, "wb") as out:
+        with ws.storage.open(f"{model.storage_path}/{entry['path']}") as src, out, _target_errors(target):
             while chunk := src.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
@@ -144,7 +171,9 @@ def merge_model(ws: Workspace, ref: str, out_dir: Path, *, force: bool = False) 
 
     model = get_model(ws, ref)
     out_dir = Path(out_dir).expanduser()
-    _check_empty(*_open_target(str(out_dir)), str(out_dir), force)
+    check_parent(out_dir.absolute(), "to")
+    with user_path(out_dir, "to"):
+        _check_empty(*_open_target(str(out_dir)), str(out_dir), force)
     base = _resolve_base(model.base_model)
 
     import torch
@@ -171,13 +200,14 @@ def merge_model(ws: Workspace, ref: str, out_dir: Path, *, force: bool = False) 
         adapter_dir = local_artifact_dir(ws, model, scratch)
         with torch.no_grad():
             merged = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staged = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.merge-"))
+        with user_path(out_dir, "to"):
+            staged = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.merge-"))
         staged.chmod(0o777 & ~umask())  # mkdtemp's 0700 is for the scratch phase, not the user's result
         try:
             merged.save_pretrained(staged)
             AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(staged)
-            _move_into(staged, out_dir)
+            with user_path(out_dir, "to"):
+                _move_into(staged, out_dir)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
     return out_dir

@@ -117,9 +117,10 @@ def list_notifications(ws: "Workspace", *, unread: bool = False, limit: int = 20
         return notification_rows.latest(conn, unread=unread, limit=limit), notification_rows.unread_count(conn)
 
 
-def list_notifications_json(ws: "Workspace", *, unread: bool = False, limit: int = 20) -> bytes:
-    """`list_notifications` as a JSON array rendered by SQLite (UTF-8)."""
-    _check_limit(limit)
+def list_notifications_json(ws: "Workspace", *, unread: bool = False, limit: int | None = None) -> bytes:
+    """`list_notifications` as a JSON array rendered by SQLite (UTF-8): all of them unless `limit`."""
+    if limit is not None:
+        _check_limit(limit)
     with ws.registry.reading() as conn:
         return notification_rows.latest_json(conn, unread=unread, limit=limit)
 

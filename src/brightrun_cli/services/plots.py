@@ -11,7 +11,7 @@ from pathlib import Path
 
 from brightrun_cli.errors import ConflictError, UsageError
 from brightrun_cli.generation import gguf
-from brightrun_cli.services.output_files import write_atomically
+from brightrun_cli.services.output_files import check_parent, write_atomically
 
 
 def plot_job(ws, job_ref: str, out: Path) -> Path:
@@ -22,8 +22,7 @@ def plot_job(ws, job_ref: str, out: Path) -> Path:
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out {out} is not a .png file", "name the output file with a .png suffix")
-    if not out.parent.is_dir():
-        raise UsageError(f"the directory of --out {out} does not exist", "create it first or write elsewhere")
+    check_parent(out, "--out")
     job = get_job(ws, job_ref)
     with JobFollower(ws, job.id) as follower:
         follower.poll()

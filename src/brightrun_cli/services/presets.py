@@ -54,11 +54,48 @@ def list_presets(ws: Workspace) -> list[Preset]:
     return [load_preset_file(path, source) for path, source in _preset_paths(ws).values()]
 
 
+class PresetProblem(msgspec.Struct, frozen=True):
+    """A file in <home>/presets/ that `presets list` skips, and why (the message names the file)."""
+
+    path: Path
+    error: str
+
+
+NAME_RULE = "1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+def shipped_names() -> set[str]:
+    return {p.stem for p in SHIPPED_PRESETS_DIR.glob("*.toml")}
+
+
+def survey_presets(ws: Workspace) -> tuple[list[Preset], list[PresetProblem]]:
+    """Every preset that loads, and a problem for each user file that does not (bad TOML,
+    an unknown field, a name no --preset could give): one broken file hides no other."""
+    presets, problems = [], []
+    for path, source in _preset_paths(ws).values():
+        try:
+            presets.append(load_preset_file(path, source))
+        except UsageError as exc:
+            if source == "shipped":
+                raise
+            problems.append(PresetProblem(path, str(exc)))
+    user_dir = ws.user_presets_dir
+    if user_dir.is_dir():
+        for path in sorted(user_dir.glob("*.toml")):
+            if not _NAME.match(path.stem):
+                problems.append(PresetProblem(path, f"{path}: ignored, preset file names are {NAME_RULE}; rename it to use it"))
+            elif path.stem == CUSTOM:
+                problems.append(PresetProblem(path, f"{path}: ignored, '{CUSTOM}' is reserved (a preset plus overrides); rename it"))
+    return presets, problems
+
+
 def get_preset(ws: Workspace, name: str) -> Preset:
     paths = _preset_paths(ws)
     if name == CUSTOM:
         name = DEFAULT_PRESET
     if name not in paths:
+        if not _NAME.match(name):
+            raise NotFoundError(f"unknown preset '{name}' (preset names are {NAME_RULE})", f"use one of {', '.join(sorted(paths))}")
         raise NotFoundError(
             f"unknown preset '{name}'",
             f"use one of {', '.join(sorted(paths))}, or put {name}.toml in {ws.user_presets_dir}",

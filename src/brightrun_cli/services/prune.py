@@ -90,12 +90,18 @@ class PrunePlan:
                 "skipped": self.skipped}
 
 
+MAX_OLDER_THAN_DAYS = 36_500
+
+
 def parse_older_than(text: str) -> float:
     """`--older-than 30d` (also 12h, 2w, or a plain number of days) as days."""
     found = _DURATION.match(text or "")
     if not found:
         raise UsageError(f"--older-than '{text}' is not a duration", "write it as days, hours or weeks: 30d, 12h, 2w")
-    return float(found[1]) * _UNIT_DAYS[found[2]]
+    days = float(found[1]) * _UNIT_DAYS[found[2]]
+    if days > MAX_OLDER_THAN_DAYS:
+        raise UsageError(f"--older-than '{text}' is too long", f"give at most {MAX_OLDER_THAN_DAYS} days (100 years)")
+    return days
 
 
 def plan_prune(ws: Workspace, older_than: str = DEFAULT_OLDER_THAN) -> PrunePlan:

@@ -25,7 +25,7 @@ from brightrun_cli.registry import notifications as notification_rows
 from brightrun_cli.registry import points as point_rows
 from brightrun_cli.registry.timeutil import utcnow
 from brightrun_cli.report import EvalSample, ReportData, ReportPoint, TimelineEvent, render_report
-from brightrun_cli.services.output_files import write_atomically
+from brightrun_cli.services.output_files import check_parent, write_atomically
 from brightrun_cli.services.trackers import eval_summary, model_file
 from brightrun_cli.trackers.records import read_records
 from brightrun_cli.workspace import Workspace
@@ -102,6 +102,6 @@ def write_report(ws: Workspace, ref: str, out: Path) -> Path:
     out = out.expanduser()
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory", "pass a file name, e.g. --out report.html")
+    check_parent(out, "--out")
     page = render_report(build_report(ws, ref))
-    out.parent.mkdir(parents=True, exist_ok=True)
     return write_atomically(out, lambda handle: handle.write(page.encode("utf-8")))

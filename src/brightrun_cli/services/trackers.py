@@ -72,6 +72,9 @@ def parse_report_to(text: str | None, default: list[str]) -> list[str]:
     if text.strip() == "none":
         return []
     names = [name.strip() for name in text.split(",") if name.strip()]
+    if "none" in names:
+        raise UsageError(f"--report-to {text}: 'none' means no trackers and cannot be combined with others",
+                         f"pass --report-to none alone, or a comma-separated list of {', '.join(TRACKERS)}")
     try:
         return check_report_to(names, "--report-to")
     except ValueError as exc:
