@@ -458,3 +458,13 @@ def test_cancel_of_a_started_job_suggests_resume_only_with_a_checkpoint(cli, ws,
     (ws.home / job.run_dir / "checkpoints" / "step-3").mkdir(parents=True)
     result = cli("jobs", "cancel", job.id, "--yes")
     assert f"continue it with: brightrun jobs resume {job.id}" in result.stdout
+
+
+def test_a_job_whose_host_was_removed_is_still_shown_and_not_retried_into_a_doomed_job(cli, ws):
+    job = job_row(ws, dataset_row(ws), hosts=["gone-box"], status="failed", error_message="boom")
+    shown = cli("jobs", "show", job.id)
+    assert shown.exit_code == 0, shown.stderr
+    assert f"brightrun jobs retry {job.id}" in shown.stdout or "retry" in shown.stdout
+    retried = cli("jobs", "retry", job.id)
+    assert retried.exit_code != 0 and "host 'gone-box'" in retried.stderr and "no longer exists" in retried.stderr
+    assert [j["id"] for j in json.loads(cli("jobs", "list", "--json").stdout)] == [job.id]  # nothing queued

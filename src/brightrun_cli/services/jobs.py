@@ -162,6 +162,7 @@ def retry_job(ws: Workspace, ref: str) -> JobRow:
         if old.status not in lifecycle.RESUMABLE:
             raise ConflictError(f"job {old.id} is {old.status}; only failed or cancelled jobs can be retried",
                                 "cancel it first" if old.status in lifecycle.ACTIVE else "start a new one with 'brightrun train'")
+        hosts_of(ws, old)  # a removed host: refused here rather than queued to fail at once
         new_job_id = new_id()
         spec = dict(old.spec or {}, job_id=new_job_id, resume=False)
         if spec.get("accelerate_config"):
@@ -190,7 +191,11 @@ def has_progress_to_resume(ws: Workspace, job: JobRow) -> bool:
     uncollected run) in the local run dir. On SSH hosts the checkpoints live remotely, and
     the resumed supervisor looks there."""
     path = lifecycle.run_dir(ws.home, job)
-    if not all(h.kind == "local" for h in hosts_of(ws, job)):
+    try:
+        hosts = hosts_of(ws, job)
+    except NotFoundError:  # its host was removed: nothing can continue there
+        return False
+    if not all(h.kind == "local" for h in hosts):
         return True
     return lifecycle.latest_checkpoint(path) is not None or lifecycle.finished_uncollected(path)
 
