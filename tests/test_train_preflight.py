@@ -208,3 +208,13 @@ def test_every_command_says_a_duration_the_same_human_way(seconds, said):
     from brightrun_cli.cli.common import human_duration
 
     assert human_duration(seconds) == said
+
+
+def test_gpus_from_set_is_honoured_like_the_flag(cli, ws):
+    """--set gpus=N was silently replaced by all of the host's GPUs."""
+    dataset_with_stats(ws, conversations=500, train_tokens=90_000, validation_tokens=10_000)
+    for args, said in ((("--set", "gpus=2"), "gpus = 2 (--set or --config)"), (("--gpus", "2"), "--gpus 2")):
+        refused = cli("train", "-d", "support-v1", "-p", "tiny", *args, "--dry-run")
+        assert refused.exit_code == 2 and f"{said} is more than host 'local' has (1)" in refused.stderr, refused.stderr
+    plan = json.loads(cli("train", "-d", "support-v1", "-p", "tiny", "--set", "gpus=1", "--dry-run", "--json").stdout)
+    assert plan["gpu_config"]["count"] == 1

@@ -143,16 +143,21 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
     hosts = _resolve_hosts(ws, req.hosts or (req.host or ws.config.default_host,))
     host = hosts[0]
     nodes = _check_nodes(req.nodes, host)
-    gpus = req.gpus or host.gpus
-    for h in hosts:
-        if gpus > h.gpus:
-            raise UsageError(f"--gpus {gpus} is more than host '{h.name}' has ({h.gpus})", f"pass --gpus {h.gpus} or less, or another --host")
     _check_gpu_type_matches(ws, req, host)
     resolved = resolve_config(
         ws, preset=req.preset, overrides=tuple(req.overrides), config_file=req.config_file,
-        base_model=req.base_model, gpu_type=host.gpu_type, gpus=gpus, dataset_base_model=dataset.base_model,
+        base_model=req.base_model, gpu_type=host.gpu_type, gpus=req.gpus, dataset_base_model=dataset.base_model,
     )
     config = resolved.config
+    # --gpus, else gpus given with --set or --config, else all of the host's: a preset's gpus
+    # (tiny's 1) only prices estimates made without a host.
+    chosen = req.gpus if req.gpus is not None else _explicit_gpus(req)
+    asked = f"--gpus {chosen}" if req.gpus is not None else f"gpus = {chosen} (--set or --config)"
+    config.gpus = chosen or host.gpus
+    for h in hosts:
+        if config.gpus > h.gpus:
+            raise UsageError(f"{asked} is more than host '{h.name}' has ({h.gpus})",
+                             f"pass --gpus {h.gpus} or less, or another --host")
     config.base_model = _check_base_model(ws, config.base_model, hosts)
     check_tool_call_template(dataset, config.base_model, config.hyperparameters().get("chat_template"))
     check_quantization_host(config.quantization, hosts)
@@ -389,6 +394,17 @@ def _preflight_files(name: str, hosts: list[HostRow]) -> None:
         raise UsageError(f"base model '{name}' cannot be trained from: {'; '.join(missing)}",
                          "pass a complete model directory (save_pretrained writes weights, config and tokenizer), "
                          "or --force to queue it anyway")
+
+
+def _explicit_gpus(req: TrainRequest) -> int | None:
+    """gpus as the user set it for this run (--set wins over --config), or None."""
+    given = [value for key, value in map(parse_override, req.overrides) if key == "gpus"]
+    if given:
+        return given[-1] if isinstance(given[-1], int) else None  # a bad value was refused by resolve_config
+    if req.config_file is not None:
+        value = read_config_file(Path(req.config_file)).get("gpus")
+        return value if isinstance(value, int) else None
+    return None
 
 
 def _resolve_hosts(ws: Workspace, names: tuple[str, ...]) -> list[HostRow]:
