@@ -537,3 +537,18 @@ def test_a_small_model_on_a_big_gpu_is_priced_at_its_step_floor_and_the_answer_e
         row.total_validation_pairs = 0
     bare = estimate(ws, "no-held-out", preset="balanced", base_model=model, gpu_type="H100", gpus=1)
     assert bare.finish_s == FINISH_FIXED_S
+
+
+def test_an_estimate_says_what_train_on_this_host_would_refuse(cli, ws, tmp_path):
+    """An estimate prices hardware one does not have (with --gpu); on the default host it
+    warns where 'train' would refuse: more GPUs than the host has, 4-bit on a CPU."""
+    dataset_with_stats(ws)
+    model = model_dir(tmp_path, SMALL)
+    codes = lambda *args: [w["code"] for w in json.loads(  # noqa: E731
+        cli("estimate", "-d", "support-v1", "--base-model", model, "--json", *args).stdout)["warnings"]]
+    assert "more_gpus_than_host" in codes("--gpus", "4")
+    assert "more_gpus_than_host" not in codes("--gpu", "H100", "--gpus", "4")  # priced hardware, not this host
+    assert "quantization_needs_cuda" in codes("--set", "quantization=4bit")
+    assert "quantization_needs_cuda" not in codes("--set", "quantization=4bit", "--gpu", "H100")
+    human = cli("estimate", "-d", "support-v1", "--base-model", model, "--gpus", "4")
+    assert human.exit_code == 0 and "'train' there would refuse 4" in " ".join(human.stderr.split() + human.stdout.split())

@@ -382,7 +382,7 @@ def _stats(result: ScanResult) -> dict[str, Any]:
             "context_only_turns": result.context_turns,  # assistant turns with weight 0: not training pairs
             "duplicate_conversations": result.duplicates,  # exact copies of an earlier one (same split side)
             # Counted with a chat template that drops those calls: training with it is refused
-            # (services.training.check_tool_call_template), and the counts leave the calls out.
+            # (services.run_checks.check_tool_call_template), and the counts leave the calls out.
             "template_drops_tool_calls": result.template_drops_calls,
             # A run learns some conversations from several examples (dataset_tokens.count_views).
             **({"train_examples": train_examples} if train_examples != conversations - validation_conversations else {}),

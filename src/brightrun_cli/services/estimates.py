@@ -39,6 +39,7 @@ from brightrun_cli.services.flops import (
 from brightrun_cli.services.gpus import Gpu, get_gpu, list_gpus, normalize_gpu_name
 from brightrun_cli.services.hosts import LOCAL, refresh_local_host
 from brightrun_cli.services.presets import ResolvedConfig, require_base_model, resolve_config
+from brightrun_cli.services.run_checks import check_quantization_host, check_tool_call_template
 from brightrun_cli.trainer.schedule import warmup_for
 from brightrun_cli.workspace import Workspace
 
@@ -302,7 +303,38 @@ def estimate(
         dataset = dataset_rows.resolve(conn, dataset_ref)
     resolved = resolve_config(ws, preset, overrides, config_file, base_model=base_model, gpu_type=gpu_type, gpus=gpus,
                               dataset_base_model=dataset.base_model)
-    return estimate_run(ws, dataset, resolved, placement_for(ws, resolved.config))
+    est = estimate_run(ws, dataset, resolved, placement_for(ws, resolved.config))
+    est.warnings += train_would_refuse(ws, est, hardware_given=gpu_type is not None)
+    return est
+
+
+def train_would_refuse(ws: Workspace, est: Estimate, *, hardware_given: bool) -> list[EstimateWarning]:
+    """What `train` on the default host would refuse that an estimate may still price (an
+    estimate also prices hardware one does not have): more GPUs than the host has, a
+    quantised base on a CPU, tool calls a base model's template drops. Warnings, so the
+    figures still come, with the reason `train` would give."""
+    cfg, out = est.config, []
+    host = refresh_local_host(ws) if ws.config.default_host == LOCAL else _host_named(ws, ws.config.default_host)
+    if host is not None and not hardware_given and est.placement.gpus_per_host > host.gpus:
+        out.append(EstimateWarning(
+            "more_gpus_than_host", f"host '{host.name}' has {host.gpus} {'GPU' if host.gpu_type != 'cpu' else 'CPU slot'}"
+            f"{'s' if host.gpus != 1 else ''}: 'train' there would refuse {est.placement.gpus_per_host}; pass --gpu TYPE to price "
+            "hardware you do not have here", {"host": host.name, "host_gpus": host.gpus, "gpus": est.placement.gpus_per_host}))
+    checks = [lambda: check_tool_call_template(est.dataset, cfg.base_model or "", cfg.chat_template)]
+    if cfg.quantization != "none":
+        if normalize_gpu_name(est.gpu.name) == "cpu":
+            out.append(EstimateWarning(
+                "quantization_needs_cuda", f"quantization={cfg.quantization} needs a CUDA GPU (bitsandbytes): 'train' on a CPU "
+                "would refuse it; pass --gpu TYPE to price a GPU, or drop the quantization", {"quantization": cfg.quantization}))
+        elif host is not None and not hardware_given:
+            checks.append(lambda: check_quantization_host(cfg.quantization, [host]))
+    for check in checks:
+        try:
+            check()
+        except UsageError as exc:
+            out.append(EstimateWarning("train_would_refuse", f"'train' would refuse this run: {exc.message}; {exc.hint}"
+                                       if exc.hint else f"'train' would refuse this run: {exc.message}", {}))
+    return out
 
 
 def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, placement: Placement, *,
