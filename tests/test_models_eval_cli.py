@@ -148,8 +148,12 @@ def test_models_eval_stores_a_new_eval_and_prints_the_aggregates(cli, prepared):
     stored = prepared["home"] / "storage" / out["samples_path"]
     assert len(stored.read_text().splitlines()) == 4 and (stored.parent / "eval_summary.json").is_file()
     assert _eval_rows(prepared["home"]) == [("job", JOB_EVAL_SAMPLES), ("command", 4)]
-    # models show now shows the newest eval.
+    # models show now shows the newest eval, says where the job's own is, and shows it on asking.
     assert json.loads(cli("models", "show", prepared["model_id"], "--json").stdout)["eval"]["id"] == out["id"]
+    assert "the job's own eval, which the score used: --eval job" in " ".join(cli("models", "show", prepared["model_id"]).stdout.split())
+    job_eval = json.loads(cli("models", "show", prepared["model_id"], "--eval", "job", "--json").stdout)["eval"]
+    assert job_eval["source"] == "job" and job_eval["sample_count"] == JOB_EVAL_SAMPLES
+    assert cli("models", "show", prepared["model_id"], "--eval", "oldest").exit_code == 2
     human = cli("models", "eval", prepared["model_id"], "--limit", "2", "--max-new-tokens", "8")
     assert human.exit_code == 0 and "exact_match" in human.stdout and "rougeL" in human.stdout
 

@@ -64,12 +64,19 @@ def list_command(
 
 
 @models_app.command("show")
-def show_command(ctx: common.Context, model: ModelArg, json_output: common.JsonOpt = False) -> None:
+def show_command(
+    ctx: common.Context,
+    model: ModelArg,
+    which: Annotated[str, common.Opt("--eval", metavar="latest|job", help=(
+        "Whose answers to show: the newest eval (a 'models eval' run's, once there is one) or the job's own, "
+        "which the score was judged on."))] = "latest",
+    json_output: common.JsonOpt = False,
+) -> None:
     """Quality, answers on held-out prompts (base vs tuned), training, configuration and files of a model.
 
     Examples:
       brightrun models show 01jd4
-      brightrun models show support-v1-2026-01-31
+      brightrun models show support-v1-2026-01-31 --eval job
       brightrun models show support-v1-2026-01-31@1.1.0 --json
     """
     from brightrun_cli.services.evals import stored_eval
@@ -78,7 +85,7 @@ def show_command(ctx: common.Context, model: ModelArg, json_output: common.JsonO
 
     ws = common.workspace(ctx)
     row = get_model(ws, model)
-    evaluated = stored_eval(ws, row)
+    evaluated = stored_eval(ws, row, which)
     if json_output:
         common.print_json({**row.to_json(), "eval": evaluated.to_json() if evaluated else None})
         return
@@ -146,7 +153,8 @@ def _print_answers(out, evaluated, ref: str = "MODEL") -> None:
         out.print(f"answers: no answer eval yet (run 'brightrun models eval {term.escape(ref)}')")
         return
     r = evaluated.row
-    out.print(f"answers: {r.sample_count} held-out samples ({r.source} eval, {r.created_at:%Y-%m-%d %H:%M}, dataset {r.dataset_id})")
+    out.print(f"answers: {r.sample_count} held-out samples ({r.source} eval, {r.created_at:%Y-%m-%d %H:%M}, dataset {r.dataset_id})"
+              + ("" if r.source == "job" else f"; the job's own eval, which the score used: --eval job"))
     _print_aggregates(out, ["base", "tuned"], [r.base, r.tuned])
     if not evaluated.samples:
         return

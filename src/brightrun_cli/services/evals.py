@@ -133,10 +133,13 @@ def record_job_eval(tx, model: ModelRow, summary: dict | None) -> ModelEvalRow |
 # ---------------------------------------------------------------- reading (light)
 
 
-def stored_eval(ws: Workspace, model: ModelRow) -> StoredEval | None:
-    """The model's newest eval with its samples, or None. No heavy import (models show)."""
+def stored_eval(ws: Workspace, model: ModelRow, which: str = "latest") -> StoredEval | None:
+    """The model's newest eval (`which` "latest") or the one its job made ("job"), with its
+    samples, or None. No heavy import (models show)."""
+    if which not in ("latest", "job"):
+        raise UsageError(f"--eval {which!r}: expected latest or job", "pass --eval latest (the newest) or --eval job (the job's own)")
     with ws.registry.reading() as conn:
-        row = eval_rows.latest_of_model(conn, model.id)
+        row = eval_rows.latest_of_model(conn, model.id) if which == "latest" else eval_rows.of_job_eval(conn, model.id)
     return None if row is None else StoredEval(row, read_samples(ws, row))
 
 
