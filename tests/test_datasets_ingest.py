@@ -230,3 +230,33 @@ def test_a_large_duplicate_group_is_not_held_out_to_fill_a_small_split(cli, tmp_
     rows = [same] * 10 + [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]} for i in range(2)]
     ds = json.loads(add(cli, write_jsonl(tmp_path / "d.jsonl", rows), "--name", "d", "--json").stdout)
     assert (ds["stats"]["train_conversations"], ds["stats"]["validation_conversations"]) == (11, 1)
+
+
+def test_a_template_that_adds_its_own_system_message_is_found_and_shown(cli, tmp_path):
+    """SmolLM2's template writes "You are a helpful AI assistant named SmolLM, ..." into every
+    conversation without a system message: trained on as context, so dataset show says so."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from brightrun_cli.builtin import resolve_base_model
+    from brightrun_cli.services.dataset_tokens import TokenizerCounter
+
+    model = tmp_path / "model"
+    shutil.copytree(resolve_base_model("builtin:tiny"), model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    assert TokenizerCounter(tokenizer, "tiny", None).default_system is None  # its ChatML adds nothing
+    tokenizer.chat_template = (
+        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are Bob, a helpful bot.<|im_end|>\n{% endif %}"
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
+    assert TokenizerCounter(tokenizer, "bob", None).default_system == "You are Bob, a helpful bot."
+    tokenizer.save_pretrained(model)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}\n' * 1
+                    + '{"messages":[{"role":"user","content":"yo"},{"role":"assistant","content":"hey"}]}\n')
+    added = cli("dataset", "add", str(data), "--name", "nosys", "--val-split", "0", "--base-model", str(model))
+    assert added.exit_code == 0, added.stderr
+    shown = " ".join(cli("dataset", "show", "nosys").stdout.split())
+    assert "get the base model's default" in shown and '"You are Bob, a helpful bot."' in shown
+    stats = json.loads(cli("dataset", "show", "nosys", "--json").stdout)["stats"]
+    assert stats["template_default_system"] == "You are Bob, a helpful bot."

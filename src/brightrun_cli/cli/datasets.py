@@ -266,6 +266,10 @@ def _render_dataset(details: "DatasetDetails") -> None:
             dropped = "; [yellow]the base model's template drops them[/yellow] (train with --set chat_template=chatml)" \
                 if stats.get("template_drops_tool_calls") else ""
             facts.append(("tool calls", f"{stats['tool_call_turns']:,} assistant turns call tools, {results:,} tool results{dropped}"))
+        if stats.get("template_default_system"):
+            facts.append(("system prompt", "conversations without a system message get the base model's default, trained on as "
+                          f"context and used in evals: \"{term.escape(_visible(stats['template_default_system']))}\" "
+                          "(give your own system message to replace it)"))
     if row.skipped_lines:
         facts.append(("left out", f"{row.skipped_lines} line(s) with problems (--skip-invalid), listed below"))
     if row.validation_warning_count:

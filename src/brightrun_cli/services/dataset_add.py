@@ -384,6 +384,9 @@ def _stats(result: ScanResult) -> dict[str, Any]:
             # Counted with a chat template that drops those calls: training with it is refused
             # (services.run_checks.check_tool_call_template), and the counts leave the calls out.
             "template_drops_tool_calls": result.template_drops_calls,
+            # The base model's template writes this system message into conversations without one.
+            **({"template_default_system": result.default_system}
+               if result.default_system and result.roles["system"] < conversations else {}),
             # A run learns some conversations from several examples (dataset_tokens.count_views).
             **({"train_examples": train_examples} if train_examples != conversations - validation_conversations else {}),
             "tokens_per_conversation": _distribution(tokens),

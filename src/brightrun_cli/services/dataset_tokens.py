@@ -103,6 +103,30 @@ class TokenizerCounter:
         return not self.has_template or renders_tool_calls(self.tokenizer)
 
     @functools.cached_property
+    def default_system(self) -> str | None:
+        """The system message the chat template writes into a conversation that has none
+        (SmolLM2's "You are a helpful AI assistant named SmolLM, ..."): trained on as context,
+        and in every eval and `models try` prompt, so `dataset show` says so. Found by
+        rendering one user turn with and without a system message of its own."""
+        if not self.has_template:
+            return None
+        user, system = "\u2063user-probe\u2063", "\u2063system-probe\u2063"
+        try:
+            bare = self.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False)
+            given = self.tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": user}],
+                                                       tokenize=False)
+        except Exception:  # a template that needs more than this (tools, alternation): nothing to say
+            return None
+        if not isinstance(bare, str) or not isinstance(given, str) or user not in bare or system not in given:
+            return None
+        bare_prefix, given_prefix = bare[:bare.index(user)], given[:given.index(user)]
+        before, after = given_prefix.split(system, 1)
+        if not (bare_prefix.startswith(before) and bare_prefix.endswith(after)) or len(bare_prefix) < len(before) + len(after):
+            return None
+        text = bare_prefix[len(before):len(bare_prefix) - len(after)].strip()
+        return text or None
+
+    @functools.cached_property
     def writes_reasoning(self) -> bool:
         """Whether the chat template writes an assistant turn's reasoning_content
         (generation.chat.renders_reasoning); without a template the fallback does."""

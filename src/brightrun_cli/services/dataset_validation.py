@@ -87,6 +87,7 @@ class ScanResult:
     _probed: set[str] = field(default_factory=set)  # turn keys (_TEMPLATE_DROPS) the counter's template was probed for
     dropped: set[str] = field(default_factory=set)  # ... and those of them it does not write
     chat_template: str = "model"  # the counter's: the base model's own, or "chatml"
+    default_system: str | None = None  # what the template writes as the system message of a conversation without one
     _contents: dict[int, int] = field(default_factory=dict)  # content digest -> index of its first conversation
     duplicate_flags: bytearray = field(default_factory=bytearray)  # 1: an exact duplicate of an earlier conversation
 
@@ -220,7 +221,7 @@ def scan_files(
     unique across them, lines counted in each file. `several`: findings name their file."""
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'", f"use --format auto or one of {', '.join(FORMATS)}")
-    result = ScanResult(format=fmt, chat_template=counter.chat_template)
+    result = ScanResult(format=fmt, chat_template=counter.chat_template, default_system=getattr(counter, "default_system", None))
     counting = _Counting(counter, result, keep_problems)
     names: list[str] = []
     lines_read = read = 0
