@@ -154,7 +154,7 @@ def _print_answers(out, evaluated, ref: str = "MODEL") -> None:
         return
     r = evaluated.row
     out.print(f"answers: {r.sample_count} held-out samples ({r.source} eval, {r.created_at:%Y-%m-%d %H:%M}, dataset {r.dataset_id})"
-              + ("" if r.source == "job" else f"; the job's own eval, which the score used: --eval job"))
+              + ("" if r.source == "job" else "; the job's own eval, which the score used: --eval job"))
     _print_aggregates(out, ["base", "tuned"], [r.base, r.tuned])
     if not evaluated.samples:
         return
