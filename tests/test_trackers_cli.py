@@ -248,3 +248,15 @@ def test_collecting_a_remote_run_brings_its_trackers_files_home(ws, tmp_path):
                    created_at=utcnow(), updated_at=utcnow())
     fetch_outputs(LocalLogin(host), str(remote), local)
     assert sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()) == sorted(files)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed")
+def test_export_to_mlflow_prints_no_library_log_lines(ws, tmp_path):
+    from conftest import run_brightrun
+
+    job = past_job(ws)
+    out = tmp_path / "share"
+    done = run_brightrun("jobs", "export", job.id, "--to", "mlflow", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"exported 8 points of job {job.id} to mlflow" in done.stdout
+    assert done.stderr == ""  # no "INFO mlflow.store.db.utils: Updating database tables"

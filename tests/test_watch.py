@@ -305,3 +305,51 @@ def test_elapsed_and_eta_come_from_the_row_and_the_clock(ws):
     assert job.elapsed(now) == timedelta(minutes=2)
     assert job.eta(now) == timedelta(minutes=6)  # 10 of 40 steps in 2 minutes
     assert job.eta(datetime.now(timezone.utc)) is not None
+
+
+# -- a tracker that failed: said once, the job goes on --------------------------------------
+
+MLFLOW_DOWN = "opening it: MlflowException: unreachable"
+
+
+def _tracker_failed(ws: Workspace, job_id: str) -> None:
+    from brightrun_cli.trackers.records import empty_record, write_records
+
+    run_dir = ws.home / "runs" / job_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_records(run_dir, {"tensorboard": empty_record("done"), "mlflow": empty_record("failed", MLFLOW_DOWN)})
+
+
+def test_a_failed_tracker_is_one_line_once_while_following(ws):
+    job_id = running_job(ws)
+    with JobFollower(ws, job_id) as follower:
+        assert follower.poll().new_tracker_problems == []
+        _tracker_failed(ws, job_id)
+        change = follower.poll()
+        assert change.any and change.new_tracker_problems == [
+            f"tracker mlflow failed: {MLFLOW_DOWN}; the job goes on without it (see 'brightrun jobs show {job_id}')"]
+        _tracker_failed(ws, job_id)  # rewritten (a later flush): not said again
+        assert follower.poll().new_tracker_problems == [] and follower.new_tracker_problems() == []
+        state = follower.state
+    out = screen(render_job(state, utcnow()), width=200)
+    assert "warning: tracker mlflow failed: opening it: MlflowException" in out  # the dashboard too
+
+
+@pytest.mark.parametrize("json_output", [False, True])
+def test_watch_says_a_failed_tracker_once_on_stderr_and_in_no_record(ws, cli, json_output):
+    job_id = finished(ws, "failed", error_message="boom")
+    _tracker_failed(ws, job_id)
+    result = cli("watch", job_id, *(["--json"] if json_output else []))
+    assert result.exit_code == EXIT_JOB_FAILED  # the job's own outcome, not the tracker's
+    warned = [line for line in result.stderr.splitlines() if "tracker" in line]
+    assert warned == [f"warning: tracker mlflow failed: {MLFLOW_DOWN}; the job goes on without it (see 'brightrun jobs show {job_id}')"]
+    assert "tracker" not in result.stdout and "tensorboard" not in result.stderr
+
+
+def test_an_unreachable_tracking_server_is_said_in_a_few_words(ws):
+    from brightrun_cli.services.watch import _short_reason
+
+    error = ("opening it: MlflowException: API request to http://127.0.0.1:1/api/2.0/mlflow/experiments/get-by-name failed with "
+             "exception HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url: /api/2.0/mlflow/x (Caused by")
+    assert _short_reason(error) == "opening it: cannot connect to http://127.0.0.1:1"
+    assert _short_reason("sending metrics: OSError: disk full\nmore") == "sending metrics: OSError: disk full"

@@ -9,6 +9,7 @@ what it most likely meant (`unknown_keys`), and ignored.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sys
@@ -94,7 +95,8 @@ def load_config(home: Path) -> Config:
 
 def warnings(config: Config, path: Path) -> list[str]:
     """What every command says about a config.toml that loads but will not do what its author
-    meant: keys this brightrun does not know, a notification hook that cannot run."""
+    meant: keys this brightrun does not know, a notification hook that cannot run, or one
+    that failed since the last command (taken from <home>/hook.failed, so said once)."""
     out = []
     for key in config.unknown_keys:
         import difflib  # here, not at the top: every command calls this, and rarely with unknown keys
@@ -108,4 +110,32 @@ def warnings(config: Config, path: Path) -> list[str]:
     if hook and shutil.which(hook[0]) is None:
         out.append(f"{path}: notification_hook '{hook[0]}' is not an executable command, so no notification reaches it; "
                    "fix notification_hook (an absolute path, or a command on PATH)")
+    if hook:  # the hook runs detached: its failures since the last command, said once (one line)
+        failures = take_hook_failures(path.parent)
+        if failures:
+            out.append(failures)
     return out
+
+
+# Written by services/hook_runner.py (a standalone script, so it names the file itself too).
+HOOK_FAILED_FILE = "hook.failed"
+
+
+def take_hook_failures(home: Path) -> str | None:
+    """The hook failures since the last command as one warning (None when none), taken
+    from hook.failed so that each is said once."""
+    path = home / HOOK_FAILED_FILE
+    taken = path.with_name(f"{HOOK_FAILED_FILE}.{os.getpid()}")
+    try:
+        os.replace(path, taken)  # a runner appending now starts a new file
+    except OSError:
+        return None
+    try:
+        lines = [line for line in taken.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        taken.unlink()
+    except OSError:
+        return None
+    if not lines:
+        return None
+    count = "a notification hook failed" if len(lines) == 1 else f"a notification hook failed {len(lines)} times"
+    return f"{count} since the last command, the last: {lines[-1]}; see {home / 'hook.log'}"

@@ -66,6 +66,11 @@ class _Sink:
     def tick(self, state: WatchState) -> None:
         """Called between polls: time passes even when nothing changed."""
 
+    def tracker_problems(self, lines: list[str]) -> None:
+        """A tracker that failed or was cut short: one warning line each, once (the job goes on)."""
+        for line in lines:
+            _stderr(f"warning: {line}")
+
     def model(self, job: JobView, model: "ModelRow | None") -> None:
         """After a completed job: the model it left (None when none could be stored)."""
         if model is None:
@@ -94,6 +99,7 @@ class _StreamSink(_Sink):
         if records:
             sys.stdout.write("".join(r + "\n" for r in records))
             sys.stdout.flush()
+        self.tracker_problems(change.new_tracker_problems)
 
     def point_record(self, point: Point, job: JobView) -> str:
         raise NotImplementedError
@@ -234,6 +240,7 @@ def follow_job(ws: "Workspace", job_ref: str, *, json_output: bool = False, requ
                     common.kick_queue(ws.home)
         if follower.state.job.status == "completed":
             sink.model(follower.state.job, wait_for_model(ws, job_id))
+        _Sink.tracker_problems(sink, follower.new_tracker_problems())  # e.g. a remote run's copy home
     except NotFoundError as exc:  # never there, or removed (`jobs rm`) while watched
         _stderr(f"error: {exc}")
         return EXIT_JOB_NOT_FOUND

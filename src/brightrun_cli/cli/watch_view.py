@@ -289,6 +289,8 @@ class Dashboard:
             body = [summary, Text(""), curve]
         if failed:
             body.append(Panel(Text(job.error_message, style="red"), title="error", border_style="red", title_align="left"))
+        for line in state.tracker_problems.values():  # the job goes on without the tracker: one line each
+            body.append(Text(f"warning: {line}", style="yellow"))
         yield Panel(Group(*body), title=title, title_align="left", border_style=STATUS_STYLES.get(job.status, ""))
         if log_count:
             yield Panel(logs(list(state.log_lines), log_count), title="log", title_align="left", border_style="dim")

@@ -3,14 +3,15 @@
 `notify()` adds the row inside the caller's write transaction, so an event is recorded
 exactly when the change it reports is. The optional hook from `config.toml`
 (`notification_hook`) receives each event as one JSON object on stdin, *after* that
-transaction commits (a rolled-back change announces nothing); a hook that fails or
-times out is logged to `<home>/hook.log` and never breaks the operation that notified.
+transaction commits (a rolled-back change announces nothing); it runs detached
+(services/hook_runner.py), so it never delays the operation that notified, and one that
+fails or times out is logged to `<home>/hook.log` and said by the next command's
+`warning:` line.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from brightrun_cli.errors import UsageError
 from brightrun_cli.registry import notifications as notification_rows
 from brightrun_cli.registry.engine import defer_until_commit
 from brightrun_cli.registry.rows import NotificationRow
-from brightrun_cli.registry.timeutil import isoformat, utcnow
+from brightrun_cli.services.hook_runner import HOOK_LOG, log_hook  # noqa: F401  (HOOK_LOG: where failures go)
 
 if TYPE_CHECKING:
     from brightrun_cli.registry.engine import Tx
@@ -38,8 +39,8 @@ EVENT_TYPES = (
     "budget_exceeded",
 )
 PRIORITIES = ("low", "medium", "high")
-HOOK_LOG = "hook.log"
 _PENDING = "brightrun_pending_notifications"
+_RUNNERS: list[Any] = []  # hook runners started by this process (subprocess.Popen)
 
 
 def notify(
@@ -72,42 +73,37 @@ def _deliver(home: Path, rows: list[Any]) -> None:
 
 
 def run_hook(home: Path, events: list[dict[str, Any]]) -> None:
-    """Feed each event to the configured hook; never raises (a broken hook must not break a job)."""
+    """Hand the events to the configured hook without waiting for it: a runner process of
+    its own (hook_runner.py, a new session, so it outlives this command) feeds them to the
+    hook. Never raises (a broken hook must not break a job); its failures are logged by the
+    runner and said by the next command (config.warnings)."""
     try:
         config = load_config(home)
     except Exception as exc:  # an unreadable config.toml is reported by the command itself
-        _log_hook(home, f"hook skipped: cannot read config.toml ({exc})")
+        log_hook(home, f"hook skipped: cannot read config.toml ({exc})")
         return
     argv = config.notification_hook
-    if not argv:
+    if not argv or not events:
         return
     import subprocess  # here, not at the top: ~6 ms of every command's start, used only where a hook is set
+    import sys
 
-    for item in events:
-        payload = json.dumps(item, ensure_ascii=False)
-        try:
-            done = subprocess.run(
-                argv, input=payload, text=True, capture_output=True,
-                timeout=config.notification_hook_timeout, cwd=home,
-            )
-        except subprocess.TimeoutExpired:
-            _log_hook(home, f"hook {shlex.join(argv)} timed out after {config.notification_hook_timeout:g}s on {item['type']} {item['id']}")
-            continue
-        except OSError as exc:
-            _log_hook(home, f"hook {shlex.join(argv)} could not start: {exc.strerror or exc}")
-            return
-        if done.returncode != 0:
-            tail = (done.stderr or "").strip().splitlines()[-1:] or [""]
-            _log_hook(home, f"hook {shlex.join(argv)} exited {done.returncode} on {item['type']} {item['id']}: {tail[0][:300]}")
-
-
-def _log_hook(home: Path, line: str) -> None:
+    runner = [sys.executable, "-I", str(Path(__file__).with_name("hook_runner.py")),
+              str(home), repr(config.notification_hook_timeout), "--", *argv]
     try:
-        fd = os.open(home / HOOK_LOG, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as fh:
-            fh.write(f"{isoformat(utcnow())} {line}\n")
-    except OSError:
-        pass
+        process = subprocess.Popen(runner, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   cwd=home, start_new_session=True)
+    except OSError as exc:
+        log_hook(home, f"hook {shlex.join(argv)} could not start: {exc.strerror or exc}", failed=True)
+        return
+    try:
+        process.stdin.write(json.dumps(events, ensure_ascii=False).encode())
+        process.stdin.close()
+    except OSError as exc:
+        log_hook(home, f"hook {shlex.join(argv)} could not be given its events: {exc.strerror or exc}", failed=True)
+    # Not waited for, on purpose; kept so that a long-lived process (a supervisor) reaps
+    # the runners that have ended, here, on its next notification.
+    _RUNNERS[:] = [p for p in _RUNNERS if p.poll() is None] + [process]
 
 
 def list_notifications(ws: "Workspace", *, unread: bool = False, limit: int = 20) -> tuple[list[NotificationRow], int]:

@@ -169,6 +169,8 @@ def _export(ws: Workspace, job: JobRow, to: str, settings: dict[str, str], direc
     """export_run fed from the registry (`options`: export_run's source and replace)."""
     from brightrun_cli.trackers.export import export_run
 
+    if to == "mlflow":
+        _quiet_mlflow_logging()
     with ws.registry.reading() as conn:
         points = [p.to_json() for p in point_rows.of_job(conn, job.id)]
         model = model_rows.of_job(conn, job.id)
@@ -180,6 +182,18 @@ def _export(ws: Workspace, job: JobRow, to: str, settings: dict[str, str], direc
         return export_run(to, job.to_json(), points, quality=model.quality_metrics if model else None,
                           eval_summary=eval_summary(ws, job, model), adapter_dir=adapter, settings=settings,
                           directory=directory, **options)
+
+
+def _quiet_mlflow_logging() -> None:
+    """MLflow logs at INFO to stderr ("Updating database tables" on each new SQLite store):
+    its loggers (and alembic's, which it migrates with) to WARNING. After mlflow's import,
+    which sets its loggers up (MLFLOW_LOGGING_LEVEL, INFO by default)."""
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:  # export_run says what is missing
+        return
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _adapter_dir(ws: Workspace, model: ModelRow | None, scratch: Path) -> Path | None:

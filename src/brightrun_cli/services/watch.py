@@ -11,6 +11,7 @@ the hot path.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ from brightrun_cli.errors import NotFoundError
 from brightrun_cli.registry import jobs as job_rows
 from brightrun_cli.registry import points as point_rows
 from brightrun_cli.registry.rows import JobRow, PointRow
+from brightrun_cli.trackers.records import TRACKERS_FILE, read_records
 from brightrun_cli.workspace import Workspace
 
 # A watched job's metric point (registry field names; `loss` is the point's split's loss).
@@ -100,6 +102,8 @@ class WatchState:
     job: JobView
     points: list[Point] = field(default_factory=list)
     log_lines: deque[str] = field(default_factory=lambda: deque(maxlen=KEPT_LOG_LINES))
+    # Trackers dropped or cut short (trackers.json), one line each: tracker name -> line.
+    tracker_problems: dict[str, str] = field(default_factory=dict)
 
     def last(self, split: str, back: int = 0) -> Point | None:
         """The latest point of `split` (or the one `back` before it)."""
@@ -118,10 +122,11 @@ class Change:
     job_changed: bool
     new_points: list[Point]
     new_log_lines: list[str]
+    new_tracker_problems: list[str] = field(default_factory=list)
 
     @property
     def any(self) -> bool:
-        return self.job_changed or bool(self.new_points) or bool(self.new_log_lines)
+        return self.job_changed or bool(self.new_points) or bool(self.new_log_lines) or bool(self.new_tracker_problems)
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,45 @@ class LogTail:
         return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
 
 
+class TrackerProblems:
+    """Trackers of one run that failed or were cut short (its trackers.json), each once:
+    one line saying which and why. The job goes on without them, so only watch says so."""
+
+    def __init__(self, run_dir: Path, job_id: str):
+        self.path, self.job_id = run_dir / TRACKERS_FILE, job_id
+        self._stamp: tuple[int, int] | None = None
+        self._said: set[str] = set()
+
+    def read(self) -> dict[str, str]:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return {}
+        if (stat.st_mtime_ns, stat.st_size) == self._stamp:
+            return {}
+        self._stamp = (stat.st_mtime_ns, stat.st_size)
+        new = {}
+        for name, record in read_records(self.path.parent).items():
+            status = record.get("status") if isinstance(record, dict) else None
+            if status in ("failed", "incomplete") and name not in self._said:
+                self._said.add(name)
+                why = _short_reason(str(record.get("error") or "no reason recorded"))
+                goes_on = "the job goes on without it" if status == "failed" else "its run may lack the last data"
+                new[name] = f"tracker {name} {status}: {why}; {goes_on} (see 'brightrun jobs show {self.job_id}')"
+        return new
+
+
+def _short_reason(error: str) -> str:
+    """A tracker's error, on one line: a server that could not be reached is said as that
+    (MLflow's message is a urllib3 retry report of 300 characters)."""
+    unreachable = re.search(r"request to (https?://[^/\s]+)\S* failed with exception .*?"
+                            r"(Max retries exceeded|NewConnectionError|Connection refused|timed out)", error)
+    if unreachable:
+        doing = error.split(": ", 1)[0] + ": " if ": " in error else ""
+        return f"{doing}cannot connect to {unreachable.group(1)}"
+    return error.splitlines()[0][:300] if error.strip() else "no reason recorded"
+
+
 class JobFollower:
     """Polls one job. `poll()` returns what changed; `state` holds everything seen so far."""
 
@@ -175,6 +219,7 @@ class JobFollower:
         row = self._read_job()
         run_dir = ws.home / (row.run_dir or f"runs/{row.id}")
         self._logs = [LogTail(run_dir / name) for name in LOG_FILES]
+        self._trackers = TrackerProblems(run_dir, row.id)
         self.state = WatchState(job=row)
 
     def _read_job(self) -> JobView:
@@ -200,7 +245,14 @@ class JobFollower:
                 self.state.points.extend(new_points)
         new_lines = [line for tail in self._logs for line in tail.read()]
         self.state.log_lines.extend(new_lines)
-        return Change(status_changed, job_changed, new_points, new_lines)
+        return Change(status_changed, job_changed, new_points, new_lines, self.new_tracker_problems())
+
+    def new_tracker_problems(self) -> list[str]:
+        """Tracker problems not seen before (also after the job ended: a remote job's MLflow
+        run is copied home once it has)."""
+        problems = self._trackers.read()
+        self.state.tracker_problems.update(problems)
+        return list(problems.values())
 
     def close(self) -> None:
         self._conn.close()
