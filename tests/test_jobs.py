@@ -309,6 +309,17 @@ def _standbys(ws) -> list:
     return found
 
 
+def _standby_pids(ws, timeout: float = 10.0) -> list[int]:
+    """The standbys' pids once one shows its command line: a process just past Popen may still
+    be inside exec, its argv not yet set (an empty /proc/PID/cmdline)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (found := _standbys(ws)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return [p.pid for p in found]
+
+
 def _standbys_gone(ws, timeout: float) -> bool:
     import time
 
@@ -324,8 +335,8 @@ def test_standby_supervisor_starts_only_when_a_job_would_start_and_exits_unused(
     assert launch.start_standby(ws.home) is None  # no registry yet: nothing could be submitted
     ws.registry.connect().close()
     standby = launch.start_standby(ws.home)
-    assert standby is not None and [p.pid for p in _standbys(ws)] == [standby.proc.pid]
-    assert standby.marker in " ".join(_standbys(ws)[0].cmdline())  # liveness checks recognise it
+    assert standby is not None and _standby_pids(ws) == [standby.proc.pid]
+    assert launch.supervisor_alive(standby.proc.pid, standby.marker)  # liveness checks recognise it
     standby.release()
     assert standby.proc.wait(timeout=60) == 0
     assert list(ws.runs_dir.glob("*")) == []
@@ -338,7 +349,7 @@ def test_of_commands_submitting_at_once_only_one_starts_a_standby(ws):
     with launch.standing_by(ws.home) as first:
         with launch.standing_by(ws.home) as second:  # another `train` at the same moment
             assert first is not None and second is None
-            assert [p.pid for p in _standbys(ws)] == [first.proc.pid]
+            assert _standby_pids(ws) == [first.proc.pid]
     assert first.proc.wait(timeout=60) == 0
     with launch.standing_by(ws.home) as again:  # the turn is free once the first command is done
         assert again is not None
@@ -468,3 +479,30 @@ def test_a_job_whose_host_was_removed_is_still_shown_and_not_retried_into_a_doom
     retried = cli("jobs", "retry", job.id)
     assert retried.exit_code != 0 and "host 'gone-box'" in retried.stderr and "no longer exists" in retried.stderr
     assert [j["id"] for j in json.loads(cli("jobs", "list", "--json").stdout)] == [job.id]  # nothing queued
+
+
+def test_a_supervisor_caught_inside_exec_is_alive_not_lost(monkeypatch):
+    """Between Popen's return and the kernel setting the new argv, /proc/PID/cmdline is empty:
+    a liveness check landing there must wait for the argv, not call the job lost."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    marker = launch.new_marker()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
+    real_cmdline = psutil.Process.cmdline
+    calls = []
+
+    def mid_exec_then_real(self):
+        calls.append(self.pid)
+        return [] if len(calls) < 3 else real_cmdline(self)
+
+    monkeypatch.setattr(psutil.Process, "cmdline", mid_exec_then_real)
+    try:
+        assert launch.supervisor_alive(proc.pid, marker) and len(calls) == 3
+        assert not launch.supervisor_alive(proc.pid, launch.new_marker())  # someone else's marker still fails
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not launch.supervisor_alive(proc.pid, marker)

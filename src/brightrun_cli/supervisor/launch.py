@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -98,9 +99,16 @@ def supervisor_alive(pid: int | None, marker: str | None) -> bool:
 
     try:
         proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return marker in proc.cmdline()
+        for _ in range(50):
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return False
+            cmdline = proc.cmdline()
+            if cmdline:
+                return marker in cmdline
+            # an empty command line is a process in the middle of exec: Popen returns once the
+            # exec is past its point of no return, a moment before the kernel sets the new argv
+            time.sleep(0.01)
+        return False
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
 
