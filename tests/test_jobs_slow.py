@@ -96,6 +96,19 @@ def test_train_follows_to_completion_with_metrics_cost_and_notifications(ws):
     assert "it/s" not in launcher and "Warning" not in launcher and "completed (exit 0)" in launcher
 
 
+def test_followed_train_json_is_one_ndjson_stream_each_line_typed(ws):
+    """A script reading `train --json` line by line: the job, its metric points and status
+    changes, then the model; every line one object with a "type"."""
+    result = run_brightrun("train", "--dataset", "chat", *FAST, "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    kinds = [line["type"] for line in lines]
+    assert kinds[0] == "job" and kinds[-1] == "model" and {"metric", "status"} <= set(kinds)
+    job = lines[0]
+    assert job["estimate"]["estimated_cost"] >= 0 and lines[-1]["job_id"] == job["id"]
+    assert [line["status"] for line in lines if line["type"] == "status"][-1] == "completed"
+
+
 def test_dry_run_prints_spec_and_argv_and_writes_nothing(ws):
     result = run_brightrun("train", "--dataset", "chat", *FAST, "--dry-run", "--json")
     assert result.returncode == 0, result.stderr

@@ -83,7 +83,8 @@ def train(
             _print_plan(plan)
         return
     if json_output:
-        common.print_json({**job.to_json(), "estimate": plan.estimate.to_json()})
+        # the first line of the NDJSON stream a followed run goes on with ("metric", "status", "model")
+        common.print_json({"type": "job", **job.to_json(), "estimate": plan.estimate.to_json()})
     else:
         _print_estimate(plan)
         state = "started" if job.status != "queued" else "queued (waiting for a free slot)"
@@ -292,24 +293,27 @@ def cancel_cmd(ctx: common.Context, job: JobArg, yes: common.YesOpt = False, jso
     from brightrun_cli.services import jobs
 
     ws = common.workspace(ctx)
-    if not yes and common.stdin_is_tty():
-        row = jobs.get_job(ws, job)
-        common.confirm(f"cancel job {row.id} ({row.status}, step {row.current_step})?", abort=True)
-    row = jobs.cancel_job(ws, job)
+    before = jobs.get_job(ws, job)
+    if not yes and common.stdin_is_tty() and before.status != "cancelled":
+        common.confirm(f"cancel job {before.id} ({before.status}, step {before.current_step})?", abort=True)
+    row = jobs.cancel_job(ws, before.id)
     if json_output:
         common.print_json(row)
         return
-    if row.started_at is None:  # never ran: no step, no cost, no checkpoint to resume from
+    if before.status == "cancelled":  # a second cancel (a script's retry): what was asked is so, exit 0
+        common.echo(f"job {row.id} was already cancelled")
+    elif row.started_at is None:  # never ran: no step, no cost, no checkpoint to resume from
         common.echo(f"job {row.id} {row.status} before it started; nothing billed")
-        if row.status == "cancelled":
-            common.echo(f"run it again with: brightrun jobs retry {row.id}")
+    else:
+        common.echo(f"job {row.id} {row.status} at step {row.current_step}; cost {_money(row.cost)}")
+    if row.status != "cancelled":
         return
-    common.echo(f"job {row.id} {row.status} at step {row.current_step}; cost {_money(row.cost)}")
-    if row.status == "cancelled":
-        if jobs.has_progress_to_resume(ws, row):
-            common.echo(f"continue it with: brightrun jobs resume {row.id}")
-        else:  # stopped before the trainer saved a checkpoint: only a fresh start can follow
-            common.echo(f"no checkpoint was saved; run it again with: brightrun jobs retry {row.id}")
+    if row.started_at is None:
+        common.echo(f"run it again with: brightrun jobs retry {row.id}")
+    elif jobs.has_progress_to_resume(ws, row):
+        common.echo(f"continue it with: brightrun jobs resume {row.id}")
+    else:  # stopped before the trainer saved a checkpoint: only a fresh start can follow
+        common.echo(f"no checkpoint was saved; run it again with: brightrun jobs retry {row.id}")
 
 
 @jobs_app.command("retry")

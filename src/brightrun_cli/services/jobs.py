@@ -128,6 +128,8 @@ def cancel_job(ws: Workspace, ref: str, *, wait_s: float = CANCEL_WAIT_S) -> Job
     """Cancel a job: a queued one at once; a started one through its supervisor (TERM the trainer's
     process tree, grace, KILL; checkpoint kept; cost so far recorded). Returns the final row."""
     job = get_job(ws, ref)
+    if job.status == lifecycle.CANCELLED:  # what was asked is so: a script's second cancel succeeds
+        return job
     if job.status in lifecycle.TERMINAL:
         raise ConflictError(f"job {job.id} is already {job.status}", "nothing to cancel")
     deadline = time.monotonic() + wait_s
