@@ -130,7 +130,12 @@ def test_costs_json_keeps_a_small_cost_and_names_it_total_cost(cli, brightrun_ho
 def test_hosts_add_refuses_a_hostile_ipv6_zone(cli):
     result = cli("hosts", "add", "v6", "--ssh", "u@[::1%a b;c]", "--no-check")
     assert result.exit_code == 2 and "invalid IPv6 zone" in result.stderr
-    assert cli("hosts", "add", "v6", "--ssh", "u@[fe80::1%eth0]:2222", "--no-check").exit_code == 0
+    added = cli("hosts", "add", "v6", "--ssh", "u@[fe80::1%eth0]:2222", "--no-check", "--json")
+    assert added.exit_code == 0 and [json.loads(added.stdout)] == [
+        h for h in json.loads(cli("hosts", "list", "--json").stdout) if h["name"] == "v6"]  # the row as listed
+    removed = cli("hosts", "rm", "v6", "--json")
+    assert removed.exit_code == 0 and json.loads(removed.stdout) == {"name": "v6", "removed": True}
+    assert [h["name"] for h in json.loads(cli("hosts", "list", "--json").stdout)] == ["local"]
 
 
 def test_rsync_targets_an_ipv6_host_in_brackets(brightrun_home):

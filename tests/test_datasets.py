@@ -419,11 +419,13 @@ def test_rm_hard_deletes_files_and_soft_deletes_when_a_job_uses_it(cli, tmp_path
     conn.commit()
     no_tty = cli("dataset", "rm", "gone")
     assert no_tty.exit_code == 2 and "--yes" in no_tty.stderr
-    assert cli("dataset", "rm", "gone", "--yes").exit_code == 0
+    removed = cli("dataset", "rm", "gone", "--yes", "--json")
+    assert removed.exit_code == 0 and json.loads(removed.stdout) == {
+        "id": gone["id"], "name": "gone", "removed": True, "files_kept": False, "references": 0}
     assert conn.execute("SELECT COUNT(*) FROM datasets WHERE id = ?", (gone["id"],)).fetchone()[0] == 0
     assert not (brightrun_home / "storage" / "datasets" / gone["id"]).exists()
     result = cli("dataset", "rm", "kept", "--yes")
-    assert result.exit_code == 0 and "files are kept" in result.stdout
+    assert result.exit_code == 0 and "files are kept because 1 job(s)" in result.stdout
     assert conn.execute("SELECT deleted_at IS NOT NULL FROM datasets WHERE id = ?", (kept["id"],)).fetchone()[0] == 1
     assert (brightrun_home / "storage" / kept["storage_path"]).exists()
     assert [r["name"] for r in json.loads(cli("dataset", "list", "--json").stdout)] == []

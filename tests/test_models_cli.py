@@ -103,8 +103,9 @@ def test_rm_refuses_while_a_model_derives_from_it(cli, brightrun_home):
     assert (stored / "adapter_model.safetensors").is_file()
 
     assert cli("models", "rm", "child", "--yes").exit_code == 0
-    removed = cli("models", "rm", parent.id, "--yes")
+    removed = cli("models", "rm", parent.id, "--yes", "--json")
     assert removed.exit_code == 0, removed.stderr
+    assert json.loads(removed.stdout) == {"id": parent.id, "name": "parent", "version": parent.version, "removed": True}
     assert not stored.exists()
     assert json.loads(cli("models", "list", "--json").stdout) == []
     assert cli("models", "show", parent.id).exit_code == 2

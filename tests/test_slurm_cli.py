@@ -73,9 +73,10 @@ def test_ssh_and_slurm_flags_do_not_mix(cli):
 def test_a_slurm_host_is_stored_and_listed_with_its_kind_login_and_partition(cli):
     result = cli("hosts", "add", "hpc", "--slurm", "alice@login.example:2222", "--partition", "gpu", "--account", "proj1",
                  "--gpus-per-node", "4", "--gpu-type", "A100-80GB", "--nodes-max", "2", "--sbatch-arg", "--cpus-per-task=8",
-                 "--no-check")
+                 "--no-check", "--json")
     assert result.exit_code == 0, result.stderr
     row = next(h for h in json.loads(cli("hosts", "list", "--json").stdout) if h["name"] == "hpc")
+    assert json.loads(result.stdout) == row  # add --json prints the row as list shows it
     assert (row["kind"], row["ssh_user"], row["ssh_host"], row["ssh_port"], row["gpus"], row["gpu_type"]) == (
         "slurm", "alice", "login.example", 2222, 4, "A100-80GB")
     assert row["options"]["partition"] == "gpu" and row["options"]["sbatch_args"] == ["--cpus-per-task=8"]

@@ -150,11 +150,12 @@ def validate_command(
 
 
 @dataset_app.command("rm")
-def rm_command(ctx: common.Context, dataset: DatasetArg, yes: common.YesOpt = False) -> None:
+def rm_command(ctx: common.Context, dataset: DatasetArg, yes: common.YesOpt = False, json_output: common.JsonOpt = False) -> None:
     """Remove a dataset and its files (kept, marked deleted, when a job or model refers to it).
 
     Examples:
       brightrun dataset rm support-v1 --yes
+      brightrun dataset rm support-v1 --yes --json
     """
     from brightrun_cli.errors import UsageError
     from brightrun_cli.services.datasets import get_dataset, remove_dataset
@@ -168,6 +169,10 @@ def rm_command(ctx: common.Context, dataset: DatasetArg, yes: common.YesOpt = Fa
             raise SystemExit(1)
     removal = remove_dataset(ws, dataset)
     row = removal.dataset
+    if json_output:
+        common.print_json({"id": row.id, "name": row.name, "removed": True, "files_kept": removal.soft,
+                           "references": removal.references})
+        return
     if removal.soft:
         common.console().print(f"Removed dataset '{row.name}' ({row.id}); its files are kept because {removal.references} job(s)/model(s) refer to it.")
     else:

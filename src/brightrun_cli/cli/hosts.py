@@ -46,6 +46,7 @@ def add_command(
         bool, common.Opt("--accept-new-host-key", help="Trust the host's key on first contact (StrictHostKeyChecking=accept-new). A changed key is still refused.")
     ] = False,
     no_check: Annotated[bool, common.Opt("--no-check", help="Store the host without logging in to it first.")] = False,
+    json_output: common.JsonOpt = False,
 ) -> None:
     """Add an SSH host or a Slurm cluster (logs in once to prove it works; nothing is stored if that fails).
 
@@ -73,6 +74,9 @@ def add_command(
             ws, name, ssh, identity=identity, gpus=gpus, gpu_type=gpu_type, python=python,
             workdir=workdir, accept_new_host_key=accept_new_host_key, connect=not no_check,
         )
+        if json_output:
+            common.print_json(host)  # as 'hosts list --json' shows it
+            return
         common.console().print(f"added host {host.name} ({_login(host)}); run 'brightrun hosts check {host.name}' to see what is installed there",
                                markup=False)
         return
@@ -87,6 +91,9 @@ def add_command(
         identity=identity, accept_new_host_key=accept_new_host_key,
     )
     host = add_slurm_host(ws, row, connect=not no_check)
+    if json_output:
+        common.print_json(host)
+        return
     common.console().print(f"added Slurm host {host.name} (login node {_login(host)}); run 'brightrun hosts check {host.name}' "
                            "to try Slurm, the partition and a compute node", markup=False)
 
@@ -165,16 +172,20 @@ def check_command(ctx: common.Context, host: HostArg, json_output: common.JsonOp
 
 
 @hosts_app.command("rm")
-def rm_command(ctx: common.Context, host: HostArg) -> None:
+def rm_command(ctx: common.Context, host: HostArg, json_output: common.JsonOpt = False) -> None:
     """Forget an SSH or Slurm host (refused for 'local' and while jobs are queued or running on it).
 
     Examples:
       brightrun hosts rm gpu1
+      brightrun hosts rm gpu1 --json
     """
     from brightrun_cli.services.hosts import remove_host
 
     removed = remove_host(common.workspace(ctx), host)
-    common.console().print(f"removed host {removed.name}")
+    if json_output:
+        common.print_json({"name": removed.name, "removed": True})
+        return
+    common.console().print(f"removed host {removed.name}", markup=False)
 
 
 commands = common.Group()  # what this module adds to the root command

@@ -442,11 +442,12 @@ def merge_command(
 
 
 @models_app.command("rm")
-def rm_command(ctx: common.Context, model: ModelArg, yes: common.YesOpt = False) -> None:
+def rm_command(ctx: common.Context, model: ModelArg, yes: common.YesOpt = False, json_output: common.JsonOpt = False) -> None:
     """Delete a model's stored files and remove it from the list (refused while another model derives from it).
 
     Examples:
       brightrun models rm 01jd4 --yes
+      brightrun models rm support-v1@1.0.0 --yes --json
     """
     from brightrun_cli.services.models import get_model, remove_model
 
@@ -459,7 +460,10 @@ def rm_command(ctx: common.Context, model: ModelArg, yes: common.YesOpt = False)
         row = get_model(ws, model)
         common.confirm(f"delete model {row.name} v{row.version} ({row.id}) and its files?", abort=True)
     removed = remove_model(ws, model)
-    common.console().print(f"removed model {removed.id}")
+    if json_output:
+        common.print_json({"id": removed.id, "name": removed.name, "version": removed.version, "removed": True})
+        return
+    common.console().print(f"removed model {removed.id} ({removed.name}@{removed.version})", markup=False)
 
 
 commands = common.Group()  # what this module adds to the root command
