@@ -427,6 +427,7 @@ def merge_command(
     model: ModelArg,
     out_dir: Annotated[Path, common.Arg(help="Directory for the merged model.", show_default=False)],
     force: ForceOpt = False,
+    json_output: common.JsonOpt = False,
 ) -> None:
     """Merge base model + adapter into a standard Hugging Face model directory (safetensors).
 
@@ -434,10 +435,16 @@ def merge_command(
 
     Examples:
       brightrun models merge 01jd4 ./merged
+      brightrun models merge support-v1 ./merged --force --json
     """
     from brightrun_cli.services.models import merge_model
 
     path = merge_model(common.workspace(ctx), model, out_dir, force=force)
+    if json_output:  # as `models export --json` says what it wrote
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        common.print_json({"target": str(path), "files": [str(p.relative_to(path)) for p in files],
+                           "bytes": sum(p.stat().st_size for p in files)})
+        return
     common.console().print(f"merged model written to {term.escape(str(path))}")
 
 
