@@ -424,6 +424,7 @@ def test_a_listed_job_reads_as_its_show_json_and_follows_every_change(cli, ws):
     listed = json.loads(cli("jobs", "list", "--json").stdout)
     shown = json.loads(cli("jobs", "show", job.id, "--json").stdout)
     assert shown.pop("trackers") == {}  # what show adds beside the row: no report_to, no records
+    assert shown.pop("attempts") == []  # and no attempt ran: none billed
     assert listed == [shown] and shown["status"] == "cancelled" and shown["spec"] == {"seed": 42}
     assert cli("jobs", "rm", job.id, "--yes").exit_code == 0
     assert json.loads(cli("jobs", "list", "--json").stdout) == []

@@ -155,6 +155,12 @@ def test_sigkill_supervisor_then_resume_completes_without_gaps_or_duplicates(ws)
     assert steps == list(range(1, job.total_steps + 1))  # no gaps, no duplicates
     with ws.registry.write() as s:
         assert len(s.exec(select(CostRecord).where(CostRecord.job_id == job_id, CostRecord.cost_type == "compute")).all()) == 2
+    # the time shown covers both attempts, as the cost does
+    attempts = json.loads(run_brightrun("jobs", "show", job_id, "--json").stdout)["attempts"]
+    assert [a["attempt"] for a in attempts] == [0, 1] and all(a["hours"] > 0 for a in attempts)
+    assert "over 2 attempts" in run_brightrun("jobs", "show", job_id).stdout
+    end = run_brightrun("watch", job_id).stdout.strip().splitlines()
+    assert any("(this attempt; " in line and "over 2 attempts)" in line for line in end), end
 
 
 def test_supervisor_lost_after_the_trainer_completed_resume_collects_without_retraining(ws):

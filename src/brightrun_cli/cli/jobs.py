@@ -188,7 +188,7 @@ def show_cmd(ctx: common.Context, job: JobArg, json_output: common.JsonOpt = Fal
         common.print_json(shown)
         return
     resumable = shown.job.status in ("failed", "cancelled") and jobs.has_progress_to_resume(ws, shown.job)
-    _print_job(shown.job, jobs.shown_status(shown.job), shown.trackers, resumable=resumable)
+    _print_job(shown.job, jobs.shown_status(shown.job), shown.trackers, resumable=resumable, attempts=shown.attempts)
 
 
 def _tracker_line(record: dict) -> str:
@@ -207,7 +207,7 @@ def _tracker_line(record: dict) -> str:
     return line
 
 
-def _print_job(job: "JobRow", shown: str, trackers: dict | None = None, *, resumable: bool) -> None:
+def _print_job(job: "JobRow", shown: str, trackers: dict | None = None, *, resumable: bool, attempts: list[dict] = ()) -> None:
     con = common.console()
     if shown != job.status:  # e.g. waiting in Slurm's queue: the stage says why, the status stays
         con.print(f"[bold]job {job.id}[/bold]  [bold yellow]{term.escape(job.current_stage)}[/bold yellow] (status {job.status})")
@@ -234,7 +234,10 @@ def _print_job(job: "JobRow", shown: str, trackers: dict | None = None, *, resum
         if value is not None:
             lines.append((key.replace("_", " "), f"{value:.4g}"))
     if job.retry_count or job.resume_count:
-        lines.append(("attempts", f"retry {job.retry_count}, resumed {job.resume_count}x"))
+        ran = ""
+        if len(attempts) > 1:  # the cost covers every attempt: so does the time shown beside it
+            ran = f"; ran {common.human_duration(sum(a['hours'] or 0 for a in attempts) * 3600)} over {len(attempts)} attempts"
+        lines.append(("attempts", f"retry {job.retry_count}, resumed {job.resume_count}x{ran}"))
     if job.artifact_id:
         lines.append(("model", job.artifact_id))
     if job.error_message:

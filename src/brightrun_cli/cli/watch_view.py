@@ -372,7 +372,11 @@ def status_line(job: JobView, now: datetime) -> str:
             text += f": {job.error_message}"
         return text
     if job.terminal:
-        text += f" after {duration(job.elapsed(now))}, step {_steps(job)}, cost {money(job.cost)}"
+        text += f" after {duration(job.elapsed(now))}"
+        if job.earlier_attempts_s > 0:  # a resumed job: this attempt, then all of them (as its cost covers them)
+            total = (job.elapsed(now) or timedelta(0)).total_seconds() + job.earlier_attempts_s
+            text += f" (this attempt; {duration(timedelta(seconds=total))} over {job.resume_count + 1} attempts)"
+        text += f", step {_steps(job)}, cost {money(job.cost)}"
         if job.status in ("failed", "cancelled") and job.error_message and job.error_message != "cancelled by the user":
             text += f": {job.error_message}"  # why it ended: e.g. over --max-cost, or cancelled in Slurm
         return text

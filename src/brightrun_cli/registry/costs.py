@@ -66,6 +66,24 @@ def job_by_type(conn: sqlite3.Connection, job_id: str) -> dict[str, float]:
         "SELECT cost_type, sum(amount) FROM cost_records WHERE job_id = ? GROUP BY cost_type ORDER BY cost_type", (job_id,))}
 
 
+def attempts(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
+    """Each attempt's compute record (lifecycle.record_attempt_cost): attempt (resume count),
+    started_at, ended_at, hours and cost, in order."""
+    rows = conn.execute(
+        "SELECT json_extract(details, '$.attempt'), json_extract(details, '$.started_at'), json_extract(details, '$.ended_at'),"
+        " json_extract(details, '$.hours'), amount FROM cost_records WHERE job_id = ? AND cost_type = 'compute'"
+        " ORDER BY json_extract(details, '$.attempt'), recorded_at", (job_id,)).fetchall()
+    return [{"attempt": a, "started_at": s, "ended_at": e, "hours": h, "cost": c} for a, s, e, h, c in rows]
+
+
+def earlier_attempts_seconds(conn: sqlite3.Connection, job_id: str, attempt: int) -> float:
+    """Seconds the job ran before attempt `attempt` (its resume count), from the compute
+    records each attempt leaves (lifecycle.record_attempt_cost)."""
+    row = conn.execute("SELECT total(json_extract(details, '$.hours')) FROM cost_records WHERE job_id = ? AND cost_type = 'compute'"
+                       " AND json_extract(details, '$.attempt') < ?", (job_id, attempt)).fetchone()
+    return float(row[0]) * 3600.0
+
+
 def add(tx: "Tx", **fields: Any) -> None:
     from brightrun_cli.registry.tables import CostRecord
 

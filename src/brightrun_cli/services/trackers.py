@@ -27,6 +27,7 @@ import msgspec
 
 from brightrun_cli import lifecycle
 from brightrun_cli.errors import ConflictError, UsageError
+from brightrun_cli.registry import costs as cost_rows
 from brightrun_cli.registry import jobs as job_rows
 from brightrun_cli.registry import models as model_rows
 from brightrun_cli.registry import points as point_rows
@@ -118,9 +119,10 @@ class JobTrackers(msgspec.Struct, frozen=True):
 
     job: JobRow
     trackers: dict[str, dict[str, Any]]
+    attempts: list[dict[str, Any]] = []  # each attempt's run time and compute cost (registry.costs.attempts)
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.job.to_json(), "trackers": self.trackers}
+        return {**self.job.to_json(), "trackers": self.trackers, "attempts": self.attempts}
 
 
 def show_job(ws: Workspace, ref: str) -> JobTrackers:
@@ -129,11 +131,12 @@ def show_job(ws: Workspace, ref: str) -> JobTrackers:
     ended (its trainer never got to the trackers)."""
     with ws.registry.reading() as conn:
         job = job_rows.resolve(conn, ref)
+        attempts = cost_rows.attempts(conn, job.id)
     records = read_records(lifecycle.run_dir(ws.home, job))
     status = "not_started" if job.status in lifecycle.TERMINAL else "pending"
     for name in (job.spec or {}).get("report_to") or []:
         records.setdefault(name, {"status": status, "where": None, "run_id": None, "points": 0, "artifact": None, "error": None})
-    return JobTrackers(job, records)
+    return JobTrackers(job, records, attempts)
 
 
 # ---------------------------------------------------------------------------- export

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from brightrun_cli import lifecycle
 from brightrun_cli.errors import NotFoundError
+from brightrun_cli.registry import costs as cost_rows
 from brightrun_cli.registry import jobs as job_rows
 from brightrun_cli.registry import points as point_rows
 from brightrun_cli.registry.rows import JobRow, PointRow
@@ -38,6 +39,7 @@ class JobView(JobRow, frozen=True):
 
     dataset_name: str | None = None
     host_name: str | None = None
+    earlier_attempts_s: float = 0.0  # how long it ran before this attempt (a resumed job)
 
     @property
     def gpu_type(self) -> str | None:
@@ -138,8 +140,8 @@ class BoardRow:
     throughput: float | None
 
 
-def job_view(job: JobRow, dataset_name: str | None, host_name: str | None) -> JobView:
-    return JobView(**job.to_fields(), dataset_name=dataset_name, host_name=host_name)
+def job_view(job: JobRow, dataset_name: str | None, host_name: str | None, earlier_attempts_s: float = 0.0) -> JobView:
+    return JobView(**job.to_fields(), dataset_name=dataset_name, host_name=host_name, earlier_attempts_s=earlier_attempts_s)
 
 
 class LogTail:
@@ -226,7 +228,9 @@ class JobFollower:
         found = job_rows.with_names(self._conn, self._job_id)
         if found is None:
             raise NotFoundError(f"job {self._job_id} was removed while being watched", "run 'brightrun jobs list' to see the jobs")
-        return job_view(*found)
+        job = found[0]
+        earlier = cost_rows.earlier_attempts_seconds(self._conn, job.id, job.resume_count) if job.resume_count else 0.0
+        return job_view(*found, earlier_attempts_s=earlier)
 
     def poll(self) -> Change:
         version = job_rows.data_version(self._conn)
