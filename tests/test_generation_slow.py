@@ -154,3 +154,22 @@ def test_the_saved_adapter_in_plain_peft_in_a_fresh_process_answers_as_the_engin
     prompts = _prompts(6)
     engine = load_chat_model("builtin:tiny", final).answers(prompts, max_new_tokens=48)
     assert [a.text for a in engine] == plain_answers(resolve_base_model("builtin:tiny"), final, prompts, 48)
+
+
+def test_render_shows_smollm2s_own_template_its_default_system_message_as_context(smollm2, cli, brightrun_home):
+    """A real chat template: SmolLM2's adds a system message the data never had; the run sees
+    it as context, and learns the answers with SmolLM2's own end of turn."""
+    rows = [{"conversation_id": f"c{i}", "turns": [{"role": "user", "content": f"What is {i} + {i}?"},
+                                                   {"role": "assistant", "content": f"{i} + {i} = {2 * i}."}]} for i in range(8)]
+    path = brightrun_home / "sums.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert cli("dataset", "add", str(path), "--name", "sums", "--base-model", str(smollm2.dir)).exit_code == 0
+    result = cli("dataset", "render", "sums", "--json")
+    assert result.exit_code == 0, result.stderr
+    shown = json.loads(result.stdout)["conversations"][0]
+    system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert shown["text"].startswith(f"<|im_start|>system\n{system}<|im_end|>")
+    trained = [shown["text"][s:e] for s, e in shown["trained"]]
+    i = int(shown["conversation_id"][1:])
+    assert trained == [f"{i} + {i} = {2 * i}.<|im_end|>"]
+    assert system not in "".join(trained) and 0 < shown["trained_tokens"] < shown["tokens"] < 80

@@ -1,4 +1,4 @@
-"""`brightrun dataset add|list|show|validate|rm`: conversation data in, validated, described.
+"""`brightrun dataset add|list|show|render|validate|rm`: conversation data in, validated, described.
 
 Text that comes from the data (sample turns, ids, findings) is printed with its control
 characters shown as escapes (`_visible`: ESC as \\x1b), so a dataset cannot drive the
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from brightrun_cli.registry.rows import DatasetRow
     from brightrun_cli.services.datasets import DatasetDetails
 
-dataset_app = common.Group(help="Conversation datasets: add (copy + validate + stats), list, show, validate, rm.", no_args_is_help=True)
+dataset_app = common.Group(help="Conversation datasets: add (copy + validate + stats), list, show, render (as a run trains on it), validate, rm.", no_args_is_help=True)
 
 DatasetArg = Annotated[str, common.Arg(help="Dataset id, unique id prefix, or name.", show_default=False)]
 # Files below this size finish before a progress bar would be worth drawing.
@@ -122,6 +122,80 @@ def show_command(ctx: common.Context, dataset: DatasetArg, json_output: common.J
         common.print_json(details)
         return
     _render_dataset(details)
+
+
+@dataset_app.command("render")
+def render_command(
+    ctx: common.Context,
+    dataset: DatasetArg,
+    conversation: Annotated[Optional[list[str]], common.Opt("--conversation", "-c", help="A conversation id to render (repeatable); default: the first --limit of the split.", show_default=False)] = None,
+    limit: Annotated[int, common.Opt("--limit", min=1, max=100, help="How many conversations, from the start of the split.")] = 1,
+    split: Annotated[str, common.Opt("--split", help="train or validation.")] = "train",
+    preset: common.PresetOpt = None,
+    set_: common.SetOpt = None,
+    config: common.ConfigOpt = None,
+    base_model: common.BaseModelOpt = None,
+    json_output: common.JsonOpt = False,
+) -> None:
+    """Show conversations as a run trains on them: the base model's chat template applied, and
+    the text with a loss marked (answers and their end of turn); where max_seq_length cuts.
+
+    Takes the run's settings as 'train' does (--preset, --set, --config, --base-model; the
+    dataset's base model by default): chat_template, max_seq_length, assistant_only_loss.
+    Marked text is green between ⟦ and ⟧; --json gives character spans.
+
+    Examples:
+      brightrun dataset render support-v1
+      brightrun dataset render support-v1 --limit 3 --set max_seq_length=512
+      brightrun dataset render support-v1 -c ticket-42 --set chat_template=chatml --json
+    """
+    from brightrun_cli.services.dataset_render import render_dataset
+
+    rendering = render_dataset(common.workspace(ctx), dataset, split=split, limit=limit, conversation_ids=conversation,
+                               preset=preset, overrides=set_ or (), config_file=config, base_model=base_model)
+    if json_output:
+        common.print_json(rendering)
+        return
+    out = common.console()
+    template = "brightrun's ChatML" if rendering.chat_template == "chatml" else "its own chat template"
+    out.print(f"[dim]{term.escape(display_name(rendering.base_model, short=True))} ({template}), max_seq_length {rendering.max_seq_length}; "
+              f"text between ⟦ and ⟧ is trained (a loss on it); the rest is context[/dim]")
+    for shown in rendering.conversations:
+        out.print()
+        out.print(_render_header(shown, rendering), soft_wrap=True)
+        out.print(_marked_text(shown), soft_wrap=True)
+
+
+def _render_header(shown, rendering) -> "term.Text":
+    share = f" ({shown.trained_tokens / shown.tokens:.0%})" if shown.tokens else ""
+    header = term.Text(f"conversation {_visible(shown.conversation_id)}", "bold")
+    if shown.copy:
+        header.append(f" (copy {shown.copy}: ends with an earlier turn, as the template keeps reasoning only in the last)")
+    header.append(f": {shown.tokens:,} tokens, {shown.trained_tokens:,} trained{share}", "dim")
+    if shown.cut_at is not None:
+        header.append(f"; cut at max_seq_length {rendering.max_seq_length}: the trainer never sees the rest", "bold yellow")
+    return header
+
+
+def _marked_text(shown) -> "term.Text":
+    """The rendered text: trained spans green between ⟦ ⟧, context dim, what the cut drops struck."""
+    text, end = term.Text(), len(shown.text)
+    cut = shown.cut_at if shown.cut_at is not None else end
+    edges = sorted({0, end, cut, *(p for span in shown.trained for p in span)})
+    for start, stop in zip(edges, edges[1:]):
+        piece = _visible(shown.text[start:stop] if stop < end else shown.text[start:stop].rstrip("\n"))  # print adds the last newline
+        trained = any(s <= start and stop <= e for s, e in shown.trained)
+        if start == cut:
+            text.append("\n✂ max_seq_length\n", "bold yellow")
+        if start >= cut:
+            text.append(piece, "dim strike")
+        elif trained:
+            opens = any(s == start for s, _ in shown.trained)
+            closes = any(e == stop for _, e in shown.trained) or stop == cut
+            text.append(("⟦" if opens else "") + piece + ("⟧" if closes else ""), "bold green")
+        else:
+            text.append(piece, "dim")
+    return text
 
 
 @dataset_app.command("validate")

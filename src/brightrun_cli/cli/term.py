@@ -23,12 +23,12 @@ _FOLD_PARTS = re.compile(r"[^-_/.@: ]*[-_/.@: ]|[^-_/.@: ]+")  # each part ends 
 _TAG = re.compile(r"((\\*)\[([a-z#/@][^[]*?)])")  # Rich's markup tag, escapes included
 _ESCAPE = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
 _SGR = {
-    "bold": "1", "b": "1", "dim": "2", "d": "2", "italic": "3", "i": "3", "underline": "4", "u": "4", "reverse": "7",
+    "bold": "1", "b": "1", "dim": "2", "d": "2", "italic": "3", "i": "3", "underline": "4", "u": "4", "reverse": "7", "strike": "9",
     "black": "30", "red": "31", "green": "32", "yellow": "33", "blue": "34", "magenta": "35", "cyan": "36", "white": "37",
     "bright_black": "90", "bright_red": "91", "bright_green": "92", "bright_yellow": "93", "bright_blue": "94",
     "bright_magenta": "95", "bright_cyan": "96", "bright_white": "97",
 }
-_COLOURS = {code for name, code in _SGR.items() if code[0] in "39"}
+_COLOURS = {code for code in _SGR.values() if len(code) == 2}  # 30-37, 90-97; the attributes are one digit
 
 Segment = tuple[str, "str | None"]  # text, style ("bold yellow") or None
 
