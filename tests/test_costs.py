@@ -93,3 +93,5 @@ def test_costs_cli_bar_chart_and_json(ws, cli):
 def test_costs_with_no_records(cli):
     result = cli("costs", "--period", "month")
     assert result.exit_code == 0 and "No cost records" in result.stdout
+    data = json.loads(cli("costs", "--json").stdout)  # a script reads the same keys on a fresh home
+    assert data["total_cost"] == 0 and data["by_type"] == {"compute": 0, "storage": 0} and data["groups"] == []

@@ -508,3 +508,25 @@ def test_a_supervisor_caught_inside_exec_is_alive_not_lost(monkeypatch):
         proc.kill()
         proc.wait()
     assert not launch.supervisor_alive(proc.pid, marker)
+
+
+def test_a_job_its_budget_stopped_is_not_run_again_on_the_same_budget(cli, ws, spawned):
+    """A budget stop spent the budget: resume would be stopped at once (billing an attempt),
+    a retry from scratch would stop where the first did. Both ask for a new one, and say how."""
+    job = job_row(ws, dataset_row(ws), status="cancelled", error_message="stopped: running cost went over --max-cost $40.00",
+                  max_cost=40.0, current_cost=41.42, estimated_total_cost=30.5, started_at=utcnow())
+    (ws.home / job.run_dir / "checkpoints" / "step-3").mkdir(parents=True)
+    shown = cli("jobs", "show", job.id)
+    assert f"brightrun jobs resume {job.id} --max-cost 72" in shown.stdout  # spent so far + the whole estimate
+    resumed = cli("jobs", "resume", job.id)
+    assert resumed.exit_code == 2 and "a resumed run would be stopped at once" in resumed.stderr
+    assert "--max-cost 72" in resumed.stderr and resumed.stderr.count("\n") == 1
+    retried = cli("jobs", "retry", job.id)
+    assert retried.exit_code == 2 and "stopped by its budget" in retried.stderr and f"jobs retry {job.id} --max-cost 72" in retried.stderr
+    assert cli("jobs", "retry", job.id, "--max-cost", "20").exit_code == 2  # under the estimate, as train refuses it
+    assert cli("jobs", "retry", job.id, "--max-cost", "-1").exit_code == 2
+    assert [j["id"] for j in json.loads(cli("jobs", "list", "--json").stdout)] == [job.id]  # nothing queued, nothing billed
+    retry = json.loads(cli("jobs", "retry", job.id, "--max-cost", "80", "--json").stdout)
+    assert retry["max_cost"] == 80.0 and retry["retry_count"] == 1
+    resumed = json.loads(cli("jobs", "resume", job.id, "--max-cost", "90", "--json").stdout)
+    assert resumed["max_cost"] == 90.0 and resumed["resume_count"] == 1

@@ -158,6 +158,7 @@ def test_sigkill_supervisor_then_resume_completes_without_gaps_or_duplicates(ws)
     # the time shown covers both attempts, as the cost does
     attempts = json.loads(run_brightrun("jobs", "show", job_id, "--json").stdout)["attempts"]
     assert [a["attempt"] for a in attempts] == [0, 1] and all(a["hours"] > 0 for a in attempts)
+    assert all(a["started_at"].endswith("Z") and a["ended_at"] > a["started_at"] for a in attempts)  # times as everywhere else
     assert "over 2 attempts" in run_brightrun("jobs", "show", job_id).stdout
     end = run_brightrun("watch", job_id).stdout.strip().splitlines()
     assert any("(this attempt; " in line and "over 2 attempts)" in line for line in end), end

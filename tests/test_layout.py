@@ -27,7 +27,8 @@ PACKAGE = REPO / "src" / "brightrun_cli"
 ALLOWED = {
     "cli": {"cli", "services", "errors", "home", "workspace"},
     "services": {"services", "registry", "storage", "runners", "presets", "lifecycle", "workspace", "errors", "home",
-                 "config", "builtin", "supervisor.launch", "trainer.spec", "trainer.schedule", "generation", "trackers", "report"},
+                 "config", "builtin", "supervisor.launch", "trainer.spec", "trainer.schedule", "trainer.data", "generation", "trackers",
+                 "report"},
     "supervisor": {"supervisor", "services", "registry", "runners", "lifecycle", "workspace", "errors", "home", "trainer.spec"},
     "lifecycle": {"registry", "errors"},
     "registry": {"registry", "errors"},

@@ -203,6 +203,20 @@ def test_watch_and_train_check_requirements_against_the_jobs_eval(cli, prepared)
     assert unchecked.exit_code == 6 and "has no answer eval from its job" in unchecked.stderr  # a gate never passes unchecked
 
 
+def test_a_dry_run_checks_the_gates_of_the_exact_command_ci_will_run(cli, prepared):
+    argv = ("train", "--dataset", "support", "--preset", "tiny", "--base-model", "builtin:tiny", "--require", "rougeL>base",
+            "--require", "stop_rate>=0.9")
+    planned = cli(*argv, "--dry-run", "--json")
+    assert planned.exit_code == 0, planned.stderr
+    assert json.loads(planned.stdout)["require"] == [
+        {"metric": "rougeL", "op": ">", "value": None, "text": "rougeL>base"},
+        {"metric": "stop_rate", "op": ">=", "value": 0.9, "text": "stop_rate>=0.9"}]
+    assert "gates: rougeL>base, stop_rate>=0.9" in cli(*argv, "--dry-run").stdout
+    detached = cli(*argv, "--detach")
+    assert detached.exit_code == 2 and "drop --detach" in detached.stderr
+    assert [job["id"] for job in json.loads(cli("jobs", "list", "--json").stdout)] == [prepared["job_id"]]  # nothing queued
+
+
 @pytest.mark.parametrize("bad", ["exact_match=>0.5", "accuracy>0.5", "rougeL>better", "rougeL"])
 def test_a_malformed_requirement_exits_2_before_anything_runs(cli, prepared, bad):
     before = _eval_rows(prepared["home"])

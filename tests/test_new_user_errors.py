@@ -193,6 +193,9 @@ def test_config_errors_name_the_real_key(cli, brightrun_home):
     one_line_usage_error(cli("jobs", "list"), "trackers.mlflow.tracking_uri")
     (brightrun_home / "config.toml").write_text("[trackers.foo]\nx = 1\n")
     one_line_usage_error(cli("jobs", "list"), "unknown tracker 'foo'", "known: ")
+    for hook in ("5", "[1, 2]", "{ cmd = 'x' }"):  # the hint shows the string form the README uses
+        (brightrun_home / "config.toml").write_text(f"notification_hook = {hook}\n")
+        one_line_usage_error(cli("jobs", "list"), "key 'notification_hook': expected a command", 'notification_hook = "')
 
 
 def test_an_enum_setting_lists_its_values():

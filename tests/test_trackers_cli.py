@@ -157,6 +157,19 @@ def test_export_to_tensorboard_writes_every_point_and_refuses_to_write_it_twice(
     assert bad.exit_code == 2 and "--to comet: cannot export there; use one of mlflow, tensorboard" in bad.stderr
 
 
+def test_export_of_a_job_that_never_ran_is_refused_before_writing_an_empty_run(ws, cli, tmp_path, monkeypatch):
+    from brightrun_cli.services import queue
+
+    monkeypatch.setattr(queue, "kick", lambda ws, **_: [])  # the queued job stays queued
+    monkeypatch.setattr(queue, "kick_if_needed", lambda home: None)
+    queued = job_row(ws, dataset_row(ws))
+    never = job_row(ws, dataset_row(ws, name="d2"), status="cancelled")
+    for job, says in ((queued, "has not started: it has no metrics to export yet"), (never, "cancelled before it started")):
+        result = cli("jobs", "export", job.id, "--to", "tensorboard", "--out", str(tmp_path / job.id))
+        assert result.exit_code == 2 and says in result.stderr and result.stderr.count("\n") == 1, result.stderr
+        assert not (tmp_path / job.id).exists()
+
+
 # ---------------------------------------------------------------- report
 
 

@@ -72,8 +72,12 @@ def load_config(home: Path) -> Config:
         raise UsageError(f"cannot read {path}: {exc}", "fix the file or move it away") from None
     unknown = [key for key in data if key not in KEYS]
     known = {key: value for key, value in data.items() if key in KEYS}
-    if isinstance(known.get("notification_hook"), str):
-        known["notification_hook"] = shlex.split(known["notification_hook"])
+    hook = known.get("notification_hook")
+    if isinstance(hook, str):
+        known["notification_hook"] = shlex.split(hook)
+    elif hook is not None and not (isinstance(hook, list) and all(isinstance(word, str) for word in hook)):
+        raise UsageError(f"{path}: key 'notification_hook': expected a command, got {hook!r}",
+                         'write it as a string, notification_hook = "notify-send-json --channel ml", or a list of words')
     try:  # trackers first: its messages name the tracker and the setting (msgspec's a JSON path)
         if "trackers" in known:
             check_settings(known["trackers"])

@@ -65,8 +65,8 @@ def train(
     if host and hosts:
         raise UsageError("--host and --hosts were both given", "use --host NAME for one host, --hosts a,b for a multi-node run")
     requirements = parse_requirements(require)
-    if requirements and (detach or dry_run):
-        raise UsageError("--require is checked at the end of a followed run", "drop --detach/--dry-run, or check later with 'brightrun watch JOB --require ...'")
+    if requirements and detach:
+        raise UsageError("--require is checked at the end of a followed run", "drop --detach, or check later with 'brightrun watch JOB --require ...'")
     ws = common.workspace(ctx)
     request = training.TrainRequest(
         dataset=dataset, preset=preset, overrides=tuple(overrides or ()), config_file=config_file, base_model=base_model,
@@ -76,11 +76,14 @@ def train(
     )
     submitted = training.train(ws, request, dry_run=dry_run)
     plan, job = submitted.plan, submitted.job
-    if job is None:
+    if job is None:  # a dry run: the gates were parsed and the held-out split they need checked
         if json_output:
-            common.print_json(plan.to_json())
+            common.print_json({**plan.to_json(), "require": [r._asdict() for r in requirements]})  # value null: the base model's
         else:
             _print_plan(plan)
+            if requirements:
+                common.echo(f"gates: {', '.join(r.text for r in requirements)} (checked on the answer eval at the end of the "
+                            "followed run; exit 6 if one fails)")
         return
     if json_output:
         # the first line of the NDJSON stream a followed run goes on with ("metric", "status", "model")
@@ -251,7 +254,9 @@ def _print_job(job: "JobRow", shown: str, trackers: dict | None = None, *, resum
         con.print("  trackers")
         for name, record in trackers.items():
             con.print(f"    {name:<14}{_tracker_line(record)}", markup=False)
-    again = f"brightrun jobs resume {job.id}" if resumable else f"brightrun jobs retry {job.id}"  # resume needs a checkpoint
+    from brightrun_cli.services.jobs import again_command
+
+    again = again_command(job, resumable=resumable)  # resume needs a checkpoint
     hint = {
         "queued": f"brightrun watch {job.id}", "initializing": f"brightrun watch {job.id}", "running": f"brightrun watch {job.id}",
         "completed": "brightrun models list", "failed": f"brightrun jobs logs {job.id}  /  {again}", "cancelled": again,
@@ -312,24 +317,29 @@ def cancel_cmd(ctx: common.Context, job: JobArg, yes: common.YesOpt = False, jso
     if row.status != "cancelled":
         return
     if row.started_at is None:
-        common.echo(f"run it again with: brightrun jobs retry {row.id}")
+        common.echo(f"run it again with: {jobs.again_command(row, resumable=False)}")
     elif jobs.has_progress_to_resume(ws, row):
-        common.echo(f"continue it with: brightrun jobs resume {row.id}")
+        common.echo(f"continue it with: {jobs.again_command(row, resumable=True)}")
     else:  # stopped before the trainer saved a checkpoint: only a fresh start can follow
-        common.echo(f"no checkpoint was saved; run it again with: brightrun jobs retry {row.id}")
+        common.echo(f"no checkpoint was saved; run it again with: {jobs.again_command(row, resumable=False)}")
 
 
 @jobs_app.command("retry")
-def retry_cmd(ctx: common.Context, job: JobArg, json_output: common.JsonOpt = False) -> None:
+def retry_cmd(
+    ctx: common.Context,
+    job: JobArg,
+    max_cost: Annotated[Optional[float], common.Opt("--max-cost", help="A new budget in USD (default: the job's; needed after a budget stop).", show_default=False)] = None,
+    json_output: common.JsonOpt = False,
+) -> None:
     """Run a failed or cancelled job again from scratch, as a new job.
 
     Examples:
       brightrun jobs retry 01jd4
-      brightrun jobs retry 01jd4 --json
+      brightrun jobs retry 01jd4 --max-cost 40 --json
     """
     from brightrun_cli.services import jobs
 
-    row = jobs.retry_job(common.workspace(ctx), job)
+    row = jobs.retry_job(common.workspace(ctx), job, max_cost=max_cost)
     if json_output:
         common.print_json(row)
     else:

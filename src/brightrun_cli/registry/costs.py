@@ -73,7 +73,10 @@ def attempts(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
         "SELECT json_extract(details, '$.attempt'), json_extract(details, '$.started_at'), json_extract(details, '$.ended_at'),"
         " json_extract(details, '$.hours'), amount FROM cost_records WHERE job_id = ? AND cost_type = 'compute'"
         " ORDER BY json_extract(details, '$.attempt'), recorded_at", (job_id,)).fetchall()
-    return [{"attempt": a, "started_at": s, "ended_at": e, "hours": h, "cost": c} for a, s, e, h, c in rows]
+    def when(text: str | None) -> datetime | None:  # stored as isoformat: back to a time, printed as every other time is
+        return datetime.fromisoformat(text) if text else None
+
+    return [{"attempt": a, "started_at": when(s), "ended_at": when(e), "hours": h, "cost": c} for a, s, e, h, c in rows]
 
 
 def earlier_attempts_seconds(conn: sqlite3.Connection, job_id: str, attempt: int) -> float:

@@ -22,6 +22,9 @@ class CostGroup(msgspec.Struct, frozen=True):
     records: int
 
 
+COST_TYPES = ("compute", "storage")  # what lifecycle.record_attempt_cost writes
+
+
 class CostReport(msgspec.Struct, frozen=True):
     by: str
     since: date | None
@@ -35,7 +38,8 @@ class CostReport(msgspec.Struct, frozen=True):
         return {
             "by": self.by, "since": self.since, "until": self.until,
             "total_cost": round(self.total, 6), "records": self.records,
-            "by_type": {k: round(v, 6) for k, v in self.by_type.items()},
+            # every type brightrun records, 0 when none: `.by_type.compute` reads the same on a fresh home
+            "by_type": {k: round(v, 6) for k, v in {**dict.fromkeys(COST_TYPES, 0.0), **self.by_type}.items()},
             "groups": [{"key": g.key, "amount": round(g.amount, 6), "records": g.records} for g in self.groups],
         }
 

@@ -157,13 +157,22 @@ def _cancel_queued(ws: Workspace, job: JobRow) -> None:
             queue.notify_cancelled(tx, job, "while queued")
 
 
-def retry_job(ws: Workspace, ref: str) -> JobRow:
-    """A new attempt from scratch: a new queued job with the same configuration, retry_count+1."""
+def retry_job(ws: Workspace, ref: str, *, max_cost: float | None = None) -> JobRow:
+    """A new attempt from scratch: a new queued job with the same configuration, retry_count+1,
+    and the same budget unless `max_cost` gives a new one."""
     with launch.standing_by(ws.home) as standby:
         old = get_job(ws, ref)
         if old.status not in lifecycle.RESUMABLE:
             raise ConflictError(f"job {old.id} is {old.status}; only failed or cancelled jobs can be retried",
                                 "cancel it first" if old.status in lifecycle.ACTIVE else "start a new one with 'brightrun train'")
+        _check_new_budget(max_cost)
+        if max_cost is not None and old.estimated_total_cost and max_cost < old.estimated_total_cost:
+            raise UsageError(f"the estimated cost ${old.estimated_total_cost:,.2f} is over --max-cost ${max_cost:,.2f}",
+                             "raise --max-cost, or start a cheaper run with 'brightrun train' (see 'brightrun estimate')")
+        if max_cost is None and stopped_by_budget(old):
+            raise UsageError(f"job {old.id} was stopped by its budget (--max-cost ${old.max_cost:,.2f}) at ${old.current_cost:,.2f}; "
+                             "the same run from scratch would stop there again",
+                             f"give it a budget that covers the run: brightrun jobs retry {old.id} --max-cost {_room(old)}")
         hosts_of(ws, old)  # a removed host: refused here rather than queued to fail at once
         new_job_id = new_id()
         spec = dict(old.spec or {}, job_id=new_job_id, resume=False)
@@ -178,7 +187,8 @@ def retry_job(ws: Workspace, ref: str) -> JobRow:
                 tx, id=new_job_id, dataset_id=old.dataset_id, preset_id=old.preset_id, base_model=old.base_model,
                 hyperparameters=old.hyperparameters, gpu_config=old.gpu_config, host_id=old.host_id, hosts=old.hosts,
                 total_epochs=old.total_epochs, total_steps=old.total_steps, estimated_duration_hours=old.estimated_duration_hours,
-                estimated_total_cost=old.estimated_total_cost, max_cost=old.max_cost, spec=spec, run_dir=f"runs/{new_job_id}",
+                estimated_total_cost=old.estimated_total_cost, max_cost=old.max_cost if max_cost is None else max_cost, spec=spec,
+                run_dir=f"runs/{new_job_id}",
                 retry_count=old.retry_count + 1,
             )
             notify(tx, "job_queued", "Training queued (retry)", f"Job {job.id[:10]} retries {old.id[:10]} (attempt {job.retry_count + 1})",
@@ -186,6 +196,32 @@ def retry_job(ws: Workspace, ref: str) -> JobRow:
                    metadata={"retry_of": old.id})
         queue.kick(ws, standby=standby)
     return get_job(ws, job.id)
+
+
+def stopped_by_budget(job: JobRow) -> bool:
+    """Whether the supervisor stopped the job for going over its --max-cost."""
+    return job.status == lifecycle.CANCELLED and job.max_cost is not None and "--max-cost" in (job.error_message or "")
+
+
+def again_command(job: JobRow, *, resumable: bool) -> str:
+    """What runs a failed or cancelled job again: resume from its checkpoint, else retry; with
+    a new budget when its own is spent (either would be refused without one)."""
+    command = f"brightrun jobs {'resume' if resumable else 'retry'} {job.id}"
+    if stopped_by_budget(job) or (job.max_cost is not None and job.current_cost >= job.max_cost):
+        command += f" --max-cost {_room(job)}"
+    return command
+
+
+def _check_new_budget(max_cost: float | None) -> None:
+    if max_cost is not None and not max_cost > 0:
+        raise UsageError(f"--max-cost must be positive (got {max_cost:g})", "pass a budget in USD, e.g. --max-cost 25")
+
+
+def _room(job: JobRow) -> str:
+    """A budget to suggest after a budget stop: what it cost so far plus its whole estimate."""
+    import math
+
+    return f"{math.ceil(job.current_cost + (job.estimated_total_cost or job.max_cost or 0)):d}"
 
 
 def has_progress_to_resume(ws: Workspace, job: JobRow) -> bool:
@@ -211,8 +247,13 @@ def resume_job(ws: Workspace, ref: str, *, max_cost: float | None = None) -> Job
                                 "wait for it to end" if job.status in lifecycle.ACTIVE else "completed jobs are done")
         if not has_progress_to_resume(ws, job):
             raise ConflictError(f"job {job.id} has no checkpoint to resume from", f"run 'brightrun jobs retry {job.id}' to start it again")
+        _check_new_budget(max_cost)
         if max_cost is not None and max_cost <= job.current_cost:
             raise UsageError(f"--max-cost ${max_cost:,.2f} is not above what the job has already cost (${job.current_cost:,.2f})", "pass a higher --max-cost")
+        if max_cost is None and job.max_cost is not None and job.current_cost >= job.max_cost:
+            raise UsageError(f"job {job.id} has cost ${job.current_cost:,.2f}, at or over its budget (--max-cost ${job.max_cost:,.2f}): "
+                             "a resumed run would be stopped at once",
+                             f"give it more: brightrun jobs resume {job.id} --max-cost {_room(job)}")
         values: dict[str, Any] = dict(
             status=lifecycle.QUEUED, current_stage=lifecycle.QUEUED, queued_at=utcnow(), completed_at=None, error_message=None,
             error_stack=None, final_cost=None, supervisor_pid=None, supervisor_marker=None, heartbeat_at=None,

@@ -156,6 +156,12 @@ def export_job(ws: Workspace, ref: str, to: str, out: Path | None = None) -> "Ex
         raise UsageError(f"--to {to}: cannot export there", f"use one of {', '.join(EXPORT_TARGETS)}")
     with ws.registry.reading() as conn:
         job = job_rows.resolve(conn, ref)
+        has_points = point_rows.first(conn, job.id) is not None
+    if job.started_at is None and not has_points:  # queued, or ended before it started: an empty run in the tracker
+        if job.status in lifecycle.TERMINAL:
+            raise ConflictError(f"job {job.id} {job.status} before it started: it has no metrics to export", "export a job that ran")
+        raise ConflictError(f"job {job.id} has not started: it has no metrics to export yet",
+                            f"export it once it runs (brightrun watch {job.id}), or report it live with 'train --report-to {to}'")
     if to == "mlflow":
         settings = dict(ws.config.trackers.get("mlflow", {}))
         directory = (out or ws.home / "mlflow").expanduser().resolve()
