@@ -78,6 +78,9 @@ def test_requirements_parse_numbers_and_base():
     ("bleu>=0.3", "unknown metric 'bleu'"),
     ("rougeL>bsae", "neither a number nor \"base\""),
     ("chrf>=nan", "neither a number nor \"base\""),
+    ("rougeL>1.5", "rougeL is between 0 and 1, so a gate on 1.5 never means what it says"),
+    ("stop_rate>=-0.1", "stop_rate is between 0 and 1"),
+    ("length_ratio<-1", "length_ratio is 0 or more"),
 ])
 def test_malformed_requirements_say_what_and_how(text, says):
     with pytest.raises(UsageError) as info:
@@ -90,6 +93,7 @@ def test_requirements_hold_or_fail_with_the_values_compared():
     summary = _summary(tuned={"exact_match": 0.6, "rougeL": 0.7, "length_ratio": None},
                        base={"exact_match": 0.0, "rougeL": 0.8, "length_ratio": 1.0})
     reqs = [evaluate.parse_requirement(t) for t in ("exact_match>=0.5", "rougeL>base", "length_ratio<2", "exact_match<0.6")]
+    assert evaluate.parse_requirement("length_ratio<=3.5").value == 3.5 and evaluate.parse_requirement("exact_match>1").value == 1
     checks = evaluate.check_requirements(summary, reqs)
     assert [(c.holds, c.actual, c.wanted) for c in checks] == [
         (True, 0.6, 0.5), (False, 0.7, 0.8), (False, None, 2.0), (False, 0.6, 0.6)]
@@ -350,7 +354,7 @@ def test_streamed_and_sampled_answers(tiny_with_adapter):
     hot = Sampling(max_new_tokens=30, temperature=1.5, top_p=0.95, seed=7)
     assert chat_model.answer(prompt, sampling=hot) == chat_model.answer(prompt, sampling=hot)
     assert "".join(chat_model.stream(prompt, sampling=hot)).strip() == chat_model.answer(prompt, sampling=hot).text
-    with pytest.raises(UsageError, match="top_p"):
+    with pytest.raises(UsageError, match="--top-p"):
         chat_model.answer(prompt, sampling=Sampling(top_p=0))
 
 

@@ -241,10 +241,12 @@ def test_merged_model_loads_as_a_plain_model_matching_base_plus_adapter(cli, art
     import torch
 
     out = tmp_path / "merged"
-    result = run_brightrun("models", "merge", artifact.id, str(out), "--json")  # a real process, stderr not a terminal
+    result = run_brightrun("models", "merge", artifact.id, str(out), "--json", umask=0o022)  # a real process, stderr not a terminal
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # no progress bars or library deprecation notices in a script's log
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    # readable by a server running as another user, as the umask says (safetensors writes 0600 itself)
+    assert {oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()} == {"0o644"}
     written = json.loads(result.stdout)
     assert written["target"] == str(out) and {"config.json", "model.safetensors"} <= set(written["files"])
     assert written["bytes"] == sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

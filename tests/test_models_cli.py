@@ -125,7 +125,37 @@ def test_merge_with_an_unknown_builtin_base_writes_nothing(cli, brightrun_home, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_base_model_gone_from_its_path_is_named_with_the_way_back(cli, brightrun_home, tmp_path):
+    """Models record their base by path; a .gguf converted into the cache is gone when the
+    cache is cleared. Say that (and how to convert it again), not transformers' hub-id error."""
+    gone = brightrun_home / "cache" / "models" / "gguf-b179c9523d0e6a0f"
+    converted = make_model(brightrun_home, name="from-gguf", score=3, cost=1.0, base_model=str(gone))
+    moved = make_model(brightrun_home, name="from-dir", score=3, cost=1.0, base_model=str(tmp_path / "llama-moved"))
+    for args in (("merge", converted.id, str(tmp_path / "merged")), ("try", converted.id, "hi")):
+        result = cli("models", *args)
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "converted from a .gguf file" in result.stderr and "--base-model FILE.gguf" in result.stderr
+        assert "Repo id" not in result.stderr
+    result = cli("models", "try", moved.id, "hi")
+    assert result.exit_code == 2 and "llama-moved does not exist" in result.stderr
+    assert not (tmp_path / "merged").exists()
+
+
 @pytest.mark.parametrize("args", [("list",), ("show", "x"), ("export", "x", "y"), ("merge", "x", "y"), ("rm", "x")])
 def test_help_has_examples(cli, args):
     result = cli("models", args[0], "--help")
     assert result.exit_code == 0 and "Examples" in result.stdout
+
+
+def test_the_end_line_of_a_job_whose_model_was_removed_points_nowhere(brightrun_home):
+    import msgspec
+
+    from brightrun_cli.cli.watch import _model_line
+    from brightrun_cli.registry.timeutil import utcnow
+    from brightrun_cli.services.models import get_model
+    from brightrun_cli.workspace import Workspace
+
+    row = get_model(Workspace.open(brightrun_home), make_model(brightrun_home, name="gone", score=3, cost=1.0).id)
+    assert f"see 'brightrun models show {row.id}'" in _model_line(row)
+    removed = _model_line(msgspec.structs.replace(row, deleted_at=utcnow()))
+    assert "removed since ('models rm')" in removed and "models show" not in removed

@@ -176,11 +176,11 @@ def test_a_failing_requirement_exits_6_a_holding_one_0(cli, prepared):
     holds = cli("models", "eval", model, "--limit", "2", "--max-new-tokens", "8", "--require", "stop_rate>=0", "--require", "chrf>=0")
     assert holds.exit_code == 0, holds.stderr
     assert "ok   stop_rate>=0" in holds.stdout
-    fails = cli("models", "eval", model, "--limit", "2", "--max-new-tokens", "8", "--require", "exact_match>=2", "--require", "chrf>=0")
+    fails = cli("models", "eval", model, "--limit", "2", "--max-new-tokens", "8", "--require", "exact_match>1", "--require", "chrf>=0")
     assert fails.exit_code == 6
     errors = [line for line in fails.stderr.splitlines() if line.startswith("error:")]  # after the eval's progress lines
     assert len(errors) == 1 and fails.stderr.splitlines()[-1] == errors[0]
-    assert "exact_match>=2 (tuned 0" in errors[0] and "FAIL exact_match>=2" in fails.stdout
+    assert "exact_match>1 (tuned 0" in errors[0] and "FAIL exact_match>1" in fails.stdout
 
 
 def test_watch_and_train_check_requirements_against_the_jobs_eval(cli, prepared):
@@ -236,9 +236,13 @@ def test_a_malformed_requirement_exits_2_before_anything_runs(cli, prepared, bad
 def test_bad_eval_input_is_one_error_line_and_writes_nothing(cli, prepared):
     model = prepared["model_id"]
     storage = prepared["home"] / "storage"
+    broken = prepared["home"] / "broken.jsonl"
+    broken.write_text('{"turns": [{"role": "user"}]}\n')
+    assert cli("dataset", "add", str(broken), "--name", "broken").exit_code == 2  # kept in status error, with its report
     files_before = sorted(p for p in storage.rglob("*"))
     jobs_before = cli("jobs", "list", "--json").stdout
     cases = {
+        ("models", "eval", model, "--dataset", "broken"): "dataset 'broken' is error, not ready to evaluate on",
         ("models", "eval", "nope"): "no model matches 'nope'",
         ("models", "try", "nope", "hi"): "no model matches 'nope'",
         ("models", "compare", model, "base:nope"): "no model matches 'nope'",
@@ -249,6 +253,13 @@ def test_bad_eval_input_is_one_error_line_and_writes_nothing(cli, prepared):
         ("train", "--dataset", "no-held-out", "--preset", "tiny", "--require", "rougeL>base"):
             "has no held-out split for --require to judge the job's answers on",
         ("models", "compare", model): "at least two models",
+        ("models", "eval", model, "--require", "tool_call_match>=0.5"): "needs answers that call tools, and none of the",
+        ("models", "try", model, "hi", "--max-new-tokens", "0"): "--max-new-tokens must be between 1 and 65536, got 0; pass how many",
+        ("models", "export", model, ""): "TARGET is empty",
+        ("models", "merge", model, " "): "OUT_DIR is empty",
+        ("models", "compare", model, model[:8]): "are the same model: it would be compared with itself",
+        ("models", "compare", "base:" + model, "base:" + model[:8], model): "are the same base model",
+        ("models", "compare", model, model): "a model is named twice",
         ("models", "try", model, "hi", "--temperature", "-1"): "temperature",
     }
     for argv, says in cases.items():

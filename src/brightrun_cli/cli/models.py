@@ -425,7 +425,7 @@ def export_command(
 def merge_command(
     ctx: common.Context,
     model: ModelArg,
-    out_dir: Annotated[Path, common.Arg(help="Directory for the merged model.", show_default=False)],
+    out_dir: Annotated[str, common.Arg(help="Directory for the merged model.", show_default=False)],
     force: ForceOpt = False,
     json_output: common.JsonOpt = False,
 ) -> None:

@@ -200,6 +200,8 @@ def _model_line(model: "ModelRow") -> str:
     loss = ""
     if q.get("base_validation_loss") is not None and q.get("final_validation_loss") is not None:
         loss = f", held-out loss {q['base_validation_loss']:.4g} -> {q['final_validation_loss']:.4g}"
+    if model.deleted_at is not None:  # its eval stays on record (a gate can still judge it); its files are gone
+        return f"model {model.id} ({model.name}@{model.version}): score {q.get('overall_score')}/5{loss}; removed since ('models rm')"
     return (f"model {model.id} ({model.name}@{model.version}): score {q.get('overall_score')}/5{loss}; "
             f"see 'brightrun models show {model.id}'")
 
@@ -273,7 +275,7 @@ def check_job_requirements(ws: "Workspace", job_id: str, requirements: list, *, 
                        f"{'-' if c.wanted is None else format(c.wanted, '.4g')}")
     failed = [c for c in checks if not c.holds]
     if failed:
-        _stderr(f"error: {failure_message(failed)}")
+        _stderr(f"error: {failure_message(failed)}; see the answers with 'brightrun models show {stored.row.model_id} --eval job'")
         return EXIT_REQUIREMENT_FAILED
     return EXIT_COMPLETED
 

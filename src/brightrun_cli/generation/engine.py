@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brightrun_cli.errors import UsageError
+from brightrun_cli.generation.gguf import check_local_base
 
 from . import chat
 from .quantization import bitsandbytes_installed, bnb_config, keep_bitsandbytes_out, trained_quantization
@@ -48,11 +49,13 @@ class Sampling:
 
     def check(self) -> None:
         if not 1 <= self.max_new_tokens <= 65536:
-            raise UsageError(f"max_new_tokens must be between 1 and 65536, got {self.max_new_tokens}")
+            raise UsageError(f"--max-new-tokens must be between 1 and 65536, got {self.max_new_tokens}",
+                             "pass how many tokens an answer may have, e.g. --max-new-tokens 256")
         if not 0 <= self.temperature <= 10:
-            raise UsageError(f"temperature must be between 0 (greedy) and 10, got {self.temperature}")
+            raise UsageError(f"--temperature must be between 0 (greedy) and 10, got {self.temperature}",
+                             "pass 0 for the most likely answer, or e.g. --temperature 0.7 to sample")
         if not 0 < self.top_p <= 1:
-            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}", "pass e.g. --top-p 0.9, or 1 to keep every token")
 
 
 @dataclass(frozen=True)
@@ -385,6 +388,7 @@ def load_chat_model(base_model: str, adapter: str | Path | None = None, *, devic
         path = resolve_base_model(base_model)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    check_local_base(path)
     adapter_dir = Path(adapter).expanduser() if adapter is not None else None
     if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
         raise UsageError(f"{adapter_dir} is not a peft adapter directory (no adapter_config.json)")

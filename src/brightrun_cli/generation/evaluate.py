@@ -276,6 +276,10 @@ def parse_requirement(text: str) -> Requirement:
         number = math.nan
     if not math.isfinite(number):
         raise UsageError(f"requirement {text!r} compares with {value!r}, which is neither a number nor \"base\"", _HOW)
+    top = math.inf if metric == "length_ratio" else 1.0  # a ratio of lengths; every other metric is a fraction
+    if not 0 <= number <= top:
+        limits = "0 or more" if top == math.inf else "between 0 and 1"
+        raise UsageError(f"requirement {text!r}: {metric} is {limits}, so a gate on {value} never means what it says", _HOW)
     return Requirement(metric, op, number, text)
 
 

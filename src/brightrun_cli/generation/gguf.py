@@ -66,6 +66,23 @@ def describe(model: str | None, *, short: bool = False) -> str:
     return source if short else f"{source} (converted: {model})"
 
 
+def check_local_base(model: str) -> None:
+    """A base model named by its path (as models and jobs record it) must still be there; one
+    converted from a .gguf file into the cache says how to get it back (the same file converts
+    into the same directory), instead of transformers reading the path as a hub id."""
+    if not model.startswith(("/", "~")):
+        return
+    path = Path(model).expanduser()
+    if path.exists():
+        return
+    if path.name.startswith("gguf-") and path.parent.name == "models":
+        raise UsageError(f"the base model converted from a .gguf file into {path} is gone (its cache was cleared or moved)",
+                         "pass the .gguf file to any command once and it is converted into that place again, "
+                         "e.g. 'brightrun estimate --dataset DATASET --base-model FILE.gguf'")
+    raise UsageError(f"the base model directory {path} does not exist (moved or deleted?)",
+                     "put the model back at that path: models and jobs record their base model by where it was")
+
+
 def _gguf_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.name.lower().endswith(SUFFIX) and p.is_file())
 

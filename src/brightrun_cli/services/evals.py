@@ -82,6 +82,18 @@ def parse_requirements(texts: Sequence[str] | None) -> list[Requirement]:
     return [answer_eval.parse_requirement(text) for text in texts or ()]
 
 
+def check_measurable(requirements: Sequence[Requirement], samples: Sequence[answer_eval.Sample], dataset: DatasetRow) -> None:
+    """A gate on a tool-call metric where no held-out answer calls a tool would fail as "not
+    measured" after the whole eval: refused before anything loads."""
+    from brightrun_cli.generation.metrics import TOOL_METRICS
+
+    tool_gates = [r.text for r in requirements if r.metric in TOOL_METRICS]
+    if tool_gates and not any(s.calls for s in samples):
+        raise UsageError(f"requirement {tool_gates[0]!r} needs answers that call tools, and none of the "
+                         f"{len(samples)} held-out samples of dataset '{dataset.name}' does",
+                         "gate on a text metric (rougeL, token_f1, exact_match, chrf), or evaluate on data with tool calls")
+
+
 def check_requirements(stored: StoredEval, requirements: list[Requirement]) -> list[Check]:
     return answer_eval.check_requirements(stored.summary(), requirements) if requirements else []
 
@@ -176,6 +188,10 @@ def check_held_out(dataset: DatasetRow, purpose: str) -> None:
 
 def held_out_file(ws: Workspace, dataset: DatasetRow) -> Path:
     """The dataset's held-out split, or a UsageError saying how to get one."""
+    if dataset.status != "ready":  # failed validation (or still being added): its problem, not a missing split
+        why = f": {dataset.error_message}" if dataset.error_message else ""
+        raise UsageError(f"dataset '{dataset.name}' is {dataset.status}, not ready to evaluate on{why}",
+                         f"run 'brightrun dataset show {dataset.id}' and fix or re-add it")
     check_held_out(dataset, "to evaluate on")
     return split_paths(ws, dataset)[1]
 
@@ -228,6 +244,7 @@ def evaluate_model(ws: Workspace, ref: str, *, dataset: str | None = None, limit
     if max_new_tokens is not None:
         Sampling(max_new_tokens=max_new_tokens).check()
     data, samples = _samples(ws, model, dataset, limit)
+    check_measurable(parsed, samples, data)
     with loaded(ws, model) as chat_model:
         records, summary = answer_eval.evaluate(chat_model, samples, max_new_tokens=max_new_tokens, log=log)
     summary["limit"] = limit or answer_eval.DEFAULT_LIMIT
@@ -294,10 +311,17 @@ def resolve_entries(ws: Workspace, refs: Sequence[str]) -> list[Entry]:
         raise UsageError("compare needs at least two models", "pass e.g. 'brightrun models compare MODEL base:MODEL'")
     if len(set(refs)) != len(refs):
         raise UsageError("a model is named twice", "list each model (or base:MODEL) once")
-    entries = []
+    entries, seen = [], {}
     for ref in refs:
         base = ref.startswith(BASE_PREFIX)
-        entries.append(Entry(ref, get_model(ws, ref[len(BASE_PREFIX):] if base else ref), base))
+        entry = Entry(ref, get_model(ws, ref[len(BASE_PREFIX):] if base else ref), base)
+        # What answers: a tuned model is its id, a base model its base (base:A and base:B may share one).
+        key = ("base", entry.model.base_model) if base else ("model", entry.model.id)
+        if key in seen:
+            raise UsageError(f"{seen[key]!r} and {ref!r} are the same {'base model' if base else 'model'}: it would be compared with itself",
+                             "list each model (or base:MODEL) once")
+        seen[key] = ref
+        entries.append(entry)
     return entries
 
 

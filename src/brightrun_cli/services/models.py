@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 
 from brightrun_cli.builtin import resolve_base_model
+from brightrun_cli.generation import gguf
 from brightrun_cli.errors import ConflictError, OperationError, UsageError, quiet_library_logs
 from brightrun_cli.registry import models as model_rows
 from brightrun_cli.registry.rows import ModelRow
@@ -106,6 +107,7 @@ def export_model(ws: Workspace, ref: str, target: str, *, force: bool = False) -
     import hashlib  # hashlib, shutil, tempfile imported where used: `models list/show` need none of them
 
     model = get_model(ws, ref)
+    _check_named(target, "TARGET")
     entries = _file_entries(model)
     fs, root = _open_target(target)
     root = root.rstrip("/") or "/"
@@ -155,12 +157,14 @@ def _resolve_base(base_model: str | None) -> str:
     if not base_model:
         raise UsageError("the model does not record its base model", "merge it by hand with peft's merge_and_unload")
     try:
-        return resolve_base_model(base_model)
+        path = resolve_base_model(base_model)
     except ValueError as exc:  # a builtin this installation does not ship
         raise UsageError(f"the base model is unavailable: {exc}", "install the brightrun version that trained it") from exc
+    gguf.check_local_base(path)
+    return path
 
 
-def merge_model(ws: Workspace, ref: str, out_dir: Path, *, force: bool = False) -> Path:
+def merge_model(ws: Workspace, ref: str, out_dir: Path | str, *, force: bool = False) -> Path:
     """Merge base + adapter (peft merge_and_unload) into a standard HF model directory (safetensors).
 
     Nothing is written unless the merge succeeds: the model is saved to a temporary
@@ -170,6 +174,7 @@ def merge_model(ws: Workspace, ref: str, out_dir: Path, *, force: bool = False) 
     import tempfile
 
     model = get_model(ws, ref)
+    _check_named(str(out_dir), "OUT_DIR")
     out_dir = Path(out_dir).expanduser()
     check_parent(out_dir.absolute(), "to")
     with user_path(out_dir, "to"):
@@ -206,11 +211,26 @@ def merge_model(ws: Workspace, ref: str, out_dir: Path, *, force: bool = False) 
         try:
             merged.save_pretrained(staged)
             AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(staged)
+            _user_modes(staged)
             with user_path(out_dir, "to"):
                 _move_into(staged, out_dir)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
     return out_dir
+
+
+def _check_named(target: str, what: str) -> None:
+    """An empty target would mean the current directory, which nobody types on purpose."""
+    if not str(target).strip():
+        raise UsageError(f"{what} is empty", "name the directory to write to, e.g. ./my-model (or . for this one)")
+
+
+def _user_modes(root: Path) -> None:
+    """The modes the user's umask gives new files: the weights file safetensors writes is 0600
+    whatever the umask, which a server running as another user cannot read."""
+    mask = umask()
+    for path in root.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _move_into(staged: Path, out_dir: Path) -> None:
