@@ -238,6 +238,23 @@ def test_tiny_preset_estimates_offline_on_the_builtin_model(cli, ws):
     assert data["training_details"]["total_steps"] == epochs * 63  # ceil(500 / 8) per epoch
 
 
+def test_max_steps_cuts_the_run_and_its_estimate_to_those_steps(cli, ws):
+    dataset_with_stats(ws, conversations=500, train_tokens=90_000, validation_tokens=10_000)
+    whole = json.loads(cli("estimate", "-d", "support-v1", "-p", "tiny", "--set", "num_epochs=3", "--json").stdout)
+    cut = json.loads(cli("estimate", "-d", "support-v1", "-p", "tiny", "--set", "num_epochs=3", "--set", "max_steps=20",
+                         "--json").stdout)
+    assert whole["training_details"]["total_steps"] == 3 * 63 and cut["training_details"]["total_steps"] == 20
+    # training FLOPs follow the steps (20 of 189); the held-out loss runs twice (before, and after the last step)
+    details, full = cut["training_details"], whole["training_details"]
+    assert details["train_flops"] == pytest.approx(full["train_flops"] * 20 / 189, rel=1e-6)
+    assert details["tokens_processed"] == pytest.approx(full["tokens_processed"] * 20 / 189, abs=1)
+    assert cut["estimated_duration_hours"] < whole["estimated_duration_hours"]
+    spec = json.loads(cli("train", "-d", "support-v1", "-p", "tiny", "--set", "max_steps=20", "--dry-run", "--json").stdout)["spec"]
+    assert spec["max_steps"] == 20  # what the trainer stops at
+    bad = cli("estimate", "-d", "support-v1", "-p", "tiny", "--set", "max_steps=0")
+    assert bad.exit_code == 2 and "max_steps must be" in bad.stderr
+
+
 def test_a_dataset_counted_with_a_base_model_trains_that_model_unless_told_otherwise(cli, ws, tmp_path):
     row = dataset_with_stats(ws)
     model = model_dir(tmp_path, SMALL)

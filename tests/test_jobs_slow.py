@@ -109,6 +109,14 @@ def test_followed_train_json_is_one_ndjson_stream_each_line_typed(ws):
     assert [line["status"] for line in lines if line["type"] == "status"][-1] == "completed"
 
 
+def test_max_steps_stops_the_run_there_with_its_model(ws):
+    result = run_brightrun("train", "--dataset", "chat", *FAST, "--set", "num_epochs=3", "--set", "max_steps=3", timeout=300)
+    assert result.returncode == 0, result.stderr
+    job = jobs.list_jobs(ws)[0]
+    assert job.status == "completed" and job.total_steps == 3 and job.current_step == 3 and job.artifact_id is not None
+    assert _train_steps(_points(ws, job.id)) == [1, 2, 3]
+
+
 def test_dry_run_prints_spec_and_argv_and_writes_nothing(ws):
     result = run_brightrun("train", "--dataset", "chat", *FAST, "--dry-run", "--json")
     assert result.returncode == 0, result.stderr

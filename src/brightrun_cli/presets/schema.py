@@ -103,6 +103,9 @@ class TrainingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     save_steps: Annotated[int, Meta(ge=0, le=1_000_000, description=(
         "Also checkpoint every N optimizer steps (the newest two kept), so a run killed without warning "
         "(node failure, out of memory, a Slurm requeue) resumes from there; 0 = only when stopped (cancel, budget, SIGTERM)"))] = 0
+    max_steps: Annotated[int, Meta(ge=1, le=100_000_000, description=(
+        "Stop after this many optimizer steps, before num_epochs ends (a smoke run: --set max_steps=20); "
+        "the schedule, warm-up and estimate follow it; unset: every epoch"))] | None = None
     gpu_type: Annotated[str, Meta(min_length=1, description="GPU type from `brightrun gpus` (unset: the host's type)")] | None = None
     gpus: Annotated[int, Meta(ge=1, le=8, description="GPUs per host (unset: all of the host's)")] | None = None
 

@@ -262,7 +262,7 @@ class Estimate(msgspec.Struct):
                 "sequences_per_epoch": self.plan.sequences,
                 "sequence_length": self.plan.sequence_length,
                 "train_tokens_per_epoch": self.plan.train_tokens,
-                "tokens_processed": self.plan.computed_tokens * cfg.num_epochs,
+                "tokens_processed": round(self.plan.computed_tokens * self.total_steps / self.steps_per_epoch),  # max_steps may cut an epoch
                 "validation_tokens": self.plan.validation_tokens,
                 "model_parameters": self.shape.total_params,
                 "lora_parameters": self.shape.lora_params(cfg.target_modules, cfg.lora_rank, dora=cfg.use_dora),
@@ -356,9 +356,11 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
     gpu, devices = placement.gpu, placement.devices
     plan = token_plan(dataset, config)
     steps_per_epoch = trainer_steps_per_epoch(plan.sequences, config, devices)
-    train_flops = config.num_epochs * plan.computed_tokens * train_flops_per_token(shape, config, plan.sequence_length)
-    # Validation runs before training (the base model's loss) and after every epoch.
-    eval_flops = (config.num_epochs + 1) * plan.validation_tokens * eval_flops_per_token(shape, config, plan.sequence_length)
+    total_steps = run_steps(steps_per_epoch, config)
+    epochs = total_steps / steps_per_epoch  # fewer than num_epochs under max_steps
+    train_flops = epochs * plan.computed_tokens * train_flops_per_token(shape, config, plan.sequence_length)
+    # Validation runs before training (the base model's loss), after every epoch and after the last step.
+    eval_flops = (math.ceil(epochs - 1e-9) + 1) * plan.validation_tokens * eval_flops_per_token(shape, config, plan.sequence_length)
     weight_bytes = _weight_bytes(config, gpu.name)
     calibration = calibrate(ws, gpu, shape, config.base_model)
     scale = devices * (MULTI_DEVICE_EFFICIENCY ** (devices - 1))
@@ -368,7 +370,6 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
     else:
         flops_per_s = gpu.bf16_tflops * 1e12 * assumed_utilization(gpu, shape) * scale
         startup_s = _assumed_startup(shape, weight_bytes)
-    total_steps = steps_per_epoch * config.num_epochs
     train_s = max(train_flops / flops_per_s, step_floor_s(shape, config, gpu.name, total_steps))
     finish_s = calibration.finish_s if calibration.finish_s is not None else assumed_finish_s(
         shape, dataset, gpu.name, flops_per_s / scale)
@@ -379,7 +380,7 @@ def estimate_run(ws: Workspace, dataset: DatasetRow, resolved: ResolvedConfig, p
     capacity = gpu.memory_gb * GIB
     est = Estimate(
         dataset=dataset, resolved=resolved, placement=placement, plan=plan, shape=shape,
-        steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * config.num_epochs,
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         train_flops=train_flops, eval_flops=eval_flops, flops_per_s=flops_per_s, startup_s=startup_s,
         duration_s=duration_s, train_s=train_s, finish_s=finish_s, hourly_rate=hourly_rate, compute_cost=hourly_rate * duration_s / 3600,
         storage_cost=_storage_cost(ws, shape, config), memory=need, memory_capacity=capacity,
@@ -552,6 +553,12 @@ def token_plan(dataset: DatasetRow, config: TrainingConfig) -> TokenPlan:
         computed = int(conversations * length)
     return TokenPlan(train_tokens=train_tokens, sequences=conversations, sequence_length=max(1, round(length)),
                      computed_tokens=max(1, computed), validation_tokens=int(raw_validation * kept))
+
+
+def run_steps(steps_per_epoch: int, config: TrainingConfig) -> int:
+    """The optimizer steps a run takes, as the trainer counts them: every epoch, or max_steps when fewer."""
+    total = steps_per_epoch * config.num_epochs
+    return min(total, config.max_steps) if config.max_steps is not None else total
 
 
 def trainer_steps_per_epoch(conversations: int, config: TrainingConfig, devices: int) -> int:
@@ -933,7 +940,9 @@ def _measure(conn: Any, job: JobRow) -> Measured | None:
     base_eval_flops = plan.validation_tokens * eval_flops_per_token(shape, config, plan.sequence_length)
     # FLOPs as this model plans them (padding included); the trainer's tokens/s counts
     # its own tokens, so its rate is scaled by planned/counted to stay in one unit.
-    planned_tokens = config.num_epochs * plan.computed_tokens
+    steps_per_epoch = trainer_steps_per_epoch(plan.sequences, config, devices)
+    max_steps = (job.spec or {}).get("max_steps")  # a run cut short by max_steps planned fewer tokens
+    planned_tokens = plan.computed_tokens * run_steps(steps_per_epoch, config.replace(max_steps=max_steps)) / steps_per_epoch
     rates = undisturbed(point_rows.train_throughputs(conn, job.id))
     ended_training = point_rows.last_time(conn, job.id)
     finish = ((job.completed_at - ended_training).total_seconds()

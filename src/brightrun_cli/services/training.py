@@ -292,7 +292,7 @@ def _spec(job_id: str, config: Any, accelerate: Any = None) -> dict[str, Any]:
         "hyperparameters": config.hyperparameters(),
         "logging_steps": 1,  # every optimizer step: the curves and the ETA want them all
         "save_steps": config.save_steps,  # 0: the trainer checkpoints only on SIGTERM (cancel, budget, a reaped job)
-        "max_steps": None,
+        "max_steps": config.max_steps,  # None: every epoch
         "resume": False,
     }
     if accelerate is not None:  # the copy in the run dir; accelerate reads .json as JSON, anything else as YAML
