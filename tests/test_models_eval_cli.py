@@ -254,6 +254,8 @@ def test_bad_eval_input_is_one_error_line_and_writes_nothing(cli, prepared):
             "has no held-out split for --require to judge the job's answers on",
         ("models", "compare", model): "at least two models",
         ("models", "eval", model, "--require", "tool_call_match>=0.5"): "needs answers that call tools, and none of the",
+        ("train", "--dataset", "support", "--preset", "tiny", "--base-model", "builtin:tiny", "--require", "tool_name_match>0"):
+            "needs answers that call tools, and none of the",
         ("models", "try", model, "hi", "--max-new-tokens", "0"): "--max-new-tokens must be between 1 and 65536, got 0; pass how many",
         ("models", "export", model, ""): "TARGET is empty",
         ("models", "merge", model, " "): "OUT_DIR is empty",

@@ -72,7 +72,7 @@ def train(
         dataset=dataset, preset=preset, overrides=tuple(overrides or ()), config_file=config_file, base_model=base_model,
         host=host, hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()) if hosts else (), gpus=gpus,
         nodes=nodes, max_cost=max_cost, accelerate_config=accelerate_config, report_to=report_to, force=force,
-        gated=bool(requirements),
+        requirements=tuple(requirements),
     )
     submitted = training.train(ws, request, dry_run=dry_run)
     plan, job = submitted.plan, submitted.job

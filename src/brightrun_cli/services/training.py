@@ -30,7 +30,9 @@ from brightrun_cli.services.base_model import check_directory, check_hub_model
 from brightrun_cli.services.run_checks import check_quantization_host, check_tool_call_template
 from brightrun_cli.services.datasets import get_dataset, require_stored_files
 from brightrun_cli.services.estimates import Estimate, estimate_run, placement_for
-from brightrun_cli.services.evals import check_held_out
+from brightrun_cli.generation import evaluate as answer_eval
+from brightrun_cli.generation.metrics import TOOL_METRICS
+from brightrun_cli.services.evals import check_held_out, check_measurable, held_out_file
 from brightrun_cli.services.gpus import get_gpu
 from brightrun_cli.services.hosts import refresh_local_host
 from brightrun_cli.services.jobs import get_job, place_accelerate_config
@@ -63,7 +65,7 @@ class TrainRequest:
     accelerate_config: Path | None = None  # passed to `accelerate launch --config_file` (FSDP, DeepSpeed)
     force: bool = False  # queue even when the pre-flight says it cannot run (files missing, does not fit)
     report_to: str | None = None  # --report-to: comma-separated trackers, "none", or None for config.toml's report_to
-    gated: bool = False  # --require: the job's answer eval will be judged, so it needs a held-out split
+    requirements: tuple = ()  # --require (evals.Requirement): the job's answer eval will be judged, so it needs a held-out split
 
 
 @dataclass
@@ -137,8 +139,10 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
         raise UsageError(f"dataset '{dataset.name}' is {dataset.status}, not ready for training{why}",
                          f"run 'brightrun dataset show {dataset.id}' and fix or re-add it")
     require_stored_files(ws, dataset)
-    if req.gated:
+    if req.requirements:
         check_held_out(dataset, "for --require to judge the job's answers on")
+        if any(r.metric in TOOL_METRICS for r in req.requirements):  # worth a read of the split: else a run paid for nothing
+            check_measurable(req.requirements, answer_eval.held_out_samples(held_out_file(ws, dataset), answer_eval.DEFAULT_LIMIT), dataset)
     hosts = _resolve_hosts(ws, req.hosts or (req.host or ws.config.default_host,))
     host = hosts[0]
     nodes = _check_nodes(req.nodes, host)
