@@ -66,6 +66,29 @@ def test_without_assistant_only_loss_everything_is_trained(cli, dataset):
     assert _trained(shown) == [shown["text"]]
 
 
+def test_conversations_come_in_the_order_asked_and_the_json_names_the_model_as_people_do(cli, dataset):
+    rendering = _render(cli, dataset, "-c", "quiet", "-c", "t1")
+    assert [c["conversation_id"] for c in rendering["conversations"]] == ["quiet", "t1"]
+    assert rendering["base_model_name"] == "builtin:tiny"
+
+
+def test_tool_calls_the_template_would_drop_are_refused_as_train_refuses_them(cli, brightrun_home, monkeypatch):
+    from brightrun_cli.generation import chat
+
+    monkeypatch.setattr(chat, "renders_tool_calls", lambda tokenizer: False)  # a template that writes text only (SmolLM2's)
+    calling = conv("call", ("user", "Weather in Oslo?"), ("assistant", ""))
+    calling["turns"][1]["tool_calls"] = [{"type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}]
+    rows = [calling, *(conv(f"x{i}", ("user", f"q {i}"), ("assistant", f"a {i}")) for i in range(6))]
+    assert cli("dataset", "add", str(write_jsonl(brightrun_home / "t.jsonl", rows)), "--name", "tools", "--base-model",
+               "builtin:tiny", "--val-split", "0").exit_code == 0
+    result = cli("dataset", "render", "tools", "-c", "x1")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "conversation 'call' calls tools" in result.stderr and "a run would refuse it" in result.stderr
+    assert "chat_template=chatml" in result.stderr
+    empty = cli("dataset", "render", "tools", "--split", "validation")  # added with --val-split 0
+    assert empty.exit_code == 2 and "has no held-out split to render" in empty.stderr and "--val-split 0.1" in empty.stderr
+
+
 def test_the_first_conversations_of_a_split_by_default(cli, dataset):
     train = _render(cli, dataset, "--limit", "3")["conversations"]
     validation = _render(cli, dataset, "--split", "validation")["conversations"]

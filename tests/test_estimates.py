@@ -251,6 +251,13 @@ def test_max_steps_cuts_the_run_and_its_estimate_to_those_steps(cli, ws):
     assert cut["estimated_duration_hours"] < whole["estimated_duration_hours"]
     spec = json.loads(cli("train", "-d", "support-v1", "-p", "tiny", "--set", "max_steps=20", "--dry-run", "--json").stdout)["spec"]
     assert spec["max_steps"] == 20  # what the trainer stops at
+    text = cli("estimate", "-d", "support-v1", "-p", "tiny", "--set", "num_epochs=3", "--set", "max_steps=20").stdout
+    assert "20 (max_steps; 0.317 epochs of 63 per epoch x 3 epochs = 189)" in text
+    text = cli("estimate", "-d", "support-v1", "-p", "tiny", "--set", "max_steps=500").stdout
+    assert "(under max_steps 500: no effect)" in text
+    unset = json.loads(cli("estimate", "-d", "support-v1", "-p", "tiny", "--set", "num_epochs=3", "--set", "max_steps=20",
+                           "--set", "max_steps=null", "--json").stdout)
+    assert unset["training_details"]["total_steps"] == 189  # null unsets it again
     bad = cli("estimate", "-d", "support-v1", "-p", "tiny", "--set", "max_steps=0")
     assert bad.exit_code == 2 and "max_steps must be" in bad.stderr
 

@@ -215,6 +215,8 @@ def test_cancel_queued_job_and_refusals(cli, ws, monkeypatch):
         f"job {other.id} cancelled before it started; nothing billed", f"run it again with: brightrun jobs retry {other.id}"]
     result = cli("jobs", "cancel", job.id, "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["status"] == "cancelled"
+    assert json.loads(result.stdout)["already_cancelled"] is False
+    assert json.loads(cli("jobs", "cancel", job.id, "--json").stdout)["already_cancelled"] is True
     result = cli("jobs", "cancel", job.id)  # a second cancel (a script retrying) succeeds and says so
     assert result.exit_code == 0 and result.stdout.splitlines() == [
         f"job {job.id} was already cancelled", f"run it again with: brightrun jobs retry {job.id}"]

@@ -114,7 +114,21 @@ def test_max_steps_stops_the_run_there_with_its_model(ws):
     assert result.returncode == 0, result.stderr
     job = jobs.list_jobs(ws)[0]
     assert job.status == "completed" and job.total_steps == 3 and job.current_step == 3 and job.artifact_id is not None
+    assert (job.current_epoch, job.total_epochs) == (1, 1)  # 3 steps of a ~10-step epoch: 1 of 1 epoch started, not 3
     assert _train_steps(_points(ws, job.id)) == [1, 2, 3]
+
+
+def test_a_dataset_with_nothing_held_out_trains_without_held_out_loss(ws, brightrun_home):
+    """--val-split 0: estimate and train warn, and the run goes ahead (it used to fail in the
+    trainer on an empty validation.jsonl)."""
+    from brightrun_cli.services.dataset_add import add_dataset
+
+    add_dataset(ws, str(conversations(brightrun_home / "all.jsonl", 12)), name="all", base_model="builtin:tiny", val_split=0.0)
+    result = run_brightrun("train", "--dataset", "all", *FAST, "--set", "max_steps=2", timeout=300)
+    assert result.returncode == 0, result.stderr
+    job = next(j for j in jobs.list_jobs(ws) if j.spec["validation_file"] is None)
+    assert job.status == "completed" and job.artifact_id is not None
+    assert _points(ws, job.id) == [(1, "train"), (2, "train")]  # no held-out loss to draw
 
 
 def test_dry_run_prints_spec_and_argv_and_writes_nothing(ws):

@@ -191,7 +191,7 @@ def test_watch_and_train_check_requirements_against_the_jobs_eval(cli, prepared)
     fails = cli("watch", job, "--require", "exact_match>1", "--json")
     assert fails.exit_code == 6
     gate = json.loads(fails.stdout.splitlines()[-1])
-    assert gate["requirements"] == [{"requirement": "exact_match>1", "holds": False,
+    assert gate["type"] == "gates" and gate["requirements"] == [{"requirement": "exact_match>1", "holds": False,
                                      "actual": gate["requirements"][0]["actual"], "wanted": 1.0}]
     assert fails.stderr.splitlines()[-1].startswith("error: 1 requirement(s) failed: exact_match>1 (tuned 0")
 

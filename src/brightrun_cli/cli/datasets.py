@@ -158,7 +158,7 @@ def render_command(
         return
     out = common.console()
     template = "brightrun's ChatML" if rendering.chat_template == "chatml" else "its own chat template"
-    out.print(f"[dim]{term.escape(display_name(rendering.base_model, short=True))} ({template}), max_seq_length {rendering.max_seq_length}; "
+    out.print(f"[dim]{term.escape(rendering.base_model_name)} ({template}), max_seq_length {rendering.max_seq_length}; "
               f"text between ⟦ and ⟧ is trained (a loss on it); the rest is context[/dim]")
     for shown in rendering.conversations:
         out.print()

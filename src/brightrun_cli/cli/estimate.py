@@ -13,6 +13,16 @@ if TYPE_CHECKING:
 GpuOpt = Annotated[str | None, common.Opt("--gpu", help="GPU type ('brightrun gpus'); default: the default host's.", show_default=False)]
 
 
+def _steps(est, cfg) -> str:
+    whole = est.steps_per_epoch * cfg.num_epochs
+    text = f"{est.steps_per_epoch:,} per epoch x {cfg.num_epochs} epochs = {whole:,}"
+    if cfg.max_steps is None:
+        return text
+    if est.total_steps < whole:
+        return f"{est.total_steps:,} (max_steps; {est.total_steps / est.steps_per_epoch:.3g} epochs of {text})"
+    return f"{text} (under max_steps {cfg.max_steps:,}: no effect)"
+
+
 def _warmup(est: "Estimate") -> str:
     asked = est.config.warmup_steps
     if est.warmup_steps < asked:
@@ -31,7 +41,7 @@ def render_estimate(est: "Estimate") -> term.Group:
         ("preset", f"{est.resolved.preset_id}" + (f" (from {est.resolved.base_preset})" if est.resolved.preset_id != est.resolved.base_preset else "")),
         ("base model", f"{display_name(cfg.base_model, short=True)} ({est.shape.total_params / 1e6:,.1f}M params, LoRA {est.shape.lora_params(cfg.target_modules, cfg.lora_rank, dora=cfg.use_dora) / 1e6:,.2f}M)"),
         ("GPUs", f"{est.devices} x {est.gpu.name}"),
-        ("steps", f"{est.steps_per_epoch:,} per epoch x {cfg.num_epochs} epochs = {est.total_steps:,}" + _warmup(est)),
+        ("steps", _steps(est, cfg) + _warmup(est)),
         ("throughput", f"{est.tokens_per_sec:,.0f} tokens/s ({est.calibration.message})"),
         ("duration", common.human_duration(est.estimated_duration_hours * 3600)
                      + f" (start-up {common.human_duration(est.startup_s)}, training {common.human_duration(est.train_s)}, "

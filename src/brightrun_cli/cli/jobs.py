@@ -306,7 +306,7 @@ def cancel_cmd(ctx: common.Context, job: JobArg, yes: common.YesOpt = False, jso
         common.confirm(f"cancel job {before.id} ({before.status}, step {before.current_step})?", abort=True)
     row = jobs.cancel_job(ws, before.id)
     if json_output:
-        common.print_json(row)
+        common.print_json({**row.to_json(), "already_cancelled": before.status == "cancelled"})
         return
     if before.status == "cancelled":  # a second cancel (a script's retry): what was asked is so, exit 0
         common.echo(f"job {row.id} was already cancelled")

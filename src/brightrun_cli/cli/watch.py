@@ -265,7 +265,7 @@ def check_job_requirements(ws: "Workspace", job_id: str, requirements: list, *, 
 
     stored, checks = job_requirements(ws, job_id, requirements)
     if json_output:
-        common.print_json({"job_id": job_id, "eval_id": stored.row.id, "requirements": [
+        common.print_json({"type": "gates", "job_id": job_id, "eval_id": stored.row.id, "requirements": [
             {"requirement": c.requirement.text, "holds": c.holds, "actual": c.actual, "wanted": c.wanted} for c in checks]})
     else:
         for c in checks:

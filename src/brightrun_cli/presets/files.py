@@ -69,12 +69,15 @@ def load_preset_file(path: Path, source: str) -> Preset:
 
 def parse_override(text: str) -> tuple[str, Any]:
     """`key=value` -> (key, value). Values are read as TOML literals (32, 2e-4, false,
-    ["q_proj", "v_proj"]) and fall back to the plain string (org/model, q_proj,v_proj)."""
+    ["q_proj", "v_proj"]) and fall back to the plain string (org/model, q_proj,v_proj);
+    null (or none) unsets an optional field."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise UsageError(f"--set '{text}' is not key=value", "write it like --set lora_rank=32")
     raw = raw.strip()
+    if raw.lower() in ("null", "none"):  # unset an optional field a preset sets (TOML itself has no null)
+        return key, None
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:

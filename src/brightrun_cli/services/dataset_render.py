@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from brightrun_cli.errors import NotFoundError, UsageError
+from brightrun_cli.services.base_model import display_name
 from brightrun_cli.services.dataset_tokens import load_counter
 from brightrun_cli.services.datasets import get_dataset, split_paths
+from brightrun_cli.services.evals import check_held_out
 
 if TYPE_CHECKING:
     from brightrun_cli.workspace import Workspace
@@ -41,7 +43,8 @@ class Rendering(msgspec.Struct):
     dataset_id: str
     dataset_name: str
     split: str
-    base_model: str
+    base_model: str  # as the run records it (a converted .gguf: its directory in the cache)
+    base_model_name: str  # as people name it (a converted .gguf: the file's name)
     chat_template: str  # "model" (the tokenizer's own) or "chatml" (brightrun's)
     max_seq_length: int
     assistant_only_loss: bool
@@ -61,6 +64,8 @@ def render_dataset(ws: "Workspace", ref: str, *, split: str = "train", limit: in
 
     from brightrun_cli.generation import chat
     from brightrun_cli.services.presets import require_base_model, resolve_config
+    from brightrun_cli.trainer import data
+    from brightrun_cli.trainer.spec import SpecError
 
     if split not in ("train", "validation"):
         raise UsageError(f"--split {split}: unknown", "use train or validation")
@@ -74,11 +79,14 @@ def render_dataset(ws: "Workspace", ref: str, *, split: str = "train", limit: in
     if tokenizer is None:  # the approximation: no tokenizer behind it
         raise UsageError(f"no tokenizer for base model {model}", "pass --base-model a model directory, .gguf file or Hugging Face id")
     chat.ensure_chat_template(tokenizer)  # a tokenizer without one trains with brightrun's ChatML, as the trainer does
+    if split == "validation":
+        check_held_out(row, "to render")
     train_path, validation_path = split_paths(ws, row)
     conversations = chat.read_conversations(train_path if split == "train" else validation_path)
     if conversation_ids:
         wanted = dict.fromkeys(conversation_ids)
-        chosen = [c for c in conversations if c.conversation_id in wanted]
+        by_id = {c.conversation_id: c for c in conversations}
+        chosen = [by_id[c] for c in wanted if c in by_id]  # in the order asked for
         found = {c.conversation_id for c in chosen}
         missing = [c for c in wanted if c not in found]
         if missing:
@@ -87,6 +95,11 @@ def render_dataset(ws: "Workspace", ref: str, *, split: str = "train", limit: in
                                 f"try --split {other}, or see the ids with 'brightrun dataset render {row.name} --limit {MAX_RENDERED} --json'")
     else:
         chosen = conversations[:limit]
+    try:  # the trainer's refusal of tool calls its template would drop: the run would not start
+        data.check_tool_calls(tokenizer, conversations, Path(f"{split}.jsonl"))
+    except SpecError as exc:  # "<file>: conversation 'x' calls tools, ...; <what to do>", as `train` says it
+        message, _, hint = str(exc).split(": ", 1)[1].partition("; ")
+        raise UsageError(f"dataset '{row.name}': {message}: a run would refuse it", hint or None) from None
     rendered = []
     for conversation in chosen:
         views = chat.training_views(tokenizer, conversation.turns) if config.assistant_only_loss else [conversation.turns]
@@ -97,7 +110,8 @@ def render_dataset(ws: "Workspace", ref: str, *, split: str = "train", limit: in
             except TemplateError as exc:
                 raise UsageError(f"conversation {conversation.conversation_id!r}: the chat template refused it ({exc})",
                                  "a run would fail the same way: fix the conversation, or train with --set chat_template=chatml") from None
-    return Rendering(dataset_id=row.id, dataset_name=row.name, split=split, base_model=model, chat_template=config.chat_template,
+    return Rendering(dataset_id=row.id, dataset_name=row.name, split=split, base_model=model,
+                     base_model_name=display_name(model, short=True), chat_template=config.chat_template,
                      max_seq_length=config.max_seq_length, assistant_only_loss=config.assistant_only_loss, conversations=rendered)
 
 

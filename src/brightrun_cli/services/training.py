@@ -8,6 +8,7 @@ The job it creates is managed by services/jobs.py from then on.
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import shlex
 from dataclasses import dataclass
@@ -190,6 +191,8 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
             "raise --max-cost, or pick a cheaper preset, fewer epochs or GPUs (see 'brightrun estimate')",
         )
     spec = _spec(job_id, config, accelerate)
+    if not dataset.total_validation_pairs:  # --val-split 0 (estimate and train warn): no held-out loss, no answer eval
+        spec["validation_file"] = None
     spec.update(tracker_spec(ws, req.report_to, hosts))
     if accelerate is not None:
         request.accelerate_config, request.distributed_type = spec["accelerate_config"], accelerate.distributed_type
@@ -282,6 +285,15 @@ def check_accelerate_config(path: Path, hosts: list[HostRow], processes: int, hy
         if kind == "DEEPSPEED" and hosts[0].kind == "local" and importlib.util.find_spec("deepspeed") is None:
             raise UsageError(f"accelerate config {path} asks for DeepSpeed, which is not installed here", "pip install deepspeed")
     return config
+
+
+def _epochs_run(config: Any, details: dict[str, Any]) -> int:
+    """The epochs the trainer starts: num_epochs, fewer when max_steps ends the run sooner
+    (what `jobs show` and `watch` count an epoch out of)."""
+    steps, per_epoch = details.get("total_steps"), details.get("steps_per_epoch")
+    if config.max_steps is None or not steps or not per_epoch:
+        return int(config.num_epochs)
+    return min(int(config.num_epochs), math.ceil(steps / per_epoch))
 
 
 def _spec(job_id: str, config: Any, accelerate: Any = None) -> dict[str, Any]:
@@ -402,7 +414,7 @@ def submit(ws: Workspace, plan: TrainPlan, standby: launch.Standby | None = None
             gpu_config=plan.gpu_config,
             host_id=plan.hosts[0].id,
             hosts=[h.name for h in plan.hosts],
-            total_epochs=int(config.hyperparameters()["num_epochs"]),
+            total_epochs=_epochs_run(config, details),
             total_steps=details.get("total_steps"),
             estimated_duration_hours=est.get("estimated_duration_hours"),
             estimated_total_cost=float(est["estimated_cost"]),
