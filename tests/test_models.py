@@ -268,7 +268,7 @@ def test_merge_with_the_base_unavailable_writes_nothing(cli, artifact, brightrun
     out = tmp_path / "merged"
     result = cli("models", "merge", artifact.id, str(out))
     assert result.exit_code == 2
-    assert result.stderr.count("\n") == 1 and "unavailable" in result.stderr
+    assert result.stderr.count("\n") == 1 and "gone-base-model does not exist (moved or deleted?)" in result.stderr
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
     assert not list((brightrun_home / "cache").glob("merge-*"))
 
