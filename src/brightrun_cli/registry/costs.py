@@ -79,14 +79,6 @@ def attempts(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
     return [{"attempt": a, "started_at": when(s), "ended_at": when(e), "hours": h, "cost": c} for a, s, e, h, c in rows]
 
 
-def earlier_attempts_seconds(conn: sqlite3.Connection, job_id: str, attempt: int) -> float:
-    """Seconds the job ran before attempt `attempt` (its resume count), from the compute
-    records each attempt leaves (lifecycle.record_attempt_cost)."""
-    row = conn.execute("SELECT total(json_extract(details, '$.hours')) FROM cost_records WHERE job_id = ? AND cost_type = 'compute'"
-                       " AND json_extract(details, '$.attempt') < ?", (job_id, attempt)).fetchone()
-    return float(row[0]) * 3600.0
-
-
 def add(tx: "Tx", **fields: Any) -> None:
     from brightrun_cli.registry.tables import CostRecord
 

@@ -82,15 +82,18 @@ def parse_requirements(texts: Sequence[str] | None) -> list[Requirement]:
     return [answer_eval.parse_requirement(text) for text in texts or ()]
 
 
-def check_measurable(requirements: Sequence[Requirement], samples: Sequence[answer_eval.Sample], dataset: DatasetRow) -> None:
+def check_measurable(requirements: Sequence[Requirement], samples: Callable[[], Sequence[answer_eval.Sample]],
+                     dataset: DatasetRow) -> None:
     """A gate on a tool-call metric where no held-out answer calls a tool would fail as "not
-    measured" after the whole eval: refused before anything loads."""
-    from brightrun_cli.generation.metrics import TOOL_METRICS
-
-    tool_gates = [r.text for r in requirements if r.metric in TOOL_METRICS]
-    if tool_gates and not any(s.calls for s in samples):
+    measured" after the whole eval: refused before anything loads. `samples` is read only
+    when there is such a gate."""
+    tool_gates = [r.text for r in requirements if r.metric in metrics.TOOL_METRICS]
+    if not tool_gates:
+        return
+    held_out = samples()
+    if not any(s.calls for s in held_out):
         raise UsageError(f"requirement {tool_gates[0]!r} needs answers that call tools, and none of the "
-                         f"{len(samples)} held-out samples of dataset '{dataset.name}' does",
+                         f"{len(held_out)} held-out samples of dataset '{dataset.name}' does",
                          "gate on a text metric (rougeL, token_f1, exact_match, chrf), or evaluate on data with tool calls")
 
 
@@ -196,12 +199,16 @@ def held_out_file(ws: Workspace, dataset: DatasetRow) -> Path:
     return split_paths(ws, dataset)[1]
 
 
+def held_out_samples(ws: Workspace, dataset: DatasetRow, limit: int | None = None) -> list[answer_eval.Sample]:
+    """The held-out samples an answer eval of `dataset` judges (the first `limit`, by default as many as it takes)."""
+    return answer_eval.held_out_samples(held_out_file(ws, dataset), limit or answer_eval.DEFAULT_LIMIT)
+
+
 def _samples(ws: Workspace, model: ModelRow, dataset_ref: str | None, limit: int | None):
     if limit is not None and limit < 1:
         raise UsageError(f"--limit {limit}: must be at least 1", "pass the number of held-out samples to evaluate, e.g. --limit 20")
     dataset = get_dataset(ws, dataset_ref) if dataset_ref is not None else _own_dataset(ws, model)
-    samples = answer_eval.held_out_samples(held_out_file(ws, dataset), limit or answer_eval.DEFAULT_LIMIT)
-    return dataset, samples
+    return dataset, held_out_samples(ws, dataset, limit)
 
 
 def _own_dataset(ws: Workspace, model: ModelRow) -> DatasetRow:
@@ -244,7 +251,7 @@ def evaluate_model(ws: Workspace, ref: str, *, dataset: str | None = None, limit
     if max_new_tokens is not None:
         Sampling(max_new_tokens=max_new_tokens).check()
     data, samples = _samples(ws, model, dataset, limit)
-    check_measurable(parsed, samples, data)
+    check_measurable(parsed, lambda: samples, data)
     with loaded(ws, model) as chat_model:
         records, summary = answer_eval.evaluate(chat_model, samples, max_new_tokens=max_new_tokens, log=log)
     summary["limit"] = limit or answer_eval.DEFAULT_LIMIT

@@ -169,7 +169,7 @@ def retry_job(ws: Workspace, ref: str, *, max_cost: float | None = None) -> JobR
         if max_cost is not None and old.estimated_total_cost and max_cost < old.estimated_total_cost:
             raise UsageError(f"the estimated cost ${old.estimated_total_cost:,.2f} is over --max-cost ${max_cost:,.2f}",
                              "raise --max-cost, or start a cheaper run with 'brightrun train' (see 'brightrun estimate')")
-        if max_cost is None and stopped_by_budget(old):
+        if max_cost is None and budget_spent(old):
             raise UsageError(f"job {old.id} was stopped by its budget (--max-cost ${old.max_cost:,.2f}) at ${old.current_cost:,.2f}; "
                              "the same run from scratch would stop there again",
                              f"give it a budget that covers the run: brightrun jobs retry {old.id} --max-cost {_room(old)}")
@@ -198,16 +198,17 @@ def retry_job(ws: Workspace, ref: str, *, max_cost: float | None = None) -> JobR
     return get_job(ws, job.id)
 
 
-def stopped_by_budget(job: JobRow) -> bool:
-    """Whether the supervisor stopped the job for going over its --max-cost."""
-    return job.status == lifecycle.CANCELLED and job.max_cost is not None and "--max-cost" in (job.error_message or "")
+def budget_spent(job: JobRow) -> bool:
+    """Whether the job has cost its --max-cost (a budget stop leaves it so): run again on that
+    budget, it would be stopped at once (resume) or where it was (retry)."""
+    return job.max_cost is not None and job.current_cost >= job.max_cost
 
 
 def again_command(job: JobRow, *, resumable: bool) -> str:
     """What runs a failed or cancelled job again: resume from its checkpoint, else retry; with
     a new budget when its own is spent (either would be refused without one)."""
     command = f"brightrun jobs {'resume' if resumable else 'retry'} {job.id}"
-    if stopped_by_budget(job) or (job.max_cost is not None and job.current_cost >= job.max_cost):
+    if budget_spent(job):
         command += f" --max-cost {_room(job)}"
     return command
 
@@ -250,7 +251,7 @@ def resume_job(ws: Workspace, ref: str, *, max_cost: float | None = None) -> Job
         _check_new_budget(max_cost)
         if max_cost is not None and max_cost <= job.current_cost:
             raise UsageError(f"--max-cost ${max_cost:,.2f} is not above what the job has already cost (${job.current_cost:,.2f})", "pass a higher --max-cost")
-        if max_cost is None and job.max_cost is not None and job.current_cost >= job.max_cost:
+        if max_cost is None and budget_spent(job):
             raise UsageError(f"job {job.id} has cost ${job.current_cost:,.2f}, at or over its budget (--max-cost ${job.max_cost:,.2f}): "
                              "a resumed run would be stopped at once",
                              f"give it more: brightrun jobs resume {job.id} --max-cost {_room(job)}")

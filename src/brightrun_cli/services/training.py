@@ -31,9 +31,7 @@ from brightrun_cli.services.base_model import check_directory, check_hub_model
 from brightrun_cli.services.run_checks import check_quantization_host, check_tool_call_template
 from brightrun_cli.services.datasets import get_dataset, require_stored_files
 from brightrun_cli.services.estimates import Estimate, estimate_run, placement_for
-from brightrun_cli.generation import evaluate as answer_eval
-from brightrun_cli.generation.metrics import TOOL_METRICS
-from brightrun_cli.services.evals import check_held_out, check_measurable, held_out_file
+from brightrun_cli.services.evals import check_held_out, check_measurable, held_out_samples
 from brightrun_cli.services.gpus import get_gpu
 from brightrun_cli.services.hosts import refresh_local_host
 from brightrun_cli.services.jobs import get_job, place_accelerate_config
@@ -142,8 +140,7 @@ def plan_training(ws: Workspace, req: TrainRequest) -> TrainPlan:
     require_stored_files(ws, dataset)
     if req.requirements:
         check_held_out(dataset, "for --require to judge the job's answers on")
-        if any(r.metric in TOOL_METRICS for r in req.requirements):  # worth a read of the split: else a run paid for nothing
-            check_measurable(req.requirements, answer_eval.held_out_samples(held_out_file(ws, dataset), answer_eval.DEFAULT_LIMIT), dataset)
+        check_measurable(req.requirements, lambda: held_out_samples(ws, dataset), dataset)  # else a run paid for nothing
     hosts = _resolve_hosts(ws, req.hosts or (req.host or ws.config.default_host,))
     host = hosts[0]
     nodes = _check_nodes(req.nodes, host)

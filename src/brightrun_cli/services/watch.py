@@ -229,7 +229,8 @@ class JobFollower:
         if found is None:
             raise NotFoundError(f"job {self._job_id} was removed while being watched", "run 'brightrun jobs list' to see the jobs")
         job = found[0]
-        earlier = cost_rows.earlier_attempts_seconds(self._conn, job.id, job.resume_count) if job.resume_count else 0.0
+        earlier = 3600.0 * sum(a["hours"] or 0.0 for a in cost_rows.attempts(self._conn, job.id)
+                               if a["attempt"] < job.resume_count) if job.resume_count else 0.0
         return job_view(*found, earlier_attempts_s=earlier)
 
     def poll(self) -> Change:
